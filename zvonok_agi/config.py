@@ -1,0 +1,166 @@
+"""Settings: defaults, then a TOML file, then ZVONOK_* environment variables.
+
+`config/zvonok.example.toml` documents every setting; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class AgiSettings:
+    host: str = "127.0.0.1"
+    port: int = 4573
+    # Peers allowed to open FastAGI sessions (addresses or networks).
+    allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    max_sessions: int = 500
+    # Whole-session budget: env block, decision, reply. Asterisk waits in AGI() meanwhile.
+    session_deadline: float = 3.0
+    # How long SIGTERM lets in-flight sessions finish before ending them with a fallback route.
+    drain_deadline: float = 5.0
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    # Empty: start and supervise an embedded Redis server with its data under `data_dir`.
+    url: str = ""
+    data_dir: str = "var/redis"
+    # Per-command budget: a slow store must not eat the session deadline.
+    socket_timeout: float = 0.5
+    connect_timeout: float = 0.5
+    # The in-memory routing data is re-checked against Redis this often (pub/sub is faster).
+    refresh_interval: float = 1.0
+    key_prefix: str = "zv:"
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    callback_window_days: float = 7.0
+    # Region used to read numbers written without a country code.
+    default_region: str = "RU"
+
+    @property
+    def callback_window(self) -> float:
+        return self.callback_window_days * 86400.0
+
+
+@dataclass(frozen=True)
+class DialplanSettings:
+    outbound_context: str = "zvonok-outbound-{campaign}"
+    inbound_context: str = "zvonok-inbound-{campaign}"
+    fallback_context: str = "zvonok-fallback-{fallback}"
+    extension: str = "s"
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    # "json" for production, "console" for a terminal, "auto": console on a TTY.
+    format: str = "auto"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Settings:
+    agi: AgiSettings = field(default_factory=AgiSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    dialplan: DialplanSettings = field(default_factory=DialplanSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+
+SECTIONS = {f.name: f.default_factory for f in fields(Settings)}  # type: ignore[misc]
+
+
+def load_settings(
+    path: str | Path | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Defaults, overridden by the TOML file at `path` (or $ZVONOK_CONFIG), then by
+    ZVONOK_<SECTION>_<KEY> environment variables (e.g. ZVONOK_REDIS_URL)."""
+    environ = dict(os.environ) if environ is None else environ
+    path = path or environ.get("ZVONOK_CONFIG") or None
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+    sections = {}
+    for name, factory in SECTIONS.items():
+        section = factory()
+        values = dict(data.get(name, {}))
+        for f in fields(section):
+            env_value = environ.get(f"ZVONOK_{name}_{f.name}".upper())
+            if env_value is not None:
+                values[f.name] = env_value
+        sections[name] = _apply(name, section, values)
+    settings = Settings(**sections)
+    _validate(settings)
+    return settings
+
+
+def _apply(name: str, section: Any, values: dict[str, Any]) -> Any:
+    known = {f.name: f for f in fields(section)}
+    changes = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown setting {name}.{key}")
+        default = getattr(section, key)
+        changes[key] = _coerce(f"{name}.{key}", value, default)
+    return replace(section, **changes)
+
+
+def _coerce(where: str, value: Any, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = [item.strip() for item in value.split(",") if item.strip()]
+            return tuple(str(item) for item in value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad value for {where}: {value!r}") from exc
+
+
+def _validate(settings: Settings) -> None:
+    for entry in settings.agi.allow:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"agi.allow: {entry!r} is not an address or network") from exc
+    if not 0 <= settings.agi.port < 65536:
+        raise ConfigError("agi.port must be 0..65535 (0: any free port)")
+    if settings.agi.max_sessions < 1:
+        raise ConfigError("agi.max_sessions must be at least 1")
+    for name in ("session_deadline", "drain_deadline"):
+        if getattr(settings.agi, name) <= 0:
+            raise ConfigError(f"agi.{name} must be positive")
+    if settings.routing.callback_window_days <= 0:
+        raise ConfigError("routing.callback_window_days must be positive")
+    templates = settings.dialplan
+    for name, key in (("outbound_context", "campaign"), ("inbound_context", "campaign"),
+                      ("fallback_context", "fallback")):
+        template = getattr(templates, name)
+        if "{" + key + "}" not in template:
+            raise ConfigError(f"dialplan.{name} must contain {{{key}}}")
+    if settings.log.format not in ("auto", "json", "console"):
+        raise ConfigError("log.format must be auto, json or console")
