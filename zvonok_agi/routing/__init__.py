@@ -1,0 +1,1 @@
+"""The pure core: value types and the inbound routing decision."""
