@@ -1,0 +1,1 @@
+"""FastAGI: the sans-IO protocol, the asyncio server and the route handlers."""
