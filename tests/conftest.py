@@ -1,0 +1,49 @@
+"""Shared fixtures: a real Redis server for the whole session, settings that point at it."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from zvonok_agi.config import Settings, load_settings
+from zvonok_agi.store.embedded import EmbeddedRedis
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedRedis:
+    """A real redis-server on a free loopback port, for the whole test session."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(redis_server: EmbeddedRedis) -> Settings:
+    """Settings on the session's Redis, with a key prefix of their own (tests do not meet)."""
+    base = load_settings(environ={})
+    return replace(
+        base,
+        agi=replace(base.agi, port=0),
+        redis=replace(base.redis, url=redis_server.url, key_prefix=f"t{uuid.uuid4().hex[:8]}:"),
+    )
+
+
+@pytest.fixture
+async def redis(settings: Settings):
+    client = aioredis.Redis.from_url(settings.redis.url)
+    yield client
+    await client.aclose()

@@ -1,0 +1,230 @@
+"""The FastAGI server over real sockets: recorded Asterisk traffic, deadlines, drain, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from transcripts import FROM_ASTERISK, TRANSCRIPTS_DIR, read_transcript
+
+from zvonok_agi.agi.client import agi_call, recorded_environment
+from zvonok_agi.agi.protocol import HANGUP_LINE, encode_environment
+from zvonok_agi.agi.server import ServerConfig, run_server
+from zvonok_agi.agi.session import AGISession
+
+RECORDED = read_transcript(TRANSCRIPTS_DIR / "agi_env_and_commands.txt")
+ENV_BLOCK = b"".join(e.data for e in RECORDED if e.direction == FROM_ASTERISK)[
+    : b"".join(e.data for e in RECORDED if e.direction == FROM_ASTERISK).index(b"\n\n") + 2
+]
+
+
+async def route_to(session: AGISession) -> None:
+    await session.set_variable("ROUTE", "handled")
+
+
+async def fallback(session: AGISession, why: str) -> None:
+    await session.set_variable("ROUTE", "fallback")
+    await session.set_variable("WHY", why)
+
+
+def config(**overrides) -> ServerConfig:
+    return ServerConfig(port=0, **overrides)
+
+
+async def asterisk(port: int, payload: bytes, *, reply_delay: float = 0.0,
+                   close_after_send: bool = False) -> list[bytes]:
+    """A raw Asterisk side: send `payload`, answer every command `200 result=1`, return the
+    command lines received until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    await writer.drain()
+    if close_after_send:
+        writer.close()
+        return []
+    commands = []
+    try:
+        while line := await reader.readline():
+            commands.append(line)
+            await asyncio.sleep(reply_delay)
+            writer.write(b"200 result=1\n")
+            await writer.drain()
+    except ConnectionResetError:
+        pass  # the server closed while our env block was still unread: it never read it
+    finally:
+        writer.close()
+    return commands
+
+
+async def wait_idle(server, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while server.active_sessions and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert server.active_sessions == 0
+
+
+async def test_recorded_env_block_reaches_the_handler_and_the_socket_closes():
+    seen = {}
+
+    async def handler(session: AGISession) -> None:
+        seen["env"] = session.env
+        await route_to(session)
+
+    async with run_server({"route": handler}, fallback, config()) as server:
+        commands = await asterisk(server.port, ENV_BLOCK)
+        await wait_idle(server)
+    assert commands == [b'SET VARIABLE "ROUTE" "handled"\n']
+    assert seen["env"].get("agi_callerid") == "79161234567"
+    assert seen["env"].get("agi_accountcode") == ""
+
+
+@pytest.mark.parametrize("cut", [1, 17, len(ENV_BLOCK) // 2, len(ENV_BLOCK) - 1])
+async def test_eof_before_the_env_block_ends_closes_the_session_without_spinning(cut):
+    async with run_server({"route": route_to}, fallback, config()) as server:
+        cpu = time.process_time()
+        await asterisk(server.port, ENV_BLOCK[:cut], close_after_send=True)
+        await wait_idle(server)
+        await asyncio.sleep(0.2)
+        assert time.process_time() - cpu < 0.2
+    assert server.sessions_total == 1
+
+
+async def test_hangup_before_and_between_commands_does_not_desync():
+    async def handler(session: AGISession) -> None:
+        first = await session.command("GET VARIABLE", "X")
+        second = await session.command("GET VARIABLE", "Y")
+        await session.set_variable("RESULTS", f"{first.result},{second.result},{session.hungup}")
+
+    async with run_server({"route": handler}, fallback, config()) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(ENV_BLOCK + HANGUP_LINE)  # the caller hung up at once (transcript: CANCEL)
+        lines = []
+        for reply in (b"HANGUP\n200 result=1 (x)\n", b"200 result=0\n", b"200 result=1\n"):
+            lines.append(await reader.readline())
+            writer.write(reply)
+        assert await reader.read() == b""  # the server closed
+        writer.close()
+    assert lines[2] == b'SET VARIABLE "RESULTS" "1,0,True"\n'
+
+
+async def test_agiexitonhangup_recording_replayed_ends_cleanly():
+    """Asterisk sends HANGUP twice then closes: the session ends, nothing stays open."""
+    recorded = read_transcript(TRANSCRIPTS_DIR / "agi_hangup_midway_agiexitonhangup.txt")
+    from_asterisk = [e.data for e in recorded if e.direction == FROM_ASTERISK]
+    calls = []
+
+    async def handler(session: AGISession) -> None:
+        calls.append(await session.command("GET VARIABLE", "CALLERID(num)"))
+        await asyncio.sleep(0.05)
+        await session.command("GET VARIABLE", "CALLERID(num)")
+
+    async with run_server({"route": handler}, fallback, config()) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        env_end = from_asterisk.index(b"\n") + 1
+        writer.write(b"".join(from_asterisk[:env_end]))
+        await reader.readline()
+        writer.write(b"".join(d for d in from_asterisk[env_end:] if d))  # reply, HANGUP x2
+        writer.write_eof()
+        await reader.read()
+        writer.close()
+        await wait_idle(server)
+    assert calls[0].data == "79161234567"
+
+
+async def test_unknown_script_gets_the_fallback():
+    async with run_server({"inbound": route_to}, fallback, config()) as server:
+        commands = await asterisk(server.port, ENV_BLOCK)  # script "route" is not served
+    assert commands[0] == b'SET VARIABLE "ROUTE" "fallback"\n'
+    assert b"no handler" in commands[1]
+
+
+async def test_handler_exception_gets_the_fallback():
+    async def broken(session: AGISession) -> None:
+        raise RuntimeError("boom")
+
+    async with run_server({"route": broken}, fallback, config()) as server:
+        commands = await asterisk(server.port, ENV_BLOCK)
+    assert commands == [
+        b'SET VARIABLE "ROUTE" "fallback"\n',
+        b'SET VARIABLE "WHY" "engine error"\n',
+    ]
+
+
+async def test_session_deadline_sends_the_handlers_own_fallback():
+    async def slow(session: AGISession) -> None:
+        async def mine(why: str) -> None:
+            await session.set_variable("ROUTE", f"known-without-store ({why})")
+
+        session.on_failure = mine
+        await asyncio.sleep(30)
+
+    async with run_server({"route": slow}, fallback, config(session_deadline=0.2)) as server:
+        started = time.monotonic()
+        commands = await asterisk(server.port, ENV_BLOCK)
+        assert time.monotonic() - started < 1.5
+    assert commands == [b'SET VARIABLE "ROUTE" "known-without-store (session deadline passed)"\n']
+
+
+async def test_shutdown_drains_then_ends_late_sessions_with_a_route():
+    gate = asyncio.Event()
+
+    async def quick_after_gate(session: AGISession) -> None:
+        await gate.wait()
+        await route_to(session)
+
+    async def stuck(session: AGISession) -> None:
+        await asyncio.sleep(30)
+
+    routes = {"quick": quick_after_gate, "stuck": stuck}
+    cfg = config(session_deadline=60, drain_deadline=0.3)
+    async with run_server(routes, fallback, cfg) as server:
+        env_quick = encode_environment(recorded_environment("74951234567", "79161234567", "quick"))
+        env_stuck = encode_environment(recorded_environment("74951234567", "79161234567", "stuck"))
+        quick = asyncio.create_task(asterisk(server.port, env_quick))
+        stuck_call = asyncio.create_task(asterisk(server.port, env_stuck))
+        while server.active_sessions < 2:
+            await asyncio.sleep(0.01)
+        shutdown = asyncio.create_task(server.shutdown())
+        await asyncio.sleep(0.1)
+        with pytest.raises(OSError):  # no longer accepting
+            await asyncio.open_connection("127.0.0.1", server.port)
+        gate.set()  # the in-flight quick session finishes within the drain deadline
+        started = time.monotonic()
+        await shutdown
+        assert time.monotonic() - started < 2.0
+    assert await quick == [b'SET VARIABLE "ROUTE" "handled"\n']
+    assert (await stuck_call)[0] == b'SET VARIABLE "ROUTE" "fallback"\n'
+
+
+async def test_peer_outside_the_allowlist_is_closed_at_once():
+    async with run_server({"route": route_to}, fallback, config(allow=["10.0.0.0/8"])) as server:
+        commands = await asterisk(server.port, ENV_BLOCK)
+    assert commands == []
+    assert server.sessions_total == 0
+
+
+async def test_sessions_beyond_the_cap_are_turned_away():
+    release = asyncio.Event()
+
+    async def holding(session: AGISession) -> None:
+        await release.wait()
+        await route_to(session)
+
+    async with run_server({"route": holding}, fallback, config(max_sessions=2)) as server:
+        held = [asyncio.create_task(asterisk(server.port, ENV_BLOCK)) for _ in range(2)]
+        while server.active_sessions < 2:
+            await asyncio.sleep(0.01)
+        assert await asterisk(server.port, ENV_BLOCK) == []  # closed: dialplan's engine_error
+        release.set()
+        assert [await task for task in held] == [[b'SET VARIABLE "ROUTE" "handled"\n']] * 2
+    assert server.sessions_rejected == 1
+
+
+async def test_agi_call_client_reads_what_the_server_set():
+    async def handler(session: AGISession) -> None:
+        await session.set_variable("ZV_ROUTE", "inbound")
+        await session.set_variable("ZV_REASON", 'a "quoted" (reason)')
+
+    async with run_server({"inbound": handler}, fallback, config()) as server:
+        variables = await agi_call("127.0.0.1", server.port, "74951234567", "79161234567")
+    assert variables == {"ZV_ROUTE": "inbound", "ZV_REASON": 'a "quoted" (reason)'}

@@ -1,0 +1,134 @@
+"""The running engine end to end: real FastAGI server, real Redis, calls played as Asterisk
+plays them. Every example of routing-rules.md goes through the server here."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from engine_helpers import (
+    CALLER,
+    RESERVED,
+    SERVICE,
+    attempt,
+    base_inventory,
+    call,
+    load,
+    running_engine,
+)
+
+# (id, inventory options, attempts, DID, caller, expected ZV_ROUTE, campaign or fallback)
+EXAMPLES = [
+    ("as_campaign-accept-no_answer", dict(rule="as_campaign", accept_inbound=True),
+     [attempt("spring-sale")], RESERVED, CALLER, "outbound", "spring-sale"),
+    ("as_campaign-accept-second_callback", dict(rule="as_campaign", accept_inbound=True),
+     [attempt("spring-sale", callbacks=1)], RESERVED, CALLER, "inbound", "support"),
+    ("as_campaign-accept-answered", dict(rule="as_campaign", accept_inbound=True),
+     [attempt("spring-sale", outcome="answered")], RESERVED, CALLER, "inbound", "support"),
+    ("as_campaign-no_accept-no_answer", dict(rule="as_campaign", accept_inbound=False),
+     [attempt("spring-sale")], RESERVED, CALLER, "inbound", "support"),
+    ("force_yes-no_accept-busy", dict(rule="force_yes", accept_inbound=False),
+     [attempt("spring-sale", outcome="busy")], RESERVED, CALLER, "outbound", "spring-sale"),
+    ("force_no-accept-no_answer", dict(rule="force_no", accept_inbound=True),
+     [attempt("spring-sale")], RESERVED, CALLER, "inbound", "support"),
+    *[
+        (f"{rule}-accept_{accept}-never_dialed", dict(rule=rule, accept_inbound=accept),
+         [], RESERVED, CALLER, "inbound", "support")
+        for rule in ("force_yes", "as_campaign", "force_no")
+        for accept in (True, False)
+    ],
+    ("dialed_8_days_ago", dict(accept_inbound=True),
+     [attempt("spring-sale", ago="8d")], RESERVED, CALLER, "inbound", "support"),
+    ("dialed_by_previous_owner", dict(accept_inbound=True),
+     [attempt("oldco-sale")], RESERVED, CALLER, "inbound", "support"),
+    ("no_answer-campaign_finished", dict(accept_inbound=True, state="finished"),
+     [attempt("spring-sale")], RESERVED, CALLER, "inbound", "support"),
+    ("no_inbound_campaign_bound", dict(accept_inbound=True, inbound_bound=False),
+     [], RESERVED, CALLER, "fallback", "no_inbound_campaign"),
+    ("service_number-no_answer", dict(accept_inbound=True),
+     [attempt("pool-promo", did=SERVICE)], SERVICE, CALLER, "outbound", "pool-promo"),
+    *[
+        (f"service_number-accept_{accept}-never_dialed", dict(accept_inbound=accept),
+         [], SERVICE, CALLER, "fallback", "service_number")
+        for accept in (True, False)
+    ],
+    *[
+        (f"disabled_number-{did}-{hist}", dict(status="disabled"),
+         [attempt(c, did=did)] if hist == "dialed" else [], did, CALLER, "fallback",
+         "unknown_number")
+        for did, c in ((RESERVED, "spring-sale"), (SERVICE, "pool-promo"))
+        for hist in ("dialed", "never")
+    ],
+    *[
+        (f"caller_{name}", dict(accept_inbound=True), [attempt("spring-sale")], RESERVED,
+         raw, "inbound", "support")
+        for name, raw in (("anonymous", "anonymous"), ("unknown", "unknown"), ("empty", ""),
+                          ("garbage", "<script>"))
+    ],
+    ("caller_anonymous-no_inbound", dict(inbound_bound=False), [], RESERVED, "anonymous",
+     "fallback", "no_inbound_campaign"),
+    ("unknown_did", dict(), [], "74990000000", CALLER, "fallback", "unknown_number"),
+]
+
+
+@pytest.mark.parametrize(
+    "options, attempts, did, caller, route, target",
+    [example[1:] for example in EXAMPLES],
+    ids=[example[0] for example in EXAMPLES],
+)
+async def test_routing_rules_examples_through_the_server(
+    settings, options, attempts, did, caller, route, target
+):
+    inventory = base_inventory(**options)
+    inventory["attempts"] = attempts
+    async with running_engine(settings, inventory) as engine:
+        variables = await call(engine, did, caller)
+    assert variables["ZV_DECIDED"] == "1"
+    assert variables["ZV_ROUTE"] == route
+    if route == "fallback":
+        assert variables["ZV_FALLBACK"] == target
+        assert variables["ZV_TARGET_CONTEXT"] == f"zvonok-fallback-{target}"
+        assert "ZV_CAMPAIGN" not in variables
+    else:
+        assert variables["ZV_CAMPAIGN"] == target
+        assert variables["ZV_TARGET_CONTEXT"] == f"zvonok-{route}-{target}"
+    assert variables["ZV_TARGET_EXTEN"] == "s"
+    assert variables["ZV_REASON"]
+    assert variables["ZV_DID"] == did
+
+
+async def test_callback_then_second_callback(settings):
+    inventory = base_inventory()
+    inventory["attempts"] = [attempt("spring-sale")]
+    async with running_engine(settings, inventory) as engine:
+        first = await call(engine, RESERVED, "+7 (916) 123-45-67")
+        second = await call(engine, RESERVED, "89161234567")
+    assert (first["ZV_ROUTE"], first["ZV_CAMPAIGN"]) == ("outbound", "spring-sale")
+    assert first["ZV_ATTEMPT"]
+    assert first["ZV_CALLER"] == CALLER
+    assert (second["ZV_ROUTE"], second["ZV_CAMPAIGN"]) == ("inbound", "support")
+
+
+async def test_fifty_simultaneous_callbacks_route_exactly_one_outbound(settings):
+    inventory = base_inventory()
+    inventory["attempts"] = [attempt("spring-sale")]
+    async with running_engine(settings, inventory) as engine:
+        results = await asyncio.gather(*(call(engine, RESERVED, CALLER) for _ in range(50)))
+    routes = [r["ZV_ROUTE"] for r in results]
+    assert routes.count("outbound") == 1
+    assert routes.count("inbound") == 49
+    assert all(r["ZV_DECIDED"] == "1" for r in results)
+
+
+async def test_routing_change_reaches_a_running_engine_without_restart(settings):
+    inventory = base_inventory(rule="as_campaign", accept_inbound=False)
+    inventory["attempts"] = [attempt("spring-sale")]
+    async with running_engine(settings, inventory) as engine:
+        assert (await call(engine, RESERVED, CALLER))["ZV_ROUTE"] == "inbound"
+        changed = base_inventory(rule="force_yes", accept_inbound=False)
+        await load(settings, {k: v for k, v in changed.items() if k != "attempts"})
+        for _ in range(100):
+            if engine.cache.snapshot.numbers[RESERVED].callback_rule == "force_yes":
+                break
+            await asyncio.sleep(0.02)
+        assert (await call(engine, RESERVED, CALLER))["ZV_ROUTE"] == "outbound"

@@ -1,0 +1,100 @@
+"""Asterisk's side of a FastAGI session, as recorded from Asterisk 22: a smoke test without a PBX.
+
+It opens a session the way `AGI(agi://host:port/script)` does (the recorded env block with the
+DID and caller put in), answers the server's commands as Asterisk does, and returns the channel
+variables the server set once the server closes the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from .protocol import NEED_DATA, AsteriskConnection, Closed, Command
+
+_channels = itertools.count(1)
+
+
+def recorded_environment(
+    did: str, caller: str, script: str = "inbound", host: str = "127.0.0.1", port: int = 4573
+) -> dict[str, str]:
+    """The env block of agi_env_and_commands.txt, with this call's DID, caller and script."""
+    n = next(_channels)
+    return {
+        "agi_network": "yes",
+        "agi_network_script": script,
+        "agi_request": f"agi://{host}:{port}/{script}",
+        "agi_channel": f"PJSIP/carrier-{n:08x}",
+        "agi_language": "en",
+        "agi_type": "PJSIP",
+        "agi_uniqueid": f"1795749422.{n}",
+        "agi_version": "22.10.1",
+        "agi_callerid": caller,
+        "agi_calleridname": "Lab Caller",
+        "agi_callingpres": "0",
+        "agi_callingani2": "0",
+        "agi_callington": "0",
+        "agi_callingtns": "0",
+        "agi_dnid": did,
+        "agi_rdnis": "unknown",
+        "agi_context": "zvonok-from-carrier",
+        "agi_extension": did,
+        "agi_priority": "2",
+        "agi_enhanced": "0.0",
+        "agi_accountcode": "",
+        "agi_threadid": "140620542392000",
+    }
+
+
+class FakeChannel:
+    """The channel variables and replies of one call, as Asterisk would give them."""
+
+    def __init__(self, variables: dict[str, str] | None = None) -> None:
+        self.variables: dict[str, str] = dict(variables or {})
+        self.commands: list[tuple[str, ...]] = []
+
+    def answer(self, conn: AsteriskConnection, command: Command) -> bytes:
+        words = command.words
+        self.commands.append(words)
+        verb = " ".join(w.upper() for w in words[:2])
+        if verb == "SET VARIABLE" and len(words) == 4:
+            self.variables[words[2]] = words[3]
+            return conn.send_reply(200, "1")
+        if verb == "GET VARIABLE" and len(words) == 3:
+            if words[2] in self.variables:
+                return conn.send_reply(200, "1", self.variables[words[2]])
+            return conn.send_reply(200, "0")
+        if words and words[0].upper() in ("NOOP", "VERBOSE", "EXEC"):
+            return conn.send_reply(200, "0")
+        return conn.send_reply(510)
+
+
+async def agi_call(
+    host: str,
+    port: int,
+    did: str,
+    caller: str,
+    *,
+    script: str = "inbound",
+    timeout: float = 5.0,
+) -> dict[str, str]:
+    """Play one call against a FastAGI server; the variables it set, once it closed."""
+    channel = FakeChannel()
+    conn = AsteriskConnection()
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            env = recorded_environment(did, caller, script, host, port)
+            writer.write(conn.send_environment(env))
+            await writer.drain()
+            while True:
+                event = conn.next_event()
+                if event is NEED_DATA:
+                    conn.receive_data(await reader.read(4096))
+                elif isinstance(event, Command):
+                    writer.write(channel.answer(conn, event))
+                    await writer.drain()
+                elif isinstance(event, Closed):
+                    return channel.variables
+        finally:
+            writer.close()

@@ -1,0 +1,92 @@
+"""One FastAGI session over asyncio streams: the sans-IO protocol driven by a socket."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from .protocol import (
+    NEED_DATA,
+    AGIProtocolError,
+    Closed,
+    Environment,
+    Hangup,
+    Reply,
+    ServerConnection,
+)
+
+READ_SIZE = 4096
+
+
+class AGIClosed(ConnectionError):
+    """Asterisk closed the session (or the env block never finished)."""
+
+
+class AGISession:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str = ""
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.connection = ServerConnection()
+        self.env: Environment | None = None
+        # Set by a handler that knows a better route than the server's generic fallback, for
+        # when it fails or runs out of time. Called with a short reason.
+        self.on_failure: Callable[[str], Awaitable[None]] | None = None
+
+    @property
+    def hungup(self) -> bool:
+        return self.connection.hungup
+
+    async def read_environment(self) -> Environment:
+        event = await self._next_event()
+        if not isinstance(event, Environment):
+            raise AGIClosed("connection closed before the env block ended")
+        self.env = event
+        return event
+
+    async def command(self, verb: str, *args: str) -> Reply:
+        """Send one command and wait for its reply; an unsolicited HANGUP is noted on the way."""
+        if self.connection.pending:
+            await self._reply()  # of a command whose caller was cancelled: keep in step
+        try:
+            data = self.connection.send_command(verb, *args)
+        except AGIProtocolError as exc:
+            raise AGIClosed(str(exc)) from exc
+        self.writer.write(data)
+        await self.writer.drain()
+        return await self._reply()
+
+    async def _reply(self) -> Reply:
+        while True:
+            event = await self._next_event()
+            if isinstance(event, Reply):
+                return event
+            if isinstance(event, Closed):
+                raise AGIClosed("connection closed while waiting for a reply")
+            if not isinstance(event, Hangup):
+                raise AGIProtocolError(f"unexpected event {event!r}")
+
+    async def set_variable(self, name: str, value: str) -> Reply:
+        return await self.command("SET VARIABLE", name, value)
+
+    async def close(self) -> None:
+        if self.writer.is_closing():
+            return
+        self.writer.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+        except (OSError, TimeoutError):
+            pass
+
+    async def _next_event(self) -> object:
+        while True:
+            event = self.connection.next_event()
+            if event is not NEED_DATA:
+                return event
+            try:
+                data = await self.reader.read(READ_SIZE)
+            except ConnectionError:
+                data = b""
+            self.connection.receive_data(data)

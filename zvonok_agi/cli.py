@@ -1,0 +1,172 @@
+"""The `zvonok-agi` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from datetime import datetime
+
+from . import __version__
+from .config import ConfigError, Settings, load_settings
+from .logs import configure_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"zvonok-agi: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log.format, settings.log.level)
+    try:
+        return asyncio.run(args.run(settings, args))
+    except KeyboardInterrupt:
+        return 130
+    except CommandError as exc:
+        print(f"zvonok-agi: {exc}", file=sys.stderr)
+        return 1
+
+
+class CommandError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zvonok-agi", description="Call-routing engine for Asterisk (FastAGI)."
+    )
+    parser.add_argument("--version", action="version", version=f"zvonok-agi {__version__}")
+    parser.add_argument("-c", "--config", help="TOML settings file (default: $ZVONOK_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the FastAGI engine")
+    serve.set_defaults(run=_serve)
+
+    route = commands.add_parser(
+        "route", help="dry run: where would a call go (nothing is claimed or placed)"
+    )
+    route.add_argument("--did", required=True, help="the number called")
+    route.add_argument("--caller", default="", help="the caller's number (empty: no caller ID)")
+    route.add_argument("--at", help="when (ISO 8601 or Unix seconds; default: now)")
+    route.set_defaults(run=_route)
+
+    load = commands.add_parser("load", help="load accounts, numbers, campaigns from a TOML file")
+    load.add_argument("file")
+    load.set_defaults(run=_load)
+
+    call = commands.add_parser(
+        "agi-call", help="play Asterisk's side of one FastAGI session and print the route"
+    )
+    call.add_argument("--did", required=True)
+    call.add_argument("--caller", default="")
+    call.add_argument("--host", help="default: agi.host from the settings")
+    call.add_argument("--port", type=int, help="default: agi.port from the settings")
+    call.add_argument("--script", default="inbound")
+    call.add_argument("--timeout", type=float, default=5.0)
+    call.set_defaults(run=_agi_call)
+    return parser
+
+
+async def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from .app import serve
+
+    await serve(settings)
+    return 0
+
+
+async def _load(settings: Settings, args: argparse.Namespace) -> int:
+    from .app import open_redis
+    from .inventory import InventoryError, load_inventory, read_inventory
+    from .store.history import CallbackHistory
+    from .store.routing_data import RoutingData
+
+    now = time.time()
+    try:
+        inventory = read_inventory(args.file, now)
+    except InventoryError as exc:
+        raise CommandError(f"{args.file}: {exc}") from exc
+    async with open_redis(settings, supervise=False) as redis:
+        prefix = settings.redis.key_prefix
+        data = RoutingData(redis, prefix)
+        history = CallbackHistory(redis, prefix, settings.routing.callback_window)
+        await load_inventory(inventory, data, history, now)
+    print(
+        f"loaded {len(inventory.accounts)} accounts, {len(inventory.numbers)} numbers, "
+        f"{len(inventory.campaigns)} campaigns, {len(inventory.attempts)} attempts"
+    )
+    return 0
+
+
+async def _route(settings: Settings, args: argparse.Namespace) -> int:
+    from .agi.inbound import InboundRouter
+    from .app import open_redis
+    from .store.history import CallbackHistory
+    from .store.routing_data import RoutingCache, RoutingData
+
+    at = _parse_time(args.at) if args.at else time.time()
+    async with open_redis(settings, supervise=False) as redis:
+        prefix = settings.redis.key_prefix
+        data = RoutingData(redis, prefix)
+        history = CallbackHistory(redis, prefix, settings.routing.callback_window)
+        router = InboundRouter(
+            RoutingCache(data),
+            history,
+            settings.dialplan,
+            settings.routing.callback_window,
+            region=settings.routing.default_region,
+            clock=lambda: at,
+        )
+        did, caller = router.parties(args.did, "", args.caller)
+        snapshot = await data.load()
+        decision = await router.decide(did, caller, snapshot, claim=False)
+    print(f"DID       {did or '(not a number)'}")
+    print(f"caller    {caller or '(none)'}")
+    print(f"at        {datetime.fromtimestamp(at).astimezone().isoformat(timespec='seconds')}")
+    print(f"route     {_describe(decision.route)}")
+    print(f"reason    {decision.reason}")
+    for name, value in router.variables(decision, did, caller):
+        print(f"  {name}={value}")
+    return 0
+
+
+async def _agi_call(settings: Settings, args: argparse.Namespace) -> int:
+    from .agi import variables as var
+    from .agi.client import agi_call
+
+    host = args.host or settings.agi.host
+    port = args.port or settings.agi.port
+    try:
+        variables = await agi_call(
+            host, port, args.did, args.caller, script=args.script, timeout=args.timeout
+        )
+    except (OSError, TimeoutError) as exc:
+        raise CommandError(f"no FastAGI session with {host}:{port}: {exc!r}") from exc
+    for name, value in variables.items():
+        print(f"{name}={value}")
+    if variables.get(var.DECIDED) != "1":
+        print("no decision: the dialplan would take the engine_error route", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _describe(route) -> str:
+    if route.fallback is not None:
+        return f"fallback {route.fallback.value}"
+    return f"{route.kind.value} campaign {route.campaign}"
+
+
+def _parse_time(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise CommandError(f"--at: {text!r} is neither ISO 8601 nor Unix seconds") from exc
+    return moment.timestamp()
+

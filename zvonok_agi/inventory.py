@@ -1,0 +1,194 @@
+"""`zvonok-agi load FILE`: accounts, numbers, campaigns (and, for tests and demos, past
+attempts) from a TOML file into the store, through the routing-data module.
+
+The whole file is checked before anything is written: a bad file changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+import tomllib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import phone
+from .routing.model import (
+    CAMPAIGN_ID,
+    Account,
+    Attempt,
+    CallbackRule,
+    Campaign,
+    CampaignKind,
+    CampaignState,
+    Number,
+    NumberStatus,
+    Outcome,
+    Pool,
+)
+from .store.history import CallbackHistory
+from .store.routing_data import RoutingData
+
+ACCOUNT_ID = CAMPAIGN_ID
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class InventoryError(ValueError):
+    pass
+
+
+@dataclass
+class Inventory:
+    accounts: list[Account] = field(default_factory=list)
+    numbers: list[Number] = field(default_factory=list)
+    campaigns: list[Campaign] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+def read_inventory(path: str | Path, now: float | None = None) -> Inventory:
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InventoryError(f"cannot read {path}: {exc}") from exc
+    return parse_inventory(data, time.time() if now is None else now)
+
+
+def parse_inventory(data: dict[str, Any], now: float) -> Inventory:
+    unknown = set(data) - {"accounts", "numbers", "campaigns", "attempts"}
+    if unknown:
+        raise InventoryError(f"unknown section(s): {', '.join(sorted(unknown))}")
+    inv = Inventory()
+    for i, item in enumerate(data.get("accounts", [])):
+        with _at("accounts", i):
+            verified, name = bool(item.get("verified", False)), str(item.get("name", ""))
+            inv.accounts.append(Account(_ident(item, "id"), verified, name))
+    for i, item in enumerate(data.get("numbers", [])):
+        with _at("numbers", i):
+            inv.numbers.append(_number(item))
+    for i, item in enumerate(data.get("campaigns", [])):
+        with _at("campaigns", i):
+            inv.campaigns.append(
+                Campaign(
+                    id=_ident(item, "id"),
+                    account=_ident(item, "account"),
+                    kind=CampaignKind(item["kind"]),
+                    accept_inbound=bool(item.get("accept_inbound", False)),
+                    state=CampaignState(item.get("state", "running")),
+                )
+            )
+    for i, item in enumerate(data.get("attempts", [])):
+        with _at("attempts", i):
+            inv.attempts.append(_attempt(item, now, inv))
+    _check_references(inv)
+    return inv
+
+
+async def load_inventory(
+    inv: Inventory, data: RoutingData, history: CallbackHistory, now: float
+) -> None:
+    for account in inv.accounts:
+        await data.put_account(account)
+    for campaign in inv.campaigns:
+        await data.put_campaign(campaign)
+    for number in inv.numbers:
+        await data.put_number(number)
+    for attempt in inv.attempts:
+        await history.record(attempt, now)
+
+
+def _number(item: dict[str, Any]) -> Number:
+    did = phone.normalize(str(item["did"]))
+    if did is None:
+        raise InventoryError(f"did {item['did']!r} is not a phone number")
+    pool = Pool(item.get("pool", "reservable"))
+    owner = item.get("owner") or None
+    if pool is Pool.SERVICE and (owner or item.get("inbound_campaign")):
+        raise InventoryError("a service number has no owner and no inbound campaign")
+    if item.get("inbound_campaign") and not owner:
+        raise InventoryError("an inbound campaign can be bound only to a reserved number")
+    return Number(
+        did=did,
+        pool=pool,
+        status=NumberStatus(item.get("status", "active")),
+        owner=owner,
+        callback_rule=CallbackRule(item.get("callback_rule", "as_campaign")),
+        inbound_campaign=item.get("inbound_campaign") or None,
+    )
+
+
+def _attempt(item: dict[str, Any], now: float, inv: Inventory) -> Attempt:
+    campaign = next((c for c in inv.campaigns if c.id == item["campaign"]), None)
+    if campaign is None or campaign.kind is not CampaignKind.OUTBOUND:
+        raise InventoryError(f"campaign {item['campaign']!r} is not an outbound campaign here")
+    did, callee = phone.normalize(str(item["did"])), phone.normalize(str(item["callee"]))
+    if did is None or callee is None:
+        raise InventoryError("did and callee must be phone numbers")
+    return Attempt(
+        id=str(item.get("id") or uuid.uuid4().hex),
+        campaign=campaign.id,
+        account=campaign.account,
+        did=did,
+        callee=callee,
+        at=_when(item, now),
+        outcome=Outcome(item.get("outcome", "pending")),
+        callbacks=int(item.get("callbacks", 0)),
+    )
+
+
+def _when(item: dict[str, Any], now: float) -> float:
+    if "ago" in item:
+        match = DURATION.match(str(item["ago"]).strip())
+        if not match:
+            raise InventoryError(f"ago must look like 90s, 15m, 1h or 8d, not {item['ago']!r}")
+        return now - float(match[1]) * UNITS[match[2]]
+    if "at" in item:
+        at = item["at"]
+        if isinstance(at, str):
+            at = datetime.fromisoformat(at)
+        if not isinstance(at, datetime) or at.tzinfo is None:
+            raise InventoryError("at must be a date-time with a time zone")
+        return at.timestamp()
+    raise InventoryError("an attempt needs 'ago' or 'at'")
+
+
+def _ident(item: dict[str, Any], key: str) -> str:
+    value = str(item[key])
+    if not ACCOUNT_ID.match(value):
+        raise InventoryError(f"{key} {value!r}: letters, digits, '-' and '_' only, up to 48")
+    return value
+
+
+def _check_references(inv: Inventory) -> None:
+    accounts = {a.id for a in inv.accounts}
+    campaigns = {c.id: c for c in inv.campaigns}
+    for c in inv.campaigns:
+        if c.account not in accounts:
+            raise InventoryError(f"campaign {c.id}: unknown account {c.account!r}")
+    for n in inv.numbers:
+        if n.owner and n.owner not in accounts:
+            raise InventoryError(f"number {n.did}: unknown owner {n.owner!r}")
+        bound = campaigns.get(n.inbound_campaign or "")
+        if n.inbound_campaign and (
+            bound is None or bound.kind is not CampaignKind.INBOUND or bound.account != n.owner
+        ):
+            raise InventoryError(
+                f"number {n.did}: {n.inbound_campaign!r} is not an inbound campaign of {n.owner}"
+            )
+
+
+@contextlib.contextmanager
+def _at(section: str, index: int) -> Iterator[None]:
+    """Names the failing item in any error raised while it is parsed."""
+    where = f"{section}[{index}]"
+    try:
+        yield
+    except KeyError as exc:
+        raise InventoryError(f"{where}: missing {exc.args[0]!r}") from exc
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InventoryError(f"{where}: {exc}") from exc

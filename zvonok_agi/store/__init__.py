@@ -1,0 +1,1 @@
+"""Runtime state in Redis (routing data, callback history) and the embedded server."""
