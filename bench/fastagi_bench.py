@@ -1,0 +1,825 @@
+"""FastAGI load benchmark: the engine against the floor and against process-per-call AGI.
+
+One command, one table:
+
+    python bench/fastagi_bench.py            # ~50 s: 10 s per target after 1 s warm-up
+    python bench/fastagi_bench.py --quick    # ~12 s: 2 s per target (smoke test)
+
+Targets, each in a process of its own (the load generator never shares an event loop with a
+server):
+
+  engine       `python -m zvonok_agi serve` on a real redis-server that this script starts
+               (free port, temp dir), loaded with 100 reserved numbers, campaigns and a call
+               history; log level warning
+  engine+info  the same with per-call info logging (JSON lines to a file)
+  floor        bench/floor_server.py: the same protocol exchange, no store, no logic
+  process-per-call
+               bench/agi_script.py started as a new Python process per call, AGI over
+               stdin/stdout, the way `AGI(script.py)` runs it
+
+The generator is open-loop: sessions start on a fixed schedule whether or not earlier ones
+have finished, and a session's latency runs from its SCHEDULED start to the server's close
+(for process-per-call: to the script's exit), so queueing shows. It plays Asterisk's side with
+the sans-IO
+`AsteriskConnection`: the recorded env block with this call's DID and caller, a reply to each
+command as Asterisk gives it, until the server closes. Engine calls are a mix of first
+callbacks (outbound, claimed), second callbacks and callers never dialed (both inbound); every
+route is checked, a wrong one counts as an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import functools
+import json
+import math
+import os
+import random
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zvonok_agi.agi.client import FakeChannel, recorded_environment
+from zvonok_agi.agi.inbound import InboundRouter
+from zvonok_agi.agi.protocol import NEED_DATA, AsteriskConnection, Closed, Command
+from zvonok_agi.app import redis_client
+from zvonok_agi.config import load_settings
+from zvonok_agi.inventory import load_inventory, parse_inventory
+from zvonok_agi.logs import configure_logging
+from zvonok_agi.routing.model import Attempt, Decision, Outcome, Route
+from zvonok_agi.store.embedded import EmbeddedRedis
+from zvonok_agi.store.history import CallbackHistory
+from zvonok_agi.store.routing_data import RoutingData
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+HOST = "127.0.0.1"
+KEY_PREFIX = "bench:"
+SESSION_TIMEOUT = 5.0  # per session, from its scheduled start (the engine's deadline is 3 s)
+START_TIMEOUT = 15.0  # a server process must listen within this
+STOP_TIMEOUT = 8.0  # SIGTERM, then SIGKILL after this
+MIX = (("first", 0.4), ("second", 0.3), ("never", 0.3))  # engine call mix
+ACCOUNTS, NUMBERS_PER_ACCOUNT = 5, 20  # 100 reserved numbers
+SECOND_PAIRS = 400  # (DID, caller) pairs whose first callback was already routed
+DAY = 86400.0
+
+
+# --- what the engine sends: the floor and the AGI script send the same ------------------------
+
+
+def engine_variables() -> list[tuple[str, str]]:
+    """The engine's SET VARIABLEs for a typical first callback (names, count, sizes)."""
+    dialplan = load_settings(environ={}).dialplan
+    router = InboundRouter(None, None, dialplan, 7 * DAY)  # type: ignore[arg-type]
+    decision = Decision(
+        Route.outbound("acct-0-sale", uuid.UUID(int=0).hex),
+        "first callback to outbound campaign acct-0-sale",
+    )
+    return router.variables(decision, "74951000000", "79160000000")
+
+
+# --- inventory and call plans ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    did: str
+    caller: str  # as the carrier sends it in agi_callerid
+    expect: str | None  # ZV_ROUTE the engine must set (None: not checked)
+
+
+def did_of(n: int) -> str:
+    return f"7495100{n:04d}"
+
+
+def carrier_format(rng: random.Random, e164: str) -> str:
+    """Carriers send 7XXXXXXXXXX, 8XXXXXXXXXX or +7XXXXXXXXXX."""
+    pick = rng.random()
+    if pick < 0.2:
+        return "8" + e164[1:]
+    if pick < 0.3:
+        return "+" + e164
+    return e164
+
+
+def inventory() -> dict:
+    accounts = [{"id": f"acct-{a}", "verified": True} for a in range(ACCOUNTS)]
+    campaigns = []
+    numbers = []
+    for a in range(ACCOUNTS):
+        campaigns += [
+            {"id": f"acct-{a}-sale", "account": f"acct-{a}", "kind": "outbound",
+             "accept_inbound": True},
+            {"id": f"acct-{a}-remind", "account": f"acct-{a}", "kind": "outbound",
+             "accept_inbound": False},
+            {"id": f"acct-{a}-support", "account": f"acct-{a}", "kind": "inbound"},
+        ]
+        for i in range(NUMBERS_PER_ACCOUNT):
+            numbers.append({"did": did_of(a * NUMBERS_PER_ACCOUNT + i), "pool": "reservable",
+                            "owner": f"acct-{a}", "callback_rule": "as_campaign",
+                            "inbound_campaign": f"acct-{a}-support"})
+    numbers += [{"did": f"749500000{i:02d}", "pool": "service"} for i in range(5)]
+    return {"accounts": accounts, "campaigns": campaigns, "numbers": numbers}
+
+
+class Population:
+    """Callers and their history. First-callback pairs are used once each (the claim
+    consumes them), so every engine run gets fresh ones."""
+
+    def __init__(self, seed: int = 7) -> None:
+        self.rng = random.Random(seed)
+        self.now = time.time()
+        self.attempts: list[Attempt] = []
+        self._first = 0
+        self.second = [self._pair("7926", n, callbacks=1) for n in range(SECOND_PAIRS)]
+
+    def _pair(self, prefix: str, n: int, callbacks: int) -> tuple[str, str]:
+        number = self.rng.randrange(ACCOUNTS * NUMBERS_PER_ACCOUNT)
+        did, callee, account = did_of(number), f"{prefix}{n:07d}", number // NUMBERS_PER_ACCOUNT
+        # the call that was missed, 1 h ago, and an older answered one from another campaign
+        self.attempts += [
+            Attempt(uuid.uuid4().hex, f"acct-{account}-sale", f"acct-{account}", did, callee,
+                    self.now - 3600, Outcome.NO_ANSWER, callbacks),
+            Attempt(uuid.uuid4().hex, f"acct-{account}-remind", f"acct-{account}", did, callee,
+                    self.now - 3 * DAY, Outcome.ANSWERED, 0),
+        ]
+        return did, callee
+
+    def engine_calls(self, n: int) -> list[Call]:
+        calls = []
+        kinds = [k for k, _ in MIX]
+        weights = [w for _, w in MIX]
+        for kind in self.rng.choices(kinds, weights, k=n):
+            if kind == "first":
+                did, callee = self._pair("7916", self._first, callbacks=0)
+                self._first += 1
+                calls.append(Call(did, carrier_format(self.rng, callee), "outbound"))
+            elif kind == "second":
+                did, callee = self.rng.choice(self.second)
+                calls.append(Call(did, carrier_format(self.rng, callee), "inbound"))
+            else:
+                did = did_of(self.rng.randrange(ACCOUNTS * NUMBERS_PER_ACCOUNT))
+                callee = f"7903{self.rng.randrange(10**7):07d}"
+                calls.append(Call(did, carrier_format(self.rng, callee), "inbound"))
+        return calls
+
+    def plain_calls(self, n: int) -> list[Call]:
+        """Calls of the same shape for the floor and process-per-call (nothing recorded)."""
+        return [
+            Call(did_of(self.rng.randrange(ACCOUNTS * NUMBERS_PER_ACCOUNT)),
+                 carrier_format(self.rng, f"7916{self.rng.randrange(10**7):07d}"), None)
+            for _ in range(n)
+        ]
+
+
+async def load_store(url: str, attempts: list[Attempt], now: float) -> None:
+    settings = load_settings(environ={})
+    client = redis_client(url, settings)
+    try:
+        window = settings.routing.callback_window
+        history = CallbackHistory(client, KEY_PREFIX, window)
+        async with asyncio.timeout(60):
+            await load_inventory(parse_inventory(inventory(), now),
+                                 RoutingData(client, KEY_PREFIX), history, now)
+            for start in range(0, len(attempts), 64):
+                await asyncio.gather(*(history.record(a, now) for a in attempts[start:start + 64]))
+    finally:
+        await client.aclose()
+
+
+# --- child processes ---------------------------------------------------------------------------
+
+_children: list[subprocess.Popen] = []
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the benchmark dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(argv: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=dict(env), stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=out,
+                                preexec_fn=_die_with_parent)  # noqa: PLW1509 (no threads here)
+    _children.append(proc)
+    return proc
+
+
+def start_redis(data_dir: Path) -> EmbeddedRedis:
+    """EmbeddedRedis on a free port; its redis-server, too, dies with the benchmark even when
+    the benchmark is SIGKILLed (its Popen gets the same pre-exec hook as our children)."""
+    redis = EmbeddedRedis(data_dir, port=free_port())
+    popen = subprocess.Popen
+    subprocess.Popen = functools.partial(popen, preexec_fn=_die_with_parent)  # type: ignore[misc]
+    try:
+        redis.start(timeout=10)
+    finally:
+        subprocess.Popen = popen  # type: ignore[misc]
+    return redis
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+    if proc in _children:
+        _children.remove(proc)
+
+
+def stop_all() -> None:
+    while _children:
+        stop(_children[-1])
+
+
+def child_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZVONOK_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env.update(settings)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+async def wait_listening(proc: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(log)}")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 1.0)
+            writer.close()
+            return
+        except (OSError, TimeoutError):
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"server did not listen on {port} within {START_TIMEOUT} s:\n{tail(log)}")
+
+
+def log_events(lines: list[bytes]) -> Counter:
+    events: Counter = Counter()
+    for line in lines:
+        try:
+            events[json.loads(line).get("event", "?")] += 1
+        except (ValueError, AttributeError):
+            events[line[:60].decode(errors="replace")] += 1
+    return events
+
+
+def tail(path: Path, lines: int = 10) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process."""
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rfind(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def machine_busy() -> float:
+    """CPU seconds all processes on the machine have used (from /proc/stat)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return float("nan")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- Asterisk's side ---------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    latency: float | None = None  # seconds from the scheduled start; None: failed
+    error: str = ""
+    end: float = 0.0
+
+
+class AsteriskSide(asyncio.Protocol):
+    """One FastAGI session as Asterisk plays it, on a raw transport (cheap for the generator)."""
+
+    def __init__(self, env: Mapping[str, str], done: asyncio.Future) -> None:
+        self.env = env
+        self.done = done
+        self.conn = AsteriskConnection()
+        self.channel = FakeChannel()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.conn.send_environment(self.env))  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> None:
+        self.conn.receive_data(b"")
+        self._pump()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionResetError("closed before EOF"))
+
+    def _pump(self) -> None:
+        assert self.transport is not None
+        while True:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                return
+            if isinstance(event, Command):
+                self.transport.write(self.channel.answer(self.conn, event))
+            else:
+                if not self.done.done():
+                    self.done.set_result((event, asyncio.get_running_loop().time()))
+                return
+
+
+def check(channel: FakeChannel, closed: Closed, call: Call, n_vars: int) -> str:
+    if not closed.complete:
+        return "cut off"
+    if channel.variables.get("ZV_DECIDED") != "1":
+        return "no decision"
+    if len(channel.commands) > n_vars:  # a first callback sets the most variables
+        return f"{len(channel.commands)} commands"
+    if call.expect is not None and channel.variables.get("ZV_ROUTE") != call.expect:
+        return "wrong route"
+    return ""
+
+
+async def tcp_session(port: int, call: Call, at: float, n_vars: int) -> Result:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+    env = recorded_environment(call.did, call.caller, "inbound", HOST, port)
+    transport = None
+    try:
+        async with asyncio.timeout_at(at + SESSION_TIMEOUT):
+            transport, side = await loop.create_connection(
+                lambda: AsteriskSide(env, done), HOST, port
+            )
+            closed, end = await done
+    except TimeoutError:
+        return Result(error="timeout")
+    except OSError as exc:
+        return Result(error=type(exc).__name__)
+    finally:
+        if not done.done():
+            done.cancel()  # nobody waits for it any more
+        if transport is not None:
+            transport.close()
+    error = check(side.channel, closed, call, n_vars)
+    return Result(None if error else end - at, error, end)
+
+
+def local_environment(call: Call, script: str) -> dict[str, str]:
+    """What Asterisk sends a local AGI script: the network lines are left out."""
+    env = recorded_environment(call.did, call.caller, script)
+    del env["agi_network"], env["agi_network_script"]
+    env["agi_request"] = script
+    return env
+
+
+async def agi_session(argv: list[str], call: Call, at: float, n_vars: int) -> Result:
+    loop = asyncio.get_running_loop()
+    proc = None
+    try:
+        async with asyncio.timeout_at(at + SESSION_TIMEOUT):
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            assert proc.stdin is not None and proc.stdout is not None
+            conn, channel = AsteriskConnection(), FakeChannel()
+            proc.stdin.write(conn.send_environment(local_environment(call, Path(argv[1]).name)))
+            while True:
+                event = conn.next_event()
+                if event is NEED_DATA:
+                    conn.receive_data(await proc.stdout.read(4096))
+                elif isinstance(event, Command):
+                    proc.stdin.write(channel.answer(conn, event))
+                    await proc.stdin.drain()
+                else:
+                    break
+            proc.stdin.close()
+            code = await proc.wait()
+            end = loop.time()
+    except TimeoutError:
+        return Result(error="timeout")
+    except OSError as exc:
+        return Result(error=type(exc).__name__)
+    finally:
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proc.wait(), 2.0)
+    error = check(channel, event, call, n_vars) or (f"exit {code}" if code else "")
+    return Result(None if error else end - at, error, end)
+
+
+async def drive(
+    session: Callable[[Call, float], Awaitable[Result]], calls: list[Call], rate: float
+) -> tuple[float, list[Result]]:
+    """Start one session per call at `rate`/s on schedule (open loop); all outcomes."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() + 0.05
+    tasks: list[asyncio.Task[Result]] = []
+    try:
+        for i, call in enumerate(calls):
+            at = t0 + i / rate
+            delay = at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(session(call, at)))
+        if tasks:
+            await asyncio.wait(tasks, timeout=SESSION_TIMEOUT + 3.0)
+    finally:  # also on Ctrl-C: no session outlives the run (AGI scripts get killed)
+        pending = [task for task in tasks if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=3.0)
+    outcomes = []
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is None:
+            outcomes.append(task.result())
+        else:
+            exc = None if not task.done() or task.cancelled() else task.exception()
+            outcomes.append(Result(error=type(exc).__name__ if exc else "hung"))
+    return t0, outcomes
+
+
+# --- one target --------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    rate: float
+    duration: float
+    note: str = ""
+    t0: float = 0.0
+    outcomes: list[Result] = field(default_factory=list)
+    server_cpu: float = 0.0  # seconds over the measured run
+    cpu_split: str = ""
+    gen_cpu: float = 0.0
+    wall: float = 0.0
+    others: float = 0.0  # cores used by other processes on the machine meanwhile
+
+    @property
+    def ok(self) -> list[float]:
+        return sorted(o.latency for o in self.outcomes if o.latency is not None)
+
+    @property
+    def errors(self) -> Counter:
+        return Counter(o.error for o in self.outcomes if o.error)
+
+    @property
+    def throughput(self) -> float:
+        ends = [o.end for o in self.outcomes if o.latency is not None]
+        if not ends:
+            return 0.0
+        return len(ends) / max(max(ends) - self.t0, self.duration)
+
+    def pct(self, q: float) -> float:
+        ok = self.ok
+        if not ok:
+            return float("nan")
+        return ok[min(len(ok) - 1, int(q * len(ok)))] * 1000
+
+    @property
+    def cpu_per_call(self) -> float:
+        done = len(self.ok)
+        return self.server_cpu / done * 1000 if done else float("nan")
+
+
+async def measure(
+    row: Row,
+    session: Callable[[Call, float], Awaitable[Result]],
+    warm: list[Call],
+    calls: list[Call],
+    cpu: Callable[[], tuple[float, ...]],
+) -> Row:
+    async with asyncio.timeout(SESSION_TIMEOUT * 2 + 20 + len(warm) / row.rate):
+        await drive(session, warm, row.rate)
+    before, gen_before, wall, busy = cpu(), time.process_time(), time.monotonic(), machine_busy()
+    async with asyncio.timeout(SESSION_TIMEOUT * 2 + 20 + row.duration):
+        row.t0, row.outcomes = await drive(session, calls, row.rate)
+    after = cpu()
+    gen = time.process_time() - gen_before
+    busy = machine_busy() - busy
+    row.wall = time.monotonic() - wall
+    row.gen_cpu = gen / row.wall
+    parts = [b - a for a, b in zip(before, after, strict=True)]
+    row.server_cpu = sum(parts)
+    row.others = max(0.0, (busy - gen - row.server_cpu) / row.wall)
+    if len(parts) > 1 and row.ok:
+        done = len(row.ok)
+        row.cpu_split = " + ".join(f"{p / done * 1000:.2f}" for p in parts)
+    return row
+
+
+@dataclass
+class Plan:
+    rate: float
+    agi_rate: float
+    duration: float
+    warmup: float
+
+
+async def run_engine(name: str, plan: Plan, calls: list[Call], warm: list[Call],
+                     redis: EmbeddedRedis, tmp: Path, level: str, n_vars: int,
+                     profile: Path | None = None) -> Row:
+    if not redis.is_serving():
+        raise RuntimeError(f"redis-server at {redis.url} is not answering: cannot run {name}")
+    port = free_port()
+    log = tmp / f"{name}.log"
+    python = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
+    proc = spawn([*python, "-m", "zvonok_agi", "serve"], child_env(
+        ZVONOK_AGI_HOST=HOST, ZVONOK_AGI_PORT=str(port), ZVONOK_REDIS_URL=redis.url,
+        ZVONOK_REDIS_KEY_PREFIX=KEY_PREFIX, ZVONOK_LOG_LEVEL=level, ZVONOK_LOG_FORMAT="json",
+    ), log)
+    try:
+        await wait_listening(proc, port, log)
+        size = log.stat().st_size
+        redis_pid = redis._process.pid if redis._process else 0
+        row = Row(name, plan.rate, plan.duration)
+        await measure(row, lambda c, at: tcp_session(port, c, at, n_vars), warm, calls,
+                      lambda: (cpu_seconds(proc.pid), cpu_seconds(redis_pid)))
+        lines = log.read_bytes()[size:].splitlines() if log.exists() else []
+        row.note = f"log level {level}: {len(lines) / max(len(row.outcomes), 1):.1f} lines/call"
+        if level != "info" and lines:
+            row.note += " (!) " + ", ".join(
+                f"{n} x {event!r}" for event, n in log_events(lines).most_common(2)
+            )
+        return row
+    finally:
+        stop(proc)
+
+
+async def run_floor(plan: Plan, calls: list[Call], warm: list[Call], tmp: Path,
+                    variables: list[tuple[str, str]]) -> Row:
+    port = free_port()
+    log = tmp / "floor.log"
+    proc = spawn([sys.executable, str(BENCH / "floor_server.py"), str(port),
+                  json.dumps(variables)], child_env(), log)
+    try:
+        await wait_listening(proc, port, log)
+        row = Row("floor", plan.rate, plan.duration, "no store, no logic")
+        return await measure(row, lambda c, at: tcp_session(port, c, at, len(variables)),
+                             warm, calls, lambda: (cpu_seconds(proc.pid),))
+    finally:
+        stop(proc)
+
+
+async def run_agi(plan: Plan, calls: list[Call], warm: list[Call],
+                  variables: list[tuple[str, str]]) -> Row:
+    argv = [sys.executable, str(BENCH / "agi_script.py"), *(f"{n}={v}" for n, v in variables)]
+    note = "new python3 per call"
+    if plan.agi_rate < plan.rate:
+        note += f"; offered {plan.agi_rate:g}/s, not {plan.rate:g}/s"
+    row = Row("process-per-call", plan.agi_rate, plan.duration, note)
+    await measure(row, lambda c, at: agi_session(argv, c, at, len(variables)),
+                  warm, calls, lambda: (children_cpu(),))
+    if plan.agi_rate < plan.rate and row.ok:
+        cores = plan.rate * row.cpu_per_call / 1000
+        row.note += f" (that would take {cores:.1f} cores for the scripts alone)"
+    return row
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def ratio(a: float, b: float) -> str:
+    if not b or math.isnan(a) or math.isnan(b):
+        return "   n/a"
+    return f"x{a / b:5.2f}"
+
+
+def report(rows: list[Row], plan: Plan) -> None:
+    head = (f"{'target':<17}{'offered/s':>10}{'done/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'max ms':>9}{'errors':>8}{'srv CPU':>9}{'gen CPU':>9}{'others':>8}  note")
+    print()
+    print(f"FastAGI benchmark: {plan.duration:g} s per target after {plan.warmup:g} s warm-up, "
+          f"open loop, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        errors = r.errors
+        print(f"{r.name:<17}{r.rate:>10.0f}{r.throughput:>9.1f}{r.pct(0.50):>9.2f}"
+              f"{r.pct(0.99):>9.2f}{r.pct(1.0):>9.2f}{sum(errors.values()):>8}"
+              f"{r.cpu_per_call:>9.2f}{r.gen_cpu:>8.0%}{r.others:>8.2f}  {r.note}")
+    print("srv CPU: server-side CPU ms per completed call (engine: Python process + redis-server;"
+          " process-per-call: the scripts)\ngen CPU: the load generator's share of one core; "
+          "others: cores busy with anything else on the machine meanwhile (noise)")
+    for r in rows:
+        if r.cpu_split:
+            print(f"  {r.name}: {r.cpu_split} ms/call (engine process + redis-server)")
+        for error, count in r.errors.most_common():
+            print(f"  {r.name}: {count} x {error}")
+    by = {r.name: r for r in rows}
+    pairs = [("engine", "floor", "engine / floor"),
+             ("engine+info", "engine", "engine+info / engine"),
+             ("process-per-call", "engine", "process-per-call / engine")]
+    lines = []
+    for a, b, label in pairs:
+        if a in by and b in by:
+            ra, rb = by[a], by[b]
+            line = (f"  {label:<27} p50 {ratio(ra.pct(.5), rb.pct(.5))}   "
+                    f"p99 {ratio(ra.pct(.99), rb.pct(.99))}   "
+                    f"throughput {ratio(ra.throughput, rb.throughput)}   "
+                    f"CPU/call {ratio(ra.cpu_per_call, rb.cpu_per_call)}")
+            if ra.rate != rb.rate:
+                line += f"   (offered {ra.rate:g}/s vs {rb.rate:g}/s)"
+            lines.append(line)
+    if lines:
+        print("ratios (latency and CPU: lower is better; throughput: higher is better)")
+        print("\n".join(lines))
+
+
+def write_csv(path: Path, rows: list[Row]) -> None:
+    with path.open("w", encoding="utf-8") as out:
+        out.write("target,offset_s,latency_ms,error\n")
+        for r in rows:
+            for i, o in enumerate(r.outcomes):
+                latency = "" if o.latency is None else f"{o.latency * 1000:.3f}"
+                out.write(f"{r.name},{i / r.rate:.4f},{latency},{o.error}\n")
+
+
+def _area(filename: str, function: str) -> str:
+    """A profile entry's area: the project's module, a library, or a builtin."""
+    path = Path(filename)
+    if filename == "~":
+        return f"builtin {function}"
+    parts = path.parts
+    for anchor in ("zvonok_agi", "redis", "structlog", "phonenumbers", "asyncio"):
+        if anchor in parts:
+            i = parts.index(anchor)
+            return "/".join(parts[i:])
+    return path.name
+
+
+def print_profile(name: str, path: Path, top: int) -> None:
+    import pstats
+
+    if not path.exists():
+        print(f"\n{name}: no profile written", file=sys.stderr)
+        return
+    stats = pstats.Stats(str(path))
+    by_file: Counter = Counter()
+    total = 0.0
+    entries = stats.stats.items()  # type: ignore[attr-defined]
+    for (filename, _, function), (_, _, tottime, _, _) in entries:
+        total += tottime
+        if function == "<method 'poll' of 'select.epoll' objects>":
+            continue  # idle
+        by_file[_area(filename, function)] += tottime
+    busy = sum(by_file.values())
+    print(f"\n=== {name} under cProfile: own time by area ({busy:.2f} s busy of "
+          f"{total:.2f} s) ===")
+    for area, seconds in by_file.most_common(top):
+        print(f"  {seconds:7.3f} s  {seconds / busy:6.1%}  {area}")
+    stats.strip_dirs()
+    for key in ("tottime", "cumulative"):
+        print(f"\n=== {name} under cProfile, top {top} by {key} ===")
+        stats.sort_stats(key).print_stats(top)
+
+
+# --- main --------------------------------------------------------------------------------------
+
+TARGETS = ("floor", "engine", "engine+info", "process-per-call")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rate", type=float, default=300.0,
+                   help="sessions/s offered to engine and floor (default 300)")
+    p.add_argument("--agi-rate", type=float, default=50.0,
+                   help="sessions/s offered to process-per-call (default 50)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per target (default 10)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per target")
+    p.add_argument("--only", default=",".join(TARGETS),
+                   help=f"comma-separated subset of {','.join(TARGETS)}")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="run the engine under cProfile and print its N costliest functions "
+                   "(the table's engine figures are then inflated by the profiler)")
+    p.add_argument("--csv", metavar="FILE",
+                   help="also write every measured session: target, scheduled offset (s), "
+                   "latency (ms), error")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 2 s per target, 0.3 s warm-up")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 2.0, 0.3
+    args.only = [t.strip() for t in args.only.split(",") if t.strip()]
+    unknown = set(args.only) - set(TARGETS)
+    if unknown:
+        p.error(f"--only: unknown target(s) {', '.join(sorted(unknown))}")
+    if args.rate <= 0 or args.agi_rate <= 0 or not 0 < args.duration <= 120 or args.warmup < 0:
+        p.error("rates must be positive, duration in (0, 120] s")
+    return args
+
+
+async def amain(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis | None) -> int:
+    plan = Plan(args.rate, args.agi_rate, args.duration, args.warmup)
+    variables = engine_variables()
+    pop = Population()
+    n_run, n_warm = int(plan.rate * plan.duration), int(plan.rate * plan.warmup)
+    engine_runs = {}
+    for name in ("engine", "engine+info"):
+        if name in args.only:
+            engine_runs[name] = (pop.engine_calls(n_warm), pop.engine_calls(n_run))
+    if engine_runs:
+        assert redis is not None
+        started = time.monotonic()
+        await load_store(redis.url, pop.attempts, pop.now)
+        print(f"store: {ACCOUNTS * NUMBERS_PER_ACCOUNT} reserved numbers, {3 * ACCOUNTS} "
+              f"campaigns, {len(pop.attempts)} attempts loaded in "
+              f"{time.monotonic() - started:.1f} s", file=sys.stderr)
+    rows: list[Row] = []
+    profiles: list[tuple[str, Path]] = []
+    for name in args.only:
+        print(f"running {name} ...", file=sys.stderr)
+        if name == "floor":
+            rows.append(await run_floor(plan, pop.plain_calls(n_run), pop.plain_calls(n_warm),
+                                        tmp, variables))
+        elif name in engine_runs:
+            warm, calls = engine_runs[name]
+            level = "info" if name == "engine+info" else "warning"
+            profile = tmp / f"{name}.prof" if args.profile else None
+            rows.append(await run_engine(name, plan, calls, warm, redis, tmp, level,
+                                         len(variables), profile))
+            if profile is not None:
+                profiles.append((name, profile))
+        else:
+            n_agi = int(plan.agi_rate * plan.duration)
+            warm = pop.plain_calls(int(plan.agi_rate * plan.warmup))
+            rows.append(await run_agi(plan, pop.plain_calls(n_agi), warm, variables))
+    rows.sort(key=lambda r: TARGETS.index(r.name))
+    report(rows, plan)
+    if args.csv:
+        write_csv(Path(args.csv), rows)
+    for name, profile in profiles:
+        print_profile(name, profile, args.profile)
+    return 1 if any(r.errors for r in rows) else 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging("console", "warning")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    signal.signal(signal.SIGTERM, _terminate)
+    with tempfile.TemporaryDirectory(prefix="zvonok-bench-") as tmp:
+        redis = None
+        try:
+            if {"engine", "engine+info"} & set(args.only):
+                redis = start_redis(Path(tmp) / "redis")
+            return asyncio.run(amain(args, Path(tmp), redis))
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        finally:
+            stop_all()
+            if redis is not None:
+                redis.stop(timeout=STOP_TIMEOUT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
