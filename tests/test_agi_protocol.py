@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from transcripts import (
     FROM_ASTERISK,
     FROM_SERVER,
@@ -26,7 +27,6 @@ from transcripts import (
     agi_transcripts,
     read_transcript,
 )
-
 from zvonok_agi.agi.protocol import (
     AGI_BUF_LEN,
     HANGUP_LINE,

@@ -6,8 +6,8 @@ import asyncio
 import time
 
 import pytest
-from transcripts import FROM_ASTERISK, TRANSCRIPTS_DIR, read_transcript
 
+from transcripts import FROM_ASTERISK, TRANSCRIPTS_DIR, read_transcript
 from zvonok_agi.agi.client import agi_call, recorded_environment
 from zvonok_agi.agi.protocol import HANGUP_LINE, encode_environment
 from zvonok_agi.agi.server import ServerConfig, run_server

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 
+from conftest import free_port
 from zvonok_agi.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

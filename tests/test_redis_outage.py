@@ -8,7 +8,6 @@ from dataclasses import replace
 
 from conftest import free_port
 from engine_helpers import RESERVED, attempt, base_inventory, call, running_engine
-
 from zvonok_agi.store.embedded import EmbeddedRedis
 
 CALLERS = [f"7916{n:07d}" for n in range(1, 301)]
