@@ -80,6 +80,7 @@ def parse_inventory(data: dict[str, Any], now: float) -> Inventory:
                     kind=CampaignKind(item["kind"]),
                     accept_inbound=bool(item.get("accept_inbound", False)),
                     state=CampaignState(item.get("state", "running")),
+                    caller_id=_caller_id(item.get("caller_id", "pool")),
                 )
             )
     for i, item in enumerate(data.get("attempts", [])):
@@ -130,7 +131,7 @@ def _attempt(item: dict[str, Any], now: float, inv: Inventory) -> Attempt:
     if did is None or callee is None:
         raise InventoryError("did and callee must be phone numbers")
     return Attempt(
-        id=str(item.get("id") or uuid.uuid4().hex),
+        id=_ident(item, "id") if "id" in item else uuid.uuid4().hex,
         campaign=campaign.id,
         account=campaign.account,
         did=did,
@@ -139,6 +140,16 @@ def _attempt(item: dict[str, Any], now: float, inv: Inventory) -> Attempt:
         outcome=Outcome(item.get("outcome", "pending")),
         callbacks=int(item.get("callbacks", 0)),
     )
+
+
+def _caller_id(value: object) -> str | None:
+    """`pool` (the default) or a reserved number; whether it may be used is checked at dial."""
+    if value in (None, "", "pool"):
+        return None
+    did = phone.normalize(str(value))
+    if did is None:
+        raise InventoryError(f"caller_id {value!r} is neither 'pool' nor a phone number")
+    return did
 
 
 def _when(item: dict[str, Any], now: float) -> float:

@@ -6,6 +6,7 @@ import functools
 import re
 
 import phonenumbers
+from phonenumbers import geocoder
 
 DEFAULT_REGION = "RU"
 # Longer than any E.164 number written with spaces, brackets and dashes: cheaper to refuse early.
@@ -42,3 +43,17 @@ def _russian_prefix(text: str) -> str:
     if digits[0] in "78":
         return "+7" + digits[1:]
     return text
+
+
+@functools.lru_cache(maxsize=8192)
+def describe(e164: str) -> tuple[str, str | None]:
+    """(kind, region) of a normalised number: kind `mobile` or `landline`; the region (e.g.
+    `Moscow`) when the numbering plan ties the number to one, which for Russian mobile ranges
+    it does not."""
+    parsed = phonenumbers.parse("+" + e164)
+    kind = phonenumbers.number_type(parsed)
+    mobile = kind in (phonenumbers.PhoneNumberType.MOBILE,
+                      phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
+    region = geocoder.description_for_number(parsed, "en")
+    country = geocoder.country_name_for_number(parsed, "en")
+    return ("mobile" if mobile else "landline"), (region if region and region != country else None)

@@ -97,6 +97,7 @@ class Campaign:
     kind: CampaignKind
     accept_inbound: bool = False  # outbound only: the "Accept inbound" fine setting
     state: CampaignState = CampaignState.RUNNING
+    caller_id: str | None = None  # outbound only: a reserved number's DID; None = service pool
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 Layout (prefix `zv:` by default):
   account:<id>   hash  verified, name
   number:<did>   hash  pool, status, owner, callback_rule, inbound_campaign
-  campaign:<id>  hash  account, kind, accept_inbound, state
+  campaign:<id>  hash  account, kind, accept_inbound, state, caller_id (empty: service pool)
   accounts / numbers / campaigns   sets of ids, so a full load needs no SCAN
   routing:version   incremented by every write, in the same transaction
   routing (pub/sub channel)   "<kind>:<id>" after every write
@@ -212,6 +212,7 @@ def _campaign_fields(campaign: Campaign) -> dict[str, str]:
         "kind": campaign.kind.value,
         "accept_inbound": "1" if campaign.accept_inbound else "0",
         "state": campaign.state.value,
+        "caller_id": campaign.caller_id or "",
     }
 
 
@@ -249,4 +250,5 @@ def _add(snapshot: RoutingSnapshot, kind: str, key: str, raw: dict[str, str]) ->
             kind=CampaignKind(raw["kind"]),
             accept_inbound=raw.get("accept_inbound") == "1",
             state=CampaignState(raw.get("state") or CampaignState.RUNNING),
+            caller_id=raw.get("caller_id") or None,
         )
