@@ -63,6 +63,40 @@ class DialplanSettings:
 
 
 @dataclass(frozen=True)
+class AmiSettings:
+    host: str = "127.0.0.1"
+    port: int = 5038
+    username: str = "zvonok"
+    # Give it through ZVONOK_AMI_SECRET rather than in a file.
+    secret: str = ""
+    # Log in with an MD5 challenge, so the secret never crosses the wire.
+    use_md5: bool = True
+    action_timeout: float = 5.0
+    ping_interval: float = 20.0
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    # How a callee is dialed; {callee} is the number in E.164 digits.
+    channel: str = "PJSIP/{callee}@carrier"
+    # Where an answered call goes (extension s): the outbound campaign's context.
+    context: str = "zvonok-outbound-{campaign}"
+    # Seconds a callee's phone may ring.
+    ring_timeout: float = 30.0
+    # Seconds after which an attempt with no outcome from Asterisk is settled as failed.
+    outcome_timeout: float = 90.0
+    # Calls per minute from one service-pool number (spreads load; carriers flag hot numbers).
+    pool_calls_per_minute: int = 6
+    # Defaults for `campaign run`: calls started per second and calls at once.
+    calls_per_second: float = 5.0
+    concurrency: int = 10
+    # The trunk's own limit in calls started per second, shared by every campaign run here.
+    trunk_calls_per_second: float = 20.0
+    # Where `campaign run` keeps its journal of callees already dialed (to resume).
+    state_dir: str = "var/runs"
+
+
+@dataclass(frozen=True)
 class LogSettings:
     # "json" for production, "console" for a terminal, "auto": console on a TTY.
     format: str = "auto"
@@ -75,6 +109,8 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     dialplan: DialplanSettings = field(default_factory=DialplanSettings)
+    ami: AmiSettings = field(default_factory=AmiSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 
@@ -157,10 +193,23 @@ def _validate(settings: Settings) -> None:
     if settings.routing.callback_window_days <= 0:
         raise ConfigError("routing.callback_window_days must be positive")
     templates = settings.dialplan
-    for name, key in (("outbound_context", "campaign"), ("inbound_context", "campaign"),
-                      ("fallback_context", "fallback")):
+    for name, key in (
+        ("outbound_context", "campaign"),
+        ("inbound_context", "campaign"),
+        ("fallback_context", "fallback"),
+    ):
         template = getattr(templates, name)
         if "{" + key + "}" not in template:
             raise ConfigError(f"dialplan.{name} must contain {{{key}}}")
+    out = settings.outbound
+    if "{callee}" not in out.channel or "{campaign}" not in out.context:
+        raise ConfigError("outbound.channel needs {callee}, outbound.context {campaign}")
+    for name in ("ring_timeout", "outcome_timeout", "calls_per_second", "trunk_calls_per_second"):
+        if getattr(out, name) <= 0:
+            raise ConfigError(f"outbound.{name} must be positive")
+    if out.outcome_timeout <= out.ring_timeout:
+        raise ConfigError("outbound.outcome_timeout must be longer than ring_timeout")
+    if out.pool_calls_per_minute < 1 or out.concurrency < 1:
+        raise ConfigError("outbound.pool_calls_per_minute and concurrency must be at least 1")
     if settings.log.format not in ("auto", "json", "console"):
         raise ConfigError("log.format must be auto, json or console")

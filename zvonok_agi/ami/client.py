@@ -56,8 +56,13 @@ Fields = Iterable[tuple[str, str]] | Mapping[str, str]
 class AMIDisconnected(AMIError):
     """The link is down, or went down while the action waited for its reply.
 
-    The action may or may not have reached Asterisk; it is not sent again.
+    The action may or may not have reached Asterisk (`sent`: it was written, or may have
+    been); it is not sent again.
     """
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class AMIActionTimeout(AMIError):
@@ -192,7 +197,7 @@ class _Link:
         self, name: str, action_id: str, fields: Fields, timeout: float, collect_list: bool
     ) -> tuple[Response, list[Event]]:
         if self.lost.is_set():
-            raise AMIDisconnected(f"link lost ({self.reason}); {name} not sent")
+            raise AMIDisconnected(f"link lost ({self.reason}); {name} not sent", sent=False)
         future: asyncio.Future[tuple[Response, list[Event]]]
         future = asyncio.get_running_loop().create_future()
         self.pending[action_id] = _Pending(future, collect_list)
@@ -565,7 +570,7 @@ class AMIClient:
     ) -> tuple[Response, list[Event]]:
         link = self._link
         if link is None or not self.connected:
-            raise AMIDisconnected(f"AMI link is {self._state.value}; {name} not sent")
+            raise AMIDisconnected(f"AMI link is {self._state.value}; {name} not sent", sent=False)
         action_id = action_id or next(self._ids)
         if action_id in link.pending:
             raise ValueError(f"ActionID {action_id!r} is already waiting for a reply")

@@ -6,6 +6,8 @@ Layout (prefix `zv:` by default):
       <id>:o  outcome
       <id>:c  callbacks routed back to the campaign
   attempt:<id>  the hist key of an attempt, to settle its outcome by id
+  last:<callee>  the number the latest outbound call to this callee showed
+  cpm:<did>:<minute>  calls placed from a number in one minute (for the per-number cap)
 
 One inbound decision reads one hash (HGETALL: one round trip). Claiming the first callback is a
 Lua script, so that of two simultaneous callbacks at most one wins.
@@ -40,6 +42,20 @@ redis.call('SET', KEYS[2], KEYS[1], 'EX', ttl)
 return 1
 """
 
+# An outbound call about to be placed: within the caller ID's calls-per-minute cap (a
+# negative cap: none), count it, remember the number this callee was shown, and record the
+# attempt; all or nothing. 0: the number is at its cap, nothing written.
+DIAL = (
+    """
+local cap = tonumber(ARGV[6])
+if cap >= 0 and tonumber(redis.call('GET', KEYS[3]) or '0') >= cap then return 0 end
+redis.call('INCR', KEYS[3])
+redis.call('EXPIRE', KEYS[3], 120)
+redis.call('SET', KEYS[4], ARGV[7], 'EX', math.ceil(tonumber(ARGV[5])))
+"""
+    + RECORD
+)
+
 # 1: claimed; 0: already claimed or answered; -1: no such attempt.
 CLAIM = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
@@ -66,15 +82,20 @@ class CallbackHistory:
         self._record = redis.register_script(RECORD)
         self._claim = redis.register_script(CLAIM)
         self._settle = redis.register_script(SETTLE)
+        self._dial = redis.register_script(DIAL)
+
+    @staticmethod
+    def _record_json(attempt: Attempt) -> str:
+        return json.dumps(
+            {"campaign": attempt.campaign, "account": attempt.account, "at": attempt.at},
+            separators=(",", ":"),
+        )
 
     def key(self, did: str, callee: str) -> str:
         return f"{self.prefix}hist:{did}:{callee}"
 
     async def record(self, attempt: Attempt, now: float) -> None:
-        record = json.dumps(
-            {"campaign": attempt.campaign, "account": attempt.account, "at": attempt.at},
-            separators=(",", ":"),
-        )
+        record = self._record_json(attempt)
         await self._record(
             keys=[self.key(attempt.did, attempt.callee), f"{self.prefix}attempt:{attempt.id}"],
             args=[attempt.id, record, attempt.outcome.value, now, self.window],
@@ -83,6 +104,45 @@ class CallbackHistory:
             await self.redis.hset(
                 self.key(attempt.did, attempt.callee), f"{attempt.id}:c", attempt.callbacks
             )
+
+    async def dial_context(
+        self, callee: str, dids: list[str], now: float
+    ) -> tuple[str | None, dict[str, int]]:
+        """What the caller-ID choice needs, in one round trip: the number the previous call
+        to `callee` showed, and this minute's calls from each of `dids`."""
+        minute = int(now // 60)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(f"{self.prefix}last:{callee}")
+            if dids:
+                pipe.mget([f"{self.prefix}cpm:{did}:{minute}" for did in dids])
+            replies = await pipe.execute()
+        previous = replies[0].decode() if replies[0] else None
+        counts = replies[1] if dids else []
+        return previous, {did: int(c) for did, c in zip(dids, counts, strict=True) if c}
+
+    async def record_dial(self, attempt: Attempt, now: float, cap: int | None) -> bool:
+        """Record an attempt about to be dialed; False (nothing written) when its number
+        already has `cap` calls this minute."""
+        minute = int(now // 60)
+        record = self._record_json(attempt)
+        result = await self._dial(
+            keys=[
+                self.key(attempt.did, attempt.callee),
+                f"{self.prefix}attempt:{attempt.id}",
+                f"{self.prefix}cpm:{attempt.did}:{minute}",
+                f"{self.prefix}last:{attempt.callee}",
+            ],
+            args=[
+                attempt.id,
+                record,
+                attempt.outcome.value,
+                now,
+                self.window,
+                -1 if cap is None else cap,
+                attempt.did,
+            ],
+        )
+        return int(result) == 1
 
     async def attempts(self, did: str, callee: str) -> list[Attempt]:
         """Every attempt kept for this pair, in no particular order."""

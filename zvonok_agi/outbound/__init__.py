@@ -1,0 +1,1 @@
+"""Outbound dialing: the originator (one call) and the campaign runner (a list)."""

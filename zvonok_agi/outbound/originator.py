@@ -1,0 +1,267 @@
+"""Placing one outbound call: caller ID, attempt recorded first, Originate, outcome.
+
+The attempt is written to the callback history (pending) BEFORE the Originate is sent, so a
+callback seconds later is already recognised; if it cannot be written, no call is placed. An
+Originate is sent once and never again: after a lost link its outcome comes from the events
+if they arrive, else it settles as failed after `outcome_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+from redis.exceptions import RedisError
+
+from .. import phone
+from ..ami.client import AMIActionTimeout, AMIClient, AMIDisconnected
+from ..ami.outcome import from_failure, from_originate_response, to_int
+from ..ami.protocol import Event
+from ..config import OutboundSettings
+from ..routing.callerid import CallerId, CallerIdRefused, PoolAtCapacity, choose_caller_id
+from ..routing.model import Attempt, Outcome
+from ..store.history import CallbackHistory
+from ..store.routing_data import RoutingSnapshot
+
+log = structlog.get_logger(__name__)
+
+# After a failed OriginateResponse, how long to wait for the Hangup that carries the cause.
+HANGUP_GRACE = 1.0
+# The caller-ID choice is retried when a pool number reaches its cap between read and write.
+CHOICE_TRIES = 5
+
+
+class StoreUnavailable(Exception):
+    """The attempt could not be recorded, so no call was placed (retry later)."""
+
+
+class DialRefused(Exception):
+    """This call may not be placed at all (a rule or bad input): no point retrying."""
+
+
+@dataclass(frozen=True)
+class DialResult:
+    attempt: Attempt
+    caller_id: CallerId
+    outcome: Outcome
+    detail: str
+
+
+@dataclass
+class _Tracker:
+    """What Asterisk has said so far about one Originate."""
+
+    future: asyncio.Future[tuple[Outcome, str]]
+    reason: int | None = None
+    responded: bool = False
+    cause: int | None = None
+    grace: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def settle(self, outcome: Outcome, detail: str) -> None:
+        if self.grace is not None:
+            self.grace.cancel()
+        if not self.future.done():
+            self.future.set_result((outcome, detail))
+
+
+class Originator:
+    def __init__(
+        self,
+        ami: AMIClient,
+        history: CallbackHistory,
+        routing: Callable[[], RoutingSnapshot],
+        settings: OutboundSettings,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ami = ami
+        self.history = history
+        self.routing = routing
+        self.settings = settings
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self._trackers: dict[str, _Tracker] = {}
+        self._pump: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Originator:
+        self._pump = asyncio.create_task(self._read_events(), name="originator-events")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.wait([self._pump])
+        for tracker in self._trackers.values():
+            tracker.settle(Outcome.FAILED, "dialer stopped before the outcome arrived")
+
+    async def prepare(self, campaign_id: str, callee_raw: str) -> tuple[Attempt, CallerId]:
+        """Choose the caller ID and record the attempt (pending). Raises DialRefused,
+        PoolAtCapacity (wait a little) or StoreUnavailable; nothing is dialed here."""
+        callee = phone.normalize(callee_raw)
+        if callee is None:
+            raise DialRefused(f"{callee_raw!r} is not a phone number")
+        snapshot = self.routing()
+        campaign = snapshot.campaigns.get(campaign_id)
+        if campaign is None:
+            raise DialRefused(f"no campaign {campaign_id!r}")
+        account = snapshot.accounts.get(campaign.account)
+        pool = sorted(did for did, n in snapshot.numbers.items() if n.is_service)
+        cap = self.settings.pool_calls_per_minute
+        try:
+            for _ in range(CHOICE_TRIES):
+                now = self.clock()
+                previous, usage = await self.history.dial_context(callee, pool, now)
+                try:
+                    choice = choose_caller_id(
+                        campaign, account, snapshot.numbers, callee, previous, usage, cap, self.rng
+                    )
+                except CallerIdRefused as exc:
+                    raise DialRefused(str(exc)) from exc
+                attempt = Attempt(
+                    id=uuid.uuid4().hex,
+                    campaign=campaign.id,
+                    account=campaign.account,
+                    did=choice.did,
+                    callee=callee,
+                    at=now,
+                )
+                if await self.history.record_dial(attempt, now, cap if choice.from_pool else None):
+                    return attempt, choice
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"callback history unavailable: {exc}") from exc
+        raise StoreUnavailable("pool numbers kept reaching their cap while recording")
+
+    def check_campaign(self, campaign_id: str) -> None:
+        """Raise DialRefused if no call of this campaign may be placed (before dialing any)."""
+        snapshot = self.routing()
+        campaign = snapshot.campaigns.get(campaign_id)
+        if campaign is None:
+            raise DialRefused(f"no campaign {campaign_id!r}")
+        account = snapshot.accounts.get(campaign.account)
+        try:
+            choose_caller_id(
+                campaign,
+                account,
+                snapshot.numbers,
+                "",
+                None,
+                {},
+                1,
+                self.rng,
+                region_of=lambda _: None,
+            )
+        except CallerIdRefused as exc:
+            raise DialRefused(str(exc)) from exc
+        except PoolAtCapacity:
+            pass  # a passing state, not a rule
+
+    async def dial(self, campaign_id: str, callee_raw: str) -> DialResult:
+        """Place one call and wait for its outcome (which is also written to the history)."""
+        attempt, caller_id = await self.prepare(campaign_id, callee_raw)
+        return await self.place(attempt, caller_id)
+
+    async def place(self, attempt: Attempt, caller_id: CallerId) -> DialResult:
+        """Originate a prepared attempt, wait for its outcome, write it to the history."""
+        outcome, detail = await self._originate(attempt)
+        await self._settle(attempt, outcome)
+        log.info(
+            "call placed",
+            campaign=attempt.campaign,
+            callee=attempt.callee,
+            caller_id=attempt.did,
+            attempt=attempt.id,
+            outcome=outcome.value,
+            detail=detail,
+        )
+        return DialResult(attempt, caller_id, outcome, detail)
+
+    async def _originate(self, attempt: Attempt) -> tuple[Outcome, str]:
+        tracker = _Tracker(asyncio.get_running_loop().create_future())
+        self._trackers[attempt.id] = tracker  # before sending: events may beat the response
+        try:
+            try:
+                response = await self.ami.send_action("Originate", self._fields(attempt))
+            except AMIDisconnected as exc:
+                if not exc.sent:
+                    return Outcome.FAILED, "AMI link down: not dialed"
+                log.warning("originate reply lost; waiting for events", attempt=attempt.id)
+            except AMIActionTimeout:
+                log.warning("originate not answered; waiting for events", attempt=attempt.id)
+            else:
+                if not response.ok:
+                    return Outcome.FAILED, f"Originate refused: {response.message}"
+            try:
+                async with asyncio.timeout(self.settings.outcome_timeout):
+                    return await tracker.future
+            except TimeoutError:
+                return Outcome.FAILED, "no outcome from Asterisk in time"
+        finally:
+            tracker.settle(Outcome.FAILED, "abandoned")
+            del self._trackers[attempt.id]
+
+    def _fields(self, attempt: Attempt) -> list[tuple[str, str]]:
+        s = self.settings
+        return [
+            ("Channel", s.channel.format(callee=attempt.callee)),
+            ("Context", s.context.format(campaign=attempt.campaign)),
+            ("Exten", "s"),
+            ("Priority", "1"),
+            ("CallerID", f"<{attempt.did}>"),
+            ("Timeout", str(int(s.ring_timeout * 1000))),
+            ("Async", "true"),
+            ("ChannelId", attempt.id),  # the Uniqueid of every event about this call
+            ("Variable", f"ZV_CAMPAIGN={attempt.campaign}"),
+            ("Variable", f"ZV_ACCOUNT={attempt.account}"),
+            ("Variable", f"ZV_CALLEE={attempt.callee}"),
+            ("Variable", f"ZV_ATTEMPT={attempt.id}"),
+        ]
+
+    async def _settle(self, attempt: Attempt, outcome: Outcome) -> None:
+        for delay in (0, 0.5, 2.0):
+            await asyncio.sleep(delay)
+            try:
+                await self.history.settle(attempt.id, outcome)
+                return
+            except (RedisError, OSError) as exc:
+                error = exc
+        # The attempt stays pending: a callback is still recognised, as if unanswered.
+        log.error("attempt outcome not recorded", attempt=attempt.id, error=str(error))
+
+    async def _read_events(self) -> None:
+        async for event in self.ami.events():
+            with contextlib.suppress(Exception):
+                self._on_event(event)
+
+    def _on_event(self, event: Event) -> None:
+        tracker = self._trackers.get(event.get("Uniqueid") or "")
+        if tracker is None:
+            return
+        if event.name == "OriginateResponse":
+            tracker.responded = True
+            tracker.reason = to_int(event.get("Reason"))
+            answered = from_originate_response(event.get("Response") == "Success", tracker.reason)
+            if answered is not None:
+                tracker.settle(answered, "answered")
+            elif tracker.cause is not None:
+                self._settle_failure(tracker)
+            else:
+                tracker.grace = asyncio.get_running_loop().call_later(
+                    HANGUP_GRACE, self._settle_failure, tracker
+                )
+        elif event.name == "Hangup":
+            tracker.cause = to_int(event.get("Cause"))
+            if tracker.responded:
+                self._settle_failure(tracker)
+
+    @staticmethod
+    def _settle_failure(tracker: _Tracker) -> None:
+        outcome = from_failure(tracker.reason, tracker.cause)
+        cause = "no Hangup" if tracker.cause is None else f"Hangup Cause {tracker.cause}"
+        tracker.settle(outcome, f"OriginateResponse Reason {tracker.reason}, {cause}")
