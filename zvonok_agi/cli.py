@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
 from .logs import configure_logging
+
+if TYPE_CHECKING:
+    from .outbound.originator import Originator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +75,21 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--script", default="inbound")
     call.add_argument("--timeout", type=float, default=5.0)
     call.set_defaults(run=_agi_call)
+
+    dial = commands.add_parser("dial", help="place one outbound call through AMI")
+    dial.add_argument("--campaign", required=True)
+    dial.add_argument("--to", required=True, help="the callee's number")
+    dial.set_defaults(run=_dial)
+
+    campaign = commands.add_parser("campaign", help="outbound campaign runs")
+    campaign_commands = campaign.add_subparsers(dest="campaign_command", required=True)
+    run = campaign_commands.add_parser("run", help="dial a list of callees (resumable)")
+    run.add_argument("campaign")
+    run.add_argument("--list", required=True, help="CSV of callees (column 'phone')")
+    run.add_argument("--cps", type=float, help="calls started per second")
+    run.add_argument("--concurrency", type=int, help="calls at once")
+    run.add_argument("--journal", help="file of callees already dialed (default: state_dir)")
+    run.set_defaults(run=_campaign_run)
     return parser
 
 
@@ -153,6 +175,98 @@ async def _agi_call(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.asynccontextmanager
+async def _dialer(settings: Settings) -> AsyncIterator[Originator]:
+    """The AMI link, the history and the routing data an outbound call needs."""
+    from .ami.client import AMIClient, AMIError
+    from .app import open_redis
+    from .outbound.originator import Originator
+    from .store.history import CallbackHistory
+    from .store.routing_data import RoutingData
+
+    a = settings.ami
+    async with open_redis(settings, supervise=False) as redis:
+        snapshot = await RoutingData(redis, settings.redis.key_prefix).load()
+        history = CallbackHistory(
+            redis, settings.redis.key_prefix, settings.routing.callback_window
+        )
+        ami = AMIClient(
+            a.host,
+            a.port,
+            a.username,
+            a.secret,
+            use_md5=a.use_md5,
+            action_timeout=a.action_timeout,
+            ping_interval=a.ping_interval,
+        )
+        try:
+            await ami.connect()
+        except (AMIError, OSError) as exc:
+            raise CommandError(f"AMI {a.host}:{a.port}: {exc}") from exc
+        try:
+            async with Originator(ami, history, lambda: snapshot, settings.outbound) as dialer:
+                yield dialer
+        finally:
+            await ami.close()
+
+
+async def _dial(settings: Settings, args: argparse.Namespace) -> int:
+    from .outbound.originator import DialRefused, StoreUnavailable
+    from .routing.callerid import PoolAtCapacity
+
+    async with _dialer(settings) as dialer:
+        try:
+            result = await dialer.dial(args.campaign, args.to)
+        except (DialRefused, PoolAtCapacity, StoreUnavailable) as exc:
+            raise CommandError(f"no call placed: {exc}") from exc
+    print(f"callee     {result.attempt.callee}")
+    print(f"caller ID  {result.caller_id.did} ({result.caller_id.reason})")
+    print(f"attempt    {result.attempt.id}")
+    print(f"outcome    {result.outcome.value} ({result.detail})")
+    return 0
+
+
+async def _campaign_run(settings: Settings, args: argparse.Namespace) -> int:
+    from .outbound.originator import DialRefused
+    from .outbound.runner import (
+        CampaignRunner,
+        Journal,
+        TerminalProgress,
+        format_summary,
+        journal_path,
+        read_callees,
+        trunk_limiter,
+    )
+
+    out = settings.outbound
+    try:
+        callees = read_callees(args.list)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    journal = Journal(args.journal or journal_path(out.state_dir, args.campaign, args.list))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with _dialer(settings) as dialer:
+        runner = CampaignRunner(
+            dialer,
+            args.campaign,
+            callees,
+            journal,
+            calls_per_second=args.cps or out.calls_per_second,
+            concurrency=args.concurrency or out.concurrency,
+            trunk=trunk_limiter(out.channel, out.trunk_calls_per_second),
+            progress=TerminalProgress(),
+        )
+        try:
+            summary = await runner.run(stop)
+        except DialRefused as exc:
+            raise CommandError(f"campaign refused, no call placed: {exc}") from exc
+    print(format_summary(summary))
+    return 130 if summary.interrupted else 0
+
+
 def _describe(route) -> str:
     if route.fallback is not None:
         return f"fallback {route.fallback.value}"
@@ -169,4 +283,3 @@ def _parse_time(text: str) -> float:
     except ValueError as exc:
         raise CommandError(f"--at: {text!r} is neither ISO 8601 nor Unix seconds") from exc
     return moment.timestamp()
-

@@ -1,0 +1,80 @@
+"""Outbound then inbound, end to end: the fake AMI peer replaying Asterisk, the real FastAGI
+engine, real Redis. A callee who missed a campaign's call calls back the number it showed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from engine_helpers import RESERVED, base_inventory, call, load, running_engine
+from fake_ami import FakeAMI
+from zvonok_agi.ami.client import AMIClient
+from zvonok_agi.outbound.originator import Originator
+from zvonok_agi.routing.model import Outcome
+from zvonok_agi.store.history import CallbackHistory
+
+ROOT = Path(__file__).resolve().parents[1]
+MISSES, ANSWERS = "79001112233", "79004445566"
+
+
+def inventory() -> dict:
+    inv = base_inventory(accept_inbound=True)
+    for campaign in inv["campaigns"]:
+        if campaign["id"] == "spring-sale":
+            campaign["caller_id"] = RESERVED
+    return inv
+
+
+async def test_missed_call_then_callbacks_and_answered_call(settings):
+    cases = {MISSES: "noanswer", ANSWERS: "answered"}
+    async with (
+        running_engine(settings, inventory()) as engine,
+        FakeAMI(cases=cases) as fake,
+        AMIClient("127.0.0.1", fake.port, "lab", "labsecret") as ami,
+    ):
+        history = CallbackHistory(engine.redis, settings.redis.key_prefix)
+        snapshot = engine.cache.snapshot
+        async with Originator(ami, history, lambda: snapshot, settings.outbound) as dialer:
+            missed = await dialer.dial("spring-sale", MISSES)
+            answered = await dialer.dial("spring-sale", ANSWERS)
+        assert (missed.outcome, answered.outcome) == (Outcome.NO_ANSWER, Outcome.ANSWERED)
+        assert missed.caller_id.did == RESERVED
+
+        first = await call(engine, missed.caller_id.did, MISSES)
+        second = await call(engine, missed.caller_id.did, MISSES)
+        after_answer = await call(engine, answered.caller_id.did, ANSWERS)
+
+    assert (first["ZV_ROUTE"], first["ZV_CAMPAIGN"]) == ("outbound", "spring-sale")
+    assert first["ZV_ATTEMPT"] == missed.attempt.id
+    assert (second["ZV_ROUTE"], second["ZV_CAMPAIGN"]) == ("inbound", "support")
+    assert (after_answer["ZV_ROUTE"], after_answer["ZV_CAMPAIGN"]) == ("inbound", "support")
+    assert len(fake.originates) == 2
+
+
+async def test_dial_command_prints_the_caller_id_and_outcome(settings):
+    await load(settings, inventory())
+    env = dict(
+        os.environ,
+        ZVONOK_REDIS_URL=settings.redis.url,
+        ZVONOK_REDIS_KEY_PREFIX=settings.redis.key_prefix,
+        ZVONOK_AMI_USERNAME="lab",
+        ZVONOK_AMI_SECRET="labsecret",
+        ZVONOK_LOG_FORMAT="json",
+        PYTHONPATH=str(ROOT),
+    )
+    async with FakeAMI(cases={MISSES: "busy"}) as fake:
+        env["ZVONOK_AMI_PORT"] = str(fake.port)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "zvonok_agi", "dial", "--campaign", "pool-promo",
+            "--to", "8 900 111-22-33", env=env, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr.decode()
+    out = stdout.decode()
+    assert "callee     79001112233" in out
+    assert "caller ID  74950000001 (service pool" in out
+    assert "outcome    busy" in out
+    assert len(fake.originates) == 1
