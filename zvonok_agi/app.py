@@ -19,6 +19,7 @@ from . import phone
 from .agi.inbound import InboundRouter, send_engine_error
 from .agi.server import FastAGIServer, ServerConfig
 from .config import Settings
+from .metrics import start_metrics_server
 from .store.embedded import EmbeddedRedis
 from .store.history import CallbackHistory
 from .store.routing_data import RoutingCache, RoutingData
@@ -117,6 +118,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stop_metrics = None
+    if settings.metrics.enabled:
+        stop_metrics = start_metrics_server(settings.metrics.host, settings.metrics.port)
     async with Engine(settings):
         # What exists now lives as long as the process: keep it out of the collector's
         # full passes, which otherwise pause calls for ~15 ms every few seconds.
@@ -125,4 +129,6 @@ async def serve(settings: Settings) -> None:
         gc.freeze()
         await stop.wait()
         log.info("stopping: draining sessions")
+    if stop_metrics is not None:
+        stop_metrics()
     log.info("stopped")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .config import ConfigError, Settings, load_settings
 from .logs import configure_logging
+from .metrics import MetricsUnavailable
 
 if TYPE_CHECKING:
     from .outbound.originator import Originator
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(args.run(settings, args))
     except KeyboardInterrupt:
         return 130
-    except CommandError as exc:
+    except (CommandError, MetricsUnavailable) as exc:
         print(f"zvonok-agi: {exc}", file=sys.stderr)
         return 1
 
@@ -178,15 +179,22 @@ async def _agi_call(settings: Settings, args: argparse.Namespace) -> int:
 @contextlib.asynccontextmanager
 async def _dialer(settings: Settings) -> AsyncIterator[Originator]:
     """The AMI link, the history and the routing data an outbound call needs."""
-    from .ami.client import AMIClient, AMIError
+    from .ami.client import AMIClient, AMIError, LinkState
     from .app import open_redis
+    from .metrics import METRICS, start_metrics_server
     from .outbound.originator import Originator
     from .store.history import CallbackHistory
-    from .store.routing_data import RoutingData
+    from .store.routing_data import RoutingCache, RoutingData
 
     a = settings.ami
-    async with open_redis(settings, supervise=False) as redis:
-        snapshot = await RoutingData(redis, settings.redis.key_prefix).load()
+    async with contextlib.AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(open_redis(settings, supervise=False))
+        # Followed like the engine does, so a long run sees numbers disabled meanwhile.
+        cache = RoutingCache(RoutingData(redis, settings.redis.key_prefix))
+        await cache.start()
+        stack.push_async_callback(cache.stop)
+        if cache.snapshot.version < 0:
+            raise CommandError("routing data unavailable: is Redis running?")
         history = CallbackHistory(
             redis, settings.redis.key_prefix, settings.routing.callback_window
         )
@@ -199,12 +207,18 @@ async def _dialer(settings: Settings) -> AsyncIterator[Originator]:
             action_timeout=a.action_timeout,
             ping_interval=a.ping_interval,
         )
+        ami.add_state_listener(lambda state: METRICS.ami_link(state is LinkState.CONNECTED))
+        if settings.metrics.enabled:
+            stack.callback(
+                start_metrics_server(settings.metrics.host, settings.metrics.runner_port)
+            )
         try:
             await ami.connect()
         except (AMIError, OSError) as exc:
             raise CommandError(f"AMI {a.host}:{a.port}: {exc}") from exc
         try:
-            async with Originator(ami, history, lambda: snapshot, settings.outbound) as dialer:
+            originator = Originator(ami, history, lambda: cache.snapshot, settings.outbound)
+            async with originator as dialer:
                 yield dialer
         finally:
             await ami.close()

@@ -97,6 +97,15 @@ class OutboundSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    # A Prometheus /metrics endpoint (needs the "metrics" extra: prometheus_client).
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9464  # `serve`
+    runner_port: int = 9465  # `campaign run` and `dial`
+
+
+@dataclass(frozen=True)
 class LogSettings:
     # "json" for production, "console" for a terminal, "auto": console on a TTY.
     format: str = "auto"
@@ -111,6 +120,7 @@ class Settings:
     dialplan: DialplanSettings = field(default_factory=DialplanSettings)
     ami: AmiSettings = field(default_factory=AmiSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 

@@ -52,8 +52,10 @@ def describe(e164: str) -> tuple[str, str | None]:
     it does not."""
     parsed = phonenumbers.parse("+" + e164)
     kind = phonenumbers.number_type(parsed)
-    mobile = kind in (phonenumbers.PhoneNumberType.MOBILE,
-                      phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
+    mobile = kind in (
+        phonenumbers.PhoneNumberType.MOBILE,
+        phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
+    )
     region = geocoder.description_for_number(parsed, "en")
     country = geocoder.country_name_for_number(parsed, "en")
     return ("mobile" if mobile else "landline"), (region if region and region != country else None)

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from .. import phone
 from ..config import DialplanSettings
+from ..metrics import METRICS
 from ..routing.decision import decide, fallback_without_store
 from ..routing.model import Attempt, Decision, Fallback, Route, RouteKind
 from ..store.history import CallbackHistory
@@ -73,9 +74,7 @@ class InboundRouter:
         await self.send(session, decision, did, caller)
         self._log(did, caller, decision, started)
 
-    def parties(
-        self, extension: str, dnid: str, callerid: str
-    ) -> tuple[str | None, str | None]:
+    def parties(self, extension: str, dnid: str, callerid: str) -> tuple[str | None, str | None]:
         """The DID (the extension, else the dialed number) and the caller, normalised."""
         did = phone.normalize(extension, self.region) or phone.normalize(dnid, self.region)
         return did, phone.normalize(callerid, self.region)
@@ -91,7 +90,11 @@ class InboundRouter:
         first-callback claim (a dry run leaves the history untouched)."""
         number = snapshot.numbers.get(did) if did else None
         if snapshot.version < 0:
-            return Decision(Route.to_fallback(Fallback.ENGINE_ERROR), "routing data not loaded")
+            return Decision(
+                Route.to_fallback(Fallback.ENGINE_ERROR),
+                "routing data not loaded",
+                "routing_not_loaded",
+            )
         if number is None or caller is None:
             return decide(number, snapshot.campaigns, (), self.clock(), self.window)
         try:
@@ -108,6 +111,7 @@ class InboundRouter:
                     )
             return decision
         except (RedisError, OSError) as exc:
+            METRICS.store_error("history")
             decision = fallback_without_store(number, snapshot.campaigns)
             return _with_reason(decision, f"{decision.reason} ({type(exc).__name__})")
 
@@ -153,6 +157,13 @@ class InboundRouter:
         failed: str | None = None,
     ) -> None:
         route = decision.route
+        seconds = time.perf_counter() - started
+        METRICS.call_routed(
+            route.kind.value,
+            route.fallback.value if route.fallback else None,
+            decision.code,
+            seconds,
+        )
         log.info(
             "call routed",
             did=did,
@@ -162,13 +173,15 @@ class InboundRouter:
             fallback=route.fallback.value if route.fallback else None,
             reason=decision.reason,
             failed=failed,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            latency_ms=round(seconds * 1000, 3),
         )
 
 
 async def send_engine_error(router: InboundRouter, session: AGISession, why: str) -> None:
     """The server's generic fallback: no handler knew better."""
-    decision = Decision(Route.to_fallback(Fallback.ENGINE_ERROR), why or "engine error")
+    decision = Decision(
+        Route.to_fallback(Fallback.ENGINE_ERROR), why or "engine error", "engine_failure"
+    )
     await router.send(session, decision, None, None)
 
 

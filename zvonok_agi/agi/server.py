@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from ..metrics import METRICS
 from .protocol import AGIProtocolError
 from .session import AGIClosed, AGISession
 
@@ -118,6 +119,7 @@ class FastAGIServer:
         except TimeoutError:
             # The dialplan sees no decision and takes its own engine_error route.
             self.sessions_rejected += 1
+            METRICS.session_rejected()
             log.warning("fastagi at capacity; session turned away", peer=session.peer)
             await session.close()
             return

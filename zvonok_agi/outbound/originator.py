@@ -24,6 +24,7 @@ from ..ami.client import AMIActionTimeout, AMIClient, AMIDisconnected
 from ..ami.outcome import from_failure, from_originate_response, to_int
 from ..ami.protocol import Event
 from ..config import OutboundSettings
+from ..metrics import METRICS
 from ..routing.callerid import CallerId, CallerIdRefused, PoolAtCapacity, choose_caller_id
 from ..routing.model import Attempt, Outcome
 from ..store.history import CallbackHistory
@@ -135,6 +136,7 @@ class Originator:
                 if await self.history.record_dial(attempt, now, cap if choice.from_pool else None):
                     return attempt, choice
         except (RedisError, OSError) as exc:
+            METRICS.store_error("record_attempt")
             raise StoreUnavailable(f"callback history unavailable: {exc}") from exc
         raise StoreUnavailable("pool numbers kept reaching their cap while recording")
 
@@ -171,6 +173,7 @@ class Originator:
         """Originate a prepared attempt, wait for its outcome, write it to the history."""
         outcome, detail = await self._originate(attempt)
         await self._settle(attempt, outcome)
+        METRICS.originate(outcome.value)
         log.info(
             "call placed",
             campaign=attempt.campaign,

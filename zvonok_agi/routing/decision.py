@@ -37,11 +37,17 @@ def decide(
     also stands for "no caller ID".
     """
     if number is None:
-        return Decision(Route.to_fallback(Fallback.UNKNOWN_NUMBER), "DID is not a known number")
+        return Decision(
+            Route.to_fallback(Fallback.UNKNOWN_NUMBER), "DID is not a known number", "unknown_did"
+        )
     if number.status is not NumberStatus.ACTIVE:
-        return Decision(Route.to_fallback(Fallback.UNKNOWN_NUMBER), "number is disabled")
+        return Decision(
+            Route.to_fallback(Fallback.UNKNOWN_NUMBER), "number is disabled", "disabled"
+        )
     if not (number.is_service or number.is_reserved):
-        return Decision(Route.to_fallback(Fallback.UNKNOWN_NUMBER), "number is not reserved")
+        return Decision(
+            Route.to_fallback(Fallback.UNKNOWN_NUMBER), "number is not reserved", "not_reserved"
+        )
 
     attempt = latest_attempt(number, campaigns, attempts, now, window)
     if attempt is not None:
@@ -51,9 +57,13 @@ def decide(
             return Decision(
                 Route.outbound(campaign.id, attempt.id),
                 f"first callback to outbound campaign {campaign.id}",
+                "first_callback",
             )
-        return _otherwise(number, campaigns, f"callback not taken: {refusal}")
-    return _otherwise(number, campaigns, "no recent call to this caller from this number")
+        code, why = refusal
+        return _otherwise(number, campaigns, f"callback not taken: {why}", code)
+    return _otherwise(
+        number, campaigns, "no recent call to this caller from this number", "no_recent_call"
+    )
 
 
 def latest_attempt(
@@ -94,31 +104,42 @@ def fallback_without_store(number: Number | None, campaigns: Mapping[str, Campai
     if number is not None and number.status is NumberStatus.ACTIVE and number.is_reserved:
         campaign = _bound_inbound(number, campaigns)
         if campaign is not None:
-            return Decision(Route.inbound(campaign.id), "store unavailable: bound inbound campaign")
-    return Decision(Route.to_fallback(Fallback.ENGINE_ERROR), "store unavailable")
+            return Decision(
+                Route.inbound(campaign.id),
+                "store unavailable: bound inbound campaign",
+                "store_unavailable",
+            )
+    return Decision(
+        Route.to_fallback(Fallback.ENGINE_ERROR), "store unavailable", "store_unavailable"
+    )
 
 
-def _callback_refusal(number: Number, campaign: Campaign, attempt: Attempt) -> str | None:
+def _callback_refusal(
+    number: Number, campaign: Campaign, attempt: Attempt
+) -> tuple[str, str] | None:
+    """(code, words) of why the callback does not go to the campaign; None if it does."""
     if not accepts_inbound(number, campaign):
-        return "campaign does not accept inbound calls"
+        return "not_accepting_inbound", "campaign does not accept inbound calls"
     if attempt.outcome is Outcome.ANSWERED:
-        return "the outbound call was answered"
+        return "answered", "the outbound call was answered"
     if attempt.callbacks > 0:
-        return "a callback was already routed to the campaign"
+        return "already_called_back", "a callback was already routed to the campaign"
     if campaign.state is CampaignState.FINISHED:
-        return "campaign is finished"
+        return "campaign_finished", "campaign is finished"
     return None
 
 
-def _otherwise(number: Number, campaigns: Mapping[str, Campaign], why: str) -> Decision:
+def _otherwise(number: Number, campaigns: Mapping[str, Campaign], why: str, code: str) -> Decision:
     if number.is_service:
-        return Decision(Route.to_fallback(Fallback.SERVICE_NUMBER), f"{why}; service number")
+        return Decision(Route.to_fallback(Fallback.SERVICE_NUMBER), f"{why}; service number", code)
     campaign = _bound_inbound(number, campaigns)
     if campaign is None:
         return Decision(
-            Route.to_fallback(Fallback.NO_INBOUND_CAMPAIGN), f"{why}; no inbound campaign bound"
+            Route.to_fallback(Fallback.NO_INBOUND_CAMPAIGN),
+            f"{why}; no inbound campaign bound",
+            code,
         )
-    return Decision(Route.inbound(campaign.id), f"{why}; inbound campaign {campaign.id}")
+    return Decision(Route.inbound(campaign.id), f"{why}; inbound campaign {campaign.id}", code)
 
 
 def _bound_inbound(number: Number, campaigns: Mapping[str, Campaign]) -> Campaign | None:

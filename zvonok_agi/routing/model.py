@@ -138,3 +138,4 @@ class Route:
 class Decision:
     route: Route
     reason: str  # short, human-readable, safe to log and to hand to the dialplan
+    code: str = ""  # the reason as a stable word, for metrics and log queries

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from ..metrics import METRICS
 from ..routing.model import (
     Account,
     CallbackRule,
@@ -163,6 +164,7 @@ class RoutingCache:
             try:
                 await self.reload()
             except (RedisError, OSError) as exc:
+                METRICS.store_error("routing_data")
                 log.warning("routing data reload failed; keeping the last copy", error=str(exc))
                 await asyncio.sleep(self.refresh_interval)
 

@@ -1,0 +1,87 @@
+"""Prometheus metrics (optional: `pip install zvonok-agi[metrics]`).
+
+Without prometheus_client every recording call is a no-op, so the hot path never checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+try:
+    import prometheus_client as prom
+except ImportError:  # the optional extra is not installed
+    prom = None
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0)
+
+
+class MetricsUnavailable(RuntimeError):
+    pass
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.enabled = prom is not None
+        if prom is None:
+            return
+        self.calls = prom.Counter(
+            "zvonok_calls_routed",
+            "Inbound calls routed, by route kind, fallback and reason code",
+            ["route", "fallback", "reason"],
+        )
+        self.latency = prom.Histogram(
+            "zvonok_decision_seconds",
+            "Time from the env block to the last channel variable set",
+            buckets=LATENCY_BUCKETS,
+        )
+        self.store_errors = prom.Counter(
+            "zvonok_store_errors", "Redis operations that failed", ["operation"]
+        )
+        self.sessions_rejected = prom.Counter(
+            "zvonok_fastagi_sessions_rejected", "FastAGI sessions turned away at capacity"
+        )
+        self.ami_up = prom.Gauge("zvonok_ami_link_up", "1 while the AMI link is logged in")
+        self.originates = prom.Counter(
+            "zvonok_originates", "Outbound calls placed, by outcome", ["outcome"]
+        )
+
+    def call_routed(self, route: str, fallback: str | None, reason: str, seconds: float) -> None:
+        if self.enabled:
+            self.calls.labels(route, fallback or "", reason or "unknown").inc()
+            self.latency.observe(seconds)
+
+    def store_error(self, operation: str) -> None:
+        if self.enabled:
+            self.store_errors.labels(operation).inc()
+
+    def session_rejected(self) -> None:
+        if self.enabled:
+            self.sessions_rejected.inc()
+
+    def ami_link(self, up: bool) -> None:
+        if self.enabled:
+            self.ami_up.set(1 if up else 0)
+
+    def originate(self, outcome: str) -> None:
+        if self.enabled:
+            self.originates.labels(outcome).inc()
+
+
+METRICS = _Metrics()
+
+
+def start_metrics_server(host: str, port: int) -> Callable[[], None]:
+    """Serve /metrics over HTTP (in a thread of prometheus_client's); returns its stop."""
+    if prom is None:
+        raise MetricsUnavailable(
+            "metrics.enabled is set but prometheus_client is missing: "
+            "pip install 'zvonok-agi[metrics]'"
+        )
+    server, thread = prom.start_http_server(port, addr=host)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    return stop
