@@ -138,7 +138,7 @@ class Originator:
         except (RedisError, OSError) as exc:
             METRICS.store_error("record_attempt")
             raise StoreUnavailable(f"callback history unavailable: {exc}") from exc
-        raise StoreUnavailable("pool numbers kept reaching their cap while recording")
+        raise PoolAtCapacity("pool numbers kept reaching their cap while recording")
 
     def check_campaign(self, campaign_id: str) -> None:
         """Raise DialRefused if no call of this campaign may be placed (before dialing any)."""

@@ -1,0 +1,513 @@
+"""Outbound dialing benchmark: caller-ID choice + attempt recording per call, and the campaign
+runner's sustained originate rate against the fake AMI peer.
+
+One command, one table (about 20 s; `--quick` about 8 s):
+
+    python bench/outbound_bench.py
+    python bench/outbound_bench.py --quick
+
+What it measures:
+
+  prepare      `Originator.prepare()` per call, one call at a time: the pure caller-ID choice
+               plus its two Redis round trips (read: the callee's previous number and this
+               minute's calls per pool number; write: the Lua script that re-checks the cap and
+               records the attempt). Against a real redis-server that this script starts (free
+               loopback port, temp dir). Goal (issue 3): p99 <= 1 ms; the floor is one Redis
+               PING round trip, measured the same way on the same connection.
+  runner       `CampaignRunner.run()` over a list of callees, Originates going to the fake AMI
+               peer (tests/fake_ami.py, replaying the recorded Asterisk bytes) run in a child
+               process: calls settled per second, unpaced (its calls-per-second limit far
+               above what it reaches) and paced.
+
+Everything it starts (redis-server, the fake peer) is stopped on exit, on Ctrl-C and on
+SIGTERM; both also die with the benchmark if it is killed. Exit status 1 if the goal is missed
+or a call did not settle as the fake's recording says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import functools
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+from zvonok_agi.ami.client import AMIClient
+from zvonok_agi.app import redis_client
+from zvonok_agi.config import OutboundSettings, load_settings
+from zvonok_agi.inventory import load_inventory, parse_inventory
+from zvonok_agi.logs import configure_logging
+from zvonok_agi.outbound.originator import Originator
+from zvonok_agi.outbound.runner import CampaignRunner, Journal, RateLimiter
+from zvonok_agi.routing.callerid import PoolAtCapacity, choose_caller_id
+from zvonok_agi.routing.model import Outcome
+from zvonok_agi.store.embedded import EmbeddedRedis
+from zvonok_agi.store.history import CallbackHistory
+from zvonok_agi.store.routing_data import RoutingData, RoutingSnapshot
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+HOST = "127.0.0.1"
+KEY_PREFIX = "obench:"
+GOAL_P99_MS = 1.0
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+RUN_TIMEOUT = 60.0  # one runner phase; the whole run is bounded by these
+
+T = TypeVar("T")
+
+RESERVED = "74951234567"
+POOL = ("74950000001", "74950000002", "78120000001", "73830000001", "78430000001")
+# What the fake answers, by the callee's last digit: 60 % answered, 20 % busy, 10 % 480,
+# 10 % rang out (replayed at once: the fake does not wait the recorded 10 s).
+CASE_BY_DIGIT = ("answered",) * 6 + ("busy", "busy", "480", "noanswer")
+EXPECTED = {
+    "answered": Outcome.ANSWERED,
+    "busy": Outcome.BUSY,
+    "480": Outcome.NO_ANSWER,
+    "noanswer": Outcome.NO_ANSWER,
+}
+
+FAKE_PEER = """
+import asyncio, signal, sys
+from fake_ami import FakeAMI
+
+class ByLastDigit(dict):
+    def get(self, number, default=None):
+        return CASES[int(number[-1])] if number[-1:].isdigit() else default
+
+CASES = sys.argv[1].split(",")
+
+async def main():
+    async with FakeAMI() as fake:
+        fake.cases = ByLastDigit()
+        print(fake.port, flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+
+asyncio.run(main())
+"""
+
+
+def inventory() -> dict[str, object]:
+    return {
+        "accounts": [{"id": "acme", "verified": True}, {"id": "newbie", "verified": False}],
+        "campaigns": [
+            {"id": "spring-sale", "account": "acme", "kind": "outbound", "caller_id": RESERVED},
+            {"id": "pool-promo", "account": "newbie", "kind": "outbound"},
+        ],
+        "numbers": [
+            {"did": RESERVED, "pool": "reservable", "owner": "acme"},
+            *({"did": did, "pool": "service"} for did in POOL),
+        ],
+    }
+
+
+def callees(n: int, rng: random.Random) -> list[str]:
+    """`n` distinct callees: half Moscow landlines (local presence applies), half mobiles."""
+    numbers: set[str] = set()
+    while len(numbers) < n:
+        prefix = "7499" if len(numbers) % 2 else "7916"
+        numbers.add(f"{prefix}{rng.randrange(10**7):07d}")
+    return sorted(numbers, key=lambda _: rng.random())
+
+
+# --- child processes and cleanup ---------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """In a child: SIGTERM when the benchmark dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def start_redis(data_dir: Path) -> EmbeddedRedis:
+    redis = EmbeddedRedis(data_dir, port=free_port())
+    popen = subprocess.Popen
+    subprocess.Popen = functools.partial(popen, preexec_fn=_die_with_parent)  # type: ignore[misc]
+    try:
+        redis.start(timeout=START_TIMEOUT)
+    finally:
+        subprocess.Popen = popen  # type: ignore[misc]
+    return redis
+
+
+def start_fake_peer() -> tuple[subprocess.Popen[str], int]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH")) if p
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FAKE_PEER, ",".join(CASE_BY_DIGIT)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads yet)
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.isdigit():
+        stop(proc)
+        raise RuntimeError(f"the fake AMI peer did not start (exit {proc.poll()})")
+    return proc, int(line)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process (0 if it is gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rfind(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def machine_busy() -> float:
+    """CPU seconds every process on the machine has used so far (from /proc/stat)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return float("nan")
+
+
+class Others:
+    """Cores busy with anything but this benchmark and its Redis while it is entered: if it
+    is not near 0, other work competed for the CPU and the latencies are noisy."""
+
+    def __init__(self, redis_pid: int) -> None:
+        self.redis_pid = redis_pid
+        self.cores = float("nan")
+
+    def _sample(self) -> tuple[float, float, float]:
+        own = time.process_time() + cpu_seconds(self.redis_pid)
+        return machine_busy(), own, time.monotonic()
+
+    def __enter__(self) -> Others:
+        self._start = self._sample()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        busy, own, wall = (b - a for a, b in zip(self._start, self._sample(), strict=True))
+        self.cores = max(0.0, (busy - own) / wall) if wall > 0 else float("nan")
+
+
+@dataclass
+class Row:
+    name: str
+    n: int
+    samples: list[float] | None = None  # seconds, per operation
+    rate: float | None = None  # per second
+    note: str = ""
+
+    def pct(self, q: float) -> float:
+        assert self.samples
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    def cells(self) -> list[str]:
+        if self.samples:
+            worst = max(self.samples) * 1000
+            times = [f"{self.pct(0.5):.3f}", f"{self.pct(0.99):.3f}", f"{worst:.3f}"]
+        else:
+            times = ["", "", ""]
+        rate = f"{self.rate:,.0f}" if self.rate is not None else ""
+        return [self.name, str(self.n), *times, rate, self.note]
+
+
+class Clock:
+    """The originator's clock in phase (a): moves 2.4 s per call, 25 calls a minute, so that
+    the real per-number cap (6/min, 5 numbers) rarely binds and calls are spread as in life."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def measure_floor(redis: object, n: int) -> Row:
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await redis.ping()  # type: ignore[attr-defined]
+        samples.append(time.perf_counter() - started)
+    return Row("Redis PING (floor)", n, samples, note="one round trip, same connection")
+
+
+def measure_choice(snapshot: RoutingSnapshot, people: Sequence[str], n: int) -> Row:
+    rng = random.Random(7)
+    campaign = snapshot.campaigns["pool-promo"]
+    account = snapshot.accounts["newbie"]
+    samples = []
+    for i in range(n):
+        usage = {did: rng.randrange(6) for did in POOL}
+        callee = people[i % len(people)]
+        started = time.perf_counter()
+        choose_caller_id(campaign, account, snapshot.numbers, callee, POOL[i % 5], usage, 6, rng)
+        samples.append(time.perf_counter() - started)
+    return Row("choose_caller_id (pure)", n, samples, note="no I/O")
+
+
+def timed(samples: list[float], method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """`method`, appending the seconds each call takes to `samples`."""
+
+    async def wrapper(*args: object, **kwargs: object) -> T:
+        started = time.perf_counter()
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            samples.append(time.perf_counter() - started)
+
+    return wrapper
+
+
+async def measure_prepare(
+    originator: Originator, clock: Clock, people: Sequence[str], n: int, warmup: int
+) -> tuple[list[Row], int]:
+    """`prepare` one call at a time, each to a callee of its own: 80 % pool campaign, 20 %
+    reserved number; its two store calls timed on their own too."""
+    rng = random.Random(11)
+    pool: list[float] = []
+    reserved: list[float] = []
+    reads: list[float] = []
+    writes: list[float] = []
+    history = originator.history
+    history.dial_context = timed(reads, history.dial_context)  # type: ignore[method-assign]
+    history.record_dial = timed(writes, history.record_dial)  # type: ignore[method-assign]
+    at_capacity = 0
+    try:
+        for i in range(warmup + n):
+            if i == warmup:
+                reads.clear()
+                writes.clear()
+            campaign = "spring-sale" if rng.random() < 0.2 else "pool-promo"
+            clock.now += 2.4
+            started = time.perf_counter()
+            try:
+                await originator.prepare(campaign, people[i])
+            except PoolAtCapacity:
+                at_capacity += 1  # one round trip and no attempt recorded: not timed
+                clock.now = (clock.now // 60 + 1) * 60
+                continue
+            took = time.perf_counter() - started
+            if i >= warmup:
+                (reserved if campaign == "spring-sale" else pool).append(took)
+    finally:
+        del history.dial_context, history.record_dial  # the class's methods again
+    rows = [
+        Row("prepare: pool number", len(pool), pool, note="choice + 2 round trips"),
+        Row("prepare: reserved number", len(reserved), reserved, note="the same, no cap"),
+        Row("prepare: all", len(pool) + len(reserved), pool + reserved, note="GOAL p99 <= 1 ms"),
+        Row("  of which dial_context", len(reads), reads, note="read: previous number, usage"),
+        Row("  of which record_dial", len(writes), writes, note="Lua: cap check + attempt"),
+    ]
+    return rows, at_capacity
+
+
+async def measure_runner(
+    originator: Originator,
+    people: Sequence[str],
+    journal_dir: Path,
+    name: str,
+    cps: float,
+    concurrency: int,
+) -> tuple[Row, list[str]]:
+    runner = CampaignRunner(
+        originator,
+        "pool-promo",
+        people,
+        Journal(journal_dir / f"{name}.journal"),
+        calls_per_second=cps,
+        concurrency=concurrency,
+        trunk=RateLimiter(cps * 2),
+    )
+    async with asyncio.timeout(RUN_TIMEOUT):
+        summary = await runner.run(asyncio.Event())
+    problems = []
+    wanted = Counter(EXPECTED[CASE_BY_DIGIT[int(p[-1])]] for p in people)
+    if summary.placed != len(people) or summary.outcomes != wanted:
+        problems.append(f"{name}: placed {summary.placed}, outcomes {dict(summary.outcomes)}")
+    rate = summary.placed / summary.elapsed if summary.elapsed else 0.0
+    limit = "unpaced" if cps >= 10_000 else f"paced at {cps:g}/s"
+    row = Row(
+        f"runner: {limit}",
+        summary.placed,
+        rate=rate,
+        note=f"concurrency {concurrency}, {summary.elapsed:.1f} s",
+    )
+    return row, problems
+
+
+async def amain(
+    args: argparse.Namespace, tmp: Path, redis_url: str, redis_pid: int, ami_port: int
+) -> int:
+    settings = load_settings(environ={})
+    client = redis_client(redis_url, settings)
+    # Distinct callees everywhere, as in a campaign: the region lookup of each one is a miss
+    # of its cache (a list dialed twice would flatter the numbers).
+    n_choice, n_prepare = args.calls, args.warmup + args.calls
+    n_paced = int(args.paced_rate * args.paced_seconds)
+    people = callees(n_choice + n_prepare + args.runner_calls + n_paced, random.Random(3))
+    choice_people, people = people[:n_choice], people[n_choice:]
+    prepare_people, people = people[:n_prepare], people[n_prepare:]
+    runner_people = {"unpaced": people[: args.runner_calls], "paced": people[args.runner_calls :]}
+    try:
+        history = CallbackHistory(client, KEY_PREFIX, settings.routing.callback_window)
+        data = RoutingData(client, KEY_PREFIX)
+        await load_inventory(parse_inventory(inventory(), time.time()), data, history, time.time())
+        snapshot = await data.load()
+        rows = [await measure_floor(client, args.calls)]
+        rows.append(measure_choice(snapshot, choice_people, args.calls))
+
+        async with AMIClient(HOST, ami_port, "lab", "labsecret", ping_interval=None) as ami:
+            clock = Clock()
+            outbound = settings.outbound
+            async with Originator(ami, history, lambda: snapshot, outbound, clock=clock) as o:
+                with Others(redis_pid) as others:
+                    prepared, at_capacity = await measure_prepare(
+                        o, clock, prepare_people, args.calls, args.warmup
+                    )
+            rows += prepared
+            # The runner on the real clock: the per-number cap is lifted (6 calls a minute
+            # from 5 numbers would make this a measure of the cap, 30 calls a minute).
+            unlimited: OutboundSettings = replace(outbound, pool_calls_per_minute=10**9)
+            problems: list[str] = []
+            async with Originator(ami, history, lambda: snapshot, unlimited) as o:
+                for name, cps in (("unpaced", 100_000.0), ("paced", args.paced_rate)):
+                    row, trouble = await measure_runner(
+                        o, runner_people[name], tmp, name, cps, args.concurrency
+                    )
+                    rows.append(row)
+                    problems += trouble
+    finally:
+        await client.aclose()
+
+    print_table(rows)
+    floor = rows[0]
+    prepare_all = next(row for row in rows if row.name == "prepare: all")
+    p99 = prepare_all.pct(0.99)
+    verdict = "PASS" if p99 <= GOAL_P99_MS else "FAIL"
+    print(
+        f"\ngoal: prepare p99 <= {GOAL_P99_MS:g} ms: {verdict} (p99 {p99:.3f} ms; "
+        f"p50 {prepare_all.pct(0.5) / floor.pct(0.5):.1f}x and p99 "
+        f"{p99 / floor.pct(0.99):.1f}x one PING round trip; the floor of two round trips is 2x)"
+    )
+    if at_capacity:
+        print(f"prepare: {at_capacity} calls found the pool at its cap (not timed)")
+    print(
+        f"others: {others.cores:.2f} of {os.cpu_count()} cores busy with other processes during"
+        " the prepare rows (not ~0: other work competed, the latencies are noisy)"
+    )
+    for problem in problems:
+        print(f"ERROR {problem}")
+    return 0 if verdict == "PASS" and not problems else 1
+
+
+def print_table(rows: list[Row]) -> None:
+    head = ["measure", "n", "p50 ms", "p99 ms", "max ms", "calls/s", "note"]
+    cells = [head, *(row.cells() for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(head))]
+    right = {1, 2, 3, 4, 5}
+    for k, line in enumerate(cells):
+        text = "  ".join(
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(line)
+        )
+        print(text.rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=5000, help="timed prepare calls")
+    parser.add_argument("--warmup", type=int, default=500, help="untimed prepare calls first")
+    parser.add_argument("--runner-calls", type=int, default=3000, help="unpaced runner calls")
+    parser.add_argument("--paced-rate", type=float, default=200.0, help="paced runner calls/s")
+    parser.add_argument("--paced-seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=50, help="runner calls at once")
+    parser.add_argument("--quick", action="store_true", help="about a third of everything")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.calls, args.warmup, args.runner_calls, args.paced_seconds = 1500, 200, 1000, 2.0
+    if min(args.calls, args.runner_calls, args.concurrency) < 1 or args.paced_rate <= 0:
+        parser.error("counts and rates must be positive")
+    return args
+
+
+async def until_terminated(main: Coroutine[object, object, int]) -> int:
+    """Run `main`; SIGTERM cancels it (and the `async with` blocks close what they opened)."""
+    task = asyncio.ensure_future(main)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging("console", "warning")
+    signal.signal(signal.SIGTERM, _terminate)
+    with tempfile.TemporaryDirectory(prefix="zvonok-obench-") as name:
+        tmp = Path(name)
+        redis: EmbeddedRedis | None = None
+        peer: subprocess.Popen[str] | None = None
+        try:
+            redis = start_redis(tmp / "redis")
+            peer, port = start_fake_peer()
+            redis_pid = redis._process.pid if redis._process else 0
+            main = amain(args, tmp, redis.url, redis_pid, port)
+            return asyncio.run(until_terminated(main))
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        finally:
+            if peer is not None:
+                stop(peer)
+            if redis is not None:
+                redis.stop(timeout=STOP_TIMEOUT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
