@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, help="calls at once")
     run.add_argument("--journal", help="file of callees already dialed (default: state_dir)")
     run.set_defaults(run=_campaign_run)
+
+    from .numbers.commands import register
+
+    register(commands)
     return parser
 
 

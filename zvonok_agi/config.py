@@ -106,6 +106,21 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class AdminSettings:
+    host: str = "127.0.0.1"
+    port: int = 8573
+    # Bearer token of the admin API; empty: a random one is made at start and printed.
+    token: str = ""
+    # The control plane's SQLite store: the source of truth for accounts, numbers, campaigns.
+    db_path: str = "var/zvonok.db"
+    # Listed first, with their counts, when a customer connects a landline number.
+    popular_cities: tuple[str, ...] = (
+        "Moscow", "St Petersburg", "Novosibirsk", "Ekaterinburg", "Kazan", "Nizhni Novgorod",
+    )
+    max_body: int = 65536
+
+
+@dataclass(frozen=True)
 class LogSettings:
     # "json" for production, "console" for a terminal, "auto": console on a TTY.
     format: str = "auto"
@@ -121,6 +136,7 @@ class Settings:
     ami: AmiSettings = field(default_factory=AmiSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 
@@ -211,6 +227,10 @@ def _validate(settings: Settings) -> None:
         template = getattr(templates, name)
         if "{" + key + "}" not in template:
             raise ConfigError(f"dialplan.{name} must contain {{{key}}}")
+    if not 0 <= settings.admin.port < 65536:
+        raise ConfigError("admin.port must be 0..65535 (0: any free port)")
+    if settings.admin.max_body < 1024:
+        raise ConfigError("admin.max_body must be at least 1024")
     out = settings.outbound
     if "{callee}" not in out.channel or "{campaign}" not in out.context:
         raise ConfigError("outbound.channel needs {callee}, outbound.context {campaign}")

@@ -1,0 +1,59 @@
+"""A control plane on a real SQLite file and the session's real Redis, and a small world in it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import fields, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+from zvonok_agi.app import redis_client
+from zvonok_agi.config import Settings
+from zvonok_agi.numbers.service import DEFAULT_POPULAR_CITIES, NumbersService
+from zvonok_agi.numbers.store import Store
+from zvonok_agi.store.routing_data import RoutingData
+
+ACME, OLDCO, NEWBIE = "acme", "oldco", "newbie"
+MOSCOW_1, MOSCOW_2 = "74951110001", "74951110002"  # reservable Moscow landlines
+KAZAN = "78432000001"  # reservable, region overridden to "Kazan"
+MOBILE = "79031110001"  # reservable mobile
+POOL_1, POOL_2 = "74950000001", "78120000002"  # service pool
+
+
+@contextlib.asynccontextmanager
+async def control_plane(settings: Settings, db_path: Path) -> AsyncIterator[NumbersService]:
+    client = redis_client(settings.redis.url, settings)
+    store = await Store.open(db_path)
+    try:
+        yield NumbersService(store, RoutingData(client, settings.redis.key_prefix))
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def small_world(service: NumbersService) -> None:
+    """acme (verified), oldco (verified), newbie (not); stock in Moscow, Kazan and a mobile;
+    two service numbers; a campaign of each kind for acme and oldco, a pool one for newbie."""
+    for account, verified in ((ACME, True), (OLDCO, True), (NEWBIE, False)):
+        await service.create_account("test", account, account.title(), verified)
+    for did in (MOSCOW_1, MOSCOW_2, MOBILE):
+        await service.add_number("test", did)
+    await service.add_number("test", KAZAN, region="Kazan")
+    for did in (POOL_1, POOL_2):
+        await service.add_number("test", did, "service")
+    for account in (ACME, OLDCO):
+        await service.create_campaign("test", f"{account}-sale", account, "outbound",
+                                      accept_inbound=True)
+        await service.create_campaign("test", f"{account}-line", account, "inbound")
+    await service.create_campaign("test", "newbie-promo", NEWBIE, "outbound")
+
+
+def with_admin(settings: Settings, **admin: object):
+    """Settings with an `[admin]` section (a stand-in while config.py has none)."""
+    if hasattr(settings, "admin"):
+        return replace(settings, admin=replace(settings.admin, **admin))
+    defaults = dict(host="127.0.0.1", port=0, token="", db_path="var/zvonok.db",
+                    popular_cities=DEFAULT_POPULAR_CITIES, max_body=65536)
+    sections = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    return SimpleNamespace(**sections, admin=SimpleNamespace(**{**defaults, **admin}))

@@ -1,0 +1,141 @@
+"""The ops commands, parsed by the `zvonok-agi` parser and run on a real store and Redis."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+
+import aiohttp
+import pytest
+
+from conftest import free_port
+from numbers_helpers import ACME, MOSCOW_1, NEWBIE, POOL_1, control_plane, small_world, with_admin
+from zvonok_agi import cli
+from zvonok_agi.numbers.commands import register
+
+
+def parser() -> argparse.ArgumentParser:
+    """The CLI's parser with the control plane's commands, as cli.py builds it."""
+    parser = cli._parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "numbers" not in commands.choices:
+        register(commands)
+    return parser
+
+
+@pytest.fixture
+async def ops(settings, tmp_path, capsys):
+    settings = with_admin(settings, db_path=str(tmp_path / "numbers.db"))
+    async with control_plane(settings, tmp_path / "numbers.db") as service:
+        await small_world(service)
+
+    async def run(*argv: str) -> tuple[int, str]:
+        """Exit code and output (stdout, or the error main() would print)."""
+        capsys.readouterr()
+        args = parser().parse_args(list(argv))
+        try:
+            code = await args.run(settings, args)
+        except cli.CommandError as exc:
+            return 1, str(exc)
+        return code, capsys.readouterr().out
+
+    return run
+
+
+async def test_the_reservation_flow_from_the_command_line(ops):
+    code, out = await ops("numbers", "regions", "landline_popular")
+    assert code == 0 and re.search(r"Moscow +2\n", out) and re.search(r"St Petersburg +0", out)
+    code, out = await ops("numbers", "offer", ACME, "landline", "Moscow")
+    assert "2 landline numbers available in Moscow" in out and MOSCOW_1 in out
+    code, out = await ops("numbers", "reserve", ACME, "+7 495 111-00-01")
+    assert (code, out.strip()) == (0, f"{MOSCOW_1} is reserved by {ACME}")
+    code, out = await ops("numbers", "offer", ACME, "landline_popular", "Novosibirsk")
+    assert "request #1 is filed" in out
+    code, out = await ops("requests", "list")
+    assert "Novosibirsk" in out and ACME in out
+    code, out = await ops("numbers", "reserve", NEWBIE, "74951110002")
+    assert code == 1 and out.startswith("not_verified: account newbie is not verified")
+
+
+async def test_bind_rule_disable_enable_release(ops):
+    await ops("numbers", "reserve", ACME, MOSCOW_1)
+    assert (await ops("numbers", "bind", MOSCOW_1, "acme-line", "--as", ACME))[0] == 0
+    assert "force_no" in (await ops("numbers", "rule", MOSCOW_1, "force_no"))[1]
+    code, out = await ops("numbers", "bind", POOL_1, "acme-line")
+    assert code == 1 and out.startswith("service_number:")
+    assert "disabled" in (await ops("numbers", "disable", MOSCOW_1))[1]
+    code, out = await ops("numbers", "list", "--account", ACME, "--disabled", "--json")
+    [row] = json.loads(out)["numbers"]
+    assert (row["did"], row["inbound_campaign"], row["callback_rule"]) == (
+        MOSCOW_1, "acme-line", "force_no")
+    assert "active" in (await ops("numbers", "enable", MOSCOW_1))[1]
+    code, out = await ops("numbers", "release", MOSCOW_1)  # no terminal to confirm on
+    assert code == 1 and "--yes" in out
+    assert (await ops("numbers", "release", MOSCOW_1, "--yes"))[0] == 0
+    code, out = await ops("numbers", "show", MOSCOW_1, "--json")
+    shown = json.loads(out)
+    assert (shown["owner"], shown["inbound_campaign"], shown["callback_rule"]) == (
+        None, None, None)
+    assert [e["action"] for e in shown["history"]][:3] == ["release", "enable", "disable"]
+    assert shown["history"][0]["actor"].startswith("cli")
+
+
+async def test_the_numbers_view_and_search(ops):
+    await ops("numbers", "reserve", ACME, MOSCOW_1)
+    await ops("campaigns", "set", "acme-sale", "--caller-id", "8 495 111-00-01")
+    code, out = await ops("numbers", "list", "--account", ACME)
+    assert "reserved numbers: landline 1" in out
+    line = next(line for line in out.splitlines() if line.startswith(MOSCOW_1))
+    assert "as_campaign" in line and "acme-sale" in line
+    pool_line = next(line for line in out.splitlines() if line.startswith(POOL_1))
+    assert "as_campaign" not in pool_line  # no rule for service numbers
+    code, out = await ops("numbers", "search", "1110001")
+    assert MOSCOW_1 in out and POOL_1 not in out
+    code, out = await ops("numbers", "show", "nonsense")
+    assert code == 1 and out.startswith("bad_number:")
+
+
+async def test_accounts_campaigns_stock_audit_sync(ops):
+    assert (await ops("accounts", "add", "zeta", "--name", "Zeta", "--verified"))[0] == 0
+    assert "zeta" in (await ops("accounts", "list"))[1]
+    assert "not verified" in (await ops("accounts", "set", "zeta", "--verified", "no"))[1]
+    code, out = await ops("numbers", "add", "+7 383 200-00-01")
+    assert "(landline, Novosibirsk) to the reservable pool" in out
+    code, out = await ops("numbers", "add", "+7 999 200-00-01", "--region", "Kazan",
+                          "--service")
+    assert "Kazan) to the service pool" in out
+    code, out = await ops("campaigns", "add", "zeta-line", "--account", "zeta", "--kind",
+                          "inbound")
+    assert code == 0
+    code, out = await ops("campaigns", "add", "zeta-sale", "--account", "zeta", "--kind",
+                          "outbound", "--caller-id", MOSCOW_1)
+    assert code == 1 and out.startswith("not_verified:")
+    code, out = await ops("campaigns", "list", "--account", "zeta", "--json")
+    assert [c["id"] for c in json.loads(out)] == ["zeta-line"]
+    code, out = await ops("audit", "--subject", "zeta-sale")
+    assert "create_campaign" in out and "not_verified" in out
+    code, out = await ops("sync")
+    assert code == 0 and "published 4 accounts, 8 numbers, 6 campaigns" in out
+
+
+async def test_admin_serves_the_api_until_sigterm(settings, tmp_path, capsys):
+    settings = with_admin(settings, db_path=str(tmp_path / "numbers.db"), port=free_port(),
+                          token="")
+    args = parser().parse_args(["admin"])
+    task = asyncio.create_task(args.run(settings, args))
+    for _ in range(200):
+        out = capsys.readouterr().out
+        if "token (this run only)" in out:
+            break
+        await asyncio.sleep(0.02)
+    token = re.search(r"#token=(\S+)", out)[1]
+    url = f"http://127.0.0.1:{settings.admin.port}/api/health"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as response:
+            assert (response.status, await response.json()) == (200, {"ok": True, "pending": 0})
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(task, 5) == 0

@@ -1,0 +1,363 @@
+"""The service layer on a real SQLite file and a real Redis: routing-rules.md, "Reserving and
+binding" and "Caller ID for outbound calls" (rules 1-2)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+from redis.asyncio import Redis
+
+from numbers_helpers import (
+    ACME,
+    KAZAN,
+    MOBILE,
+    MOSCOW_1,
+    MOSCOW_2,
+    NEWBIE,
+    OLDCO,
+    POOL_1,
+    control_plane,
+    small_world,
+)
+from zvonok_agi.numbers.migrations import MIGRATIONS
+from zvonok_agi.numbers.rules import Refused
+from zvonok_agi.numbers.store import Store
+from zvonok_agi.routing.model import CallbackRule, Number, NumberStatus, Pool
+from zvonok_agi.store.routing_data import RoutingData
+
+
+@pytest.fixture
+async def service(settings, tmp_path):
+    async with control_plane(settings, tmp_path / "numbers.db") as svc:
+        await small_world(svc)
+        yield svc
+
+
+async def refused(code: str, call) -> Refused:
+    with pytest.raises(Refused) as info:
+        await call
+    assert info.value.code == code, info.value.message
+    return info.value
+
+
+async def published(service) -> dict:
+    return (await service.data.load()).numbers
+
+
+def table(path, sql: str) -> list[tuple]:
+    with sqlite3.connect(path) as db:
+        return db.execute(sql).fetchall()
+
+
+# the store
+
+
+async def test_a_new_store_is_migrated_and_reopening_changes_nothing(tmp_path):
+    path = tmp_path / "sub" / "numbers.db"
+    async with await Store.open(path):
+        pass
+    async with await Store.open(path):
+        pass
+    assert table(path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    assert table(path, "PRAGMA journal_mode") == [("wal",)]
+    names = {row[0] for row in table(path, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"accounts", "numbers", "campaigns", "requests", "audit", "outbox"} <= names
+
+
+# the reservation flow
+
+
+async def test_regions_per_choice_with_available_counts(service):
+    popular = await service.regions("landline_popular")
+    assert [(r.region, r.available) for r in popular][:6] == [
+        ("Moscow", 2), ("St Petersburg", 0), ("Novosibirsk", 0), ("Ekaterinburg", 0),
+        ("Kazan", 1), ("Nizhni Novgorod", 0),
+    ]
+    anywhere = await service.regions("landline")
+    assert [(r.region, r.available) for r in anywhere] == [("Kazan", 1), ("Moscow", 2)]
+    assert [(r.region, r.available) for r in await service.regions("mobile")] == [("Russia", 1)]
+    await refused("bad_input", service.regions("fax"))
+
+
+async def test_region_then_number_then_reserve(service):
+    offer = await service.offer("web", ACME, "landline_popular", "Moscow")
+    assert [n.did for n in offer.numbers] == [MOSCOW_1, MOSCOW_2]
+    assert offer.request is None
+    number = await service.reserve("web", ACME, "+7 (495) 111-00-01")
+    assert (number.owner, number.callback_rule, number.status) == (ACME, "as_campaign", "active")
+    assert (await published(service))[MOSCOW_1].owner == ACME  # the engine sees it
+    again = await service.offer("web", ACME, "landline", "Moscow")
+    assert [n.did for n in again.numbers] == [MOSCOW_2]
+    assert (await service.regions("landline_popular"))[0].available == 1
+    await refused("already_yours", service.reserve("web", ACME, MOSCOW_1))
+    await refused("already_taken", service.reserve("web", OLDCO, MOSCOW_1))
+    await refused("not_reservable", service.reserve("web", ACME, POOL_1))
+    await refused("unknown_number", service.reserve("web", ACME, "74990000000"))
+    await refused("bad_number", service.reserve("web", ACME, "not a number"))
+
+
+async def test_an_unverified_account_is_refused_and_keeps_the_pool(service):
+    error = await refused("not_verified", service.reserve("web", NEWBIE, MOSCOW_1))
+    assert "service pool" in error.message
+    await refused("not_verified", service.offer("web", NEWBIE, "mobile", "Russia"))
+    assert (await service.number(MOSCOW_1)).row.number.owner is None
+    log = await service.audit_log(MOSCOW_1)
+    assert (log[0]["action"], log[0]["outcome"], log[0]["account"]) == (
+        "reserve", "not_verified", NEWBIE)
+
+
+async def test_twenty_accounts_race_for_one_number_on_twenty_connections(settings, tmp_path):
+    path = tmp_path / "numbers.db"
+    async with control_plane(settings, path) as service:
+        await small_world(service)
+        for i in range(20):
+            await service.create_account("test", f"racer-{i}", verified=True)
+
+    async def attempt(i: int):
+        async with control_plane(settings, path) as own:  # its own SQLite connection
+            try:
+                return await own.reserve("web", f"racer-{i}", MOSCOW_1)
+            except Refused as exc:
+                return exc
+
+    results = await asyncio.gather(*(attempt(i) for i in range(20)))
+    winners = [r for r in results if not isinstance(r, Refused)]
+    losers = [r for r in results if isinstance(r, Refused)]
+    assert len(winners) == 1
+    assert {r.code for r in losers} == {"already_taken"}
+    assert all("already taken" in r.message for r in losers)
+    owner = table(path, f"SELECT owner FROM numbers WHERE did = '{MOSCOW_1}'")[0][0]
+    assert owner == winners[0].owner
+    outcomes = table(path, "SELECT outcome FROM audit WHERE action = 'reserve'")
+    assert sorted(o for (o,) in outcomes) == ["already_taken"] * 19 + ["ok"]
+
+
+async def test_an_empty_region_files_one_request_and_changes_nothing_else(service, tmp_path):
+    version = await service.data.version()
+    before = table(tmp_path / "numbers.db", "SELECT * FROM numbers ORDER BY did")
+    offer = await service.offer("web", ACME, "landline_popular", "St Petersburg")
+    assert offer.numbers == [] and offer.request is not None
+    assert "sales team will call you back" in offer.message
+    again = await service.offer("web", ACME, "landline_popular", "St Petersburg")
+    assert again.request == offer.request  # still open: not filed twice
+    [request] = await service.requests()
+    assert (request.account, request.kind, request.region) == (ACME, "landline", "St Petersburg")
+    assert table(tmp_path / "numbers.db", "SELECT * FROM numbers ORDER BY did") == before
+    assert await service.data.version() == version
+
+
+# bindings, rules, disable, enable
+
+
+async def test_bind_and_rule_on_an_own_reserved_number(service):
+    await service.reserve("web", ACME, MOSCOW_1)
+    number = await service.bind("web", MOSCOW_1, "acme-line", as_account=ACME)
+    assert number.inbound_campaign == "acme-line"
+    number = await service.set_rule("web", MOSCOW_1, "force_no", as_account=ACME)
+    assert number.callback_rule is CallbackRule.FORCE_NO
+    routing = (await published(service))[MOSCOW_1]
+    assert (routing.inbound_campaign, routing.callback_rule) == ("acme-line", "force_no")
+    assert (await service.bind("web", MOSCOW_1, None)).inbound_campaign is None
+
+
+@pytest.mark.parametrize("case, code", [
+    ("another_accounts_number", "not_owner"),
+    ("another_accounts_campaign", "not_owner"),
+    ("a_service_number", "service_number"),
+    ("a_disabled_number", "number_disabled"),
+    ("an_unreserved_number", "not_reserved"),
+    ("an_outbound_campaign", "not_inbound"),
+    ("an_unknown_campaign", "unknown_campaign"),
+])
+async def test_binding_refusals_change_nothing_and_are_audited(service, tmp_path, case, code):
+    await service.reserve("web", ACME, MOSCOW_1)
+    await service.reserve("web", OLDCO, MOSCOW_2)
+    await service.disable("web", MOSCOW_2)
+    did, campaign, as_account = {
+        "another_accounts_number": (MOSCOW_2, "oldco-line", ACME),
+        "another_accounts_campaign": (MOSCOW_1, "oldco-line", None),
+        "a_service_number": (POOL_1, "acme-line", None),
+        "a_disabled_number": (MOSCOW_2, "oldco-line", OLDCO),
+        "an_unreserved_number": (MOBILE, "acme-line", None),
+        "an_outbound_campaign": (MOSCOW_1, "acme-sale", ACME),
+        "an_unknown_campaign": (MOSCOW_1, "nope", ACME),
+    }[case]
+    db = tmp_path / "numbers.db"
+    before = table(db, "SELECT * FROM numbers ORDER BY did")
+    version = await service.data.version()
+    await refused(code, service.bind("web", did, campaign, as_account=as_account))
+    assert table(db, "SELECT * FROM numbers ORDER BY did") == before
+    assert await service.data.version() == version
+    entry = (await service.audit_log(did))[0]
+    assert (entry["action"], entry["outcome"], entry["actor"]) == ("change_number", code, "web")
+    assert entry["detail"]["inbound_campaign"] == campaign and entry["detail"]["message"]
+
+
+async def test_rules_exist_only_for_reserved_numbers(service):
+    await refused("service_number", service.set_rule("web", POOL_1, "force_yes"))
+    await refused("not_reserved", service.set_rule("web", MOBILE, "force_yes"))
+    await service.reserve("web", ACME, MOSCOW_1)
+    await refused("not_owner", service.set_rule("web", MOSCOW_1, "force_yes", as_account=OLDCO))
+    await refused("bad_input", service.set_rule("web", MOSCOW_1, "sometimes"))
+
+
+async def test_disable_keeps_bindings_and_enable_restores_them(service):
+    await service.reserve("web", ACME, MOSCOW_1)
+    await service.bind("web", MOSCOW_1, "acme-line")
+    disabled = await service.disable("web", MOSCOW_1, as_account=ACME)
+    assert (disabled.status, disabled.inbound_campaign) == ("disabled", "acme-line")
+    assert (await published(service))[MOSCOW_1].status is NumberStatus.DISABLED
+    enabled = await service.enable("web", MOSCOW_1)
+    assert (enabled.status, enabled.inbound_campaign) == ("active", "acme-line")
+    assert (await published(service))[MOSCOW_1].status is NumberStatus.ACTIVE
+    await refused("not_owner", service.disable("web", POOL_1, as_account=ACME))
+
+
+# release
+
+
+async def test_release_waits_for_dialing_campaigns_then_clears_everything(service):
+    await service.reserve("web", ACME, MOSCOW_1)
+    await service.bind("web", MOSCOW_1, "acme-line")
+    await service.set_rule("web", MOSCOW_1, "force_yes")
+    await service.update_campaign("web", "acme-sale", caller_id=MOSCOW_1)
+    error = await refused("number_in_use", service.release("web", MOSCOW_1, as_account=ACME))
+    assert "acme-sale" in error.message
+    await service.update_campaign("web", "acme-sale", state="finished")
+    released = await service.release("web", MOSCOW_1, as_account=ACME)
+    assert (released.owner, released.inbound_campaign, released.callback_rule) == (
+        None, None, "as_campaign")
+    assert (await service.campaign("acme-sale")).caller_id is None
+    routing = (await published(service))[MOSCOW_1]
+    assert (routing.owner, routing.inbound_campaign) == (None, None)
+    assert MOSCOW_1 in [n.did for n in (await service.offer("web", OLDCO, "landline",
+                                                            "Moscow")).numbers]
+    await refused("not_reserved", service.release("web", MOSCOW_1))
+    await refused("service_number", service.release("web", POOL_1))
+
+
+# campaigns and their caller ID
+
+
+async def test_caller_id_choices(service):
+    await service.reserve("web", ACME, MOSCOW_1)
+    await service.reserve("web", OLDCO, MOSCOW_2)
+    ok = await service.create_campaign("web", "acme-2", ACME, "outbound",
+                                       caller_id="8 495 111 00 01")
+    assert ok.caller_id == MOSCOW_1
+    pool = await service.create_campaign("web", "acme-3", ACME, "outbound", caller_id="pool")
+    assert pool.caller_id is None
+    await refused("not_owner", service.create_campaign("web", "x1", ACME, "outbound",
+                                                       caller_id=MOSCOW_2))
+    await refused("service_number", service.create_campaign("web", "x2", ACME, "outbound",
+                                                            caller_id=POOL_1))
+    await refused("not_verified", service.update_campaign("web", "newbie-promo",
+                                                          caller_id=MOSCOW_1))
+    await refused("bad_input", service.create_campaign("web", "x3", ACME, "inbound",
+                                                       caller_id=MOSCOW_1))
+    await refused("unknown_number", service.create_campaign("web", "x4", ACME, "outbound",
+                                                            caller_id="74990000000"))
+    await service.disable("web", MOSCOW_1)
+    await refused("number_disabled", service.create_campaign("web", "x5", ACME, "outbound",
+                                                             caller_id=MOSCOW_1))
+    await refused("already_exists", service.create_campaign("web", "acme-2", ACME, "inbound"))
+    await refused("bad_input", service.create_campaign("web", "bad id!", ACME, "inbound"))
+    assert (await service.data.load()).campaigns["acme-2"].caller_id == MOSCOW_1
+    assert {c.id for c in await service.campaigns(ACME)} == {
+        "acme-sale", "acme-line", "acme-2", "acme-3"}
+
+
+async def test_an_account_with_numbers_cannot_lose_its_verification(service):
+    await service.reserve("web", ACME, MOSCOW_1)
+    await refused("account_has_numbers", service.update_account("web", ACME, verified=False))
+    await service.release("web", MOSCOW_1)
+    assert not (await service.update_account("web", ACME, verified=False)).verified
+    assert not (await service.data.load()).accounts[ACME].verified
+
+
+# the numbers view
+
+
+async def test_numbers_view_of_an_account(service):
+    await service.reserve("web", ACME, MOSCOW_1)
+    await service.reserve("web", ACME, MOBILE)
+    await service.reserve("web", ACME, KAZAN)
+    await service.bind("web", MOSCOW_1, "acme-line")
+    await service.update_campaign("web", "acme-sale", caller_id=MOSCOW_1)
+    await service.disable("web", KAZAN)
+    view = await service.numbers_view(ACME)
+    assert view.reserved == {"landline": {"active": 1, "disabled": 1}, "mobile": {"active": 1}}
+    assert view.tabs == {"active": 4, "disabled": 1}  # two reserved, two service numbers
+    rows = {row.number.did: row for row in view.rows}
+    assert set(rows) == {MOSCOW_1, MOBILE, POOL_1, "78120000002"}
+    assert rows[MOSCOW_1].dialing == ["acme-sale"]
+    assert rows[MOSCOW_1].number.inbound_campaign == "acme-line"
+    assert rows[MOSCOW_1].rule == "as_campaign"
+    assert rows[POOL_1].rule is None and rows[POOL_1].dialing == []
+    disabled = await service.numbers_view(ACME, "disabled")
+    assert [row.number.did for row in disabled.rows] == [KAZAN]
+    newbie = await service.numbers_view(NEWBIE)
+    assert {row.number.did: row.dialing for row in newbie.rows}[POOL_1] == ["newbie-promo"]
+
+
+async def test_search_by_any_part_of_the_digits(service):
+    await service.reserve("web", ACME, MOSCOW_1)
+    await service.reserve("web", ACME, MOBILE)
+
+    async def found(query: str) -> list[str]:
+        return [row.number.did for row in (await service.numbers_view(ACME, search=query)).rows]
+
+    assert await found("1110001") == [MOSCOW_1, MOBILE]
+    assert await found("903") == [MOBILE]
+    assert await found("8 (903) 111-00-01") == [MOBILE]
+    assert await found("+7 495") == [MOSCOW_1, POOL_1]
+    assert await found("abc") == []
+    assert len(await found("")) == 4
+    everything = await service.numbers_view(search="0001")
+    assert {row.number.did for row in everything.rows} >= {MOSCOW_1, MOBILE, KAZAN, POOL_1}
+
+
+async def test_number_details(service):
+    await service.reserve("web", ACME, MOSCOW_1)
+    await service.update_campaign("web", "acme-sale", caller_id=MOSCOW_1)
+    details = await service.number("8 495 111-00-01")
+    assert details.row.dialing == ["acme-sale"]
+    assert [e["action"] for e in details.history] == ["reserve", "add_number"]
+    await refused("unknown_number", service.number("74990000000"))
+
+
+# publishing: Redis away, sync
+
+
+async def test_a_change_while_redis_is_away_is_published_later(service, settings):
+    unreachable = RoutingData(Redis(port=1, socket_connect_timeout=0.2), settings.redis.key_prefix)
+    real, service.data = service.data, unreachable
+    try:
+        await service.reserve("web", ACME, MOSCOW_1)  # committed all the same
+        assert await service.pending() == 1
+        assert (await service.number(MOSCOW_1)).row.number.owner == ACME
+    finally:
+        await unreachable.redis.aclose()
+        service.data = real
+    assert (await published(service))[MOSCOW_1].owner is None
+    assert await service.flush()
+    assert await service.pending() == 0
+    assert (await published(service))[MOSCOW_1].owner == ACME
+
+
+async def test_sync_rebuilds_redis_from_sqlite(service, redis, settings):
+    await service.reserve("web", ACME, MOSCOW_1)
+    await service.data.put_number(Number("74997777777", Pool.SERVICE))  # not in SQLite
+    for key in await redis.keys(f"{settings.redis.key_prefix}*"):
+        if b":number:" + MOSCOW_1.encode() in key:
+            await redis.delete(key)
+    report = await service.sync("cli")
+    assert (report.accounts, report.numbers, report.campaigns) == (3, 6, 5)
+    assert report.removed["numbers"] == 1
+    snapshot = await service.data.load()
+    assert snapshot.numbers[MOSCOW_1].owner == ACME
+    assert "74997777777" not in snapshot.numbers
+    assert set(snapshot.campaigns) == {"acme-sale", "acme-line", "oldco-sale", "oldco-line",
+                                       "newbie-promo"}

@@ -1,0 +1,319 @@
+"""The admin API on a real socket: the document, the token, every seed feature, the race, and
+bad input to every endpoint (a 4xx JSON error, never a 500, nothing half-written)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+from openapi_spec_validator import validate
+
+from web_helpers import TOKEN, admin_api, helpers
+from zvonok_agi.web.openapi import DOCUMENT
+
+ACME, OLDCO, NEWBIE = helpers.ACME, helpers.OLDCO, helpers.NEWBIE
+MOSCOW_1, MOSCOW_2, POOL_1 = helpers.MOSCOW_1, helpers.MOSCOW_2, helpers.POOL_1
+
+
+@pytest.fixture
+async def api(settings, tmp_path):
+    async with admin_api(settings, tmp_path / "numbers.db", max_body=4096) as (svc, server, c):
+        c.service, c.server, c.db = svc, server, tmp_path / "numbers.db"
+        yield c
+
+
+def business_tables(path) -> dict[str, list]:
+    """Everything but the audit log (which records refused attempts too)."""
+    with sqlite3.connect(path) as db:
+        return {table: db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+                for table in ("accounts", "numbers", "campaigns", "requests", "outbox")}
+
+
+# the document and the token
+
+
+async def test_the_openapi_document_is_valid_served_and_complete(api):
+    validate(DOCUMENT)
+    served = await api.get("/api/openapi.json", token=None)
+    assert served.status == 200 and served.body == DOCUMENT
+    routes = {
+        (route.method.lower(), route.resource.canonical)
+        for route in api.server._runner.app.router.routes()
+        if route.resource.canonical.startswith("/api/") and route.method != "HEAD"
+    }
+    documented = {
+        (method, path) for path, item in DOCUMENT["paths"].items() for method in item
+        if method != "parameters"
+    }
+    assert routes == documented
+
+
+async def test_a_bearer_token_is_required(api):
+    for token in (None, "wrong", ""):
+        answer = await api.get("/api/accounts", token=token)
+        assert (answer.status, answer.code) == (401, "unauthorized")
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+    answer = await api.get("/api/accounts", token=None, headers={"Authorization": TOKEN})
+    assert answer.status == 401
+    assert (await api.get("/api/health")).body == {"ok": True, "pending": 0}
+
+
+# the seed's features
+
+
+async def test_reservation_flow_change_disable_enable_release(api):
+    regions = await api.get("/api/regions", params={"choice": "landline_popular"})
+    assert regions.body["regions"][0] == {"region": "Moscow", "available": 2}
+    offer = await api.post(f"/api/accounts/{ACME}/offers",
+                           {"choice": "landline_popular", "region": "Moscow"})
+    assert [n["did"] for n in offer.body["numbers"]] == [MOSCOW_1, MOSCOW_2]
+    reserved = await api.post(f"/api/accounts/{ACME}/reservations", {"did": "+7 495 111-00-01"})
+    assert reserved.status == 201 and reserved.body["owner"] == ACME
+    changed = await api.patch(f"/api/numbers/{MOSCOW_1}", {
+        "inbound_campaign": "acme-line", "callback_rule": "force_yes"},
+        params={"as_account": ACME})
+    assert (changed.body["inbound_campaign"], changed.body["callback_rule"]) == (
+        "acme-line", "force_yes")
+    assert (await api.post(f"/api/numbers/{MOSCOW_1}/disable")).body["status"] == "disabled"
+    view = await api.get("/api/numbers", params={"account": ACME, "status": "disabled"})
+    assert [n["did"] for n in view.body["numbers"]] == [MOSCOW_1]
+    assert view.body["reserved"] == {"landline": {"disabled": 1}}
+    enabled = await api.post(f"/api/numbers/{MOSCOW_1}/enable")
+    assert (enabled.body["status"], enabled.body["inbound_campaign"]) == ("active", "acme-line")
+    await api.patch("/api/campaigns/acme-sale", {"caller_id": "8 495 111-00-01"})
+    details = await api.get(f"/api/numbers/{MOSCOW_1}")
+    assert details.body["dialing"] == ["acme-sale"]
+    in_use = await api.delete(f"/api/numbers/{MOSCOW_1}")
+    assert (in_use.status, in_use.code) == (409, "number_in_use")
+    await api.patch("/api/campaigns/acme-sale", {"caller_id": None})
+    released = await api.delete(f"/api/numbers/{MOSCOW_1}", params={"as_account": ACME})
+    assert (released.body["owner"], released.body["callback_rule"]) == (None, None)
+    view = await api.get("/api/numbers", params={"account": ACME})
+    assert view.body["reserved"] == {}
+    assert {n["did"] for n in view.body["numbers"]} == {POOL_1, "78120000002"}
+    assert all(n["callback_rule"] is None for n in view.body["numbers"])
+
+
+async def test_twenty_concurrent_reservations_of_one_number(api):
+    for i in range(20):
+        await api.post("/api/accounts", {"id": f"racer-{i}", "verified": True})
+    answers = await asyncio.gather(*(
+        api.post(f"/api/accounts/racer-{i}/reservations", {"did": MOSCOW_1}) for i in range(20)
+    ))
+    assert sorted(a.status for a in answers) == [201] + [409] * 19
+    losers = [a for a in answers if a.status == 409]
+    assert {a.code for a in losers} == {"already_taken"}
+    assert all("already taken" in a.body["error"]["message"] for a in losers)
+    winner = next(a for a in answers if a.status == 201).body["owner"]
+    assert (await api.get(f"/api/numbers/{MOSCOW_1}")).body["owner"] == winner
+    unverified = await api.post(f"/api/accounts/{NEWBIE}/reservations", {"did": MOSCOW_2})
+    assert (unverified.status, unverified.code) == (403, "not_verified")
+    assert "not verified" in unverified.body["error"]["message"]
+    audit = await api.get("/api/audit", params={"subject": MOSCOW_1, "limit": "100"})
+    outcomes = [e["outcome"] for e in audit.body["entries"] if e["action"] == "reserve"]
+    assert sorted(outcomes) == ["already_taken"] * 19 + ["ok"]
+
+
+async def test_an_empty_region_files_a_request_and_nothing_else(api):
+    before = business_tables(api.db)
+    offer = await api.post(f"/api/accounts/{ACME}/offers",
+                           {"choice": "mobile", "region": "Vladivostok"})
+    assert offer.status == 200 and offer.body["numbers"] == []
+    assert "sales team will call you back" in offer.body["message"]
+    requests = (await api.get("/api/requests")).body["requests"]
+    assert [(r["account"], r["kind"], r["region"]) for r in requests] == [
+        (ACME, "mobile", "Vladivostok")]
+    after = business_tables(api.db)
+    assert after["requests"] != before["requests"]
+    assert {k: v for k, v in after.items() if k != "requests"} == \
+        {k: v for k, v in before.items() if k != "requests"}
+
+
+@pytest.mark.parametrize("did, campaign, as_account, status, code", [
+    (MOSCOW_2, "oldco-line", ACME, 403, "not_owner"),  # another account's number
+    (POOL_1, "acme-line", ACME, 409, "service_number"),
+    (helpers.KAZAN, "acme-line", ACME, 409, "number_disabled"),
+])
+async def test_refused_bindings_change_nothing_and_are_audited(
+    api, did, campaign, as_account, status, code
+):
+    await api.post(f"/api/accounts/{ACME}/reservations", {"did": helpers.KAZAN})
+    await api.post(f"/api/accounts/{OLDCO}/reservations", {"did": MOSCOW_2})
+    await api.post(f"/api/numbers/{helpers.KAZAN}/disable")
+    before = business_tables(api.db)
+    answer = await api.patch(f"/api/numbers/{did}", {"inbound_campaign": campaign},
+                             params={"as_account": as_account})
+    assert (answer.status, answer.code) == (status, code)
+    assert answer.body["error"]["message"]
+    assert business_tables(api.db) == before
+    [entry, *_] = (await api.get("/api/audit", params={"subject": did})).body["entries"]
+    assert (entry["action"], entry["outcome"], entry["account"]) == (
+        "change_number", code, as_account)
+
+
+async def test_accounts_campaigns_stock_and_sync(api):
+    created = await api.post("/api/accounts", {"id": "zeta", "name": "Zeta"})
+    assert created.status == 201 and created.body == {"id": "zeta", "name": "Zeta",
+                                                      "verified": False}
+    assert (await api.patch("/api/accounts/zeta", {"verified": True})).body["verified"]
+    assert (await api.get("/api/accounts/zeta")).body["name"] == "Zeta"
+    assert len((await api.get("/api/accounts")).body["accounts"]) == 4
+    added = await api.post("/api/numbers", {"did": "+7 383 200-00-01"})
+    assert (added.status, added.body["region"], added.body["pool"]) == (
+        201, "Novosibirsk", "reservable")
+    campaign = await api.post("/api/campaigns", {"id": "zeta-sale", "account": "zeta",
+                                                 "kind": "outbound", "accept_inbound": True})
+    assert campaign.status == 201 and campaign.body["caller_id"] is None
+    assert (await api.get("/api/campaigns/zeta-sale")).body["accept_inbound"]
+    paused = await api.patch("/api/campaigns/zeta-sale", {"state": "paused"})
+    assert paused.body["state"] == "paused"
+    listed = await api.get("/api/campaigns", params={"account": "zeta"})
+    assert [c["id"] for c in listed.body["campaigns"]] == ["zeta-sale"]
+    synced = await api.post("/api/sync")
+    assert (synced.status, synced.body["accounts"], synced.body["numbers"]) == (200, 4, 7)
+
+
+# bad input: every endpoint
+
+NESTED = b"[" * 2000 + b"]" * 2000  # deeper than Python's recursion, under the cap
+BAD_INPUT = [
+    # (method, path, body or raw bytes, params, status, code)
+    ("POST", "/api/accounts", b"not json", None, 400, "bad_json"),
+    ("POST", "/api/accounts", b"\xff\xfe{", None, 400, "bad_json"),
+    ("POST", "/api/accounts", NESTED, None, 400, "bad_json"),
+    ("POST", "/api/accounts", b'{"id": NaN}', None, 400, "bad_json"),
+    ("POST", "/api/accounts", [], None, 400, "bad_input"),
+    ("POST", "/api/accounts", {}, None, 400, "bad_input"),
+    ("POST", "/api/accounts", {"id": 5}, None, 400, "bad_input"),
+    ("POST", "/api/accounts", {"id": "a b"}, None, 400, "bad_input"),
+    ("POST", "/api/accounts", {"id": "ok", "verified": "yes"}, None, 400, "bad_input"),
+    ("POST", "/api/accounts", {"id": "ok", "name": ["x"]}, None, 400, "bad_input"),
+    ("POST", "/api/accounts", {"id": "ok", "admin": True}, None, 400, "bad_input"),
+    ("POST", "/api/accounts", {"id": ACME}, None, 409, "already_exists"),
+    ("GET", "/api/accounts/nobody", None, None, 404, "unknown_account"),
+    ("PATCH", "/api/accounts/nobody", {"name": "x"}, None, 404, "unknown_account"),
+    ("PATCH", f"/api/accounts/{ACME}", {"verified": 1}, None, 400, "bad_input"),
+    ("PATCH", f"/api/accounts/{ACME}", {"name": "x" * 500}, None, 400, "bad_input"),
+    ("PATCH", f"/api/accounts/{ACME}", {"name": "a\x00b"}, None, 400, "bad_input"),
+    ("POST", f"/api/accounts/{ACME}/offers", {"choice": "fax", "region": "Moscow"}, None,
+     400, "bad_input"),
+    ("POST", f"/api/accounts/{ACME}/offers", {"choice": "mobile", "region": 5}, None,
+     400, "bad_input"),
+    ("POST", f"/api/accounts/{ACME}/offers", {"choice": "mobile", "region": " "}, None,
+     400, "bad_input"),
+    ("POST", f"/api/accounts/{ACME}/offers", {"choice": "mobile"}, None, 400, "bad_input"),
+    ("POST", "/api/accounts/nobody/offers", {"choice": "mobile", "region": "Moscow"}, None,
+     404, "unknown_account"),
+    ("POST", f"/api/accounts/{ACME}/reservations", {"did": 74951110001}, None,
+     400, "bad_number"),
+    ("POST", f"/api/accounts/{ACME}/reservations", {"did": "+7 (495) 111-00-0x"}, None,
+     400, "bad_number"),
+    ("POST", f"/api/accounts/{ACME}/reservations", {"did": "1" * 100}, None, 400, "bad_number"),
+    ("POST", f"/api/accounts/{ACME}/reservations", {"did": None}, None, 400, "bad_number"),
+    ("POST", f"/api/accounts/{ACME}/reservations", {"did": "74990000000"}, None,
+     404, "unknown_number"),
+    ("POST", "/api/accounts/nobody/reservations", {"did": MOSCOW_1}, None,
+     404, "unknown_account"),
+    ("GET", "/api/regions", None, None, 400, "bad_input"),
+    ("GET", "/api/regions", None, {"choice": "fax"}, 400, "bad_input"),
+    ("GET", "/api/regions", None, [("choice", "mobile"), ("choice", "landline")], 400,
+     "bad_input"),
+    ("GET", "/api/numbers", None, {"status": "weird"}, 400, "bad_input"),
+    ("GET", "/api/numbers", None, {"account": "nobody"}, 404, "unknown_account"),
+    ("GET", "/api/numbers", None, {"search": "1" * 41}, 400, "bad_input"),
+    ("POST", "/api/numbers", {"did": "abc"}, None, 400, "bad_number"),
+    ("POST", "/api/numbers", {"did": MOSCOW_1}, None, 409, "already_exists"),
+    ("POST", "/api/numbers", {"did": "74959999999", "pool": "gold"}, None, 400, "bad_input"),
+    ("POST", "/api/numbers", {"did": "74959999999", "kind": 5}, None, 400, "bad_input"),
+    ("POST", "/api/numbers", {"did": "74959999999", "region": "x" * 81}, None,
+     400, "bad_input"),
+    ("POST", "/api/numbers", {"did": "74959999999", "status": True}, None, 400, "bad_input"),
+    ("GET", "/api/numbers/abc", None, None, 400, "bad_number"),
+    ("GET", "/api/numbers/" + "7" * 300, None, None, 400, "bad_number"),
+    ("GET", "/api/numbers/74990000000", None, None, 404, "unknown_number"),
+    ("PATCH", f"/api/numbers/{MOSCOW_1}", {"callback_rule": "sometimes"}, None,
+     400, "bad_input"),
+    ("PATCH", f"/api/numbers/{MOSCOW_1}", {"callback_rule": None}, None, 400, "bad_input"),
+    ("PATCH", f"/api/numbers/{MOSCOW_1}", {"inbound_campaign": 5}, None, 400, "bad_input"),
+    ("PATCH", f"/api/numbers/{MOSCOW_1}", {"inbound_campaign": "acme-line",
+                                           "callback_rule": "bad"}, None, 400, "bad_input"),
+    ("PATCH", f"/api/numbers/{MOSCOW_1}", {"owner": "oldco"}, None, 400, "bad_input"),
+    ("PATCH", "/api/numbers/74990000000", {"callback_rule": "force_no"}, None,
+     404, "unknown_number"),
+    ("PATCH", "/api/numbers/abc", {"callback_rule": "force_no"}, None, 400, "bad_number"),
+    ("DELETE", "/api/numbers/abc", None, None, 400, "bad_number"),
+    ("DELETE", "/api/numbers/74990000000", None, None, 404, "unknown_number"),
+    ("DELETE", f"/api/numbers/{MOSCOW_1}", None, {"as_account": OLDCO}, 403, "not_owner"),
+    ("POST", "/api/numbers/abc/disable", None, None, 400, "bad_number"),
+    ("POST", "/api/numbers/74990000000/enable", None, None, 404, "unknown_number"),
+    ("POST", f"/api/numbers/{MOSCOW_1}/disable", None, {"as_account": OLDCO}, 403,
+     "not_owner"),
+    ("POST", "/api/campaigns", {"id": "c", "account": ACME, "kind": "sideways"}, None,
+     400, "bad_input"),
+    ("POST", "/api/campaigns", {"id": "c", "account": "nobody", "kind": "inbound"}, None,
+     404, "unknown_account"),
+    ("POST", "/api/campaigns", {"id": "c", "account": ACME, "kind": "outbound",
+                                "caller_id": 123}, None, 400, "bad_number"),
+    ("POST", "/api/campaigns", {"id": "c", "account": ACME, "kind": "outbound",
+                                "accept_inbound": "yes"}, None, 400, "bad_input"),
+    ("POST", "/api/campaigns", {"id": "c", "account": ACME, "kind": "outbound",
+                                "state": 5}, None, 400, "bad_input"),
+    ("POST", "/api/campaigns", {"id": "c", "account": ACME, "kind": "outbound",
+                                "caller_id": MOSCOW_2}, None, 403, "not_owner"),
+    ("POST", "/api/campaigns", {"id": "c", "account": ACME}, None, 400, "bad_input"),
+    ("GET", "/api/campaigns/nope", None, None, 404, "unknown_campaign"),
+    ("PATCH", "/api/campaigns/nope", {"state": "paused"}, None, 404, "unknown_campaign"),
+    ("PATCH", "/api/campaigns/acme-sale", {"state": "done"}, None, 400, "bad_input"),
+    ("PATCH", "/api/campaigns/acme-sale", {"caller_id": "abc"}, None, 400, "bad_number"),
+    ("PATCH", "/api/campaigns/acme-sale", {"accept_inbound": None}, None, 400, "bad_input"),
+    ("PATCH", "/api/campaigns/acme-line", {"accept_inbound": True}, None, 400, "bad_input"),
+    ("GET", "/api/requests", None, {"status": "weird"}, 400, "bad_input"),
+    ("GET", "/api/audit", None, {"limit": "abc"}, 400, "bad_input"),
+    ("GET", "/api/audit", None, {"limit": "0"}, 400, "bad_input"),
+    ("GET", "/api/audit", None, {"limit": "5000"}, 400, "bad_input"),
+    ("GET", "/api/nothing-here", None, None, 404, "not_found"),
+    ("PUT", "/api/accounts", {"id": "x"}, None, 405, "method_not_allowed"),
+]
+
+
+@pytest.mark.parametrize("method, path, body, params, status, code", BAD_INPUT,
+                         ids=[f"{m} {p[:40]} {c}" for m, p, _, _, _, c in BAD_INPUT])
+async def test_bad_input_is_a_json_4xx_and_writes_nothing(
+    api, method, path, body, params, status, code
+):
+    await api.post(f"/api/accounts/{ACME}/reservations", {"did": MOSCOW_1})
+    before = business_tables(api.db)
+    version = await api.service.data.version()
+    raw = body if isinstance(body, bytes) else None
+    answer = await api.call(method, path, None if raw else body, raw=raw, params=params)
+    assert (answer.status, answer.code) == (status, code), answer.body
+    assert answer.body["error"]["message"]
+    assert business_tables(api.db) == before
+    assert await api.service.data.version() == version
+
+
+@pytest.mark.parametrize("method, path", [
+    (method, path.replace("{account}", ACME).replace("{did}", MOSCOW_1)
+     .replace("{campaign}", "acme-sale"))
+    for path, item in DOCUMENT["paths"].items() for method in item
+    if method in ("post", "patch")
+])
+async def test_an_oversized_body_is_refused_on_every_post_and_patch(api, method, path):
+    before = business_tables(api.db)
+    big = b'{"name": "' + b"x" * 5000 + b'"}'
+    answer = await api.call(method.upper(), path, raw=big)
+    assert (answer.status, answer.code) == (413, "body_too_large")
+    assert business_tables(api.db) == before
+
+
+async def test_an_oversized_body_without_a_length_is_refused_too(api):
+    async def chunks():
+        for _ in range(10):
+            yield b"x" * 1000
+
+    async with api.session.post(api.base + "/api/accounts", data=chunks(),
+                                headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+        assert response.status == 413
+        assert (await response.json())["error"]["code"] == "body_too_large"
+    assert (await api.get("/api/accounts/x")).code == "unknown_account"

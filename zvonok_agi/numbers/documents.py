@@ -1,0 +1,84 @@
+"""The JSON shapes of the control plane's records: what the admin API answers and what the CLI
+prints with `--json`. The OpenAPI document (`zvonok_agi.web.openapi`) describes these shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..routing.model import Account, Campaign
+from .rules import NumberRecord, RegionCount, Request
+from .service import NumberDetails, NumberRow, NumbersView, Offer, SyncReport
+
+
+def account(a: Account) -> dict[str, Any]:
+    return {"id": a.id, "name": a.name, "verified": a.verified}
+
+
+def number(n: NumberRecord) -> dict[str, Any]:
+    return {
+        "did": n.did,
+        "kind": n.kind.value,
+        "region": n.region,
+        "pool": n.pool.value,
+        "status": n.status.value,
+        "owner": n.owner,
+        "reserved": n.is_reserved,
+        # The rule is shown only for reserved numbers (routing-rules.md, the numbers view).
+        "callback_rule": n.callback_rule.value if n.is_reserved else None,
+        "inbound_campaign": n.inbound_campaign,
+        "reserved_at": n.reserved_at,
+    }
+
+
+def row(r: NumberRow) -> dict[str, Any]:
+    return {**number(r.number), "dialing": r.dialing}
+
+
+def view(v: NumbersView) -> dict[str, Any]:
+    return {
+        "account": v.account,
+        "status": v.status.value,
+        "search": v.search,
+        "reserved": v.reserved,
+        "tabs": v.tabs,
+        "numbers": [row(r) for r in v.rows],
+    }
+
+
+def details(d: NumberDetails) -> dict[str, Any]:
+    return {**row(d.row), "history": d.history}
+
+
+def campaign(c: Campaign) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "account": c.account,
+        "kind": c.kind.value,
+        "accept_inbound": c.accept_inbound,
+        "state": c.state.value,
+        "caller_id": c.caller_id,  # None: the service pool
+    }
+
+
+def region(r: RegionCount) -> dict[str, Any]:
+    return {"region": r.region, "available": r.available}
+
+
+def request(r: Request) -> dict[str, Any]:
+    return {"id": r.id, "account": r.account, "kind": r.kind.value, "region": r.region,
+            "at": r.at, "status": r.status}
+
+
+def offer(o: Offer) -> dict[str, Any]:
+    return {
+        "kind": o.kind.value,
+        "region": o.region,
+        "numbers": [number(n) for n in o.numbers],
+        "request": request(o.request) if o.request else None,
+        "message": o.message,
+    }
+
+
+def sync_report(r: SyncReport) -> dict[str, Any]:
+    return {"accounts": r.accounts, "numbers": r.numbers, "campaigns": r.campaigns,
+            "removed": r.removed}

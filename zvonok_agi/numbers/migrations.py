@@ -1,0 +1,77 @@
+"""The SQLite schema, as numbered migrations: `PRAGMA user_version` says how many are applied.
+
+Append, never edit: a database made by an older release is brought up to date by running the
+steps it has not seen, each in its own transaction.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[str, ...]] = [
+    # 1: accounts, numbers, campaigns, requests, the audit log, the publishing outbox
+    (
+        """CREATE TABLE accounts (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL DEFAULT '',
+            verified INTEGER NOT NULL DEFAULT 0 CHECK (verified IN (0, 1)),
+            created_at REAL NOT NULL
+        )""",
+        # Cross references between numbers and campaigns are checked at commit, so that an
+        # import can write both in any order.
+        """CREATE TABLE numbers (
+            did TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('mobile', 'landline')),
+            region TEXT NOT NULL,
+            pool TEXT NOT NULL CHECK (pool IN ('service', 'reservable')),
+            status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'disabled')),
+            owner TEXT REFERENCES accounts (id),
+            callback_rule TEXT NOT NULL DEFAULT 'as_campaign'
+                CHECK (callback_rule IN ('force_yes', 'as_campaign', 'force_no')),
+            inbound_campaign TEXT REFERENCES campaigns (id) DEFERRABLE INITIALLY DEFERRED,
+            reserved_at REAL,
+            added_at REAL NOT NULL,
+            CHECK (pool = 'reservable' OR owner IS NULL),
+            CHECK (owner IS NOT NULL OR inbound_campaign IS NULL)
+        )""",
+        "CREATE INDEX numbers_by_owner ON numbers (owner)",
+        "CREATE INDEX numbers_stock ON numbers (pool, owner, status, kind, region)",
+        """CREATE TABLE campaigns (
+            id TEXT PRIMARY KEY,
+            account TEXT NOT NULL REFERENCES accounts (id),
+            kind TEXT NOT NULL CHECK (kind IN ('outbound', 'inbound')),
+            accept_inbound INTEGER NOT NULL DEFAULT 0 CHECK (accept_inbound IN (0, 1)),
+            state TEXT NOT NULL DEFAULT 'running'
+                CHECK (state IN ('running', 'paused', 'finished')),
+            caller_id TEXT REFERENCES numbers (did) DEFERRABLE INITIALLY DEFERRED,
+            created_at REAL NOT NULL,
+            CHECK (kind = 'outbound' OR caller_id IS NULL)
+        )""",
+        "CREATE INDEX campaigns_by_account ON campaigns (account)",
+        "CREATE INDEX campaigns_by_caller_id ON campaigns (caller_id)",
+        """CREATE TABLE requests (
+            id INTEGER PRIMARY KEY,
+            account TEXT NOT NULL REFERENCES accounts (id),
+            kind TEXT NOT NULL CHECK (kind IN ('mobile', 'landline')),
+            region TEXT NOT NULL,
+            at REAL NOT NULL,
+            status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'closed'))
+        )""",
+        "CREATE INDEX requests_open ON requests (status, account, kind, region)",
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            account TEXT,
+            outcome TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '{}'
+        )""",
+        "CREATE INDEX audit_by_subject ON audit (subject, id)",
+        # Records changed in SQLite and not yet published to Redis (Redis was down).
+        """CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('account', 'number', 'campaign')),
+            key TEXT NOT NULL
+        )""",
+    ),
+]

@@ -1,0 +1,316 @@
+"""The control plane's rules (routing-rules.md, "Reserving and binding" and "Caller ID for
+outbound calls"), as pure functions of records: no I/O, no clock.
+
+A rule that says no returns a `Refused` with a stable code and a sentence for a person; the
+service raises it, the API turns it into a JSON error and the CLI into a message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+from phonenumbers import geocoder, parse
+
+from .. import phone
+from ..routing.model import (
+    CAMPAIGN_ID,
+    Account,
+    CallbackRule,
+    Campaign,
+    CampaignKind,
+    CampaignState,
+    Number,
+    NumberStatus,
+    Pool,
+)
+
+ACCOUNT_ID = CAMPAIGN_ID
+E = TypeVar("E", bound=StrEnum)
+MAX_REGION = 80
+MAX_NAME = 120
+
+
+class Kind(StrEnum):
+    MOBILE = "mobile"
+    LANDLINE = "landline"
+
+
+class Choice(StrEnum):
+    """The three entries of the seed's "Add" menu."""
+
+    MOBILE = "mobile"
+    LANDLINE_POPULAR = "landline_popular"
+    LANDLINE = "landline"
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.MOBILE if self is Choice.MOBILE else Kind.LANDLINE
+
+
+class Refused(Exception):
+    """A rule said no. `code` is stable (clients branch on it), `message` is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class NumberRecord:
+    """A subscriber number as the control plane keeps it (routing needs only `routing()`)."""
+
+    did: str
+    kind: Kind
+    region: str
+    pool: Pool
+    status: NumberStatus = NumberStatus.ACTIVE
+    owner: str | None = None
+    callback_rule: CallbackRule = CallbackRule.AS_CAMPAIGN
+    inbound_campaign: str | None = None
+    reserved_at: float | None = None
+
+    @property
+    def is_reserved(self) -> bool:
+        return self.pool is Pool.RESERVABLE and self.owner is not None
+
+    @property
+    def is_available(self) -> bool:
+        return self.pool is Pool.RESERVABLE and self.owner is None and self.active
+
+    @property
+    def active(self) -> bool:
+        return self.status is NumberStatus.ACTIVE
+
+    def routing(self) -> Number:
+        return Number(
+            did=self.did,
+            pool=self.pool,
+            status=self.status,
+            owner=self.owner,
+            callback_rule=self.callback_rule,
+            inbound_campaign=self.inbound_campaign,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RegionCount:
+    region: str
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A customer wants a number where none is available; sales call back."""
+
+    id: int
+    account: str
+    kind: Kind
+    region: str
+    at: float
+    status: str = "open"
+
+
+# input at the edge
+
+
+def did_of(raw: object) -> str:
+    """A phone number as people write it -> E.164 digits, or Refused("bad_number")."""
+    did = phone.normalize(raw) if isinstance(raw, str) else None
+    if did is None:
+        raise Refused("bad_number", f"{raw!r} is not a phone number")
+    return did
+
+
+def ident(raw: object, what: str) -> str:
+    if not isinstance(raw, str) or not ACCOUNT_ID.match(raw):
+        raise Refused(
+            "bad_input", f"{what} {raw!r}: letters, digits, '-' and '_' only, 1 to 48 characters"
+        )
+    return raw
+
+
+def text(raw: object, what: str, limit: int) -> str:
+    if not isinstance(raw, str) or len(raw) > limit or any(ord(ch) < 32 for ch in raw):
+        raise Refused("bad_input", f"{what} must be text of at most {limit} characters")
+    return raw.strip()
+
+
+def enum_value(cls: type[E], raw: object, what: str) -> E:
+    try:
+        return cls(raw)
+    except ValueError:
+        allowed = ", ".join(item.value for item in cls)
+        raise Refused("bad_input", f"{what} must be one of {allowed}, not {raw!r}") from None
+
+
+def classify(did: str, kind: Kind | None = None, region: str | None = None) -> tuple[Kind, str]:
+    """Kind and region of a number: from the numbering plan unless an operator says otherwise.
+    Russian mobile ranges belong to no region: they get the country's name."""
+    derived_kind, derived_region = phone.describe(did)
+    if not region:
+        region = derived_region or geocoder.country_name_for_number(parse("+" + did), "en")
+    return kind or Kind(derived_kind), region or "Unknown"
+
+
+def search_needles(query: str) -> list[str]:
+    """What a search matches inside the digits: the digits typed, and the whole number when the
+    query is one (so that `8 916 123-45-67` finds 79161234567)."""
+    digits = re.sub(r"\D", "", query)
+    needles = [digits] if digits else []
+    full = phone.normalize(query)
+    if full and full not in needles:
+        needles.append(full)
+    return needles
+
+
+# reservation
+
+
+def region_counts(
+    choice: Choice, available: Mapping[tuple[Kind, str], int], popular: Iterable[str]
+) -> list[RegionCount]:
+    """The regions offered for a choice with their count of available numbers. Popular cities
+    are all listed (in their configured order), an empty one too: picking it files a request."""
+    kind = choice.kind
+    if choice is Choice.LANDLINE_POPULAR:
+        return [RegionCount(city, available.get((kind, city), 0)) for city in popular]
+    return sorted(
+        (RegionCount(region, n) for (k, region), n in available.items() if k is kind and n > 0),
+        key=lambda rc: rc.region,
+    )
+
+
+def account_refusal(account: Account | None) -> Refused | None:
+    """Only a verified account may reserve (and so look for numbers to reserve)."""
+    if account is None:
+        return Refused("unknown_account", "no such account")
+    if not account.verified:
+        return Refused(
+            "not_verified",
+            f"account {account.id} is not verified: it dials from the service pool until it "
+            "passes identification",
+        )
+    return None
+
+
+def reserve_refusal(account: Account | None, number: NumberRecord | None) -> Refused | None:
+    refusal = account_refusal(account)
+    if refusal is not None or account is None:
+        return refusal
+    if number is None:
+        return Refused("unknown_number", "no such number")
+    if number.pool is Pool.SERVICE:
+        return Refused("not_reservable", f"{number.did} is a service number: it is shared")
+    if number.owner == account.id:
+        return Refused("already_yours", f"{number.did} is already reserved by {account.id}")
+    if number.owner is not None:
+        return Refused("already_taken", f"{number.did} is already taken: choose another number")
+    if not number.active:
+        return Refused("number_disabled", f"{number.did} is disabled")
+    return None
+
+
+# what an account may do with its numbers
+
+
+def ownership_refusal(number: NumberRecord, as_account: str | None) -> Refused | None:
+    """Acting as an account, only its own numbers may be changed (an operator acts as none)."""
+    if as_account is not None and number.owner != as_account:
+        return Refused("not_owner", f"{number.did} does not belong to account {as_account}")
+    return None
+
+
+def reserved_refusal(number: NumberRecord | None, as_account: str | None) -> Refused | None:
+    """Bindings, rules and release exist only for reserved numbers."""
+    if number is None:
+        return Refused("unknown_number", "no such number")
+    if number.pool is Pool.SERVICE:
+        return Refused(
+            "service_number",
+            f"{number.did} is a service number: it has no owner, no inbound campaign, no rule",
+        )
+    if number.owner is None:
+        return Refused("not_reserved", f"{number.did} is not reserved by any account")
+    return ownership_refusal(number, as_account)
+
+
+def binding_refusal(
+    number: NumberRecord | None, campaign: Campaign | None, as_account: str | None
+) -> Refused | None:
+    """An inbound campaign goes only on an active reserved number of the campaign's account."""
+    refusal = reserved_refusal(number, as_account)
+    if refusal is not None or number is None:
+        return refusal
+    if not number.active:
+        return Refused("number_disabled", f"{number.did} is disabled: enable it first")
+    if campaign is None:
+        return Refused("unknown_campaign", "no such campaign")
+    if campaign.kind is not CampaignKind.INBOUND:
+        return Refused("not_inbound", f"campaign {campaign.id} is not an inbound campaign")
+    if campaign.account != number.owner:
+        return Refused(
+            "not_owner", f"campaign {campaign.id} and number {number.did} have different owners"
+        )
+    return None
+
+
+def release_refusal(
+    number: NumberRecord | None, as_account: str | None, callers: Iterable[Campaign]
+) -> Refused | None:
+    """Released, a number goes back to stock; campaigns still dialing from it must move first."""
+    refusal = reserved_refusal(number, as_account)
+    if refusal is not None:
+        return refusal
+    dialing = sorted(c.id for c in callers if c.state is not CampaignState.FINISHED)
+    if dialing:
+        return Refused(
+            "number_in_use",
+            f"campaigns {', '.join(dialing)} dial from this number: give them another caller "
+            "ID first",
+        )
+    return None
+
+
+# campaigns
+
+
+def caller_id_refusal(
+    account: Account, kind: CampaignKind, caller_id: str | None, number: NumberRecord | None
+) -> Refused | None:
+    """An outbound campaign dials from one of its account's active reserved numbers, or from
+    the service pool (None); an unverified account only from the pool."""
+    if caller_id is None:
+        return None
+    if kind is CampaignKind.INBOUND:
+        return Refused("bad_input", "an inbound campaign has no caller ID")
+    if not account.verified:
+        return Refused(
+            "not_verified",
+            f"account {account.id} is not verified: its campaigns dial from the service pool",
+        )
+    if number is None:
+        return Refused("unknown_number", f"{caller_id} is not one of our numbers")
+    if number.pool is Pool.SERVICE:
+        return Refused(
+            "service_number",
+            f"{caller_id} is a service number: choose the service pool, not one of its numbers",
+        )
+    if number.owner != account.id:
+        return Refused("not_owner", f"{caller_id} is not reserved by account {account.id}")
+    if not number.active:
+        return Refused("number_disabled", f"{caller_id} is disabled")
+    return None
+
+
+def unverify_refusal(account: Account, reserved: int) -> Refused | None:
+    if reserved:
+        return Refused(
+            "account_has_numbers",
+            f"account {account.id} holds {reserved} reserved numbers: release them first",
+        )
+    return None

@@ -1,0 +1,594 @@
+"""The one service layer of the control plane: the admin API and the CLI both call it.
+
+Every change runs in one SQLite transaction that also writes an audit row and marks what it
+changed in the outbox; before it commits, the outbox is published to Redis through the engine's
+routing-data module (so a running engine follows within milliseconds). With Redis away the
+change still commits and stays in the outbox until the next change, `flush()` or `sync()`.
+A refused attempt changes nothing but its audit row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, TypeVar
+
+import structlog
+from redis.exceptions import RedisError
+
+from ..inventory import Inventory
+from ..routing.model import (
+    Account,
+    CallbackRule,
+    Campaign,
+    CampaignKind,
+    CampaignState,
+    NumberStatus,
+    Pool,
+)
+from ..store.routing_data import RoutingData
+from . import rules
+from .rules import Choice, Kind, NumberRecord, Refused, RegionCount, Request
+from .store import Queries, Store
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_POPULAR_CITIES = (
+    "Moscow", "St Petersburg", "Novosibirsk", "Ekaterinburg", "Kazan", "Nizhni Novgorod",
+)
+T = TypeVar("T")
+KEEP: Any = object()  # "leave this field as it is" in updates (None means the service pool)
+PUBLISH_ORDER = {"account": 0, "campaign": 1, "number": 2}  # referenced before referencing
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The answer to "numbers of this kind in this region": some numbers, or a request."""
+
+    kind: Kind
+    region: str
+    numbers: list[NumberRecord]
+    request: Request | None = None
+
+    @property
+    def message(self) -> str:
+        if self.request is not None:
+            return (f"No {self.kind} numbers in {self.region} right now: request "
+                    f"#{self.request.id} is filed and our sales team will call you back.")
+        return f"{len(self.numbers)} {self.kind} numbers available in {self.region}"
+
+
+@dataclass(frozen=True)
+class NumberRow:
+    """One line of the numbers view: the number and the campaigns that use it."""
+
+    number: NumberRecord
+    dialing: list[str]  # outbound campaigns showing it as caller ID (service pool: pool ones)
+
+    @property
+    def rule(self) -> CallbackRule | None:
+        """The callback rule is shown only for reserved numbers."""
+        return self.number.callback_rule if self.number.is_reserved else None
+
+
+@dataclass(frozen=True)
+class NumbersView:
+    account: str | None
+    status: NumberStatus
+    search: str
+    reserved: dict[str, dict[str, int]]  # {kind: {status: count}} of reserved numbers
+    tabs: dict[str, int]  # {status: count} of the numbers the search finds
+    rows: list[NumberRow]
+
+
+@dataclass(frozen=True)
+class NumberDetails:
+    row: NumberRow
+    history: list[dict[str, Any]]  # the number's audit entries, newest first
+
+
+@dataclass
+class _Change:
+    q: Queries
+    account: str | None
+    detail: dict[str, Any]
+    quiet: bool = False  # nothing changed: no audit row
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    accounts: int
+    numbers: int
+    campaigns: int
+    removed: dict[str, int] = field(default_factory=dict)
+
+
+class NumbersService:
+    def __init__(
+        self,
+        store: Store,
+        data: RoutingData | None,
+        *,
+        popular_cities: Iterable[str] = DEFAULT_POPULAR_CITIES,
+        clock: Callable[[], float] = time.time,
+        offer_limit: int = 100,
+    ) -> None:
+        self.store = store
+        self.data = data
+        self.popular_cities = tuple(popular_cities)
+        self.clock = clock
+        self.offer_limit = offer_limit
+
+    # accounts
+
+    async def accounts(self) -> list[Account]:
+        async with self.store.reading() as q:
+            return await q.accounts()
+
+    async def account(self, account_id: str) -> Account:
+        async with self.store.reading() as q:
+            return _found(await q.account(account_id), "unknown_account", "no such account")
+
+    async def create_account(
+        self, actor: str, account_id: str, name: str = "", verified: bool = False
+    ) -> Account:
+        account = Account(
+            rules.ident(account_id, "account id"), _flag(verified, "verified"),
+            rules.text(name, "name", rules.MAX_NAME),
+        )
+        async with self._change(actor, "create_account", account.id, account.id,
+                                name=account.name, verified=account.verified) as change:
+            if await change.q.account(account.id) is not None:
+                raise Refused("already_exists", f"account {account.id} already exists")
+            await change.q.put_account(account, self.clock())
+        return account
+
+    async def update_account(
+        self, actor: str, account_id: str, *, name: Any = KEEP, verified: Any = KEEP
+    ) -> Account:
+        detail = _given(name=name, verified=verified)
+        async with self._change(actor, "update_account", account_id, account_id,
+                                **detail) as change:
+            q = change.q
+            account = _found(await q.account(account_id), "unknown_account", "no such account")
+            if name is not KEEP:
+                account = replace(account, name=rules.text(name, "name", rules.MAX_NAME))
+            if verified is not KEEP:
+                account = replace(account, verified=_flag(verified, "verified"))
+                if not account.verified:
+                    _check(rules.unverify_refusal(account, await q.reserved_count(account.id)))
+            await q.put_account(account, self.clock())
+        return account
+
+    # the reservation flow
+
+    async def regions(self, choice: Any) -> list[RegionCount]:
+        choice = rules.enum_value(Choice, choice, "choice")
+        async with self.store.reading() as q:
+            counts = await q.available_counts()
+        return rules.region_counts(choice, counts, self.popular_cities)
+
+    async def offer(self, actor: str, account_id: str, choice: Any, region: Any) -> Offer:
+        """The available numbers of a region; none there: a request for sales is filed (once
+        per account, kind and region while it is open), and nothing else changes."""
+        choice = rules.enum_value(Choice, choice, "choice")
+        region = rules.text(region, "region", rules.MAX_REGION)
+        if not region:
+            raise Refused("bad_input", "region must not be empty")
+        kind = choice.kind
+        async with self._change(actor, "request_number", f"{kind}:{region}", account_id,
+                                kind=kind.value, region=region) as change:
+            q = change.q
+            _check(rules.account_refusal(await q.account(account_id)))
+            numbers = await q.available(kind, region, self.offer_limit)
+            request = None
+            if numbers:
+                change.quiet = True
+            else:
+                request = await q.open_request(account_id, kind, region)
+                if request is None:
+                    request = await q.add_request(account_id, kind, region, self.clock())
+                change.detail["request"] = request.id
+        return Offer(kind, region, numbers, request)
+
+    async def reserve(self, actor: str, account_id: str, did: Any) -> NumberRecord:
+        """Verified accounts only; of accounts racing for one number exactly one wins."""
+        did = rules.did_of(did)
+        async with self._change(actor, "reserve", did, account_id) as change:
+            q = change.q
+            _check(rules.reserve_refusal(await q.account(account_id), await q.number(did)))
+            # The condition in the UPDATE is what makes it atomic, whatever was read above.
+            if not await q.claim_number(did, account_id, self.clock()):
+                raise Refused("already_taken", f"{did} is already taken: choose another number")
+            change.result = await q.number(did)
+        return change.result
+
+    # stock (operators)
+
+    async def add_number(
+        self, actor: str, did: Any, pool: Any = Pool.RESERVABLE, *, kind: Any = None,
+        region: Any = None, status: Any = NumberStatus.ACTIVE,
+    ) -> NumberRecord:
+        did = rules.did_of(did)
+        pool = rules.enum_value(Pool, pool, "pool")
+        status = rules.enum_value(NumberStatus, status, "status")
+        kind = None if kind is None else rules.enum_value(Kind, kind, "kind")
+        region = None if region is None else rules.text(region, "region", rules.MAX_REGION)
+        kind, region = rules.classify(did, kind, region)
+        number = NumberRecord(did, kind, region, pool, status)
+        async with self._change(actor, "add_number", did, None, pool=pool.value,
+                                kind=kind.value, region=region, status=status.value) as change:
+            if await change.q.number(did) is not None:
+                raise Refused("already_exists", f"{did} is already one of our numbers")
+            await change.q.insert_number(number, self.clock())
+        return number
+
+    # a number's settings
+
+    async def change_number(
+        self, actor: str, did: Any, *, inbound_campaign: Any = KEEP, callback_rule: Any = KEEP,
+        as_account: str | None = None,
+    ) -> NumberRecord:
+        """The seed's "Change" window: the inbound campaign the number's calls go to (None: to
+        none) and its callback rule, saved together or not at all."""
+        did = rules.did_of(did)
+        detail = _given(inbound_campaign=inbound_campaign, callback_rule=callback_rule)
+        async with self._change(actor, "change_number", did, as_account, **detail) as change:
+            q = change.q
+            number = await q.number(did)
+            _check(rules.reserved_refusal(number, as_account))
+            values: dict[str, Any] = {}
+            if inbound_campaign not in (KEEP, None):
+                campaign = await q.campaign(rules.ident(inbound_campaign, "campaign id"))
+                _check(rules.binding_refusal(number, campaign, as_account))
+            if inbound_campaign is not KEEP:
+                values["inbound_campaign"] = inbound_campaign
+            if callback_rule is not KEEP:
+                values["callback_rule"] = rules.enum_value(
+                    CallbackRule, callback_rule, "callback rule")
+            if values:
+                await q.update_number(did, **values)
+            change.result = await q.number(did)
+        return change.result
+
+    async def bind(self, actor: str, did: Any, campaign_id: str | None, *,
+                   as_account: str | None = None) -> NumberRecord:
+        return await self.change_number(actor, did, inbound_campaign=campaign_id,
+                                        as_account=as_account)
+
+    async def set_rule(self, actor: str, did: Any, rule: Any, *,
+                       as_account: str | None = None) -> NumberRecord:
+        return await self.change_number(actor, did, callback_rule=rule, as_account=as_account)
+
+    async def disable(self, actor: str, did: Any, *, as_account: str | None = None):
+        return await self._set_status(actor, did, NumberStatus.DISABLED, as_account)
+
+    async def enable(self, actor: str, did: Any, *, as_account: str | None = None):
+        return await self._set_status(actor, did, NumberStatus.ACTIVE, as_account)
+
+    async def _set_status(
+        self, actor: str, did: Any, status: NumberStatus, as_account: str | None
+    ) -> NumberRecord:
+        """Disabled, a number routes nothing and dials nothing; its bindings stay for enable."""
+        did = rules.did_of(did)
+        action = "enable" if status is NumberStatus.ACTIVE else "disable"
+        async with self._change(actor, action, did, as_account) as change:
+            q = change.q
+            number = _found(await q.number(did), "unknown_number", "no such number")
+            _check(rules.ownership_refusal(number, as_account))
+            await q.update_number(did, status=status)
+            change.result = await q.number(did)
+        return change.result
+
+    async def release(
+        self, actor: str, did: Any, *, as_account: str | None = None
+    ) -> NumberRecord:
+        """Back to the reservable stock, without binding, rule or owner. The old owner's
+        callback history stays in Redis, but the decision reads only attempts of the current
+        owner's campaigns: it never routes into the old owner's campaigns again."""
+        did = rules.did_of(did)
+        async with self._change(actor, "release", did, as_account) as change:
+            q = change.q
+            number = await q.number(did)
+            callers = await q.campaigns(caller_id=did)
+            _check(rules.release_refusal(number, as_account, callers))
+            assert number is not None
+            change.detail["owner"] = number.owner
+            for campaign in callers:  # finished ones only: they keep no hold on the number
+                await q.put_campaign(replace(campaign, caller_id=None), self.clock())
+            await q.update_number(
+                did, owner=None, inbound_campaign=None, callback_rule=CallbackRule.AS_CAMPAIGN,
+                status=NumberStatus.ACTIVE, reserved_at=None,
+            )
+            change.result = await q.number(did)
+        return change.result
+
+    # the numbers view
+
+    async def numbers_view(
+        self, account: str | None = None, status: Any = NumberStatus.ACTIVE, search: str = ""
+    ) -> NumbersView:
+        """With an account: what its "Subscriber numbers" page shows (its reserved numbers and
+        the service pool); without: every number, the unreserved stock too."""
+        status = rules.enum_value(NumberStatus, status, "status")
+        search = rules.text(search, "search", 40)
+        needles = rules.search_needles(search) if search else None
+        async with self.store.reading() as q:
+            if account is not None:
+                _found(await q.account(account), "unknown_account", "no such account")
+            found = await q.numbers(account=account, needles=needles)
+            campaigns = await q.campaigns(account=account)
+            reserved = await q.reserved_counts(account)
+        tabs = {s.value: sum(1 for n in found if n.status is s) for s in NumberStatus}
+        rows = [_row(n, campaigns) for n in found if n.status is status]
+        return NumbersView(account, status, search, reserved, tabs, rows)
+
+    async def number(self, did: Any) -> NumberDetails:
+        did = rules.did_of(did)
+        async with self.store.reading() as q:
+            number = _found(await q.number(did), "unknown_number", "no such number")
+            if number.pool is Pool.SERVICE:
+                campaigns = await q.campaigns()
+            else:  # stock: nobody dials from it
+                campaigns = await q.campaigns(account=number.owner) if number.owner else []
+            history = await q.audit_log(subject=did, limit=50)
+        return NumberDetails(_row(number, campaigns), history)
+
+    # campaigns
+
+    async def campaigns(self, account: str | None = None) -> list[Campaign]:
+        async with self.store.reading() as q:
+            return await q.campaigns(account=account)
+
+    async def campaign(self, campaign_id: str) -> Campaign:
+        async with self.store.reading() as q:
+            return _found(await q.campaign(campaign_id), "unknown_campaign", "no such campaign")
+
+    async def create_campaign(
+        self, actor: str, campaign_id: str, account_id: str, kind: Any, *,
+        accept_inbound: Any = False, state: Any = CampaignState.RUNNING, caller_id: Any = None,
+    ) -> Campaign:
+        campaign = Campaign(
+            id=rules.ident(campaign_id, "campaign id"),
+            account=rules.ident(account_id, "account id"),
+            kind=rules.enum_value(CampaignKind, kind, "kind"),
+            accept_inbound=_flag(accept_inbound, "accept_inbound"),
+            state=rules.enum_value(CampaignState, state, "state"),
+            caller_id=None if caller_id in (None, "pool") else rules.did_of(caller_id),
+        )
+        if campaign.kind is CampaignKind.INBOUND and campaign.accept_inbound:
+            raise Refused("bad_input", "accept_inbound is a setting of outbound campaigns")
+        async with self._change(actor, "create_campaign", campaign.id, campaign.account,
+                                kind=campaign.kind.value, caller_id=campaign.caller_id) as change:
+            q = change.q
+            if await q.campaign(campaign.id) is not None:
+                raise Refused("already_exists", f"campaign {campaign.id} already exists")
+            await self._check_caller_id(q, campaign)
+            await q.put_campaign(campaign, self.clock())
+        return campaign
+
+    async def update_campaign(
+        self, actor: str, campaign_id: str, *, accept_inbound: Any = KEEP, state: Any = KEEP,
+        caller_id: Any = KEEP,
+    ) -> Campaign:
+        detail = _given(accept_inbound=accept_inbound, state=state, caller_id=caller_id)
+        async with self._change(actor, "update_campaign", campaign_id, None, **detail) as change:
+            q = change.q
+            campaign = _found(
+                await q.campaign(campaign_id), "unknown_campaign", "no such campaign"
+            )
+            change.account = campaign.account
+            if accept_inbound is not KEEP:
+                if campaign.kind is CampaignKind.INBOUND:
+                    raise Refused("bad_input", "accept_inbound is a setting of outbound campaigns")
+                campaign = replace(campaign, accept_inbound=_flag(accept_inbound, "accept_inbound"))
+            if state is not KEEP:
+                campaign = replace(campaign, state=rules.enum_value(CampaignState, state, "state"))
+            if caller_id is not KEEP:
+                did = None if caller_id in (None, "pool") else rules.did_of(caller_id)
+                campaign = replace(campaign, caller_id=did)
+                await self._check_caller_id(q, campaign)
+            await q.put_campaign(campaign, self.clock())
+            change.result = campaign
+        return change.result
+
+    async def _check_caller_id(self, q: Queries, campaign: Campaign) -> None:
+        account = _found(await q.account(campaign.account), "unknown_account", "no such account")
+        number = await q.number(campaign.caller_id) if campaign.caller_id else None
+        _check(rules.caller_id_refusal(account, campaign.kind, campaign.caller_id, number))
+
+    # requests and the audit log
+
+    async def requests(self, status: str | None = "open") -> list[Request]:
+        if status not in (None, "open", "closed"):
+            raise Refused("bad_input", "status must be open or closed")
+        async with self.store.reading() as q:
+            return await q.requests(status)
+
+    async def audit_log(self, subject: str | None = None, limit: int = 100) -> list[dict]:
+        async with self.store.reading() as q:
+            return await q.audit_log(subject, max(1, min(limit, 1000)))
+
+    # import (`zvonok-agi load`)
+
+    async def import_inventory(
+        self, actor: str, inventory: Inventory,
+        overrides: Mapping[str, tuple[Kind | None, str | None]] | None = None,
+    ) -> dict[str, int]:
+        """Upserts an inventory's accounts, campaigns and numbers (kind and region from the
+        numbering plan unless `overrides` says otherwise); bindings and caller IDs are checked
+        against the rules before it commits: all or nothing."""
+        overrides = overrides or {}
+        counts = {"accounts": len(inventory.accounts), "numbers": len(inventory.numbers),
+                  "campaigns": len(inventory.campaigns)}
+        async with self._change(actor, "import", "inventory", None, **counts) as change:
+            q, now = change.q, self.clock()
+            for account in inventory.accounts:
+                await q.put_account(account, now)
+            for campaign in inventory.campaigns:
+                await q.put_campaign(campaign, now)
+            for item in inventory.numbers:
+                kind, region = rules.classify(item.did, *overrides.get(item.did, (None, None)))
+                current = await q.number(item.did)
+                kept = current is not None and current.owner == item.owner
+                reserved_at = current.reserved_at if kept and current else (
+                    now if item.owner else None)
+                await q.put_number(
+                    NumberRecord(item.did, kind, region, item.pool, item.status, item.owner,
+                                 item.callback_rule, item.inbound_campaign, reserved_at),
+                    now,
+                )
+            # A disabled number keeps its binding and its campaigns: check them as if active.
+            for item in inventory.numbers:
+                if item.inbound_campaign:
+                    number = replace(await q.number(item.did), status=NumberStatus.ACTIVE)
+                    campaign = await q.campaign(item.inbound_campaign)
+                    _check(rules.binding_refusal(number, campaign, None), item.did)
+            for campaign in inventory.campaigns:
+                if campaign.caller_id:
+                    account = await q.account(campaign.account)
+                    number = await q.number(campaign.caller_id)
+                    if number is not None:
+                        number = replace(number, status=NumberStatus.ACTIVE)
+                    assert account is not None
+                    _check(rules.caller_id_refusal(account, campaign.kind, campaign.caller_id,
+                                                   number), f"campaign {campaign.id}")
+        return counts
+
+    # publishing
+
+    async def flush(self) -> bool:
+        """Publishes what is still in the outbox (after Redis was away); True when empty."""
+        async with self.store.transaction() as q:
+            return await self._publish(q)
+
+    async def pending(self) -> int:
+        async with self.store.reading() as q:
+            return len(await q.pending())
+
+    async def sync(self, actor: str) -> SyncReport:
+        """Rebuilds Redis's routing data from SQLite (after a Redis loss, or to be sure)."""
+        if self.data is None:
+            raise Refused("no_redis", "sync needs Redis")
+        async with self.store.transaction() as q:
+            accounts = await q.accounts()
+            numbers = await q.numbers()
+            campaigns = await q.campaigns()
+            snapshot = await self.data.load()
+            for account in accounts:
+                await self.data.put_account(account)
+            for campaign in campaigns:
+                await self.data.put_campaign(campaign)
+            for number in numbers:
+                await self.data.put_number(number.routing())
+            removed = {
+                "numbers": await _drop(self.data.delete_number, snapshot.numbers,
+                                       {n.did for n in numbers}),
+                "campaigns": await _drop(self.data.delete_campaign, snapshot.campaigns,
+                                         {c.id for c in campaigns}),
+                "accounts": await _drop(self.data.delete_account, snapshot.accounts,
+                                        {a.id for a in accounts}),
+            }
+            pending = await q.pending()
+            if pending:
+                await q.published(pending[-1][0])
+            report = SyncReport(len(accounts), len(numbers), len(campaigns), removed)
+            await q.audit(self.clock(), actor, "sync", "routing", None, "ok",
+                          asdict(report))
+        return report
+
+    async def _publish(self, q: Queries) -> bool:
+        pending = await q.pending()
+        if not pending or self.data is None:
+            return not pending
+        keys = sorted(dict.fromkeys((kind, key) for _, kind, key in pending),
+                      key=lambda item: PUBLISH_ORDER[item[0]])
+        try:
+            for kind, key in keys:
+                await self._publish_one(q, kind, key)
+        except (RedisError, OSError) as exc:
+            log.warning("routing data not published yet; kept for later", error=str(exc),
+                        pending=len(keys))
+            return False
+        await q.published(pending[-1][0])
+        return True
+
+    async def _publish_one(self, q: Queries, kind: str, key: str) -> None:
+        assert self.data is not None
+        if kind == "account":
+            account = await q.account(key)
+            await (self.data.put_account(account) if account else self.data.delete_account(key))
+        elif kind == "campaign":
+            campaign = await q.campaign(key)
+            await (self.data.put_campaign(campaign) if campaign
+                   else self.data.delete_campaign(key))
+        else:
+            number = await q.number(key)
+            await (self.data.put_number(number.routing()) if number
+                   else self.data.delete_number(key))
+
+    # the change frame: transaction, refusal, audit, publish
+
+    @contextlib.asynccontextmanager
+    async def _change(
+        self, actor: str, action: str, subject: str, account: str | None, **detail: Any
+    ) -> AsyncIterator[_Change]:
+        refused: Refused | None = None
+        async with self.store.transaction() as q:
+            await q.savepoint()
+            change = _Change(q, account, dict(detail))
+            try:
+                yield change
+            except Refused as exc:
+                refused = exc
+                await q.rollback_to_savepoint()
+                change.detail["message"] = exc.message
+            if refused is not None or not change.quiet:
+                await q.audit(self.clock(), actor, action, subject, change.account,
+                              refused.code if refused else "ok", change.detail)
+            if refused is None:
+                await self._publish(q)
+        if refused is not None:
+            raise refused
+
+
+def _row(number: NumberRecord, campaigns: list[Campaign]) -> NumberRow:
+    if number.pool is Pool.SERVICE:
+        dialing = [c.id for c in campaigns
+                   if c.kind is CampaignKind.OUTBOUND and c.caller_id is None]
+    else:
+        dialing = [c.id for c in campaigns if c.caller_id == number.did]
+    return NumberRow(number, dialing)
+
+
+def _found(value: T | None, code: str, message: str) -> T:
+    if value is None:
+        raise Refused(code, message)
+    return value
+
+
+def _check(refusal: Refused | None, where: str = "") -> None:
+    if refusal is not None:
+        if where:
+            raise Refused(refusal.code, f"{where}: {refusal.message}")
+        raise refusal
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise Refused("bad_input", f"{what} must be true or false")
+    return value
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not KEEP}
+
+
+async def _drop(delete: Callable, present: Mapping[str, Any], keep: set[str]) -> int:
+    gone = [key for key in present if key not in keep]
+    for key in gone:
+        await delete(key)
+    return len(gone)

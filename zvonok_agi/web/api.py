@@ -1,0 +1,235 @@
+"""The admin API's handlers: HTTP in, one service call, JSON out. No rule lives here.
+
+Bodies are read by the fields the OpenAPI document declares; the values themselves are checked
+by the service (the CLI hands it the same raw values), whose refusals `app` turns into errors.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..numbers import documents
+from ..numbers.rules import Refused
+from ..numbers.service import KEEP, NumbersService
+from .openapi import DOCUMENT, body_fields
+
+ACTOR = "api"
+
+
+class Api:
+    def __init__(self, service: NumbersService) -> None:
+        self.service = service
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_routes([
+            web.get("/api/openapi.json", self.openapi),
+            web.get("/api/health", self.health),
+            web.get("/api/accounts", self.accounts),
+            web.post("/api/accounts", self.create_account),
+            web.get("/api/accounts/{account}", self.account),
+            web.patch("/api/accounts/{account}", self.update_account),
+            web.post("/api/accounts/{account}/offers", self.offer),
+            web.post("/api/accounts/{account}/reservations", self.reserve),
+            web.get("/api/regions", self.regions),
+            web.get("/api/numbers", self.numbers),
+            web.post("/api/numbers", self.add_number),
+            web.get("/api/numbers/{did}", self.number),
+            web.patch("/api/numbers/{did}", self.change_number),
+            web.delete("/api/numbers/{did}", self.release),
+            web.post("/api/numbers/{did}/disable", self.disable),
+            web.post("/api/numbers/{did}/enable", self.enable),
+            web.get("/api/campaigns", self.campaigns),
+            web.post("/api/campaigns", self.create_campaign),
+            web.get("/api/campaigns/{campaign}", self.campaign),
+            web.patch("/api/campaigns/{campaign}", self.update_campaign),
+            web.get("/api/requests", self.requests),
+            web.get("/api/audit", self.audit),
+            web.post("/api/sync", self.sync),
+        ])
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return _json(DOCUMENT)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return _json({"ok": True, "pending": await self.service.pending()})
+
+    # accounts
+
+    async def accounts(self, request: web.Request) -> web.Response:
+        accounts = await self.service.accounts()
+        return _json({"accounts": [documents.account(a) for a in accounts]})
+
+    async def create_account(self, request: web.Request) -> web.Response:
+        body = await _body(request, "NewAccount")
+        account = await self.service.create_account(
+            ACTOR, body["id"], body.get("name", ""), body.get("verified", False)
+        )
+        return _json(documents.account(account), 201)
+
+    async def account(self, request: web.Request) -> web.Response:
+        account = await self.service.account(request.match_info["account"])
+        return _json(documents.account(account))
+
+    async def update_account(self, request: web.Request) -> web.Response:
+        body = await _body(request, "AccountChange")
+        account = await self.service.update_account(
+            ACTOR, request.match_info["account"], name=body.get("name", KEEP),
+            verified=body.get("verified", KEEP),
+        )
+        return _json(documents.account(account))
+
+    # the reservation flow
+
+    async def regions(self, request: web.Request) -> web.Response:
+        regions = await self.service.regions(_query(request, "choice", required=True))
+        return _json({"regions": [documents.region(r) for r in regions]})
+
+    async def offer(self, request: web.Request) -> web.Response:
+        body = await _body(request, "OfferRequest")
+        offer = await self.service.offer(
+            ACTOR, request.match_info["account"], body["choice"], body["region"]
+        )
+        return _json(documents.offer(offer))
+
+    async def reserve(self, request: web.Request) -> web.Response:
+        body = await _body(request, "Reservation")
+        number = await self.service.reserve(ACTOR, request.match_info["account"], body["did"])
+        return _json(documents.number(number), 201)
+
+    # numbers
+
+    async def numbers(self, request: web.Request) -> web.Response:
+        view = await self.service.numbers_view(
+            _query(request, "account"),
+            _query(request, "status") or "active",
+            _query(request, "search") or "",
+        )
+        return _json(documents.view(view))
+
+    async def add_number(self, request: web.Request) -> web.Response:
+        body = await _body(request, "NewNumber")
+        number = await self.service.add_number(
+            ACTOR, body["did"], body.get("pool", "reservable"), kind=body.get("kind"),
+            region=body.get("region"), status=body.get("status", "active"),
+        )
+        return _json(documents.number(number), 201)
+
+    async def number(self, request: web.Request) -> web.Response:
+        details = await self.service.number(request.match_info["did"])
+        return _json(documents.details(details))
+
+    async def change_number(self, request: web.Request) -> web.Response:
+        body = await _body(request, "NumberChange")
+        number = await self.service.change_number(
+            ACTOR, request.match_info["did"],
+            inbound_campaign=body.get("inbound_campaign", KEEP),
+            callback_rule=body.get("callback_rule", KEEP),
+            as_account=_query(request, "as_account"),
+        )
+        return _json(documents.number(number))
+
+    async def release(self, request: web.Request) -> web.Response:
+        number = await self.service.release(
+            ACTOR, request.match_info["did"], as_account=_query(request, "as_account")
+        )
+        return _json(documents.number(number))
+
+    async def disable(self, request: web.Request) -> web.Response:
+        number = await self.service.disable(
+            ACTOR, request.match_info["did"], as_account=_query(request, "as_account")
+        )
+        return _json(documents.number(number))
+
+    async def enable(self, request: web.Request) -> web.Response:
+        number = await self.service.enable(
+            ACTOR, request.match_info["did"], as_account=_query(request, "as_account")
+        )
+        return _json(documents.number(number))
+
+    # campaigns
+
+    async def campaigns(self, request: web.Request) -> web.Response:
+        campaigns = await self.service.campaigns(_query(request, "account"))
+        return _json({"campaigns": [documents.campaign(c) for c in campaigns]})
+
+    async def create_campaign(self, request: web.Request) -> web.Response:
+        body = await _body(request, "NewCampaign")
+        campaign = await self.service.create_campaign(
+            ACTOR, body["id"], body["account"], body["kind"],
+            accept_inbound=body.get("accept_inbound", False),
+            state=body.get("state", "running"), caller_id=body.get("caller_id"),
+        )
+        return _json(documents.campaign(campaign), 201)
+
+    async def campaign(self, request: web.Request) -> web.Response:
+        campaign = await self.service.campaign(request.match_info["campaign"])
+        return _json(documents.campaign(campaign))
+
+    async def update_campaign(self, request: web.Request) -> web.Response:
+        body = await _body(request, "CampaignChange")
+        campaign = await self.service.update_campaign(
+            ACTOR, request.match_info["campaign"],
+            accept_inbound=body.get("accept_inbound", KEEP), state=body.get("state", KEEP),
+            caller_id=body.get("caller_id", KEEP),
+        )
+        return _json(documents.campaign(campaign))
+
+    # requests, audit, sync
+
+    async def requests(self, request: web.Request) -> web.Response:
+        status = _query(request, "status") or "open"
+        requests = await self.service.requests(None if status == "all" else status)
+        return _json({"requests": [documents.request(r) for r in requests]})
+
+    async def audit(self, request: web.Request) -> web.Response:
+        limit = _query(request, "limit") or "100"
+        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+            raise Refused("bad_input", "limit must be a whole number from 1 to 1000")
+        entries = await self.service.audit_log(_query(request, "subject"), int(limit))
+        return _json({"entries": entries})
+
+    async def sync(self, request: web.Request) -> web.Response:
+        return _json(documents.sync_report(await self.service.sync(ACTOR)))
+
+
+def _json(document: Any, status: int = 200) -> web.Response:
+    return web.json_response(
+        document, status=status, dumps=lambda d: json.dumps(d, ensure_ascii=False)
+    )
+
+
+def _query(request: web.Request, name: str, required: bool = False) -> str | None:
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise Refused("bad_input", f"{name} is given more than once")
+    if not values:
+        if required:
+            raise Refused("bad_input", f"the query parameter {name} is required")
+        return None
+    return values[0]
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def _body(request: web.Request, schema: str) -> dict[str, Any]:
+    """The JSON object in the body, with only the fields the document declares for it."""
+    raw = await request.read()  # past the cap: 413, turned into JSON by the app
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
+        raise Refused("bad_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise Refused("bad_input", "the body must be a JSON object")
+    allowed, required = body_fields(schema)
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise Refused("bad_input", f"unknown field(s): {', '.join(unknown)}")
+    missing = sorted(required - set(body))
+    if missing:
+        raise Refused("bad_input", f"missing field(s): {', '.join(missing)}")
+    return body

@@ -1,0 +1,120 @@
+"""The admin web application: the JSON API under /api (bearer token) and the numbers page.
+
+Every error, the framework's own (404, 405, 413) included, is a JSON body
+`{"error": {"code", "message"}}` with a stable code; an unexpected one is logged and answered
+500 `internal_error` (the tests hold that no input gets there).
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from ..numbers.rules import Refused
+from ..numbers.service import NumbersService
+from .api import Api
+
+log = structlog.get_logger(__name__)
+
+PAGE = Path(__file__).parent / "page"
+OPEN_PATHS = {"/api/openapi.json"}  # the API's description needs no token
+
+STATUS = {
+    "bad_input": 400,
+    "bad_number": 400,
+    "bad_json": 400,
+    "unauthorized": 401,
+    "not_verified": 403,
+    "not_owner": 403,
+    "unknown_account": 404,
+    "unknown_number": 404,
+    "unknown_campaign": 404,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "body_too_large": 413,
+    "no_redis": 503,
+}  # any other refusal of a rule: 409
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def make_app(service: NumbersService, token: str, max_body: int = 64 * 1024) -> web.Application:
+    if not token:
+        raise ValueError("the admin API needs a token")
+    app = web.Application(
+        middlewares=[_errors, _cap(max_body), _authenticate(token.encode())],
+        client_max_size=max_body,  # for bodies sent without a length
+    )
+    Api(service).add_routes(app)
+    app.router.add_get("/", _page)
+    app.router.add_static("/static/", PAGE, append_version=False)
+    app.on_response_prepare.append(_headers)
+    return app
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Refused as exc:
+        response = error_response(STATUS.get(exc.code, 409), exc.code, exc.message)
+        if exc.code == "unauthorized":
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = HTTP_CODES.get(exc.status, f"http_{exc.status}")
+        response = error_response(exc.status, code, exc.text or exc.reason)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        log.exception("admin API error", method=request.method, path=request.path)
+        return error_response(500, "internal_error", "unexpected error; see the server log")
+
+
+def _cap(max_body: int):
+    @web.middleware
+    async def cap(request: web.Request, handler) -> web.StreamResponse:
+        if (request.content_length or 0) > max_body:  # refused before a byte is read
+            raise Refused("body_too_large", f"the body is larger than {max_body} bytes")
+        return await handler(request)
+
+    return cap
+
+
+def _authenticate(token: bytes):
+    @web.middleware
+    async def authenticate(request: web.Request, handler) -> web.StreamResponse:
+        if request.path.startswith("/api/") and request.path not in OPEN_PATHS:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), token
+            ):
+                raise Refused("unauthorized", "send the admin token: Authorization: Bearer …")
+        return await handler(request)
+
+    return authenticate
+
+
+async def _page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(PAGE / "index.html")
+
+
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(PAGE_HEADERS)
+    if request.path.startswith("/api/"):
+        response.headers["Cache-Control"] = "no-store"

@@ -1,0 +1,439 @@
+"""The admin API's OpenAPI document: served at /api/openapi.json, checked by the tests (the
+document itself, every route against it, every test response against its schema).
+
+Request bodies are read by the fields declared here: a field that is not declared is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _ok(schema: dict[str, Any], what: str = "OK") -> dict[str, Any]:
+    return {"description": what, **_json(schema)}
+
+
+def _list_of(key: str, item: str) -> dict[str, Any]:
+    return {"type": "object", "required": [key],
+            "properties": {key: {"type": "array", "items": _ref(item)}}}
+
+
+ERRORS = {
+    "400": {"$ref": "#/components/responses/BadInput"},
+    "401": {"$ref": "#/components/responses/Unauthorized"},
+    "404": {"$ref": "#/components/responses/NotFound"},
+}
+CHANGE_ERRORS = {
+    **ERRORS,
+    "403": {"$ref": "#/components/responses/Forbidden"},
+    "409": {"$ref": "#/components/responses/Conflict"},
+    "413": {"$ref": "#/components/responses/TooLarge"},
+}
+
+
+def _op(summary: str, responses: dict[str, Any], *, body: str | None = None,
+        params: list[dict[str, Any]] | None = None, change: bool = False) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {**responses, **(CHANGE_ERRORS if change else ERRORS)},
+    }
+    if body:
+        op["requestBody"] = {"required": True, **_json(_ref(body))}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def _path(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"},
+            "description": description}
+
+
+DID = _path("did", "a phone number, as people write it (normalised to E.164 digits)")
+ACCOUNT = _path("account", "an account id")
+CAMPAIGN = _path("campaign", "a campaign id")
+AS_ACCOUNT = _query("as_account", {"type": "string"},
+                    "act as this account: only its own numbers may be changed")
+ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"}
+NUMBER_TEXT = {"type": "string", "maxLength": 40, "description": "a phone number"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "description": "stable: clients branch on it"},
+                "message": {"type": "string", "description": "for people"},
+            },
+        }},
+    },
+    "Account": {
+        "type": "object",
+        "required": ["id", "name", "verified"],
+        "properties": {"id": ID, "name": {"type": "string"}, "verified": {"type": "boolean"}},
+    },
+    "NewAccount": {
+        "type": "object",
+        "required": ["id"],
+        "additionalProperties": False,
+        "properties": {"id": ID, "name": {"type": "string", "maxLength": 120},
+                       "verified": {"type": "boolean"}},
+    },
+    "AccountChange": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"name": {"type": "string", "maxLength": 120},
+                       "verified": {"type": "boolean"}},
+    },
+    "Number": {
+        "type": "object",
+        "required": ["did", "kind", "region", "pool", "status", "owner", "reserved",
+                     "callback_rule", "inbound_campaign", "reserved_at"],
+        "properties": {
+            "did": {"type": "string", "pattern": "^[0-9]{5,15}$"},
+            "kind": {"enum": ["mobile", "landline"]},
+            "region": {"type": "string"},
+            "pool": {"enum": ["service", "reservable"]},
+            "status": {"enum": ["active", "disabled"]},
+            "owner": _nullable({"type": "string"}),
+            "reserved": {"type": "boolean"},
+            "callback_rule": {
+                "enum": ["force_yes", "as_campaign", "force_no", None],
+                "description": "only for reserved numbers",
+            },
+            "inbound_campaign": _nullable({"type": "string"}),
+            "reserved_at": _nullable({"type": "number"}),
+        },
+    },
+    "NumberRow": {
+        "allOf": [_ref("Number"), {
+            "type": "object",
+            "required": ["dialing"],
+            "properties": {"dialing": {
+                "type": "array", "items": {"type": "string"},
+                "description": "outbound campaigns showing this number as caller ID",
+            }},
+        }],
+    },
+    "NumberDetails": {
+        "allOf": [_ref("NumberRow"), {
+            "type": "object",
+            "required": ["history"],
+            "properties": {"history": {"type": "array", "items": _ref("AuditEntry")}},
+        }],
+    },
+    "NumbersView": {
+        "type": "object",
+        "required": ["account", "status", "search", "reserved", "tabs", "numbers"],
+        "properties": {
+            "account": _nullable({"type": "string"}),
+            "status": {"enum": ["active", "disabled"]},
+            "search": {"type": "string"},
+            "reserved": {
+                "type": "object",
+                "description": "reserved numbers by kind, then by status",
+                "additionalProperties": {"type": "object",
+                                         "additionalProperties": {"type": "integer"}},
+            },
+            "tabs": {
+                "type": "object",
+                "required": ["active", "disabled"],
+                "properties": {"active": {"type": "integer"}, "disabled": {"type": "integer"}},
+            },
+            "numbers": {"type": "array", "items": _ref("NumberRow")},
+        },
+    },
+    "NewNumber": {
+        "type": "object",
+        "required": ["did"],
+        "additionalProperties": False,
+        "properties": {
+            "did": NUMBER_TEXT,
+            "pool": {"enum": ["service", "reservable"]},
+            "kind": {"enum": ["mobile", "landline"]},
+            "region": {"type": "string", "maxLength": 80},
+            "status": {"enum": ["active", "disabled"]},
+        },
+    },
+    "NumberChange": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "the seed's Change window; fields left out stay as they are",
+        "properties": {
+            "inbound_campaign": _nullable(ID),
+            "callback_rule": {"enum": ["force_yes", "as_campaign", "force_no"]},
+        },
+    },
+    "Region": {
+        "type": "object",
+        "required": ["region", "available"],
+        "properties": {"region": {"type": "string"}, "available": {"type": "integer"}},
+    },
+    "OfferRequest": {
+        "type": "object",
+        "required": ["choice", "region"],
+        "additionalProperties": False,
+        "properties": {
+            "choice": {"enum": ["mobile", "landline_popular", "landline"]},
+            "region": {"type": "string", "maxLength": 80},
+        },
+    },
+    "Offer": {
+        "type": "object",
+        "required": ["kind", "region", "numbers", "request", "message"],
+        "properties": {
+            "kind": {"enum": ["mobile", "landline"]},
+            "region": {"type": "string"},
+            "numbers": {"type": "array", "items": _ref("Number")},
+            "request": _nullable(_ref("Request")),
+            "message": {"type": "string"},
+        },
+    },
+    "Reservation": {
+        "type": "object",
+        "required": ["did"],
+        "additionalProperties": False,
+        "properties": {"did": NUMBER_TEXT},
+    },
+    "Campaign": {
+        "type": "object",
+        "required": ["id", "account", "kind", "accept_inbound", "state", "caller_id"],
+        "properties": {
+            "id": ID,
+            "account": ID,
+            "kind": {"enum": ["outbound", "inbound"]},
+            "accept_inbound": {"type": "boolean"},
+            "state": {"enum": ["running", "paused", "finished"]},
+            "caller_id": _nullable({"type": "string"}),
+        },
+    },
+    "NewCampaign": {
+        "type": "object",
+        "required": ["id", "account", "kind"],
+        "additionalProperties": False,
+        "properties": {
+            "id": ID,
+            "account": ID,
+            "kind": {"enum": ["outbound", "inbound"]},
+            "accept_inbound": {"type": "boolean"},
+            "state": {"enum": ["running", "paused", "finished"]},
+            "caller_id": _nullable({**NUMBER_TEXT, "description": "a reserved number of the "
+                                    "account; null or 'pool': the service pool"}),
+        },
+    },
+    "CampaignChange": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "accept_inbound": {"type": "boolean"},
+            "state": {"enum": ["running", "paused", "finished"]},
+            "caller_id": _nullable(NUMBER_TEXT),
+        },
+    },
+    "Request": {
+        "type": "object",
+        "required": ["id", "account", "kind", "region", "at", "status"],
+        "properties": {
+            "id": {"type": "integer"},
+            "account": {"type": "string"},
+            "kind": {"enum": ["mobile", "landline"]},
+            "region": {"type": "string"},
+            "at": {"type": "number"},
+            "status": {"enum": ["open", "closed"]},
+        },
+    },
+    "AuditEntry": {
+        "type": "object",
+        "required": ["id", "at", "actor", "action", "subject", "account", "outcome", "detail"],
+        "properties": {
+            "id": {"type": "integer"},
+            "at": {"type": "number"},
+            "actor": {"type": "string"},
+            "action": {"type": "string"},
+            "subject": {"type": "string"},
+            "account": _nullable({"type": "string"}),
+            "outcome": {"type": "string", "description": "ok, or the refusal's code"},
+            "detail": {"type": "object"},
+        },
+    },
+    "SyncReport": {
+        "type": "object",
+        "required": ["accounts", "numbers", "campaigns", "removed"],
+        "properties": {
+            "accounts": {"type": "integer"},
+            "numbers": {"type": "integer"},
+            "campaigns": {"type": "integer"},
+            "removed": {"type": "object", "additionalProperties": {"type": "integer"}},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["ok", "pending"],
+        "properties": {
+            "ok": {"type": "boolean"},
+            "pending": {"type": "integer", "description": "changes not yet in Redis"},
+        },
+    },
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, **_json(_ref("Error"))}
+
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "zvonok-agi admin API",
+        "version": __version__,
+        "description": "Subscriber numbers, accounts, campaigns: the control plane. Every "
+                       "change is published to the routing engine at once.",
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/api/openapi.json": {"get": {
+            "summary": "this document (no token needed)",
+            "security": [],
+            "responses": {"200": _ok({"type": "object"})},
+        }},
+        "/api/health": {"get": _op("liveness and the publishing backlog",
+                                   {"200": _ok(_ref("Health"))})},
+        "/api/accounts": {
+            "get": _op("every account", {"200": _ok(_list_of("accounts", "Account"))}),
+            "post": _op("a new account", {"201": _ok(_ref("Account"), "Created")},
+                        body="NewAccount", change=True),
+        },
+        "/api/accounts/{account}": {
+            "parameters": [ACCOUNT],
+            "get": _op("one account", {"200": _ok(_ref("Account"))}),
+            "patch": _op("change an account (name, verified)", {"200": _ok(_ref("Account"))},
+                         body="AccountChange", change=True),
+        },
+        "/api/accounts/{account}/offers": {
+            "parameters": [ACCOUNT],
+            "post": _op("the available numbers of a region; none: a request for sales is "
+                        "filed", {"200": _ok(_ref("Offer"))}, body="OfferRequest", change=True),
+        },
+        "/api/accounts/{account}/reservations": {
+            "parameters": [ACCOUNT],
+            "post": _op("reserve a number (verified accounts; of racing accounts one wins)",
+                        {"201": _ok(_ref("Number"), "Reserved")}, body="Reservation",
+                        change=True),
+        },
+        "/api/regions": {
+            "get": _op(
+                "regions with their count of available numbers, for one choice of the Add "
+                "menu", {"200": _ok(_list_of("regions", "Region"))},
+                params=[{**_query("choice", {"enum": ["mobile", "landline_popular",
+                                                      "landline"]}, "the Add menu's choice"),
+                         "required": True}],
+            ),
+        },
+        "/api/numbers": {
+            "get": _op(
+                "the numbers view: an account's (its reserved numbers and the service pool) "
+                "or every number", {"200": _ok(_ref("NumbersView"))},
+                params=[
+                    _query("account", {"type": "string"}, "the account whose page this is"),
+                    _query("status", {"enum": ["active", "disabled"]}, "the tab"),
+                    _query("search", {"type": "string", "maxLength": 40},
+                           "any part of the digits"),
+                ],
+            ),
+            "post": _op("add a number to the stock or the service pool (operators)",
+                        {"201": _ok(_ref("Number"), "Added")}, body="NewNumber", change=True),
+        },
+        "/api/numbers/{did}": {
+            "parameters": [DID],
+            "get": _op("one number: settings, campaigns, history",
+                       {"200": _ok(_ref("NumberDetails"))}),
+            "patch": _op("the Change window: inbound campaign and callback rule",
+                         {"200": _ok(_ref("Number"))}, body="NumberChange",
+                         params=[AS_ACCOUNT], change=True),
+            "delete": _op("release a reserved number back to the stock",
+                          {"200": _ok(_ref("Number"))}, params=[AS_ACCOUNT], change=True),
+        },
+        "/api/numbers/{did}/disable": {
+            "parameters": [DID],
+            "post": _op("disable: routes and dials nothing, bindings kept",
+                        {"200": _ok(_ref("Number"))}, params=[AS_ACCOUNT], change=True),
+        },
+        "/api/numbers/{did}/enable": {
+            "parameters": [DID],
+            "post": _op("enable: bindings restored", {"200": _ok(_ref("Number"))},
+                        params=[AS_ACCOUNT], change=True),
+        },
+        "/api/campaigns": {
+            "get": _op("campaigns", {"200": _ok(_list_of("campaigns", "Campaign"))},
+                       params=[_query("account", {"type": "string"}, "of this account")]),
+            "post": _op("a new campaign (the caller ID is checked)",
+                        {"201": _ok(_ref("Campaign"), "Created")}, body="NewCampaign",
+                        change=True),
+        },
+        "/api/campaigns/{campaign}": {
+            "parameters": [CAMPAIGN],
+            "get": _op("one campaign", {"200": _ok(_ref("Campaign"))}),
+            "patch": _op("change a campaign (the caller ID is checked)",
+                         {"200": _ok(_ref("Campaign"))}, body="CampaignChange", change=True),
+        },
+        "/api/requests": {
+            "get": _op("requests for numbers where none were available",
+                       {"200": _ok(_list_of("requests", "Request"))},
+                       params=[_query("status", {"enum": ["open", "closed", "all"]},
+                                      "default: open")]),
+        },
+        "/api/audit": {
+            "get": _op("the audit log, newest first",
+                       {"200": _ok(_list_of("entries", "AuditEntry"))},
+                       params=[_query("subject", {"type": "string"}, "a number or an id"),
+                               _query("limit", {"type": "integer", "minimum": 1,
+                                                "maximum": 1000}, "default: 100")]),
+        },
+        "/api/sync": {
+            "post": _op("rebuild Redis's routing data from the store",
+                        {"200": _ok(_ref("SyncReport")),
+                         "503": {"$ref": "#/components/responses/Unavailable"}}),
+        },
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": SCHEMAS,
+        "responses": {
+            "BadInput": _error("malformed input: bad JSON, wrong types, a malformed number"),
+            "Unauthorized": _error("no or wrong bearer token"),
+            "Forbidden": _error("not this account's (or the account is not verified)"),
+            "NotFound": _error("no such account, number or campaign"),
+            "Conflict": _error("refused by a rule (taken, in use, disabled, ...)"),
+            "TooLarge": _error("the body is larger than the configured cap"),
+            "Unavailable": _error("Redis is not reachable"),
+        },
+    },
+}
+
+
+def body_fields(schema: str) -> tuple[set[str], set[str]]:
+    """(allowed, required) fields of a request body schema."""
+    declared = SCHEMAS[schema]
+    return set(declared["properties"]), set(declared.get("required", ()))

@@ -1,0 +1,71 @@
+"""The admin API's server: an aiohttp site on loopback by default, with a publisher that retries
+changes Redis missed while it was away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from ..numbers.service import NumbersService
+from .app import make_app
+
+log = structlog.get_logger(__name__)
+
+
+class AdminServer:
+    """`async with AdminServer(service, token=...) as server:` serves at `server.url`."""
+
+    def __init__(
+        self,
+        service: NumbersService,
+        *,
+        token: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_body: int = 64 * 1024,
+        flush_interval: float = 5.0,
+    ) -> None:
+        self.service = service
+        self.host = host
+        self.port = port
+        self.flush_interval = flush_interval
+        self._runner = web.AppRunner(make_app(service, token, max_body), access_log=None)
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def __aenter__(self) -> AdminServer:
+        await self._runner.setup()
+        try:
+            site = web.TCPSite(self._runner, self.host, self.port)
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        self.port = self._runner.addresses[0][1]
+        self._flusher = asyncio.create_task(self._flush_forever(), name="admin-flush")
+        log.info("admin API listening", url=self.url)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self._runner.cleanup()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                if await self.service.pending():
+                    await self.service.flush()
+            except (RedisError, OSError) as exc:
+                log.warning("publishing retry failed", error=str(exc))
