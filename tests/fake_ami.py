@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Self
 
 from zvonok_agi.ami.protocol import NEED_DATA, Action, AMIConnection, AMIProtocolError, Closed
+from zvonok_agi.routing.model import Outcome
 
 TRANSCRIPTS = Path(__file__).resolve().parents[1] / ".." / "shared" / "asterisk-transcripts"
 
@@ -48,6 +49,17 @@ ORIGINATE_CASES = (
     "nolistener",
     "unknown_endpoint",
 )
+
+# What each recorded case must settle to (see zvonok_agi/ami/outcome.py).
+RECORDED_OUTCOMES = {
+    "answered": Outcome.ANSWERED,
+    "busy": Outcome.BUSY,
+    "busy_with_channelid": Outcome.BUSY,
+    "480": Outcome.NO_ANSWER,
+    "noanswer": Outcome.NO_ANSWER,
+    "nolistener": Outcome.NO_ANSWER,
+    "unknown_endpoint": Outcome.FAILED,
+}
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 FULLY_BOOTED = (

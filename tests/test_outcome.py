@@ -15,7 +15,7 @@ from functools import cache
 
 import pytest
 
-from fake_ami import ORIGINATE_CASES, TRANSCRIPTS, load_raw
+from fake_ami import ORIGINATE_CASES, RECORDED_OUTCOMES, TRANSCRIPTS, load_raw
 from zvonok_agi.ami import outcome as outcome_module
 from zvonok_agi.ami.outcome import (
     CAUSE_OUTCOMES,
@@ -31,15 +31,7 @@ from zvonok_agi.routing.model import Outcome
 if not TRANSCRIPTS.is_dir():  # pragma: no cover - the shared folder sits beside the repo
     pytest.skip(f"transcripts not found at {TRANSCRIPTS}", allow_module_level=True)
 
-EXPECTED = {
-    "answered": Outcome.ANSWERED,
-    "busy": Outcome.BUSY,
-    "busy_with_channelid": Outcome.BUSY,
-    "480": Outcome.NO_ANSWER,
-    "noanswer": Outcome.NO_ANSWER,
-    "nolistener": Outcome.NO_ANSWER,
-    "unknown_endpoint": Outcome.FAILED,
-}
+EXPECTED = RECORDED_OUTCOMES
 
 # The row of the docstring's table ("far end" column) that documents each recording.
 DOC_ROWS = {
