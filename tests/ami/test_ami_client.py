@@ -386,29 +386,6 @@ async def test_cancelling_the_supervisor_at_any_moment_stops_it(fake: FakeAMI, s
     assert ami_tasks() == []
 
 
-async def test_cancel_and_wait_does_not_swallow_the_callers_cancellation() -> None:
-    # Regression: `with suppress(CancelledError): await child` after child.cancel() also ate
-    # a cancellation aimed at the caller, so the supervisor kept reconnecting forever.
-    async def slow_to_stop() -> None:
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            await asyncio.sleep(0.05)  # cleanup that takes a while
-
-    async def caller() -> str:
-        child = asyncio.create_task(slow_to_stop())
-        await asyncio.sleep(0.001)  # the child is now inside its sleep
-        await client_module._cancel_and_wait(child)  # ... and stops for 50 ms
-        return "kept running"
-
-    task = asyncio.create_task(caller())
-    await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await asyncio.sleep(0.1)  # let the child finish its cleanup
-
-
 async def test_replay_keeps_recorded_delays_scaled() -> None:
     async with FakeAMI(default_case="noanswer", time_scale=0.005) as fake:  # 10 s -> 50 ms
         async with make_client(fake) as ami:

@@ -34,6 +34,7 @@ from typing import Self
 
 import structlog
 
+from ..tasks import cancel_and_wait
 from .protocol import (
     NEED_DATA,
     AMIConnection,
@@ -95,18 +96,6 @@ def backoff_delay(
     # The exponent is bounded: 2.0**1100 would overflow after a long outage.
     ceiling = min(cap, base * 2.0 ** min(max(attempt - 1, 0), 64))
     return ceiling * (0.5 + rand() / 2)
-
-
-async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancel `task` and wait for its end.
-
-    Not `with suppress(CancelledError): await task`: that would also swallow a cancellation
-    aimed at the caller, which then keeps running (a supervisor that never stops).
-    """
-    task.cancel()
-    await asyncio.wait([task])
-    if not task.cancelled() and task.exception() is not None:
-        log.error("ami.task_failed", task=task.get_name(), error=repr(task.exception()))
 
 
 @dataclass
@@ -233,7 +222,7 @@ class _Link:
 
     async def close(self, reason: str) -> None:
         self.abort(reason)
-        await _cancel_and_wait(self.reader_task)
+        await cancel_and_wait(self.reader_task)
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
 
@@ -372,7 +361,7 @@ class AMIClient:
                     )
         finally:
             if self._supervisor is not None:
-                await _cancel_and_wait(self._supervisor)
+                await cancel_and_wait(self._supervisor)
         self._set_state(LinkState.CLOSED)
         # Wake the consumer: drop the oldest event if needed to make room for the end marker.
         if self._queue.full():
@@ -484,7 +473,7 @@ class AMIClient:
             await link.lost.wait()
             log.warning("ami.link_lost", reason=link.reason)
         finally:
-            await _cancel_and_wait(pinger)
+            await cancel_and_wait(pinger)
             self._link = None
             await link.close("link lost")
 

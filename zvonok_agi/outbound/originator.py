@@ -29,6 +29,7 @@ from ..routing.callerid import CallerId, CallerIdRefused, PoolAtCapacity, choose
 from ..routing.model import Attempt, Outcome
 from ..store.history import CallbackHistory
 from ..store.routing_data import RoutingSnapshot
+from ..tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -96,9 +97,7 @@ class Originator:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
-            await asyncio.wait([self._pump])
+        await cancel_and_wait(self._pump)
         for tracker in self._trackers.values():
             tracker.settle(Outcome.FAILED, "dialer stopped before the outcome arrived")
 

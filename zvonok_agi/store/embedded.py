@@ -8,7 +8,6 @@ listens on a Unix socket only, so nothing else on the network can reach it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import os
 import shutil
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 import structlog
+
+from ..tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -140,10 +141,7 @@ class EmbeddedRedis:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+        await cancel_and_wait(self._supervisor)
         await asyncio.to_thread(self.stop)
 
     def _config(self) -> str:

@@ -35,6 +35,7 @@ from ..routing.model import (
     NumberStatus,
     Pool,
 )
+from ..tasks import cancel_and_wait, cancel_requested
 
 log = structlog.get_logger(__name__)
 
@@ -139,11 +140,7 @@ class RoutingCache:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
 
     async def reload(self) -> None:
@@ -157,31 +154,39 @@ class RoutingCache:
                 campaigns=len(snapshot.campaigns),
             )
 
+    # Each loop also ends when its cancellation was swallowed or turned into a store error
+    # by redis-py (see zvonok_agi.tasks): the request is still on record.
     async def _reloader(self) -> None:
-        while True:
+        while not cancel_requested():
             await self._dirty.wait()
             self._dirty.clear()
             try:
                 await self.reload()
             except (RedisError, OSError) as exc:
+                if cancel_requested():
+                    return
                 METRICS.store_error("routing_data")
                 log.warning("routing data reload failed; keeping the last copy", error=str(exc))
                 await asyncio.sleep(self.refresh_interval)
 
     async def _follow_changes(self) -> None:
-        while True:
+        while not cancel_requested():
             try:
                 async with self.data.redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.data.channel)
                     self._dirty.set()  # changes made while we were not listening
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
+                    while not cancel_requested():
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=self.refresh_interval
+                        )
+                        if message is not None:
                             self._dirty.set()
             except (RedisError, OSError):
-                await asyncio.sleep(self.refresh_interval)
+                if not cancel_requested():
+                    await asyncio.sleep(self.refresh_interval)
 
     async def _poll_version(self) -> None:
-        while True:
+        while not cancel_requested():
             await asyncio.sleep(self.refresh_interval)
             try:
                 if await self.data.version() != self.snapshot.version:

@@ -4,13 +4,13 @@ changes Redis missed while it was away."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from ..numbers.service import NumbersService
+from ..tasks import cancel_and_wait, cancel_requested
 from .app import make_app
 
 log = structlog.get_logger(__name__)
@@ -55,14 +55,11 @@ class AdminServer:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        await cancel_and_wait(self._flusher)
         await self._runner.cleanup()
 
     async def _flush_forever(self) -> None:
-        while True:
+        while not cancel_requested():
             await asyncio.sleep(self.flush_interval)
             try:
                 if await self.service.pending():
