@@ -300,20 +300,17 @@ async def measure_prepare(
     originator: Originator, clock: Clock, people: Sequence[str], n: int, warmup: int
 ) -> tuple[list[Row], int]:
     """`prepare` one call at a time, each to a callee of its own: 80 % pool campaign, 20 %
-    reserved number; its two store calls timed on their own too."""
+    reserved number; its store call timed on its own too."""
     rng = random.Random(11)
     pool: list[float] = []
     reserved: list[float] = []
-    reads: list[float] = []
     writes: list[float] = []
     history = originator.history
-    history.dial_context = timed(reads, history.dial_context)  # type: ignore[method-assign]
     history.record_dial = timed(writes, history.record_dial)  # type: ignore[method-assign]
     at_capacity = 0
     try:
         for i in range(warmup + n):
             if i == warmup:
-                reads.clear()
                 writes.clear()
             campaign = "spring-sale" if rng.random() < 0.2 else "pool-promo"
             clock.now += 2.4
@@ -328,13 +325,12 @@ async def measure_prepare(
             if i >= warmup:
                 (reserved if campaign == "spring-sale" else pool).append(took)
     finally:
-        del history.dial_context, history.record_dial  # the class's methods again
+        del history.record_dial  # the class's method again
     rows = [
-        Row("prepare: pool number", len(pool), pool, note="choice + 2 round trips"),
+        Row("prepare: pool number", len(pool), pool, note="plan + 1 round trip"),
         Row("prepare: reserved number", len(reserved), reserved, note="the same, no cap"),
         Row("prepare: all", len(pool) + len(reserved), pool + reserved, note="GOAL p99 <= 1 ms"),
-        Row("  of which dial_context", len(reads), reads, note="read: previous number, usage"),
-        Row("  of which record_dial", len(writes), writes, note="Lua: cap check + attempt"),
+        Row("  of which record_dial", len(writes), writes, note="Lua: pick, cap, attempt"),
     ]
     return rows, at_capacity
 
@@ -425,7 +421,7 @@ async def amain(
     print(
         f"\ngoal: prepare p99 <= {GOAL_P99_MS:g} ms: {verdict} (p99 {p99:.3f} ms; "
         f"p50 {prepare_all.pct(0.5) / floor.pct(0.5):.1f}x and p99 "
-        f"{p99 / floor.pct(0.99):.1f}x one PING round trip; the floor of two round trips is 2x)"
+        f"{p99 / floor.pct(0.99):.1f}x one PING round trip, the floor of its one round trip)"
     )
     if at_capacity:
         print(f"prepare: {at_capacity} calls found the pool at its cap (not timed)")

@@ -186,6 +186,8 @@ class FakeAMI:
         self.drop_after_originate_queued = drop_after_originate_queued
         self.channels = [dict(c) for c in channels]  # what CoreShowChannels lists
         self.silent = False  # read actions, answer none (a hung Asterisk)
+        # An AMI user without the originate write class: Asterisk answers every Originate so.
+        self.originate_not_permitted = False
         self.ignore_actions: set[str] = set()  # lower-case action names never answered
 
         self.port = 0
@@ -353,6 +355,9 @@ class FakeAMI:
         if self.drop_on_originate:
             session.writer.transport.abort()
             return False
+        if self.originate_not_permitted:
+            self._reply(session, action, "Error", "Message: Permission denied")
+            return True
         channel = action.get("Channel")
         if not channel:
             self._reply(session, action, "Error", "Message: Channel not specified")

@@ -30,13 +30,14 @@ from zvonok_agi.app import redis_client
 from zvonok_agi.config import Settings
 from zvonok_agi.outbound import originator as originator_module
 from zvonok_agi.outbound.originator import (
+    CampaignPaused,
     DialRefused,
     DialResult,
     Originator,
     StoreUnavailable,
 )
 from zvonok_agi.routing.callerid import PoolAtCapacity
-from zvonok_agi.routing.model import Attempt, Outcome
+from zvonok_agi.routing.model import Attempt, CampaignState, Outcome
 from zvonok_agi.store.embedded import EmbeddedRedis
 from zvonok_agi.store.history import CallbackHistory
 from zvonok_agi.store.routing_data import RoutingData, RoutingSnapshot
@@ -382,11 +383,62 @@ async def test_link_down_before_sending_fails_at_once_without_an_originate(
         assert time.monotonic() - started < 1.0  # not after the 5 s outcome timeout
         assert result.outcome is Outcome.FAILED
         assert result.detail == "AMI link down: not dialed"
+        assert (result.dialed, result.retry) == (False, True)
         assert fake.originate_count == 0
+        # Taken back: no attempt a callback could find, no number shown, no cap used.
+        assert await d.history.attempts(result.attempt.did, MOBILE) == []
+        assert await d.keys("last:*") == []
+        assert await d.keys("attempt:*") == []
+        prefix = d.settings.redis.key_prefix
+        used = [await d.history.redis.get(f"{prefix}{key}") for key in await d.keys("cpm:*")]
+        assert used in ([], [b"0"])
         await fake.start_listening()
         await eventually(lambda: d.ami.connected)
         assert (await d.originator.dial("pool-promo", MOBILE)).outcome is Outcome.ANSWERED
         assert fake.originate_count == 1
+
+
+async def test_a_call_taken_back_gives_the_callee_its_previous_number_again(
+    settings: Settings,
+) -> None:
+    fake = FakeAMI()
+    async with dialer(settings, fake) as d:
+        shown = await d.originator.dial("pool-promo", MOBILE)
+        assert shown.outcome is Outcome.ANSWERED
+        await fake.stop_listening()
+        fake.drop()
+        await eventually(lambda: not d.ami.connected)
+        lost = await d.originator.dial("pool-promo", MOBILE)
+        assert not lost.dialed and lost.attempt.did != shown.attempt.did
+        last = await d.history.redis.get(f"{d.settings.redis.key_prefix}last:{MOBILE}")
+        assert last == shown.attempt.did.encode()
+        assert [a.id for a in await d.history.attempts(lost.attempt.did, MOBILE)] == []
+
+
+async def test_originate_refused_by_asterisk_is_not_a_placed_call(settings: Settings) -> None:
+    fake = FakeAMI()
+    fake.originate_not_permitted = True
+    async with dialer(settings, fake) as d:
+        result = await d.originator.dial("spring-sale", MOBILE)
+        assert result.outcome is Outcome.FAILED
+        assert result.detail == "Originate refused: Permission denied"
+        assert (result.dialed, result.retry) == (False, False)
+        assert fake.originate_count == 1
+        assert await d.history.attempts(RESERVED, MOBILE) == []
+        assert await d.keys("last:*") == []
+
+
+async def test_a_paused_campaign_does_not_dial_until_it_runs_again(settings: Settings) -> None:
+    async with dialer(settings, FakeAMI()) as d:
+        campaign = d.snapshot.campaigns["spring-sale"]
+        d.snapshot.campaigns["spring-sale"] = replace(campaign, state=CampaignState.PAUSED)
+        d.originator.check_campaign("spring-sale")  # a paused campaign may be started
+        with pytest.raises(CampaignPaused):
+            await d.originator.dial("spring-sale", MOBILE)
+        assert d.fake.originate_count == 0
+        assert await d.keys("hist:*") == []
+        d.snapshot.campaigns["spring-sale"] = campaign
+        assert (await d.originator.dial("spring-sale", MOBILE)).outcome is Outcome.ANSWERED
 
 
 # --- refusals -----------------------------------------------------------------------------------
@@ -592,12 +644,6 @@ async def test_pool_calls_in_parallel_keep_the_cap(settings: Settings) -> None:
         assert all(x != y for x, y in pairwise(dids)), callee
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known race: the previous number is read (dial_context) apart from the write "
-    "(record_dial), which does not re-check it, so two calls to one callee at once (two "
-    "campaigns) may both show the same pool number",
-)
 async def test_two_campaigns_dialing_one_callee_at_once_never_show_one_number_twice(
     settings: Settings,
 ) -> None:

@@ -35,7 +35,7 @@ from zvonok_agi.outbound.runner import (
     trunk_limiter,
     trunk_of,
 )
-from zvonok_agi.routing.model import Outcome
+from zvonok_agi.routing.model import CampaignState, Outcome
 from zvonok_agi.store.embedded import EmbeddedRedis
 from zvonok_agi.store.history import CallbackHistory
 from zvonok_agi.store.routing_data import RoutingData
@@ -641,3 +641,65 @@ def test_terminal_progress_logs_counters_elsewhere():
     assert stream.getvalue() == ""
     assert [(e["event"], e["done"]) for e in logs] == [("campaign progress", 2)]
     assert logs[0]["answered"] == 2
+
+
+# ---- the campaign changes during a run --------------------------------------------------------
+
+
+def with_campaign_state(originator: Originator, campaign: str, state: CampaignState) -> None:
+    """What a change from the control plane does: the next snapshot has the campaign so."""
+    snapshot = originator.routing()
+    campaigns = {**snapshot.campaigns, campaign: replace(snapshot.campaigns[campaign], state=state)}
+    changed = replace(snapshot, campaigns=campaigns)
+    originator.routing = lambda: changed  # type: ignore[method-assign]
+
+
+async def test_a_paused_campaign_waits_and_dials_when_it_runs_again(settings, tmp_path):
+    await load(settings, inventory())
+    numbers = callees(6)
+    paused: list[str | None] = []
+
+    def on_progress(progress: RunProgress) -> None:
+        if not paused or paused[-1] != progress.paused:
+            paused.append(progress.paused)
+
+    async with FakeAMI() as fake, originator_for(settings, fake) as originator:
+        with_campaign_state(originator, "spring-sale", CampaignState.PAUSED)
+        runner = make_runner(originator, numbers, Journal(tmp_path / "j"), progress=on_progress)
+        run = asyncio.create_task(runner.run(asyncio.Event()))
+        await eventually(lambda: bool(paused) and paused[-1] == "campaign paused")
+        await asyncio.sleep(0.3)
+        assert fake.originate_count == 0
+        with_campaign_state(originator, "spring-sale", CampaignState.RUNNING)
+        summary = await asyncio.wait_for(run, timeout=10)
+    assert summary.placed == 6 and summary.refused == 0
+    assert sorted(dialed(fake)) == numbers
+    assert paused[-1] is None and summary.paused_seconds > 0
+
+
+async def test_a_campaign_finished_during_the_run_stops_it_and_says_why(settings, tmp_path):
+    await load(settings, inventory())
+    numbers = callees(20)
+    async with FakeAMI(time_scale=0.01) as fake, originator_for(settings, fake) as originator:
+        runner = make_runner(originator, numbers, Journal(tmp_path / "j"), cps=50, concurrency=2)
+
+        async def finish() -> None:
+            await eventually(lambda: runner.summary.placed >= 3)
+            with_campaign_state(originator, "spring-sale", CampaignState.FINISHED)
+
+        summary, _ = await asyncio.gather(runner.run(asyncio.Event()), finish())
+    assert summary.stopped_because == "campaign spring-sale is finished"
+    assert summary.refused == 0  # the callees were not refused one by one
+    assert summary.interrupted and summary.placed + summary.remaining == 20
+    assert "stopped: campaign spring-sale is finished" in format_summary(summary)
+
+
+async def test_originate_refused_by_asterisk_counts_as_refused_not_placed(settings, tmp_path):
+    await load(settings, inventory())
+    async with FakeAMI() as fake, originator_for(settings, fake) as originator:
+        fake.originate_not_permitted = True
+        summary = await make_runner(originator, callees(3), Journal(tmp_path / "j")).run(
+            asyncio.Event()
+        )
+    assert (summary.placed, summary.refused) == (0, 3)
+    assert summary.refusals[0].endswith("Originate refused: Permission denied")

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 import structlog
 from redis.exceptions import RedisError
@@ -25,8 +26,13 @@ from ..ami.outcome import from_failure, from_originate_response, to_int
 from ..ami.protocol import Event
 from ..config import OutboundSettings
 from ..metrics import METRICS
-from ..routing.callerid import CallerId, CallerIdRefused, PoolAtCapacity, choose_caller_id
-from ..routing.model import Attempt, Outcome
+from ..routing.callerid import (
+    CallerId,
+    CallerIdRefused,
+    PoolAtCapacity,
+    plan_caller_id,
+)
+from ..routing.model import Attempt, CampaignState, Outcome
 from ..store.history import CallbackHistory
 from ..store.routing_data import RoutingSnapshot
 from ..tasks import cancel_and_wait
@@ -35,8 +41,9 @@ log = structlog.get_logger(__name__)
 
 # After a failed OriginateResponse, how long to wait for the Hangup that carries the cause.
 HANGUP_GRACE = 1.0
-# The caller-ID choice is retried when a pool number reaches its cap between read and write.
-CHOICE_TRIES = 5
+# Candidate numbers offered to the store per round trip: the first usable one is nearly
+# always among them, and a big pool does not make every call's request big.
+CANDIDATES_PER_TRY = 8
 
 
 class StoreUnavailable(Exception):
@@ -47,12 +54,24 @@ class DialRefused(Exception):
     """This call may not be placed at all (a rule or bad input): no point retrying."""
 
 
+class CampaignPaused(Exception):
+    """The campaign is paused: no call now; its calls wait until it runs again."""
+
+
 @dataclass(frozen=True)
 class DialResult:
     attempt: Attempt
     caller_id: CallerId
     outcome: Outcome
     detail: str
+    dialed: bool = True  # False: nothing reached Asterisk, and the attempt was taken back
+    retry: bool = False  # not dialed because the AMI link was down: the same call may go later
+
+
+class _Sent(Enum):
+    YES = "yes"  # Asterisk has the Originate (or may have it: its reply was lost)
+    NO = "no"  # the link was down: nothing left
+    REFUSED = "refused"  # Asterisk answered Error: nothing dialed
 
 
 @dataclass
@@ -82,6 +101,7 @@ class Originator:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        region: str = phone.DEFAULT_REGION,
     ) -> None:
         self.ami = ami
         self.history = history
@@ -89,7 +109,9 @@ class Originator:
         self.settings = settings
         self.rng = rng or random.Random()
         self.clock = clock
+        self.region = region  # of callee numbers written without a country code
         self._trackers: dict[str, _Tracker] = {}
+        self._shown_before: dict[str, str | None] = {}  # attempt id -> callee's previous number
         self._pump: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Originator:
@@ -102,9 +124,10 @@ class Originator:
             tracker.settle(Outcome.FAILED, "dialer stopped before the outcome arrived")
 
     async def prepare(self, campaign_id: str, callee_raw: str) -> tuple[Attempt, CallerId]:
-        """Choose the caller ID and record the attempt (pending). Raises DialRefused,
-        PoolAtCapacity (wait a little) or StoreUnavailable; nothing is dialed here."""
-        callee = phone.normalize(callee_raw)
+        """Choose the caller ID and record the attempt (pending), in one step in the store.
+        Raises DialRefused, CampaignPaused or PoolAtCapacity (wait a little), or
+        StoreUnavailable; nothing is dialed here."""
+        callee = phone.normalize(callee_raw, self.region)
         if callee is None:
             raise DialRefused(f"{callee_raw!r} is not a phone number")
         snapshot = self.routing()
@@ -112,56 +135,51 @@ class Originator:
         if campaign is None:
             raise DialRefused(f"no campaign {campaign_id!r}")
         account = snapshot.accounts.get(campaign.account)
-        pool = sorted(did for did, n in snapshot.numbers.items() if n.is_service)
-        cap = self.settings.pool_calls_per_minute
         try:
-            for _ in range(CHOICE_TRIES):
-                now = self.clock()
-                previous, usage = await self.history.dial_context(callee, pool, now)
-                try:
-                    choice = choose_caller_id(
-                        campaign, account, snapshot.numbers, callee, previous, usage, cap, self.rng
-                    )
-                except CallerIdRefused as exc:
-                    raise DialRefused(str(exc)) from exc
-                attempt = Attempt(
-                    id=uuid.uuid4().hex,
-                    campaign=campaign.id,
-                    account=campaign.account,
-                    did=choice.did,
-                    callee=callee,
-                    at=now,
+            plan = plan_caller_id(campaign, account, snapshot.numbers, callee, self.rng)
+        except CallerIdRefused as exc:
+            raise DialRefused(str(exc)) from exc
+        if campaign.state is CampaignState.PAUSED:
+            raise CampaignPaused(f"campaign {campaign.id} is paused")
+        cap = self.settings.pool_calls_per_minute if plan.from_pool else None
+        template = Attempt(
+            id=uuid.uuid4().hex,
+            campaign=campaign.id,
+            account=campaign.account,
+            did="",
+            callee=callee,
+            at=self.clock(),
+        )
+        try:
+            for start in range(0, len(plan.candidates), CANDIDATES_PER_TRY):
+                attempt, previous = await self.history.record_dial(
+                    template,
+                    plan.candidates[start : start + CANDIDATES_PER_TRY],
+                    avoid_previous=plan.avoids_previous,
+                    cap=cap,
                 )
-                if await self.history.record_dial(attempt, now, cap if choice.from_pool else None):
-                    return attempt, choice
+                if attempt is not None:
+                    self._shown_before[attempt.id] = previous
+                    return attempt, plan.caller_id(attempt.did)
         except (RedisError, OSError) as exc:
             METRICS.store_error("record_attempt")
             raise StoreUnavailable(f"callback history unavailable: {exc}") from exc
-        raise PoolAtCapacity("pool numbers kept reaching their cap while recording")
+        raise PoolAtCapacity(f"every usable pool number is at {cap} calls/min")
 
     def check_campaign(self, campaign_id: str) -> None:
-        """Raise DialRefused if no call of this campaign may be placed (before dialing any)."""
+        """Raise DialRefused if no call of this campaign may be placed (before dialing any);
+        a paused campaign may be run: its calls wait for it."""
         snapshot = self.routing()
         campaign = snapshot.campaigns.get(campaign_id)
         if campaign is None:
             raise DialRefused(f"no campaign {campaign_id!r}")
         account = snapshot.accounts.get(campaign.account)
         try:
-            choose_caller_id(
-                campaign,
-                account,
-                snapshot.numbers,
-                "",
-                None,
-                {},
-                1,
-                self.rng,
-                region_of=lambda _: None,
+            plan_caller_id(
+                campaign, account, snapshot.numbers, "", self.rng, region_of=lambda _: None
             )
         except CallerIdRefused as exc:
             raise DialRefused(str(exc)) from exc
-        except PoolAtCapacity:
-            pass  # a passing state, not a rule
 
     async def dial(self, campaign_id: str, callee_raw: str) -> DialResult:
         """Place one call and wait for its outcome (which is also written to the history)."""
@@ -169,8 +187,22 @@ class Originator:
         return await self.place(attempt, caller_id)
 
     async def place(self, attempt: Attempt, caller_id: CallerId) -> DialResult:
-        """Originate a prepared attempt, wait for its outcome, write it to the history."""
-        outcome, detail = await self._originate(attempt)
+        """Originate a prepared attempt, wait for its outcome, write it to the history. A call
+        that never reached Asterisk is taken back out of the history."""
+        previous = self._shown_before.pop(attempt.id, None)
+        outcome, detail, sent = await self._originate(attempt)
+        if sent is not _Sent.YES:
+            await self._undial(attempt, previous)
+            log.warning(
+                "call not placed",
+                campaign=attempt.campaign,
+                callee=attempt.callee,
+                attempt=attempt.id,
+                detail=detail,
+            )
+            return DialResult(
+                attempt, caller_id, outcome, detail, dialed=False, retry=sent is _Sent.NO
+            )
         await self._settle(attempt, outcome)
         METRICS.originate(outcome.value)
         log.info(
@@ -184,7 +216,7 @@ class Originator:
         )
         return DialResult(attempt, caller_id, outcome, detail)
 
-    async def _originate(self, attempt: Attempt) -> tuple[Outcome, str]:
+    async def _originate(self, attempt: Attempt) -> tuple[Outcome, str, _Sent]:
         tracker = _Tracker(asyncio.get_running_loop().create_future())
         self._trackers[attempt.id] = tracker  # before sending: events may beat the response
         try:
@@ -192,18 +224,19 @@ class Originator:
                 response = await self.ami.send_action("Originate", self._fields(attempt))
             except AMIDisconnected as exc:
                 if not exc.sent:
-                    return Outcome.FAILED, "AMI link down: not dialed"
+                    return Outcome.FAILED, "AMI link down: not dialed", _Sent.NO
                 log.warning("originate reply lost; waiting for events", attempt=attempt.id)
             except AMIActionTimeout:
                 log.warning("originate not answered; waiting for events", attempt=attempt.id)
             else:
                 if not response.ok:
-                    return Outcome.FAILED, f"Originate refused: {response.message}"
+                    return Outcome.FAILED, f"Originate refused: {response.message}", _Sent.REFUSED
             try:
                 async with asyncio.timeout(self.settings.outcome_timeout):
-                    return await tracker.future
+                    outcome, detail = await tracker.future
+                    return outcome, detail, _Sent.YES
             except TimeoutError:
-                return Outcome.FAILED, "no outcome from Asterisk in time"
+                return Outcome.FAILED, "no outcome from Asterisk in time", _Sent.YES
         finally:
             tracker.settle(Outcome.FAILED, "abandoned")
             del self._trackers[attempt.id]
@@ -224,6 +257,14 @@ class Originator:
             ("Variable", f"ZV_CALLEE={attempt.callee}"),
             ("Variable", f"ZV_ATTEMPT={attempt.id}"),
         ]
+
+    async def _undial(self, attempt: Attempt, previous: str | None) -> None:
+        try:
+            await self.history.undial(attempt, previous)
+        except (RedisError, OSError) as exc:
+            # It stays as a failed attempt: a callback to it still finds its campaign.
+            await self._settle(attempt, Outcome.FAILED)
+            log.error("attempt not taken back", attempt=attempt.id, error=str(exc))
 
     async def _settle(self, attempt: Attempt, outcome: Outcome) -> None:
         for delay in (0, 0.5, 2.0):

@@ -8,7 +8,9 @@ callee, which is the safe side.
 
 While Redis is down no attempt can be recorded, so no call is placed: the run pauses, retries
 the same callee every STORE_RETRY seconds and resumes when the store is back. While the AMI
-link is down the run waits for the client to reconnect.
+link is down the run waits for the client to reconnect; while the campaign is paused it waits
+for it to run again. When the campaign itself may no longer dial (finished, deleted, its
+caller ID taken away), the run stops and says why.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ import structlog
 from .. import phone
 from ..routing.callerid import CallerId, PoolAtCapacity
 from ..routing.model import Attempt, Outcome
-from .originator import DialRefused, Originator, StoreUnavailable
+from .originator import (
+    CampaignPaused,
+    DialRefused,
+    DialResult,
+    Originator,
+    StoreUnavailable,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -42,10 +50,12 @@ POOL_RETRY = 1.0
 REFUSALS_KEPT = 5
 # Column names that hold the callee in a CSV with a header (compared in lower case).
 CALLEE_COLUMNS = ("phone", "number", "callee")
-# The originator's detail for an Originate that never left (link down at that moment).
-NOT_DIALED = "AMI link down: not dialed"
 
-RESUMED = {"store unavailable": "store back", "AMI link down": "AMI link back"}
+RESUMED = {
+    "store unavailable": "store back",
+    "AMI link down": "AMI link back",
+    "campaign paused": "campaign running",
+}
 
 
 # ---- the list of callees ----------------------------------------------------------------------
@@ -216,6 +226,7 @@ class RunSummary:
     paused_seconds: float = 0.0
     interrupted: bool = False
     remaining: int = 0  # not dialed because the run was stopped
+    stopped_because: str | None = None  # the campaign may no longer dial
     elapsed: float = 0.0
 
 
@@ -300,6 +311,9 @@ class CampaignRunner:
                 try:
                     prepared = await self._prepare(callee, stopper)
                 except DialRefused as exc:
+                    if self._campaign_refused():
+                        queue.appendleft(callee)
+                        return
                     self._refuse(callee, str(exc))
                     continue
                 if prepared is None:  # stopped while waiting
@@ -361,6 +375,9 @@ class CampaignRunner:
             except StoreUnavailable as exc:
                 self._pause("store unavailable", str(exc))
                 delay = STORE_RETRY
+            except CampaignPaused as exc:
+                self._pause("campaign paused", str(exc))
+                delay = POOL_RETRY
             else:
                 self._pool_full = False
                 self._resume()
@@ -371,21 +388,38 @@ class CampaignRunner:
     async def _place(self, attempt: Attempt, caller_id: CallerId, queue: deque[str]) -> None:
         try:
             result = await self.originator.place(attempt, caller_id)
-            outcome, detail = result.outcome, result.detail
         except Exception as exc:  # the Originate may have gone out: counted, never retried
             log.exception("call failed", campaign=self.campaign_id, callee=attempt.callee)
-            outcome, detail = Outcome.FAILED, repr(exc)
+            result = DialResult(attempt, caller_id, Outcome.FAILED, repr(exc))
         finally:
             self._in_flight -= 1
-        if detail == NOT_DIALED:
+        if result.retry:
             # The link fell between prepare and send: nothing reached Asterisk, so this
             # callee goes back in the queue (it is journaled: a crash now loses it, safely).
             queue.append(attempt.callee)
             self._report()
             return
+        if not result.dialed:
+            self._refuse(attempt.callee, result.detail)
+            return
+        outcome = result.outcome
         self.summary.placed += 1
         self.summary.outcomes[outcome] += 1
         self._report()
+
+    def _campaign_refused(self) -> bool:
+        """Whether the campaign itself may no longer dial; if so the run is to stop."""
+        try:
+            self.originator.check_campaign(self.campaign_id)
+        except DialRefused as exc:
+            log.warning(
+                "campaign can no longer dial: run stopped",
+                campaign=self.campaign_id,
+                reason=str(exc),
+            )
+            self.summary.stopped_because = str(exc)
+            return True
+        return False
 
     def _refuse(self, callee: str, reason: str) -> None:
         log.warning("callee refused", campaign=self.campaign_id, callee=callee, reason=reason)
@@ -467,6 +501,8 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(f"    ... and {s.refused - len(s.refusals)} more (see the log)")
     if s.paused_seconds:
         lines.append(f"  paused    {s.paused_seconds:6.1f} s")
+    if s.stopped_because:
+        lines.append(f"  stopped: {s.stopped_because}")
     if s.interrupted:
         lines.append(f"  interrupted: {s.remaining} not dialed yet; run again to resume")
     return "\n".join(lines)

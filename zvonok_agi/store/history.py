@@ -9,52 +9,99 @@ Layout (prefix `zv:` by default):
   last:<callee>  the number the latest outbound call to this callee showed
   cpm:<did>:<minute>  calls placed from a number in one minute (for the per-number cap)
 
+Recording an outbound attempt is one Lua script too: it reads the callee's last number and the
+numbers' counts and writes the attempt in the same step, so two calls to one callee at once
+never show the same pool number.
+
 One inbound decision reads one hash (HGETALL: one round trip). Claiming the first callback is a
 Lua script, so that of two simultaneous callbacks at most one wins.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
 from ..routing.model import Attempt, Outcome
 
-# Writes the attempt, drops those older than the window, and keeps the hash alive for a window.
-RECORD = """
-local now, window = tonumber(ARGV[4]), tonumber(ARGV[5])
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  local name = fields[i]
-  if not string.find(name, ':', 1, true) then
-    local ok, record = pcall(cjson.decode, fields[i + 1])
-    if not ok or type(record) ~= 'table' or tonumber(record.at) == nil
-        or tonumber(record.at) < now - window then
-      redis.call('HDEL', KEYS[1], name, name .. ':o', name .. ':c')
+# Writes an attempt, drops those older than the window, and keeps the hash alive for a window.
+_RECORD_FUNCTION = """
+local function record(hist, attempt_key, id, json, outcome, now, window)
+  local fields = redis.call('HGETALL', hist)
+  for i = 1, #fields, 2 do
+    local name = fields[i]
+    if not string.find(name, ':', 1, true) then
+      local ok, record = pcall(cjson.decode, fields[i + 1])
+      if not ok or type(record) ~= 'table' or tonumber(record.at) == nil
+          or tonumber(record.at) < now - window then
+        redis.call('HDEL', hist, name, name .. ':o', name .. ':c')
+      end
     end
   end
+  redis.call('HSET', hist, id, json, id .. ':o', outcome, id .. ':c', '0')
+  local ttl = math.ceil(window)
+  redis.call('EXPIRE', hist, ttl)
+  redis.call('SET', attempt_key, hist, 'EX', ttl)
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[1] .. ':o', ARGV[3], ARGV[1] .. ':c', '0')
-local ttl = math.ceil(window)
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('SET', KEYS[2], KEYS[1], 'EX', ttl)
-return 1
 """
 
-# An outbound call about to be placed: within the caller ID's calls-per-minute cap (a
-# negative cap: none), count it, remember the number this callee was shown, and record the
-# attempt; all or nothing. 0: the number is at its cap, nothing written.
-DIAL = (
-    """
-local cap = tonumber(ARGV[6])
-if cap >= 0 and tonumber(redis.call('GET', KEYS[3]) or '0') >= cap then return 0 end
-redis.call('INCR', KEYS[3])
-redis.call('EXPIRE', KEYS[3], 120)
-redis.call('SET', KEYS[4], ARGV[7], 'EX', math.ceil(tonumber(ARGV[5])))
+RECORD = (
+    _RECORD_FUNCTION
+    + """
+record(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
+return 1
 """
-    + RECORD
 )
+
+# An outbound call about to be placed, in one round trip and all or nothing: the first
+# candidate number that is not the one this callee was shown last (when the plan says so) and
+# is under its calls-per-minute cap (a negative cap: none) is counted, remembered as the
+# callee's last number, and the attempt is recorded from it. Returns {chosen or '', previous
+# or ''}. The rule is routing.callerid.pick, which the tests hold this script to.
+# KEYS: last:<callee>, attempt:<id>, then per candidate cpm:<did>:<minute> and hist:<did>:<callee>
+# ARGV: id, record JSON, outcome, now, window, cap, avoid previous (1/0), candidates...
+DIAL = (
+    _RECORD_FUNCTION
+    + """
+local now, window = tonumber(ARGV[4]), tonumber(ARGV[5])
+local cap, avoid = tonumber(ARGV[6]), ARGV[7] == '1'
+local previous = redis.call('GET', KEYS[1])
+for i = 8, #ARGV do
+  local did = ARGV[i]
+  local cpm, hist = KEYS[2 * (i - 7) + 1], KEYS[2 * (i - 7) + 2]
+  if not (avoid and did == previous)
+      and (cap < 0 or tonumber(redis.call('GET', cpm) or '0') < cap) then
+    redis.call('INCR', cpm)
+    redis.call('EXPIRE', cpm, 120)
+    redis.call('SET', KEYS[1], did, 'EX', math.ceil(window))
+    record(hist, KEYS[2], ARGV[1], ARGV[2], ARGV[3], now, window)
+    return {did, previous or ''}
+  end
+end
+return {'', previous or ''}
+"""
+)
+
+# Takes back a dial that never reached Asterisk: the attempt, its count against the cap, and
+# the callee's last number (unless a later call has changed it since).
+# KEYS: last:<callee>, attempt:<id>, cpm:<did>:<minute>, hist:<did>:<callee>
+# ARGV: id, did, previous ('' for none), window
+UNDIAL = """
+if redis.call('GET', KEYS[1]) == ARGV[2] then
+  if ARGV[3] == '' then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('SET', KEYS[1], ARGV[3], 'EX', math.ceil(tonumber(ARGV[4])))
+  end
+end
+if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
+redis.call('HDEL', KEYS[4], ARGV[1], ARGV[1] .. ':o', ARGV[1] .. ':c')
+redis.call('DEL', KEYS[2])
+return 1
+"""
 
 # 1: claimed; 0: already claimed or answered; -1: no such attempt.
 CLAIM = """
@@ -83,6 +130,7 @@ class CallbackHistory:
         self._claim = redis.register_script(CLAIM)
         self._settle = redis.register_script(SETTLE)
         self._dial = redis.register_script(DIAL)
+        self._undial = redis.register_script(UNDIAL)
 
     @staticmethod
     def _record_json(attempt: Attempt) -> str:
@@ -105,44 +153,49 @@ class CallbackHistory:
                 self.key(attempt.did, attempt.callee), f"{attempt.id}:c", attempt.callbacks
             )
 
-    async def dial_context(
-        self, callee: str, dids: list[str], now: float
-    ) -> tuple[str | None, dict[str, int]]:
-        """What the caller-ID choice needs, in one round trip: the number the previous call
-        to `callee` showed, and this minute's calls from each of `dids`."""
-        minute = int(now // 60)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(f"{self.prefix}last:{callee}")
-            if dids:
-                pipe.mget([f"{self.prefix}cpm:{did}:{minute}" for did in dids])
-            replies = await pipe.execute()
-        previous = replies[0].decode() if replies[0] else None
-        counts = replies[1] if dids else []
-        return previous, {did: int(c) for did, c in zip(dids, counts, strict=True) if c}
-
-    async def record_dial(self, attempt: Attempt, now: float, cap: int | None) -> bool:
-        """Record an attempt about to be dialed; False (nothing written) when its number
-        already has `cap` calls this minute."""
-        minute = int(now // 60)
-        record = self._record_json(attempt)
-        result = await self._dial(
-            keys=[
-                self.key(attempt.did, attempt.callee),
-                f"{self.prefix}attempt:{attempt.id}",
-                f"{self.prefix}cpm:{attempt.did}:{minute}",
-                f"{self.prefix}last:{attempt.callee}",
-            ],
+    async def record_dial(
+        self,
+        attempt: Attempt,
+        candidates: Sequence[str],
+        *,
+        avoid_previous: bool,
+        cap: int | None,
+    ) -> tuple[Attempt | None, str | None]:
+        """Record an attempt about to be dialed from the first usable candidate (see DIAL);
+        `attempt.did` is ignored. Returns the attempt as recorded (None, nothing written,
+        when every candidate is ruled out) and the number this callee was shown before."""
+        minute = int(attempt.at // 60)
+        keys = [f"{self.prefix}last:{attempt.callee}", f"{self.prefix}attempt:{attempt.id}"]
+        for did in candidates:
+            keys += [f"{self.prefix}cpm:{did}:{minute}", self.key(did, attempt.callee)]
+        chosen, previous = await self._dial(
+            keys=keys,
             args=[
                 attempt.id,
-                record,
+                self._record_json(attempt),
                 attempt.outcome.value,
-                now,
+                attempt.at,
                 self.window,
                 -1 if cap is None else cap,
-                attempt.did,
+                1 if avoid_previous else 0,
+                *candidates,
             ],
         )
-        return int(result) == 1
+        recorded = dataclasses.replace(attempt, did=chosen.decode()) if chosen else None
+        return recorded, previous.decode() or None
+
+    async def undial(self, attempt: Attempt, previous: str | None) -> None:
+        """Take back an attempt recorded by `record_dial` whose call never reached Asterisk."""
+        minute = int(attempt.at // 60)
+        await self._undial(
+            keys=[
+                f"{self.prefix}last:{attempt.callee}",
+                f"{self.prefix}attempt:{attempt.id}",
+                f"{self.prefix}cpm:{attempt.did}:{minute}",
+                self.key(attempt.did, attempt.callee),
+            ],
+            args=[attempt.id, attempt.did, previous or "", self.window],
+        )
 
     async def attempts(self, did: str, callee: str) -> list[Attempt]:
         """Every attempt kept for this pair, in no particular order."""
