@@ -1,7 +1,12 @@
-"""The command line as an operator uses it: load, route, serve on the embedded store, agi-call."""
+"""The command line as an operator uses it: load, route, serve on the embedded store, agi-call.
+
+`load` imports into the control plane's SQLite store (here a file under tmp_path), which
+publishes to the session's Redis; its past attempts go into the callback history.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +18,8 @@ import pytest
 
 from conftest import free_port
 from zvonok_agi.cli import main
+from zvonok_agi.store.history import CallbackHistory
+from zvonok_agi.store.routing_data import RoutingData
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "config" / "demo-inventory.toml"
@@ -28,15 +35,32 @@ def run_cli(
 
 
 @pytest.fixture
-def cli_env(settings) -> dict[str, str]:
+def cli_env(settings, tmp_path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         ZVONOK_REDIS_URL=settings.redis.url,
         ZVONOK_REDIS_KEY_PREFIX=settings.redis.key_prefix,
+        ZVONOK_ADMIN_DB_PATH=str(tmp_path / "zvonok.db"),
         ZVONOK_LOG_FORMAT="json",
         PYTHONPATH=str(ROOT),
     )
     return env
+
+
+def control_plane_state(env: dict[str, str], cwd: Path) -> list[str]:
+    """What the control plane's commands show of the store, as JSON documents."""
+    shown = []
+    for args in (("numbers", "list", "--json"), ("numbers", "list", "--disabled", "--json"),
+                 ("campaigns", "list", "--json"), ("accounts", "list")):
+        result = run_cli(*args, env=env, cwd=cwd)
+        assert result.returncode == 0, result.stderr
+        shown.append(result.stdout)
+    return shown
+
+
+async def redis_state(redis, prefix: str) -> dict[bytes, bytes]:
+    """Every key of this test's prefix, serialized."""
+    return {key: await redis.dump(key) for key in sorted(await redis.keys(f"{prefix}*"))}
 
 
 def test_load_then_route_dry_run(cli_env, tmp_path):
@@ -60,6 +84,20 @@ def test_load_then_route_dry_run(cli_env, tmp_path):
     assert "fallback service_number" in route("anonymous", "74950000002")
 
 
+def test_load_then_numbers_list_shows_them(cli_env, tmp_path):
+    assert run_cli("load", str(DEMO), env=cli_env, cwd=tmp_path).returncode == 0
+    [active, disabled, campaigns, accounts] = control_plane_state(cli_env, tmp_path)
+    rows = {row["did"]: row for row in json.loads(active)["numbers"]}
+    assert len(rows) == 11 and rows["74951234567"]["owner"] == "acme"
+    assert rows["74951234567"]["inbound_campaign"] == "support"
+    assert [row["did"] for row in json.loads(disabled)["numbers"]] == ["78125550102"]
+    assert {c["id"] for c in json.loads(campaigns)} == {
+        "spring-sale", "debt-reminder", "pool-promo", "support", "sales-desk"}
+    assert "acme" in accounts and "newbie" in accounts
+    audit = run_cli("audit", env=cli_env, cwd=tmp_path).stdout
+    assert "cli:" in audit and "import" in audit and "inventory" in audit
+
+
 def test_load_rejects_a_bad_file_and_changes_nothing(cli_env, tmp_path, settings):
     bad = tmp_path / "bad.toml"
     bad.write_text(
@@ -68,8 +106,84 @@ def test_load_rejects_a_bad_file_and_changes_nothing(cli_env, tmp_path, settings
     result = run_cli("load", str(bad), env=cli_env, cwd=tmp_path)
     assert result.returncode == 1
     assert "numbers[0]" in result.stderr and "not a phone number" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "zvonok.db").exists()  # the store was not even opened
     route = run_cli("route", "--did", "74951234567", env=cli_env, cwd=tmp_path)
     assert "fallback unknown_number" in route.stdout  # nothing was written
+
+
+async def test_a_bad_file_leaves_the_store_and_redis_as_they_were(cli_env, tmp_path, settings,
+                                                                  redis):
+    assert run_cli("load", str(DEMO), env=cli_env, cwd=tmp_path).returncode == 0
+    store_before = control_plane_state(cli_env, tmp_path)
+    redis_before = await redis_state(redis, settings.redis.key_prefix)
+    unreadable = tmp_path / "unreadable.toml"
+    unreadable.write_text('[[numbers]]\ndid = "74951234567"\npool = "nowhere"\n')
+    # Well formed, but the rules refuse it: acme, no longer verified, cannot show its number.
+    refused = tmp_path / "refused.toml"
+    refused.write_text(
+        '[[accounts]]\nid = "acme"\nname = "Renamed"\n\n'
+        '[[campaigns]]\nid = "spring-sale"\naccount = "acme"\nkind = "outbound"\n'
+        'caller_id = "74951234567"\n\n'
+        '[[numbers]]\ndid = "74951234567"\nowner = "acme"\n'
+    )
+    for bad, error in ((unreadable, "numbers[0]"), (refused, "not_verified")):
+        result = run_cli("load", str(bad), env=cli_env, cwd=tmp_path)
+        assert result.returncode == 1 and error in result.stderr, result.stderr
+    assert control_plane_state(cli_env, tmp_path) == store_before
+    assert await redis_state(redis, settings.redis.key_prefix) == redis_before
+    # Only the refusal is written down, as every refused change is.
+    audit = run_cli("audit", env=cli_env, cwd=tmp_path).stdout
+    assert "not_verified" in audit
+
+
+async def test_loading_twice_is_idempotent(cli_env, tmp_path, settings, redis):
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(
+        DEMO.read_text()
+        + '\n[[attempts]]   # no id: one is made from the content\n'
+        'campaign = "pool-promo"\ndid = "74950000002"\ncallee = "79035550000"\nago = "5m"\n'
+    )
+    prefix = settings.redis.key_prefix
+    data = RoutingData(redis, prefix)
+    history = CallbackHistory(redis, prefix, settings.routing.callback_window)
+    shown = []
+    for _ in range(2):
+        loaded = run_cli("load", str(inventory), env=cli_env, cwd=tmp_path)
+        assert loaded.returncode == 0, loaded.stderr
+        assert "12 numbers" in loaded.stdout and "6 attempts" in loaded.stdout
+        snapshot = await data.load()
+        shown.append((control_plane_state(cli_env, tmp_path),
+                      snapshot.accounts, snapshot.numbers, snapshot.campaigns))
+    assert shown[0] == shown[1]
+    for did, callee in (("74951234567", "79161234567"), ("74950000002", "79035550000")):
+        assert len(await history.attempts(did, callee)) == 1  # recorded again, not twice
+
+
+def test_a_running_engine_follows_a_load(cli_env, tmp_path):
+    env = dict(cli_env, ZVONOK_AGI_PORT=str(free_port()))
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "zvonok_agi", "serve"],
+        env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        args = ("agi-call", "--did", "74951234567", "--caller", "79161234567")
+
+        def call_until(expected: str) -> str:
+            deadline = time.monotonic() + 20
+            while True:
+                result = run_cli(*args, env=env, cwd=tmp_path)
+                if expected in result.stdout or time.monotonic() > deadline:
+                    return result.stdout + result.stderr
+                time.sleep(0.2)
+
+        assert "ZV_ROUTE=fallback" in call_until("ZV_ROUTE=")  # up, and knows nothing yet
+        assert run_cli("load", str(DEMO), env=env, cwd=tmp_path).returncode == 0
+        assert "ZV_TARGET_CONTEXT=zvonok-outbound-spring-sale" in call_until("ZV_ROUTE=outbound")
+    finally:
+        engine.send_signal(signal.SIGTERM)
+        _, log = engine.communicate(timeout=20)
+    assert engine.returncode == 0, log
 
 
 def test_bad_config_is_a_clear_error(tmp_path, capsys):

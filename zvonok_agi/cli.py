@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("--at", help="when (ISO 8601 or Unix seconds; default: now)")
     route.set_defaults(run=_route)
 
-    load = commands.add_parser("load", help="load accounts, numbers, campaigns from a TOML file")
+    load = commands.add_parser(
+        "load", help="import accounts, numbers, campaigns from a TOML file into the store"
+    )
     load.add_argument("file")
     load.set_defaults(run=_load)
 
@@ -106,24 +108,42 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _load(settings: Settings, args: argparse.Namespace) -> int:
-    from .app import open_redis
-    from .inventory import InventoryError, load_inventory, read_inventory
+    """Imports the file into the control plane's store, which publishes it to Redis; then
+    records its past attempts into the callback history (they are no control-plane data)."""
+    from redis.exceptions import RedisError
+
+    from .inventory import InventoryError
+    from .numbers.commands import actor, open_service
+    from .numbers.importer import read_file
+    from .numbers.rules import Refused
     from .store.history import CallbackHistory
-    from .store.routing_data import RoutingData
 
     now = time.time()
     try:
-        inventory = read_inventory(args.file, now)
+        inventory, overrides = read_file(args.file, now)
     except InventoryError as exc:
         raise CommandError(f"{args.file}: {exc}") from exc
-    async with open_redis(settings, supervise=False) as redis:
-        prefix = settings.redis.key_prefix
-        data = RoutingData(redis, prefix)
-        history = CallbackHistory(redis, prefix, settings.routing.callback_window)
-        await load_inventory(inventory, data, history, now)
+    async with open_service(settings) as service:
+        try:
+            await service.import_inventory(actor(), inventory, overrides)
+        except Refused as exc:
+            raise CommandError(f"{args.file}: {exc.code}: {exc.message}") from exc
+        not_in_redis = "imported into the store but not into Redis: load again when Redis is back"
+        if await service.pending():  # committed; publishing failed (its warning says why)
+            raise CommandError(not_in_redis)
+        assert service.data is not None  # open_service publishes by default
+        history = CallbackHistory(
+            service.data.redis, settings.redis.key_prefix, settings.routing.callback_window
+        )
+        try:
+            for attempt in inventory.attempts:
+                await history.record(attempt, now)
+        except (RedisError, OSError) as exc:
+            raise CommandError(f"{not_in_redis} ({exc})") from exc
     print(
         f"loaded {len(inventory.accounts)} accounts, {len(inventory.numbers)} numbers, "
-        f"{len(inventory.campaigns)} campaigns, {len(inventory.attempts)} attempts"
+        f"{len(inventory.campaigns)} campaigns (store and Redis), "
+        f"{len(inventory.attempts)} attempts (callback history)"
     )
     return 0
 
@@ -221,7 +241,13 @@ async def _dialer(settings: Settings) -> AsyncIterator[Originator]:
         except (AMIError, OSError) as exc:
             raise CommandError(f"AMI {a.host}:{a.port}: {exc}") from exc
         try:
-            originator = Originator(ami, history, lambda: cache.snapshot, settings.outbound)
+            originator = Originator(
+                ami,
+                history,
+                lambda: cache.snapshot,
+                settings.outbound,
+                region=settings.routing.default_region,
+            )
             async with originator as dialer:
                 yield dialer
         finally:

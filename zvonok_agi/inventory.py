@@ -1,20 +1,19 @@
-"""`zvonok-agi load FILE`: accounts, numbers, campaigns (and, for tests and demos, past
-attempts) from a TOML file into the store, through the routing-data module.
+"""The inventory file: accounts, numbers, campaigns (and, for tests and demos, past attempts)
+in TOML, parsed and checked whole before anything is written: a bad file changes nothing.
 
-The whole file is checked before anything is written: a bad file changes nothing.
+`zvonok-agi load FILE` imports it into the control plane (`numbers.importer`), which publishes
+it. `load_inventory` writes a parsed inventory straight into Redis, through the routing-data
+module: the tests and benchmarks use it to set up an engine without a control plane.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-import time
-import tomllib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from . import phone
@@ -49,14 +48,6 @@ class Inventory:
     numbers: list[Number] = field(default_factory=list)
     campaigns: list[Campaign] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
-
-
-def read_inventory(path: str | Path, now: float | None = None) -> Inventory:
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise InventoryError(f"cannot read {path}: {exc}") from exc
-    return parse_inventory(data, time.time() if now is None else now)
 
 
 def parse_inventory(data: dict[str, Any], now: float) -> Inventory:

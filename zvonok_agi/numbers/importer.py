@@ -8,8 +8,11 @@ control-plane data: the caller records them into the callback history.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,8 +31,24 @@ def read_file(
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InventoryError(f"cannot read {path}: {exc}") from exc
+    give_attempts_ids(data)
     inventory = parse_inventory(data, time.time() if now is None else now)
     return inventory, number_overrides(data)
+
+
+def give_attempts_ids(data: Mapping[str, Any]) -> None:
+    """Attempts without an `id` get one made from their content: the history keeps attempts by
+    id, so loading the file again then resets them instead of recording them twice."""
+    attempts = data.get("attempts")
+    if not isinstance(attempts, list):
+        return  # not a list of tables: parse_inventory says what is wrong
+    seen: Counter[str] = Counter()
+    for item in attempts:
+        if isinstance(item, dict) and "id" not in item:
+            content = json.dumps(item, sort_keys=True, default=str)
+            seen[content] += 1  # identical attempts stay distinct
+            digest = hashlib.sha256(f"{content}#{seen[content]}".encode()).hexdigest()
+            item["id"] = f"load-{digest[:20]}"
 
 
 def number_overrides(data: Mapping[str, Any]) -> dict[str, tuple[Kind | None, str | None]]:
