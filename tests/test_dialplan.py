@@ -3,25 +3,27 @@
 asterisklint checks it the way an install loads it: #included from an extensions.conf that
 has the [general] and [globals] sections. A small parser here then checks that it agrees with
 the engine: the variable names of zvonok_agi.agi.variables, one context per Fallback, the
-context naming scheme, and jumps that land somewhere.
+context naming scheme (the engine's config templates included), jumps that land somewhere,
+and the guard that sends a target context outside zvonok- to engine_error.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from asterisk_lint import asterisklint
 from zvonok_agi.agi import variables
+from zvonok_agi.config import ConfigError, load_settings
 from zvonok_agi.routing.model import CAMPAIGN_ID, Fallback, RouteKind
 
-DIALPLAN = Path(__file__).resolve().parents[1] / "dialplan" / "extensions_zvonok.conf"
+ROOT = Path(__file__).resolve().parents[1]
+DIALPLAN = ROOT / "dialplan" / "extensions_zvonok.conf"
+EXAMPLE_CONFIG = ROOT / "config" / "zvonok.example.toml"
 INCLUDED_NAME = "extensions_zvonok.conf"
 
 # An install's extensions.conf around the #include (the shape of the lab config). No spaces
@@ -39,6 +41,7 @@ ZVONOK_AGI_URL=agi://127.0.0.1:4573/inbound
 """
 
 ENTRY_CONTEXT = "zvonok-from-carrier"
+CONTEXT_PREFIX = "zvonok-"  # the only contexts the engine may send a call into
 ENTRY_PATTERNS = ("_X.", "_+X.")
 DEFAULT_AGI_URL = "agi://127.0.0.1:4573/inbound"
 DEMO_CAMPAIGNS = {
@@ -63,32 +66,12 @@ CALLER_CONTROLLED = re.compile(
 # ---- asterisklint ----------------------------------------------------------------------------
 
 
-def _asterisklint() -> str:
-    beside_python = Path(sys.executable).parent / "asterisklint"
-    if beside_python.is_file() and os.access(beside_python, os.X_OK):
-        return str(beside_python)
-    found = shutil.which("asterisklint")
-    if found is None:
-        pytest.fail("asterisklint not found: install the test extra (pip install -e '.[test]')")
-    return found
-
-
 def _lint_as_installed(tmp_path: Path, dialplan_text: str) -> subprocess.CompletedProcess[str]:
     # asterisklint resolves a relative #include against the including file's folder; Asterisk
     # against its config folder. Both files side by side is the same thing for both.
     (tmp_path / INCLUDED_NAME).write_text(dialplan_text, encoding="utf-8")
     (tmp_path / "extensions.conf").write_text(INSTALL_EXTENSIONS_CONF, encoding="utf-8")
-    env = dict(os.environ)
-    env.pop("ALINT_IGNORE", None)  # nothing is suppressed: no known false positive here
-    return subprocess.run(
-        [_asterisklint(), "dialplan-check", str(tmp_path / "extensions.conf")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return asterisklint("dialplan-check", tmp_path / "extensions.conf")
 
 
 def test_asterisklint_accepts_the_dialplan_as_an_install_includes_it(tmp_path: Path) -> None:
@@ -248,6 +231,41 @@ def _all_steps(dialplan: dict[str, list[Step]]) -> list[Step]:
     return [step for steps in dialplan.values() for step in steps]
 
 
+def prefix_guard(after: list[Step]) -> Step:
+    """The GotoIf that sends a target context outside zvonok- away."""
+    found = [
+        step
+        for step in after
+        if step.app == "GotoIf"
+        and f"${{{variables.TARGET_CONTEXT}:" in step.data
+        and CONTEXT_PREFIX in step.data
+    ]
+    assert len(found) == 1, f"one {CONTEXT_PREFIX} prefix check expected, found {found}"
+    return found[0]
+
+
+_VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?::(?P<offset>\d+)(?::(?P<length>\d+))?)?\}")
+
+
+def substitute(text: str, channel: dict[str, str]) -> str:
+    """${NAME} and ${NAME:offset:length} as Asterisk expands them (offsets >= 0 only)."""
+
+    def value(match: re.Match[str]) -> str:
+        start = int(match["offset"] or 0)
+        end = start + int(match["length"]) if match["length"] else None
+        return channel.get(match["name"], "")[start:end]
+
+    return _VARIABLE.sub(value, text)
+
+
+def compare(expression: str) -> bool:
+    """A $["..." = "..."] or $["..." != "..."] string comparison, already substituted."""
+    match = re.fullmatch(r'\$\["([^"]*)" (!?=) "([^"]*)"\]', expression)
+    assert match, f"not a plain string comparison: {expression!r}"
+    left, operator, right = match.groups()
+    return (left == right) == (operator == "=")
+
+
 # ---- the dialplan and the engine agree -----------------------------------------------------------
 
 
@@ -288,10 +306,12 @@ def test_entry_trusts_only_zv_decided_and_an_existing_target(
     go_to_target = ("Goto", f"{TARGET_CONTEXT},{TARGET_EXTEN},1")
 
     checks_decided = [i for i, c in enumerate(conditions) if c and decided.fullmatch(c)]
+    checks_prefix = after.index(prefix_guard(after))
     checks_target = [i for i, c in enumerate(conditions) if c == target_exists]
     goes_to_target = [i for i, step in enumerate(after) if (step.app, step.data) == go_to_target]
     assert checks_decided and checks_target and goes_to_target, after
-    assert checks_decided[0] < checks_target[0] < goes_to_target[0]
+    # The prefix comes before DIALPLAN_EXISTS, whose branch jumps straight to the Goto.
+    assert checks_decided[0] < checks_prefix < checks_target[0] < goes_to_target[0]
 
     # Anything else ends in the engine_error fallback, and the route is logged.
     engine_error = Jump(f"zvonok-fallback-{Fallback.ENGINE_ERROR}", "s", "1")
@@ -306,6 +326,81 @@ def test_entry_trusts_only_zv_decided_and_an_existing_target(
     for step in _all_steps(dialplan):
         if step.app in ("GotoIf", "GosubIf", "ExecIf"):
             assert "AGISTATUS" not in _split_condition(step.data)[0], step
+
+
+@pytest.fixture(scope="module")
+def route_steps(dialplan: dict[str, list[Step]]) -> list[Step]:
+    return steps_after_agi(dialplan, ENTRY_CONTEXT, ENTRY_PATTERNS[0])
+
+
+def test_a_target_context_outside_zvonok_is_logged_and_gets_engine_error(
+    route_steps: list[Step],
+) -> None:
+    _, branches = _split_condition(prefix_guard(route_steps).data)
+    assert ":" not in branches, "the guard's condition being true must mean: refused"
+    labels = [step.label for step in route_steps]
+    refused = route_steps[labels.index(branches) :]
+    assert refused[0].app == "Verbose" and TARGET_CONTEXT in refused[0].data
+    assert refused[1].app == "Goto"
+    assert jumps(refused[1]) == [Jump(f"zvonok-fallback-{Fallback.ENGINE_ERROR}", "s", "1")]
+
+
+@pytest.mark.parametrize(
+    ("context", "refused"),
+    [
+        ("default", True),
+        ("from-internal", True),
+        ("", True),
+        ("zvonok", True),
+        ("zvonok_inbound-support", True),
+        ("x-zvonok-inbound-support", True),
+        ("zvonok-inbound-support", False),
+        ("zvonok-outbound-spring-sale", False),
+        (f"zvonok-fallback-{Fallback.ENGINE_ERROR}", False),
+    ],
+)
+def test_the_prefix_guard_refuses_other_contexts(
+    route_steps: list[Step], context: str, refused: bool
+) -> None:
+    condition, _ = _split_condition(prefix_guard(route_steps).data)
+    channel = {variables.TARGET_CONTEXT: context, variables.TARGET_EXTEN: "s"}
+    assert compare(substitute(condition, channel)) is refused
+
+
+@pytest.mark.parametrize(
+    ("setting", "template"),
+    [
+        ("outbound_context", "from-internal-{campaign}"),
+        ("inbound_context", "{campaign}"),
+        ("fallback_context", "default-{fallback}"),
+    ],
+)
+def test_config_refuses_a_context_template_outside_zvonok(setting: str, template: str) -> None:
+    environ = {f"ZVONOK_DIALPLAN_{setting.upper()}": template}
+    with pytest.raises(ConfigError, match=rf"dialplan\.{setting} must start with zvonok-"):
+        load_settings(environ=environ)
+
+
+@pytest.mark.parametrize(
+    "template", ["zvonok-{x}-{campaign}", "zvonok-{campaign}-{0}", "zvonok-{campaign"]
+)
+def test_config_refuses_a_template_the_engine_could_not_fill(template: str) -> None:
+    environ = {"ZVONOK_DIALPLAN_INBOUND_CONTEXT": template}
+    with pytest.raises(ConfigError, match=r"dialplan\.inbound_context"):
+        load_settings(environ=environ)
+
+
+@pytest.mark.parametrize("config", [None, EXAMPLE_CONFIG], ids=["defaults", "example"])
+def test_config_context_templates_name_contexts_of_this_file(
+    dialplan: dict[str, list[Step]], config: Path | None
+) -> None:
+    templates = load_settings(config, environ={}).dialplan
+    for fallback in Fallback:
+        assert templates.fallback_context.format(fallback=fallback.value) in dialplan
+    for campaign in DEMO_CAMPAIGNS[RouteKind.OUTBOUND]:
+        assert templates.outbound_context.format(campaign=campaign) in dialplan
+    for campaign in DEMO_CAMPAIGNS[RouteKind.INBOUND]:
+        assert templates.inbound_context.format(campaign=campaign) in dialplan
 
 
 def test_only_engine_variable_names_are_used(dialplan: dict[str, list[Step]]) -> None:
@@ -344,7 +439,7 @@ def test_every_jump_lands_in_this_file(dialplan: dict[str, list[Step]]) -> None:
         for jump in jumps(step):
             where = f"line {step.lineno}: {step.app}({step.data})"
             if "${" in jump.context:
-                # The one dynamic jump: the engine's target, checked with DIALPLAN_EXISTS first.
+                # The one dynamic jump: the engine's target, checked (prefix, DIALPLAN_EXISTS).
                 assert jump == Jump(TARGET_CONTEXT, TARGET_EXTEN, "1"), where
                 continue
             assert jump.context in dialplan, where

@@ -26,7 +26,6 @@ import shlex
 import shutil
 import socket
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from asterisk_lint import asterisklint
 from zvonok_agi.config import SECTIONS, load_settings
 
 try:
@@ -388,16 +388,6 @@ def test_the_rendered_secrets_hold_the_environment_and_nothing_else(rendered: Pa
 # ---- extensions.conf: asterisklint, as the container includes the project's dialplan ---------
 
 
-def _asterisklint() -> str:
-    beside_python = Path(sys.executable).parent / "asterisklint"
-    if beside_python.is_file() and os.access(beside_python, os.X_OK):
-        return str(beside_python)
-    found = shutil.which("asterisklint")
-    if found is None:
-        pytest.fail("asterisklint not found: install the test extra (pip install -e '.[test]')")
-    return found
-
-
 def _install_extensions(
     tmp_path: Path, resolve: Resolver, dialplan_text: str | None = None
 ) -> Path:
@@ -426,20 +416,6 @@ def _install_extensions(
     return installed
 
 
-def _lint(command: str, path: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop("ALINT_IGNORE", None)  # nothing is suppressed
-    return subprocess.run(
-        [_asterisklint(), command, str(path)],
-        cwd=path.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_extensions_conf_includes_the_project_dialplan_from_its_mount(resolve: Resolver) -> None:
     text = (ETC / "extensions.conf").read_text("utf-8")
     includes = re.findall(r"^#include\s+(\S+)", text, re.M)
@@ -447,7 +423,7 @@ def test_extensions_conf_includes_the_project_dialplan_from_its_mount(resolve: R
 
 
 def test_asterisklint_accepts_the_lab_dialplan(tmp_path: Path, resolve: Resolver) -> None:
-    result = _lint("dialplan-check", _install_extensions(tmp_path, resolve))
+    result = asterisklint("dialplan-check", _install_extensions(tmp_path, resolve))
     output = (result.stdout + result.stderr).strip()
     assert result.returncode == 0, output
     assert output == ""
@@ -457,7 +433,7 @@ def test_asterisklint_really_follows_the_include(tmp_path: Path, resolve: Resolv
     broken = DIALPLAN.read_text("utf-8") + (
         "\n[zvonok-lint-probe]\nexten => s,1,Goto(zvonok-no-such-context,s,1)\n"
     )
-    result = _lint("dialplan-check", _install_extensions(tmp_path, resolve, broken))
+    result = asterisklint("dialplan-check", _install_extensions(tmp_path, resolve, broken))
     assert result.returncode == 1
     assert "E_DP_GOTO_NOCONTEXT" in result.stdout + result.stderr
 
@@ -679,7 +655,7 @@ def modules() -> set[str]:
 def test_modules_conf_loads_what_the_dialplan_uses(
     tmp_path: Path, resolve: Resolver, modules: set[str]
 ) -> None:
-    result = _lint("modules-show", _install_extensions(tmp_path, resolve))
+    result = asterisklint("modules-show", _install_extensions(tmp_path, resolve))
     assert result.returncode == 0, result.stdout + result.stderr
     needed = set(re.findall(r"^load => (\S+)$", result.stdout, re.M))
     assert {"res_agi.so", "app_playback.so", "func_dialplan.so"} <= needed  # sanity

@@ -227,6 +227,16 @@ def _validate(settings: Settings) -> None:
         template = getattr(templates, name)
         if "{" + key + "}" not in template:
             raise ConfigError(f"dialplan.{name} must contain {{{key}}}")
+        try:
+            template.format(**{key: "x"})
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"dialplan.{name}: {template!r} may hold only {{{key}}} ({exc!r})"
+            ) from exc
+        # The shipped dialplan sends a call only into zvonok- contexts, anything else to
+        # engine_error: refuse such a template at start rather than on every call.
+        if not template.startswith("zvonok-"):
+            raise ConfigError(f"dialplan.{name} must start with zvonok-, got {template!r}")
     if not 0 <= settings.admin.port < 65536:
         raise ConfigError("admin.port must be 0..65535 (0: any free port)")
     if settings.admin.max_body < 1024:
