@@ -17,6 +17,7 @@ from engine_helpers import (
     load,
     running_engine,
 )
+from zvonok_agi.agi.client import FakeChannel, agi_call
 
 # (id, inventory options, attempts, DID, caller, expected ZV_ROUTE, campaign or fallback)
 EXAMPLES = [
@@ -133,3 +134,36 @@ async def test_routing_change_reaches_a_running_engine_without_restart(settings)
                 break
             await asyncio.sleep(0.02)
         assert (await call(engine, RESERVED, CALLER))["ZV_ROUTE"] == "outbound"
+
+
+# Crafted caller IDs: Asterisk writes the caller number raw into the env block.
+CRAFTED_CALLERS = {
+    "newline_injecting_the_did": f"{CALLER}\nagi_extension: {SERVICE}",
+    "newline_alone": f"{CALLER}\nX",
+    "carriage_return": f"{CALLER}\r\nagi_dnid: {SERVICE}",
+    "quotes": f'"{CALLER}"',
+    "4_kb": CALLER * 373,
+    "non_digits": "7916123456x",
+    "dialplan_expression": "${SHELL(id)}",
+}
+
+
+@pytest.mark.parametrize("raw", CRAFTED_CALLERS.values(), ids=CRAFTED_CALLERS.keys())
+async def test_a_crafted_caller_id_is_treated_as_no_caller(settings, raw):
+    # The caller was dialed: a genuine callback would go to the outbound campaign.
+    inventory = base_inventory()
+    inventory["attempts"] = [attempt("spring-sale")]
+    channel = FakeChannel()
+    async with running_engine(settings, inventory) as engine:
+        assert engine.server is not None
+        variables = await agi_call(
+            "127.0.0.1", engine.server.port, RESERVED, raw, channel=channel
+        )
+        genuine = await call(engine, RESERVED, CALLER)
+    assert (variables["ZV_ROUTE"], variables["ZV_CAMPAIGN"]) == ("inbound", "support")
+    assert variables["ZV_DID"] == RESERVED  # never the DID the caller ID tried to inject
+    assert "ZV_CALLER" not in variables
+    assert variables["ZV_DECIDED"] == "1"
+    sent = " ".join(" ".join(words) for words in channel.commands)
+    assert raw not in sent and "SHELL" not in sent and SERVICE not in sent
+    assert (genuine["ZV_ROUTE"], genuine["ZV_CAMPAIGN"]) == ("outbound", "spring-sale")

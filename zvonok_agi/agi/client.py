@@ -49,8 +49,11 @@ def recorded_environment(
 class FakeChannel:
     """The channel variables and replies of one call, as Asterisk would give them."""
 
-    def __init__(self, variables: dict[str, str] | None = None) -> None:
-        self.variables: dict[str, str] = dict(variables or {})
+    def __init__(
+        self, variables: dict[str, str] | None = None, builtins: dict[str, str] | None = None
+    ) -> None:
+        self.variables: dict[str, str] = dict(variables or {})  # what the server set
+        self.builtins: dict[str, str] = dict(builtins or {})  # EXTEN and such, read-only
         self.commands: list[tuple[str, ...]] = []
 
     def answer(self, conn: AsteriskConnection, command: Command) -> bytes:
@@ -64,6 +67,11 @@ class FakeChannel:
             if words[2] in self.variables:
                 return conn.send_reply(200, "1", self.variables[words[2]])
             return conn.send_reply(200, "0")
+        if verb == "GET FULL" and len(words) == 4 and words[2].upper() == "VARIABLE":
+            # Only the plain `${NAME}` form; Asterisk substitutes, an unset name gives "".
+            name = words[3].removeprefix("${").removesuffix("}")
+            value = self.variables.get(name, self.builtins.get(name, ""))
+            return conn.send_reply(200, "1", value)
         if words and words[0].upper() in ("NOOP", "VERBOSE", "EXEC"):
             return conn.send_reply(200, "0")
         return conn.send_reply(510)
@@ -77,9 +85,12 @@ async def agi_call(
     *,
     script: str = "inbound",
     timeout: float = 5.0,
+    channel: FakeChannel | None = None,
 ) -> dict[str, str]:
-    """Play one call against a FastAGI server; the variables it set, once it closed."""
-    channel = FakeChannel()
+    """Play one call against a FastAGI server; the variables it set, once it closed. The
+    caller goes into the env block raw, as Asterisk writes it (line breaks and all)."""
+    channel = channel or FakeChannel()
+    channel.builtins.setdefault("EXTEN", did)  # the AGI runs in the DID's own extension
     conn = AsteriskConnection()
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_connection(host, port)

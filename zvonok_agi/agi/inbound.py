@@ -50,9 +50,13 @@ class InboundRouter:
         started = time.perf_counter()
         assert session.env is not None
         env = session.env
-        did, caller = self.parties(
-            env.get("agi_extension"), env.get("agi_dnid"), env.get("agi_callerid")
-        )
+        if env.tampered:
+            did, caller = await self.did_from_channel(session), None
+            log.warning("env block tampered: caller ignored, DID read from the channel", did=did)
+        else:
+            did, caller = self.parties(
+                env.get("agi_extension"), env.get("agi_dnid"), env.get("agi_callerid")
+            )
         snapshot = self.cache.snapshot
         number = snapshot.numbers.get(did) if did else None
 
@@ -78,6 +82,14 @@ class InboundRouter:
         """The DID (the extension, else the dialed number) and the caller, normalised."""
         did = phone.normalize(extension, self.region) or phone.normalize(dnid, self.region)
         return did, phone.normalize(callerid, self.region)
+
+    async def did_from_channel(self, session: AGISession) -> str | None:
+        """The DID as the channel holds it (the AGI runs in the DID's own extension), for when
+        the env block cannot be believed."""
+        reply = await session.command("GET FULL VARIABLE", "${EXTEN}")
+        if reply.ok and reply.result == "1" and reply.data is not None:
+            return phone.normalize(reply.data, self.region)
+        return None
 
     async def decide(
         self,

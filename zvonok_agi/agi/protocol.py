@@ -109,9 +109,15 @@ NEED_DATA = NeedData.NEED_DATA
 
 @dataclass(frozen=True)
 class Environment:
-    """The env block: known `agi_*` keys only, first occurrence kept, values capped."""
+    """The env block: known `agi_*` keys only, first occurrence kept, values capped.
+
+    `tampered`: a line without ':' or a known key twice. Asterisk writes each value raw, so a
+    caller ID holding a line break writes lines of its own (`agi_extension: ...`); no value of
+    such a block can be trusted to be what it says.
+    """
 
     variables: Mapping[str, str]
+    tampered: bool = False
 
     def get(self, key: str, default: str = "") -> str:
         return self.variables.get(key, default)
@@ -380,6 +386,7 @@ class ServerConnection:
         self._lines = _LineBuffer()
         self._env: dict[str, str] | None = {}  # None once the Environment event is out
         self._env_lines = 0
+        self._env_tampered = False
         self._block: list[str] | None = None  # lines of a multi-line reply being read
         self._closed: Closed | None = None
         self._error: AGIProtocolError | None = None
@@ -480,17 +487,21 @@ class ServerConnection:
         assert env is not None
         if not line:
             self._env = None
-            return Environment(MappingProxyType(env))
+            return Environment(MappingProxyType(env), self._env_tampered)
         self._env_lines += 1
         if self._env_lines > MAX_ENV_LINES:
             raise AGIProtocolError(f"env block longer than {MAX_ENV_LINES} lines")
         key, colon, value = line.partition(":")
         if not colon:
-            raise AGIProtocolError(f"env line without ':': {line[:80]!r}")
+            self._env_tampered = True  # the rest of a value that held a line break
+            return None
         # `agi_accountcode: ` is an empty value: drop the one space after ':' only.
         value = value.removeprefix(" ")
         if key in KNOWN_ENV_KEYS:
-            env.setdefault(key, value[:MAX_ENV_VALUE])
+            if key in env:
+                self._env_tampered = True
+            else:
+                env[key] = value[:MAX_ENV_VALUE]
         return None
 
     def _block_line(self, line: str) -> Reply | None:
