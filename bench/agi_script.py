@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """A classic AGI script, as `AGI(route.py)` runs it: one new process per call, AGI over
 stdin/stdout, standard library only. It does the engine's protocol exchange and nothing else:
-reads the env block, sends one SET VARIABLE per variable (`NAME=value` arguments, from the
+reads the env block, sends the engine's commands for a call (one JSON argument, from the
 benchmark, so that the count and sizes follow the engine), reads each reply, exits.
 
-It imports nothing but `sys` on purpose: real scripts import more (pyst2, re, a DB driver), so
-this is the cheapest process-per-call can be.
+It imports nothing but `sys` and `json` on purpose: real scripts import more (pyst2, re, a DB
+driver), so this is the cheapest process-per-call can be.
 """
 
+import json
 import sys
 
 
@@ -16,7 +17,7 @@ def quote(value):
 
 
 def main():
-    variables = [arg.partition("=")[::2] for arg in sys.argv[1:]]
+    commands = json.loads(sys.argv[1])
     env = {}
     while True:
         line = sys.stdin.readline()
@@ -27,8 +28,8 @@ def main():
             break
         key, _, value = line.partition(":")
         env[key] = value.strip()
-    for name, value in variables:
-        sys.stdout.write(f"SET VARIABLE {quote(name)} {quote(value)}\n")
+    for verb, *args in commands:
+        sys.stdout.write(" ".join([verb, *map(quote, args)]) + "\n")
         sys.stdout.flush()
         if not sys.stdin.readline().startswith("200"):
             return 1

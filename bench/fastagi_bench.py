@@ -80,15 +80,15 @@ DAY = 86400.0
 # --- what the engine sends: the floor and the AGI script send the same ------------------------
 
 
-def engine_variables() -> list[tuple[str, str]]:
-    """The engine's SET VARIABLEs for a typical first callback (names, count, sizes)."""
+def engine_commands() -> list[tuple[str, ...]]:
+    """The engine's commands for a typical first callback (verbs, count, sizes)."""
     dialplan = load_settings(environ={}).dialplan
     router = InboundRouter(None, None, dialplan, 7 * DAY)  # type: ignore[arg-type]
     decision = Decision(
         Route.outbound("acct-0-sale", uuid.UUID(int=0).hex),
         "first callback to outbound campaign acct-0-sale",
     )
-    return router.variables(decision, "74951000000", "79160000000")
+    return router.commands(decision, "74951000000", "79160000000")
 
 
 # --- inventory and call plans ------------------------------------------------------------------
@@ -366,19 +366,19 @@ class AsteriskSide(asyncio.Protocol):
                 return
 
 
-def check(channel: FakeChannel, closed: Closed, call: Call, n_vars: int) -> str:
+def check(channel: FakeChannel, closed: Closed, call: Call, n_commands: int) -> str:
     if not closed.complete:
         return "cut off"
     if channel.variables.get("ZV_DECIDED") != "1":
         return "no decision"
-    if len(channel.commands) > n_vars:  # a first callback sets the most variables
+    if len(channel.commands) > n_commands:  # a first callback sends the most
         return f"{len(channel.commands)} commands"
     if call.expect is not None and channel.variables.get("ZV_ROUTE") != call.expect:
         return "wrong route"
     return ""
 
 
-async def tcp_session(port: int, call: Call, at: float, n_vars: int) -> Result:
+async def tcp_session(port: int, call: Call, at: float, n_commands: int) -> Result:
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
     env = recorded_environment(call.did, call.caller, "inbound", HOST, port)
@@ -398,7 +398,7 @@ async def tcp_session(port: int, call: Call, at: float, n_vars: int) -> Result:
             done.cancel()  # nobody waits for it any more
         if transport is not None:
             transport.close()
-    error = check(side.channel, closed, call, n_vars)
+    error = check(side.channel, closed, call, n_commands)
     return Result(None if error else end - at, error, end)
 
 
@@ -410,7 +410,7 @@ def local_environment(call: Call, script: str) -> dict[str, str]:
     return env
 
 
-async def agi_session(argv: list[str], call: Call, at: float, n_vars: int) -> Result:
+async def agi_session(argv: list[str], call: Call, at: float, n_commands: int) -> Result:
     loop = asyncio.get_running_loop()
     proc = None
     try:
@@ -444,7 +444,7 @@ async def agi_session(argv: list[str], call: Call, at: float, n_vars: int) -> Re
                 proc.kill()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proc.wait(), 2.0)
-    error = check(channel, event, call, n_vars) or (f"exit {code}" if code else "")
+    error = check(channel, event, call, n_commands) or (f"exit {code}" if code else "")
     return Result(None if error else end - at, error, end)
 
 
@@ -559,7 +559,7 @@ class Plan:
 
 
 async def run_engine(name: str, plan: Plan, calls: list[Call], warm: list[Call],
-                     redis: EmbeddedRedis, tmp: Path, level: str, n_vars: int,
+                     redis: EmbeddedRedis, tmp: Path, level: str, n_commands: int,
                      profile: Path | None = None) -> Row:
     if not redis.is_serving():
         raise RuntimeError(f"redis-server at {redis.url} is not answering: cannot run {name}")
@@ -575,7 +575,7 @@ async def run_engine(name: str, plan: Plan, calls: list[Call], warm: list[Call],
         size = log.stat().st_size
         redis_pid = redis._process.pid if redis._process else 0
         row = Row(name, plan.rate, plan.duration)
-        await measure(row, lambda c, at: tcp_session(port, c, at, n_vars), warm, calls,
+        await measure(row, lambda c, at: tcp_session(port, c, at, n_commands), warm, calls,
                       lambda: (cpu_seconds(proc.pid), cpu_seconds(redis_pid)))
         lines = log.read_bytes()[size:].splitlines() if log.exists() else []
         row.note = f"log level {level}: {len(lines) / max(len(row.outcomes), 1):.1f} lines/call"
@@ -589,28 +589,29 @@ async def run_engine(name: str, plan: Plan, calls: list[Call], warm: list[Call],
 
 
 async def run_floor(plan: Plan, calls: list[Call], warm: list[Call], tmp: Path,
-                    variables: list[tuple[str, str]]) -> Row:
+                    commands: list[tuple[str, ...]], profile: Path | None = None) -> Row:
     port = free_port()
     log = tmp / "floor.log"
-    proc = spawn([sys.executable, str(BENCH / "floor_server.py"), str(port),
-                  json.dumps(variables)], child_env(), log)
+    python = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
+    proc = spawn([*python, str(BENCH / "floor_server.py"), str(port),
+                  json.dumps(commands)], child_env(), log)
     try:
         await wait_listening(proc, port, log)
         row = Row("floor", plan.rate, plan.duration, "no store, no logic")
-        return await measure(row, lambda c, at: tcp_session(port, c, at, len(variables)),
+        return await measure(row, lambda c, at: tcp_session(port, c, at, len(commands)),
                              warm, calls, lambda: (cpu_seconds(proc.pid),))
     finally:
         stop(proc)
 
 
 async def run_agi(plan: Plan, calls: list[Call], warm: list[Call],
-                  variables: list[tuple[str, str]]) -> Row:
-    argv = [sys.executable, str(BENCH / "agi_script.py"), *(f"{n}={v}" for n, v in variables)]
+                  commands: list[tuple[str, ...]]) -> Row:
+    argv = [sys.executable, str(BENCH / "agi_script.py"), json.dumps(commands)]
     note = "new python3 per call"
     if plan.agi_rate < plan.rate:
         note += f"; offered {plan.agi_rate:g}/s, not {plan.rate:g}/s"
     row = Row("process-per-call", plan.agi_rate, plan.duration, note)
-    await measure(row, lambda c, at: agi_session(argv, c, at, len(variables)),
+    await measure(row, lambda c, at: agi_session(argv, c, at, len(commands)),
                   warm, calls, lambda: (children_cpu(),))
     if plan.agi_rate < plan.rate and row.ok:
         cores = plan.rate * row.cpu_per_call / 1000
@@ -732,8 +733,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(TARGETS),
                    help=f"comma-separated subset of {','.join(TARGETS)}")
     p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="run the engine under cProfile and print its N costliest functions "
-                   "(the table's engine figures are then inflated by the profiler)")
+                   help="run the servers (engine, floor) under cProfile and print their N "
+                   "costliest functions (the table's figures are then inflated by the profiler)")
     p.add_argument("--csv", metavar="FILE",
                    help="also write every measured session: target, scheduled offset (s), "
                    "latency (ms), error")
@@ -753,7 +754,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def amain(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis | None) -> int:
     plan = Plan(args.rate, args.agi_rate, args.duration, args.warmup)
-    variables = engine_variables()
+    commands = engine_commands()
     pop = Population()
     n_run, n_warm = int(plan.rate * plan.duration), int(plan.rate * plan.warmup)
     engine_runs = {}
@@ -771,21 +772,21 @@ async def amain(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis | None
     profiles: list[tuple[str, Path]] = []
     for name in args.only:
         print(f"running {name} ...", file=sys.stderr)
+        profile = tmp / f"{name}.prof" if args.profile and name != "process-per-call" else None
+        if profile is not None:
+            profiles.append((name, profile))
         if name == "floor":
             rows.append(await run_floor(plan, pop.plain_calls(n_run), pop.plain_calls(n_warm),
-                                        tmp, variables))
+                                        tmp, commands, profile))
         elif name in engine_runs:
             warm, calls = engine_runs[name]
             level = "info" if name == "engine+info" else "warning"
-            profile = tmp / f"{name}.prof" if args.profile else None
             rows.append(await run_engine(name, plan, calls, warm, redis, tmp, level,
-                                         len(variables), profile))
-            if profile is not None:
-                profiles.append((name, profile))
+                                         len(commands), profile))
         else:
             n_agi = int(plan.agi_rate * plan.duration)
             warm = pop.plain_calls(int(plan.agi_rate * plan.warmup))
-            rows.append(await run_agi(plan, pop.plain_calls(n_agi), warm, variables))
+            rows.append(await run_agi(plan, pop.plain_calls(n_agi), warm, commands))
     rows.sort(key=lambda r: TARGETS.index(r.name))
     report(rows, plan)
     if args.csv:

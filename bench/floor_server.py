@@ -1,10 +1,10 @@
 """The floor: the smallest asyncio FastAGI server that does the engine's protocol exchange.
 
-Reads the env block, sends one SET VARIABLE per variable the engine sets (the names and
-sample values come from the benchmark as JSON, so that the count and the byte sizes follow
-the engine), reads each reply, closes. No store, no routing, no logging; standard library only.
+Reads the env block, sends the commands the engine sends for a call (they come from the
+benchmark as JSON, so that the count and the byte sizes follow the engine), reads each reply,
+closes. No store, no routing, no logging; standard library only.
 
-    python bench/floor_server.py PORT VARIABLES_JSON
+    python bench/floor_server.py PORT COMMANDS_JSON
 """
 
 from __future__ import annotations
@@ -21,8 +21,13 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-async def main(port: int, variables: list[tuple[str, str]]) -> None:
-    commands = [f"SET VARIABLE {_quote(n)} {_quote(v)}\n".encode() for n, v in variables]
+def encode(words: list[str]) -> bytes:
+    verb, *args = words
+    return (" ".join([verb, *map(_quote, args)]) + "\n").encode()
+
+
+async def main(port: int, commands_words: list[list[str]]) -> None:
+    commands = [encode(words) for words in commands_words]
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -53,4 +58,4 @@ async def main(port: int, variables: list[tuple[str, str]]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), [tuple(pair) for pair in json.loads(sys.argv[2])]))
+    asyncio.run(main(int(sys.argv[1]), json.loads(sys.argv[2])))

@@ -4,6 +4,7 @@ plays them. Every example of routing-rules.md goes through the server here."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -17,7 +18,8 @@ from engine_helpers import (
     load,
     running_engine,
 )
-from zvonok_agi.agi.client import FakeChannel, agi_call
+from zvonok_agi.agi import variables as var
+from zvonok_agi.agi.client import FakeChannel, agi_call, separate_args
 
 # (id, inventory options, attempts, DID, caller, expected ZV_ROUTE, campaign or fallback)
 EXAMPLES = [
@@ -167,3 +169,70 @@ async def test_a_crafted_caller_id_is_treated_as_no_caller(settings, raw):
     sent = " ".join(" ".join(words) for words in channel.commands)
     assert raw not in sent and "SHELL" not in sent and SERVICE not in sent
     assert (genuine["ZV_ROUTE"], genuine["ZV_CAMPAIGN"]) == ("outbound", "spring-sale")
+
+
+# --- how the variables reach Asterisk ----------------------------------------------------------
+
+
+async def first_callback(settings, channel: FakeChannel) -> dict[str, str]:
+    inventory = base_inventory()
+    inventory["attempts"] = [attempt("spring-sale")]
+    async with running_engine(settings, inventory) as engine:
+        assert engine.server is not None
+        return await agi_call("127.0.0.1", engine.server.port, RESERVED, CALLER, channel=channel)
+
+
+def but_the_attempt(variables: dict[str, str]) -> dict[str, str]:
+    """Each run loads its own attempt (a new id): the rest must be equal."""
+    return {name: value for name, value in variables.items() if name != "ZV_ATTEMPT"}
+
+
+async def test_variables_go_in_one_mset_checked_by_reading_decided_back(settings):
+    batched, one_by_one = FakeChannel(), FakeChannel()
+    variables = await first_callback(settings, batched)
+    off = replace(settings, agi=replace(settings.agi, batch_variables=False))
+    assert but_the_attempt(await first_callback(off, one_by_one)) == but_the_attempt(variables)
+    verbs = [" ".join(words[:2]) for words in batched.commands]
+    assert verbs == ["EXEC MSet", "GET VARIABLE"]  # all of them, then the check
+    assert batched.commands[0][2].endswith(",ZV_DECIDED=1")
+    assert batched.commands[1][2] == "ZV_DECIDED"
+    assert {words[2] for words in one_by_one.commands} == set(variables)
+    assert one_by_one.commands[-1][2:] == ("ZV_DECIDED", "1")
+    assert (variables["ZV_ROUTE"], variables["ZV_CAMPAIGN"]) == ("outbound", "spring-sale")
+
+
+async def test_an_asterisk_that_reads_mset_otherwise_gets_every_variable_one_by_one(settings):
+    # res_agi 1.4 compatibility makes MSet's commas literal: one variable holding everything.
+    compat, plain = FakeChannel(compat_res_agi=True), FakeChannel()
+    variables = await first_callback(settings, compat)
+    expected = await first_callback(settings, plain)
+    assert but_the_attempt(variables) == but_the_attempt(expected)
+    assert [" ".join(w[:2]) for w in compat.commands[:2]] == ["EXEC MSet", "GET VARIABLE"]
+    assert compat.commands[-1][2:] == ("ZV_DECIDED", "1")  # set one by one, last
+
+
+def test_values_mset_could_misread_are_set_on_their_own_before_the_batch():
+    values = [
+        ("ZV_ROUTE", "inbound"),
+        ("ZV_REASON", 'store unavailable (ConnectionError); "x", y=z\\'),
+        ("ZV_TARGET_CONTEXT", "zvonok-inbound-support"),
+        ("ZV_DECIDED", "1"),
+    ]
+    assert var.batched(values) == [
+        ("SET VARIABLE", "ZV_REASON", 'store unavailable (ConnectionError); "x", y=z\\'),
+        ("EXEC", "MSet", "ZV_ROUTE=inbound,ZV_TARGET_CONTEXT=zvonok-inbound-support,ZV_DECIDED=1"),
+        ("GET VARIABLE", "ZV_DECIDED"),
+    ]
+    assert var.batched(values[:1] + values[-1:]) is None  # two: no gain
+    assert var.batched([("ZV_REASON", "x," * 500), *values]) is not None  # long ones go alone
+    assert var.batched([("ZV_ROUTE", "y" * 1000), *values]) is None  # too long for one line
+
+
+def test_the_fake_channel_splits_mset_as_asterisk_does():
+    assert separate_args('A=1,B="2,3",C=(4,5),D=6\\,7', ",", remove_chars=True, limit=99) == [
+        "A=1", "B=2,3", "C=(4,5)", "D=6,7"
+    ]
+    assert separate_args("C=x=y", "=", remove_chars=False, limit=2) == ["C", "x=y"]
+    channel = FakeChannel(compat_res_agi=True)
+    channel._mset("A=1,B=2")
+    assert channel.variables == {"A": "1,B=2"}

@@ -89,6 +89,7 @@ class Engine:
                 s.dialplan,
                 s.routing.callback_window,
                 region=s.routing.default_region,
+                batch=s.agi.batch_variables,
             )
             config = ServerConfig(
                 host=s.agi.host,

@@ -28,6 +28,9 @@ class AgiSettings:
     session_deadline: float = 3.0
     # How long SIGTERM lets in-flight sessions finish before ending them with a fallback route.
     drain_deadline: float = 5.0
+    # Set the route's variables with one EXEC MSet, checked by reading ZV_DECIDED back (else
+    # one SET VARIABLE each): 3 round trips to Asterisk instead of 9.
+    batch_variables: bool = True
 
 
 @dataclass(frozen=True)

@@ -50,10 +50,16 @@ class FakeChannel:
     """The channel variables and replies of one call, as Asterisk would give them."""
 
     def __init__(
-        self, variables: dict[str, str] | None = None, builtins: dict[str, str] | None = None
+        self,
+        variables: dict[str, str] | None = None,
+        builtins: dict[str, str] | None = None,
+        *,
+        compat_res_agi: bool = False,
     ) -> None:
         self.variables: dict[str, str] = dict(variables or {})  # what the server set
         self.builtins: dict[str, str] = dict(builtins or {})  # EXTEN and such, read-only
+        # asterisk.conf `[compat] res_agi = 1.4`: EXEC turns ',' into '\,' and '|' into ','.
+        self.compat_res_agi = compat_res_agi
         self.commands: list[tuple[str, ...]] = []
 
     def answer(self, conn: AsteriskConnection, command: Command) -> bytes:
@@ -72,9 +78,61 @@ class FakeChannel:
             name = words[3].removeprefix("${").removesuffix("}")
             value = self.variables.get(name, self.builtins.get(name, ""))
             return conn.send_reply(200, "1", value)
+        if verb == "EXEC MSET":
+            self._mset(words[2] if len(words) > 2 else "")
+            return conn.send_reply(200, "0")
         if words and words[0].upper() in ("NOOP", "VERBOSE", "EXEC"):
             return conn.send_reply(200, "0")
         return conn.send_reply(510)
+
+    def _mset(self, data: str) -> None:
+        """res_agi.c handle_exec, then pbx_variables.c pbx_builtin_setvar_multiple."""
+        if self.compat_res_agi:
+            data = data.replace(",", "\\,").replace("|", ",")
+        for pair in separate_args(data, ",", remove_chars=True, limit=99):
+            parts = separate_args(pair, "=", remove_chars=False, limit=2)
+            if len(parts) == 2:
+                self.variables[parts[0]] = parts[1]
+
+
+def separate_args(data: str, delim: str, *, remove_chars: bool, limit: int) -> list[str]:
+    """main/app.c __ast_app_separate_args: split at `delim` outside (), [] and quotes; with
+    `remove_chars` quotes and backslashes are dropped (a backslash keeps the next character);
+    the last of `limit` arguments takes the rest."""
+    args: list[str] = []
+    i = 0
+    while i < len(data) and len(args) < limit - 1:
+        current: list[str] = []
+        paren = bracket = 0
+        quoted = False
+        while i < len(data):
+            char = data[i]
+            i += 1
+            if char == "(":
+                paren += 1
+            elif char == ")":
+                paren = max(paren - 1, 0)
+            elif char == "[":
+                bracket += 1
+            elif char == "]":
+                bracket = max(bracket - 1, 0)
+            elif char == '"' and delim != '"':
+                quoted = not quoted
+                if remove_chars:
+                    continue
+            elif char == "\\":
+                if i < len(data):
+                    if not remove_chars:
+                        current.append(char)
+                    char = data[i]
+                    i += 1
+            elif char == delim and not (paren or bracket or quoted):
+                break
+            current.append(char)
+        args.append("".join(current))
+    if i < len(data):
+        args.append(data[i:])
+    return args
 
 
 async def agi_call(

@@ -38,6 +38,7 @@ class InboundRouter:
         window: float,
         region: str = phone.DEFAULT_REGION,
         clock: Callable[[], float] = time.time,
+        batch: bool = True,
     ) -> None:
         self.cache = cache
         self.history = history
@@ -45,6 +46,7 @@ class InboundRouter:
         self.window = window
         self.region = region
         self.clock = clock
+        self.batch = batch  # set the variables with one EXEC MSet (see variables.batched)
 
     async def __call__(self, session: AGISession) -> None:
         started = time.perf_counter()
@@ -130,8 +132,22 @@ class InboundRouter:
     async def send(
         self, session: AGISession, decision: Decision, did: str | None, caller: str | None
     ) -> None:
-        for name, value in self.variables(decision, did, caller):
-            await session.set_variable(name, value)
+        values = self.variables(decision, did, caller)
+        if self.batch and (commands := var.batched(values)) is not None:
+            for command in commands:
+                reply = await session.command(*command)
+            if reply.result == "1" and reply.data == "1":  # DECIDED read back
+                return
+            log.warning("MSet did not set the variables; setting them one by one")
+        for command in var.one_by_one(values):
+            await session.command(*command)
+
+    def commands(
+        self, decision: Decision, did: str | None, caller: str | None
+    ) -> list[var.Command]:
+        """What `send` says to Asterisk for a decision (when MSet works)."""
+        values = self.variables(decision, did, caller)
+        return (self.batch and var.batched(values)) or var.one_by_one(values)
 
     def variables(
         self, decision: Decision, did: str | None, caller: str | None
