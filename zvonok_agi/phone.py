@@ -13,6 +13,8 @@ DEFAULT_REGION = "RU"
 MAX_RAW_LENGTH = 40
 # What a written phone number may contain; anything else (letters, `<`, `;`) is not a number.
 PHONE_CHARACTERS = re.compile(r"^\+?[0-9 ().-]+$")
+# +7 and ten digits: a possible Russian (or Kazakh) number as it stands, no parsing needed.
+PLAIN_PLUS_SEVEN = re.compile(r"\+7[0-9]{10}")
 
 
 @functools.lru_cache(maxsize=8192)
@@ -26,6 +28,8 @@ def normalize(raw: str | None, region: str = DEFAULT_REGION) -> str | None:
         return None
     if region == "RU":
         text = _russian_prefix(text)
+        if PLAIN_PLUS_SEVEN.fullmatch(text):
+            return text[1:]
     try:
         parsed = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:

@@ -374,6 +374,15 @@ class _LineBuffer:
         self._pos = end
         return line
 
+    def pop_through(self, marker: bytes, window: int) -> bytes | None:
+        """Everything up to and including `marker` if it is within `window` bytes; else None."""
+        end = self._buf.find(marker, self._pos, self._pos + window)
+        if end == -1:
+            return None
+        block = bytes(self._buf[self._pos : end + len(marker)])
+        self._pos = end + len(marker)
+        return block
+
     @property
     def partial(self) -> bool:
         return len(self._buf) > self._pos
@@ -414,6 +423,8 @@ class ServerConnection:
         if self._closed is not None:
             return self._closed
         try:
+            if self._env is not None and (env := self._whole_env_block()) is not None:
+                return env
             while (line := self._next_line()) is not None:
                 event = self._handle_line(line)
                 if event is not None:
@@ -447,6 +458,22 @@ class ServerConnection:
     def _fail(self, message: str) -> NoReturn:
         self._error = AGIProtocolError(message)
         raise self._error
+
+    def _whole_env_block(self) -> Environment | None:
+        """The env block in one go when it is all here, as Asterisk sends it (one write);
+        else None, and it is read line by line."""
+        block = self._lines.pop_through(b"\n\n", (MAX_ENV_LINES + 1) * 128)
+        if block is None:
+            return None
+        for raw in block.split(b"\n")[:-1]:  # the last line is the empty one
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            if len(raw) > MAX_LINE:
+                raise AGIProtocolError(f"line longer than {MAX_LINE} bytes")
+            event = self._env_line(raw.decode("utf-8", "replace"))
+            if event is not None:
+                return event
+        raise AssertionError("an env block ends with an empty line")
 
     def _next_line(self) -> str | None:
         raw = self._lines.pop(MAX_LINE + 2)  # room for "\r\n"

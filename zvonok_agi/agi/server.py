@@ -23,6 +23,8 @@ from .session import AGIClosed, AGISession
 
 log = structlog.get_logger(__name__)
 
+MAX_VERDICTS = 1024  # peer hosts whose allowlist verdict is remembered
+
 Handler = Callable[[AGISession], Awaitable[None]]
 Fallback = Callable[[AGISession, str], Awaitable[None]]
 
@@ -58,6 +60,7 @@ class FastAGIServer:
         self.fallback = fallback
         self.config = config
         self.allowed = [ipaddress.ip_network(entry, strict=False) for entry in config.allow]
+        self._verdicts: dict[str, bool] = {}  # peer host -> allowed (a few Asterisk boxes)
         self._server: asyncio.Server | None = None
         self._live: dict[int, _Live] = {}
         self._ids = itertools.count(1)
@@ -180,6 +183,14 @@ class FastAGIServer:
             log.warning("fallback route not sent", error=repr(exc))
 
     def _is_allowed(self, host: str) -> bool:
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            if len(self._verdicts) >= MAX_VERDICTS:  # a scan from many hosts: start afresh
+                self._verdicts.clear()
+            verdict = self._verdicts[host] = self._check_peer(host)
+        return verdict
+
+    def _check_peer(self, host: str) -> bool:
         try:
             address = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:

@@ -76,7 +76,8 @@ class AGISession:
             return
         self.writer.close()
         try:
-            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+            async with asyncio.timeout(1.0):  # not wait_for: it costs a task per session
+                await self.writer.wait_closed()
         except (OSError, TimeoutError):
             pass
 
