@@ -32,15 +32,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import functools
 import json
 import math
 import os
 import random
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,9 +45,10 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from local_servers import HOST, die_with_parent, free_port, start_redis
 from zvonok_agi.agi.client import FakeChannel, recorded_environment
 from zvonok_agi.agi.inbound import InboundRouter
 from zvonok_agi.agi.protocol import NEED_DATA, AsteriskConnection, Closed, Command
@@ -66,7 +64,6 @@ from zvonok_agi.store.routing_data import RoutingData
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
-HOST = "127.0.0.1"
 KEY_PREFIX = "bench:"
 SESSION_TIMEOUT = 5.0  # per session, from its scheduled start (the engine's deadline is 3 s)
 START_TIMEOUT = 15.0  # a server process must listen within this
@@ -185,15 +182,17 @@ class Population:
         ]
 
 
-async def load_store(url: str, attempts: list[Attempt], now: float) -> None:
+async def load_store(url: str, attempts: list[Attempt], now: float,
+                     with_inventory: bool = True) -> None:
     settings = load_settings(environ={})
     client = redis_client(url, settings)
     try:
         window = settings.routing.callback_window
         history = CallbackHistory(client, KEY_PREFIX, window)
         async with asyncio.timeout(60):
-            await load_inventory(parse_inventory(inventory(), now),
-                                 RoutingData(client, KEY_PREFIX), history, now)
+            if with_inventory:
+                await load_inventory(parse_inventory(inventory(), now),
+                                     RoutingData(client, KEY_PREFIX), history, now)
             for start in range(0, len(attempts), 64):
                 await asyncio.gather(*(history.record(a, now) for a in attempts[start:start + 64]))
     finally:
@@ -205,32 +204,17 @@ async def load_store(url: str, attempts: list[Attempt], now: float) -> None:
 _children: list[subprocess.Popen] = []
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the benchmark dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def spawn(argv: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, env=dict(env), stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=out,
-                                preexec_fn=_die_with_parent)  # noqa: PLW1509 (no threads here)
+                                preexec_fn=die_with_parent)  # noqa: PLW1509 (no threads here)
     _children.append(proc)
     return proc
 
 
-def start_redis(data_dir: Path) -> EmbeddedRedis:
-    """EmbeddedRedis on a free port; its redis-server, too, dies with the benchmark even when
-    the benchmark is SIGKILLed (its Popen gets the same pre-exec hook as our children)."""
-    redis = EmbeddedRedis(data_dir, port=free_port())
-    popen = subprocess.Popen
-    subprocess.Popen = functools.partial(popen, preexec_fn=_die_with_parent)  # type: ignore[misc]
-    try:
-        redis.start(timeout=10)
-    finally:
-        subprocess.Popen = popen  # type: ignore[misc]
-    return redis
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -257,10 +241,6 @@ def child_env(**settings: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
 
 
 async def wait_listening(proc: subprocess.Popen, port: int, log: Path) -> None:
@@ -556,6 +536,7 @@ class Plan:
     agi_rate: float
     duration: float
     warmup: float
+    redis_aof: bool = False
 
 
 async def run_engine(name: str, plan: Plan, calls: list[Call], warm: list[Call],
@@ -619,6 +600,74 @@ async def run_agi(plan: Plan, calls: list[Call], warm: list[Call],
     return row
 
 
+# --- top rate --------------------------------------------------------------------------------
+#
+# The highest offered rate a target sustains: the rate goes up a step at a time, each step on
+# a freshly started server, until a step does not hold.
+
+TOP_STEP = 1.25  # each step offers this much more
+TOP_MAX_P99_MS = 100.0  # a step holds if 99 % of its sessions end within this ...
+TOP_MIN_DONE = 0.97  # ... it completes this share of the offered rate, and nothing fails
+TOP_DURATION, TOP_WARMUP = 3.0, 1.0
+TOP_TRIES = 2  # a step that does not hold is run once more: one stall of a shared machine
+TOP_PAUSE = 3.0  # seconds between targets: the last step of one leaves the machine loaded
+TOP_CEILING = 20_000.0
+
+
+def holds(row: Row) -> bool:
+    return (not row.errors and row.throughput >= TOP_MIN_DONE * row.rate
+            and row.pct(0.99) <= TOP_MAX_P99_MS)
+
+
+async def climb(start: float, step: Callable[[float], Awaitable[Row]]) -> list[Row]:
+    """Rows of each step, up to the first that does not hold."""
+    rows: list[Row] = []
+    rate = start
+    while rate <= TOP_CEILING:
+        for _ in range(TOP_TRIES):
+            print(f"  {rate:.0f}/s ...", file=sys.stderr)
+            row = await step(rate)
+            if holds(row):
+                break
+        rows.append(row)
+        if not holds(row):
+            break
+        rate *= TOP_STEP
+    return rows
+
+
+def top_rate(rows: list[Row]) -> Row | None:
+    held = [r for r in rows if holds(r)]
+    return held[-1] if held else None
+
+
+def report_top(ladders: dict[str, list[Row]], plan: Plan) -> None:
+    print(f"\nTop rate: each step {TOP_DURATION:g} s after {TOP_WARMUP:g} s warm-up on a fresh "
+          f"server, x{TOP_STEP:g} per step, tried up to {TOP_TRIES} times; a step holds with no "
+          f"error, >= {TOP_MIN_DONE:.0%} of the offered rate done and p99 <= "
+          f"{TOP_MAX_P99_MS:g} ms. {os.cpu_count()} CPUs, "
+          f"Redis: {'append-only file' if plan.redis_aof else 'no append-only file'}")
+    head = f"{'target':<17}{'top/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'srv CPU':>9}  next step"
+    print(head)
+    print("-" * len(head))
+    tops = {}
+    for name, rows in ladders.items():
+        top = tops[name] = top_rate(rows)
+        failed = rows[-1] if rows and not holds(rows[-1]) else None
+        after = "" if failed is None else (
+            f"{failed.rate:.0f}/s: done {failed.throughput:.0f}/s, p99 {failed.pct(0.99):.1f} ms,"
+            f" {sum(failed.errors.values())} errors"
+            + "".join(f", {n} x {error}" for error, n in failed.errors.most_common(2)))
+        if top is None:
+            print(f"{name:<17}{'-':>8}{'':>27}  {after}")
+        else:
+            print(f"{name:<17}{top.rate:>8.0f}{top.pct(0.5):>9.2f}{top.pct(0.99):>9.2f}"
+                  f"{top.cpu_per_call:>9.2f}  {after}")
+    for a, b in (("engine", "floor"), ("engine", "process-per-call")):
+        if tops.get(a) and tops.get(b):
+            print(f"  {a} / {b} top rate: x{tops[a].rate / tops[b].rate:.2f}")
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -632,8 +681,9 @@ def report(rows: list[Row], plan: Plan) -> None:
     head = (f"{'target':<17}{'offered/s':>10}{'done/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
             f"{'max ms':>9}{'errors':>8}{'srv CPU':>9}{'gen CPU':>9}{'others':>8}  note")
     print()
+    aof = "append-only file, fsync every second" if plan.redis_aof else "no append-only file"
     print(f"FastAGI benchmark: {plan.duration:g} s per target after {plan.warmup:g} s warm-up, "
-          f"open loop, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+          f"open loop, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; Redis: {aof}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -740,6 +790,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "latency (ms), error")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2 s per target, 0.3 s warm-up")
+    p.add_argument("--top", action="store_true",
+                   help="find each target's top rate instead (steps up from --rate, from "
+                   "--agi-rate for process-per-call; engine+info is left out)")
+    p.add_argument("--redis-aof", action="store_true",
+                   help="give the benchmark's Redis the append-only file the embedded store has "
+                   "(off by default: the machine's disk fsync stalls then show as engine latency)")
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 2.0, 0.3
@@ -753,7 +809,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def amain(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis | None) -> int:
-    plan = Plan(args.rate, args.agi_rate, args.duration, args.warmup)
+    plan = Plan(args.rate, args.agi_rate, args.duration, args.warmup, args.redis_aof)
     commands = engine_commands()
     pop = Population()
     n_run, n_warm = int(plan.rate * plan.duration), int(plan.rate * plan.warmup)
@@ -768,6 +824,8 @@ async def amain(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis | None
         print(f"store: {ACCOUNTS * NUMBERS_PER_ACCOUNT} reserved numbers, {3 * ACCOUNTS} "
               f"campaigns, {len(pop.attempts)} attempts loaded in "
               f"{time.monotonic() - started:.1f} s", file=sys.stderr)
+    if args.top:
+        return await amain_top(args, plan, pop, tmp, redis, commands)
     rows: list[Row] = []
     profiles: list[tuple[str, Path]] = []
     for name in args.only:
@@ -796,6 +854,47 @@ async def amain(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis | None
     return 1 if any(r.errors for r in rows) else 0
 
 
+async def amain_top(args: argparse.Namespace, plan: Plan, pop: Population, tmp: Path,
+                    redis: EmbeddedRedis | None, commands: list[tuple[str, ...]]) -> int:
+    ladders: dict[str, list[Row]] = {}
+
+    def at(rate: float) -> Plan:
+        return replace(plan, rate=rate, agi_rate=rate, duration=TOP_DURATION, warmup=TOP_WARMUP)
+
+    def counts(rate: float) -> tuple[int, int]:
+        return int(rate * TOP_DURATION), int(rate * TOP_WARMUP)
+
+    async def floor_step(rate: float) -> Row:
+        n, warm = counts(rate)
+        return await run_floor(at(rate), pop.plain_calls(n), pop.plain_calls(warm), tmp,
+                               commands)
+
+    async def engine_step(rate: float) -> Row:
+        assert redis is not None
+        n, warm = counts(rate)
+        first = len(pop.attempts)
+        warm_calls, calls = pop.engine_calls(warm), pop.engine_calls(n)
+        await load_store(redis.url, pop.attempts[first:], pop.now, with_inventory=False)
+        return await run_engine("engine", at(rate), calls, warm_calls, redis, tmp, "warning",
+                                len(commands))
+
+    async def agi_step(rate: float) -> Row:
+        n, warm = counts(rate)
+        return await run_agi(at(rate), pop.plain_calls(n), pop.plain_calls(warm), commands)
+
+    steps = {"floor": (floor_step, plan.rate), "engine": (engine_step, plan.rate),
+             "process-per-call": (agi_step, plan.agi_rate)}
+    for name in args.only:
+        if name in steps:
+            if ladders:
+                await asyncio.sleep(TOP_PAUSE)
+            print(f"climbing {name} ...", file=sys.stderr)
+            step, start = steps[name]
+            ladders[name] = await climb(start, step)
+    report_top(ladders, plan)
+    return 1 if any(top_rate(rows) is None for rows in ladders.values()) else 0
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -811,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
         redis = None
         try:
             if {"engine", "engine+info"} & set(args.only):
-                redis = start_redis(Path(tmp) / "redis")
+                redis = start_redis(Path(tmp) / "redis", aof=args.redis_aof)
             return asyncio.run(amain(args, Path(tmp), redis))
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

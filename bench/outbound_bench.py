@@ -29,12 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import functools
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
+from local_servers import HOST, die_with_parent, start_redis
 from zvonok_agi.ami.client import AMIClient
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import OutboundSettings, load_settings
@@ -60,10 +58,8 @@ from zvonok_agi.store.routing_data import RoutingData, RoutingSnapshot
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-HOST = "127.0.0.1"
 KEY_PREFIX = "obench:"
 GOAL_P99_MS = 1.0
-START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 RUN_TIMEOUT = 60.0  # one runner phase; the whole run is bounded by these
 
@@ -129,27 +125,10 @@ def callees(n: int, rng: random.Random) -> list[str]:
 # --- child processes and cleanup ---------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In a child: SIGTERM when the benchmark dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
 
 
-def start_redis(data_dir: Path) -> EmbeddedRedis:
-    redis = EmbeddedRedis(data_dir, port=free_port())
-    popen = subprocess.Popen
-    subprocess.Popen = functools.partial(popen, preexec_fn=_die_with_parent)  # type: ignore[misc]
-    try:
-        redis.start(timeout=START_TIMEOUT)
-    finally:
-        subprocess.Popen = popen  # type: ignore[misc]
-    return redis
 
 
 def start_fake_peer() -> tuple[subprocess.Popen[str], int]:
@@ -164,7 +143,7 @@ def start_fake_peer() -> tuple[subprocess.Popen[str], int]:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads yet)
+        preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads yet)
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()

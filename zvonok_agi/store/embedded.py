@@ -52,9 +52,12 @@ class EmbeddedRedis:
     (the test suite uses that to stop and restart a real server).
     """
 
-    def __init__(self, data_dir: str | Path, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: str | Path, port: int | None = None, *, append_only: bool = True
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
+        self.append_only = append_only  # False (benchmarks only): nothing survives a restart
         self._process: subprocess.Popen[bytes] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -148,7 +151,7 @@ class EmbeddedRedis:
         lines = [
             f'dir "{self.data_dir}"',
             "daemonize no",
-            "appendonly yes",
+            f"appendonly {'yes' if self.append_only else 'no'}",
             "appendfsync everysec",
             'save ""',
             "loglevel warning",

@@ -1,0 +1,42 @@
+"""What both benchmarks start: free loopback ports and their own redis-server, each dying with
+the benchmark even when it is SIGKILLed."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+from zvonok_agi.store.embedded import EmbeddedRedis
+
+HOST = "127.0.0.1"
+REDIS_START_TIMEOUT = 15.0
+
+
+def die_with_parent() -> None:
+    """In a child, before exec: SIGTERM when the benchmark dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def start_redis(data_dir: Path, *, aof: bool = True) -> EmbeddedRedis:
+    """The engine's embedded Redis on a free loopback port; `aof=False` leaves out the
+    append-only file (and so the disk's fsync stalls)."""
+    redis = EmbeddedRedis(data_dir, port=free_port(), append_only=aof)
+    popen = subprocess.Popen
+    subprocess.Popen = functools.partial(popen, preexec_fn=die_with_parent)  # type: ignore[misc]
+    try:
+        redis.start(timeout=REDIS_START_TIMEOUT)
+    finally:
+        subprocess.Popen = popen  # type: ignore[misc]
+    return redis
