@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,7 +89,7 @@ def test_load_then_numbers_list_shows_them(cli_env, tmp_path):
     assert run_cli("load", str(DEMO), env=cli_env, cwd=tmp_path).returncode == 0
     [active, disabled, campaigns, accounts] = control_plane_state(cli_env, tmp_path)
     rows = {row["did"]: row for row in json.loads(active)["numbers"]}
-    assert len(rows) == 11 and rows["74951234567"]["owner"] == "acme"
+    assert len(rows) == 20 and rows["74951234567"]["owner"] == "acme"
     assert rows["74951234567"]["inbound_campaign"] == "support"
     assert [row["did"] for row in json.loads(disabled)["numbers"]] == ["78125550102"]
     assert {c["id"] for c in json.loads(campaigns)} == {
@@ -96,6 +97,12 @@ def test_load_then_numbers_list_shows_them(cli_env, tmp_path):
     assert "acme" in accounts and "newbie" in accounts
     audit = run_cli("audit", env=cli_env, cwd=tmp_path).stdout
     assert "cli:" in audit and "import" in audit and "inventory" in audit
+    # The demo has stock to reserve in the popular cities, and mobiles by region.
+    popular = run_cli("numbers", "regions", "landline_popular", env=cli_env, cwd=tmp_path)
+    assert re.search(r"Moscow\s+3", popular.stdout)
+    assert re.search(r"St Petersburg\s+2", popular.stdout)
+    mobile = run_cli("numbers", "regions", "mobile", env=cli_env, cwd=tmp_path).stdout
+    assert all(region in mobile for region in ("Moscow", "St Petersburg", "Russia"))
 
 
 def test_load_rejects_a_bad_file_and_changes_nothing(cli_env, tmp_path, settings):
@@ -151,7 +158,7 @@ async def test_loading_twice_is_idempotent(cli_env, tmp_path, settings, redis):
     for _ in range(2):
         loaded = run_cli("load", str(inventory), env=cli_env, cwd=tmp_path)
         assert loaded.returncode == 0, loaded.stderr
-        assert "12 numbers" in loaded.stdout and "6 attempts" in loaded.stdout
+        assert "21 numbers" in loaded.stdout and "6 attempts" in loaded.stdout
         snapshot = await data.load()
         shown.append((control_plane_state(cli_env, tmp_path),
                       snapshot.accounts, snapshot.numbers, snapshot.campaigns))
