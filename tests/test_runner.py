@@ -543,6 +543,9 @@ def test_read_callees(tmp_path):
     bare = tmp_path / "bare.csv"
     bare.write_text("79161234567\n79161112233\n", encoding="utf-8")
     assert read_callees(bare) == ["79161234567", "79161112233"]
+    british = tmp_path / "uk.csv"
+    british.write_text("020 7946 0000\n+44 20 7946 0000\n", encoding="utf-8")
+    assert read_callees(british, "GB") == ["020 7946 0000"]  # one number, in its region
 
 
 @pytest.mark.parametrize(

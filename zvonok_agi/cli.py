@@ -284,7 +284,7 @@ async def _campaign_run(settings: Settings, args: argparse.Namespace) -> int:
 
     out = settings.outbound
     try:
-        callees = read_callees(args.list)
+        callees = read_callees(args.list, settings.routing.default_region)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     journal = Journal(args.journal or journal_path(out.state_dir, args.campaign, args.list))

@@ -61,7 +61,7 @@ RESUMED = {
 # ---- the list of callees ----------------------------------------------------------------------
 
 
-def read_callees(path: str | Path) -> list[str]:
+def read_callees(path: str | Path, region: str = phone.DEFAULT_REGION) -> list[str]:
     """The callees of a CSV file, raw as written (the originator refuses bad numbers).
 
     The column is the one named phone, number or callee in a header row, else the first one.
@@ -89,11 +89,11 @@ def read_callees(path: str | Path) -> list[str]:
     callees, seen = [], set()
     for row in rows:
         raw = row[column].strip() if column < len(row) else ""
-        key = phone.normalize(raw) or raw
+        key = phone.normalize(raw, region) or raw
         if raw and key not in seen:
             seen.add(key)
             callees.append(raw)
-    if not any(phone.normalize(raw) for raw in callees):
+    if not any(phone.normalize(raw, region) for raw in callees):
         where = (
             f"the {named!r} column"
             if named
@@ -341,7 +341,7 @@ class CampaignRunner:
         queue: deque[str] = deque()
         seen: set[str] = set()
         for raw in self.callees:
-            key = phone.normalize(raw) or raw.strip()
+            key = phone.normalize(raw, self.originator.region) or raw.strip()
             if key in seen:
                 continue
             seen.add(key)
