@@ -61,6 +61,31 @@ async def test_the_reservation_flow_from_the_command_line(ops):
     assert code == 1 and out.startswith("not_verified: account newbie is not verified")
 
 
+async def test_sales_close_a_request_from_the_command_line(ops):
+    await ops("numbers", "offer", ACME, "landline_popular", "Novosibirsk")
+    code, out = await ops("requests", "close", "1", "--note", "called back")
+    assert (code, out.strip()) == (
+        0, f"request #1 ({ACME}, landline in Novosibirsk) is closed: called back")
+    code, out = await ops("requests", "list")
+    assert "Novosibirsk" not in out and "(none)" in out
+    code, out = await ops("requests", "list", "--all")
+    assert re.search(r"Novosibirsk +closed +cli\S* +called back\n", out)
+    code, out = await ops("requests", "list", "--all", "--json")
+    [closed] = json.loads(out)
+    assert (closed["status"], closed["note"]) == ("closed", "called back")
+    assert closed["closed_by"].startswith("cli")
+    code, out = await ops("requests", "close", "1")
+    assert code == 1 and out.startswith("request_closed: request #1 is already closed")
+    code, out = await ops("requests", "close", "7")
+    assert code == 1 and out.startswith("unknown_request:")
+    code, out = await ops("requests", "close", "first")
+    assert code == 1 and out.startswith("bad_input:")
+    code, out = await ops("requests", "close", "1", "--note", "x" * 501)
+    assert code == 1 and out.startswith("bad_input: note must be text of at most 500")
+    code, out = await ops("audit", "--subject", "request:1")
+    assert out.count("close_request") == 2 and "request_closed" in out
+
+
 async def test_bind_rule_disable_enable_release(ops):
     await ops("numbers", "reserve", ACME, MOSCOW_1)
     assert (await ops("numbers", "bind", MOSCOW_1, "acme-line", "--as", ACME))[0] == 0

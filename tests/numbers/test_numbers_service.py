@@ -66,6 +66,22 @@ async def test_a_new_store_is_migrated_and_reopening_changes_nothing(tmp_path):
     assert {"accounts", "numbers", "campaigns", "requests", "audit", "outbox"} <= names
 
 
+async def test_a_store_of_the_first_release_is_brought_up_to_date(tmp_path):
+    path = tmp_path / "numbers.db"
+    with sqlite3.connect(path) as db:  # as the first release left it: one migration
+        for statement in MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 1")
+        db.execute("INSERT INTO accounts (id, created_at) VALUES ('acme', 1)")
+        db.execute("INSERT INTO requests (account, kind, region, at) "
+                   "VALUES ('acme', 'mobile', 'Russia', 2)")
+    async with await Store.open(path) as store, store.reading() as q:
+        [request] = await q.requests()
+    assert table(path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    assert (request.status, request.closed_at, request.closed_by, request.note) == (
+        "open", None, None, None)
+
+
 # the reservation flow
 
 
@@ -146,6 +162,67 @@ async def test_an_empty_region_files_one_request_and_changes_nothing_else(servic
     assert (request.account, request.kind, request.region) == (ACME, "landline", "St Petersburg")
     assert table(tmp_path / "numbers.db", "SELECT * FROM numbers ORDER BY did") == before
     assert await service.data.version() == version
+
+
+# requests: sales close them
+
+
+async def test_sales_close_a_request_and_the_next_ask_files_a_new_one(service):
+    offer = await service.offer("web", ACME, "landline_popular", "St Petersburg")
+    version = await service.data.version()
+    service.clock = lambda: 1_700_000_000.0
+    closed = await service.close_request("cli:ann", str(offer.request.id), " called, wants 2 ")
+    assert (closed.id, closed.status, closed.closed_at, closed.closed_by, closed.note) == (
+        offer.request.id, "closed", 1_700_000_000.0, "cli:ann", "called, wants 2")
+    assert await service.requests() == []
+    assert await service.requests("closed") == [closed]
+    assert await service.data.version() == version  # nothing for the engine
+    [entry, *_] = await service.audit_log(f"request:{closed.id}")
+    assert (entry["action"], entry["outcome"], entry["actor"], entry["account"]) == (
+        "close_request", "ok", "cli:ann", ACME)
+    assert entry["detail"] == {"note": "called, wants 2"}
+    again = await service.offer("web", ACME, "landline_popular", "St Petersburg")
+    assert again.request.id != closed.id and again.request.status == "open"
+    plain = await service.close_request("web", again.request.id)  # no note: none kept
+    assert (plain.status, plain.note) == ("closed", None)
+    assert (await service.audit_log(f"request:{plain.id}"))[0]["detail"] == {}
+
+
+async def test_closing_refusals_change_nothing_and_are_audited(service, tmp_path):
+    offer = await service.offer("web", ACME, "mobile", "Vladivostok")
+    request_id = offer.request.id
+    await service.close_request("web", request_id, "done")
+    db = tmp_path / "numbers.db"
+    before = table(db, "SELECT * FROM requests ORDER BY id")
+    error = await refused("request_closed", service.close_request("cli:bob", request_id, "x"))
+    assert "already closed" in error.message and "web" in error.message
+    await refused("unknown_request", service.close_request("cli:bob", 999, "x"))
+    assert table(db, "SELECT * FROM requests ORDER BY id") == before
+    log = await service.audit_log(f"request:{request_id}")
+    assert [(e["action"], e["outcome"], e["actor"], e["account"]) for e in log] == [
+        ("close_request", "request_closed", "cli:bob", ACME),
+        ("close_request", "ok", "web", ACME),
+    ]
+    assert log[0]["detail"]["note"] == "x" and log[0]["detail"]["message"]
+    [unknown] = await service.audit_log("request:999")
+    assert (unknown["action"], unknown["outcome"], unknown["account"]) == (
+        "close_request", "unknown_request", None)
+
+
+@pytest.mark.parametrize("request_id, note", [
+    ("abc", None), ("", None), ("-1", None), ("0", None), (0, None), ("1.0", None), (1.5, None),
+    (True, None), (None, None), ("\u0661", None), ("9" * 30, None), (2**63, None),
+    ("1", "x" * 501), ("1", 5), ("1", ["x"]), ("1", "line\nbreak"), ("1", "a\x00b"),
+])
+async def test_bad_ids_and_notes_are_refused_before_anything(service, request_id, note):
+    offer = await service.offer("web", ACME, "mobile", "Vladivostok")
+    assert offer.request.id == 1
+    entries = len(await service.audit_log())
+    await refused("bad_input", service.close_request("web", request_id, note))
+    assert await service.requests() == [offer.request]
+    assert len(await service.audit_log()) == entries  # malformed: not an attempt on a request
+    closed = await service.close_request("web", "1", "x" * 500)  # the longest note is fine
+    assert len(closed.note) == 500
 
 
 # bindings, rules, disable, enable

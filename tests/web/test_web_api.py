@@ -130,6 +130,45 @@ async def test_an_empty_region_files_a_request_and_nothing_else(api):
         {k: v for k, v in before.items() if k != "requests"}
 
 
+async def test_sales_close_a_request(api):
+    offer = await api.post(f"/api/accounts/{ACME}/offers",
+                           {"choice": "mobile", "region": "Vladivostok"})
+    request = offer.body["request"]
+    assert request["status"] == "open" and "closed_at" not in request
+    path = f"/api/requests/{request['id']}/close"
+    too_long = await api.post(path, {"note": "x" * 501})
+    assert (too_long.status, too_long.code) == (400, "bad_input")
+    assert "500" in too_long.body["error"]["message"]
+    closed = await api.post(path, {"note": "called back, wants two"})
+    assert closed.status == 200
+    assert {k: closed.body[k] for k in ("id", "status", "closed_by", "note")} == {
+        "id": request["id"], "status": "closed", "closed_by": "api",
+        "note": "called back, wants two"}
+    assert closed.body["closed_at"] >= request["at"]
+    assert (await api.get("/api/requests")).body["requests"] == []
+    listed = await api.get("/api/requests", params={"status": "closed"})
+    assert listed.body["requests"] == [closed.body]
+    before = business_tables(api.db)
+    again = await api.post(path)
+    assert (again.status, again.code) == (409, "request_closed")
+    assert business_tables(api.db) == before
+    audit = await api.get("/api/audit", params={"subject": f"request:{request['id']}"})
+    assert [(e["action"], e["outcome"], e["account"]) for e in audit.body["entries"]] == [
+        ("close_request", "request_closed", ACME), ("close_request", "ok", ACME)]
+    second = await api.post(f"/api/accounts/{OLDCO}/offers",
+                            {"choice": "landline_popular", "region": "Kazan"})
+    assert second.body["numbers"]  # Kazan has a number: no request
+    second = await api.post(f"/api/accounts/{OLDCO}/offers",
+                            {"choice": "landline_popular", "region": "Novosibirsk"})
+    plain = await api.post(f"/api/requests/{second.body['request']['id']}/close",
+                           raw=b"", headers={"Content-Type": "application/json"})
+    assert (plain.status, plain.body["note"]) == (200, None)  # no body: no note
+    third = await api.post(f"/api/accounts/{OLDCO}/offers", {"choice": "mobile", "region": "Omsk"})
+    path = f"/api/requests/{third.body['request']['id']}/close"
+    answers = await asyncio.gather(*(api.post(path, {"note": f"n{i}"}) for i in range(5)))
+    assert sorted(a.status for a in answers) == [200] + [409] * 4  # closed once
+
+
 @pytest.mark.parametrize("did, campaign, as_account, status, code", [
     (MOSCOW_2, "oldco-line", ACME, 403, "not_owner"),  # another account's number
     (POOL_1, "acme-line", ACME, 409, "service_number"),
@@ -269,6 +308,22 @@ BAD_INPUT = [
     ("PATCH", "/api/campaigns/acme-sale", {"accept_inbound": None}, None, 400, "bad_input"),
     ("PATCH", "/api/campaigns/acme-line", {"accept_inbound": True}, None, 400, "bad_input"),
     ("GET", "/api/requests", None, {"status": "weird"}, 400, "bad_input"),
+    ("POST", "/api/requests/1/close", None, None, 404, "unknown_request"),
+    ("POST", "/api/requests/1/close", {"note": "x"}, None, 404, "unknown_request"),
+    ("POST", "/api/requests/abc/close", None, None, 400, "bad_input"),
+    ("POST", "/api/requests/0/close", None, None, 400, "bad_input"),
+    ("POST", "/api/requests/-1/close", None, None, 400, "bad_input"),
+    ("POST", "/api/requests/1.0/close", None, None, 400, "bad_input"),
+    ("POST", "/api/requests/%D9%A1/close", None, None, 400, "bad_input"),
+    ("POST", "/api/requests/" + "9" * 300 + "/close", None, None, 400, "bad_input"),
+    ("POST", "/api/requests/1/close", b"not json", None, 400, "bad_json"),
+    ("POST", "/api/requests/1/close", b"null", None, 400, "bad_input"),
+    ("POST", "/api/requests/1/close", [], None, 400, "bad_input"),
+    ("POST", "/api/requests/1/close", {"note": 5}, None, 400, "bad_input"),
+    ("POST", "/api/requests/1/close", {"note": "x" * 501}, None, 400, "bad_input"),
+    ("POST", "/api/requests/1/close", {"note": "a\x00b"}, None, 400, "bad_input"),
+    ("POST", "/api/requests/1/close", {"status": "open"}, None, 400, "bad_input"),
+    ("GET", "/api/requests/1/close", None, None, 405, "method_not_allowed"),
     ("GET", "/api/audit", None, {"limit": "abc"}, 400, "bad_input"),
     ("GET", "/api/audit", None, {"limit": "0"}, 400, "bad_input"),
     ("GET", "/api/audit", None, {"limit": "5000"}, 400, "bad_input"),
@@ -295,7 +350,7 @@ async def test_bad_input_is_a_json_4xx_and_writes_nothing(
 
 @pytest.mark.parametrize("method, path", [
     (method, path.replace("{account}", ACME).replace("{did}", MOSCOW_1)
-     .replace("{campaign}", "acme-sale"))
+     .replace("{campaign}", "acme-sale").replace("{request}", "1"))
     for path, item in DOCUMENT["paths"].items() for method in item
     if method in ("post", "patch")
 ])

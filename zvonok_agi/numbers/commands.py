@@ -109,6 +109,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    _requests)
     cmd.add_argument("--all", action="store_true", help="closed ones too")
     _json_flag(cmd)
+    cmd = _command(requests, "close", "close a request (sales called the customer back)",
+                   _request_close)
+    cmd.add_argument("id", help="the request's number, as `requests list` shows it")
+    cmd.add_argument("--note", help="a short note (at most 500 characters)")
 
     cmd = subparsers.add_parser("audit", help="the audit log, newest first")
     cmd.add_argument("--subject", help="a number, account or campaign id")
@@ -361,8 +365,18 @@ async def _requests(settings: Any, args: argparse.Namespace) -> int:
         requests = await service.requests(None if args.all else "open")
     if args.json:
         return _print_json([documents.request(r) for r in requests])
-    _table(["request", "when", "account", "kind", "region", "status"],
-           [[str(r.id), _when(r.at), r.account, r.kind, r.region, r.status] for r in requests])
+    _table(["request", "when", "account", "kind", "region", "status", "closed_by", "note"],
+           [[str(r.id), _when(r.at), r.account, r.kind, r.region, r.status, r.closed_by or "",
+             r.note or ""] for r in requests])
+    return 0
+
+
+async def _request_close(settings: Any, args: argparse.Namespace) -> int:
+    # Requests are not routing data: nothing to publish, so Redis is not needed.
+    async with _service(settings, publish=False) as service:
+        r = await service.close_request(actor(), args.id, args.note)
+    print(f"request #{r.id} ({r.account}, {r.kind} in {r.region}) is closed"
+          + (f": {r.note}" if r.note else ""))
     return 0
 
 

@@ -65,8 +65,11 @@ def region(r: RegionCount) -> dict[str, Any]:
 
 
 def request(r: Request) -> dict[str, Any]:
-    return {"id": r.id, "account": r.account, "kind": r.kind.value, "region": r.region,
-            "at": r.at, "status": r.status}
+    document: dict[str, Any] = {"id": r.id, "account": r.account, "kind": r.kind.value,
+                                "region": r.region, "at": r.at, "status": r.status}
+    if r.status == "closed":
+        document.update(closed_at=r.closed_at, closed_by=r.closed_by, note=r.note)
+    return document
 
 
 def offer(o: Offer) -> dict[str, Any]:

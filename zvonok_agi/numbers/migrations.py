@@ -74,4 +74,10 @@ MIGRATIONS: list[tuple[str, ...]] = [
             key TEXT NOT NULL
         )""",
     ),
+    # 2: sales close requests: when, who, and an optional note
+    (
+        "ALTER TABLE requests ADD COLUMN closed_at REAL",
+        "ALTER TABLE requests ADD COLUMN closed_by TEXT",
+        "ALTER TABLE requests ADD COLUMN note TEXT",
+    ),
 ]

@@ -32,6 +32,8 @@ ACCOUNT_ID = CAMPAIGN_ID
 E = TypeVar("E", bound=StrEnum)
 MAX_REGION = 80
 MAX_NAME = 120
+MAX_NOTE = 500
+MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer: beyond it sqlite3 raises OverflowError
 
 
 class Kind(StrEnum):
@@ -113,6 +115,9 @@ class Request:
     region: str
     at: float
     status: str = "open"
+    closed_at: float | None = None
+    closed_by: str | None = None
+    note: str | None = None
 
 
 # input at the edge
@@ -138,6 +143,15 @@ def text(raw: object, what: str, limit: int) -> str:
     if not isinstance(raw, str) or len(raw) > limit or any(ord(ch) < 32 for ch in raw):
         raise Refused("bad_input", f"{what} must be text of at most {limit} characters")
     return raw.strip()
+
+
+def request_id(raw: object) -> int:
+    """A request's id, as a number or as the digits of a path or a command line."""
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19:
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_ROW_ID:
+        raise Refused("bad_input", f"a request id is a whole number, not {raw!r}")
+    return raw
 
 
 def enum_value(cls: type[E], raw: object, what: str) -> E:

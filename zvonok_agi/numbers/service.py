@@ -408,6 +408,25 @@ class NumbersService:
         async with self.store.reading() as q:
             return await q.requests(status)
 
+    async def close_request(self, actor: str, request_id: Any, note: Any = None) -> Request:
+        """Sales called the customer back. A closed request stays as it was closed (who, when,
+        the note): closing it again is refused."""
+        request_id = rules.request_id(request_id)
+        # Checked before the change frame, like a malformed number: an oversized note is
+        # refused without being copied into the audit log.
+        note = None if note is None else rules.text(note, "note", rules.MAX_NOTE) or None
+        async with self._change(actor, "close_request", f"request:{request_id}", None,
+                                **({"note": note} if note else {})) as change:
+            q = change.q
+            request = _found(await q.request(request_id), "unknown_request", "no such request")
+            change.account = request.account
+            if request.status == "closed":
+                raise Refused("request_closed",
+                              f"request #{request.id} is already closed (by {request.closed_by})")
+            await q.close_request(request.id, self.clock(), actor, note)
+            change.result = await q.request(request.id)
+        return change.result
+
     async def audit_log(self, subject: str | None = None, limit: int = 100) -> list[dict]:
         async with self.store.reading() as q:
             return await q.audit_log(subject, max(1, min(limit, 1000)))

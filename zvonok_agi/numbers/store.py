@@ -314,6 +314,19 @@ class Queries:
         assert request_id is not None
         return Request(request_id, account, kind, region, now)
 
+    async def request(self, request_id: int) -> Request | None:
+        rows = await self._all("SELECT * FROM requests WHERE id = ?", [request_id])
+        return _request(rows[0]) if rows else None
+
+    async def close_request(
+        self, request_id: int, now: float, closed_by: str, note: str | None
+    ) -> None:
+        await self._run(
+            "UPDATE requests SET status = 'closed', closed_at = ?, closed_by = ?, note = ? "
+            "WHERE id = ?",
+            [now, closed_by, note, request_id],
+        )
+
     async def requests(self, status: str | None = None) -> list[Request]:
         sql, args = "SELECT * FROM requests", []
         if status is not None:
@@ -411,7 +424,8 @@ def _campaign(row: sqlite3.Row) -> Campaign:
 
 def _request(row: sqlite3.Row) -> Request:
     return Request(
-        row["id"], row["account"], Kind(row["kind"]), row["region"], row["at"], row["status"]
+        row["id"], row["account"], Kind(row["kind"]), row["region"], row["at"], row["status"],
+        row["closed_at"], row["closed_by"], row["note"],
     )
 
 

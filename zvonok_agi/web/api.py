@@ -46,6 +46,7 @@ class Api:
             web.get("/api/campaigns/{campaign}", self.campaign),
             web.patch("/api/campaigns/{campaign}", self.update_campaign),
             web.get("/api/requests", self.requests),
+            web.post("/api/requests/{request}/close", self.close_request),
             web.get("/api/audit", self.audit),
             web.post("/api/sync", self.sync),
         ])
@@ -184,6 +185,13 @@ class Api:
         requests = await self.service.requests(None if status == "all" else status)
         return _json({"requests": [documents.request(r) for r in requests]})
 
+    async def close_request(self, request: web.Request) -> web.Response:
+        body = await _body(request, "RequestClosing", optional=True)
+        closed = await self.service.close_request(
+            ACTOR, request.match_info["request"], body.get("note")
+        )
+        return _json(documents.request(closed))
+
     async def audit(self, request: web.Request) -> web.Response:
         limit = _query(request, "limit") or "100"
         if not limit.isdigit() or not 1 <= int(limit) <= 1000:
@@ -216,9 +224,12 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-async def _body(request: web.Request, schema: str) -> dict[str, Any]:
-    """The JSON object in the body, with only the fields the document declares for it."""
+async def _body(request: web.Request, schema: str, optional: bool = False) -> dict[str, Any]:
+    """The JSON object in the body, with only the fields the document declares for it
+    (`optional`: no body at all reads as an empty object)."""
     raw = await request.read()  # past the cap: 413, turned into JSON by the app
+    if optional and not raw:
+        return {}
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes

@@ -32,6 +32,7 @@ STATUS = {
     "unknown_account": 404,
     "unknown_number": 404,
     "unknown_campaign": 404,
+    "unknown_request": 404,
     "not_found": 404,
     "method_not_allowed": 405,
     "body_too_large": 413,

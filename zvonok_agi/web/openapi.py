@@ -46,13 +46,14 @@ CHANGE_ERRORS = {
 
 
 def _op(summary: str, responses: dict[str, Any], *, body: str | None = None,
-        params: list[dict[str, Any]] | None = None, change: bool = False) -> dict[str, Any]:
+        body_required: bool = True, params: list[dict[str, Any]] | None = None,
+        change: bool = False) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
         "responses": {**responses, **(CHANGE_ERRORS if change else ERRORS)},
     }
     if body:
-        op["requestBody"] = {"required": True, **_json(_ref(body))}
+        op["requestBody"] = {"required": body_required, **_json(_ref(body))}
     if params:
         op["parameters"] = params
     return op
@@ -71,6 +72,7 @@ def _path(name: str, description: str) -> dict[str, Any]:
 DID = _path("did", "a phone number, as people write it (normalised to E.164 digits)")
 ACCOUNT = _path("account", "an account id")
 CAMPAIGN = _path("campaign", "a campaign id")
+REQUEST = {**_path("request", "a request's id"), "schema": {"type": "integer", "minimum": 1}}
 AS_ACCOUNT = _query("as_account", {"type": "string"},
                     "act as this account: only its own numbers may be changed")
 ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"}
@@ -262,7 +264,15 @@ SCHEMAS: dict[str, Any] = {
             "region": {"type": "string"},
             "at": {"type": "number"},
             "status": {"enum": ["open", "closed"]},
+            "closed_at": {"type": "number", "description": "only when closed"},
+            "closed_by": {"type": "string", "description": "only when closed: who closed it"},
+            "note": {**_nullable({"type": "string"}), "description": "only when closed"},
         },
+    },
+    "RequestClosing": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"note": _nullable({"type": "string", "maxLength": 500})},
     },
     "AuditEntry": {
         "type": "object",
@@ -404,6 +414,12 @@ DOCUMENT: dict[str, Any] = {
                        params=[_query("status", {"enum": ["open", "closed", "all"]},
                                       "default: open")]),
         },
+        "/api/requests/{request}/close": {
+            "parameters": [REQUEST],
+            "post": _op("close an open request (sales called back), with an optional note",
+                        {"200": _ok(_ref("Request"))}, body="RequestClosing",
+                        body_required=False, change=True),
+        },
         "/api/audit": {
             "get": _op("the audit log, newest first",
                        {"200": _ok(_list_of("entries", "AuditEntry"))},
@@ -424,7 +440,7 @@ DOCUMENT: dict[str, Any] = {
             "BadInput": _error("malformed input: bad JSON, wrong types, a malformed number"),
             "Unauthorized": _error("no or wrong bearer token"),
             "Forbidden": _error("not this account's (or the account is not verified)"),
-            "NotFound": _error("no such account, number or campaign"),
+            "NotFound": _error("no such account, number, campaign or request"),
             "Conflict": _error("refused by a rule (taken, in use, disabled, ...)"),
             "TooLarge": _error("the body is larger than the configured cap"),
             "Unavailable": _error("Redis is not reachable"),
