@@ -53,9 +53,8 @@ async def test_missed_call_then_callbacks_and_answered_call(settings):
     assert len(fake.originates) == 2
 
 
-async def test_dial_command_prints_the_caller_id_and_outcome(settings):
-    await load(settings, inventory())
-    env = dict(
+def dial_env(settings) -> dict[str, str]:
+    return dict(
         os.environ,
         ZVONOK_REDIS_URL=settings.redis.url,
         ZVONOK_REDIS_KEY_PREFIX=settings.redis.key_prefix,
@@ -64,17 +63,46 @@ async def test_dial_command_prints_the_caller_id_and_outcome(settings):
         ZVONOK_LOG_FORMAT="json",
         PYTHONPATH=str(ROOT),
     )
+
+
+async def run_dial(env: dict[str, str], campaign: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "zvonok_agi", "dial", "--campaign", campaign,
+        "--to", "8 900 111-22-33", env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_dial_command_prints_the_caller_id_and_outcome(settings):
+    await load(settings, inventory())
+    env = dial_env(settings)
     async with FakeAMI(cases={MISSES: "busy"}) as fake:
         env["ZVONOK_AMI_PORT"] = str(fake.port)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "zvonok_agi", "dial", "--campaign", "pool-promo",
-            "--to", "8 900 111-22-33", env=env, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0, stderr.decode()
-    out = stdout.decode()
+        code, out, err = await run_dial(env, "pool-promo")
+    assert code == 0, err
     assert "callee     79001112233" in out
     assert "caller ID  74950000001 (service pool" in out
     assert "outcome    busy" in out
     assert len(fake.originates) == 1
+
+
+async def test_dial_command_says_why_no_call_was_placed(settings):
+    inv = inventory()
+    for campaign in inv["campaigns"]:
+        if campaign["id"] == "pool-promo":
+            campaign["state"] = "paused"
+    await load(settings, inv)
+    env = dial_env(settings)
+    async with FakeAMI() as fake:
+        env["ZVONOK_AMI_PORT"] = str(fake.port)
+        code, _, err = await run_dial(env, "pool-promo")
+        assert code == 1
+        assert err.splitlines()[-1] == "zvonok-agi: no call placed: campaign pool-promo is paused"
+        fake.originate_not_permitted = True
+        code, _, err = await run_dial(env, "spring-sale")
+    assert code == 1
+    refused = "zvonok-agi: no call placed: Originate refused: Permission denied"
+    assert err.splitlines()[-1] == refused

@@ -255,14 +255,16 @@ async def _dialer(settings: Settings) -> AsyncIterator[Originator]:
 
 
 async def _dial(settings: Settings, args: argparse.Namespace) -> int:
-    from .outbound.originator import DialRefused, StoreUnavailable
+    from .outbound.originator import CampaignPaused, DialRefused, StoreUnavailable
     from .routing.callerid import PoolAtCapacity
 
     async with _dialer(settings) as dialer:
         try:
             result = await dialer.dial(args.campaign, args.to)
-        except (DialRefused, PoolAtCapacity, StoreUnavailable) as exc:
+        except (DialRefused, CampaignPaused, PoolAtCapacity, StoreUnavailable) as exc:
             raise CommandError(f"no call placed: {exc}") from exc
+    if not result.dialed:
+        raise CommandError(f"no call placed: {result.detail}")
     print(f"callee     {result.attempt.callee}")
     print(f"caller ID  {result.caller_id.did} ({result.caller_id.reason})")
     print(f"attempt    {result.attempt.id}")
