@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -201,14 +202,17 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
 
 
 def test_serve_on_the_embedded_store_then_agi_call(tmp_path):
-    """The README's run: no Redis URL, so the engine runs its own Redis under var/redis."""
+    """The README's run: no Redis URL, so the engine runs its own Redis under var/redis; the
+    numbers page is served by the same process."""
     env = dict(os.environ)
-    env.update(ZVONOK_AGI_PORT=str(free_port()), ZVONOK_LOG_FORMAT="json", PYTHONPATH=str(ROOT))
+    admin_port = free_port()
+    env.update(ZVONOK_AGI_PORT=str(free_port()), ZVONOK_ADMIN_PORT=str(admin_port),
+               ZVONOK_ADMIN_TOKEN="demo-token", ZVONOK_LOG_FORMAT="json", PYTHONPATH=str(ROOT))
     env.pop("ZVONOK_REDIS_URL", None)
     assert run_cli("load", str(DEMO), env=env, cwd=tmp_path).returncode == 0
     engine = subprocess.Popen(
-        [sys.executable, "-m", "zvonok_agi", "serve"],
-        env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "zvonok_agi", "serve", "--admin"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         args = ("agi-call", "--did", "74951234567", "--caller", "79161234567")
@@ -223,10 +227,17 @@ def test_serve_on_the_embedded_store_then_agi_call(tmp_path):
         assert "ZV_TARGET_CONTEXT=zvonok-outbound-spring-sale" in result.stdout
         again = run_cli(*args, env=env, cwd=tmp_path)
         assert "ZV_ROUTE=inbound" in again.stdout
+        page = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/", timeout=5)
+        assert page.status == 200 and b"<html" in page.read().lower()
+        numbers = urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{admin_port}/api/numbers",
+            headers={"Authorization": "Bearer demo-token"}), timeout=5)
+        assert "74951234567" in numbers.read().decode()
     finally:
         engine.send_signal(signal.SIGTERM)
-        _, log = engine.communicate(timeout=20)
+        printed, log = engine.communicate(timeout=20)
     assert engine.returncode == 0, log
+    assert f"numbers page on http://127.0.0.1:{admin_port}/" in printed
     assert '"event": "call routed"' in log
     assert (tmp_path / "var" / "redis" / "appendonly.aof").exists()
 

@@ -113,8 +113,9 @@ class Engine:
         await self._stack.aclose()
 
 
-async def serve(settings: Settings) -> None:
-    """Run the engine until SIGTERM or SIGINT, then drain."""
+async def serve(settings: Settings, *, with_admin: bool = False) -> None:
+    """Run the engine until SIGTERM or SIGINT, then drain. `with_admin`: the admin API and the
+    numbers page too, in this process (a demo or a small install; see docs/control-plane.md)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -122,7 +123,12 @@ async def serve(settings: Settings) -> None:
     stop_metrics = None
     if settings.metrics.enabled:
         stop_metrics = start_metrics_server(settings.metrics.host, settings.metrics.port)
-    async with Engine(settings):
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(Engine(settings))
+        if with_admin:
+            from .numbers.commands import admin_server
+
+            await stack.enter_async_context(admin_server(settings))
         # What exists now lives as long as the process: keep it out of the collector's
         # full passes, which otherwise pause calls for ~15 ms every few seconds.
         phone.normalize("+7 495 123-45-67")  # loads the numbering-plan data now

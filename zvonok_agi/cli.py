@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the FastAGI engine")
+    serve.add_argument(
+        "--admin", action="store_true",
+        help="also serve the admin API and the numbers page in this process (as `admin` does)",
+    )
     serve.set_defaults(run=_serve)
 
     route = commands.add_parser(
@@ -103,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from .app import serve
 
-    await serve(settings)
+    await serve(settings, with_admin=args.admin)
     return 0
 
 

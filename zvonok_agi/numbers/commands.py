@@ -398,24 +398,32 @@ async def _sync(settings: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _admin(settings: Any, args: argparse.Namespace) -> int:
-    """The admin API and the numbers page, in this process, until SIGTERM or SIGINT."""
+@contextlib.asynccontextmanager
+async def admin_server(settings: Any) -> AsyncIterator[Any]:
+    """The admin API and the numbers page, served while the block runs; prints where (and the
+    token, when one is made up for this run)."""
     from ..web.server import AdminServer
 
     admin = settings.admin
     token = admin.token or secrets.token_urlsafe(24)
+    async with open_service(settings) as service, AdminServer(
+        service, token=token, host=admin.host, port=admin.port, max_body=admin.max_body
+    ) as server:
+        print(f"admin API and numbers page on {server.url}/", flush=True)
+        if not admin.token:  # made up for this run: the operator needs to see it
+            print(f"token (this run only): {token}\n  open {server.url}/#token={token}",
+                  flush=True)
+        yield server
+
+
+async def _admin(settings: Any, args: argparse.Namespace) -> int:
+    """The admin API and the numbers page, in this process, until SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with open_service(settings) as service, AdminServer(
-            service, token=token, host=admin.host, port=admin.port, max_body=admin.max_body
-        ) as server:
-            print(f"admin API and numbers page on {server.url}/", flush=True)
-            if not admin.token:  # made up for this run: the operator needs to see it
-                print(f"token (this run only): {token}\n  open {server.url}/#token={token}",
-                      flush=True)
+        async with admin_server(settings):
             await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
