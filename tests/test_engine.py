@@ -211,6 +211,19 @@ async def test_an_asterisk_that_reads_mset_otherwise_gets_every_variable_one_by_
     assert compat.commands[-1][2:] == ("ZV_DECIDED", "1")  # set one by one, last
 
 
+async def test_after_one_failed_mset_that_asterisk_gets_one_by_one_straight_away(settings):
+    inventory = base_inventory()
+    async with running_engine(settings, inventory) as engine:
+        assert engine.server is not None
+        port = engine.server.port
+        first, second = FakeChannel(compat_res_agi=True), FakeChannel(compat_res_agi=True)
+        await agi_call("127.0.0.1", port, RESERVED, CALLER, channel=first)
+        await agi_call("127.0.0.1", port, RESERVED, CALLER, channel=second)
+    assert first.commands[0][:2] == ("EXEC", "MSet")
+    assert {words[:2] for words in second.commands} == {("SET", "VARIABLE")}
+    assert second.variables["ZV_DECIDED"] == "1"
+
+
 def test_values_mset_could_misread_are_set_on_their_own_before_the_batch():
     values = [
         ("ZV_ROUTE", "inbound"),

@@ -47,6 +47,8 @@ class InboundRouter:
         self.region = region
         self.clock = clock
         self.batch = batch  # set the variables with one EXEC MSet (see variables.batched)
+        # Asterisk hosts that did not take an MSet: they get one SET VARIABLE each from then on.
+        self.no_batch: set[str] = set()
 
     async def __call__(self, session: AGISession) -> None:
         started = time.perf_counter()
@@ -133,12 +135,20 @@ class InboundRouter:
         self, session: AGISession, decision: Decision, did: str | None, caller: str | None
     ) -> None:
         values = self.variables(decision, did, caller)
-        if self.batch and (commands := var.batched(values)) is not None:
-            for command in commands:
-                reply = await session.command(*command)
-            if reply.result == "1" and reply.data == "1":  # DECIDED read back
-                return
-            log.warning("MSet did not set the variables; setting them one by one")
+        host = session.peer.rpartition(":")[0]
+        if self.batch and host not in self.no_batch:
+            commands = var.batched(values)
+            if commands is not None:
+                for command in commands:
+                    reply = await session.command(*command)
+                if reply.result == "1" and reply.data == "1":  # DECIDED read back
+                    return
+                self.no_batch.add(host)
+                log.warning(
+                    "MSet did not set the variables: one SET VARIABLE each for this Asterisk "
+                    "from now on (res_agi compatibility in asterisk.conf?)",
+                    asterisk=host,
+                )
         for command in var.one_by_one(values):
             await session.command(*command)
 
