@@ -143,12 +143,13 @@ class InboundRouter:
                     reply = await session.command(*command)
                 if reply.result == "1" and reply.data == "1":  # DECIDED read back
                     return
-                self.no_batch.add(host)
-                log.warning(
-                    "MSet did not set the variables: one SET VARIABLE each for this Asterisk "
-                    "from now on (res_agi compatibility in asterisk.conf?)",
-                    asterisk=host,
-                )
+                if reply.ok:  # Asterisk answered, without DECIDED (not a channel gone dead)
+                    self.no_batch.add(host)
+                    log.warning(
+                        "MSet did not set the variables: one SET VARIABLE each for this "
+                        "Asterisk from now on (res_agi compatibility in asterisk.conf?)",
+                        asterisk=host,
+                    )
         for command in var.one_by_one(values):
             await session.command(*command)
 
