@@ -48,7 +48,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from local_servers import HOST, die_with_parent, free_port, start_redis
+from local_servers import (
+    HOST,
+    cpu_seconds,
+    die_with_parent,
+    free_port,
+    machine_busy,
+    start_redis,
+)
 from zvonok_agi.agi.client import FakeChannel, recorded_environment
 from zvonok_agi.agi.inbound import InboundRouter
 from zvonok_agi.agi.protocol import NEED_DATA, AsteriskConnection, Closed, Command
@@ -204,8 +211,6 @@ async def load_store(url: str, attempts: list[Attempt], now: float,
 _children: list[subprocess.Popen] = []
 
 
-
-
 def spawn(argv: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, env=dict(env), stdin=subprocess.DEVNULL,
@@ -213,8 +218,6 @@ def spawn(argv: list[str], env: Mapping[str, str], log: Path) -> subprocess.Pope
                                 preexec_fn=die_with_parent)  # noqa: PLW1509 (no threads here)
     _children.append(proc)
     return proc
-
-
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -239,8 +242,6 @@ def child_env(**settings: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.update(settings)
     return env
-
-
 
 
 async def wait_listening(proc: subprocess.Popen, port: int, log: Path) -> None:
@@ -271,24 +272,6 @@ def tail(path: Path, lines: int = 10) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     return ""
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process."""
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rfind(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return 0.0
-
-
-def machine_busy() -> float:
-    """CPU seconds all processes on the machine have used (from /proc/stat)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-    return float("nan")
 
 
 def children_cpu() -> float:

@@ -1,11 +1,12 @@
-"""What both benchmarks start: free loopback ports and their own redis-server, each dying with
-the benchmark even when it is SIGKILLed."""
+"""What both benchmarks start (free loopback ports, their own redis-server, each dying with the
+benchmark even when it is SIGKILLed) and how they read CPU use from /proc."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import functools
+import os
 import signal
 import socket
 import subprocess
@@ -40,3 +41,21 @@ def start_redis(data_dir: Path, *, aof: bool = True) -> EmbeddedRedis:
     finally:
         subprocess.Popen = popen  # type: ignore[misc]
     return redis
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process (0 if it is gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rfind(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def machine_busy() -> float:
+    """CPU seconds every process on the machine has used so far (from /proc/stat)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return float("nan")

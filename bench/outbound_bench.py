@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
 import signal
@@ -42,7 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from local_servers import HOST, die_with_parent, start_redis
+from local_servers import HOST, cpu_seconds, die_with_parent, machine_busy, start_redis
 from zvonok_agi.ami.client import AMIClient
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import OutboundSettings, load_settings
@@ -125,12 +124,6 @@ def callees(n: int, rng: random.Random) -> list[str]:
 # --- child processes and cleanup ---------------------------------------------------------------
 
 
-
-
-
-
-
-
 def start_fake_peer() -> tuple[subprocess.Popen[str], int]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -164,24 +157,6 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 
 # --- measuring ---------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process (0 if it is gone)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rfind(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return 0.0
-
-
-def machine_busy() -> float:
-    """CPU seconds every process on the machine has used so far (from /proc/stat)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-    return float("nan")
 
 
 class Others:

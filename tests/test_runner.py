@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from conftest import free_port
 from engine_helpers import RESERVED, base_inventory, load
-from fake_ami import TRANSCRIPTS, FakeAMI
+from fake_ami import RECORDED_OUTCOMES, TRANSCRIPTS, FakeAMI
 from zvonok_agi.ami.client import AMIClient
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import Settings
@@ -43,17 +43,8 @@ from zvonok_agi.store.routing_data import RoutingData
 if not TRANSCRIPTS.is_dir():  # pragma: no cover
     pytest.skip(f"transcripts not found at {TRANSCRIPTS}", allow_module_level=True)
 
-# What each recorded case settles to (see zvonok_agi/ami/outcome.py).
-EXPECTED = {
-    "answered": Outcome.ANSWERED,
-    "busy": Outcome.BUSY,
-    "busy_with_channelid": Outcome.BUSY,
-    "480": Outcome.NO_ANSWER,
-    "noanswer": Outcome.NO_ANSWER,
-    "nolistener": Outcome.NO_ANSWER,
-    "unknown_endpoint": Outcome.FAILED,
-}
-CASES = list(EXPECTED)
+
+CASES = list(RECORDED_OUTCOMES)
 
 
 def callees(n: int, start: int = 0) -> list[str]:
@@ -179,7 +170,7 @@ async def test_run_settles_every_case_within_concurrency_and_rate(settings, tmp_
             )
             summary = await runner.run(asyncio.Event())
 
-    assert summary.outcomes == Counter(EXPECTED[case] for case in cases.values())
+    assert summary.outcomes == Counter(RECORDED_OUTCOMES[case] for case in cases.values())
     assert (summary.total, summary.placed, summary.skipped) == (31, 30, 0)
     assert summary.refused == 1 and "not-a-number" in summary.refusals[0]
     assert not summary.interrupted and summary.remaining == 0

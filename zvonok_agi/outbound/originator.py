@@ -28,11 +28,13 @@ from ..config import OutboundSettings
 from ..metrics import METRICS
 from ..routing.callerid import (
     CallerId,
+    CallerIdPlan,
     CallerIdRefused,
     PoolAtCapacity,
+    callee_region,
     plan_caller_id,
 )
-from ..routing.model import Attempt, CampaignState, Outcome
+from ..routing.model import Attempt, Campaign, CampaignState, Outcome
 from ..store.history import CallbackHistory
 from ..store.routing_data import RoutingSnapshot
 from ..tasks import cancel_and_wait
@@ -130,15 +132,7 @@ class Originator:
         callee = phone.normalize(callee_raw, self.region)
         if callee is None:
             raise DialRefused(f"{callee_raw!r} is not a phone number")
-        snapshot = self.routing()
-        campaign = snapshot.campaigns.get(campaign_id)
-        if campaign is None:
-            raise DialRefused(f"no campaign {campaign_id!r}")
-        account = snapshot.accounts.get(campaign.account)
-        try:
-            plan = plan_caller_id(campaign, account, snapshot.numbers, callee, self.rng)
-        except CallerIdRefused as exc:
-            raise DialRefused(str(exc)) from exc
+        campaign, plan = self._plan(campaign_id, callee, callee_region)
         if campaign.state is CampaignState.PAUSED:
             raise CampaignPaused(f"campaign {campaign.id} is paused")
         cap = self.settings.pool_calls_per_minute if plan.from_pool else None
@@ -169,17 +163,24 @@ class Originator:
     def check_campaign(self, campaign_id: str) -> None:
         """Raise DialRefused if no call of this campaign may be placed (before dialing any);
         a paused campaign may be run: its calls wait for it."""
+        self._plan(campaign_id, "", lambda _: None)
+
+    def _plan(
+        self, campaign_id: str, callee: str, region_of: Callable[[str], str | None]
+    ) -> tuple[Campaign, CallerIdPlan]:
+        """The campaign and the numbers a call to `callee` may show; DialRefused if none."""
         snapshot = self.routing()
         campaign = snapshot.campaigns.get(campaign_id)
         if campaign is None:
             raise DialRefused(f"no campaign {campaign_id!r}")
         account = snapshot.accounts.get(campaign.account)
         try:
-            plan_caller_id(
-                campaign, account, snapshot.numbers, "", self.rng, region_of=lambda _: None
+            plan = plan_caller_id(
+                campaign, account, snapshot.numbers, callee, self.rng, region_of=region_of
             )
         except CallerIdRefused as exc:
             raise DialRefused(str(exc)) from exc
+        return campaign, plan
 
     async def dial(self, campaign_id: str, callee_raw: str) -> DialResult:
         """Place one call and wait for its outcome (which is also written to the history)."""
