@@ -1,7 +1,7 @@
 """A fake Asterisk Manager Interface peer built from the recorded traffic of a real Asterisk.
 
 `FakeAMI` is an asyncio server on 127.0.0.1 (port 0) that behaves as Asterisk 22 did in the
-recordings of `shared/asterisk-transcripts`:
+recordings in `tests/fixtures/asterisk`:
 
 - the banner line, with no empty line after it;
 - `Challenge` (MD5) and `Login` (plain or MD5); a wrong secret gets the recorded
@@ -32,13 +32,11 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Self
 
+from transcripts import TRANSCRIPTS_DIR as TRANSCRIPTS
 from zvonok_agi.ami.protocol import NEED_DATA, Action, AMIConnection, AMIProtocolError, Closed
 from zvonok_agi.routing.model import Outcome
-
-TRANSCRIPTS = Path(__file__).resolve().parents[1] / ".." / "shared" / "asterisk-transcripts"
 
 ORIGINATE_CASES = (
     "answered",

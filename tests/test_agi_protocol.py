@@ -1,6 +1,6 @@
 """The sans-IO FastAGI protocol (zvonok_agi.agi.protocol).
 
-1. Replay of every recorded AGI session (shared/asterisk-transcripts/agi_*.txt) through a
+1. Replay of every recorded AGI session (tests/fixtures/asterisk/agi_*.txt) through a
    ServerConnection, whole, byte by byte and in random chunks: the exact event sequence.
 2. Explicit cases of the env block, the replies, EOF, HANGUP and the bounds.
 3. Command encoding: round trip through Asterisk's parse_args, size cap, never raising on content.
@@ -13,7 +13,6 @@ import random
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,7 +24,7 @@ from transcripts import (
     TRANSCRIPTS_DIR,
     Entry,
     agi_transcripts,
-    read_transcript,
+    read_sessions,
 )
 from zvonok_agi.agi.protocol import (
     AGI_BUF_LEN,
@@ -111,6 +110,34 @@ class Refused:
     """Marker: send_command refused this command (AGIProtocolError)."""
 
     line: str
+
+
+def mset_env(channel: str, uniqueid: str, callerid: str, did: str) -> dict[str, str]:
+    """A session of agi_mset.txt: the project's own dialplan, on port 4576."""
+    return env(
+        agi_network_script="inbound",
+        agi_request="agi://127.0.0.1:4576/inbound",
+        agi_channel=channel,
+        agi_uniqueid=uniqueid,
+        agi_callerid=callerid,
+        agi_dnid=did,
+        agi_context="zvonok-from-carrier",
+        agi_extension=did,
+        agi_priority="2",
+        agi_threadid="140227757233856",
+    )
+
+
+def mset_session(env_block: dict[str, str], argument: str) -> list[object]:
+    """EXEC MSet answered with the application's return, then ZV_DECIDED read back."""
+    return [
+        Environment(env_block),
+        Sent(f'EXEC "MSet" "{argument}"'),
+        R("200 result=0", "0"),
+        Sent('GET VARIABLE "ZV_DECIDED"'),
+        R("200 result=1 (1)", "1", "1"),
+        Closed(complete=True),
+    ]
 
 
 def R(line: str, result: str | None = None, data: str | None = None, **extra: str) -> Reply:
@@ -243,6 +270,19 @@ EXPECTED: dict[str, list[object]] = {
         Sent("GET VARIABLE CALLERID(num)"),
         R("200 result=1 (70000000000)", "1", "70000000000"),
     ],
+    "agi_mset.txt:s1": mset_session(
+        mset_env("PJSIP/carrier-00000018", "1795968049.24", "79161230003", "74951234567"),
+        "ZV_ROUTE=inbound,ZV_CAMPAIGN=support,ZV_TARGET_CONTEXT=zvonok-inbound-support,"
+        "ZV_TARGET_EXTEN=s,ZV_REASON=no recent call to this caller from this number; "
+        "inbound campaign support,ZV_DID=74951234567,ZV_CALLER=79161230003,ZV_DECIDED=1",
+    ),
+    "agi_mset.txt:s2": mset_session(
+        mset_env("PJSIP/carrier-00000019", "1795968052.25", "79167654321", "74951234568"),
+        "ZV_ROUTE=inbound,ZV_CAMPAIGN=sales-desk,ZV_TARGET_CONTEXT=zvonok-inbound-sales-desk,"
+        "ZV_TARGET_EXTEN=s,ZV_REASON=callback not taken: a callback was already routed to the "
+        "campaign; inbound campaign sales-desk,ZV_DID=74951234568,ZV_CALLER=79167654321,"
+        "ZV_DECIDED=1",
+    ),
 }
 # (hungup, pending) at the end of each session
 END_STATE = {
@@ -251,6 +291,8 @@ END_STATE = {
     "agi_hangup_midway.txt": (True, False),
     "agi_hangup_midway_agiexitonhangup.txt": (True, False),
     "agi_more_commands.txt": (True, False),
+    "agi_mset.txt:s1": (False, False),
+    "agi_mset.txt:s2": (False, False),
 }
 # Asterisk never connected: these hold Asterisk's log and SIP only.
 NO_SESSION = {"agi_server_down.txt", "agi_server_unreachable_timeout.txt"}
@@ -303,6 +345,8 @@ def replay(entries: list[Entry], chunker: Chunker) -> tuple[list[object], Server
     conn = ServerConnection()
     seen: list[object] = []
     for direction, data in runs(entries):
+        if direction == FROM_SERVER and not data:
+            continue  # the server closed: nothing for the connection to parse
         if direction == FROM_SERVER:
             assert conn.next_event() in (NEED_DATA, Closed(complete=True))
             line = data.decode()
@@ -333,16 +377,31 @@ def replay(entries: list[Entry], chunker: Chunker) -> tuple[list[object], Server
 
 
 def session_transcripts() -> list[str]:
-    return [path.name for path in agi_transcripts() if path.name not in NO_SESSION]
+    """One name per recorded session: the file's name, and `:<session>` after it when the
+    file holds several (agi_mset.txt:s1)."""
+    names = []
+    for path in agi_transcripts():
+        sessions = read_sessions(path)
+        if len(sessions) == 1:
+            names.append(path.name)
+        else:
+            names += [f"{path.name}:{session}" for session in sessions]
+    return names
 
 
 def load(name: str) -> list[Entry]:
-    return read_transcript(TRANSCRIPTS_DIR / name)
+    file, _, session = name.partition(":")
+    sessions = read_sessions(TRANSCRIPTS_DIR / file)
+    if not session:
+        assert len(sessions) <= 1
+        return next(iter(sessions.values()), [])
+    return sessions[session]
 
 
 def test_transcripts_are_there() -> None:
     names = {path.name for path in agi_transcripts()}
-    assert names >= NO_SESSION | set(EXPECTED)
+    assert names >= NO_SESSION | {name.partition(":")[0] for name in EXPECTED}
+    assert set(session_transcripts()) == set(EXPECTED)
 
 
 @pytest.mark.parametrize("name", sorted(NO_SESSION))
@@ -418,7 +477,7 @@ def test_asterisk_connection_reads_the_recorded_commands() -> None:
     for name in session_transcripts():
         asterisk = AsteriskConnection()
         for direction, data in load(name):
-            if direction != FROM_SERVER:
+            if direction != FROM_SERVER or not data:
                 continue
             asterisk.receive_data(data)
             command = asterisk.next_event()
@@ -992,12 +1051,6 @@ def test_asterisk_connection_states() -> None:
 
 def test_need_data_repr() -> None:
     assert repr(NEED_DATA) == "NEED_DATA"
-
-
-def test_transcript_dir_is_beside_the_repo() -> None:
-    repo = Path(__file__).resolve().parents[1]
-    assert repo.parent / "shared" / "asterisk-transcripts" == TRANSCRIPTS_DIR
-    assert TRANSCRIPTS_DIR.is_dir()
 
 
 def test_stray_empty_lines_between_replies_are_skipped() -> None:

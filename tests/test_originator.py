@@ -22,7 +22,7 @@ import pytest
 
 from conftest import free_port
 from engine_helpers import load
-from fake_ami import ORIGINATE_CASES, RECORDED_OUTCOMES, TRANSCRIPTS, FakeAMI, Recording
+from fake_ami import ORIGINATE_CASES, RECORDED_OUTCOMES, FakeAMI, Recording
 from zvonok_agi import phone
 from zvonok_agi.ami.client import AMIClient
 from zvonok_agi.ami.protocol import Action
@@ -41,9 +41,6 @@ from zvonok_agi.routing.model import Attempt, CampaignState, Outcome
 from zvonok_agi.store.embedded import EmbeddedRedis
 from zvonok_agi.store.history import CallbackHistory
 from zvonok_agi.store.routing_data import RoutingData, RoutingSnapshot
-
-if not TRANSCRIPTS.is_dir():  # pragma: no cover - the shared folder sits beside the repo
-    pytest.skip(f"transcripts not found at {TRANSCRIPTS}", allow_module_level=True)
 
 EXPECTED = RECORDED_OUTCOMES
 CASE_CALLEES = {case: f"7900111000{i}" for i, case in enumerate(ORIGINATE_CASES)}

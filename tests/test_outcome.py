@@ -28,9 +28,6 @@ from zvonok_agi.ami.outcome import (
 from zvonok_agi.ami.protocol import NEED_DATA, Action, AMIConnection, Banner, Event, Response
 from zvonok_agi.routing.model import Outcome
 
-if not TRANSCRIPTS.is_dir():  # pragma: no cover - the shared folder sits beside the repo
-    pytest.skip(f"transcripts not found at {TRANSCRIPTS}", allow_module_level=True)
-
 EXPECTED = RECORDED_OUTCOMES
 
 # The row of the docstring's table ("far end" column) that documents each recording.

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from conftest import free_port
 from engine_helpers import RESERVED, base_inventory, load
-from fake_ami import RECORDED_OUTCOMES, TRANSCRIPTS, FakeAMI
+from fake_ami import RECORDED_OUTCOMES, FakeAMI
 from zvonok_agi.ami.client import AMIClient
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import Settings
@@ -39,10 +39,6 @@ from zvonok_agi.routing.model import CampaignState, Outcome
 from zvonok_agi.store.embedded import EmbeddedRedis
 from zvonok_agi.store.history import CallbackHistory
 from zvonok_agi.store.routing_data import RoutingData
-
-if not TRANSCRIPTS.is_dir():  # pragma: no cover
-    pytest.skip(f"transcripts not found at {TRANSCRIPTS}", allow_module_level=True)
-
 
 CASES = list(RECORDED_OUTCOMES)
 

@@ -46,6 +46,21 @@ def recorded_environment(
     }
 
 
+# The usage text res_agi sends in a 520 block for a malformed command. GET VARIABLE's is
+# recorded (agi_env_and_commands.txt); SET VARIABLE's is its description in res_agi.c.
+USAGE = {
+    "GET VARIABLE": (
+        "Returns <literal>0</literal> if <replaceable>variablename</replaceable> is not set. "
+        "Returns <literal>1</literal> if <replaceable>variablename</replaceable> is set and "
+        "returns the variable in parentheses.\n"
+        "Example return code: 200 result=1 (testvariable)"
+    ),
+    "SET VARIABLE": "Sets a variable to the current channel.",
+}
+# Dialplan applications this channel knows; EXEC of any other gives `200 result=-2`, as recorded.
+APPLICATIONS = {"MSET", "SET", "NOOP", "VERBOSE", "GOTO", "ANSWER", "WAIT", "HANGUP"}
+
+
 class FakeChannel:
     """The channel variables and replies of one call, as Asterisk would give them."""
 
@@ -66,10 +81,14 @@ class FakeChannel:
         words = command.words
         self.commands.append(words)
         verb = " ".join(w.upper() for w in words[:2])
-        if verb == "SET VARIABLE" and len(words) == 4:
+        if verb == "SET VARIABLE":
+            if len(words) != 4:
+                return conn.send_reply(520, data=USAGE[verb])
             self.variables[words[2]] = words[3]
             return conn.send_reply(200, "1")
-        if verb == "GET VARIABLE" and len(words) == 3:
+        if verb == "GET VARIABLE":
+            if len(words) != 3:
+                return conn.send_reply(520, data=USAGE[verb])
             if words[2] in self.variables:
                 return conn.send_reply(200, "1", self.variables[words[2]])
             return conn.send_reply(200, "0")
@@ -81,7 +100,10 @@ class FakeChannel:
         if verb == "EXEC MSET":
             self._mset(words[2] if len(words) > 2 else "")
             return conn.send_reply(200, "0")
-        if words and words[0].upper() in ("NOOP", "VERBOSE", "EXEC"):
+        if words and words[0].upper() == "EXEC":
+            known = len(words) > 1 and words[1].upper() in APPLICATIONS
+            return conn.send_reply(200, "0" if known else "-2")
+        if words and words[0].upper() in ("NOOP", "VERBOSE"):
             return conn.send_reply(200, "0")
         return conn.send_reply(510)
 

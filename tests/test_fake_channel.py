@@ -1,0 +1,73 @@
+"""The fake channel (`zvonok-agi agi-call`, the engine tests) answers as the recorded Asterisk.
+
+Every command our side sent in a recorded session is put to a FakeChannel that starts with the
+channel's recorded state; its reply must be the recorded bytes. Commands the fake does not play
+(CHANNEL STATUS and the media commands) are listed, so that a new one cannot slip by.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from transcripts import FROM_ASTERISK, FROM_SERVER, TRANSCRIPTS_DIR, read_sessions
+from zvonok_agi.agi.client import FakeChannel
+from zvonok_agi.agi.protocol import (
+    HANGUP_LINE,
+    NEED_DATA,
+    AsteriskConnection,
+    Command,
+    Environment,
+    ServerConnection,
+)
+
+NOT_PLAYED = {"CHANNEL STATUS"}
+
+SESSIONS = [
+    ("agi_env_and_commands.txt", "conn 1"),
+    ("agi_mset.txt", "s1"),
+    ("agi_mset.txt", "s2"),
+]
+
+
+def recorded_exchanges(name: str, session: str) -> tuple[Environment, list[tuple[bytes, bytes]]]:
+    """The env block and each (command, reply) of one recorded session."""
+    env_block = b""
+    exchanges: list[tuple[bytes, bytes]] = []
+    for direction, data in read_sessions(TRANSCRIPTS_DIR / name)[session]:
+        if direction == FROM_SERVER and data:
+            exchanges.append((data, b""))
+        elif direction == FROM_ASTERISK and not exchanges:
+            env_block += data
+        elif direction == FROM_ASTERISK and data != HANGUP_LINE:
+            command, reply = exchanges[-1]
+            exchanges[-1] = (command, reply + data)
+    server = ServerConnection()
+    server.receive_data(env_block)
+    env = server.next_event()
+    assert isinstance(env, Environment)
+    return env, exchanges
+
+
+@pytest.mark.parametrize(("name", "session"), SESSIONS)
+def test_fake_channel_replies_as_recorded(name: str, session: str) -> None:
+    env, exchanges = recorded_exchanges(name, session)
+    channel = FakeChannel(
+        variables={"CALLERID(num)": env.get("agi_callerid")},
+        builtins={
+            "CHANNEL": env.get("agi_channel"),
+            "CALLERID(all)": f'"{env.get("agi_calleridname")}" <{env.get("agi_callerid")}>',
+        },
+    )
+    conn = AsteriskConnection()
+    played = 0
+    for command_bytes, recorded_reply in exchanges:
+        conn.receive_data(command_bytes)
+        command = conn.next_event()
+        assert isinstance(command, Command)
+        assert conn.next_event() is NEED_DATA
+        reply = channel.answer(conn, command)
+        if " ".join(command.words[:2]).upper() in NOT_PLAYED:
+            continue
+        assert reply == recorded_reply, command.raw
+        played += 1
+    assert played >= 2
