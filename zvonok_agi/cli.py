@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
-from .logs import configure_logging
+from .logs import close_logging, configure_logging
 from .metrics import MetricsUnavailable
 
 if TYPE_CHECKING:
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, MetricsUnavailable) as exc:
         print(f"zvonok-agi: {exc}", file=sys.stderr)
         return 1
+    finally:
+        close_logging()  # every line out before the process ends
 
 
 class CommandError(Exception):
