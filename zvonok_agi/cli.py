@@ -175,7 +175,7 @@ async def _route(settings: Settings, args: argparse.Namespace) -> int:
         )
         did, caller = router.parties(args.did, "", args.caller)
         snapshot = await data.load()
-        decision = await router.decide(did, caller, snapshot, claim=False)
+        decision = await router.decide(did, caller, snapshot)
     print(f"DID       {did or '(not a number)'}")
     print(f"caller    {caller or '(none)'}")
     print(f"at        {datetime.fromtimestamp(at).astimezone().isoformat(timespec='seconds')}")

@@ -441,6 +441,11 @@ class ServerConnection:
         """A command awaits its reply."""
         return self.state in (ServerState.AWAITING_REPLY, ServerState.IN_BLOCK)
 
+    @property
+    def closed(self) -> bool:
+        """EOF was reached (and Closed handed out)."""
+        return self._closed is not None
+
     def receive_data(self, data: bytes) -> None:
         """Bytes from Asterisk; `b""` means EOF."""
         self._check_error()

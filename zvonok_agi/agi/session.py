@@ -16,10 +16,16 @@ from .protocol import (
 )
 
 READ_SIZE = 4096
+# Time a session that failed or ran out of time has to send its fallback route.
+FALLBACK_GRACE = 0.5
 
 
 class AGIClosed(ConnectionError):
     """Asterisk closed the session (or the env block never finished)."""
+
+
+class SessionFailed(Exception):
+    """A handler gives up with a reason: the server ends the session through its on_failure."""
 
 
 class AGISession:
@@ -29,15 +35,23 @@ class AGISession:
         self.reader = reader
         self.writer = writer
         self.peer = peer
+        self.host = peer.rpartition(":")[0]
+        self.accepted = asyncio.get_running_loop().time()
         self.connection = ServerConnection()
         self.env: Environment | None = None
         # Set by a handler that knows a better route than the server's generic fallback, for
-        # when it fails or runs out of time. Called with a short reason.
+        # when it fails, runs out of time or Asterisk goes: called once with a short reason,
+        # it sends that route if it still can (within FALLBACK_GRACE) and cleans up.
         self.on_failure: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def hungup(self) -> bool:
         return self.connection.hungup
+
+    @property
+    def closed(self) -> bool:
+        """Asterisk closed its side: nothing more can be said."""
+        return self.connection.closed
 
     async def read_environment(self) -> Environment:
         event = await self._next_event()
