@@ -45,6 +45,10 @@ SLOT_WAIT = 0.2
 FAILURE_BUDGET = FALLBACK_GRACE + 1.0
 # After cancelling what was left at shutdown, how long to wait for it to end.
 CANCEL_WAIT = 1.0
+# Connections whose env block is late are looked for this often, and closed this many per
+# turn of the event loop, so that calls get through in between.
+SWEEP_EVERY = 0.05
+SWEEP_BATCH = 50
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 
 
@@ -69,7 +73,7 @@ class _Connection:
     task: asyncio.Task[None]
     host: str
     deadline: asyncio.Timeout | None = None  # the session's, once it runs
-    evicted: bool = False  # closed to make room for a newer connection from its peer
+    dropped: str | None = None  # why the server closed it before its env block came
     shut_down: bool = False  # its deadline brought forward by shutdown
 
 
@@ -89,6 +93,7 @@ class FastAGIServer:
         self._ids = itertools.count(1)
         self._slots = asyncio.Semaphore(config.max_sessions)
         self._warnings = RepeatedWarnings(log)
+        self._sweeper: asyncio.Task[None] | None = None
         self.port = config.port  # the bound port once started (config.port may be 0)
         self.draining = False
         self.sessions_total = 0
@@ -112,6 +117,7 @@ class FastAGIServer:
             backlog=self.config.backlog,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.create_task(self._sweep_late_env_blocks())
         log.info("fastagi listening", host=self.config.host, port=self.port)
         somaxconn = _somaxconn()
         if somaxconn is not None and somaxconn < self.config.backlog:
@@ -158,6 +164,9 @@ class FastAGIServer:
                 task.cancel()
             if left:
                 await asyncio.wait(left, timeout=CANCEL_WAIT)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.wait([self._sweeper])
         self._warnings.flush()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
@@ -189,35 +198,17 @@ class FastAGIServer:
             await session.close()
 
     async def _read_environment(self, conn: _Connection) -> bool:
-        """The env block within env_deadline, holding no slot; False if it did not come."""
+        """The env block, holding no slot; False if it did not come (in time: the sweeper
+        closes the connection when it is late)."""
         pending = self._pending.setdefault(conn.host, {})
         if len(pending) >= self.config.max_pending_per_peer:
-            oldest = next(iter(pending))
-            del pending[oldest]
-            oldest.evicted = True
-            oldest.session.writer.close()  # its read ends: the connection goes
-            METRICS.connection_dropped("peer_pending_cap")
-            self._warnings.warning(
-                "fastagi: too many connections from one peer without an env block; "
-                "the oldest closed",
-                peer=oldest.session.peer,
-                cap=self.config.max_pending_per_peer,
-            )
+            self._drop(next(iter(pending)), "peer_pending_cap")
         pending[conn] = None
-        deadline = min(self.config.env_deadline, self.config.session_deadline)
         try:
-            async with asyncio.timeout(deadline):
-                await conn.session.read_environment()
+            await conn.session.read_environment()
             return True
-        except TimeoutError:
-            METRICS.connection_dropped("no_env_block")
-            self._warnings.warning(
-                "fastagi env block not received in time; connection closed",
-                peer=conn.session.peer,
-                deadline=deadline,
-            )
         except AGIClosed:
-            if not conn.evicted:
+            if conn.dropped is None:
                 log.debug("fastagi connection closed before its env block", peer=conn.session.peer)
         except AGIProtocolError as exc:
             METRICS.connection_dropped("protocol_error")
@@ -231,6 +222,52 @@ class FastAGIServer:
                 if not pending:
                     del self._pending[conn.host]
         return False
+
+    def _drop(self, conn: _Connection, why: str) -> None:
+        """Close a connection still without its env block (its read then ends)."""
+        pending = self._pending.get(conn.host)
+        if pending is not None:
+            pending.pop(conn, None)
+        conn.dropped = why
+        conn.session.writer.close()
+        METRICS.connection_dropped(why)
+        if why == "peer_pending_cap":
+            self._warnings.warning(
+                "fastagi: too many connections from one peer without an env block; "
+                "the oldest closed",
+                peer=conn.session.peer,
+                cap=self.config.max_pending_per_peer,
+            )
+        else:
+            self._warnings.warning(
+                "fastagi env block not received in time; connection closed",
+                peer=conn.session.peer,
+                deadline=self._env_deadline,
+            )
+
+    @property
+    def _env_deadline(self) -> float:
+        return min(self.config.env_deadline, self.config.session_deadline)
+
+    async def _sweep_late_env_blocks(self) -> None:
+        """Close the connections whose env block is late, oldest first, a batch per turn of
+        the loop: idle connections that came together (and come back when closed) go a few at
+        a time rather than all in one turn that would hold up every call."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            late = loop.time() - self._env_deadline
+            closed = 0
+            for pending in list(self._pending.values()):
+                for conn in list(pending):  # oldest first
+                    if conn.session.accepted > late:
+                        break
+                    if conn not in pending:  # gone while we let others run
+                        continue
+                    self._drop(conn, "no_env_block")
+                    closed += 1
+                    if closed % SWEEP_BATCH == 0:
+                        await asyncio.sleep(0)
 
     async def _serve(self, conn: _Connection) -> None:
         try:
