@@ -4,7 +4,9 @@ Each callee goes through the originator in two steps: `prepare()` records the at
 callee is then appended to the run's journal, and only then is `place()` sent. So a run that
 is interrupted (SIGINT, crash) and started again with the same journal never dials anyone
 twice; the price is that a crash between the journal write and the Originate loses that one
-callee, which is the safe side.
+callee, which is the safe side. Once the Originate is known not to have left (the AMI link
+was down), the callee is struck out of the journal again and goes back in the queue: a run
+stopped before its redial leaves it to the next run.
 
 While Redis is down no attempt can be recorded, so no call is placed: the run pauses, retries
 the same callee every STORE_RETRY seconds and resumes when the store is back. While the AMI
@@ -112,7 +114,10 @@ def journal_path(state_dir: str | Path, campaign_id: str, list_path: str | Path)
 
 
 class Journal:
-    """An append-only file of callees already dialed, one E.164 number a line."""
+    """An append-only file of callees already dialed, one E.164 number a line; a line
+    `-NUMBER` strikes out the one before it (its Originate never left)."""
+
+    STRUCK = "-"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -122,13 +127,27 @@ class Journal:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return set()
-        return {line.strip() for line in text.splitlines() if line.strip()}
+        done: set[str] = set()
+        for line in text.splitlines():
+            callee = line.strip()
+            if callee.startswith(self.STRUCK):
+                done.discard(callee.removeprefix(self.STRUCK))
+            elif callee:
+                done.add(callee)
+        return done
 
     def append(self, callee: str) -> None:
         """Write `callee` durably (fsync): it must survive a crash right after."""
+        self._write(callee)
+
+    def strike(self, callee: str) -> None:
+        """Take `callee` back out: it was not dialed after all."""
+        self._write(self.STRUCK + callee)
+
+    def _write(self, line: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as file:
-            file.write(callee + "\n")
+            file.write(line + "\n")
             file.flush()
             os.fsync(file.fileno())
 
@@ -267,7 +286,7 @@ class CampaignRunner:
         Raises DialRefused, before any call, when the campaign may not dial at all."""
         self.originator.check_campaign(self.campaign_id)
         started = time.monotonic()
-        queue = self._to_dial()
+        queue = self._to_dial(await asyncio.to_thread(self.journal.done))
         log.info(
             "campaign run started",
             campaign=self.campaign_id,
@@ -335,9 +354,8 @@ class CampaignRunner:
             else:
                 return
 
-    def _to_dial(self) -> deque[str]:
-        """The callees still to dial: each number once, none already in the journal."""
-        done = self.journal.done()
+    def _to_dial(self, done: set[str]) -> deque[str]:
+        """The callees still to dial: each number once, none already `done` (journaled)."""
         queue: deque[str] = deque()
         seen: set[str] = set()
         for raw in self.callees:
@@ -395,7 +413,16 @@ class CampaignRunner:
             self._in_flight -= 1
         if result.retry:
             # The link fell between prepare and send: nothing reached Asterisk, so this
-            # callee goes back in the queue (it is journaled: a crash now loses it, safely).
+            # callee goes back in the queue, and out of the journal for a run that resumes
+            # (first: its redial journals it again).
+            try:
+                await asyncio.to_thread(self.journal.strike, attempt.callee)
+            except OSError as exc:
+                log.error(
+                    "journal not updated: a resumed run would skip this callee",
+                    callee=attempt.callee,
+                    error=str(exc),
+                )
             queue.append(attempt.callee)
             self._report()
             return
