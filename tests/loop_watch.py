@@ -2,7 +2,8 @@
 
 The slow thing is made to wait on purpose (a FIFO nobody writes, a socket that never answers,
 a stopped process); a thread checks that the loop still runs a callback meanwhile, then lets
-the slow thing go on. A call that blocked the loop shows as a callback that never ran.
+the slow thing go on. A call that blocked the loop shows as a callback that never ran, or ran
+only once the slow thing had given up by itself.
 """
 
 from __future__ import annotations
@@ -20,21 +21,21 @@ class LoopWatch:
         self.loop = asyncio.get_running_loop()
         self.answered: bool | None = None
 
-    def check_then(self, release: Callable[[], None]) -> None:
-        """From another thread: record whether the loop runs a callback, then `release`."""
-        ran = threading.Event()
-        self.loop.call_soon_threadsafe(ran.set)
-        self.answered = ran.wait(PATIENCE)
-        release()
-
     def in_thread(
-        self, wait_until_blocked: Callable[[], None], release: Callable[[], None]
+        self,
+        wait_until_blocked: Callable[[], None],
+        release: Callable[[], None],
+        still_blocked: Callable[[], bool] = lambda: True,
     ) -> threading.Thread:
-        """A started thread that waits for the slow thing to be waited on, then checks."""
+        """A started thread that waits for the slow thing to be waited on, records whether
+        the loop runs a callback while `still_blocked()`, then calls `release`."""
 
         def run() -> None:
             wait_until_blocked()
-            self.check_then(release)
+            ran = threading.Event()
+            self.loop.call_soon_threadsafe(ran.set)
+            self.answered = ran.wait(PATIENCE) and still_blocked()
+            release()
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
