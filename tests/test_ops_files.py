@@ -52,6 +52,7 @@ ENV_EXAMPLE = LAB / ".env.example"
 SIPP = ROOT / "scripts" / "sipp"
 RUNNER = SIPP / "run"
 DIALPLAN = ROOT / "dialplan" / "extensions_zvonok.conf"
+OPERATIONS_GUIDE = ROOT / "docs" / "operations.md"
 
 CONFIG_DIR = PurePosixPath("/etc/asterisk")  # Asterisk's config dir: relative includes
 SOFTPHONE_NUMBERS = ("79161234567", "79167654321")
@@ -495,13 +496,76 @@ def objects(sections: list[Section], kind: str) -> dict[str, Section]:
 
 
 def test_pjsip_objects_have_a_known_type_and_known_options(pjsip: list[Section]) -> None:
-    for section in pjsip:
+    check_pjsip_types_and_options(pjsip)
+
+
+def check_pjsip_types_and_options(sections: list[Section]) -> None:
+    for section in sections:
         kinds = section.all("type")
         assert len(kinds) == 1, f"{section.where}: [{section.name}] type={kinds}"
         (kind,) = kinds
         assert kind in PJSIP_TYPES, f"{section.where}: [{section.name}] type={kind}"
         unknown = section.keys() - PJSIP_OPTIONS.get(kind, section.keys())
         assert not unknown, f"{section.where}: [{section.name}] unknown {kind} option(s) {unknown}"
+
+
+def fenced_conf(markdown: Path, first_line: str, tmp_path: Path) -> Path:
+    """The guide's fenced block whose first line is `first_line` ("; pjsip.conf"), as a file."""
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", markdown.read_text("utf-8"), re.M | re.S)
+    (block,) = [b for b in blocks if b.startswith(first_line + "\n")]
+    path = tmp_path / first_line.removeprefix("; ")
+    path.write_text(block, "utf-8")
+    return path
+
+
+@pytest.fixture
+def guide_pjsip(tmp_path: Path) -> list[Section]:
+    """The production example of docs/operations.md, read as Asterisk would read it."""
+    return effective(read_conf(fenced_conf(OPERATIONS_GUIDE, "; pjsip.conf", tmp_path)))
+
+
+def trunks(sections: list[Section]) -> dict[str, Section]:
+    """Endpoints that are trunks: matched by an identify object, or taking calls without auth."""
+    endpoints = objects(sections, "endpoint")
+    identified = {s.get("endpoint") for s in objects(sections, "identify").values()}
+    return {n: e for n, e in endpoints.items() if n in identified or not e.get("auth")}
+
+
+def check_trunks_are_identified_by_address_only(sections: list[Section]) -> None:
+    """Without identify_by, Asterisk also matches an endpoint by the user of From: a request
+    from anywhere with From <sip:carrier@...> would enter the carrier's context, no password
+    asked. identify_by = ip leaves only the source address."""
+    found = trunks(sections)
+    assert found, "no trunk found: the check would hold nothing"
+    for name, endpoint in found.items():
+        assert endpoint.all("identify_by") == ["ip"], f"{endpoint.where}: [{name}] identify_by"
+        assert not endpoint.get("auth"), f"[{name}]: a trunk matched by address has no password"
+        matched = [i for i in objects(sections, "identify").values() if i.get("endpoint") == name]
+        assert matched and all(i.all("match") for i in matched), f"[{name}]: no source address"
+
+
+def test_the_lab_trunk_takes_calls_only_from_its_address(pjsip: list[Section]) -> None:
+    check_trunks_are_identified_by_address_only(pjsip)
+    assert set(trunks(pjsip)) == {"carrier"}  # the softphones authenticate
+
+
+def test_the_guide_trunk_takes_calls_only_from_its_address(guide_pjsip: list[Section]) -> None:
+    check_trunks_are_identified_by_address_only(guide_pjsip)
+
+
+def test_the_trunk_check_catches_a_trunk_matched_by_user_name(tmp_path: Path) -> None:
+    conf_file = tmp_path / "pjsip.conf"
+    conf_file.write_text(
+        "[t]\ntype = endpoint\ncontext = c\n"
+        "[t]\ntype = identify\nendpoint = t\nmatch = 192.0.2.1\n",
+        "utf-8",
+    )
+    with pytest.raises(AssertionError, match="identify_by"):
+        check_trunks_are_identified_by_address_only(effective(read_conf(conf_file)))
+
+
+def test_the_guide_pjsip_example_has_known_options(guide_pjsip: list[Section]) -> None:
+    check_pjsip_types_and_options(guide_pjsip)
 
 
 def test_pjsip_references_resolve(pjsip: list[Section], resolve: Resolver) -> None:
