@@ -9,6 +9,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from ..config import is_loopback
 from ..numbers.service import NumbersService
 from ..tasks import cancel_and_wait, cancel_requested
 from .app import make_app
@@ -28,7 +29,10 @@ class AdminServer:
         port: int = 0,
         max_body: int = 64 * 1024,
         flush_interval: float = 5.0,
+        allow_remote: bool = False,
     ) -> None:
+        if not allow_remote and not is_loopback(host):
+            raise ValueError(f"admin API: {host!r} is not a loopback address (allow_remote)")
         self.service = service
         self.host = host
         self.port = port
