@@ -764,6 +764,71 @@ def test_asterisk_conf_logger_conf_and_rtp_conf(compose: dict) -> None:
     assert any(p.endswith(f":{start}-{end}:{start}-{end}/udp") for p in ports), ports
 
 
+# What Asterisk 22 reads at every start, and logs an ERROR (or a WARNING) about when the file
+# is missing, as the lab's first boots did: the core's own files (the core is no module,
+# modules.conf cannot leave it out) and those of modules the lab loads (None: the core).
+READ_AT_BOOT = {
+    "asterisk.conf": None,
+    "logger.conf": None,
+    "modules.conf": None,
+    "stasis.conf": None,
+    "ccss.conf": None,
+    "cdr.conf": None,
+    "cel.conf": None,
+    "features.conf": None,
+    "indications.conf": None,
+    "acl.conf": None,
+    "manager.conf": None,
+    "udptl.conf": None,
+    "extensions.conf": "pbx_config.so",
+    "pjproject.conf": "res_pjproject.so",
+    "pjsip.conf": "res_pjsip.so",
+    "rtp.conf": "res_rtp_asterisk.so",
+}
+# The sections (and their options) the lab's minimal files may hold, from Asterisk 22's
+# samples: a misspelt name in them is an ERROR at boot again.
+MINIMAL_FILES = {
+    "stasis.conf": {"threadpool": {"initial_size", "idle_timeout_sec", "max_size"}},
+    "ccss.conf": {"general": {"cc_max_requests"}},
+    "cdr.conf": {"general": {"enable", "unanswered", "congestion", "batch"}},
+    "cel.conf": {"general": {"enable", "apps", "events", "dateformat"}},
+    "features.conf": {"general": {"featuredigittimeout"}},
+    "acl.conf": {},
+    "udptl.conf": {"general": {"udptlstart", "udptlend"}},
+    "pjproject.conf": {
+        "log_mappings": {"type", "asterisk_error", "asterisk_warning", "asterisk_debug"}
+    },
+}
+TONES = {"description", "ringcadence", "dial", "busy", "ring", "congestion"}
+
+
+def test_every_file_asterisk_reads_at_boot_is_there(modules: set[str]) -> None:
+    for name, module in READ_AT_BOOT.items():
+        if module is None or module in modules:
+            assert (ETC / name).is_file(), f"{name}: Asterisk logs an error at boot without it"
+    for name, allowed in MINIMAL_FILES.items():
+        text = (ETC / name).read_text("utf-8")
+        assert text.startswith(";") and name in text.splitlines()[0], f"{name}: say why it exists"
+        for section in read_conf(ETC / name):
+            assert section.name in allowed, f"{section.where}: [{section.name}]"
+            unknown = section.keys() - allowed[section.name]
+            assert not unknown, f"{section.where}: [{section.name}] {unknown}"
+
+
+def test_no_call_records_are_kept_for_backends_the_lab_does_not_load(modules: set[str]) -> None:
+    assert not any(m.startswith(("cdr_", "cel_")) for m in modules)
+    (general,) = read_conf(ETC / "cdr.conf")
+    assert (general.name, general.get("enable")) == ("general", "no")
+    assert all(s.get("enable", "no") == "no" for s in read_conf(ETC / "cel.conf"))
+
+
+def test_the_default_tone_zone_is_defined() -> None:
+    sections = {s.name: s for s in read_conf(ETC / "indications.conf")}
+    country = sections["general"].get("country")
+    assert country in sections, "Asterisk warns: unable to set the default country"
+    assert TONES <= sections[country].keys()
+
+
 def test_every_conf_file_the_project_ships_is_checked() -> None:
     shipped = {
         p.relative_to(ROOT).as_posix()
@@ -771,18 +836,7 @@ def test_every_conf_file_the_project_ships_is_checked() -> None:
         if not {".venv", "var", ".git", "node_modules"} & set(p.relative_to(ROOT).parts)
     }
     checked = (
-        {
-            f"asterisk-docker/asterisk/etc/{n}"
-            for n in (
-                "asterisk.conf",
-                "extensions.conf",
-                "logger.conf",
-                "manager.conf",
-                "modules.conf",
-                "pjsip.conf",
-                "rtp.conf",
-            )
-        }
+        {f"asterisk-docker/asterisk/etc/{n}" for n in READ_AT_BOOT}
         | {f"asterisk-docker/asterisk/templates/{p.name}" for p in TEMPLATES.glob("*.conf")}
         | {
             "dialplan/extensions_zvonok.conf",  # also tests/test_dialplan.py
