@@ -539,7 +539,6 @@ def check_trunks_are_identified_by_address_only(sections: list[Section]) -> None
     assert found, "no trunk found: the check would hold nothing"
     for name, endpoint in found.items():
         assert endpoint.all("identify_by") == ["ip"], f"{endpoint.where}: [{name}] identify_by"
-        assert not endpoint.get("auth"), f"[{name}]: a trunk matched by address has no password"
         matched = [i for i in objects(sections, "identify").values() if i.get("endpoint") == name]
         assert matched and all(i.all("match") for i in matched), f"[{name}]: no source address"
 

@@ -24,6 +24,7 @@ from zvonok_agi import cli
 from zvonok_agi.config import ConfigError, load_settings
 from zvonok_agi.numbers.service import NumbersService
 from zvonok_agi.web.server import AdminServer
+from zvonok_agi.web.token import stored_token
 
 ROOT = Path(__file__).resolve().parents[2]
 REMOTE = ["0.0.0.0", "", "::", "192.0.2.7", "2001:db8::1", "admin.example.net"]
@@ -139,6 +140,15 @@ async def test_a_token_file_others_can_read_is_refused(admin_settings):
     args = cli._parser().parse_args(["admin"])
     with pytest.raises(cli.CommandError, match=r"open to other users .* chmod 600"):
         await args.run(admin_settings, args)
+
+
+def test_an_empty_token_file_gets_a_new_token(tmp_path):
+    path = tmp_path / "admin-token"
+    path.touch(0o600)  # a start that stopped before writing
+    token = stored_token(path)
+    assert token and path.read_text("utf-8") == token + "\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stored_token(path) == token
 
 
 async def test_a_configured_token_makes_no_file(admin_settings, capsys):
