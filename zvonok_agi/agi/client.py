@@ -120,13 +120,16 @@ class FakeChannel:
 def separate_args(data: str, delim: str, *, remove_chars: bool, limit: int) -> list[str]:
     """main/app.c __ast_app_separate_args: split at `delim` outside (), [] and quotes; with
     `remove_chars` quotes and backslashes are dropped (a backslash keeps the next character);
-    the last of `limit` arguments takes the rest."""
+    the last of `limit` arguments takes the rest, and a `delim` at the very end leaves one
+    more, empty argument ("A=" is "A" and "")."""
     args: list[str] = []
     i = 0
+    ended_on_delim = False
     while i < len(data) and len(args) < limit - 1:
         current: list[str] = []
         paren = bracket = 0
         quoted = False
+        ended_on_delim = False
         while i < len(data):
             char = data[i]
             i += 1
@@ -149,10 +152,11 @@ def separate_args(data: str, delim: str, *, remove_chars: bool, limit: int) -> l
                     char = data[i]
                     i += 1
             elif char == delim and not (paren or bracket or quoted):
+                ended_on_delim = True
                 break
             current.append(char)
         args.append("".join(current))
-    if i < len(data):
+    if i < len(data) or ended_on_delim:
         args.append(data[i:])
     return args
 
