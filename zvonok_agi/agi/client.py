@@ -46,17 +46,15 @@ def recorded_environment(
     }
 
 
-# The usage text res_agi sends in a 520 block for a malformed command. GET VARIABLE's is
-# recorded (agi_env_and_commands.txt); SET VARIABLE's is its description in res_agi.c.
-USAGE = {
-    "GET VARIABLE": (
-        "Returns <literal>0</literal> if <replaceable>variablename</replaceable> is not set. "
-        "Returns <literal>1</literal> if <replaceable>variablename</replaceable> is set and "
-        "returns the variable in parentheses.\n"
-        "Example return code: 200 result=1 (testvariable)"
-    ),
-    "SET VARIABLE": "Sets a variable to the current channel.",
-}
+# The usage block res_agi sends for a GET VARIABLE without exactly one name, as recorded
+# (agi_env_and_commands.txt). SET VARIABLE has no such check in res_agi.c: it answers
+# `200 result=1` and sets the name to the 4th word, or nothing when there is none.
+GET_VARIABLE_USAGE = (
+    "Returns <literal>0</literal> if <replaceable>variablename</replaceable> is not set. "
+    "Returns <literal>1</literal> if <replaceable>variablename</replaceable> is set and "
+    "returns the variable in parentheses.\n"
+    "Example return code: 200 result=1 (testvariable)"
+)
 # Dialplan applications this channel knows; EXEC of any other gives `200 result=-2`, as recorded.
 APPLICATIONS = {"MSET", "SET", "NOOP", "VERBOSE", "GOTO", "ANSWER", "WAIT", "HANGUP"}
 
@@ -82,13 +80,12 @@ class FakeChannel:
         self.commands.append(words)
         verb = " ".join(w.upper() for w in words[:2])
         if verb == "SET VARIABLE":
-            if len(words) != 4:
-                return conn.send_reply(520, data=USAGE[verb])
-            self.variables[words[2]] = words[3]
+            if len(words) >= 4:
+                self.variables[words[2]] = words[3]
             return conn.send_reply(200, "1")
         if verb == "GET VARIABLE":
             if len(words) != 3:
-                return conn.send_reply(520, data=USAGE[verb])
+                return conn.send_reply(520, data=GET_VARIABLE_USAGE)
             if words[2] in self.variables:
                 return conn.send_reply(200, "1", self.variables[words[2]])
             return conn.send_reply(200, "0")
