@@ -8,6 +8,7 @@ import asyncio
 import structlog
 from aiohttp import web
 
+from ..config import is_loopback
 from ..numbers.service import NumbersService
 from ..tasks import LoopErrors, cancel_and_wait, run_every
 from .app import make_app
@@ -30,7 +31,10 @@ class AdminServer:
         port: int = 0,
         max_body: int = 64 * 1024,
         flush_interval: float = 5.0,
+        allow_remote: bool = False,
     ) -> None:
+        if not allow_remote and not is_loopback(host):
+            raise ValueError(f"admin API: {host!r} is not a loopback address (allow_remote)")
         self.service = service
         self.host = host
         self.port = port
