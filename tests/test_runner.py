@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from conftest import free_port
+from conftest import background_errors, free_port
 from engine_helpers import RESERVED, base_inventory, load
 from fake_ami import RECORDED_OUTCOMES, FakeAMI
 from loop_watch import PATIENCE, LoopWatch
@@ -515,6 +515,33 @@ async def test_a_callee_requeued_after_a_cut_is_dialed_by_the_resumed_run(settin
     assert second.skipped == 1 and second.placed == 3
     assert dialed(fake) == Counter(numbers)  # the cut one too, once
     assert journal.done() == set(numbers)
+
+
+async def test_a_defect_preparing_one_callee_refuses_it_and_the_run_goes_on(settings, tmp_path):
+    await load(settings, inventory())
+    numbers = callees(5)
+    before = background_errors("campaign-run")
+    journal = Journal(tmp_path / "j")
+    with capture_logs() as logs:
+        async with FakeAMI() as fake:
+            async with originator_for(settings, fake) as originator:
+                prepare = originator.prepare
+
+                async def fails_for_one(campaign_id, callee):  # type: ignore[no-untyped-def]
+                    if callee == numbers[2]:
+                        raise RuntimeError("injected defect")
+                    return await prepare(campaign_id, callee)
+
+                originator.prepare = fails_for_one  # type: ignore[method-assign]
+                summary = await make_runner(originator, numbers, journal).run(asyncio.Event())
+
+    assert summary.placed == 4 and summary.refused == 1
+    assert summary.refusals == [f"{numbers[2]}: not dialed: RuntimeError('injected defect')"]
+    assert dialed(fake) == Counter(numbers[:2] + numbers[3:])
+    assert journal.done() == set(numbers) - {numbers[2]}  # a later run tries it again
+    assert background_errors("campaign-run") == before + 1
+    [failure] = [e for e in logs if e["event"] == "background loop step failed; going on"]
+    assert failure["loop"] == "campaign-run" and failure["callee"] == numbers[2]
 
 
 # ---- pieces -----------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ While Redis is down no attempt can be recorded, so no call is placed: the run pa
 the same callee every STORE_RETRY seconds and resumes when the store is back. While the AMI
 link is down the run waits for the client to reconnect; while the campaign is paused it waits
 for it to run again. When the campaign itself may no longer dial (finished, deleted, its
-caller ID taken away), the run stops and says why.
+caller ID taken away), the run stops and says why. Anything else that goes wrong with one
+callee (a defect) is logged and counted, and that callee is refused; the run goes on.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import structlog
 from .. import phone
 from ..routing.callerid import CallerId, PoolAtCapacity
 from ..routing.model import Attempt, Outcome
+from ..tasks import LoopErrors
 from .originator import (
     CampaignPaused,
     DialRefused,
@@ -280,6 +282,7 @@ class CampaignRunner:
         self._paused: str | None = None
         self._paused_since = 0.0
         self._pool_full = False
+        self._errors = LoopErrors("campaign-run", expected=())
 
     async def run(self, stop: asyncio.Event) -> RunSummary:
         """Dial until the list is done or `stop` is set; calls in flight then end normally.
@@ -334,6 +337,10 @@ class CampaignRunner:
                         queue.appendleft(callee)
                         return
                     self._refuse(callee, str(exc))
+                    continue
+                except Exception as exc:  # a defect: not journaled, a later run tries again
+                    self._errors.failed(exc, campaign=self.campaign_id, callee=callee)
+                    self._refuse(callee, f"not dialed: {exc!r}")
                     continue
                 if prepared is None:  # stopped while waiting
                     queue.appendleft(callee)
@@ -407,7 +414,7 @@ class CampaignRunner:
         try:
             result = await self.originator.place(attempt, caller_id)
         except Exception as exc:  # the Originate may have gone out: counted, never retried
-            log.exception("call failed", campaign=self.campaign_id, callee=attempt.callee)
+            self._errors.failed(exc, campaign=self.campaign_id, callee=attempt.callee)
             result = DialResult(attempt, caller_id, Outcome.FAILED, repr(exc))
         finally:
             self._in_flight -= 1
