@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import redis
 from structlog.testing import capture_logs
 
 from conftest import background_errors, free_port
@@ -205,6 +206,8 @@ def test_a_hung_server_left_behind_is_stopped_before_a_new_one_starts(tmp_path, 
     )
     assert owner.stdout is not None and "started\n" in owner.stdout  # after its log line
     [hung] = redis_servers_in(data_dir)
+    with redis.Redis(unix_socket_path=str(data_dir / "redis.sock")) as client:
+        client.set("kept", "yes")
     owner.kill()
     owner.wait()
     os.kill(hung, signal.SIGSTOP)  # alive, holding the data dir, answering nothing
@@ -212,7 +215,9 @@ def test_a_hung_server_left_behind_is_stopped_before_a_new_one_starts(tmp_path, 
     server.start(timeout=2)
     try:
         assert gone(hung)
-        assert len(redis_servers_in(data_dir)) == 1 and server.is_serving()
+        assert len(redis_servers_in(data_dir)) == 1
+        with redis.Redis(unix_socket_path=str(server.socket_path)) as client:
+            assert client.get("kept") == b"yes"  # in its append-only file
     finally:
         server.stop()
     assert redis_servers_in(data_dir) == []
