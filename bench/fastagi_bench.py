@@ -682,14 +682,22 @@ async def run_idle_flood(plan: Plan, pop: Population, redis: EmbeddedRedis, tmp:
     return phases
 
 
+def print_head(head: str) -> None:
+    print(head)
+    print("-" * len(head))
+
+
+def print_errors(row: Row) -> None:
+    for error, count in row.errors.most_common():
+        print(f"  {row.name}: {count} x {error}")
+
+
 def report_flood(phases: list[Phase], plan: Plan, connections: int) -> bool:
     print(f"\nIdle flood: {connections} idle connections from {HOST} (the calls' own host), "
           f"each reconnecting when closed; calls at {plan.rate:g}/s, {plan.duration:g} s per "
           f"phase, one engine at log level info; {os.cpu_count()} CPUs")
-    head = (f"{'phase':<12}{'routed':>12}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-            f"{'srv CPU':>9}{'log KB':>9}{'log lines/s':>12}  flood")
-    print(head)
-    print("-" * len(head))
+    print_head(f"{'phase':<12}{'routed':>12}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+               f"{'srv CPU':>9}{'log KB':>9}{'log lines/s':>12}  flood")
     for phase in phases:
         r = phase.row
         routed = f"{len(r.ok)}/{len(r.outcomes)}"
@@ -697,8 +705,7 @@ def report_flood(phases: list[Phase], plan: Plan, connections: int) -> bool:
         print(f"{r.name:<12}{routed:>12}{r.pct(0.5):>9.2f}{r.pct(0.99):>9.2f}{r.pct(1.0):>9.2f}"
               f"{r.cpu_per_call:>9.2f}{phase.log_bytes / 1024:>9.1f}"
               f"{phase.log_lines / r.wall:>12.1f}  {flood}")
-        for error, count in r.errors.most_common():
-            print(f"  {r.name}: {count} x {error}")
+        print_errors(r)
     base, flooded = phases[0].row, phases[-1].row
     ratio_p99 = flooded.pct(0.99) / base.pct(0.99)
     passed = not flooded.errors and ratio_p99 <= FLOOD_MAX_P99_RATIO
@@ -739,10 +746,8 @@ def report_burst(rows: list[Row], size: int) -> None:
     somaxconn = Path("/proc/sys/net/core/somaxconn")
     print(f"\nBurst: {size} calls started at the same instant; {os.cpu_count()} CPUs, "
           f"net.core.somaxconn {somaxconn.read_text().strip() if somaxconn.exists() else '?'}")
-    head = (f"{'engine':<16}{'routed':>10}{'p50 ms':>9}{'max ms':>9}{'connect p50':>13}"
-            f"{'connect max':>13}{'SYN retried':>13}")
-    print(head)
-    print("-" * len(head))
+    print_head(f"{'engine':<16}{'routed':>10}{'p50 ms':>9}{'max ms':>9}{'connect p50':>13}"
+               f"{'connect max':>13}{'SYN retried':>13}")
     for r in rows:
         connects = sorted(o.connect for o in r.outcomes if o.connect is not None)
         retried = sum(1 for c in connects if c >= 0.9)
@@ -750,8 +755,7 @@ def report_burst(rows: list[Row], size: int) -> None:
         top = connects[-1] * 1000 if connects else float("nan")
         print(f"{r.name:<16}{f'{len(r.ok)}/{len(r.outcomes)}':>10}{r.pct(0.5):>9.2f}"
               f"{r.pct(1.0):>9.2f}{mid:>13.2f}{top:>13.2f}{retried:>13}")
-        for error, count in r.errors.most_common():
-            print(f"  {r.name}: {count} x {error}")
+        print_errors(r)
     print("connect: from the scheduled start to the TCP handshake; SYN retried: connects that "
           "took >= 900 ms, a dropped SYN sent again after 1 s (the backlog was full)")
 

@@ -364,3 +364,19 @@ async def test_shutdown_waits_for_every_connection_including_those_waiting_for_a
     async with asyncio.timeout(10):
         ended = await asyncio.gather(*calls)
     assert [commands[:1] for commands in ended].count([b'SET VARIABLE "ROUTE" "fallback"\n']) >= 1
+
+
+async def test_shutdown_lets_a_session_already_sending_its_fallback_finish():
+    async def broken(session: AGISession) -> None:
+        raise RuntimeError("boom")
+
+    async with run_server({"route": broken}, fallback, config(drain_deadline=0.05)) as server:
+        call = asyncio.create_task(asterisk(server.port, ENV_BLOCK, reply_delay=0.3))
+        while not server.connections:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the handler failed at once: its fallback is on the way
+        await server.shutdown()
+    assert await call == [
+        b'SET VARIABLE "ROUTE" "fallback"\n',
+        b'SET VARIABLE "WHY" "engine error"\n',
+    ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import ipaddress
 import itertools
@@ -65,6 +66,13 @@ class ServerConfig:
     backlog: int = 1024
 
 
+class _Phase(enum.Enum):
+    ENV = "ENV"  # waiting for its env block
+    SLOT = "SLOT"  # env block in, waiting for a session slot
+    SESSION = "SESSION"  # its handler runs, under the session deadline
+    ENDING = "ENDING"  # sending a fallback route, cleaning up, closing
+
+
 @dataclass(eq=False)
 class _Connection:
     """One accepted connection; a session once its env block is in and it holds a slot."""
@@ -72,7 +80,8 @@ class _Connection:
     session: AGISession
     task: asyncio.Task[None]
     host: str
-    deadline: asyncio.Timeout | None = None  # the session's, once it runs
+    phase: _Phase = _Phase.ENV
+    deadline: asyncio.Timeout | None = None  # the session's, in phase SESSION
     dropped: str | None = None  # why the server closed it before its env block came
     shut_down: bool = False  # its deadline brought forward by shutdown
 
@@ -153,11 +162,11 @@ class FastAGIServer:
             log.warning("ending sessions after the drain deadline", sessions=self.active_sessions)
             now = asyncio.get_running_loop().time()
             for conn in late:
-                if conn.deadline is not None:
+                if conn.phase is _Phase.SESSION and conn.deadline is not None:
                     conn.shut_down = True
                     conn.deadline.reschedule(now)  # sends the session to its fallback
-                else:
-                    conn.task.cancel()  # no env block or no slot yet: nothing to route
+                elif conn.phase in (_Phase.ENV, _Phase.SLOT):
+                    conn.task.cancel()  # nothing to route yet
             await asyncio.wait([conn.task for conn in late], timeout=FAILURE_BUDGET + 0.5)
             left = [conn.task for conn in self._connections]
             for task in left:
@@ -270,6 +279,7 @@ class FastAGIServer:
                         await asyncio.sleep(0)
 
     async def _serve(self, conn: _Connection) -> None:
+        conn.phase = _Phase.SLOT
         try:
             async with asyncio.timeout(SLOT_WAIT):
                 await self._slots.acquire()
@@ -299,12 +309,16 @@ class FastAGIServer:
         )
         try:
             async with deadline:
-                handler = self.routes.get(session.env.script)
-                if handler is not None:
-                    await handler(session)
-                    return
-                why = f"no handler for AGI script {session.env.script!r}"
-                log.error("unknown agi script", script=session.env.script)
+                conn.phase = _Phase.SESSION
+                try:
+                    handler = self.routes.get(session.env.script)
+                    if handler is not None:
+                        await handler(session)
+                        return
+                    why = f"no handler for AGI script {session.env.script!r}"
+                    log.error("unknown agi script", script=session.env.script)
+                finally:
+                    conn.phase = _Phase.ENDING  # the deadline can no longer be moved
         except AGIClosed as exc:
             why = "Asterisk closed the session"
             log.info("fastagi session closed by peer", reason=str(exc))
