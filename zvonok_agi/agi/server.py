@@ -48,8 +48,8 @@ FAILURE_BUDGET = FALLBACK_GRACE + 1.0
 CANCEL_WAIT = 1.0
 # Connections whose env block is late are looked for this often, and closed this many per
 # turn of the event loop, so that calls get through in between.
-SWEEP_EVERY = 0.05
-SWEEP_BATCH = 50
+SWEEP_EVERY = 0.01
+SWEEP_BATCH = 10
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 
 
@@ -268,11 +268,11 @@ class FastAGIServer:
             late = loop.time() - self._env_deadline
             closed = 0
             for pending in list(self._pending.values()):
-                for conn in list(pending):  # oldest first
+                while pending:  # empty once gone while others ran
+                    conn = next(iter(pending))  # the oldest
                     if conn.session.accepted > late:
                         break
-                    if conn not in pending:  # gone while we let others run
-                        continue
+                    del pending[conn]
                     self._drop(conn, "no_env_block")
                     closed += 1
                     if closed % SWEEP_BATCH == 0:
