@@ -3,8 +3,9 @@ soon as the server closes it. For `fastagi_bench.py --idle-flood`, in a process 
 
     python bench/idle_flood.py PORT [--connections 1000] [--seconds 30]
 
-Loopback only, bounded in time. Prints "ready" once every connection is open the first time,
-then at the end one JSON line: connects made, closes by the server, failed connects.
+Loopback only, bounded in time (SIGTERM ends it sooner). Prints "ready" once every connection
+is open the first time, then at the end one JSON line: connects made, closes by the server,
+failed connects.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import resource
+import signal
 import sys
 
 HOST = "127.0.0.1"
@@ -22,6 +24,8 @@ HOST = "127.0.0.1"
 async def flood(port: int, connections: int, seconds: float) -> dict[str, int]:
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
     stats = {"connects": 0, "closed_by_server": 0, "failed_connects": 0}
     opened = 0
     ready = asyncio.Event()
@@ -56,7 +60,13 @@ async def flood(port: int, connections: int, seconds: float) -> dict[str, int]:
         async with asyncio.timeout(seconds):
             await ready.wait()
             print("ready", flush=True)
-    await asyncio.gather(*tasks)
+    everything = asyncio.gather(*tasks, return_exceptions=True)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([everything, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    for task in tasks:
+        task.cancel()
+    await everything
     return stats
 
 

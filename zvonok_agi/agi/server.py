@@ -352,6 +352,8 @@ class FastAGIServer:
                 await end(why)
         except (AGIClosed, AGIProtocolError, OSError, TimeoutError) as exc:
             log.warning("fallback route not sent", error=repr(exc))
+        except Exception:
+            log.exception("fallback failed")
 
     def _is_allowed(self, host: str) -> bool:
         verdict = self._verdicts.get(host)
