@@ -1,16 +1,18 @@
 """The FastAGI server: accepts Asterisk's connections and runs one handler per session.
 
-A connection first has to send its whole env block, within `env_deadline` of being accepted;
-only then does it take one of the `max_sessions` slots, so connections that send nothing
-cannot keep real calls out. Connections still waiting for their env block are capped per peer
-host: past the cap the oldest of them is closed (a real Asterisk sends its env block at once,
-so the oldest pending connection is the least likely to be a call).
+A connection first has to send its whole env block, within `env_deadline` of being accepted.
+Until then it is only a small protocol object on its transport (no task, no streams, no timer:
+a sweeper closes the late ones, a few per turn of the loop), and only then does it take one of
+the `max_sessions` slots and a task of its own: connections that send nothing cannot keep calls
+out, and a flood of them costs little. Connections still waiting for their env block are
+capped per peer host: past the cap the oldest of them is closed (a real Asterisk sends its env
+block at once, so the oldest pending connection is the least likely to be a call).
 
 Lifecycle in the manner of uvicorn: the server tracks every connection from accept.
 `stop_listening()` stops accepting and leaves sessions be; `drain()` waits for the connections
 up to a deadline; `shutdown()` does both, then ends the sessions still running with their
-fallback route and cancels the rest. Every session ends with its socket closed as soon as the
-handler returns: Asterisk waits in AGI() until then.
+fallback route and closes or cancels the rest. Every session ends with its socket closed as
+soon as the handler returns: Asterisk waits in AGI() until then.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ import functools
 import ipaddress
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from ..logs import RepeatedWarnings
 from ..metrics import METRICS
-from .protocol import AGIProtocolError
+from .protocol import AGIProtocolError, Environment, ServerConnection
 from .session import FALLBACK_GRACE, AGIClosed, AGISession, SessionFailed
 
 log = structlog.get_logger(__name__)
@@ -77,13 +79,41 @@ class _Phase(enum.Enum):
 class _Connection:
     """One accepted connection; a session once its env block is in and it holds a slot."""
 
-    session: AGISession
-    task: asyncio.Task[None]
+    transport: asyncio.Transport
+    peer: str
     host: str
+    accepted: float  # loop time
+    protocol: ServerConnection = field(default_factory=ServerConnection)
     phase: _Phase = _Phase.ENV
+    session: AGISession | None = None
+    task: asyncio.Task[None] | None = None  # from the env block on
     deadline: asyncio.Timeout | None = None  # the session's, in phase SESSION
     dropped: str | None = None  # why the server closed it before its env block came
     shut_down: bool = False  # its deadline brought forward by shutdown
+
+
+class _Pending(asyncio.Protocol):
+    """A connection's protocol until its env block is in; then the streams take over."""
+
+    def __init__(self, server: FastAGIServer) -> None:
+        self.server = server
+        self.conn: _Connection | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn = self.server._accepted(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.server._env_data(self.conn, data)
+
+    def eof_received(self) -> bool:
+        if self.conn is not None:
+            log.debug("fastagi connection closed before its env block", peer=self.conn.peer)
+        return False  # the transport closes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None and self.conn.phase is _Phase.ENV:
+            self.server._forget(self.conn)
 
 
 class FastAGIServer:
@@ -97,6 +127,8 @@ class FastAGIServer:
         self._verdicts: dict[str, bool] = {}  # peer host -> allowed (a few Asterisk boxes)
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        self._idle = asyncio.Event()  # set while there is no connection
+        self._idle.set()
         self._pending: dict[str, dict[_Connection, None]] = {}  # per host, oldest first
         self._sessions: dict[int, _Connection] = {}
         self._ids = itertools.count(1)
@@ -118,8 +150,8 @@ class FastAGIServer:
         return len(self._connections)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._on_connection,
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Pending(self),
             self.config.host,
             self.config.port,
             reuse_address=True,
@@ -143,9 +175,9 @@ class FastAGIServer:
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` for every connection to end; True if they all did."""
-        tasks = [conn.task for conn in self._connections]
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         return not self._connections
 
     async def shutdown(self) -> None:
@@ -162,17 +194,20 @@ class FastAGIServer:
             log.warning("ending sessions after the drain deadline", sessions=self.active_sessions)
             now = asyncio.get_running_loop().time()
             for conn in late:
-                if conn.phase is _Phase.SESSION and conn.deadline is not None:
+                if conn.phase is _Phase.ENV:
+                    conn.transport.close()  # nothing to route yet
+                elif conn.phase is _Phase.SLOT and conn.task is not None:
+                    conn.task.cancel()
+                elif conn.phase is _Phase.SESSION and conn.deadline is not None:
                     conn.shut_down = True
                     conn.deadline.reschedule(now)  # sends the session to its fallback
-                elif conn.phase in (_Phase.ENV, _Phase.SLOT):
-                    conn.task.cancel()  # nothing to route yet
-            await asyncio.wait([conn.task for conn in late], timeout=FAILURE_BUDGET + 0.5)
-            left = [conn.task for conn in self._connections]
-            for task in left:
-                task.cancel()
-            if left:
-                await asyncio.wait(left, timeout=CANCEL_WAIT)
+            if not await self.drain(FAILURE_BUDGET + 0.5):
+                for conn in list(self._connections):
+                    if conn.task is not None:
+                        conn.task.cancel()
+                    else:
+                        conn.transport.abort()
+                await self.drain(CANCEL_WAIT)
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.wait([self._sweeper])
@@ -184,73 +219,79 @@ class FastAGIServer:
 
     # --- one connection --------------------------------------------------------------------
 
-    async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        peer = writer.get_extra_info("peername") or ("", 0)
-        session = AGISession(reader, writer, peer=f"{peer[0]}:{peer[1]}")
-        task = asyncio.current_task()
-        assert task is not None
-        conn = _Connection(session, task, peer[0])
+    def _accepted(self, transport: asyncio.Transport) -> _Connection | None:
+        address = transport.get_extra_info("peername") or ("", 0)
+        peer = f"{address[0]}:{address[1]}"
+        if not self._is_allowed(address[0]):
+            METRICS.connection_dropped("not_allowed")
+            self._warnings.warning("fastagi peer not allowed", peer=peer)
+            transport.close()
+            return None
+        conn = _Connection(transport, peer, address[0], asyncio.get_running_loop().time())
         self._connections.add(conn)
-        try:
-            if not self._is_allowed(conn.host):
-                METRICS.connection_dropped("not_allowed")
-                self._warnings.warning("fastagi peer not allowed", peer=session.peer)
-                return
-            if await self._read_environment(conn):
-                await self._serve(conn)
-        except asyncio.CancelledError:
-            pass  # shutdown ended it; asyncio's streams (3.11) would log the cancelled task
-        finally:
-            self._connections.discard(conn)
-            await session.close()
-
-    async def _read_environment(self, conn: _Connection) -> bool:
-        """The env block, holding no slot; False if it did not come (in time: the sweeper
-        closes the connection when it is late)."""
+        self._idle.clear()
         pending = self._pending.setdefault(conn.host, {})
         if len(pending) >= self.config.max_pending_per_peer:
             self._drop(next(iter(pending)), "peer_pending_cap")
         pending[conn] = None
+        return conn
+
+    def _env_data(self, conn: _Connection, data: bytes) -> None:
+        """Bytes of a connection still reading its env block; with the block, a session."""
         try:
-            await conn.session.read_environment()
-            return True
-        except AGIClosed:
-            if conn.dropped is None:
-                log.debug("fastagi connection closed before its env block", peer=conn.session.peer)
+            conn.protocol.receive_data(data)
+            env = conn.protocol.next_event()
         except AGIProtocolError as exc:
             METRICS.connection_dropped("protocol_error")
             self._warnings.warning(
-                "fastagi protocol error in the env block", peer=conn.session.peer, error=str(exc)
+                "fastagi protocol error in the env block", peer=conn.peer, error=str(exc)
             )
-        finally:
-            pending = self._pending.get(conn.host)
-            if pending is not None:
-                pending.pop(conn, None)
-                if not pending:
-                    del self._pending[conn.host]
-        return False
+            conn.transport.close()
+            return
+        if not isinstance(env, Environment):
+            return  # NEED_DATA
+        self._unpend(conn)
+        conn.phase = _Phase.SLOT
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        streams = asyncio.StreamReaderProtocol(reader)
+        conn.transport.set_protocol(streams)
+        streams.connection_made(conn.transport)
+        writer = asyncio.StreamWriter(conn.transport, streams, reader, loop)
+        conn.session = AGISession(reader, writer, conn.protocol, env, conn.peer, conn.accepted)
+        conn.task = loop.create_task(self._serve(conn))
 
-    def _drop(self, conn: _Connection, why: str) -> None:
-        """Close a connection still without its env block (its read then ends)."""
+    def _unpend(self, conn: _Connection) -> None:
         pending = self._pending.get(conn.host)
         if pending is not None:
             pending.pop(conn, None)
+            if not pending:
+                del self._pending[conn.host]
+
+    def _forget(self, conn: _Connection) -> None:
+        """The connection is gone."""
+        self._unpend(conn)
+        self._connections.discard(conn)
+        if not self._connections:
+            self._idle.set()
+
+    def _drop(self, conn: _Connection, why: str) -> None:
+        """Close a connection still without its env block."""
+        self._unpend(conn)
         conn.dropped = why
-        conn.session.writer.close()
+        conn.transport.close()
         METRICS.connection_dropped(why)
         if why == "peer_pending_cap":
             self._warnings.warning(
                 "fastagi: too many connections from one peer without an env block; "
                 "the oldest closed",
-                peer=conn.session.peer,
+                peer=conn.peer,
                 cap=self.config.max_pending_per_peer,
             )
         else:
             self._warnings.warning(
                 "fastagi env block not received in time; connection closed",
-                peer=conn.session.peer,
+                peer=conn.peer,
                 deadline=self._env_deadline,
             )
 
@@ -270,7 +311,7 @@ class FastAGIServer:
             for pending in list(self._pending.values()):
                 while pending:  # empty once gone while others ran
                     conn = next(iter(pending))  # the oldest
-                    if conn.session.accepted > late:
+                    if conn.accepted > late:
                         break
                     del pending[conn]
                     self._drop(conn, "no_env_block")
@@ -279,31 +320,35 @@ class FastAGIServer:
                         await asyncio.sleep(0)
 
     async def _serve(self, conn: _Connection) -> None:
-        conn.phase = _Phase.SLOT
+        """A connection whose env block is in: a slot, the handler, the close."""
+        assert conn.session is not None
         try:
-            async with asyncio.timeout(SLOT_WAIT):
-                await self._slots.acquire()
-        except TimeoutError:
-            # The dialplan sees no decision and takes its own engine_error route.
-            self.sessions_rejected += 1
-            METRICS.session_rejected()
-            self._warnings.warning(
-                "fastagi at capacity; session turned away", peer=conn.session.peer
-            )
-            return
-        session_id = next(self._ids)
-        self._sessions[session_id] = conn
-        self.sessions_total += 1
-        try:
-            with structlog.contextvars.bound_contextvars(session=session_id):
-                await self._run(conn)
+            try:
+                async with asyncio.timeout(SLOT_WAIT):
+                    await self._slots.acquire()
+            except TimeoutError:
+                # The dialplan sees no decision and takes its own engine_error route.
+                self.sessions_rejected += 1
+                METRICS.session_rejected()
+                self._warnings.warning("fastagi at capacity; session turned away", peer=conn.peer)
+                return
+            session_id = next(self._ids)
+            self._sessions[session_id] = conn
+            self.sessions_total += 1
+            try:
+                with structlog.contextvars.bound_contextvars(session=session_id):
+                    await self._run(conn)
+            finally:
+                del self._sessions[session_id]
+                self._slots.release()
         finally:
-            del self._sessions[session_id]
-            self._slots.release()
+            conn.phase = _Phase.ENDING
+            await conn.session.close()
+            self._forget(conn)
 
     async def _run(self, conn: _Connection) -> None:
         session = conn.session
-        assert session.env is not None
+        assert session is not None
         deadline = conn.deadline = asyncio.timeout_at(
             session.accepted + self.config.session_deadline
         )
