@@ -23,7 +23,7 @@ Two more modes, each against one engine process:
                soon as the engine closes it (bench/idle_flood.py, a process of its own), while
                calls arrive at --flood-rate (20/s): a baseline phase without the flood, then
                the same with it; calls routed, p50/p99 and the engine's log volume per phase
-  --burst [N]  N (400) calls started at the same instant, against listen backlogs of 100
+  --burst [N]  N (1000) calls started at the same instant, against listen backlogs of 100
                (asyncio's default) and the engine's default
 
 The generator is open-loop: sessions start on a fixed schedule whether or not earlier ones
@@ -958,8 +958,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "calls at --flood-rate; a baseline phase, then the flood, --duration each")
     p.add_argument("--flood-rate", type=float, default=20.0,
                    help="calls/s in the idle-flood mode (default 20)")
-    p.add_argument("--burst", type=int, nargs="?", const=400, metavar="N",
-                   help="burst mode: N (400) calls at once, listen backlog 100 against the "
+    p.add_argument("--burst", type=int, nargs="?", const=1000, metavar="N",
+                   help="burst mode: N (1000) calls at once, listen backlog 100 against the "
                    "engine's default")
     p.add_argument("--redis-aof", action="store_true",
                    help="give the benchmark's Redis the append-only file the embedded store has "
