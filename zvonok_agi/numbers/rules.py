@@ -16,6 +16,7 @@ from typing import TypeVar
 from phonenumbers import geocoder, parse
 
 from .. import phone
+from .. import text as free_text
 from ..routing.model import (
     CAMPAIGN_ID,
     Account,
@@ -132,16 +133,23 @@ def did_of(raw: object) -> str:
 
 
 def ident(raw: object, what: str) -> str:
-    if not isinstance(raw, str) or not ACCOUNT_ID.match(raw):
+    if not isinstance(raw, str) or not ACCOUNT_ID.fullmatch(raw):
         raise Refused(
             "bad_input", f"{what} {raw!r}: letters, digits, '-' and '_' only, 1 to 48 characters"
         )
     return raw
 
 
-def text(raw: object, what: str, limit: int) -> str:
-    if not isinstance(raw, str) or len(raw) > limit or any(ord(ch) < 32 for ch in raw):
+def text(raw: object, what: str, limit: int, *, required: bool = False) -> str:
+    """Free text as people type it, stripped; refused with invisible or control characters
+    (`zvonok_agi.text`), over `limit` characters, or (`required`) blank."""
+    if not isinstance(raw, str) or len(raw) > limit:
         raise Refused("bad_input", f"{what} must be text of at most {limit} characters")
+    refused = free_text.refused_character(raw)
+    if refused:
+        raise Refused("bad_input", f"{what} holds {refused}")
+    if required and not raw.strip():
+        raise Refused("bad_input", f"{what} must not be empty")
     return raw.strip()
 
 

@@ -149,15 +149,17 @@ class NumbersService:
     async def update_account(
         self, actor: str, account_id: str, *, name: Any = KEEP, verified: Any = KEEP
     ) -> Account:
+        if name is not KEEP:
+            name = rules.text(name, "name", rules.MAX_NAME)
+        if verified is not KEEP:
+            verified = _flag(verified, "verified")
         detail = _given(name=name, verified=verified)
         async with self._change(actor, "update_account", account_id, account_id,
                                 **detail) as change:
             q = change.q
             account = _found(await q.account(account_id), "unknown_account", "no such account")
-            if name is not KEEP:
-                account = replace(account, name=rules.text(name, "name", rules.MAX_NAME))
+            account = replace(account, **detail)
             if verified is not KEEP:
-                account = replace(account, verified=_flag(verified, "verified"))
                 if not account.verified:
                     _check(rules.unverify_refusal(account, await q.reserved_count(account.id)))
             await q.put_account(account, self.clock())
@@ -175,9 +177,7 @@ class NumbersService:
         """The available numbers of a region; none there: a request for sales is filed (once
         per account, kind and region while it is open), and nothing else changes."""
         choice = rules.enum_value(Choice, choice, "choice")
-        region = rules.text(region, "region", rules.MAX_REGION)
-        if not region:
-            raise Refused("bad_input", "region must not be empty")
+        region = rules.text(region, "region", rules.MAX_REGION, required=True)
         kind = choice.kind
         async with self._change(actor, "request_number", f"{kind}:{region}", account_id,
                                 kind=kind.value, region=region) as change:
@@ -216,7 +216,8 @@ class NumbersService:
         pool = rules.enum_value(Pool, pool, "pool")
         status = rules.enum_value(NumberStatus, status, "status")
         kind = None if kind is None else rules.enum_value(Kind, kind, "kind")
-        region = None if region is None else rules.text(region, "region", rules.MAX_REGION)
+        if region is not None:
+            region = rules.text(region, "region", rules.MAX_REGION, required=True)
         kind, region = rules.classify(did, kind, region)
         number = NumberRecord(did, kind, region, pool, status)
         async with self._change(actor, "add_number", did, None, pool=pool.value,
@@ -235,20 +236,19 @@ class NumbersService:
         """The seed's "Change" window: the inbound campaign the number's calls go to (None: to
         none) and its callback rule, saved together or not at all."""
         did = rules.did_of(did)
+        if inbound_campaign not in (KEEP, None):
+            inbound_campaign = rules.ident(inbound_campaign, "campaign id")
+        if callback_rule is not KEEP:
+            callback_rule = rules.enum_value(CallbackRule, callback_rule, "callback rule")
         detail = _given(inbound_campaign=inbound_campaign, callback_rule=callback_rule)
         async with self._change(actor, "change_number", did, as_account, **detail) as change:
             q = change.q
             number = await q.number(did)
             _check(rules.reserved_refusal(number, as_account))
-            values: dict[str, Any] = {}
             if inbound_campaign not in (KEEP, None):
-                campaign = await q.campaign(rules.ident(inbound_campaign, "campaign id"))
+                campaign = await q.campaign(inbound_campaign)
                 _check(rules.binding_refusal(number, campaign, as_account))
-            if inbound_campaign is not KEEP:
-                values["inbound_campaign"] = inbound_campaign
-            if callback_rule is not KEEP:
-                values["callback_rule"] = rules.enum_value(
-                    CallbackRule, callback_rule, "callback rule")
+            values = _given(inbound_campaign=inbound_campaign, callback_rule=callback_rule)
             if values:
                 await q.update_number(did, **values)
             change.result = await q.number(did)
@@ -374,6 +374,12 @@ class NumbersService:
         self, actor: str, campaign_id: str, *, accept_inbound: Any = KEEP, state: Any = KEEP,
         caller_id: Any = KEEP,
     ) -> Campaign:
+        if accept_inbound is not KEEP:
+            accept_inbound = _flag(accept_inbound, "accept_inbound")
+        if state is not KEEP:
+            state = rules.enum_value(CampaignState, state, "state")
+        if caller_id is not KEEP:
+            caller_id = None if caller_id in (None, "pool") else rules.did_of(caller_id)
         detail = _given(accept_inbound=accept_inbound, state=state, caller_id=caller_id)
         async with self._change(actor, "update_campaign", campaign_id, None, **detail) as change:
             q = change.q
@@ -381,15 +387,10 @@ class NumbersService:
                 await q.campaign(campaign_id), "unknown_campaign", "no such campaign"
             )
             change.account = campaign.account
-            if accept_inbound is not KEEP:
-                if campaign.kind is CampaignKind.INBOUND:
-                    raise Refused("bad_input", "accept_inbound is a setting of outbound campaigns")
-                campaign = replace(campaign, accept_inbound=_flag(accept_inbound, "accept_inbound"))
-            if state is not KEEP:
-                campaign = replace(campaign, state=rules.enum_value(CampaignState, state, "state"))
+            if accept_inbound is not KEEP and campaign.kind is CampaignKind.INBOUND:
+                raise Refused("bad_input", "accept_inbound is a setting of outbound campaigns")
+            campaign = replace(campaign, **detail)
             if caller_id is not KEEP:
-                did = None if caller_id in (None, "pool") else rules.did_of(caller_id)
-                campaign = replace(campaign, caller_id=did)
                 await self._check_caller_id(q, campaign)
             await q.put_campaign(campaign, self.clock())
             change.result = campaign
@@ -446,7 +447,9 @@ class NumbersService:
         async with self._change(actor, "import", "inventory", None, **counts) as change:
             q, now = change.q, self.clock()
             for account in inventory.accounts:
-                await q.put_account(account, now)
+                name = _checked(rules.text, account.name, "name", rules.MAX_NAME,
+                                where=f"account {account.id}")
+                await q.put_account(replace(account, name=name), now)
             for campaign in inventory.campaigns:
                 await q.put_campaign(campaign, now)
             for item in inventory.numbers:
@@ -594,6 +597,14 @@ def _check(refusal: Refused | None, where: str = "") -> None:
         if where:
             raise Refused(refusal.code, f"{where}: {refusal.message}")
         raise refusal
+
+
+def _checked(check: Callable[..., T], *args: Any, where: str) -> T:
+    """A check of input whose refusal says where the input was (an import's item)."""
+    try:
+        return check(*args)
+    except Refused as exc:
+        raise Refused(exc.code, f"{where}: {exc.message}") from None
 
 
 def _flag(value: Any, what: str) -> bool:

@@ -1,0 +1,107 @@
+"""Input the control plane refuses or understands (issue 8's acceptance findings): invisible and
+control characters in free text, the cap on open requests, numbers that are no city landline,
+regions as people type them."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from numbers_helpers import ACME, MOSCOW_1, control_plane, small_world
+from zvonok_agi.inventory import InventoryError
+from zvonok_agi.numbers.importer import read_file
+from zvonok_agi.numbers.rules import Refused
+
+INVISIBLE = [
+    ("zero-width space", "Ac\u200bme", "U+200B"),
+    ("bidi override", "\u202eemcA", "U+202E"),
+    ("bidi isolate", "Acme\u2066x\u2069", "U+2066"),
+    ("byte order mark", "\ufeffAcme", "U+FEFF"),
+    ("soft hyphen", "Ac\u00adme", "U+00AD"),
+    ("tab", "Acme\tLtd", "U+0009"),
+    ("newline", "Acme\nLtd", "U+000A"),
+    ("C1 control", "Acme\x85", "U+0085"),
+    ("delete", "Acme\x7f", "U+007F"),
+    ("private use", "Acme\ue000", "U+E000"),
+    ("lone surrogate", "Acme\udc80", "U+DC80"),
+    ("line separator", "Acme\u2028Ltd", "U+2028"),
+    ("tag character", "Acme\U000e0041", "U+E0041"),
+]
+
+
+@pytest.fixture
+async def service(settings, tmp_path):
+    async with control_plane(settings, tmp_path / "numbers.db") as svc:
+        await small_world(svc)
+        yield svc
+
+
+def business_tables(path) -> dict[str, list]:
+    with sqlite3.connect(path) as db:
+        return {
+            table: db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+            for table in ("accounts", "numbers", "campaigns", "requests")
+        }
+
+
+async def refused(code: str, call) -> Refused:
+    with pytest.raises(Refused) as info:
+        await call
+    assert info.value.code == code, info.value.message
+    return info.value
+
+
+# free text
+
+
+@pytest.mark.parametrize("what, value, code_point", INVISIBLE, ids=[i[0] for i in INVISIBLE])
+async def test_every_free_text_field_refuses_invisible_and_control_characters(
+    service, tmp_path, what, value, code_point
+):
+    offer = await service.offer("web", ACME, "mobile", "Omsk")
+    before = business_tables(tmp_path / "numbers.db")
+    calls = [
+        lambda: service.create_account("web", "zeta", value),
+        lambda: service.update_account("web", ACME, name=value),
+        lambda: service.offer("web", ACME, "landline", value),
+        lambda: service.add_number("web", "+7 383 200-00-09", region=value),
+        lambda: service.close_request("web", offer.request.id, value),
+        lambda: service.numbers_view(search=value),
+    ]
+    for call in calls:
+        error = await refused("bad_input", call())
+        assert code_point in error.message
+    assert business_tables(tmp_path / "numbers.db") == before
+
+
+async def test_ordinary_text_in_any_script_is_kept(service):
+    account = await service.create_account("web", "zeta", "  ООО «Ромашка» — Zeta & Co.\u00a0 ")
+    assert account.name == "ООО «Ромашка» — Zeta & Co."
+    assert (await service.account("zeta")).name == account.name
+
+
+@pytest.mark.parametrize("ident", ["acme\n", "acme\r\n", "ac me", "acme\u200b", "аcme"])
+async def test_an_id_with_anything_but_letters_digits_dash_underscore_is_refused(service, ident):
+    for call in (
+        lambda: service.create_account("web", ident),
+        lambda: service.create_campaign("web", ident, ACME, "outbound"),
+        lambda: service.bind("web", MOSCOW_1, ident),
+    ):
+        await refused("bad_input", call())
+
+
+async def test_the_loader_refuses_invisible_characters_too(service, tmp_path):
+    path = tmp_path / "inv.toml"
+    path.write_text('[[accounts]]\nid = "zeta"\nname = "Ze\\u200bta"\n', encoding="utf-8")
+    error = await refused("bad_input", service.import_inventory("import", *read_file(path)))
+    assert "account zeta" in error.message and "U+200B" in error.message
+    assert [a.id for a in await service.accounts()] == [ACME, "newbie", "oldco"]
+    path.write_text(
+        '[[numbers]]\ndid = "+7 843 200-30-40"\nregion = "Kazan\\u202e"\n', encoding="utf-8"
+    )
+    with pytest.raises(InventoryError, match=r"numbers\[0\]: region holds .*U\+202E"):
+        read_file(path)
+    path.write_text('[[accounts]]\nid = "zeta\\n"\n', encoding="utf-8")
+    with pytest.raises(InventoryError, match="letters, digits"):
+        read_file(path)
