@@ -54,6 +54,7 @@ def with_admin(settings: Settings, **admin: object):
     if hasattr(settings, "admin"):
         return replace(settings, admin=replace(settings.admin, **admin))
     defaults = dict(host="127.0.0.1", port=0, token="", db_path="var/zvonok.db",
-                    popular_cities=DEFAULT_POPULAR_CITIES, max_body=65536)
+                    popular_cities=DEFAULT_POPULAR_CITIES, max_body=65536,
+                    max_open_requests=5)
     sections = {f.name: getattr(settings, f.name) for f in fields(settings)}
     return SimpleNamespace(**sections, admin=SimpleNamespace(**{**defaults, **admin}))

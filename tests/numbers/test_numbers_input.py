@@ -105,3 +105,23 @@ async def test_the_loader_refuses_invisible_characters_too(service, tmp_path):
     path.write_text('[[accounts]]\nid = "zeta\\n"\n', encoding="utf-8")
     with pytest.raises(InventoryError, match="letters, digits"):
         read_file(path)
+
+
+# open requests
+
+
+async def test_an_account_may_have_only_a_few_open_requests(service, tmp_path):
+    regions = ["Omsk", "Tomsk", "Irkutsk", "Kaliningrad", "St Petersburg"]
+    filed = [(await service.offer("web", ACME, "landline", r)).request for r in regions]
+    assert len({r.id for r in filed}) == service.max_open_requests == 5
+    again = await service.offer("web", ACME, "landline", "Omsk")
+    assert again.request == filed[0]  # asking again for an open one is still fine
+    before = business_tables(tmp_path / "numbers.db")
+    error = await refused("too_many_requests", service.offer("web", ACME, "mobile", "Omsk"))
+    assert "5 open requests" in error.message and "call you back" in error.message
+    assert business_tables(tmp_path / "numbers.db") == before
+    [entry, *_] = await service.audit_log("mobile:Omsk")
+    assert (entry["action"], entry["outcome"]) == ("request_number", "too_many_requests")
+    assert (await service.offer("web", "oldco", "mobile", "Omsk")).request  # per account
+    await service.close_request("sales", filed[0].id)
+    assert (await service.offer("web", ACME, "mobile", "Omsk")).request.status == "open"

@@ -237,6 +237,17 @@ def reserve_refusal(account: Account | None, number: NumberRecord | None) -> Ref
     return None
 
 
+def requests_refusal(account: str, open_requests: int, cap: int) -> Refused | None:
+    """An account waits for sales to call back about its open requests before filing more."""
+    if open_requests >= cap:
+        return Refused(
+            "too_many_requests",
+            f"account {account} already has {open_requests} open requests for numbers: our "
+            "sales team will call you back about those first",
+        )
+    return None
+
+
 # what an account may do with its numbers
 
 

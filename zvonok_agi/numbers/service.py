@@ -115,12 +115,14 @@ class NumbersService:
         popular_cities: Iterable[str] = DEFAULT_POPULAR_CITIES,
         clock: Callable[[], float] = time.time,
         offer_limit: int = 100,
+        max_open_requests: int = 5,
     ) -> None:
         self.store = store
         self.data = data
         self.popular_cities = tuple(popular_cities)
         self.clock = clock
         self.offer_limit = offer_limit
+        self.max_open_requests = max_open_requests
 
     # accounts
 
@@ -190,6 +192,8 @@ class NumbersService:
             else:
                 request = await q.open_request(account_id, kind, region)
                 if request is None:
+                    _check(rules.requests_refusal(
+                        account_id, await q.open_requests(account_id), self.max_open_requests))
                     request = await q.add_request(account_id, kind, region, self.clock())
                 change.detail["request"] = request.id
         return Offer(kind, region, numbers, request)

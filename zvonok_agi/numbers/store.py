@@ -305,6 +305,12 @@ class Queries:
         )
         return _request(rows[0]) if rows else None
 
+    async def open_requests(self, account: str) -> int:
+        rows = await self._all(
+            "SELECT count(*) AS n FROM requests WHERE status = 'open' AND account = ?", [account]
+        )
+        return rows[0]["n"]
+
     async def add_request(self, account: str, kind: Kind, region: str, now: float) -> Request:
         async with self.db.execute(
             "INSERT INTO requests (account, kind, region, at) VALUES (?, ?, ?, ?)",
