@@ -125,3 +125,60 @@ async def test_an_account_may_have_only_a_few_open_requests(service, tmp_path):
     assert (await service.offer("web", "oldco", "mobile", "Omsk")).request  # per account
     await service.close_request("sales", filed[0].id)
     assert (await service.offer("web", ACME, "mobile", "Omsk")).request.status == "open"
+
+
+# numbers we keep: Russian mobile and city numbers
+
+UNSUPPORTED = [
+    ("+7 800 555-35-35", "toll free"),
+    ("8 (809) 555-35-35", "premium rate"),
+    ("+44 20 7946 0958", "United Kingdom"),
+    ("+7 7172 00 00 00", "Kazakhstan"),
+    ("+1 212 555 0100", "United States"),
+]
+
+
+@pytest.mark.parametrize("did, why", UNSUPPORTED, ids=[u[1] for u in UNSUPPORTED])
+async def test_toll_free_and_foreign_numbers_are_never_kept(service, tmp_path, did, why):
+    before = business_tables(tmp_path / "numbers.db")
+    for pool in ("reservable", "service"):
+        error = await refused("unsupported_number", service.add_number("ops", did, pool))
+        assert why in error.message
+    # an operator's kind and region do not make one a city number either
+    error = await refused(
+        "unsupported_number",
+        service.add_number("ops", did, kind="landline", region="Moscow"),
+    )
+    assert why in error.message
+    assert business_tables(tmp_path / "numbers.db") == before
+    assert all(r.region != "Unknown" for r in await service.regions("landline"))
+
+
+async def test_the_kind_and_region_come_from_the_numbering_plan(service):
+    landline = await service.add_number("ops", "+7 (383) 200-00-09")
+    assert (landline.kind, landline.region) == ("landline", "Novosibirsk")
+    mobile = await service.add_number("ops", "8 916 200-00-09")
+    assert (mobile.kind, mobile.region) == ("mobile", "Russia")
+    told = await service.add_number("ops", "8 916 200-00-08", region="Moscow")
+    assert (told.kind, told.region) == ("mobile", "Moscow")
+    error = await refused(
+        "unsupported_number", service.add_number("ops", "8 916 200-00-07", kind="landline")
+    )
+    assert "give its region" in error.message  # a landline needs a city
+
+
+async def test_a_range_the_plan_does_not_know_needs_the_operators_word(service):
+    error = await refused("unsupported_number", service.add_number("ops", "+7 000 000-00-01"))
+    assert "does not know +7 0000000001: give its kind and region" in error.message
+    number = await service.add_number("ops", "+7 000 000-00-01", kind="landline", region="Omsk")
+    assert (number.kind, number.region) == ("landline", "Omsk")
+
+
+async def test_the_loader_refuses_a_toll_free_number_saying_which(service, tmp_path):
+    path = tmp_path / "inv.toml"
+    path.write_text('[[numbers]]\ndid = "+7 495 200-00-09"\n[[numbers]]\ndid = "8 800 555 35 35"\n')
+    error = await refused(
+        "unsupported_number", service.import_inventory("import", *read_file(path))
+    )
+    assert error.message.startswith("number 78005553535: +7 800 555-35-35 is a toll free")
+    assert (await service.numbers_view(search="74952000009")).rows == []

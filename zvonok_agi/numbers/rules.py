@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from phonenumbers import geocoder, parse
-
 from .. import phone
 from .. import text as free_text
 from ..routing.model import (
@@ -40,6 +38,12 @@ MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer: beyond it sqlite3 raises Ove
 class Kind(StrEnum):
     MOBILE = "mobile"
     LANDLINE = "landline"
+
+
+HOME_COUNTRY, HOME_CALLING_CODE = "RU", 7
+# The numbering plan's types of the numbers customers are offered, and what we call them.
+PLAN_KINDS = {"mobile": Kind.MOBILE, "fixed_line_or_mobile": Kind.MOBILE,
+              "fixed_line": Kind.LANDLINE}
 
 
 class Choice(StrEnum):
@@ -171,12 +175,39 @@ def enum_value(cls: type[E], raw: object, what: str) -> E:
 
 
 def classify(did: str, kind: Kind | None = None, region: str | None = None) -> tuple[Kind, str]:
-    """Kind and region of a number: from the numbering plan unless an operator says otherwise.
-    Russian mobile ranges belong to no region: they get the country's name."""
-    derived_kind, derived_region = phone.describe(did)
+    """Kind and region of a number we keep: a Russian mobile or city (fixed-line) number, the
+    kind and region from the numbering plan unless an operator says otherwise. Russian mobile
+    ranges belong to no region: they get the country's name. Toll-free, premium-rate and other
+    non-geographic numbers, and foreign ones, are refused whatever the operator says: customers
+    would be offered them as city numbers. A Russian-looking range the plan does not know yet
+    is kept when the operator gives its kind and region."""
+    plan = phone.plan(did)
+    if plan.type == "unknown" and plan.calling_code == HOME_CALLING_CODE:
+        if kind is None or not region:
+            raise Refused(
+                "unsupported_number",
+                f"the numbering plan does not know {plan.written}: give its kind and region",
+            )
+        return kind, region
+    if plan.country != HOME_COUNTRY:
+        raise Refused(
+            "unsupported_number",
+            f"{plan.written} is a number of {plan.country_name}: we keep Russian numbers only",
+        )
+    if plan.type not in PLAN_KINDS:
+        raise Refused(
+            "unsupported_number",
+            f"{plan.written} is a {plan.type.replace('_', ' ')} number: we keep mobile and "
+            "city numbers only",
+        )
+    kind = kind or PLAN_KINDS[plan.type]
+    region = region or plan.region or (plan.country_name if kind is Kind.MOBILE else None)
     if not region:
-        region = derived_region or geocoder.country_name_for_number(parse("+" + did), "en")
-    return kind or Kind(derived_kind), region or "Unknown"
+        raise Refused(
+            "unsupported_number",
+            f"the numbering plan names no city for {plan.written}: give its region",
+        )
+    return kind, region
 
 
 def search_needles(query: str) -> list[str]:

@@ -457,7 +457,9 @@ class NumbersService:
             for campaign in inventory.campaigns:
                 await q.put_campaign(campaign, now)
             for item in inventory.numbers:
-                kind, region = rules.classify(item.did, *overrides.get(item.did, (None, None)))
+                kind, region = _checked(rules.classify, item.did,
+                                        *overrides.get(item.did, (None, None)),
+                                        where=f"number {item.did}")
                 current = await q.number(item.did)
                 kept = current is not None and current.owner == item.owner
                 reserved_at = current.reserved_at if kept and current else (

@@ -26,6 +26,7 @@ STATUS = {
     "bad_input": 400,
     "bad_number": 400,
     "bad_json": 400,
+    "unsupported_number": 400,
     "unauthorized": 401,
     "not_verified": 403,
     "not_owner": 403,
