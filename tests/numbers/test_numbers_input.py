@@ -182,3 +182,88 @@ async def test_the_loader_refuses_a_toll_free_number_saying_which(service, tmp_p
     )
     assert error.message.startswith("number 78005553535: +7 800 555-35-35 is a toll free")
     assert (await service.numbers_view(search="74952000009")).rows == []
+
+
+# regions as people type them
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "Moscow",
+        "moscow",
+        "MOSCOW",
+        " Moscow ",
+        "Москва",
+        "москва",
+        "Moskva",
+        "г. Москва",
+        "Московская область",
+        "moskovskaya oblast",
+    ],
+)
+async def test_a_region_typed_in_russian_or_english_finds_its_numbers(service, typed):
+    offer = await service.offer("web", ACME, "landline", typed)
+    assert (offer.region, offer.request) == ("Moscow", None)
+    assert [n.did for n in offer.numbers] == [MOSCOW_1, "74951110002"]
+    assert await service.requests() == []
+
+
+@pytest.mark.parametrize(
+    "typed, region",
+    [
+        ("Санкт-Петербург", "St Petersburg"),
+        ("Saint Petersburg", "St Petersburg"),
+        ("st. petersburg", "St Petersburg"),
+        ("Екатеринбург", "Ekaterinburg"),
+        ("Yekaterinburg", "Ekaterinburg"),
+        ("Нижний Новгород", "Nizhni Novgorod"),
+        ("Nizhny Novgorod", "Nizhni Novgorod"),
+        ("Новосибирск", "Novosibirsk"),
+        ("Татарстан", "Republic of Tatarstan"),
+        ("Приморье", "Primorie territory"),
+        ("Россия", "Russia"),
+    ],
+)
+async def test_a_known_region_without_numbers_files_the_request_under_its_name(
+    service, typed, region
+):
+    offer = await service.offer("web", ACME, "landline", typed)
+    assert (offer.region, offer.numbers) == (region, [])
+    [request] = await service.requests()
+    assert (request.region, request.kind) == (region, "landline")
+    again = await service.offer("web", ACME, "landline", region)  # the same region: one request
+    assert again.request == request
+
+
+async def test_a_region_an_operator_named_is_found_by_its_russian_spelling(service):
+    offer = await service.offer("web", ACME, "landline_popular", "Казань")
+    assert offer.region == "Kazan" and [n.did for n in offer.numbers] == ["78432000001"]
+
+
+async def test_an_unknown_region_is_refused_with_close_names_and_files_nothing(service):
+    error = await refused("unknown_region", service.offer("web", ACME, "landline", "Moskow"))
+    assert error.choices == ("Moscow",)
+    assert error.message == "we know no region called 'Moskow': did you mean Moscow?"
+    error = await refused("unknown_region", service.offer("web", ACME, "mobile", "Atlantis"))
+    assert (error.choices, error.message) == ((), "we know no region called 'Atlantis'")
+    assert await service.requests() == []
+    [entry, *_] = await service.audit_log("mobile:Atlantis")
+    assert (entry["action"], entry["outcome"]) == ("request_number", "unknown_region")
+
+
+async def test_an_ambiguous_region_is_refused_with_its_choices(service):
+    error = await refused(
+        "ambiguous_region", service.offer("web", ACME, "landline", "Краснодарский край")
+    )
+    assert error.choices == ("Krasnodar Territory", "Sochi")
+    assert "choose one" in error.message
+    offer = await service.offer("web", ACME, "landline", error.choices[1])
+    assert offer.request.region == "Sochi"
+
+
+async def test_popular_cities_keep_their_configured_names(service):
+    popular = await service.regions("landline_popular")
+    for city in [r.region for r in popular]:
+        offer = await service.offer("web", "oldco", "landline_popular", city)
+        assert offer.region == city

@@ -189,7 +189,7 @@ async def test_sales_close_a_request_and_the_next_ask_files_a_new_one(service):
 
 
 async def test_closing_refusals_change_nothing_and_are_audited(service, tmp_path):
-    offer = await service.offer("web", ACME, "mobile", "Vladivostok")
+    offer = await service.offer("web", ACME, "mobile", "Irkutsk")
     request_id = offer.request.id
     await service.close_request("web", request_id, "done")
     db = tmp_path / "numbers.db"
@@ -215,7 +215,7 @@ async def test_closing_refusals_change_nothing_and_are_audited(service, tmp_path
     ("1", "x" * 501), ("1", 5), ("1", ["x"]), ("1", "line\nbreak"), ("1", "a\x00b"),
 ])
 async def test_bad_ids_and_notes_are_refused_before_anything(service, request_id, note):
-    offer = await service.offer("web", ACME, "mobile", "Vladivostok")
+    offer = await service.offer("web", ACME, "mobile", "Irkutsk")
     assert offer.request.id == 1
     entries = len(await service.audit_log())
     await refused("bad_input", service.close_request("web", request_id, note))

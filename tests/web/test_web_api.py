@@ -118,21 +118,36 @@ async def test_twenty_concurrent_reservations_of_one_number(api):
 async def test_an_empty_region_files_a_request_and_nothing_else(api):
     before = business_tables(api.db)
     offer = await api.post(f"/api/accounts/{ACME}/offers",
-                           {"choice": "mobile", "region": "Vladivostok"})
+                           {"choice": "mobile", "region": "Irkutsk"})
     assert offer.status == 200 and offer.body["numbers"] == []
     assert "sales team will call you back" in offer.body["message"]
     requests = (await api.get("/api/requests")).body["requests"]
     assert [(r["account"], r["kind"], r["region"]) for r in requests] == [
-        (ACME, "mobile", "Vladivostok")]
+        (ACME, "mobile", "Irkutsk")]
     after = business_tables(api.db)
     assert after["requests"] != before["requests"]
     assert {k: v for k, v in after.items() if k != "requests"} == \
         {k: v for k, v in before.items() if k != "requests"}
 
 
+async def test_regions_are_found_as_people_type_them(api):
+    offer = await api.post(f"/api/accounts/{ACME}/offers", {"choice": "landline",
+                                                            "region": "Москва"})
+    assert (offer.body["region"], len(offer.body["numbers"])) == ("Moscow", 2)
+    unknown = await api.post(f"/api/accounts/{ACME}/offers", {"choice": "landline",
+                                                              "region": "Moskow"})
+    assert (unknown.status, unknown.code) == (404, "unknown_region")
+    assert unknown.body["error"]["choices"] == ["Moscow"]
+    ambiguous = await api.post(f"/api/accounts/{ACME}/offers", {"choice": "landline",
+                                                                "region": "Altai"})
+    assert (ambiguous.status, ambiguous.code) == (409, "ambiguous_region")
+    assert ambiguous.body["error"]["choices"] == ["Altai Territory", "Republic of Altai"]
+    assert (await api.get("/api/requests")).body["requests"] == []
+
+
 async def test_sales_close_a_request(api):
     offer = await api.post(f"/api/accounts/{ACME}/offers",
-                           {"choice": "mobile", "region": "Vladivostok"})
+                           {"choice": "mobile", "region": "Irkutsk"})
     request = offer.body["request"]
     assert request["status"] == "open" and "closed_at" not in request
     path = f"/api/requests/{request['id']}/close"

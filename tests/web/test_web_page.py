@@ -157,6 +157,27 @@ async def test_the_numbers_page_does_everything_the_seed_lists(page, shots):
     assert (await service.number(MOSCOW_2)).row.number.owner is None
 
 
+async def test_a_region_typed_in_russian_or_misspelt_finds_its_numbers(page, shots):
+    expect = playwright.expect
+    await page.goto(f"{page.base}/?account={ACME}#token={TOKEN}")
+    await page.click("#add")
+    await page.click("[data-choice=landline]")
+    await page.fill("#region-name", "москва")
+    await page.click("#other-region button")
+    await expect(page.locator("#offer-text")).to_have_text("Moscow: choose a number")
+    await expect(page.locator("#offer input[name=did]")).to_have_count(2)
+    await page.click("#add-dialog [data-close]")
+    await page.click("#add")
+    await page.click("[data-choice=landline]")
+    await page.fill("#region-name", "Moskow")
+    await page.click("#other-region button")
+    await expect(page.locator("#add-error")).to_contain_text("did you mean Moscow?")
+    await page.screenshot(path=shots / "region-did-you-mean.png")
+    await page.click("#region-choices [data-region=Moscow]")
+    await expect(page.locator("#offer input[name=did]")).to_have_count(2)
+    assert await page.service.requests() == []
+
+
 async def test_an_unverified_account_sees_the_service_pool_and_cannot_add(page, shots):
     expect = playwright.expect
     await page.goto(f"{page.base}/?account={NEWBIE}#token={TOKEN}")

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from .. import phone
 from .. import text as free_text
+from ..regions import RegionIndex
 from ..routing.model import (
     CAMPAIGN_ID,
     Account,
@@ -59,12 +60,14 @@ class Choice(StrEnum):
 
 
 class Refused(Exception):
-    """A rule said no. `code` is stable (clients branch on it), `message` is for people."""
+    """A rule said no. `code` is stable (clients branch on it), `message` is for people;
+    `choices`, when there are some, are values the person may have meant."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, choices: Iterable[str] = ()) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.choices = tuple(choices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +225,20 @@ def search_needles(query: str) -> list[str]:
 
 
 # reservation
+
+
+def region_named(typed: str, index: RegionIndex) -> str:
+    """The region a person means by `typed` ("moscow", "Москва", "Moskva": Moscow); an
+    ambiguous or unknown name is refused with the regions it may mean."""
+    found = index.find(typed)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise Refused("ambiguous_region",
+                      f"{typed!r} may be {' or '.join(found)}: choose one", found)
+    close = index.close(typed)
+    hint = f": did you mean {' or '.join(close)}?" if close else ""
+    raise Refused("unknown_region", f"we know no region called {typed!r}{hint}", close)
 
 
 def region_counts(

@@ -19,6 +19,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from ..inventory import Inventory
+from ..regions import RegionIndex
 from ..routing.model import (
     Account,
     CallbackRule,
@@ -92,6 +93,7 @@ class NumberDetails:
 @dataclass
 class _Change:
     q: Queries
+    subject: str
     account: str | None
     detail: dict[str, Any]
     quiet: bool = False  # nothing changed: no audit row
@@ -176,15 +178,20 @@ class NumbersService:
         return rules.region_counts(choice, counts, self.popular_cities)
 
     async def offer(self, actor: str, account_id: str, choice: Any, region: Any) -> Offer:
-        """The available numbers of a region; none there: a request for sales is filed (once
-        per account, kind and region while it is open), and nothing else changes."""
+        """The available numbers of a region, named as people type it ("moscow", "Москва");
+        none there: a request for sales is filed (once per account, kind and region while it
+        is open), and nothing else changes. An unknown or ambiguous name is refused with the
+        regions it may mean."""
         choice = rules.enum_value(Choice, choice, "choice")
-        region = rules.text(region, "region", rules.MAX_REGION, required=True)
+        typed = rules.text(region, "region", rules.MAX_REGION, required=True)
         kind = choice.kind
-        async with self._change(actor, "request_number", f"{kind}:{region}", account_id,
-                                kind=kind.value, region=region) as change:
+        async with self._change(actor, "request_number", f"{kind}:{typed}", account_id,
+                                kind=kind.value, region=typed) as change:
             q = change.q
             _check(rules.account_refusal(await q.account(account_id)))
+            index = RegionIndex([*await q.regions(), *self.popular_cities])
+            region = rules.region_named(typed, index)
+            change.subject, change.detail["region"] = f"{kind}:{region}", region
             numbers = await q.available(kind, region, self.offer_limit)
             request = None
             if numbers:
@@ -567,7 +574,7 @@ class NumbersService:
         refused: Refused | None = None
         async with self.store.transaction() as q:
             await q.savepoint()
-            change = _Change(q, account, dict(detail))
+            change = _Change(q, subject, account, dict(detail))
             try:
                 yield change
             except Refused as exc:
@@ -575,7 +582,7 @@ class NumbersService:
                 await q.rollback_to_savepoint()
                 change.detail["message"] = exc.message
             if refused is not None or not change.quiet:
-                await q.audit(self.clock(), actor, action, subject, change.account,
+                await q.audit(self.clock(), actor, action, change.subject, change.account,
                               refused.code if refused else "ok", change.detail)
             if refused is None:
                 await self._publish(q)

@@ -34,6 +34,7 @@ STATUS = {
     "unknown_number": 404,
     "unknown_campaign": 404,
     "unknown_request": 404,
+    "unknown_region": 404,
     "not_found": 404,
     "method_not_allowed": 405,
     "body_too_large": 413,
@@ -62,8 +63,13 @@ def make_app(service: NumbersService, token: str, max_body: int = 64 * 1024) -> 
     return app
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def error_response(
+    status: int, code: str, message: str, choices: tuple[str, ...] = ()
+) -> web.Response:
+    error: dict = {"code": code, "message": message}
+    if choices:
+        error["choices"] = list(choices)
+    return web.json_response({"error": error}, status=status)
 
 
 @web.middleware
@@ -71,7 +77,7 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except Refused as exc:
-        response = error_response(STATUS.get(exc.code, 409), exc.code, exc.message)
+        response = error_response(STATUS.get(exc.code, 409), exc.code, exc.message, exc.choices)
         if exc.code == "unauthorized":
             response.headers["WWW-Authenticate"] = "Bearer"
         return response

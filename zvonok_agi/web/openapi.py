@@ -88,6 +88,11 @@ SCHEMAS: dict[str, Any] = {
             "properties": {
                 "code": {"type": "string", "description": "stable: clients branch on it"},
                 "message": {"type": "string", "description": "for people"},
+                "choices": {
+                    "type": "array", "items": {"type": "string"},
+                    "description": "what may have been meant (unknown_region, "
+                                   "ambiguous_region: the regions the name may mean)",
+                },
             },
         }},
     },
