@@ -26,76 +26,21 @@ from phonenumbers.geodata import GEOCODE_DATA
 HOME_COUNTRY = "RU"
 
 # ICAO Doc 9303 (Russian passports since 2013; GOST R 52535.1-2006 but for ъ).
-PASSPORT = str.maketrans(
-    {
-        "а": "a",
-        "б": "b",
-        "в": "v",
-        "г": "g",
-        "д": "d",
-        "е": "e",
-        "ё": "e",
-        "ж": "zh",
-        "з": "z",
-        "и": "i",
-        "й": "i",
-        "к": "k",
-        "л": "l",
-        "м": "m",
-        "н": "n",
-        "о": "o",
-        "п": "p",
-        "р": "r",
-        "с": "s",
-        "т": "t",
-        "у": "u",
-        "ф": "f",
-        "х": "kh",
-        "ц": "ts",
-        "ч": "ch",
-        "ш": "sh",
-        "щ": "shch",
-        "ъ": "ie",
-        "ы": "y",
-        "ь": "",
-        "э": "e",
-        "ю": "iu",
-        "я": "ia",
-    }
-)
+# fmt: off
+PASSPORT = str.maketrans({
+    "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ё": "e", "ж": "zh", "з": "z",
+    "и": "i", "й": "i", "к": "k", "л": "l", "м": "m", "н": "n", "о": "o", "п": "p", "р": "r",
+    "с": "s", "т": "t", "у": "u", "ф": "f", "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh",
+    "щ": "shch", "ъ": "ie", "ы": "y", "ь": "", "э": "e", "ю": "iu", "я": "ia",
+})
 # Words that say what kind of place a name is, not which: the plan writes "г. Москва",
 # "Свердловская обл", "Republic of Tatarstan", "Khabarovsk Territory"; people drop or add them.
-ADMINISTRATIVE = frozenset(
-    {
-        "г",
-        "гор",
-        "город",
-        "обл",
-        "область",
-        "р-н",
-        "район",
-        "край",
-        "респ",
-        "республика",
-        "ао",
-        "автономный",
-        "автономная",
-        "округ",
-        "city",
-        "region",
-        "oblast",
-        "territory",
-        "krai",
-        "kray",
-        "republic",
-        "respublika",
-        "of",
-        "the",
-        "district",
-        "autonomous",
-        "okrug",
-    }
-)
+ADMINISTRATIVE = frozenset({
+    "г", "гор", "город", "обл", "область", "р-н", "район", "край", "респ", "республика", "ао",
+    "автономный", "автономная", "округ", "city", "region", "oblast", "territory", "krai",
+    "kray", "republic", "respublika", "of", "the", "district", "autonomous", "okrug",
+})
+# fmt: on
 SAINT = {"saint": "st", "sankt": "st", "sv": "st"}  # Saint / Sankt- / St Petersburg
 
 
