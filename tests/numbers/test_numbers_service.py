@@ -272,6 +272,18 @@ async def test_binding_refusals_change_nothing_and_are_audited(service, tmp_path
     assert entry["detail"]["inbound_campaign"] == campaign and entry["detail"]["message"]
 
 
+async def test_resending_the_binding_of_a_disabled_number_changes_only_the_rule(service):
+    await service.reserve("web", ACME, MOSCOW_1)
+    await service.bind("web", MOSCOW_1, "acme-line")
+    await service.disable("web", MOSCOW_1)
+    number = await service.change_number("web", MOSCOW_1, inbound_campaign="acme-line",
+                                         callback_rule="force_no", as_account=ACME)
+    assert (number.inbound_campaign, number.callback_rule) == ("acme-line", "force_no")
+    await service.create_campaign("web", "acme-line-2", ACME, "inbound")
+    await refused("number_disabled", service.bind("web", MOSCOW_1, "acme-line-2"))
+    assert (await service.bind("web", MOSCOW_1, None)).inbound_campaign is None
+
+
 async def test_rules_exist_only_for_reserved_numbers(service):
     await refused("service_number", service.set_rule("web", POOL_1, "force_yes"))
     await refused("not_reserved", service.set_rule("web", MOBILE, "force_yes"))

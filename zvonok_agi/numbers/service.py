@@ -245,7 +245,9 @@ class NumbersService:
         as_account: str | None = None,
     ) -> NumberRecord:
         """The seed's "Change" window: the inbound campaign the number's calls go to (None: to
-        none) and its callback rule, saved together or not at all."""
+        none) and its callback rule, saved together or not at all. Resending the campaign the
+        number is bound to changes nothing, so it is no new binding (a disabled number's rule
+        can change)."""
         did = rules.did_of(did)
         if inbound_campaign not in (KEEP, None):
             inbound_campaign = rules.ident(inbound_campaign, "campaign id")
@@ -256,7 +258,8 @@ class NumbersService:
             q = change.q
             number = await q.number(did)
             _check(rules.reserved_refusal(number, as_account))
-            if inbound_campaign not in (KEEP, None):
+            assert number is not None
+            if inbound_campaign not in (KEEP, None, number.inbound_campaign):
                 campaign = await q.campaign(inbound_campaign)
                 _check(rules.binding_refusal(number, campaign, as_account))
             values = _given(inbound_campaign=inbound_campaign, callback_rule=callback_rule)

@@ -263,8 +263,17 @@ function openChange(n) {
 async function saveChange(event) {
   event.preventDefault();
   const n = state.current;
-  const body = {inbound_campaign: $("#change-campaign").value || null,
-                callback_rule: new FormData(event.target).get("rule")};
+  // only what changed: the API leaves out fields as they are, the audit log says what changed
+  const body = {};
+  const campaign = $("#change-campaign").value || null;
+  const rule = new FormData(event.target).get("rule");
+  if (campaign !== n.inbound_campaign) body.inbound_campaign = campaign;
+  if (rule !== n.callback_rule) body.callback_rule = rule;
+  if (Object.keys(body).length === 0) {
+    $("#change-dialog").close();
+    say(`${pretty(n.did)}: nothing to save.`);
+    return;
+  }
   try {
     await api("PATCH", `/api/numbers/${n.did}`, body, {as_account: state.account});
     $("#change-dialog").close();
