@@ -13,7 +13,9 @@ DEFAULT_REGION = "RU"
 # Longer than any E.164 number written with spaces, brackets and dashes: cheaper to refuse early.
 MAX_RAW_LENGTH = 40
 # What a written phone number may contain; anything else (letters, `<`, `;`) is not a number.
-PHONE_CHARACTERS = re.compile(r"^\+?[0-9 ().-]+$")
+PHONE_CHARACTERS = re.compile(r"\+?[0-9 ().-]+")
+# A Russian number as people write it (the admin API's pattern): `normalize` takes every one.
+RUSSIAN_WRITTEN = r"^\s*(?:\+7|8|7)(?:[ ().-]*[0-9]){10}\s*$"
 # +7 and ten digits: a possible Russian (or Kazakh) number as it stands, no parsing needed.
 PLAIN_PLUS_SEVEN = re.compile(r"\+7[0-9]{10}")
 
@@ -22,10 +24,10 @@ PLAIN_PLUS_SEVEN = re.compile(r"\+7[0-9]{10}")
 def normalize(raw: str | None, region: str = DEFAULT_REGION) -> str | None:
     """E.164 digits without '+' (`+7 (916) 123-45-67` -> `79161234567`), or None when `raw`
     is empty, `anonymous`, `unknown`, garbage or not a possible number."""
-    if not raw:
+    if not raw or len(raw) > MAX_RAW_LENGTH:
         return None
     text = raw.strip()
-    if len(text) > MAX_RAW_LENGTH or not PHONE_CHARACTERS.match(text):
+    if not PHONE_CHARACTERS.fullmatch(text):
         return None
     if region == "RU":
         text = _russian_prefix(text)

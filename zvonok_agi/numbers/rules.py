@@ -33,6 +33,8 @@ E = TypeVar("E", bound=StrEnum)
 MAX_REGION = 80
 MAX_NAME = 120
 MAX_NOTE = 500
+MAX_SEARCH = 40
+MAX_SUBJECT = 200  # of the audit log: a number, an id, "kind:region", "request:N"
 MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer: beyond it sqlite3 raises OverflowError
 
 
@@ -368,7 +370,7 @@ def caller_id_refusal(
     if caller_id is None:
         return None
     if kind is CampaignKind.INBOUND:
-        return Refused("bad_input", "an inbound campaign has no caller ID")
+        return Refused("not_outbound", "an inbound campaign has no caller ID")
     if not account.verified:
         return Refused(
             "not_verified",
@@ -386,6 +388,14 @@ def caller_id_refusal(
     if not number.active:
         return Refused("number_disabled", f"{caller_id} is disabled")
     return None
+
+
+def not_outbound(campaign: Campaign) -> Refused:
+    return Refused(
+        "not_outbound",
+        f"campaign {campaign.id} is an inbound campaign: accept_inbound and the caller ID are "
+        "settings of outbound campaigns",
+    )
 
 
 def unverify_refusal(account: Account, reserved: int) -> Refused | None:

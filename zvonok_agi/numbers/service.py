@@ -248,7 +248,7 @@ class NumbersService:
         none) and its callback rule, saved together or not at all. Resending the campaign the
         number is bound to changes nothing, so it is no new binding (a disabled number's rule
         can change)."""
-        did = rules.did_of(did)
+        did, as_account = rules.did_of(did), _acting(as_account)
         if inbound_campaign not in (KEEP, None):
             inbound_campaign = rules.ident(inbound_campaign, "campaign id")
         if callback_rule is not KEEP:
@@ -287,7 +287,7 @@ class NumbersService:
         self, actor: str, did: Any, status: NumberStatus, as_account: str | None
     ) -> NumberRecord:
         """Disabled, a number routes nothing and dials nothing; its bindings stay for enable."""
-        did = rules.did_of(did)
+        did, as_account = rules.did_of(did), _acting(as_account)
         action = "enable" if status is NumberStatus.ACTIVE else "disable"
         async with self._change(actor, action, did, as_account) as change:
             q = change.q
@@ -303,7 +303,7 @@ class NumbersService:
         """Back to the reservable stock, without binding, rule or owner. The old owner's
         callback history stays in Redis, but the decision reads only attempts of the current
         owner's campaigns: it never routes into the old owner's campaigns again."""
-        did = rules.did_of(did)
+        did, as_account = rules.did_of(did), _acting(as_account)
         async with self._change(actor, "release", did, as_account) as change:
             q = change.q
             number = await q.number(did)
@@ -328,7 +328,9 @@ class NumbersService:
         """With an account: what its "Subscriber numbers" page shows (its reserved numbers and
         the service pool); without: every number, the unreserved stock too."""
         status = rules.enum_value(NumberStatus, status, "status")
-        search = rules.text(search, "search", 40)
+        search = rules.text(search, "search", rules.MAX_SEARCH)
+        if account is not None:
+            account = rules.ident(account, "account")
         needles = rules.search_needles(search) if search else None
         async with self.store.reading() as q:
             if account is not None:
@@ -354,6 +356,8 @@ class NumbersService:
     # campaigns
 
     async def campaigns(self, account: str | None = None) -> list[Campaign]:
+        if account is not None:
+            account = rules.ident(account, "account")
         async with self.store.reading() as q:
             return await q.campaigns(account=account)
 
@@ -373,8 +377,10 @@ class NumbersService:
             state=rules.enum_value(CampaignState, state, "state"),
             caller_id=None if caller_id in (None, "pool") else rules.did_of(caller_id),
         )
-        if campaign.kind is CampaignKind.INBOUND and campaign.accept_inbound:
-            raise Refused("bad_input", "accept_inbound is a setting of outbound campaigns")
+        if campaign.kind is CampaignKind.INBOUND and (campaign.accept_inbound
+                                                      or campaign.caller_id):
+            raise Refused("bad_input", "accept_inbound and the caller ID are settings of "
+                          "outbound campaigns")
         async with self._change(actor, "create_campaign", campaign.id, campaign.account,
                                 kind=campaign.kind.value, caller_id=campaign.caller_id) as change:
             q = change.q
@@ -401,8 +407,10 @@ class NumbersService:
                 await q.campaign(campaign_id), "unknown_campaign", "no such campaign"
             )
             change.account = campaign.account
-            if accept_inbound is not KEEP and campaign.kind is CampaignKind.INBOUND:
-                raise Refused("bad_input", "accept_inbound is a setting of outbound campaigns")
+            # What an inbound campaign has already (false, the pool) may be sent: no change.
+            if campaign.kind is CampaignKind.INBOUND and (accept_inbound is True
+                                                          or caller_id not in (KEEP, None)):
+                raise rules.not_outbound(campaign)
             campaign = replace(campaign, **detail)
             if caller_id is not KEEP:
                 await self._check_caller_id(q, campaign)
@@ -443,6 +451,8 @@ class NumbersService:
         return change.result
 
     async def audit_log(self, subject: str | None = None, limit: int = 100) -> list[dict]:
+        if subject is not None:
+            subject = rules.text(subject, "subject", rules.MAX_SUBJECT)
         async with self.store.reading() as q:
             return await q.audit_log(subject, max(1, min(limit, 1000)))
 
@@ -621,6 +631,11 @@ def _checked(check: Callable[..., T], *args: Any, where: str) -> T:
         return check(*args)
     except Refused as exc:
         raise Refused(exc.code, f"{where}: {exc.message}") from None
+
+
+def _acting(as_account: Any) -> str | None:
+    """The account a change is made as (None: an operator)."""
+    return None if as_account is None else rules.ident(as_account, "as_account")
 
 
 def _flag(value: Any, what: str) -> bool:

@@ -304,7 +304,8 @@ async function confirmDelete(event) {
   event.preventDefault();
   const n = state.current;
   try {
-    await api("DELETE", `/api/numbers/${n.did}`, undefined, {as_account: state.account});
+    await api("DELETE",
+      `/api/accounts/${encodeURIComponent(state.account)}/reservations/${n.did}`);
     $("#delete-dialog").close();
     say(`${pretty(n.did)} is deleted.`);
     await refresh();
