@@ -8,10 +8,9 @@ import sqlite3
 
 import pytest
 
-from numbers_helpers import ACME, MOSCOW_1, control_plane, small_world
+from numbers_helpers import ACME, MOSCOW_1, control_plane, refused, small_world
 from zvonok_agi.inventory import InventoryError
 from zvonok_agi.numbers.importer import read_file
-from zvonok_agi.numbers.rules import Refused
 
 INVISIBLE = [
     ("zero-width space", "Ac\u200bme", "U+200B"),
@@ -43,13 +42,6 @@ def business_tables(path) -> dict[str, list]:
             table: db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
             for table in ("accounts", "numbers", "campaigns", "requests")
         }
-
-
-async def refused(code: str, call) -> Refused:
-    with pytest.raises(Refused) as info:
-        await call
-    assert info.value.code == code, info.value.message
-    return info.value
 
 
 # free text

@@ -19,6 +19,7 @@ from numbers_helpers import (
     OLDCO,
     POOL_1,
     control_plane,
+    refused,
     small_world,
 )
 from zvonok_agi.numbers.migrations import MIGRATIONS
@@ -33,13 +34,6 @@ async def service(settings, tmp_path):
     async with control_plane(settings, tmp_path / "numbers.db") as svc:
         await small_world(svc)
         yield svc
-
-
-async def refused(code: str, call) -> Refused:
-    with pytest.raises(Refused) as info:
-        await call
-    assert info.value.code == code, info.value.message
-    return info.value
 
 
 async def published(service) -> dict:
