@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -19,12 +20,16 @@ from . import phone
 from .agi.inbound import InboundRouter, send_engine_error
 from .agi.server import FastAGIServer, ServerConfig
 from .config import Settings
+from .health import Admission, Heartbeat
 from .metrics import start_metrics_server
 from .store.embedded import EmbeddedRedis
 from .store.history import CallbackHistory
 from .store.routing_data import RoutingCache, RoutingData
+from .tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
+
+LISTEN_RETRY = 1.0  # seconds before trying again to listen on a port that could not be bound
 
 
 def redis_client(url: str, settings: Settings) -> aioredis.Redis:
@@ -65,13 +70,23 @@ async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[ai
 
 
 class Engine:
-    """The running engine: FastAGI in front, the routing cache and the history behind it."""
+    """The running engine: FastAGI in front, the routing cache and the history behind it.
+
+    It takes calls only while it can route them: the FastAGI server listens once the routing
+    data is loaded, and not while the event loop is overloaded (see `health.Admission`).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.server: FastAGIServer | None = None
         self.cache: RoutingCache | None = None
         self.redis: aioredis.Redis | None = None
+        self.heartbeat = Heartbeat()
+        agi = settings.agi
+        self.admission = Admission(agi.overload_lag, agi.overload_for, agi.overload_recovery)
+        self.refusing: str | None = None  # why the engine does not take calls now
+        self._listening: asyncio.Task[None] | None = None
+        self._listen_again_at = 0.0
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Engine:
@@ -106,8 +121,17 @@ class Engine:
             self.server = FastAGIServer(
                 {"inbound": router}, partial(send_engine_error, router), config
             )
-            await self.server.start()
+            # Stopped last: the heartbeat goes on through the drain.
+            self._stack.callback(self.heartbeat.stop)
+            self.refusing = self.admission.refusal(self.cache.loaded)
+            if self.refusing is not None:
+                log.warning("fastagi not listening until the routing data is loaded")
+            await self.server.start(listen=self.refusing is None)
             self._stack.push_async_callback(self.server.shutdown)
+            self._stack.push_async_callback(lambda: cancel_and_wait(self._listening))
+            if s.agi.overload_lag > 0 or self.refusing is not None:
+                self.heartbeat.listeners.append(self._admit)
+                self.heartbeat.start()
         except BaseException:
             await self._stack.aclose()
             raise
@@ -115,6 +139,33 @@ class Engine:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
+
+    def _admit(self, now: float, lag: float) -> None:
+        """On every heartbeat: listen while the engine can route calls, else refuse them."""
+        assert self.server is not None and self.cache is not None
+        self.admission.observe(now, lag)
+        why = self.admission.refusal(self.cache.loaded)
+        if why != self.refusing:
+            if why is None:
+                log.info("fastagi taking calls again")
+            else:
+                log.warning("fastagi refusing calls", reason=why, lag_ms=round(lag * 1000))
+            self.refusing = why
+        if why is not None:
+            self.server.stop_listening()
+        elif not self.server.listening and self._listening is None:
+            if now >= self._listen_again_at and not self.server.draining:
+                self._listening = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        assert self.server is not None
+        try:
+            await self.server.listen()
+        except OSError as exc:
+            log.error("fastagi cannot listen again", error=repr(exc), retry_in=LISTEN_RETRY)
+            self._listen_again_at = time.monotonic() + LISTEN_RETRY
+        finally:
+            self._listening = None
 
 
 async def serve(settings: Settings, *, with_admin: bool = False) -> None:

@@ -35,6 +35,13 @@ class AgiSettings:
     backlog: int = 1024
     # How long SIGTERM lets in-flight sessions finish before ending them with a fallback route.
     drain_deadline: float = 5.0
+    # Stop accepting connections (close the listener, so that Asterisk is refused and tries
+    # the next engine at once) while the event loop runs more than overload_lag seconds late
+    # for overload_for seconds; accept again once it has kept up for overload_recovery
+    # seconds. 0: never.
+    overload_lag: float = 0.5
+    overload_for: float = 1.0
+    overload_recovery: float = 5.0
     # Set the route's variables with one EXEC MSet, checked by reading ZV_DECIDED back (else
     # one SET VARIABLE each): 3 round trips to Asterisk instead of 9.
     batch_variables: bool = True
@@ -236,6 +243,9 @@ def _validate(settings: Settings) -> None:
     for name in ("session_deadline", "env_deadline", "drain_deadline", "batch_retry_interval"):
         if getattr(settings.agi, name) <= 0:
             raise ConfigError(f"agi.{name} must be positive")
+    agi = settings.agi
+    if agi.overload_lag < 0 or agi.overload_for < 0 or agi.overload_recovery < 0:
+        raise ConfigError("agi.overload_lag, overload_for, overload_recovery must not be negative")
     if settings.routing.callback_window_days <= 0:
         raise ConfigError("routing.callback_window_days must be positive")
     templates = settings.dialplan

@@ -143,6 +143,11 @@ class RoutingCache:
         await cancel_and_wait(*self._tasks)
         self._tasks = []
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the routing data was ever loaded (the last good copy is kept)."""
+        return self.snapshot.version >= 0
+
     async def reload(self) -> None:
         snapshot = await self.data.load()
         if snapshot.version != self.snapshot.version:
