@@ -10,10 +10,12 @@ import socket
 import time
 from dataclasses import replace
 
+import pytest
 from structlog.testing import capture_logs
 
 from conftest import free_port
 from engine_helpers import RESERVED, base_inventory, call, running_engine
+from zvonok_agi.config import ConfigError, load_settings
 from zvonok_agi.health import TICK, Admission, Heartbeat
 from zvonok_agi.store.embedded import EmbeddedRedis
 
@@ -146,3 +148,11 @@ async def test_an_overloaded_engine_refuses_calls_then_takes_them_again(settings
         assert variables["ZV_DECIDED"] == "1"
     refusing = [e for e in logs if e["event"] == "fastagi refusing calls"]
     assert [e["reason"] for e in refusing] == ["event loop overloaded"]
+
+
+@pytest.mark.parametrize("lag", [0.5, 2.0])
+def test_an_overload_lag_the_watchdog_would_end_first_is_refused(lag):
+    environ = {"ZVONOK_AGI_OVERLOAD_LAG": str(lag), "ZVONOK_WATCHDOG_TIMEOUT": "0.5"}
+    with pytest.raises(ConfigError, match="overload_lag must be shorter than watchdog.timeout"):
+        load_settings(environ=environ)
+    load_settings(environ={**environ, "ZVONOK_WATCHDOG_ENABLED": "false"})

@@ -25,7 +25,9 @@ from .metrics import start_metrics_server
 from .store.embedded import EmbeddedRedis
 from .store.history import CallbackHistory
 from .store.routing_data import RoutingCache, RoutingData
+from .systemd import SystemdNotifier
 from .tasks import cancel_and_wait
+from .watchdog import Watchdog, install_stall_hook
 
 log = structlog.get_logger(__name__)
 
@@ -170,16 +172,23 @@ class Engine:
 
 async def serve(settings: Settings, *, with_admin: bool = False) -> None:
     """Run the engine until SIGTERM or SIGINT, then drain. `with_admin`: the admin API and the
-    numbers page too, in this process (a demo or a small install; see docs/control-plane.md)."""
+    numbers page too, in this process (a demo or a small install; see docs/control-plane.md).
+
+    Watched from two sides (docs/operations.md, "When the engine stalls"): the watchdog thread
+    ends the process when the event loop stops, and under systemd (Type=notify) the loop
+    sends WATCHDOG=1, so that systemd ends a process frozen from outside."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    install_stall_hook()
+    notifier = SystemdNotifier.from_environ()
     stop_metrics = None
     if settings.metrics.enabled:
         stop_metrics = start_metrics_server(settings.metrics.host, settings.metrics.port)
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(Engine(settings))
+        engine = await stack.enter_async_context(Engine(settings))
+        assert engine.server is not None
         if with_admin:
             from .numbers.commands import admin_server
 
@@ -189,8 +198,63 @@ async def serve(settings: Settings, *, with_admin: bool = False) -> None:
         phone.normalize("+7 495 123-45-67")  # loads the numbering-plan data now
         gc.collect()
         gc.freeze()
+        if notifier is not None:
+            stack.callback(notifier.close)
+            engine.heartbeat.listeners.append(_SystemdReport(notifier, engine))
+            engine.heartbeat.start()
+        if settings.watchdog.enabled:
+            watchdog = Watchdog(
+                engine.heartbeat, settings.watchdog.timeout, settings.watchdog.heartbeat_file
+            )
+            _check_systemd_watchdog(notifier, watchdog)
+            watchdog.start()
+            stack.callback(watchdog.stop)  # after the drain: it watches the drain too
         await stop.wait()
         log.info("stopping: draining sessions")
+        if notifier is not None:
+            notifier.stopping("draining calls")
+        await engine.server.shutdown()
     if stop_metrics is not None:
         stop_metrics()
     log.info("stopped")
+
+
+class _SystemdReport:
+    """On every heartbeat: WATCHDOG=1 when due; READY=1 once the engine takes calls; the
+    engine's state as STATUS= whenever it changes."""
+
+    def __init__(self, notifier: SystemdNotifier, engine: Engine) -> None:
+        self.notifier = notifier
+        self.engine = engine
+        self.ready = False
+        self.status = ""
+        self(time.monotonic(), 0.0)
+
+    def __call__(self, now: float, lag: float) -> None:
+        server = self.engine.server
+        assert server is not None
+        if self.engine.refusing is None and server.listening:
+            status = f"taking calls on {server.config.host}:{server.port}"
+        else:
+            status = f"refusing calls: {self.engine.refusing or 'not listening'}"
+        if status != self.status:
+            self.status = status
+            if not self.ready and server.listening:
+                self.ready = True
+                self.notifier.ready(status)
+            else:
+                self.notifier.status(status)
+        self.notifier.ping(now)
+
+
+def _check_systemd_watchdog(notifier: SystemdNotifier | None, watchdog: Watchdog) -> None:
+    """systemd must not end a stalled engine before its own watchdog has logged why."""
+    if notifier is None or notifier.watchdog_period is None or notifier.ping_interval is None:
+        return
+    if notifier.watchdog_period - notifier.ping_interval <= watchdog.acts_within:
+        log.warning(
+            "systemd's WatchdogSec is too short for watchdog.timeout: systemd may end a "
+            "stalled engine before its watchdog logs why",
+            watchdog_sec=notifier.watchdog_period,
+            shortest_advised=round(watchdog.acts_within * 4 / 3 + 0.01, 2),
+        )

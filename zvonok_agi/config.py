@@ -147,6 +147,18 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class WatchdogSettings:
+    # End the process when the event loop has not run for `timeout` seconds, after logging
+    # the loop's stack: the kernel then closes every FastAGI connection and Asterisk takes
+    # its fallback, instead of waiting in AGI() for ever.
+    enabled: bool = True
+    timeout: float = 2.0
+    # A file the watchdog touches every second while the loop runs: a container healthcheck
+    # tells a frozen process by its age. Empty: none.
+    heartbeat_file: str = ""
+
+
+@dataclass(frozen=True)
 class LogSettings:
     # "json" for production, "console" for a terminal, "auto": console on a TTY.
     format: str = "auto"
@@ -163,6 +175,7 @@ class Settings:
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 
@@ -246,6 +259,13 @@ def _validate(settings: Settings) -> None:
     agi = settings.agi
     if agi.overload_lag < 0 or agi.overload_for < 0 or agi.overload_recovery < 0:
         raise ConfigError("agi.overload_lag, overload_for, overload_recovery must not be negative")
+    if settings.watchdog.timeout <= 0:
+        raise ConfigError("watchdog.timeout must be positive")
+    if settings.watchdog.enabled and agi.overload_lag >= settings.watchdog.timeout:
+        raise ConfigError(
+            "agi.overload_lag must be shorter than watchdog.timeout: a loop that late is ended "
+            "by the watchdog before it could count as overloaded"
+        )
     if settings.routing.callback_window_days <= 0:
         raise ConfigError("routing.callback_window_days must be positive")
     templates = settings.dialplan
