@@ -10,8 +10,9 @@ hang too); systemd or Docker start it again.
 
 A loop stuck while holding the GIL (a C call that never lets go of it, such as a runaway
 regular expression) leaves no Python thread able to act. For that case faulthandler's thread,
-which needs no GIL and is re-armed by the watchdog while it runs, ends the process `BACKSTOP`
-seconds later, with every thread's stack on stderr.
+which needs no GIL and is re-armed by the watchdog every second while it runs, ends the
+process `timeout + BACKSTOP` seconds after the last re-arming, with every thread's stack on
+stderr.
 
 A process frozen from outside (SIGSTOP, a paused VM) runs none of this; that is systemd's
 watchdog's part (see systemd.py). If it runs again, the loop gets a fresh `timeout`, unless
@@ -44,7 +45,7 @@ EXIT_STATUS = 70  # EX_SOFTWARE: what systemd and Docker see when the watchdog e
 CHECKS_PER_TIMEOUT = 8  # the thread looks this often per timeout
 FLUSH_WAIT = 0.5  # seconds for the log lines to go out before the process ends
 BACKSTOP = 2.0  # seconds past the timeout before faulthandler ends a process stuck in C
-TOUCH_EVERY = 1.0  # seconds between touches of the heartbeat file
+TOUCH_EVERY = 1.0  # seconds between touches of the heartbeat file (and faulthandler's re-arming)
 
 STALL_HOOK = "ZVONOK_TEST_STALL"
 
@@ -96,10 +97,11 @@ class Watchdog:
             silent = now - max(self.heartbeat.last, resumed)
             if silent > self.timeout:
                 self._end(silent)
-            faulthandler.dump_traceback_later(self.timeout + BACKSTOP, exit=True)
-            if self.heartbeat_file is not None and now - touched >= TOUCH_EVERY:
+            if now - touched >= TOUCH_EVERY:  # once a second is enough for these
                 touched = now
-                self._touch()
+                faulthandler.dump_traceback_later(self.timeout + BACKSTOP, exit=True)
+                if self.heartbeat_file is not None:
+                    self._touch()
 
     def _end(self, silent: float) -> None:
         frame = sys._current_frames().get(self._loop_thread)
