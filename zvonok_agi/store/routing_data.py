@@ -1,23 +1,36 @@
-"""Routing data in Redis: accounts, numbers, campaigns. Every write goes through this module.
+"""Routing data in Redis: accounts, numbers, campaigns, and the stream of their changes.
 
-Layout (prefix `zv:` by default):
-  account:<id>   hash  verified, name
-  number:<did>   hash  pool, status, owner, callback_rule, inbound_campaign
-  campaign:<id>  hash  account, kind, accept_inbound, state, caller_id (empty: service pool)
-  accounts / numbers / campaigns   sets of ids, so a full load needs no SCAN
-  routing:version   incremented by every write, in the same transaction
-  routing (pub/sub channel)   "<kind>:<id>" after every write
+Every write goes through `RoutingData.write`: one Lua script per batch changes the records,
+the version and the stream together. The keys (prefix `zv:` by default) share the hash tag
+`{routing}`, so that on a Redis Cluster they live in one slot and one script may touch them all:
 
-The engine keeps the whole routing data in memory (`RoutingCache`) and follows changes through
-pub/sub, with the version as a safety net for missed messages: a call to a reserved number still
-reaches its bound inbound campaign while Redis is down.
+  zv:{routing}:accounts   hash  id  -> [rev, verified, name]
+  zv:{routing}:numbers    hash  did -> [rev, pool, status, owner, callback_rule, inbound_campaign]
+  zv:{routing}:campaigns  hash  id  -> [rev, account, kind, accept_inbound, state, caller_id]
+  zv:{routing}:version    the version of the whole, +1 per change
+  zv:{routing}:changes    stream, one entry per change: id "<version>-0", fields k (kind),
+                          i (id), v (the new value; empty: deleted); about MAX_CHANGES kept
+
+Values are JSON arrays. `rev` is the record's revision in the control plane's store: a write
+never puts an older revision over a newer one (two publishers racing), and a value equal to the
+stored one changes nothing. A missing version key (a new or emptied Redis) starts again from
+the clock in microseconds, above any version a reader has seen, so the reader notices the jump.
+
+The engine keeps the whole routing data in memory (`RoutingCache`): one full load at start, then
+every change from the stream applied in place. A gap (the stream trimmed past the engine's
+version), a version gone back or a change it cannot read make it load everything again and
+swap the new copy in at once. Loads run in chunks and changes in small batches: no step holds
+the event loop for long, whatever the size. A call to a reserved number still reaches its bound
+inbound campaign while Redis is down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -39,223 +52,460 @@ from ..tasks import cancel_and_wait, cancel_requested
 
 log = structlog.get_logger(__name__)
 
+KINDS = ("account", "number", "campaign")
+MAX_CHANGES = 100_000  # stream entries kept: an engine further behind loads everything again
+WRITE_BATCH = 200  # changes per script call: Redis runs a script to its end, others wait
+SCAN_CHUNK = 200  # records per HSCAN of a full load: the decoding is one loop step
+READ_CHUNK = 100  # stream entries per read: parsing and applying them is one loop step
+LOAD_ATTEMPTS = 5
 
-@dataclass(frozen=True)
+Record = Account | Number | Campaign
+
+# KEYS: version, changes, then the hashes of account, number, campaign.
+# ARGV: MAX_CHANGES, then four per change: kind, id, value, expected.
+#   value not empty: store it, unless the stored value is the same or of a newer revision
+#   (a refused one is returned as stale); value empty: delete, if expected is empty or is
+#   the stored value. Each change made is one entry of the stream.
+WRITE_SCRIPT = """
+local hashes = {account = KEYS[3], number = KEYS[4], campaign = KEYS[5]}
+local version = tonumber(redis.call('GET', KEYS[1]) or '')
+if not version then
+  local now = redis.call('TIME')
+  version = tonumber(now[1]) * 1000000 + tonumber(now[2])
+end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+if last then
+  local top = tonumber(string.match(last[1], '^(%d+)'))
+  if top > version then version = top end
+end
+local function rev(value)
+  return tonumber(string.match(value, '^%[(%d+)') or '0')
+end
+local changed, stale = 0, {}
+for i = 2, #ARGV, 4 do
+  local kind, id, value, expected = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local hash = hashes[kind]
+  local stored = redis.call('HGET', hash, id)
+  local write = false
+  if value ~= '' then
+    if stored ~= value then
+      if stored and rev(stored) > rev(value) then
+        stale[#stale + 1] = kind
+        stale[#stale + 1] = id
+      else
+        redis.call('HSET', hash, id, value)
+        write = true
+      end
+    end
+  elseif stored and (expected == '' or expected == stored) then
+    redis.call('HDEL', hash, id)
+    write = true
+  end
+  if write then
+    version = version + 1
+    changed = changed + 1
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], string.format('%d-0', version),
+               'k', kind, 'i', id, 'v', value)
+  end
+end
+if changed > 0 then
+  redis.call('SET', KEYS[1], string.format('%d', version))
+end
+return stale
+"""
+
+
+class BadChange(ValueError):
+    """A record or a change that cannot be read (written by hand, or by a newer release)."""
+
+
+class Gap(Exception):
+    """The copy cannot follow: changes between its version and the next one are gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    record: Record
+    rev: int = 0  # the store's revision of the record; 0: written without a store
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    kind: str
+    key: str
+    expected: str = ""  # delete only if the stored value is still this one; empty: any
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the stream: the record as it is from `version` on (None: deleted)."""
+
+    version: int
+    kind: str
+    key: str
+    record: Record | None
+
+
+@dataclass(eq=False)
 class RoutingSnapshot:
+    """The routing data at `version` (-1: never loaded). The engine's copy is changed in place,
+    one record at a time: a reader between two awaits sees every record whole."""
+
     version: int = -1
     accounts: dict[str, Account] = field(default_factory=dict)
     numbers: dict[str, Number] = field(default_factory=dict)
     campaigns: dict[str, Campaign] = field(default_factory=dict)
+
+    def table(self, kind: str) -> dict:
+        if kind == "number":
+            return self.numbers
+        return self.campaigns if kind == "campaign" else self.accounts
+
+    def apply(self, change: Change) -> None:
+        if change.version != self.version + 1:
+            raise Gap(f"at version {self.version}, the next change is {change.version}")
+        table = self.table(change.kind)
+        if change.record is None:
+            table.pop(change.key, None)
+        else:
+            table[change.key] = change.record
+        self.version = change.version
 
 
 class RoutingData:
     def __init__(self, redis: aioredis.Redis, prefix: str = "zv:") -> None:
         self.redis = redis
         self.prefix = prefix
-        self.channel = f"{prefix}routing"
-        self.version_key = f"{prefix}routing:version"
+        base = f"{prefix}{{routing}}:"
+        self.hashes = {kind: f"{base}{kind}s" for kind in KINDS}
+        self.version_key = f"{base}version"
+        self.changes_key = f"{base}changes"
+        self._keys = [self.version_key, self.changes_key, *self.hashes.values()]
+        self._write = redis.register_script(WRITE_SCRIPT)
 
     # writes
 
+    async def write(self, changes: Iterable[Put | Delete]) -> list[tuple[str, str]]:
+        """Applies `changes` in order, WRITE_BATCH per script; returns (kind, key) of the puts
+        refused because Redis holds a newer revision."""
+        stale: list[tuple[str, str]] = []
+        args: list[str | int] = []
+        for change in changes:
+            if isinstance(change, Put):
+                kind, key = record_key(change.record)
+                args += [kind, key, encode(change.record, change.rev), ""]
+            else:
+                if change.kind not in KINDS:
+                    raise ValueError(f"unknown kind {change.kind!r}")
+                args += [change.kind, change.key, "", change.expected]
+            if len(args) >= 4 * WRITE_BATCH:
+                stale += await self._run(args)
+                args = []
+        if args:
+            stale += await self._run(args)
+        return stale
+
+    async def _run(self, args: list[str | int]) -> list[tuple[str, str]]:
+        refused = await self._write(keys=self._keys, args=[MAX_CHANGES, *args])
+        texts = [_text(item) for item in refused]
+        return list(zip(texts[::2], texts[1::2], strict=True))
+
     async def put_account(self, account: Account) -> None:
-        await self._write("account", account.id, _account_fields(account))
+        await self.write([Put(account)])
 
     async def put_number(self, number: Number) -> None:
-        await self._write("number", number.did, _number_fields(number))
+        await self.write([Put(number)])
 
     async def put_campaign(self, campaign: Campaign) -> None:
-        await self._write("campaign", campaign.id, _campaign_fields(campaign))
+        await self.write([Put(campaign)])
 
     async def delete_number(self, did: str) -> None:
-        await self._write("number", did, None)
+        await self.write([Delete("number", did)])
 
     async def delete_campaign(self, campaign_id: str) -> None:
-        await self._write("campaign", campaign_id, None)
+        await self.write([Delete("campaign", campaign_id)])
 
     async def delete_account(self, account_id: str) -> None:
-        await self._write("account", account_id, None)
-
-    async def _write(self, kind: str, key: str, mapping: dict[str, str] | None) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            item_key = f"{self.prefix}{kind}:{key}"
-            pipe.delete(item_key)
-            if mapping is None:
-                pipe.srem(f"{self.prefix}{kind}s", key)
-            else:
-                pipe.hset(item_key, mapping=mapping)
-                pipe.sadd(f"{self.prefix}{kind}s", key)
-            pipe.incr(self.version_key)
-            pipe.publish(self.channel, f"{kind}:{key}")
-            await pipe.execute()
+        await self.write([Delete("account", account_id)])
 
     # reads
 
-    async def version(self) -> int:
-        return int(await self.redis.get(self.version_key) or 0)
+    async def version(self) -> int | None:
+        """The current version; None when no routing data was ever written to this Redis."""
+        value = await self.redis.get(self.version_key)
+        return None if value is None else int(value)
+
+    async def scan(self, kind: str) -> AsyncIterator[list[tuple[str, str]]]:
+        """Every (key, stored value) of one kind, SCAN_CHUNK at a time. A record changed
+        during the scan may come in either state: follow with the changes since."""
+        cursor = 0
+        while True:
+            cursor, items = await self.redis.hscan(self.hashes[kind], cursor, count=SCAN_CHUNK)
+            yield [(_text(k), _text(v)) for k, v in items.items()]
+            if cursor == 0:
+                return
+
+    async def changes(
+        self, after: int, count: int = READ_CHUNK, block: float | None = None
+    ) -> list[Change]:
+        """The changes after version `after`, oldest first; with `block` (seconds), waits that
+        long for one when there is none. BadChange if one cannot be read."""
+        if block is None:
+            entries = await self.redis.xrange(self.changes_key, f"{after + 1}-0", count=count)
+        else:
+            streams = await self.redis.xread(
+                {self.changes_key: f"{after}-0"}, count=count, block=max(1, int(block * 1000))
+            )
+            entries = streams[0][1] if streams else []
+        return [_change(entry_id, fields) for entry_id, fields in entries]
 
     async def load(self) -> RoutingSnapshot:
-        """The whole routing data, consistent with one version (retried if a write races)."""
-        for _ in range(5):
+        """The whole routing data: every record as scanned, then the changes made since the
+        scan began (so a record changed meanwhile ends in its last state)."""
+        for _ in range(LOAD_ATTEMPTS):
             version = await self.version()
-            ids = {}
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for kind in ("account", "number", "campaign"):
-                    pipe.smembers(f"{self.prefix}{kind}s")
-                members = await pipe.execute()
-            for kind, found in zip(("account", "number", "campaign"), members, strict=True):
-                ids[kind] = sorted(_text(item) for item in found)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for kind, keys in ids.items():
-                    for key in keys:
-                        pipe.hgetall(f"{self.prefix}{kind}:{key}")
-                pipe.get(self.version_key)
-                rows = await pipe.execute()
-            if int(rows[-1] or 0) != version:
+            snapshot = RoutingSnapshot(version=version or 0)
+            for kind in KINDS:
+                table = snapshot.table(kind)
+                async for chunk in self.scan(kind):
+                    for key, value in chunk:
+                        try:
+                            table[key] = decode(kind, key, value)
+                        except BadChange as exc:
+                            log.error(
+                                "bad routing record skipped", kind=kind, key=key, error=str(exc)
+                            )
+            if version is None:
+                if await self.version() is None:
+                    return snapshot
+                continue  # first written meanwhile: scan again, from a version
+            try:
+                await self.catch_up(snapshot)
+            except (Gap, BadChange) as exc:
+                log.info("routing data changed too much during the load; again", why=str(exc))
                 continue
-            return _snapshot(version, ids, rows[:-1])
+            return snapshot
         raise RedisError("routing data kept changing during the load")
+
+    async def catch_up(self, snapshot: RoutingSnapshot) -> None:
+        """Applies the changes after `snapshot.version` until there are none."""
+        while changes := await self.changes(snapshot.version):
+            for change in changes:
+                snapshot.apply(change)
 
 
 class RoutingCache:
     """The engine's in-memory copy of the routing data, kept current.
 
-    `snapshot` is always usable: the last good copy stays while Redis is away.
+    `snapshot` is always usable: the last good copy stays while Redis is away, and while
+    Redis holds no routing data at all (emptied: the control plane's `sync` fills it again).
     """
 
     def __init__(self, data: RoutingData, refresh_interval: float = 1.0) -> None:
         self.data = data
         self.refresh_interval = refresh_interval
         self.snapshot = RoutingSnapshot()
-        self._dirty = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self.on_reload: Callable[[RoutingSnapshot], Awaitable[None] | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        self._missing_logged = False
+        timeout = data.redis.connection_pool.connection_kwargs.get("socket_timeout")
+        # A blocking read must return before the client's socket timeout ends it.
+        self._block = min(refresh_interval, timeout or refresh_interval) / 2
 
     async def start(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
+        try:
             await self.reload()
-        self._tasks = [
-            asyncio.create_task(self._follow_changes(), name="routing-pubsub"),
-            asyncio.create_task(self._poll_version(), name="routing-version"),
-            asyncio.create_task(self._reloader(), name="routing-reload"),
-        ]
+        except (RedisError, OSError) as exc:
+            log.warning("routing data not loaded; retrying in the background", error=str(exc))
+        self._task = asyncio.create_task(self._follow(), name="routing-follow")
 
     async def stop(self) -> None:
-        await cancel_and_wait(*self._tasks)
-        self._tasks = []
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def reload(self) -> None:
+        started = time.monotonic()
         snapshot = await self.data.load()
-        if snapshot.version != self.snapshot.version:
-            self.snapshot = snapshot
-            log.info(
-                "routing data loaded",
-                version=snapshot.version,
-                numbers=len(snapshot.numbers),
-                campaigns=len(snapshot.campaigns),
-            )
+        self.snapshot = snapshot
+        METRICS.routing_loaded()
+        log.info(
+            "routing data loaded",
+            version=snapshot.version,
+            accounts=len(snapshot.accounts),
+            numbers=len(snapshot.numbers),
+            campaigns=len(snapshot.campaigns),
+            seconds=round(time.monotonic() - started, 3),
+        )
 
-    # Each loop also ends when its cancellation was swallowed or turned into a store error
-    # by redis-py (see zvonok_agi.tasks): the request is still on record.
-    async def _reloader(self) -> None:
+    # The loop also ends when its cancellation was swallowed or turned into a store error by
+    # redis-py (see zvonok_agi.tasks): the request is still on record.
+    async def _follow(self) -> None:
+        loop = asyncio.get_running_loop()
+        reload = self.snapshot.version < 0
+        checked = loop.time()
         while not cancel_requested():
-            await self._dirty.wait()
-            self._dirty.clear()
             try:
-                await self.reload()
+                if reload:
+                    await self.reload()
+                    reload = False
+                changes = await self.data.changes(self.snapshot.version, block=self._block)
+                for change in changes:
+                    self.snapshot.apply(change)
+                METRICS.routing_changes(len(changes))
+                if not changes and loop.time() - checked >= self.refresh_interval:
+                    checked = loop.time()
+                    reload = await self._lost_track()
+                self._recovered()
+            except Gap as exc:
+                log.warning("routing changes missed; loading everything again", why=str(exc))
+                reload = True
+            except BadChange as exc:
+                log.error("unreadable routing change; loading everything again", error=str(exc))
+                reload = True
             except (RedisError, OSError) as exc:
                 if cancel_requested():
                     return
-                METRICS.store_error("routing_data")
-                log.warning("routing data reload failed; keeping the last copy", error=str(exc))
+                self._failed(exc)
                 await asyncio.sleep(self.refresh_interval)
 
-    async def _follow_changes(self) -> None:
-        while not cancel_requested():
-            try:
-                async with self.data.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self.data.channel)
-                    self._dirty.set()  # changes made while we were not listening
-                    while not cancel_requested():
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=self.refresh_interval
-                        )
-                        if message is not None:
-                            self._dirty.set()
-            except (RedisError, OSError):
-                if not cancel_requested():
-                    await asyncio.sleep(self.refresh_interval)
+    async def _lost_track(self) -> bool:
+        """Whether the version says the stream cannot bring this copy up to date: it went back
+        (Redis restored from an older copy) or it moved with no change in the stream."""
+        version = await self.data.version()
+        mine = self.snapshot.version
+        if version is None:
+            if mine > 0 and not self._missing_logged:
+                log.warning(
+                    "Redis holds no routing data: keeping the copy in memory "
+                    "(run `zvonok-agi sync` to fill Redis from the control plane)"
+                )
+                self._missing_logged = True
+            return False
+        self._missing_logged = False
+        return version < mine or (version > mine and not await self.data.changes(mine, 1))
 
-    async def _poll_version(self) -> None:
-        while not cancel_requested():
-            await asyncio.sleep(self.refresh_interval)
-            try:
-                if await self.data.version() != self.snapshot.version:
-                    self._dirty.set()
-            except (RedisError, OSError):
-                continue
+    def _failed(self, exc: Exception) -> None:
+        METRICS.store_error("routing_data")
+        if not self._failing:
+            log.warning(
+                "routing data not followed; keeping the copy in memory",
+                error=str(exc),
+                version=self.snapshot.version,
+            )
+            self._failing = True
+
+    def _recovered(self) -> None:
+        if self._failing:
+            log.info("routing data followed again", version=self.snapshot.version)
+            self._failing = False
+
+
+# records <-> stored values
+
+
+def record_key(record: Record) -> tuple[str, str]:
+    if isinstance(record, Number):
+        return "number", record.did
+    if isinstance(record, Campaign):
+        return "campaign", record.id
+    return "account", record.id
+
+
+def encode(record: Record, rev: int = 0) -> str:
+    if isinstance(record, Number):
+        fields: list = [
+            rev,
+            record.pool.value,
+            record.status.value,
+            record.owner,
+            record.callback_rule.value,
+            record.inbound_campaign,
+        ]
+    elif isinstance(record, Campaign):
+        fields = [
+            rev,
+            record.account,
+            record.kind.value,
+            int(record.accept_inbound),
+            record.state.value,
+            record.caller_id,
+        ]
+    else:
+        fields = [rev, int(record.verified), record.name]
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+
+
+def revision(value: bytes | str) -> int:
+    """The revision a stored value carries (0 if it carries none)."""
+    text = _text(value)
+    head = text[1 : text.find(",")] if text.startswith("[") else ""
+    return int(head) if head.isdigit() else 0
+
+
+_POOLS = {item.value: item for item in Pool}
+_STATUSES = {item.value: item for item in NumberStatus}
+_RULES = {item.value: item for item in CallbackRule}
+_CAMPAIGN_KINDS = {item.value: item for item in CampaignKind}
+_STATES = {item.value: item for item in CampaignState}
+
+
+def decode(kind: str, key: str, value: str) -> Record:
+    """The record a stored value holds; BadChange if it holds none."""
+    try:
+        fields = json.loads(value)
+        if kind == "number":
+            _, pool, status, owner, rule, inbound = fields
+            return Number(
+                key, _POOLS[pool], _STATUSES[status], _name(owner), _RULES[rule], _name(inbound)
+            )
+        if kind == "campaign":
+            _, account, campaign_kind, accept, state, caller_id = fields
+            if not account:
+                raise ValueError("no account")
+            return Campaign(
+                key,
+                _name(account),
+                _CAMPAIGN_KINDS[campaign_kind],
+                _flag(accept),
+                _STATES[state],
+                _name(caller_id),
+            )
+        if kind == "account":
+            _, verified, name = fields
+            if not isinstance(name, str):
+                raise TypeError("name is no text")
+            return Account(key, _flag(verified), name)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadChange(f"{kind} {key}: {value[:200]!r}: {exc!r}") from None
+    raise BadChange(f"unknown kind {kind!r} ({key})")
+
+
+def _name(value: object) -> str | None:
+    """An id in a record; the same text shared by every record naming it."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is no id")
+    return sys.intern(value)
+
+
+def _flag(value: object) -> bool:
+    if value not in (0, 1) or isinstance(value, float):
+        raise ValueError(f"{value!r} is not 0 or 1")
+    return bool(value)
+
+
+def _change(entry_id: bytes | str, fields: dict) -> Change:
+    try:
+        version = int(_text(entry_id).partition("-")[0])
+        values = {_text(k): _text(v) for k, v in fields.items()}
+        kind, key, value = values["k"], values["i"], values["v"]
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise BadChange(f"stream entry {entry_id!r}: {exc!r}") from None
+    if kind not in KINDS:
+        raise BadChange(f"stream entry {entry_id!r}: unknown kind {kind!r}")
+    return Change(version, kind, key, decode(kind, key, value) if value else None)
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _account_fields(account: Account) -> dict[str, str]:
-    return {"verified": "1" if account.verified else "0", "name": account.name}
-
-
-def _number_fields(number: Number) -> dict[str, str]:
-    return {
-        "pool": number.pool.value,
-        "status": number.status.value,
-        "owner": number.owner or "",
-        "callback_rule": number.callback_rule.value,
-        "inbound_campaign": number.inbound_campaign or "",
-    }
-
-
-def _campaign_fields(campaign: Campaign) -> dict[str, str]:
-    return {
-        "account": campaign.account,
-        "kind": campaign.kind.value,
-        "accept_inbound": "1" if campaign.accept_inbound else "0",
-        "state": campaign.state.value,
-        "caller_id": campaign.caller_id or "",
-    }
-
-
-def _snapshot(version: int, ids: dict[str, list[str]], rows: list[dict]) -> RoutingSnapshot:
-    snapshot = RoutingSnapshot(version=version)
-    row_iter = iter(rows)
-    for kind, keys in ids.items():
-        for key in keys:
-            raw = {_text(k): _text(v) for k, v in next(row_iter).items()}
-            if not raw:
-                continue  # deleted between the two reads; the next version will say so
-            try:
-                _add(snapshot, kind, key, raw)
-            except (KeyError, ValueError) as exc:
-                log.error("bad routing record skipped", kind=kind, key=key, error=str(exc))
-    return snapshot
-
-
-def _add(snapshot: RoutingSnapshot, kind: str, key: str, raw: dict[str, str]) -> None:
-    if kind == "account":
-        snapshot.accounts[key] = Account(key, raw.get("verified") == "1", raw.get("name", ""))
-    elif kind == "number":
-        snapshot.numbers[key] = Number(
-            did=key,
-            pool=Pool(raw["pool"]),
-            status=NumberStatus(raw["status"]),
-            owner=raw.get("owner") or None,
-            callback_rule=CallbackRule(raw.get("callback_rule") or CallbackRule.AS_CAMPAIGN),
-            inbound_campaign=raw.get("inbound_campaign") or None,
-        )
-    else:
-        snapshot.campaigns[key] = Campaign(
-            id=key,
-            account=raw["account"],
-            kind=CampaignKind(raw["kind"]),
-            accept_inbound=raw.get("accept_inbound") == "1",
-            state=CampaignState(raw.get("state") or CampaignState.RUNNING),
-            caller_id=raw.get("caller_id") or None,
-        )
