@@ -132,7 +132,9 @@ async def _load(settings: Settings, args: argparse.Namespace) -> int:
             await service.import_inventory(actor(), inventory, overrides)
         except Refused as exc:
             raise CommandError(f"{args.file}: {exc.code}: {exc.message}") from exc
-        not_in_redis = "imported into the store but not into Redis: load again when Redis is back"
+        not_in_redis = ("imported into the store, not yet into Redis: kept in the outbox, "
+                        "published by the admin server when Redis is back (or run `zvonok-agi "
+                        "sync`)")
         if await service.pending():  # committed; publishing failed (its warning says why)
             raise CommandError(not_in_redis)
         assert service.data is not None  # open_service publishes by default

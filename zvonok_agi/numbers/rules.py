@@ -165,6 +165,8 @@ def enum_value(cls: type[E], raw: object, what: str) -> E:
 def classify(did: str, kind: Kind | None = None, region: str | None = None) -> tuple[Kind, str]:
     """Kind and region of a number: from the numbering plan unless an operator says otherwise.
     Russian mobile ranges belong to no region: they get the country's name."""
+    if kind and region:
+        return kind, region
     derived_kind, derived_region = phone.describe(did)
     if not region:
         region = derived_region or geocoder.country_name_for_number(parse("+" + did), "en")

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from ..routing.model import (
     Campaign,
     CampaignKind,
     CampaignState,
+    Number,
     NumberStatus,
     Pool,
 )
@@ -32,6 +34,25 @@ from .migrations import MIGRATIONS
 from .rules import Kind, NumberRecord, Request
 
 BUSY_TIMEOUT_MS = 5000
+MAX_PARAMETERS = 500  # keys per `IN (...)`: well under any SQL engine's limit of parameters
+ROUTING_TABLES = {"account": ("accounts", "id"), "number": ("numbers", "did"),
+                  "campaign": ("campaigns", "id")}
+RoutingRecord = Account | Number | Campaign
+_PUT_NUMBER = (
+    "INSERT INTO numbers (did, kind, region, pool, status, owner, callback_rule, "
+    "inbound_campaign, reserved_at, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (did) DO UPDATE SET kind = excluded.kind, region = excluded.region, "
+    "pool = excluded.pool, status = excluded.status, owner = excluded.owner, "
+    "callback_rule = excluded.callback_rule, "
+    "inbound_campaign = excluded.inbound_campaign, reserved_at = excluded.reserved_at"
+)
+_PUT_CAMPAIGN = (
+    "INSERT INTO campaigns (id, account, kind, accept_inbound, state, caller_id, "
+    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+    "account = excluded.account, kind = excluded.kind, "
+    "accept_inbound = excluded.accept_inbound, state = excluded.state, "
+    "caller_id = excluded.caller_id"
+)
 
 
 class Store:
@@ -216,15 +237,7 @@ class Queries:
         await self.touch("number", number.did)
 
     async def put_number(self, number: NumberRecord, now: float) -> None:
-        await self._run(
-            "INSERT INTO numbers (did, kind, region, pool, status, owner, callback_rule, "
-            "inbound_campaign, reserved_at, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (did) DO UPDATE SET kind = excluded.kind, region = excluded.region, "
-            "pool = excluded.pool, status = excluded.status, owner = excluded.owner, "
-            "callback_rule = excluded.callback_rule, "
-            "inbound_campaign = excluded.inbound_campaign, reserved_at = excluded.reserved_at",
-            [*_number_values(number), now],
-        )
+        await self._run(_PUT_NUMBER, [*_number_values(number), now])
         await self.touch("number", number.did)
 
     async def claim_number(self, did: str, account: str, now: float) -> bool:
@@ -273,22 +286,7 @@ class Queries:
         return [_campaign(r) for r in await self._all(sql + " ORDER BY id", args)]
 
     async def put_campaign(self, campaign: Campaign, now: float) -> None:
-        await self._run(
-            "INSERT INTO campaigns (id, account, kind, accept_inbound, state, caller_id, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-            "account = excluded.account, kind = excluded.kind, "
-            "accept_inbound = excluded.accept_inbound, state = excluded.state, "
-            "caller_id = excluded.caller_id",
-            [
-                campaign.id,
-                campaign.account,
-                campaign.kind.value,
-                int(campaign.accept_inbound),
-                campaign.state.value,
-                campaign.caller_id,
-                now,
-            ],
-        )
+        await self._run(_PUT_CAMPAIGN, _campaign_values(campaign, now))
         await self.touch("campaign", campaign.id)
 
     async def reserved_count(self, account: str) -> int:
@@ -366,17 +364,128 @@ class Queries:
         rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
         return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
 
+    # bulk upserts (`zvonok-agi load`): only the records that differ are written and touched
+
+    async def import_accounts(self, accounts: Sequence[Account], now: float) -> int:
+        current = {a.id: a for a in await self._in("accounts", "id", [a.id for a in accounts])}
+        changed = [a for a in accounts if current.get(a.id) != a]
+        await self.db.executemany(
+            "INSERT INTO accounts (id, name, verified, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, verified = excluded.verified",
+            [[a.id, a.name, int(a.verified), now] for a in changed],
+        )
+        await self._touch_all("account", [a.id for a in changed])
+        return len(changed)
+
+    async def import_campaigns(self, campaigns: Sequence[Campaign], now: float) -> int:
+        ids = [c.id for c in campaigns]
+        current = {c.id: c for c in await self._in("campaigns", "id", ids)}
+        changed = [c for c in campaigns if current.get(c.id) != c]
+        await self.db.executemany(_PUT_CAMPAIGN, [_campaign_values(c, now) for c in changed])
+        await self._touch_all("campaign", [c.id for c in changed])
+        return len(changed)
+
+    async def import_numbers(self, numbers: Sequence[NumberRecord], now: float) -> int:
+        """Upserts numbers; one that keeps its owner keeps its reservation time."""
+        current = {n.did: n for n in await self._in("numbers", "did", [n.did for n in numbers])}
+        changed = []
+        for number in numbers:
+            before = current.get(number.did)
+            kept = before is not None and before.owner == number.owner
+            reserved_at = before.reserved_at if kept and before else (
+                now if number.owner else None)
+            number = replace(number, reserved_at=reserved_at)
+            if number != before:
+                changed.append(number)
+        await self.db.executemany(_PUT_NUMBER, [[*_number_values(n), now] for n in changed])
+        await self._touch_all(
+            "number",
+            [n.did for n in changed
+             if n.did not in current or n.routing() != current[n.did].routing()],
+        )
+        return len(changed)
+
+    async def numbers_in(self, dids: Iterable[str]) -> list[NumberRecord]:
+        return await self._in("numbers", "did", dids)
+
+    async def campaigns_in(self, ids: Iterable[str]) -> list[Campaign]:
+        return await self._in("campaigns", "id", ids)
+
+    async def _in(self, table: str, column: str, keys: Iterable[str]) -> list[Any]:
+        """The rows of `table` whose `column` is one of `keys`, as records."""
+        keys = list(keys)
+        found = []
+        for start in range(0, len(keys), MAX_PARAMETERS):
+            chunk = keys[start : start + MAX_PARAMETERS]
+            marks = ", ".join("?" * len(chunk))
+            found += await self._all(f"SELECT * FROM {table} WHERE {column} IN ({marks})", chunk)
+        return [_RECORD_OF[table](row) for row in found]
+
     # the outbox: what still has to reach Redis
 
     async def touch(self, kind: str, key: str) -> None:
-        await self._run("INSERT INTO outbox (kind, key) VALUES (?, ?)", [kind, key])
+        """Marks a record changed: its revision goes up, the outbox names it for publishing."""
+        await self._touch_all(kind, [key])
 
-    async def pending(self) -> list[tuple[int, str, str]]:
-        rows = await self._all("SELECT seq, kind, key FROM outbox ORDER BY seq")
+    async def _touch_all(self, kind: str, keys: Sequence[str]) -> None:
+        table, column = ROUTING_TABLES[kind]
+        await self.db.executemany(
+            f"UPDATE {table} SET rev = rev + 1 WHERE {column} = ?", [[key] for key in keys]
+        )
+        await self.db.executemany(
+            "INSERT INTO outbox (kind, key) VALUES (?, ?)", [[kind, key] for key in keys]
+        )
+
+    async def outbox(self, limit: int) -> list[tuple[int, str, str]]:
+        """The oldest rows of the outbox: (seq, kind, key)."""
+        rows = await self._all("SELECT seq, kind, key FROM outbox ORDER BY seq LIMIT ?", [limit])
         return [(r["seq"], r["kind"], r["key"]) for r in rows]
 
-    async def published(self, up_to: int) -> None:
-        await self._run("DELETE FROM outbox WHERE seq <= ?", [up_to])
+    async def outbox_size(self) -> int:
+        return (await self._all("SELECT count(*) AS n FROM outbox"))[0]["n"]
+
+    async def published(self, seqs: Sequence[int]) -> None:
+        for start in range(0, len(seqs), MAX_PARAMETERS):
+            chunk = list(seqs[start : start + MAX_PARAMETERS])
+            marks = ", ".join("?" * len(chunk))
+            await self._run(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)
+
+    async def routing_records(
+        self, kind: str, keys: Iterable[str]
+    ) -> dict[str, tuple[RoutingRecord, int]]:
+        """The routing side of the records named, with their revisions (missing: absent)."""
+        table, column = ROUTING_TABLES[kind]
+        keys = list(keys)
+        found: dict[str, tuple[RoutingRecord, int]] = {}
+        for start in range(0, len(keys), MAX_PARAMETERS):
+            chunk = keys[start : start + MAX_PARAMETERS]
+            marks = ", ".join("?" * len(chunk))
+            for row in await self._all(
+                f"SELECT * FROM {table} WHERE {column} IN ({marks})", chunk
+            ):
+                found[row[column]] = (_routing(kind, row), row["rev"])
+        return found
+
+    async def routing_page(
+        self, kind: str, after: str | None, limit: int
+    ) -> list[tuple[RoutingRecord, int]]:
+        """Records of one kind in key order, the first `limit` after the key `after`."""
+        table, column = ROUTING_TABLES[kind]
+        rows = await self._all(
+            f"SELECT * FROM {table} WHERE {column} > ? ORDER BY {column} LIMIT ?",
+            ["" if after is None else after, limit],
+        )
+        return [(_routing(kind, row), row["rev"]) for row in rows]
+
+    async def outrank(self, kind: str, revs: Mapping[str, int]) -> None:
+        """Raises each record's revision above the one given (Redis's, found newer than the
+        store's: the store was restored from an older copy) and names it for publishing."""
+        table, column = ROUTING_TABLES[kind]
+        await self.db.executemany(
+            f"UPDATE {table} SET rev = max(rev, ?) WHERE {column} = ?",
+            [[rev, key] for key, rev in revs.items()],
+        )
+        await self._touch_all(kind, list(revs))
 
 
 def _account(row: sqlite3.Row) -> Account:
@@ -411,6 +520,10 @@ def _number_values(n: NumberRecord) -> list[Any]:
     ]
 
 
+def _campaign_values(c: Campaign, now: float) -> list[Any]:
+    return [c.id, c.account, c.kind.value, int(c.accept_inbound), c.state.value, c.caller_id, now]
+
+
 def _campaign(row: sqlite3.Row) -> Campaign:
     return Campaign(
         id=row["id"],
@@ -427,6 +540,15 @@ def _request(row: sqlite3.Row) -> Request:
         row["id"], row["account"], Kind(row["kind"]), row["region"], row["at"], row["status"],
         row["closed_at"], row["closed_by"], row["note"],
     )
+
+
+def _routing(kind: str, row: sqlite3.Row) -> RoutingRecord:
+    if kind == "number":
+        return _number(row).routing()
+    return _campaign(row) if kind == "campaign" else _account(row)
+
+
+_RECORD_OF = {"accounts": _account, "numbers": _number, "campaigns": _campaign}
 
 
 def _sql_value(value: Any) -> Any:

@@ -1,5 +1,5 @@
-"""The admin API's server: an aiohttp site on loopback by default, with a publisher that retries
-changes Redis missed while it was away."""
+"""The admin API's server: an aiohttp site on loopback by default, with the outbox's publisher
+running beside it (what was left at start, changes Redis missed while it was away)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import asyncio
 
 import structlog
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from ..numbers.service import NumbersService
-from ..tasks import cancel_and_wait, cancel_requested
+from ..tasks import cancel_and_wait
 from .app import make_app
 
 log = structlog.get_logger(__name__)
@@ -27,14 +26,12 @@ class AdminServer:
         host: str = "127.0.0.1",
         port: int = 0,
         max_body: int = 64 * 1024,
-        flush_interval: float = 5.0,
     ) -> None:
         self.service = service
         self.host = host
         self.port = port
-        self.flush_interval = flush_interval
         self._runner = web.AppRunner(make_app(service, token, max_body), access_log=None)
-        self._flusher: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -50,19 +47,11 @@ class AdminServer:
             await self._runner.cleanup()
             raise
         self.port = self._runner.addresses[0][1]
-        self._flusher = asyncio.create_task(self._flush_forever(), name="admin-flush")
+        if publisher := self.service.publisher:
+            self._publisher = asyncio.create_task(publisher.run(), name="admin-publish")
         log.info("admin API listening", url=self.url)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await cancel_and_wait(self._flusher)
+        await cancel_and_wait(self._publisher)
         await self._runner.cleanup()
-
-    async def _flush_forever(self) -> None:
-        while not cancel_requested():
-            await asyncio.sleep(self.flush_interval)
-            try:
-                if await self.service.pending():
-                    await self.service.flush()
-            except (RedisError, OSError) as exc:
-                log.warning("publishing retry failed", error=str(exc))
