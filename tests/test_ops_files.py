@@ -52,6 +52,7 @@ ENV_EXAMPLE = LAB / ".env.example"
 SIPP = ROOT / "scripts" / "sipp"
 RUNNER = SIPP / "run"
 DIALPLAN = ROOT / "dialplan" / "extensions_zvonok.conf"
+OPERATIONS_GUIDE = ROOT / "docs" / "operations.md"
 
 CONFIG_DIR = PurePosixPath("/etc/asterisk")  # Asterisk's config dir: relative includes
 SOFTPHONE_NUMBERS = ("79161234567", "79167654321")
@@ -495,13 +496,75 @@ def objects(sections: list[Section], kind: str) -> dict[str, Section]:
 
 
 def test_pjsip_objects_have_a_known_type_and_known_options(pjsip: list[Section]) -> None:
-    for section in pjsip:
+    check_pjsip_types_and_options(pjsip)
+
+
+def check_pjsip_types_and_options(sections: list[Section]) -> None:
+    for section in sections:
         kinds = section.all("type")
         assert len(kinds) == 1, f"{section.where}: [{section.name}] type={kinds}"
         (kind,) = kinds
         assert kind in PJSIP_TYPES, f"{section.where}: [{section.name}] type={kind}"
         unknown = section.keys() - PJSIP_OPTIONS.get(kind, section.keys())
         assert not unknown, f"{section.where}: [{section.name}] unknown {kind} option(s) {unknown}"
+
+
+def fenced_conf(markdown: Path, first_line: str, tmp_path: Path) -> Path:
+    """The guide's fenced block whose first line is `first_line` ("; pjsip.conf"), as a file."""
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", markdown.read_text("utf-8"), re.M | re.S)
+    (block,) = [b for b in blocks if b.startswith(first_line + "\n")]
+    path = tmp_path / first_line.removeprefix("; ")
+    path.write_text(block, "utf-8")
+    return path
+
+
+@pytest.fixture
+def guide_pjsip(tmp_path: Path) -> list[Section]:
+    """The production example of docs/operations.md, read as Asterisk would read it."""
+    return effective(read_conf(fenced_conf(OPERATIONS_GUIDE, "; pjsip.conf", tmp_path)))
+
+
+def trunks(sections: list[Section]) -> dict[str, Section]:
+    """Endpoints that are trunks: matched by an identify object, or taking calls without auth."""
+    endpoints = objects(sections, "endpoint")
+    identified = {s.get("endpoint") for s in objects(sections, "identify").values()}
+    return {n: e for n, e in endpoints.items() if n in identified or not e.get("auth")}
+
+
+def check_trunks_are_identified_by_address_only(sections: list[Section]) -> None:
+    """Without identify_by, Asterisk also matches an endpoint by the user of From: a request
+    from anywhere with From <sip:carrier@...> would enter the carrier's context, no password
+    asked. identify_by = ip leaves only the source address."""
+    found = trunks(sections)
+    assert found, "no trunk found: the check would hold nothing"
+    for name, endpoint in found.items():
+        assert endpoint.all("identify_by") == ["ip"], f"{endpoint.where}: [{name}] identify_by"
+        matched = [i for i in objects(sections, "identify").values() if i.get("endpoint") == name]
+        assert matched and all(i.all("match") for i in matched), f"[{name}]: no source address"
+
+
+def test_the_lab_trunk_takes_calls_only_from_its_address(pjsip: list[Section]) -> None:
+    check_trunks_are_identified_by_address_only(pjsip)
+    assert set(trunks(pjsip)) == {"carrier"}  # the softphones authenticate
+
+
+def test_the_guide_trunk_takes_calls_only_from_its_address(guide_pjsip: list[Section]) -> None:
+    check_trunks_are_identified_by_address_only(guide_pjsip)
+
+
+def test_the_trunk_check_catches_a_trunk_matched_by_user_name(tmp_path: Path) -> None:
+    conf_file = tmp_path / "pjsip.conf"
+    conf_file.write_text(
+        "[t]\ntype = endpoint\ncontext = c\n"
+        "[t]\ntype = identify\nendpoint = t\nmatch = 192.0.2.1\n",
+        "utf-8",
+    )
+    with pytest.raises(AssertionError, match="identify_by"):
+        check_trunks_are_identified_by_address_only(effective(read_conf(conf_file)))
+
+
+def test_the_guide_pjsip_example_has_known_options(guide_pjsip: list[Section]) -> None:
+    check_pjsip_types_and_options(guide_pjsip)
 
 
 def test_pjsip_references_resolve(pjsip: list[Section], resolve: Resolver) -> None:
@@ -700,6 +763,71 @@ def test_asterisk_conf_logger_conf_and_rtp_conf(compose: dict) -> None:
     assert any(p.endswith(f":{start}-{end}:{start}-{end}/udp") for p in ports), ports
 
 
+# What Asterisk 22 reads at every start, and logs an ERROR (or a WARNING) about when the file
+# is missing, as the lab's first boots did: the core's own files (the core is no module,
+# modules.conf cannot leave it out) and those of modules the lab loads (None: the core).
+READ_AT_BOOT = {
+    "asterisk.conf": None,
+    "logger.conf": None,
+    "modules.conf": None,
+    "stasis.conf": None,
+    "ccss.conf": None,
+    "cdr.conf": None,
+    "cel.conf": None,
+    "features.conf": None,
+    "indications.conf": None,
+    "acl.conf": None,
+    "manager.conf": None,
+    "udptl.conf": None,
+    "extensions.conf": "pbx_config.so",
+    "pjproject.conf": "res_pjproject.so",
+    "pjsip.conf": "res_pjsip.so",
+    "rtp.conf": "res_rtp_asterisk.so",
+}
+# The sections (and their options) the lab's minimal files may hold, from Asterisk 22's
+# samples: a misspelt name in them is an ERROR at boot again.
+MINIMAL_FILES = {
+    "stasis.conf": {"threadpool": {"initial_size", "idle_timeout_sec", "max_size"}},
+    "ccss.conf": {"general": {"cc_max_requests"}},
+    "cdr.conf": {"general": {"enable", "unanswered", "congestion", "batch"}},
+    "cel.conf": {"general": {"enable", "apps", "events", "dateformat"}},
+    "features.conf": {"general": {"featuredigittimeout"}},
+    "acl.conf": {},
+    "udptl.conf": {"general": {"udptlstart", "udptlend"}},
+    "pjproject.conf": {
+        "log_mappings": {"type", "asterisk_error", "asterisk_warning", "asterisk_debug"}
+    },
+}
+TONES = {"description", "ringcadence", "dial", "busy", "ring", "congestion"}
+
+
+def test_every_file_asterisk_reads_at_boot_is_there(modules: set[str]) -> None:
+    for name, module in READ_AT_BOOT.items():
+        if module is None or module in modules:
+            assert (ETC / name).is_file(), f"{name}: Asterisk logs an error at boot without it"
+    for name, allowed in MINIMAL_FILES.items():
+        text = (ETC / name).read_text("utf-8")
+        assert text.startswith(";") and name in text.splitlines()[0], f"{name}: say why it exists"
+        for section in read_conf(ETC / name):
+            assert section.name in allowed, f"{section.where}: [{section.name}]"
+            unknown = section.keys() - allowed[section.name]
+            assert not unknown, f"{section.where}: [{section.name}] {unknown}"
+
+
+def test_no_call_records_are_kept_for_backends_the_lab_does_not_load(modules: set[str]) -> None:
+    assert not any(m.startswith(("cdr_", "cel_")) for m in modules)
+    (general,) = read_conf(ETC / "cdr.conf")
+    assert (general.name, general.get("enable")) == ("general", "no")
+    assert all(s.get("enable", "no") == "no" for s in read_conf(ETC / "cel.conf"))
+
+
+def test_the_default_tone_zone_is_defined() -> None:
+    sections = {s.name: s for s in read_conf(ETC / "indications.conf")}
+    country = sections["general"].get("country")
+    assert country in sections, "Asterisk warns: unable to set the default country"
+    assert TONES <= sections[country].keys()
+
+
 def test_every_conf_file_the_project_ships_is_checked() -> None:
     shipped = {
         p.relative_to(ROOT).as_posix()
@@ -707,18 +835,7 @@ def test_every_conf_file_the_project_ships_is_checked() -> None:
         if not {".venv", "var", ".git", "node_modules"} & set(p.relative_to(ROOT).parts)
     }
     checked = (
-        {
-            f"asterisk-docker/asterisk/etc/{n}"
-            for n in (
-                "asterisk.conf",
-                "extensions.conf",
-                "logger.conf",
-                "manager.conf",
-                "modules.conf",
-                "pjsip.conf",
-                "rtp.conf",
-            )
-        }
+        {f"asterisk-docker/asterisk/etc/{n}" for n in READ_AT_BOOT}
         | {f"asterisk-docker/asterisk/templates/{p.name}" for p in TEMPLATES.glob("*.conf")}
         | {
             "dialplan/extensions_zvonok.conf",  # also tests/test_dialplan.py
@@ -888,10 +1005,10 @@ def test_the_engine_image_and_service(compose: dict) -> None:
             assert key in {f.name for f in SECTIONS[section]().__dataclass_fields__.values()}, name
     settings = load_settings(None, environ=env)  # the values are valid settings
     assert settings.agi.host == "0.0.0.0"
-    asterisk_ip = ipv4_address(compose, "asterisk")
+    # FastAGI has no authentication: only the Asterisk container may open a session, not the
+    # rest of the lab network (the host's gateway, the SIPp carrier, Redis).
     allowed = [ipaddress.ip_network(a, strict=False) for a in settings.agi.allow]
-    assert any(asterisk_ip in net for net in allowed)
-    assert all(net.subnet_of(lab_subnet(compose)) for net in allowed), "the lab network only"
+    assert allowed == [ipaddress.ip_network(ipv4_address(compose, "asterisk"))]
     assert settings.redis.url.startswith("redis://redis:")
     assert "ports" not in service(compose, "engine"), "FastAGI stays on the lab network"
     workdir = [i.arguments for i in instructions if i.keyword == "WORKDIR"][-1]

@@ -112,8 +112,12 @@ class MetricsSettings:
 class AdminSettings:
     host: str = "127.0.0.1"
     port: int = 8573
-    # Bearer token of the admin API; empty: a random one is made at start and printed.
+    # A host other than loopback is refused unless this says the exposure is meant.
+    allow_remote: bool = False
+    # Bearer token of the admin API; empty: one is generated and kept in token_file.
     token: str = ""
+    # The generated token (mode 0600), reused at every start; delete it for a new one.
+    token_file: str = "var/admin-token"
     # The control plane's SQLite store: the source of truth for accounts, numbers, campaigns.
     db_path: str = "var/zvonok.db"
     # Listed first, with their counts, when a customer connects a landline number.
@@ -242,6 +246,14 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"dialplan.{name} must start with zvonok-, got {template!r}")
     if not 0 <= settings.admin.port < 65536:
         raise ConfigError("admin.port must be 0..65535 (0: any free port)")
+    if not settings.admin.allow_remote and not is_loopback(settings.admin.host):
+        raise ConfigError(
+            f"admin.host {settings.admin.host!r} is not a loopback address: the admin API "
+            "changes who owns which number, over plain HTTP. Keep it on 127.0.0.1 (behind a "
+            "TLS proxy for remote use), or set admin.allow_remote = true to expose it anyway"
+        )
+    if not settings.admin.token and not settings.admin.token_file:
+        raise ConfigError("admin.token_file is needed when admin.token is empty")
     if settings.admin.max_body < 1024:
         raise ConfigError("admin.max_body must be at least 1024")
     out = settings.outbound
@@ -256,3 +268,14 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("outbound.pool_calls_per_minute and concurrency must be at least 1")
     if settings.log.format not in ("auto", "json", "console"):
         raise ConfigError("log.format must be auto, json or console")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening socket on `host` is reachable from this machine only. "" and
+    0.0.0.0/:: mean every interface; a host name other than localhost may resolve anywhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -149,15 +149,14 @@ async def test_accounts_campaigns_stock_audit_sync(ops):
 
 async def test_admin_serves_the_api_until_sigterm(settings, tmp_path, capsys):
     settings = with_admin(settings, db_path=str(tmp_path / "numbers.db"), port=free_port(),
-                          token="")
+                          token="", token_file=str(tmp_path / "admin-token"))
     args = parser().parse_args(["admin"])
     task = asyncio.create_task(args.run(settings, args))
     for _ in range(200):
-        out = capsys.readouterr().out
-        if "token (this run only)" in out:
+        if "numbers page on" in capsys.readouterr().out:
             break
         await asyncio.sleep(0.02)
-    token = re.search(r"#token=(\S+)", out)[1]
+    token = (tmp_path / "admin-token").read_text().strip()
     url = f"http://127.0.0.1:{settings.admin.port}/api/health"
     async with aiohttp.ClientSession() as session:
         async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as response:

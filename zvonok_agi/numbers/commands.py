@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import getpass
 import json
-import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from . import documents
@@ -400,19 +400,29 @@ async def _sync(settings: Any, args: argparse.Namespace) -> int:
 
 @contextlib.asynccontextmanager
 async def admin_server(settings: Any) -> AsyncIterator[Any]:
-    """The admin API and the numbers page, served while the block runs; prints where (and the
-    token, when one is made up for this run)."""
+    """The admin API and the numbers page, served while the block runs; prints where. A
+    generated token is shown only on a terminal: otherwise the output is a log, which gets
+    the token file's path instead."""
+    from ..cli import CommandError
     from ..web.server import AdminServer
+    from ..web.token import TokenFileError, stored_token
 
     admin = settings.admin
-    token = admin.token or secrets.token_urlsafe(24)
+    token_file = Path(admin.token_file).resolve()
+    try:
+        token = admin.token or stored_token(token_file)
+    except TokenFileError as exc:
+        raise CommandError(str(exc)) from exc
     async with open_service(settings) as service, AdminServer(
-        service, token=token, host=admin.host, port=admin.port, max_body=admin.max_body
+        service, token=token, host=admin.host, port=admin.port, max_body=admin.max_body,
+        allow_remote=admin.allow_remote,
     ) as server:
         print(f"admin API and numbers page on {server.url}/", flush=True)
-        if not admin.token:  # made up for this run: the operator needs to see it
-            print(f"token (this run only): {token}\n  open {server.url}/#token={token}",
+        if not admin.token and sys.stdout.isatty():
+            print(f"  open {server.url}/#token={token}\n  (the token is kept in {token_file})",
                   flush=True)
+        elif not admin.token:
+            print(f"  the token is in {token_file} (readable by this user only)", flush=True)
         yield server
 
 

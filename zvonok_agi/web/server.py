@@ -8,6 +8,7 @@ import asyncio
 import structlog
 from aiohttp import web
 
+from ..config import is_loopback
 from ..numbers.service import NumbersService
 from ..tasks import cancel_and_wait
 from .app import make_app
@@ -26,7 +27,10 @@ class AdminServer:
         host: str = "127.0.0.1",
         port: int = 0,
         max_body: int = 64 * 1024,
+        allow_remote: bool = False,
     ) -> None:
+        if not allow_remote and not is_loopback(host):
+            raise ValueError(f"admin API: {host!r} is not a loopback address (allow_remote)")
         self.service = service
         self.host = host
         self.port = port
