@@ -27,10 +27,11 @@ inbound campaign while Redis is down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -55,7 +56,7 @@ log = structlog.get_logger(__name__)
 KINDS = ("account", "number", "campaign")
 MAX_CHANGES = 100_000  # stream entries kept: an engine further behind loads everything again
 WRITE_BATCH = 200  # changes per script call: Redis runs a script to its end, others wait
-SCAN_CHUNK = 200  # records per HSCAN of a full load: the decoding is one loop step
+SCAN_CHUNK = 500  # records per HSCAN of a full load: parsing the reply is one loop step
 READ_CHUNK = 100  # stream entries per read: parsing and applying them is one loop step
 LOAD_ATTEMPTS = 5
 
@@ -138,37 +139,126 @@ class Delete:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One entry of the stream: the record as it is from `version` on (None: deleted)."""
+    """One entry of the stream: the record as it is from `version` on (None: deleted), and
+    its stored value."""
 
     version: int
     kind: str
     key: str
     record: Record | None
+    value: str = ""
+
+
+class Table(MutableMapping):
+    """Records of one kind by key, kept as their stored values and decoded when read.
+
+    Plain strings are nothing the garbage collector walks: with half a million records as
+    objects, each of its full passes would stop the engine for ~100 ms, and a full load would
+    set off several. The values are spread over SHARDS dicts, so that no dict grows so big
+    that growing it once more (copying it whole) holds the event loop for long. A value that
+    cannot be read is logged (once) and its record is absent.
+    """
+
+    SHARDS = 256
+
+    def __init__(self, kind: str, records: Mapping[str, Record] | None = None) -> None:
+        self.kind = kind
+        self._shards: list[dict[str, str | Record]] = [{} for _ in range(self.SHARDS)]
+        self._bad: set[str] = set()
+        for key, record in (records or {}).items():
+            self[key] = record
+
+    def _shard(self, key: str) -> dict[str, str | Record]:
+        return self._shards[hash(key) % self.SHARDS]
+
+    def put(self, key: str, value: str | Record) -> None:
+        """Puts a stored value (or a record) in, unchecked."""
+        self._shard(key)[key] = value
+
+    def __getitem__(self, key: str) -> Record:
+        value = self._shard(key)[key]
+        if not isinstance(value, str):
+            return value
+        try:
+            return decode(self.kind, key, value)
+        except BadChange as exc:
+            if key not in self._bad:
+                self._bad.add(key)
+                log.error("bad routing record skipped", kind=self.kind, key=key, error=str(exc))
+            raise KeyError(key) from None
+
+    def __setitem__(self, key: str, record: Record) -> None:
+        self._shard(key)[key] = record
+        self._bad.discard(key)
+
+    def __delitem__(self, key: str) -> None:
+        del self._shard(key)[key]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._shard(key)
+
+    def __iter__(self) -> Iterator[str]:
+        for shard in self._shards:
+            yield from list(shard)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._shards))
+
+    def items(self) -> Iterator[tuple[str, Record]]:  # type: ignore[override]
+        """The records that can be read."""
+        for key in self:
+            record = self.get(key)
+            if record is not None:
+                yield key, record
+
+    def values(self) -> Iterator[Record]:  # type: ignore[override]
+        return (record for _, record in self.items())
 
 
 @dataclass(eq=False)
 class RoutingSnapshot:
     """The routing data at `version` (-1: never loaded). The engine's copy is changed in place,
-    one record at a time: a reader between two awaits sees every record whole."""
+    one record at a time: a reader between two awaits sees every record whole.
+    `service_pool` holds the service numbers (decoded): the pool's candidates."""
 
     version: int = -1
-    accounts: dict[str, Account] = field(default_factory=dict)
-    numbers: dict[str, Number] = field(default_factory=dict)
-    campaigns: dict[str, Campaign] = field(default_factory=dict)
+    accounts: MutableMapping[str, Account] = field(default_factory=lambda: Table("account"))
+    numbers: MutableMapping[str, Number] = field(default_factory=lambda: Table("number"))
+    campaigns: MutableMapping[str, Campaign] = field(default_factory=lambda: Table("campaign"))
+    service_pool: dict[str, Number] = field(default_factory=dict)
 
-    def table(self, kind: str) -> dict:
+    def table(self, kind: str) -> MutableMapping:
         if kind == "number":
             return self.numbers
         return self.campaigns if kind == "campaign" else self.accounts
+
+    def put(self, kind: str, key: str, value: str) -> None:
+        """Puts a stored value in, as a full load reads it (checked when read)."""
+        table = self.table(kind)
+        if isinstance(table, Table):
+            table.put(key, value)
+        else:
+            table[key] = decode(kind, key, value)
+        if kind == "number" and _pool_of(value) == '"service"':
+            with contextlib.suppress(BadChange):
+                self.service_pool[key] = decode(kind, key, value)
 
     def apply(self, change: Change) -> None:
         if change.version != self.version + 1:
             raise Gap(f"at version {self.version}, the next change is {change.version}")
         table = self.table(change.kind)
-        if change.record is None:
+        record = change.record
+        if record is None:
             table.pop(change.key, None)
+        elif isinstance(table, Table):
+            table.put(change.key, change.value)
         else:
-            table[change.key] = change.record
+            table[change.key] = record
+        if change.kind == "number":
+            if isinstance(record, Number) and record.is_service:
+                self.service_pool[change.key] = record
+            else:
+                self.service_pool.pop(change.key, None)
         self.version = change.version
 
 
@@ -266,15 +356,9 @@ class RoutingData:
             version = await self.version()
             snapshot = RoutingSnapshot(version=version or 0)
             for kind in KINDS:
-                table = snapshot.table(kind)
                 async for chunk in self.scan(kind):
                     for key, value in chunk:
-                        try:
-                            table[key] = decode(kind, key, value)
-                        except BadChange as exc:
-                            log.error(
-                                "bad routing record skipped", kind=kind, key=key, error=str(exc)
-                            )
+                        snapshot.put(kind, key, value)
             if version is None:
                 if await self.version() is None:
                     return snapshot
@@ -480,6 +564,12 @@ def decode(kind: str, key: str, value: str) -> Record:
     raise BadChange(f"unknown kind {kind!r} ({key})")
 
 
+def _pool_of(value: str) -> str:
+    """The pool field of a stored number, as JSON text, without decoding the rest."""
+    parts = value.split(",", 2)
+    return parts[1] if len(parts) > 1 else ""
+
+
 def _name(value: object) -> str | None:
     """An id in a record; the same text shared by every record naming it."""
     if value is None or value == "":
@@ -504,7 +594,7 @@ def _change(entry_id: bytes | str, fields: dict) -> Change:
         raise BadChange(f"stream entry {entry_id!r}: {exc!r}") from None
     if kind not in KINDS:
         raise BadChange(f"stream entry {entry_id!r}: unknown kind {kind!r}")
-    return Change(version, kind, key, decode(kind, key, value) if value else None)
+    return Change(version, kind, key, decode(kind, key, value) if value else None, value)
 
 
 def _text(value: bytes | str) -> str:
