@@ -28,6 +28,7 @@ from zvonok_agi.store.routing_data import (
     RoutingData,
     decode,
     encode,
+    record_key,
 )
 
 ACME = Account("acme", True, "Acme")
@@ -205,19 +206,11 @@ async def test_random_changes_leave_the_copy_equal_to_redis(data, cache):
 async def write_unseen(data: RoutingData, redis, records: list, keep: int) -> None:
     """Writes and trims the stream to its last `keep` entries at once: a follower never sees
     the trimmed ones (as when it was away longer than the stream lasts)."""
+    changes = [[*record_key(record), encode(record), ""] for record in records]
     async with redis.pipeline(transaction=True) as pipe:
-        args = []
-        for record in records:
-            args += [*_kind_key(record), encode(record), ""]
-        await data._write(keys=data._keys, args=[1000, *args], client=pipe)
+        await data._write(keys=data._keys, args=[1000, json.dumps(changes)], client=pipe)
         pipe.xtrim(data.changes_key, maxlen=keep, approximate=False)
         await pipe.execute()
-
-
-def _kind_key(record) -> tuple[str, str]:
-    from zvonok_agi.store.routing_data import record_key
-
-    return record_key(record)
 
 
 @pytest.mark.parametrize("keep", [1, 0], ids=["gap", "stream_emptied"])
@@ -284,10 +277,8 @@ async def test_a_version_gone_back_means_a_full_load(data, redis, cache):
 
 
 async def test_the_copy_starts_empty_handed_while_redis_is_away_then_loads(settings, data):
-    from redis.asyncio import Redis
-
     await world(data)
-    away = RoutingData(Redis(port=1, socket_connect_timeout=0.1), data.prefix)
+    away = RoutingData(redis_client("redis://127.0.0.1:1", settings), data.prefix)
     cache = RoutingCache(away, refresh_interval=0.05)
     try:
         await cache.start()

@@ -7,7 +7,6 @@ import asyncio
 import sqlite3
 
 import pytest
-from redis.asyncio import Redis
 
 from numbers_helpers import (
     ACME,
@@ -21,6 +20,7 @@ from numbers_helpers import (
     control_plane,
     small_world,
 )
+from zvonok_agi.app import redis_client
 from zvonok_agi.numbers.migrations import MIGRATIONS
 from zvonok_agi.numbers.rules import Refused
 from zvonok_agi.numbers.store import Store
@@ -409,7 +409,8 @@ async def test_number_details(service):
 
 
 async def test_a_change_while_redis_is_away_is_published_later(service, settings):
-    unreachable = RoutingData(Redis(port=1, socket_connect_timeout=0.2), settings.redis.key_prefix)
+    away = redis_client("redis://127.0.0.1:1", settings)
+    unreachable = RoutingData(away, settings.redis.key_prefix)
     real, service.publisher.data = service.publisher.data, unreachable
     try:
         await service.reserve("web", ACME, MOSCOW_1)  # committed all the same

@@ -7,9 +7,9 @@ import asyncio
 import sqlite3
 
 import pytest
-from redis.asyncio import Redis
 
 from numbers_helpers import ACME, MOSCOW_1, MOSCOW_2, OLDCO, control_plane, small_world
+from zvonok_agi.app import redis_client
 from zvonok_agi.numbers.migrations import MIGRATIONS
 from zvonok_agi.numbers.publisher import Publisher
 from zvonok_agi.numbers.service import NumbersService
@@ -80,8 +80,8 @@ async def test_a_change_that_fails_before_its_commit_never_reaches_redis(service
 async def test_the_publisher_sends_what_redis_missed_once_it_is_back(service, settings):
     publisher = service.publisher
     real = publisher.data
-    publisher.data = RoutingData(Redis(port=1, socket_connect_timeout=0.1), real.prefix)
-    publisher.retry = 0.05
+    publisher.data = RoutingData(redis_client("redis://127.0.0.1:1", settings), real.prefix)
+    publisher.retry = publisher.max_retry = 0.05
     running = asyncio.create_task(publisher.run())
     try:
         await service.set_rule("web", MOSCOW_1, "force_yes")  # committed, Redis away

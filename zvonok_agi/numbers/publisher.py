@@ -13,7 +13,7 @@ twice after a crash before their delete, change nothing. Redis away: the rows st
 retries with backoff.
 
 Of the store it needs only read and write transactions, and in them `outbox`,
-`routing_records`, `routing_page`, `published` and `outrank`: plain SQL any store could run.
+`routing_values`, `routing_page`, `published` and `outrank`: plain SQL any store could run.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ import structlog
 from redis.exceptions import RedisError
 
 from ..metrics import METRICS
-from ..store.routing_data import KINDS, Delete, Put, Record, RoutingData, record_key, revision
+from ..store.routing_data import KINDS, Delete, RoutingData, Stored, revision
 from ..tasks import cancel_requested
 from .store import Queries, Store
 
 log = structlog.get_logger(__name__)
 
-PUBLISH_BATCH = 500  # outbox rows per read
+PUBLISH_BATCH = 2000  # outbox rows per read
 REBUILD_BATCH = 1000  # records per read of a rebuild
 # What publishing can fail on: Redis away, or the store busy past its timeout.
 UNAVAILABLE = (RedisError, OSError, sqlite3.OperationalError)
@@ -161,11 +161,11 @@ class Publisher:
                     page = await q.routing_page(kind, after, REBUILD_BATCH)
                 if not page:
                     break
-                stale = await self.data.write(Put(record, rev) for record, rev in page)
+                stale = await self.data.write(Stored(kind, key, value) for key, value in page)
                 if stale:
                     await self._outrank(kind, [key for _, key in stale])
-                keys.update(_key(record) for record, _ in page)
-                after = _key(page[-1][0])
+                keys.update(key for key, _ in page)
+                after = page[-1][0]
             counts[kind] = len(keys)
             removed[f"{kind}s"] = await self._remove_others(kind, keys)
         return SyncReport(counts["account"], counts["number"], counts["campaign"], removed)
@@ -187,30 +187,26 @@ class Publisher:
             if not others:
                 continue
             async with self.store.reading() as q:
-                created = await q.routing_records(kind, others)
+                created = await q.routing_values(kind, others)
             gone = [Delete(kind, key, value) for key, value in others.items() if key not in created]
             await self.data.write(gone)
             removed += len(gone)
         return removed
 
 
-async def _current(q: Queries, rows: list[tuple[int, str, str]]) -> list[Put | Delete]:
+async def _current(q: Queries, rows: list[tuple[int, str, str]]) -> list[Stored | Delete]:
     """The records the rows name as the store holds them now, in the order first named."""
     wanted: dict[str, list[str]] = defaultdict(list)
     for _, kind, key in rows:
         wanted[kind].append(key)
-    found = {kind: await q.routing_records(kind, keys) for kind, keys in wanted.items()}
-    changes: list[Put | Delete] = []
+    found = {kind: await q.routing_values(kind, keys) for kind, keys in wanted.items()}
+    changes: list[Stored | Delete] = []
     named = set()
     for _, kind, key in rows:
         if (kind, key) in named:
             continue
         named.add((kind, key))
-        record = found[kind].get(key)
+        value = found[kind].get(key)
         # The service deletes no record: one gone is gone from Redis too.
-        changes.append(Put(*record) if record else Delete(kind, key))
+        changes.append(Stored(kind, key, value) if value else Delete(kind, key))
     return changes
-
-
-def _key(record: Record) -> str:
-    return record_key(record)[1]

@@ -44,7 +44,7 @@ DEFAULT_POPULAR_CITIES = (
 T = TypeVar("T")
 KEEP: Any = object()  # "leave this field as it is" in updates (None means the service pool)
 NO_HINT = (None, None)  # kind and region from the numbering plan
-IMPORT_BATCH = 1000  # records per transaction of an import: other writers get their turn
+IMPORT_BATCH = 5000  # records per transaction of an import: other writers get their turn
 
 
 @dataclass(frozen=True)

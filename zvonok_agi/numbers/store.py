@@ -13,7 +13,6 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,10 @@ from ..routing.model import (
     Campaign,
     CampaignKind,
     CampaignState,
-    Number,
     NumberStatus,
     Pool,
 )
+from ..store.routing_data import FIELDS, encode_values
 from .migrations import MIGRATIONS
 from .rules import Kind, NumberRecord, Request
 
@@ -37,7 +36,8 @@ BUSY_TIMEOUT_MS = 5000
 MAX_PARAMETERS = 500  # keys per `IN (...)`: well under any SQL engine's limit of parameters
 ROUTING_TABLES = {"account": ("accounts", "id"), "number": ("numbers", "did"),
                   "campaign": ("campaigns", "id")}
-RoutingRecord = Account | Number | Campaign
+NUMBER_COLUMNS = ("did", "kind", "region", "pool", "status", "owner", "callback_rule",
+                  "inbound_campaign", "reserved_at")  # as _number_values gives them
 _PUT_NUMBER = (
     "INSERT INTO numbers (did, kind, region, pool, status, owner, callback_rule, "
     "inbound_campaign, reserved_at, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -387,22 +387,24 @@ class Queries:
 
     async def import_numbers(self, numbers: Sequence[NumberRecord], now: float) -> int:
         """Upserts numbers; one that keeps its owner keeps its reservation time."""
-        current = {n.did: n for n in await self._in("numbers", "did", [n.did for n in numbers])}
-        changed = []
+        dids = [n.did for n in numbers]
+        current = {row["did"]: row for row in await self._rows_in("numbers", "did", dids)}
+        changed, touched = [], []
         for number in numbers:
             before = current.get(number.did)
-            kept = before is not None and before.owner == number.owner
-            reserved_at = before.reserved_at if kept and before else (
-                now if number.owner else None)
-            number = replace(number, reserved_at=reserved_at)
-            if number != before:
-                changed.append(number)
-        await self.db.executemany(_PUT_NUMBER, [[*_number_values(n), now] for n in changed])
-        await self._touch_all(
-            "number",
-            [n.did for n in changed
-             if n.did not in current or n.routing() != current[n.did].routing()],
-        )
+            values = _number_values(number)
+            if number.owner:
+                kept = before is not None and before["owner"] == number.owner
+                values[-1] = before["reserved_at"] if kept else now
+            if before is None:
+                touched.append(number.did)
+            elif values == [before[column] for column in NUMBER_COLUMNS]:
+                continue
+            elif values[3:8] != [before[column] for column in NUMBER_COLUMNS[3:8]]:
+                touched.append(number.did)  # its routing changed, not only kind or region
+            changed.append([*values, now])
+        await self.db.executemany(_PUT_NUMBER, changed)
+        await self._touch_all("number", touched)
         return len(changed)
 
     async def numbers_in(self, dids: Iterable[str]) -> list[NumberRecord]:
@@ -413,13 +415,20 @@ class Queries:
 
     async def _in(self, table: str, column: str, keys: Iterable[str]) -> list[Any]:
         """The rows of `table` whose `column` is one of `keys`, as records."""
+        return [_RECORD_OF[table](row) for row in await self._rows_in(table, column, keys)]
+
+    async def _rows_in(
+        self, table: str, column: str, keys: Iterable[str], columns: str = "*"
+    ) -> list[sqlite3.Row]:
         keys = list(keys)
-        found = []
+        rows = []
         for start in range(0, len(keys), MAX_PARAMETERS):
             chunk = keys[start : start + MAX_PARAMETERS]
             marks = ", ".join("?" * len(chunk))
-            found += await self._all(f"SELECT * FROM {table} WHERE {column} IN ({marks})", chunk)
-        return [_RECORD_OF[table](row) for row in found]
+            rows += await self._all(
+                f"SELECT {columns} FROM {table} WHERE {column} IN ({marks})", chunk
+            )
+        return rows
 
     # the outbox: what still has to reach Redis
 
@@ -450,32 +459,21 @@ class Queries:
             marks = ", ".join("?" * len(chunk))
             await self._run(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)
 
-    async def routing_records(
-        self, kind: str, keys: Iterable[str]
-    ) -> dict[str, tuple[RoutingRecord, int]]:
-        """The routing side of the records named, with their revisions (missing: absent)."""
+    async def routing_values(self, kind: str, keys: Iterable[str]) -> dict[str, str]:
+        """The records named as Redis stores them (`encode_values`); a missing one is absent."""
         table, column = ROUTING_TABLES[kind]
-        keys = list(keys)
-        found: dict[str, tuple[RoutingRecord, int]] = {}
-        for start in range(0, len(keys), MAX_PARAMETERS):
-            chunk = keys[start : start + MAX_PARAMETERS]
-            marks = ", ".join("?" * len(chunk))
-            for row in await self._all(
-                f"SELECT * FROM {table} WHERE {column} IN ({marks})", chunk
-            ):
-                found[row[column]] = (_routing(kind, row), row["rev"])
-        return found
+        rows = await self._rows_in(table, column, keys, _routing_columns(kind))
+        return {row[0]: encode_values(row[1], row[2:]) for row in rows}
 
-    async def routing_page(
-        self, kind: str, after: str | None, limit: int
-    ) -> list[tuple[RoutingRecord, int]]:
-        """Records of one kind in key order, the first `limit` after the key `after`."""
+    async def routing_page(self, kind: str, after: str | None, limit: int) -> list[tuple[str, str]]:
+        """(key, stored value) of one kind in key order, the first `limit` after `after`."""
         table, column = ROUTING_TABLES[kind]
         rows = await self._all(
-            f"SELECT * FROM {table} WHERE {column} > ? ORDER BY {column} LIMIT ?",
+            f"SELECT {_routing_columns(kind)} FROM {table} WHERE {column} > ? "
+            f"ORDER BY {column} LIMIT ?",
             ["" if after is None else after, limit],
         )
-        return [(_routing(kind, row), row["rev"]) for row in rows]
+        return [(row[0], encode_values(row[1], row[2:])) for row in rows]
 
     async def outrank(self, kind: str, revs: Mapping[str, int]) -> None:
         """Raises each record's revision above the one given (Redis's, found newer than the
@@ -542,10 +540,9 @@ def _request(row: sqlite3.Row) -> Request:
     )
 
 
-def _routing(kind: str, row: sqlite3.Row) -> RoutingRecord:
-    if kind == "number":
-        return _number(row).routing()
-    return _campaign(row) if kind == "campaign" else _account(row)
+def _routing_columns(kind: str) -> str:
+    """Key, revision and the routing fields, in the order of the stored value."""
+    return ", ".join([ROUTING_TABLES[kind][1], "rev", *FIELDS[kind]])
 
 
 _RECORD_OF = {"accounts": _account, "numbers": _number, "campaigns": _campaign}

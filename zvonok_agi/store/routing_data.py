@@ -63,7 +63,8 @@ LOAD_ATTEMPTS = 5
 Record = Account | Number | Campaign
 
 # KEYS: version, changes, then the hashes of account, number, campaign.
-# ARGV: MAX_CHANGES, then four per change: kind, id, value, expected.
+# ARGV: MAX_CHANGES, then the changes as one JSON array of [kind, id, value, expected]
+# (one argument: redis-py packs arguments slowly, Redis's cjson decodes fast).
 #   value not empty: store it, unless the stored value is the same or of a newer revision
 #   (a refused one is returned as stale); value empty: delete, if expected is empty or is
 #   the stored value. Each change made is one entry of the stream.
@@ -83,8 +84,8 @@ local function rev(value)
   return tonumber(string.match(value, '^%[(%d+)') or '0')
 end
 local changed, stale = 0, {}
-for i = 2, #ARGV, 4 do
-  local kind, id, value, expected = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+for _, change in ipairs(cjson.decode(ARGV[2])) do
+  local kind, id, value, expected = change[1], change[2], change[3], change[4]
   local hash = hashes[kind]
   local stored = redis.call('HGET', hash, id)
   local write = false
@@ -128,6 +129,16 @@ class Gap(Exception):
 class Put:
     record: Record
     rev: int = 0  # the store's revision of the record; 0: written without a store
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A put of a value already encoded (`encode_values`), as the control plane's store
+    gives it."""
+
+    kind: str
+    key: str
+    value: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,28 +286,30 @@ class RoutingData:
 
     # writes
 
-    async def write(self, changes: Iterable[Put | Delete]) -> list[tuple[str, str]]:
+    async def write(self, changes: Iterable[Put | Stored | Delete]) -> list[tuple[str, str]]:
         """Applies `changes` in order, WRITE_BATCH per script; returns (kind, key) of the puts
         refused because Redis holds a newer revision."""
         stale: list[tuple[str, str]] = []
-        args: list[str | int] = []
+        batch: list[list[str]] = []
         for change in changes:
             if isinstance(change, Put):
                 kind, key = record_key(change.record)
-                args += [kind, key, encode(change.record, change.rev), ""]
+                batch.append([kind, key, encode(change.record, change.rev), ""])
+            elif change.kind not in KINDS:
+                raise ValueError(f"unknown kind {change.kind!r}")
+            elif isinstance(change, Stored):
+                batch.append([change.kind, change.key, change.value, ""])
             else:
-                if change.kind not in KINDS:
-                    raise ValueError(f"unknown kind {change.kind!r}")
-                args += [change.kind, change.key, "", change.expected]
-            if len(args) >= 4 * WRITE_BATCH:
-                stale += await self._run(args)
-                args = []
-        if args:
-            stale += await self._run(args)
+                batch.append([change.kind, change.key, "", change.expected])
+            if len(batch) >= WRITE_BATCH:
+                stale += await self._run(batch)
+                batch = []
+        if batch:
+            stale += await self._run(batch)
         return stale
 
-    async def _run(self, args: list[str | int]) -> list[tuple[str, str]]:
-        refused = await self._write(keys=self._keys, args=[MAX_CHANGES, *args])
+    async def _run(self, batch: list[list[str]]) -> list[tuple[str, str]]:
+        refused = await self._write(keys=self._keys, args=[MAX_CHANGES, _json(batch)])
         texts = [_text(item) for item in refused]
         return list(zip(texts[::2], texts[1::2], strict=True))
 
@@ -495,28 +508,27 @@ def record_key(record: Record) -> tuple[str, str]:
     return "account", record.id
 
 
+# The fields of each kind's stored value, after the revision; named as the record's attributes
+# and the control plane's columns.
+FIELDS = {
+    "account": ("verified", "name"),
+    "number": ("pool", "status", "owner", "callback_rule", "inbound_campaign"),
+    "campaign": ("account", "kind", "accept_inbound", "state", "caller_id"),
+}
+
+
 def encode(record: Record, rev: int = 0) -> str:
-    if isinstance(record, Number):
-        fields: list = [
-            rev,
-            record.pool.value,
-            record.status.value,
-            record.owner,
-            record.callback_rule.value,
-            record.inbound_campaign,
-        ]
-    elif isinstance(record, Campaign):
-        fields = [
-            rev,
-            record.account,
-            record.kind.value,
-            int(record.accept_inbound),
-            record.state.value,
-            record.caller_id,
-        ]
-    else:
-        fields = [rev, int(record.verified), record.name]
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    kind, _ = record_key(record)
+    return encode_values(rev, [getattr(record, name) for name in FIELDS[kind]])
+
+
+def encode_values(rev: int, values: Iterable[object]) -> str:
+    """The stored value of a record from its revision and its FIELDS' values (flags as 0/1)."""
+    return _json([rev, *(int(v) if isinstance(v, bool) else v for v in values)])
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def revision(value: bytes | str) -> int:
