@@ -303,3 +303,17 @@ def test_stored_values_are_json_arrays_led_by_the_revision():
     assert decode("number", RESERVED.did, encode(RESERVED, 12)) == RESERVED
     assert decode("campaign", "sale", encode(SALE)) == SALE
     assert decode("account", "acme", encode(ACME)) == ACME
+
+
+async def test_a_replaced_copy_is_kept_for_the_calls_reading_it_then_emptied(
+    data, cache, monkeypatch
+):
+    monkeypatch.setattr("zvonok_agi.store.routing_data.RELEASE_AFTER", 0.1)
+    await world(data)
+    await cache.start()
+    old = cache.snapshot
+    await cache.reload()
+    assert cache.snapshot is not old
+    assert old.numbers[RESERVED.did] == RESERVED  # a call that began on it still reads it
+    await until(lambda: len(old.numbers) == 0)  # then freed a shard at a time
+    assert cache.snapshot.numbers[RESERVED.did] == RESERVED

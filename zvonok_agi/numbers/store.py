@@ -364,25 +364,29 @@ class Queries:
         rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
         return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
 
-    # bulk upserts (`zvonok-agi load`): only the records that differ are written and touched
+    # bulk upserts (`zvonok-agi load`): only the records that differ are written, their
+    # revisions raised in the same statement
 
     async def import_accounts(self, accounts: Sequence[Account], now: float) -> int:
         current = {a.id: a for a in await self._in("accounts", "id", [a.id for a in accounts])}
         changed = [a for a in accounts if current.get(a.id) != a]
         await self.db.executemany(
             "INSERT INTO accounts (id, name, verified, created_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, verified = excluded.verified",
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, verified = excluded.verified, "
+            "rev = accounts.rev + 1",
             [[a.id, a.name, int(a.verified), now] for a in changed],
         )
-        await self._touch_all("account", [a.id for a in changed])
+        await self._outbox_all("account", [a.id for a in changed])
         return len(changed)
 
     async def import_campaigns(self, campaigns: Sequence[Campaign], now: float) -> int:
         ids = [c.id for c in campaigns]
         current = {c.id: c for c in await self._in("campaigns", "id", ids)}
         changed = [c for c in campaigns if current.get(c.id) != c]
-        await self.db.executemany(_PUT_CAMPAIGN, [_campaign_values(c, now) for c in changed])
-        await self._touch_all("campaign", [c.id for c in changed])
+        await self.db.executemany(
+            f"{_PUT_CAMPAIGN}, rev = campaigns.rev + 1", [_campaign_values(c, now) for c in changed]
+        )
+        await self._outbox_all("campaign", [c.id for c in changed])
         return len(changed)
 
     async def import_numbers(self, numbers: Sequence[NumberRecord], now: float) -> int:
@@ -403,8 +407,8 @@ class Queries:
             elif values[3:8] != [before[column] for column in NUMBER_COLUMNS[3:8]]:
                 touched.append(number.did)  # its routing changed, not only kind or region
             changed.append([*values, now])
-        await self.db.executemany(_PUT_NUMBER, changed)
-        await self._touch_all("number", touched)
+        await self.db.executemany(f"{_PUT_NUMBER}, rev = numbers.rev + 1", changed)
+        await self._outbox_all("number", touched)
         return len(changed)
 
     async def numbers_in(self, dids: Iterable[str]) -> list[NumberRecord]:
@@ -441,6 +445,9 @@ class Queries:
         await self.db.executemany(
             f"UPDATE {table} SET rev = rev + 1 WHERE {column} = ?", [[key] for key in keys]
         )
+        await self._outbox_all(kind, keys)
+
+    async def _outbox_all(self, kind: str, keys: Sequence[str]) -> None:
         await self.db.executemany(
             "INSERT INTO outbox (kind, key) VALUES (?, ?)", [[kind, key] for key in keys]
         )
@@ -505,17 +512,9 @@ def _number(row: sqlite3.Row) -> NumberRecord:
 
 
 def _number_values(n: NumberRecord) -> list[Any]:
-    return [
-        n.did,
-        n.kind.value,
-        n.region,
-        n.pool.value,
-        n.status.value,
-        n.owner,
-        n.callback_rule.value,
-        n.inbound_campaign,
-        n.reserved_at,
-    ]
+    # The enums are str: sqlite3 binds them as their text, and they compare equal to it.
+    return [n.did, n.kind, n.region, n.pool, n.status, n.owner, n.callback_rule,
+            n.inbound_campaign, n.reserved_at]
 
 
 def _campaign_values(c: Campaign, now: float) -> list[Any]:

@@ -59,6 +59,7 @@ WRITE_BATCH = 200  # changes per script call: Redis runs a script to its end, ot
 SCAN_CHUNK = 500  # records per HSCAN of a full load: parsing the reply is one loop step
 READ_CHUNK = 100  # stream entries per read: parsing and applying them is one loop step
 LOAD_ATTEMPTS = 5
+RELEASE_AFTER = 10.0  # seconds a replaced copy is kept for the calls still reading it
 
 Record = Account | Number | Campaign
 
@@ -225,6 +226,13 @@ class Table(MutableMapping):
     def values(self) -> Iterator[Record]:  # type: ignore[override]
         return (record for _, record in self.items())
 
+    async def release(self) -> None:
+        """Empties the table a shard at a time: freed at once, half a million values would
+        hold the event loop for tens of ms."""
+        for shard in self._shards:
+            shard.clear()
+            await asyncio.sleep(0)
+
 
 @dataclass(eq=False)
 class RoutingSnapshot:
@@ -375,11 +383,13 @@ class RoutingData:
             if version is None:
                 if await self.version() is None:
                     return snapshot
+                await release(snapshot)
                 continue  # first written meanwhile: scan again, from a version
             try:
                 await self.catch_up(snapshot)
             except (Gap, BadChange) as exc:
                 log.info("routing data changed too much during the load; again", why=str(exc))
+                await release(snapshot)
                 continue
             return snapshot
         raise RedisError("routing data kept changing during the load")
@@ -403,6 +413,7 @@ class RoutingCache:
         self.refresh_interval = refresh_interval
         self.snapshot = RoutingSnapshot()
         self._task: asyncio.Task[None] | None = None
+        self._releasing: list[asyncio.Task[None]] = []
         self._failing = False
         self._missing_logged = False
         timeout = data.redis.connection_pool.connection_kwargs.get("socket_timeout")
@@ -417,13 +428,21 @@ class RoutingCache:
         self._task = asyncio.create_task(self._follow(), name="routing-follow")
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+        await cancel_and_wait(self._task, *self._releasing)
         self._task = None
+        self._releasing = []
+
+    async def _release(self, old: RoutingSnapshot) -> None:
+        # Calls still deciding on the old copy end within their session deadline.
+        await asyncio.sleep(RELEASE_AFTER)
+        await release(old)
+        self._releasing = [task for task in self._releasing if not task.done()]
 
     async def reload(self) -> None:
         started = time.monotonic()
         snapshot = await self.data.load()
-        self.snapshot = snapshot
+        old, self.snapshot = self.snapshot, snapshot
+        self._releasing.append(asyncio.create_task(self._release(old), name="routing-release"))
         METRICS.routing_loaded()
         log.info(
             "routing data loaded",
@@ -497,6 +516,13 @@ class RoutingCache:
             self._failing = False
 
 
+async def release(snapshot: RoutingSnapshot) -> None:
+    """Empties a copy no longer used, a shard at a time (see `Table.release`)."""
+    for table in (snapshot.accounts, snapshot.numbers, snapshot.campaigns):
+        if isinstance(table, Table):
+            await table.release()
+
+
 # records <-> stored values
 
 
@@ -519,16 +545,17 @@ FIELDS = {
 
 def encode(record: Record, rev: int = 0) -> str:
     kind, _ = record_key(record)
-    return encode_values(rev, [getattr(record, name) for name in FIELDS[kind]])
+    values = [getattr(record, name) for name in FIELDS[kind]]
+    return encode_values(rev, [int(v) if isinstance(v, bool) else v for v in values])
 
 
 def encode_values(rev: int, values: Iterable[object]) -> str:
-    """The stored value of a record from its revision and its FIELDS' values (flags as 0/1)."""
-    return _json([rev, *(int(v) if isinstance(v, bool) else v for v in values)])
+    """The stored value of a record from its revision and its FIELDS' values (flags as 0/1,
+    as the store keeps them)."""
+    return _json([rev, *values])
 
 
-def _json(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def revision(value: bytes | str) -> int:
