@@ -44,7 +44,8 @@ def redis_client(url: str, settings: Settings) -> aioredis.Redis:
 async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[aioredis.Redis]:
     """The configured Redis; with no URL, the embedded server.
 
-    `supervise=True` (the engine) starts the embedded server and restarts it if it dies. Tools
+    `supervise=True` (the engine) starts the embedded server and restarts it if it dies; it
+    fails (DataDirInUse) if another process runs the server of that data directory. Tools
     (`load`, `route`) use the engine's server when it runs, else start one for their own use.
     """
     embedded: EmbeddedRedis | None = None
@@ -56,9 +57,8 @@ async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[ai
         if embedded is not None:
             if supervise:
                 await stack.enter_async_context(embedded)
-            elif not embedded.is_serving():
-                await asyncio.to_thread(embedded.start)
-                stack.callback(embedded.stop)
+            elif await asyncio.to_thread(embedded.attach):
+                stack.push_async_callback(asyncio.to_thread, embedded.stop)
         client = redis_client(url, settings)
         stack.push_async_callback(client.aclose)
         yield client

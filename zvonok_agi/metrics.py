@@ -44,6 +44,11 @@ class _Metrics:
         self.originates = prom.Counter(
             "zvonok_originates", "Outbound calls placed, by outcome", ["outcome"]
         )
+        self.background_errors = prom.Counter(
+            "zvonok_background_errors",
+            "Failed steps of background loops (each loop goes on), by loop",
+            ["loop"],
+        )
         self.routing_loads = prom.Counter(
             "zvonok_routing_full_loads", "Full loads of the routing data (start, gap, reset)"
         )
@@ -74,6 +79,10 @@ class _Metrics:
     def originate(self, outcome: str) -> None:
         if self.enabled:
             self.originates.labels(outcome).inc()
+
+    def background_error(self, loop: str) -> None:
+        if self.enabled:
+            self.background_errors.labels(loop).inc()
 
     def routing_loaded(self) -> None:
         if self.enabled:

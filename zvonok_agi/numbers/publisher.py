@@ -29,11 +29,12 @@ from redis.exceptions import RedisError
 
 from ..metrics import METRICS
 from ..store.routing_data import KINDS, Delete, RoutingData, Stored, revision
-from ..tasks import cancel_requested
+from ..tasks import LoopErrors, cancel_requested
 from .store import Queries, Store
 
 log = structlog.get_logger(__name__)
 
+LOOP = "outbox-publish"  # the background loop's name in logs and metrics
 PUBLISH_BATCH = 2000  # outbox rows per read
 REBUILD_BATCH = 1000  # records per read of a rebuild
 # What publishing can fail on: Redis away, or the store busy past its timeout.
@@ -110,24 +111,24 @@ class Publisher:
 
     async def run(self) -> None:
         """Publishes what was left at start, then whenever a change asks and every `interval`;
-        while Redis or the store is away, retries with backoff."""
+        while Redis or the store is away, retries with backoff. Rides out any failure (logged
+        and counted, see zvonok_agi.tasks)."""
+        errors = LoopErrors(LOOP, expected=UNAVAILABLE)
         delay = self.retry
         while not cancel_requested():
             try:
-                published = await self.publish()
-            except UNAVAILABLE as exc:
-                if cancel_requested():
+                await self.publish()
+            except Exception as exc:
+                if cancel_requested():  # the cancellation came back as a store error
                     return
-                if not self.failing:
-                    log.warning("publishing to Redis failed; retrying", error=str(exc))
                 self.failing = True
-                with contextlib.suppress(*UNAVAILABLE):
+                errors.failed(exc)
+                with contextlib.suppress(Exception):
                     METRICS.outbox_pending(await self._pending())
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_retry)
                 continue
-            if delay > self.retry:
-                log.info("publishing to Redis again", published=published)
+            errors.succeeded()
             delay = self.retry
             METRICS.outbox_pending(0)
             self._wake.clear()

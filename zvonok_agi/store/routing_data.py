@@ -49,7 +49,7 @@ from ..routing.model import (
     NumberStatus,
     Pool,
 )
-from ..tasks import cancel_and_wait, cancel_requested
+from ..tasks import LoopErrors, cancel_and_wait, cancel_requested
 
 log = structlog.get_logger(__name__)
 
@@ -414,7 +414,6 @@ class RoutingCache:
         self.snapshot = RoutingSnapshot()
         self._task: asyncio.Task[None] | None = None
         self._releasing: list[asyncio.Task[None]] = []
-        self._failing = False
         self._missing_logged = False
         timeout = data.redis.connection_pool.connection_kwargs.get("socket_timeout")
         # A blocking read must return before the client's socket timeout ends it.
@@ -453,9 +452,11 @@ class RoutingCache:
             seconds=round(time.monotonic() - started, 3),
         )
 
-    # The loop also ends when its cancellation was swallowed or turned into a store error by
-    # redis-py (see zvonok_agi.tasks): the request is still on record.
+    # The loop rides out any failure (logged and counted, see zvonok_agi.tasks), and ends when
+    # its cancellation was swallowed or turned into a store error by redis-py: the request is
+    # still on record.
     async def _follow(self) -> None:
+        errors = LoopErrors("routing-follow")
         loop = asyncio.get_running_loop()
         reload = self.snapshot.version < 0
         checked = loop.time()
@@ -471,18 +472,21 @@ class RoutingCache:
                 if not changes and loop.time() - checked >= self.refresh_interval:
                     checked = loop.time()
                     reload = await self._lost_track()
-                self._recovered()
             except Gap as exc:
                 log.warning("routing changes missed; loading everything again", why=str(exc))
                 reload = True
             except BadChange as exc:
                 log.error("unreadable routing change; loading everything again", error=str(exc))
                 reload = True
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
                 if cancel_requested():
                     return
-                self._failed(exc)
+                if isinstance(exc, RedisError | OSError):
+                    METRICS.store_error("routing_data")
+                errors.failed(exc, kept_version=self.snapshot.version)
                 await asyncio.sleep(self.refresh_interval)
+            else:
+                errors.succeeded()
 
     async def _lost_track(self) -> bool:
         """Whether the version says the stream cannot bring this copy up to date: it went back
@@ -499,21 +503,6 @@ class RoutingCache:
             return False
         self._missing_logged = False
         return version < mine or (version > mine and not await self.data.changes(mine, 1))
-
-    def _failed(self, exc: Exception) -> None:
-        METRICS.store_error("routing_data")
-        if not self._failing:
-            log.warning(
-                "routing data not followed; keeping the copy in memory",
-                error=str(exc),
-                version=self.snapshot.version,
-            )
-            self._failing = True
-
-    def _recovered(self) -> None:
-        if self._failing:
-            log.info("routing data followed again", version=self.snapshot.version)
-            self._failing = False
 
 
 async def release(snapshot: RoutingSnapshot) -> None:
