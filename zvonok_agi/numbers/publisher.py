@@ -77,8 +77,8 @@ class Publisher:
         async with self._lock:
             if await self.data.version() is None:
                 async with self.store.reading() as q:
-                    empty = not await q.routing_page("account", None, 1)
-                if not empty:
+                    held = [await q.routing_page(kind, None, 1) for kind in KINDS]
+                if any(held):
                     log.info("Redis holds no routing data: filling it from the store")
                     await self._rebuild()
             published = await self._drain()
