@@ -74,24 +74,30 @@ class InventoryBuilder:
         self._campaigns: dict[str, Campaign] = {}
         self._attempts: list[tuple[str, dict[str, Any]]] = []
 
-    def add(self, section: str, where: str, item: Any) -> None:
+    def add(self, section: str, where: str, item: Any) -> Account | Number | Campaign | None:
+        """Checks and keeps one table; the record it makes (attempts: None, read at the end)."""
         if section not in SECTIONS:
             raise InventoryError(f"unknown section: {section}")
         inv = self.inventory
         with _at(where):
             if not isinstance(item, dict):
                 raise InventoryError("not a table")
+            record: Account | Number | Campaign
             if section == "accounts":
                 verified, name = bool(item.get("verified", False)), str(item.get("name", ""))
-                inv.accounts.append(Account(_ident(item, "id"), verified, name))
+                record = Account(_ident(item, "id"), verified, name)
+                inv.accounts.append(record)
             elif section == "numbers":
-                inv.numbers.append(_number(item))
+                record = _number(item)
+                inv.numbers.append(record)
             elif section == "campaigns":
-                campaign = _campaign(item)
-                inv.campaigns.append(campaign)
-                self._campaigns[campaign.id] = campaign
+                record = _campaign(item)
+                inv.campaigns.append(record)
+                self._campaigns[record.id] = record
             else:  # read once every campaign is known: a file may list attempts first
                 self._attempts.append((where, item))
+                return None
+        return record
 
     def finish(self) -> Inventory:
         for where, item in self._attempts:

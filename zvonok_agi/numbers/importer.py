@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from .. import phone
 from ..inventory import SECTIONS, Inventory, InventoryBuilder, InventoryError
+from ..routing.model import Number
 from . import rules
 from .rules import Kind, Refused
 
@@ -64,12 +64,11 @@ class _Reader:
             self.seen_attempts[content] += 1  # identical attempts stay distinct
             digest = hashlib.sha256(f"{content}#{self.seen_attempts[content]}".encode())
             item["id"] = f"load-{digest.hexdigest()[:20]}"
-        self.builder.add(section, where, item)
-        if section == "numbers" and ("kind" in item or "region" in item):
-            self._override(where, item)
+        record = self.builder.add(section, where, item)
+        if isinstance(record, Number) and ("kind" in item or "region" in item):
+            self._override(where, item, record.did)
 
-    def _override(self, where: str, item: dict[str, Any]) -> None:
-        did = phone.normalize(str(item.get("did", "")))
+    def _override(self, where: str, item: dict[str, Any], did: str) -> None:
         try:
             kind = rules.enum_value(Kind, item["kind"], "kind") if "kind" in item else None
             region = (
@@ -77,8 +76,7 @@ class _Reader:
             )
         except Refused as exc:
             raise InventoryError(f"{where}: {exc.message}") from exc
-        if did is not None:
-            self.overrides[did] = (kind, region)
+        self.overrides[did] = (kind, region)
 
     def finish(self) -> tuple[Inventory, Overrides]:
         return self.builder.finish(), self.overrides

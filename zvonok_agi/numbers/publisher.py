@@ -101,6 +101,23 @@ class Publisher:
                 error=str(exc) or type(exc).__name__,
             )
 
+    async def publish_rows(self, rows: list[tuple[int, Stored]]) -> None:
+        """Publishes outbox rows just committed, with the values they were committed with (an
+        import's batch): nothing to read back. Never raises: what fails is left to `run`."""
+        if self.failing or not rows:
+            self._wake.set()
+            return
+        try:
+            async with self._lock:
+                await self.data.write(dict.fromkeys(change for _, change in rows))
+                async with self.store.transaction() as q:
+                    await q.published([seq for seq, _ in rows])
+        except UNAVAILABLE as exc:
+            self.failing = True
+            self._wake.set()
+            log.warning("changes committed, not in Redis yet: kept in the outbox",
+                        error=str(exc) or type(exc).__name__)
+
     async def rebuild(self) -> SyncReport:
         """Writes every record of the store to Redis and removes what the store does not hold
         (`zvonok-agi sync`); then publishes the outbox."""

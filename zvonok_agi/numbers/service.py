@@ -10,6 +10,7 @@ row.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import time
@@ -463,23 +464,33 @@ class NumbersService:
         steps = [(Queries.import_accounts, inventory.accounts),
                  (Queries.import_campaigns, inbound), (Queries.import_numbers, numbers),
                  (Queries.import_campaigns, outbound)]
+        await self._published()  # first what was left (and an emptied Redis filled)
         changed = done = 0
-        for write, items in steps:
-            for start in range(0, len(items), IMPORT_BATCH):
-                batch = items[start : start + IMPORT_BATCH]
-                try:
-                    async with self.store.transaction() as q:
-                        changed += await write(q, batch, now)
-                except sqlite3.IntegrityError as exc:
-                    # Only a change made meanwhile by someone else can get here.
-                    refused = Refused("conflict", f"the store changed during the import ({exc}): "
-                                      f"{done} of {sum(counts.values())} records written; load "
-                                      "the file again")
-                    await self._audit(actor, "import", "inventory", refused.code,
-                                      {**counts, "message": refused.message})
-                    raise refused from exc
-                done += len(batch)
-                await self._published()
+        publishing: asyncio.Task[None] | None = None
+        try:
+            for write, items in steps:
+                for start in range(0, len(items), IMPORT_BATCH):
+                    batch = items[start : start + IMPORT_BATCH]
+                    try:
+                        async with self.store.transaction() as q:
+                            written, rows = await write(q, batch, now)
+                    except sqlite3.IntegrityError as exc:
+                        # Only a change made meanwhile by someone else can get here.
+                        refused = Refused(
+                            "conflict", f"the store changed during the import ({exc}): {done} "
+                            f"of {sum(counts.values())} records written; load the file again")
+                        await self._audit(actor, "import", "inventory", refused.code,
+                                          {**counts, "message": refused.message})
+                        raise refused from exc
+                    changed, done = changed + written, done + len(batch)
+                    # Published while the next batch is written, one batch after the other.
+                    if publishing is not None:
+                        await publishing
+                    if self.publisher is not None:
+                        publishing = asyncio.create_task(self.publisher.publish_rows(rows))
+        finally:
+            if publishing is not None:
+                await publishing
         await self._audit(actor, "import", "inventory", "ok", {**counts, "changed": changed})
         return counts
 

@@ -28,7 +28,7 @@ from ..routing.model import (
     NumberStatus,
     Pool,
 )
-from ..store.routing_data import FIELDS, encode_values
+from ..store.routing_data import FIELDS, Stored, encode_values
 from .migrations import MIGRATIONS
 from .rules import Kind, NumberRecord, Request
 
@@ -36,6 +36,7 @@ BUSY_TIMEOUT_MS = 5000
 MAX_PARAMETERS = 500  # keys per `IN (...)`: well under any SQL engine's limit of parameters
 ROUTING_TABLES = {"account": ("accounts", "id"), "number": ("numbers", "did"),
                   "campaign": ("campaigns", "id")}
+Imported = tuple[int, list[tuple[int, Stored]]]  # records written; outbox rows to publish
 NUMBER_COLUMNS = ("did", "kind", "region", "pool", "status", "owner", "callback_rule",
                   "inbound_campaign", "reserved_at")  # as _number_values gives them
 _PUT_NUMBER = (
@@ -367,7 +368,7 @@ class Queries:
     # bulk upserts (`zvonok-agi load`): only the records that differ are written, their
     # revisions raised in the same statement
 
-    async def import_accounts(self, accounts: Sequence[Account], now: float) -> int:
+    async def import_accounts(self, accounts: Sequence[Account], now: float) -> Imported:
         current = {a.id: a for a in await self._in("accounts", "id", [a.id for a in accounts])}
         changed = [a for a in accounts if current.get(a.id) != a]
         await self.db.executemany(
@@ -376,20 +377,18 @@ class Queries:
             "rev = accounts.rev + 1",
             [[a.id, a.name, int(a.verified), now] for a in changed],
         )
-        await self._outbox_all("account", [a.id for a in changed])
-        return len(changed)
+        return len(changed), await self._to_publish("account", [a.id for a in changed])
 
-    async def import_campaigns(self, campaigns: Sequence[Campaign], now: float) -> int:
+    async def import_campaigns(self, campaigns: Sequence[Campaign], now: float) -> Imported:
         ids = [c.id for c in campaigns]
         current = {c.id: c for c in await self._in("campaigns", "id", ids)}
         changed = [c for c in campaigns if current.get(c.id) != c]
         await self.db.executemany(
             f"{_PUT_CAMPAIGN}, rev = campaigns.rev + 1", [_campaign_values(c, now) for c in changed]
         )
-        await self._outbox_all("campaign", [c.id for c in changed])
-        return len(changed)
+        return len(changed), await self._to_publish("campaign", [c.id for c in changed])
 
-    async def import_numbers(self, numbers: Sequence[NumberRecord], now: float) -> int:
+    async def import_numbers(self, numbers: Sequence[NumberRecord], now: float) -> Imported:
         """Upserts numbers; one that keeps its owner keeps its reservation time."""
         dids = [n.did for n in numbers]
         current = {row["did"]: row for row in await self._rows_in("numbers", "did", dids)}
@@ -408,8 +407,23 @@ class Queries:
                 touched.append(number.did)  # its routing changed, not only kind or region
             changed.append([*values, now])
         await self.db.executemany(f"{_PUT_NUMBER}, rev = numbers.rev + 1", changed)
-        await self._outbox_all("number", touched)
-        return len(changed)
+        return len(changed), await self._to_publish("number", touched)
+
+    async def _to_publish(self, kind: str, keys: Sequence[str]) -> list[tuple[int, Stored]]:
+        """Names `keys` in the outbox; its rows, each with the value the publisher will send,
+        so that whoever committed them may send them without reading them back."""
+        values = await self.routing_values(kind, keys)
+        rows = []
+        for start in range(0, len(keys), MAX_PARAMETERS):
+            chunk = keys[start : start + MAX_PARAMETERS]
+            marks = ", ".join(["(?, ?)"] * len(chunk))
+            args = [item for key in chunk for item in (kind, key)]
+            async with self.db.execute(
+                f"INSERT INTO outbox (kind, key) VALUES {marks} RETURNING seq, key", args
+            ) as cursor:
+                rows += [(seq, Stored(kind, key, values[key])) for seq, key in
+                         await cursor.fetchall()]
+        return rows
 
     async def numbers_in(self, dids: Iterable[str]) -> list[NumberRecord]:
         return await self._in("numbers", "did", dids)
