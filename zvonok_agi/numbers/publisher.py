@@ -109,7 +109,7 @@ class Publisher:
             return
         try:
             async with self._lock:
-                await self.data.write(dict.fromkeys(change for _, change in rows))
+                await self.data.write(change for _, change in rows)  # a twin: no change
                 async with self.store.transaction() as q:
                     await q.published([seq for seq, _ in rows])
         except UNAVAILABLE as exc:
