@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, MetricsUnavailable, EmbeddedRedisError) as exc:
         print(f"zvonok-agi: {exc}", file=sys.stderr)
         return 1
+
+
+BULK_REDIS_TIMEOUT = 10.0  # seconds per Redis command for `load` and `sync`
 
 
 class CommandError(Exception):
@@ -128,7 +133,10 @@ async def _load(settings: Settings, args: argparse.Namespace) -> int:
         inventory, overrides = read_file(args.file, now)
     except InventoryError as exc:
         raise CommandError(f"{args.file}: {exc}") from exc
-    async with open_service(settings) as service:
+    # The records live until the end: the collector's full passes need not walk them again
+    # (with half a million they took long enough to time Redis replies out).
+    gc.freeze()
+    async with open_service(bulk_settings(settings)) as service:
         try:
             await service.import_inventory(actor(), inventory, overrides)
         except Refused as exc:
@@ -153,6 +161,13 @@ async def _load(settings: Settings, args: argparse.Namespace) -> int:
         f"{len(inventory.attempts)} attempts (callback history)"
     )
     return 0
+
+
+def bulk_settings(settings: Settings) -> Settings:
+    """The settings for a bulk command: Redis's per-command budget is for calls, not for a
+    command writing hundreds of thousands of records."""
+    timeout = max(settings.redis.socket_timeout, BULK_REDIS_TIMEOUT)
+    return replace(settings, redis=replace(settings.redis, socket_timeout=timeout))
 
 
 async def _route(settings: Settings, args: argparse.Namespace) -> int:
