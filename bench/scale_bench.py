@@ -253,7 +253,7 @@ def report(args: argparse.Namespace, facts: dict[str, str], phases: list[Phase])
     print(
         f"{'phase':26} {'calls/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
         f"{'errors':>6} {'engine':>7} {'redis':>6} {'others':>6} {'step max':>8} "
-        f"{'cpu max':>7} {'>2 ms':>5}"
+        f"{'cpu max':>7} {'>2 ms':>5} {'routing':>7}"
     )
     failed = 0
     for p in phases:
