@@ -35,7 +35,6 @@ import os
 import random
 import resource
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -367,7 +366,7 @@ async def with_servers(
         {**env, "ZVONOK_AGI_HOST": HOST, "ZVONOK_AGI_PORT": str(port)},
         tmp / "engine.log",
     )
-    await wait_listening_long(engine, port, tmp / "engine.log")
+    await wait_listening(engine, port, tmp / "engine.log", START_TIMEOUT)
     start = Phase("engine start", started, time.monotonic())
     facts["engine start"] = (
         f"{start.end - start.start:.1f} s until it serves, RSS {rss_mb(engine.pid):.0f} MB"
@@ -414,20 +413,6 @@ async def with_servers(
         p.steps = [(ms, cpu, what) for at, ms, cpu, what in steps if p.start <= at <= p.end]
     facts["engine loop steps"] = f"{total} timed, {len(steps)} over 1 ms"
     return report(args, facts, phases)
-
-
-async def wait_listening_long(proc: subprocess.Popen, port: int, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"engine exited with {proc.returncode}:\n{tail(log)}")
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 1.0)
-            writer.close()
-            return
-        except (OSError, TimeoutError):
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"engine did not serve within {START_TIMEOUT} s:\n{tail(log)}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
