@@ -72,7 +72,9 @@ class _Reader:
         try:
             kind = rules.enum_value(Kind, item["kind"], "kind") if "kind" in item else None
             region = (
-                rules.text(item["region"], "region", rules.MAX_REGION) if "region" in item else None
+                rules.text(item["region"], "region", rules.MAX_REGION, required=True)
+                if "region" in item
+                else None
             )
         except Refused as exc:
             raise InventoryError(f"{where}: {exc.message}") from exc

@@ -22,6 +22,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from ..inventory import Inventory
+from ..regions import RegionIndex
 from ..routing.model import (
     Account,
     CallbackRule,
@@ -97,6 +98,7 @@ class NumberDetails:
 @dataclass
 class _Change:
     q: Queries
+    subject: str
     account: str | None
     detail: dict[str, Any]
     quiet: bool = False  # nothing changed: no audit row
@@ -112,6 +114,7 @@ class NumbersService:
         popular_cities: Iterable[str] = DEFAULT_POPULAR_CITIES,
         clock: Callable[[], float] = time.time,
         offer_limit: int = 100,
+        max_open_requests: int = 5,
     ) -> None:
         self.store = store
         self.data = data
@@ -119,6 +122,7 @@ class NumbersService:
         self.popular_cities = tuple(popular_cities)
         self.clock = clock
         self.offer_limit = offer_limit
+        self.max_open_requests = max_open_requests
 
     # accounts
 
@@ -147,15 +151,17 @@ class NumbersService:
     async def update_account(
         self, actor: str, account_id: str, *, name: Any = KEEP, verified: Any = KEEP
     ) -> Account:
+        if name is not KEEP:
+            name = rules.text(name, "name", rules.MAX_NAME)
+        if verified is not KEEP:
+            verified = _flag(verified, "verified")
         detail = _given(name=name, verified=verified)
         async with self._change(actor, "update_account", account_id, account_id,
                                 **detail) as change:
             q = change.q
             account = _found(await q.account(account_id), "unknown_account", "no such account")
-            if name is not KEEP:
-                account = replace(account, name=rules.text(name, "name", rules.MAX_NAME))
+            account = replace(account, **detail)
             if verified is not KEEP:
-                account = replace(account, verified=_flag(verified, "verified"))
                 if not account.verified:
                     _check(rules.unverify_refusal(account, await q.reserved_count(account.id)))
             await q.put_account(account, self.clock())
@@ -170,17 +176,20 @@ class NumbersService:
         return rules.region_counts(choice, counts, self.popular_cities)
 
     async def offer(self, actor: str, account_id: str, choice: Any, region: Any) -> Offer:
-        """The available numbers of a region; none there: a request for sales is filed (once
-        per account, kind and region while it is open), and nothing else changes."""
+        """The available numbers of a region, named as people type it ("moscow", "Москва");
+        none there: a request for sales is filed (once per account, kind and region while it
+        is open), and nothing else changes. An unknown or ambiguous name is refused with the
+        regions it may mean."""
         choice = rules.enum_value(Choice, choice, "choice")
-        region = rules.text(region, "region", rules.MAX_REGION)
-        if not region:
-            raise Refused("bad_input", "region must not be empty")
+        typed = rules.text(region, "region", rules.MAX_REGION, required=True)
         kind = choice.kind
-        async with self._change(actor, "request_number", f"{kind}:{region}", account_id,
-                                kind=kind.value, region=region) as change:
+        async with self._change(actor, "request_number", f"{kind}:{typed}", account_id,
+                                kind=kind.value, region=typed) as change:
             q = change.q
             _check(rules.account_refusal(await q.account(account_id)))
+            index = RegionIndex([*await q.regions(), *self.popular_cities])
+            region = rules.region_named(typed, index)
+            change.subject, change.detail["region"] = f"{kind}:{region}", region
             numbers = await q.available(kind, region, self.offer_limit)
             request = None
             if numbers:
@@ -188,6 +197,8 @@ class NumbersService:
             else:
                 request = await q.open_request(account_id, kind, region)
                 if request is None:
+                    _check(rules.requests_refusal(
+                        account_id, await q.open_requests(account_id), self.max_open_requests))
                     request = await q.add_request(account_id, kind, region, self.clock())
                 change.detail["request"] = request.id
         return Offer(kind, region, numbers, request)
@@ -214,7 +225,8 @@ class NumbersService:
         pool = rules.enum_value(Pool, pool, "pool")
         status = rules.enum_value(NumberStatus, status, "status")
         kind = None if kind is None else rules.enum_value(Kind, kind, "kind")
-        region = None if region is None else rules.text(region, "region", rules.MAX_REGION)
+        if region is not None:
+            region = rules.text(region, "region", rules.MAX_REGION, required=True)
         kind, region = rules.classify(did, kind, region)
         number = NumberRecord(did, kind, region, pool, status)
         async with self._change(actor, "add_number", did, None, pool=pool.value,
@@ -231,22 +243,24 @@ class NumbersService:
         as_account: str | None = None,
     ) -> NumberRecord:
         """The seed's "Change" window: the inbound campaign the number's calls go to (None: to
-        none) and its callback rule, saved together or not at all."""
-        did = rules.did_of(did)
+        none) and its callback rule, saved together or not at all. Resending the campaign the
+        number is bound to changes nothing, so it is no new binding (a disabled number's rule
+        can change)."""
+        did, as_account = rules.did_of(did), _acting(as_account)
+        if inbound_campaign not in (KEEP, None):
+            inbound_campaign = rules.ident(inbound_campaign, "campaign id")
+        if callback_rule is not KEEP:
+            callback_rule = rules.enum_value(CallbackRule, callback_rule, "callback rule")
         detail = _given(inbound_campaign=inbound_campaign, callback_rule=callback_rule)
         async with self._change(actor, "change_number", did, as_account, **detail) as change:
             q = change.q
             number = await q.number(did)
             _check(rules.reserved_refusal(number, as_account))
-            values: dict[str, Any] = {}
-            if inbound_campaign not in (KEEP, None):
-                campaign = await q.campaign(rules.ident(inbound_campaign, "campaign id"))
+            assert number is not None
+            if inbound_campaign not in (KEEP, None, number.inbound_campaign):
+                campaign = await q.campaign(inbound_campaign)
                 _check(rules.binding_refusal(number, campaign, as_account))
-            if inbound_campaign is not KEEP:
-                values["inbound_campaign"] = inbound_campaign
-            if callback_rule is not KEEP:
-                values["callback_rule"] = rules.enum_value(
-                    CallbackRule, callback_rule, "callback rule")
+            values = _given(inbound_campaign=inbound_campaign, callback_rule=callback_rule)
             if values:
                 await q.update_number(did, **values)
             change.result = await q.number(did)
@@ -271,7 +285,7 @@ class NumbersService:
         self, actor: str, did: Any, status: NumberStatus, as_account: str | None
     ) -> NumberRecord:
         """Disabled, a number routes nothing and dials nothing; its bindings stay for enable."""
-        did = rules.did_of(did)
+        did, as_account = rules.did_of(did), _acting(as_account)
         action = "enable" if status is NumberStatus.ACTIVE else "disable"
         async with self._change(actor, action, did, as_account) as change:
             q = change.q
@@ -287,7 +301,7 @@ class NumbersService:
         """Back to the reservable stock, without binding, rule or owner. The old owner's
         callback history stays in Redis, but the decision reads only attempts of the current
         owner's campaigns: it never routes into the old owner's campaigns again."""
-        did = rules.did_of(did)
+        did, as_account = rules.did_of(did), _acting(as_account)
         async with self._change(actor, "release", did, as_account) as change:
             q = change.q
             number = await q.number(did)
@@ -312,7 +326,9 @@ class NumbersService:
         """With an account: what its "Subscriber numbers" page shows (its reserved numbers and
         the service pool); without: every number, the unreserved stock too."""
         status = rules.enum_value(NumberStatus, status, "status")
-        search = rules.text(search, "search", 40)
+        search = rules.text(search, "search", rules.MAX_SEARCH)
+        if account is not None:
+            account = rules.ident(account, "account")
         needles = rules.search_needles(search) if search else None
         async with self.store.reading() as q:
             if account is not None:
@@ -338,6 +354,8 @@ class NumbersService:
     # campaigns
 
     async def campaigns(self, account: str | None = None) -> list[Campaign]:
+        if account is not None:
+            account = rules.ident(account, "account")
         async with self.store.reading() as q:
             return await q.campaigns(account=account)
 
@@ -357,8 +375,10 @@ class NumbersService:
             state=rules.enum_value(CampaignState, state, "state"),
             caller_id=None if caller_id in (None, "pool") else rules.did_of(caller_id),
         )
-        if campaign.kind is CampaignKind.INBOUND and campaign.accept_inbound:
-            raise Refused("bad_input", "accept_inbound is a setting of outbound campaigns")
+        if campaign.kind is CampaignKind.INBOUND and (campaign.accept_inbound
+                                                      or campaign.caller_id):
+            raise Refused("bad_input", "accept_inbound and the caller ID are settings of "
+                          "outbound campaigns")
         async with self._change(actor, "create_campaign", campaign.id, campaign.account,
                                 kind=campaign.kind.value, caller_id=campaign.caller_id) as change:
             q = change.q
@@ -372,6 +392,12 @@ class NumbersService:
         self, actor: str, campaign_id: str, *, accept_inbound: Any = KEEP, state: Any = KEEP,
         caller_id: Any = KEEP,
     ) -> Campaign:
+        if accept_inbound is not KEEP:
+            accept_inbound = _flag(accept_inbound, "accept_inbound")
+        if state is not KEEP:
+            state = rules.enum_value(CampaignState, state, "state")
+        if caller_id is not KEEP:
+            caller_id = None if caller_id in (None, "pool") else rules.did_of(caller_id)
         detail = _given(accept_inbound=accept_inbound, state=state, caller_id=caller_id)
         async with self._change(actor, "update_campaign", campaign_id, None, **detail) as change:
             q = change.q
@@ -379,15 +405,12 @@ class NumbersService:
                 await q.campaign(campaign_id), "unknown_campaign", "no such campaign"
             )
             change.account = campaign.account
-            if accept_inbound is not KEEP:
-                if campaign.kind is CampaignKind.INBOUND:
-                    raise Refused("bad_input", "accept_inbound is a setting of outbound campaigns")
-                campaign = replace(campaign, accept_inbound=_flag(accept_inbound, "accept_inbound"))
-            if state is not KEEP:
-                campaign = replace(campaign, state=rules.enum_value(CampaignState, state, "state"))
+            # What an inbound campaign has already (false, the pool) may be sent: no change.
+            if campaign.kind is CampaignKind.INBOUND and (accept_inbound is True
+                                                          or caller_id not in (KEEP, None)):
+                raise rules.not_outbound(campaign)
+            campaign = replace(campaign, **detail)
             if caller_id is not KEEP:
-                did = None if caller_id in (None, "pool") else rules.did_of(caller_id)
-                campaign = replace(campaign, caller_id=did)
                 await self._check_caller_id(q, campaign)
             await q.put_campaign(campaign, self.clock())
             change.result = campaign
@@ -426,6 +449,8 @@ class NumbersService:
         return change.result
 
     async def audit_log(self, subject: str | None = None, limit: int = 100) -> list[dict]:
+        if subject is not None:
+            subject = rules.text(subject, "subject", rules.MAX_SUBJECT)
         async with self.store.reading() as q:
             return await q.audit_log(subject, max(1, min(limit, 1000)))
 
@@ -443,13 +468,16 @@ class NumbersService:
         overrides = overrides or {}
         counts = {"accounts": len(inventory.accounts), "numbers": len(inventory.numbers),
                   "campaigns": len(inventory.campaigns)}
-        numbers = [
-            NumberRecord(item.did, *rules.classify(item.did, *overrides.get(item.did, NO_HINT)),
-                         item.pool, item.status, item.owner, item.callback_rule,
-                         item.inbound_campaign)
-            for item in inventory.numbers
-        ]
         try:
+            accounts = [_named(account) for account in inventory.accounts]
+            numbers = [
+                NumberRecord(item.did, *_checked(rules.classify, item.did,
+                                                 *overrides.get(item.did, NO_HINT),
+                                                 where=f"number {item.did}"),
+                             item.pool, item.status, item.owner, item.callback_rule,
+                             item.inbound_campaign)
+                for item in inventory.numbers
+            ]
             async with self.store.reading() as q:
                 await _check_import(q, inventory, numbers)
         except Refused as exc:
@@ -461,7 +489,7 @@ class NumbersService:
         outbound = [c for c in inventory.campaigns if c.kind is CampaignKind.OUTBOUND]
         # Referenced before referencing: numbers name inbound campaigns, outbound campaigns
         # name numbers.
-        steps = [(Queries.import_accounts, inventory.accounts),
+        steps = [(Queries.import_accounts, accounts),
                  (Queries.import_campaigns, inbound), (Queries.import_numbers, numbers),
                  (Queries.import_campaigns, outbound)]
         await self._published()  # first what was left (and an emptied Redis filled)
@@ -539,7 +567,7 @@ class NumbersService:
         refused: Refused | None = None
         async with self.store.transaction() as q:
             await q.savepoint()
-            change = _Change(q, account, dict(detail))
+            change = _Change(q, subject, account, dict(detail))
             try:
                 yield change
             except Refused as exc:
@@ -547,7 +575,7 @@ class NumbersService:
                 await q.rollback_to_savepoint()
                 change.detail["message"] = exc.message
             if refused is not None or not change.quiet:
-                await q.audit(self.clock(), actor, action, subject, change.account,
+                await q.audit(self.clock(), actor, action, change.subject, change.account,
                               refused.code if refused else "ok", change.detail)
         if refused is not None:
             raise refused
@@ -601,6 +629,25 @@ def _check(refusal: Refused | None, where: str = "") -> None:
         if where:
             raise Refused(refusal.code, f"{where}: {refusal.message}")
         raise refusal
+
+
+def _named(account: Account) -> Account:
+    """An imported account, its name checked as any account's."""
+    name = _checked(rules.text, account.name, "name", rules.MAX_NAME, where=f"account {account.id}")
+    return account if name == account.name else replace(account, name=name)
+
+
+def _checked(check: Callable[..., T], *args: Any, where: str) -> T:
+    """A check of input whose refusal says where the input was (an import's item)."""
+    try:
+        return check(*args)
+    except Refused as exc:
+        raise Refused(exc.code, f"{where}: {exc.message}") from None
+
+
+def _acting(as_account: Any) -> str | None:
+    """The account a change is made as (None: an operator)."""
+    return None if as_account is None else rules.ident(as_account, "as_account")
 
 
 def _flag(value: Any, what: str) -> bool:
