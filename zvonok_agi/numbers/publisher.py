@@ -94,12 +94,7 @@ class Publisher:
         try:
             await self.publish()
         except UNAVAILABLE as exc:
-            self.failing = True
-            self._wake.set()
-            log.warning(
-                "change committed, not in Redis yet: kept in the outbox",
-                error=str(exc) or type(exc).__name__,
-            )
+            self._kept(exc)
 
     async def publish_rows(self, rows: list[tuple[int, Stored]]) -> None:
         """Publishes outbox rows just committed, with the values they were committed with (an
@@ -113,10 +108,17 @@ class Publisher:
                 async with self.store.transaction() as q:
                     await q.published([seq for seq, _ in rows])
         except UNAVAILABLE as exc:
-            self.failing = True
-            self._wake.set()
-            log.warning("changes committed, not in Redis yet: kept in the outbox",
-                        error=str(exc) or type(exc).__name__)
+            self._kept(exc)
+
+    def _kept(self, exc: BaseException) -> None:
+        """Publishing right after a commit failed: the rows stay for `run`, and the next
+        changes do not wait for Redis."""
+        self.failing = True
+        self._wake.set()
+        log.warning(
+            "change committed, not in Redis yet: kept in the outbox",
+            error=str(exc) or type(exc).__name__,
+        )
 
     async def rebuild(self) -> SyncReport:
         """Writes every record of the store to Redis and removes what the store does not hold

@@ -19,9 +19,10 @@ the clock in microseconds, above any version a reader has seen, so the reader no
 The engine keeps the whole routing data in memory (`RoutingCache`): one full load at start, then
 every change from the stream applied in place. A gap (the stream trimmed past the engine's
 version), a version gone back or a change it cannot read make it load everything again and
-swap the new copy in at once. Loads run in chunks and changes in small batches: no step holds
-the event loop for long, whatever the size. A call to a reserved number still reaches its bound
-inbound campaign while Redis is down.
+swap the new copy in at once (the old one is freed later, a piece at a time). Loads run in
+chunks, changes in small batches, and the records are kept as their stored strings (`Table`):
+no step holds the event loop for long, whatever the size. A call to a reserved number still
+reaches its bound inbound campaign while Redis is down.
 """
 
 from __future__ import annotations
