@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -37,8 +36,8 @@ log = structlog.get_logger(__name__)
 LOOP = "outbox-publish"  # the background loop's name in logs and metrics
 PUBLISH_BATCH = 2000  # outbox rows per read
 REBUILD_BATCH = 1000  # records per read of a rebuild
-# What publishing can fail on: Redis away, or the store busy past its timeout.
-UNAVAILABLE = (RedisError, OSError, sqlite3.OperationalError)
+# What publishing can fail on for a while: Redis away, or the store busy past its timeout.
+UNAVAILABLE = (RedisError, OSError, *Store.UNAVAILABLE)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 import structlog
-from redis.exceptions import RedisError
 
 from ..inventory import Inventory
 from ..regions import RegionIndex
@@ -34,7 +33,7 @@ from ..routing.model import (
 )
 from ..store.routing_data import RoutingData
 from . import rules
-from .publisher import Publisher, SyncReport
+from .publisher import UNAVAILABLE, Publisher, SyncReport
 from .rules import Choice, Kind, NumberRecord, Refused, RegionCount, Request
 from .store import Queries, Store
 
@@ -530,7 +529,7 @@ class NumbersService:
             return await self.pending() == 0
         try:
             await self.publisher.publish()
-        except (RedisError, OSError, sqlite3.OperationalError) as exc:
+        except UNAVAILABLE as exc:
             log.warning("routing data not published yet; kept for later", error=str(exc))
             return False
         return True

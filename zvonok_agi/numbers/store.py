@@ -57,6 +57,9 @@ _PUT_CAMPAIGN = (
 
 
 class Store:
+    # What says the store is away or busy for now (past its busy timeout): try again later.
+    UNAVAILABLE: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
+
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self._lock = asyncio.Lock()
@@ -511,8 +514,8 @@ class Queries:
         store's: the store was restored from an older copy) and names it for publishing."""
         table, column = ROUTING_TABLES[kind]
         await self.db.executemany(
-            f"UPDATE {table} SET rev = max(rev, ?) WHERE {column} = ?",
-            [[rev, key] for key, rev in revs.items()],
+            f"UPDATE {table} SET rev = CASE WHEN rev > ? THEN rev ELSE ? END WHERE {column} = ?",
+            [[rev, rev, key] for key, rev in revs.items()],
         )
         await self._touch_all(kind, list(revs))
 
