@@ -259,9 +259,11 @@ class RoutingSnapshot:
             table.put(key, value)
         else:
             table[key] = decode(kind, key, value)
-        if kind == "number" and _pool_of(value) == '"service"':
-            with contextlib.suppress(BadChange):
-                self.service_pool[key] = decode(kind, key, value)
+        if kind == "number":
+            self.service_pool.pop(key, None)
+            if _pool_of(value) == '"service"':
+                with contextlib.suppress(BadChange):
+                    self.service_pool[key] = decode(kind, key, value)
 
     def apply(self, change: Change) -> None:
         if change.version != self.version + 1:
