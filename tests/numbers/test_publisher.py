@@ -16,6 +16,7 @@ from zvonok_agi.numbers.service import NumbersService
 from zvonok_agi.numbers.store import Store
 from zvonok_agi.routing.model import CallbackRule, Number, Pool
 from zvonok_agi.store.routing_data import Put, RoutingData
+from zvonok_agi.tasks import cancel_and_wait
 
 
 @pytest.fixture
@@ -91,15 +92,14 @@ async def test_the_publisher_sends_what_redis_missed_once_it_is_back(service, se
         await publisher.data.redis.aclose()
         publisher.data = real  # Redis is back
 
-        async def published() -> bool:
-            return await service.pending() == 0
+        async def published() -> bool:  # and the publisher knows it is through
+            return await service.pending() == 0 and not publisher.failing
 
         await until(published)
     finally:
-        running.cancel()
+        await cancel_and_wait(running)
     number = (await real.load()).numbers[MOSCOW_1]
     assert (number.callback_rule, number.inbound_campaign) == (CallbackRule.FORCE_YES, "acme-line")
-    assert not publisher.failing
 
 
 async def test_two_publishers_never_put_an_older_state_over_a_newer_one(
