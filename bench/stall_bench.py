@@ -45,6 +45,9 @@ from local_servers import HOST, die_with_parent, free_port, start_redis
 from zvonok_agi.agi.client import recorded_environment
 from zvonok_agi.agi.protocol import encode_environment
 
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+from notify_socket import NotifySocket  # noqa: E402 (the tests' stand-in for systemd)
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 CONNECTIONS = 10  # held open when the failure comes, and as many opened during a stall
@@ -151,32 +154,6 @@ def stall(tmp: Path, redis_url: str, how: str) -> list[float]:
         engine.end()
 
 
-class NotifySocket:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.pings: list[float] = []
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.bind(path)
-        self._socket.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._receive, daemon=True)
-        self._thread.start()
-
-    def _receive(self) -> None:
-        while not self._stop.is_set():
-            try:
-                message = self._socket.recv(4096)
-            except TimeoutError:
-                continue
-            if message == b"WATCHDOG=1":
-                self.pings.append(time.monotonic())
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._socket.close()
-
-
 def frozen(tmp: Path, redis_url: str, runs: int) -> dict[str, list[float]]:
     """Freeze the engine at random moments: how old systemd's last ping is then, and how long
     the connections take to close once systemd acts (SIGABRT, SIGCONT)."""
@@ -188,9 +165,8 @@ def frozen(tmp: Path, redis_url: str, runs: int) -> dict[str, list[float]]:
         found: dict[str, list[float]] = {"interval": [], "last ping age": [], "close": []}
         try:
             time.sleep(WATCHDOG_SEC * 1.2)
-            found["interval"] = [
-                b - a for a, b in zip(systemd.pings, systemd.pings[1:], strict=False)
-            ]
+            pings = systemd.pings()
+            found["interval"] = [b - a for a, b in zip(pings, pings[1:], strict=False)]
             for run in range(runs):
                 time.sleep(random.uniform(0.3, 0.3 + WATCHDOG_SEC / 4))  # any phase
                 held = [engine.connect() for _ in range(CONNECTIONS)]
@@ -198,7 +174,7 @@ def frozen(tmp: Path, redis_url: str, runs: int) -> dict[str, list[float]]:
                 engine.process.send_signal(signal.SIGSTOP)
                 stopped = time.monotonic()
                 time.sleep(0.5)  # a ping sent just before is in by now
-                found["last ping age"].append(stopped - systemd.pings[-1])
+                found["last ping age"].append(stopped - systemd.pings()[-1])
                 if run < runs - 1:
                     engine.process.send_signal(signal.SIGCONT)
                     for sock in held:

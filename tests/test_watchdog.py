@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from conftest import free_port
+from notify_socket import NotifySocket
 from zvonok_agi.agi.client import recorded_environment
 from zvonok_agi.agi.protocol import encode_environment
 from zvonok_agi.config import Settings
@@ -174,46 +174,6 @@ def test_a_loop_blocked_holding_the_gil_is_ended_by_the_backstop(tmp_path, setti
     assert "Timeout (0:00:03)!" in log and "in stall" in log
     assert closed(call)
     call.close()
-
-
-class NotifySocket:
-    """systemd's end of the notify protocol: a unix datagram socket, each message with the
-    time it came."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.messages: list[tuple[float, str]] = []
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.bind(path)
-        self._socket.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._receive, daemon=True)
-        self._thread.start()
-
-    def _receive(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self._socket.recv(4096)
-            except TimeoutError:
-                continue
-            self.messages.append((time.monotonic(), data.decode()))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._socket.close()
-
-    def wait_for(self, line: str, timeout: float = 30) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for at, message in list(self.messages):
-                if line in message.splitlines():
-                    return at
-            time.sleep(0.01)
-        raise AssertionError(f"no {line} in {self.messages}")
-
-    def pings(self, start: float, end: float) -> list[float]:
-        return [at for at, m in self.messages if m == "WATCHDOG=1" and start <= at <= end]
 
 
 def largest_gap(times: list[float]) -> float:
