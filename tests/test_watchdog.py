@@ -311,7 +311,7 @@ def test_a_process_frozen_for_a_while_runs_on_when_it_resumes(tmp_path, settings
     engine.signal(signal.SIGSTOP)
     time.sleep(TIMEOUT * 2)  # past the watchdog's timeout, short of faulthandler's
     engine.signal(signal.SIGCONT)
-    engine.wait_for("the process was frozen")
+    engine.wait_for("watchdog held up: the process was frozen")
     time.sleep(TIMEOUT * 1.5)
     assert engine.process.poll() is None, engine.log.read_text()
     session = connect(engine.port, env_block(engine.port))

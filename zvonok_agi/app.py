@@ -25,7 +25,7 @@ from .metrics import start_metrics_server
 from .store.embedded import EmbeddedRedis
 from .store.history import CallbackHistory
 from .store.routing_data import RoutingCache, RoutingData
-from .systemd import SystemdNotifier
+from .systemd import PINGS_PER_PERIOD, SystemdNotifier
 from .tasks import cancel_and_wait
 from .watchdog import Watchdog, install_stall_hook
 
@@ -174,7 +174,7 @@ async def serve(settings: Settings, *, with_admin: bool = False) -> None:
     """Run the engine until SIGTERM or SIGINT, then drain. `with_admin`: the admin API and the
     numbers page too, in this process (a demo or a small install; see docs/control-plane.md).
 
-    Watched from two sides (docs/operations.md, "When the engine stalls"): the watchdog thread
+    Watched from two sides (docs/operations.md, section 6): the watchdog thread
     ends the process when the event loop stops, and under systemd (Type=notify) the loop
     sends WATCHDOG=1, so that systemd ends a process frozen from outside."""
     stop = asyncio.Event()
@@ -198,9 +198,11 @@ async def serve(settings: Settings, *, with_admin: bool = False) -> None:
         phone.normalize("+7 495 123-45-67")  # loads the numbering-plan data now
         gc.collect()
         gc.freeze()
+        report = None
         if notifier is not None:
             stack.callback(notifier.close)
-            engine.heartbeat.listeners.append(_SystemdReport(notifier, engine))
+            report = _SystemdReport(notifier, engine)
+            engine.heartbeat.listeners.append(report)
             engine.heartbeat.start()
         if settings.watchdog.enabled:
             watchdog = Watchdog(
@@ -211,12 +213,15 @@ async def serve(settings: Settings, *, with_admin: bool = False) -> None:
             stack.callback(watchdog.stop)  # after the drain: it watches the drain too
         await stop.wait()
         log.info("stopping: draining sessions")
-        if notifier is not None:
-            notifier.stopping("draining calls")
+        if report is not None:
+            report.stopping()
         await engine.server.shutdown()
     if stop_metrics is not None:
         stop_metrics()
     log.info("stopped")
+
+
+DRAINING = "draining calls"
 
 
 class _SystemdReport:
@@ -233,7 +238,9 @@ class _SystemdReport:
     def __call__(self, now: float, lag: float) -> None:
         server = self.engine.server
         assert server is not None
-        if self.engine.refusing is None and server.listening:
+        if server.draining:
+            status = DRAINING
+        elif self.engine.refusing is None and server.listening:
             status = f"taking calls on {server.config.host}:{server.port}"
         else:
             status = f"refusing calls: {self.engine.refusing or 'not listening'}"
@@ -246,15 +253,19 @@ class _SystemdReport:
                 self.notifier.status(status)
         self.notifier.ping(now)
 
+    def stopping(self) -> None:
+        self.status = DRAINING
+        self.notifier.stopping(DRAINING)
+
 
 def _check_systemd_watchdog(notifier: SystemdNotifier | None, watchdog: Watchdog) -> None:
     """systemd must not end a stalled engine before its own watchdog has logged why."""
-    if notifier is None or notifier.watchdog_period is None or notifier.ping_interval is None:
+    if notifier is None or notifier.watchdog_period is None:
         return
-    if notifier.watchdog_period - notifier.ping_interval <= watchdog.acts_within:
+    if notifier.watchdog_period * (1 - 1 / PINGS_PER_PERIOD) <= watchdog.acts_within:
         log.warning(
             "systemd's WatchdogSec is too short for watchdog.timeout: systemd may end a "
             "stalled engine before its watchdog logs why",
             watchdog_sec=notifier.watchdog_period,
-            shortest_advised=round(watchdog.acts_within * 4 / 3 + 0.01, 2),
+            shortest_advised=round(watchdog.acts_within / (1 - 1 / PINGS_PER_PERIOD) + 0.01, 2),
         )

@@ -90,8 +90,10 @@ class Watchdog:
             now = time.monotonic()
             if now - checked > interval + self.timeout / 2:
                 # This thread did not run either: the whole process was frozen (SIGSTOP, a
-                # paused VM). Judge the loop only by the time it has had since.
-                log.warning("the process was frozen", seconds=round(now - checked, 3))
+                # paused VM), or the GIL held. Judge the loop by the time it has had since.
+                log.warning(
+                    "watchdog held up: the process was frozen", seconds=round(now - checked, 3)
+                )
                 resumed = now
             checked = now
             silent = now - max(self.heartbeat.last, resumed)
