@@ -31,6 +31,7 @@ from zvonok_agi.agi.client import recorded_environment
 from zvonok_agi.agi.protocol import encode_environment
 from zvonok_agi.config import Settings
 from zvonok_agi.healthcheck import check
+from zvonok_agi.store.embedded import ServerProcess
 from zvonok_agi.systemd import SystemdNotifier
 from zvonok_agi.watchdog import EXIT_STATUS
 
@@ -318,3 +319,24 @@ def test_a_process_frozen_for_a_while_runs_on_when_it_resumes(tmp_path, settings
     session.settimeout(5)
     assert session.recv(4096).endswith(b"\n")  # it routes: its first command came
     session.close()
+
+
+def test_the_embedded_redis_ends_with_an_engine_its_watchdog_ended(tmp_path, settings, engines):
+    """SIGTERM to the engine's children before it ends: the embedded Redis writes its data and
+    exits rather than outliving it."""
+    engine = EngineProcess(tmp_path, settings, ZVONOK_REDIS_URL="", ZVONOK_TEST_STALL="sleep:60")
+    engines.append(engine)
+    engine.wait_for("watchdog started")
+    pid, started = (int(field) for field in (tmp_path / "var/redis/redis.pid").read_text().split())
+    server = ServerProcess(pid, started)
+    assert ServerProcess.find(pid) == server
+    try:
+        engine.signal(signal.SIGUSR2)
+        assert engine.process.wait(15) == EXIT_STATUS
+        deadline = time.monotonic() + 10
+        while ServerProcess.find(pid) == server:
+            assert time.monotonic() < deadline, "redis-server outlived the engine"
+            time.sleep(0.05)
+    finally:
+        if ServerProcess.find(pid) == server:
+            os.kill(pid, signal.SIGKILL)
