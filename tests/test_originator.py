@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from conftest import background_errors, free_port
 from engine_helpers import load
-from fake_ami import ORIGINATE_CASES, RECORDED_OUTCOMES, FakeAMI, Recording
+from fake_ami import ORIGINATE_CASES, RECORDED_OUTCOMES, Chunk, FakeAMI, Recording, packets
 from zvonok_agi import phone
 from zvonok_agi.ami.client import AMIClient
 from zvonok_agi.ami.protocol import Action
@@ -203,21 +203,23 @@ def short_hangup_grace(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class SwappedFakeAMI(FakeAMI):
-    """Replays each case with its Hangup moved before its OriginateResponse (Asterisk gives
-    no order between the two: the events come from different threads)."""
+    """Replays each case with its Hangup and its OriginateResponse in the other order (Asterisk
+    gives no order between the two: the events come from different threads)."""
 
     swapped = 0
 
     async def _replay(self, session: Any, rec: Recording, action: Action) -> None:
-        chunks = list(rec.chunks)
-        response = next(i for i, c in enumerate(chunks) if b"Event: OriginateResponse" in c.data)
-        hangups = [i for i, c in enumerate(chunks) if c.data.startswith(b"Event: Hangup\r\n")]
-        hangup = hangups[0] if hangups else None
-        if hangup is not None:
-            assert hangup > response  # as recorded: the swap below is the other order
-            chunks.insert(response, chunks.pop(hangup))
+        sent = [Chunk(c.at, c.direction, p) for c in rec.chunks for p in packets(c.data)]
+        response = next(i for i, c in enumerate(sent) if b"Event: OriginateResponse" in c.data)
+        hangups = [i for i, c in enumerate(sent) if c.data.startswith(b"Event: Hangup\r\n")]
+        if hangups:
+            hangup = hangups[0]
+            sent[response], sent[hangup] = (
+                replace(sent[response], data=sent[hangup].data),
+                replace(sent[hangup], data=sent[response].data),
+            )
             self.swapped += 1
-        await super()._replay(session, replace(rec, chunks=tuple(chunks)), action)
+        await super()._replay(session, replace(rec, chunks=tuple(sent)), action)
 
 
 @pytest.mark.parametrize("order", ["recorded", "swapped"])
