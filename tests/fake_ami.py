@@ -547,6 +547,9 @@ class FakeAMI:
                 return uniqueid
             channel = self._live[uniqueid] = _Channel({}, clock[0], clock)
         channel.fields.update((k, values[k]) for k in CHANNEL_FIELDS if k in values)
+        if values.get("Event") == "Newexten":  # the dialplan application it runs now
+            channel.fields["Application"] = values.get("Application", "")
+            channel.fields["ApplicationData"] = values.get("AppData", "")
         channel.clock = clock
         return uniqueid
 

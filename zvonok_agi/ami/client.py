@@ -14,7 +14,8 @@ Design rules, each one a lesson from clients that got it wrong:
   `connect_timeout` covers connect, banner and login: keep it above 1 s, as Asterisk waits
   1 s before it refuses a login.
 - Events sent while the link was down are lost. A consumer that tracks calls must listen to
-  the link state (`add_state_listener`) and settle what it cannot know any more.
+  the link state (`add_state_listener`) and ask Asterisk what became of them (a call's later
+  events do reach the new link: Asterisk sends call events to every session reading them).
 """
 
 from __future__ import annotations
@@ -286,6 +287,7 @@ class AMIClient:
         self._rand = rand
 
         self.banner: str | None = None
+        self.links = 0  # logins so far: an action sent on link n went out before link n + 1
         self.dropped_events = 0
         self.last_error: BaseException | None = None
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=event_queue_size)
@@ -314,6 +316,9 @@ class AMIClient:
     def add_state_listener(self, callback: Callable[[LinkState], None]) -> None:
         """Call `callback(state)` on every state change (e.g. for a metrics gauge)."""
         self._listeners.append(callback)
+
+    def remove_state_listener(self, callback: Callable[[LinkState], None]) -> None:
+        self._listeners.remove(callback)
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
@@ -450,6 +455,7 @@ class AMIClient:
             await link.close("login failed")
             raise
         log.info("ami.logged_in", banner=self.banner, md5=self.use_md5)
+        self.links += 1
         self._reader_errors.succeeded()
         return link
 
