@@ -135,10 +135,18 @@ class Originator:
         for tracker in self._trackers.values():
             tracker.settle(Outcome.FAILED, "dialer stopped before the outcome arrived")
 
-    async def prepare(self, campaign_id: str, callee_raw: str) -> tuple[Attempt, CallerId]:
+    async def prepare(
+        self,
+        campaign_id: str,
+        callee_raw: str,
+        *,
+        attempt_id: str | None = None,
+        once: bool = False,
+    ) -> tuple[Attempt, CallerId]:
         """Choose the caller ID and record the attempt (pending), in one step in the store.
         Raises DialRefused, CampaignPaused or PoolAtCapacity (wait a little), or
-        StoreUnavailable; nothing is dialed here."""
+        StoreUnavailable; nothing is dialed here. `once`: the campaign dials each callee once,
+        and the attempt is the campaign's call to this callee (AlreadyDialed if it has one)."""
         callee = phone.normalize(callee_raw, self.region)
         if callee is None:
             raise DialRefused(f"{callee_raw!r} is not a phone number")
@@ -147,7 +155,7 @@ class Originator:
             raise CampaignPaused(f"campaign {campaign.id} is paused")
         cap = self.settings.pool_calls_per_minute if plan.from_pool else None
         template = Attempt(
-            id=uuid.uuid4().hex,
+            id=attempt_id or uuid.uuid4().hex,
             campaign=campaign.id,
             account=campaign.account,
             did="",
@@ -161,6 +169,7 @@ class Originator:
                     plan.candidates[start : start + CANDIDATES_PER_TRY],
                     avoid_previous=plan.avoids_previous,
                     cap=cap,
+                    once=once,
                 )
                 if attempt is not None:
                     self._shown_before[attempt.id] = previous
