@@ -106,21 +106,26 @@ async def test_undial_leaves_a_later_calls_number_alone(redis, settings) -> None
 async def test_a_campaign_that_dials_each_callee_once_gets_one_attempt(redis, settings) -> None:
     history = CallbackHistory(redis, settings.redis.key_prefix)
     first, _ = await history.record_dial(
-        attempt(1), ("74950000001",), avoid_previous=False, cap=None, once=True
+        attempt(1), ("74950000001",), avoid_previous=False, cap=None, via="ast1:5038"
     )
     assert first is not None
-    assert await history.dialed("promo", CALLEE) == ("a1", "74950000001")
+    placed = await history.dialed("promo", CALLEE)
+    assert placed and (placed.attempt_id, placed.did, placed.via) == (
+        "a1",
+        "74950000001",
+        "ast1:5038",
+    )
     with pytest.raises(AlreadyDialed) as refused:
         await history.record_dial(
-            attempt(2), ("74950000002",), avoid_previous=False, cap=None, once=True
+            attempt(2), ("74950000002",), avoid_previous=False, cap=None, via="ast1:5038"
         )
-    assert (refused.value.attempt_id, refused.value.did) == ("a1", "74950000001")
+    assert (refused.value.attempt_id, refused.value.via) == ("a1", "ast1:5038")
     assert await history.attempts("74950000002", CALLEE) == []  # nothing written
     # Another campaign, or a call outside the rule, dials the callee as before.
     other = Attempt("b1", "other", "acme", "", CALLEE, NOW)
     assert (
         await history.record_dial(
-            other, ("74950000002",), avoid_previous=False, cap=None, once=True
+            other, ("74950000002",), avoid_previous=False, cap=None, via="ast1:5038"
         )
     )[0] is not None
     assert (
@@ -130,8 +135,9 @@ async def test_a_campaign_that_dials_each_callee_once_gets_one_attempt(redis, se
     await history.undial(first, None)
     assert await history.dialed("promo", CALLEE) is None
     again, _ = await history.record_dial(
-        attempt(4), ("74950000001",), avoid_previous=False, cap=None, once=True
+        attempt(4), ("74950000001",), avoid_previous=False, cap=None, via="ast1:5038"
     )
-    assert again is not None and await history.dialed("promo", CALLEE) == ("a4", "74950000001")
+    assert again is not None
     await history.undial(first, None)  # an old attempt's take-back leaves the new mark alone
-    assert await history.dialed("promo", CALLEE) == ("a4", "74950000001")
+    placed = await history.dialed("promo", CALLEE)
+    assert placed and placed.attempt_id == "a4"

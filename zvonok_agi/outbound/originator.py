@@ -141,12 +141,12 @@ class Originator:
         callee_raw: str,
         *,
         attempt_id: str | None = None,
-        once: bool = False,
+        via: str | None = None,
     ) -> tuple[Attempt, CallerId]:
         """Choose the caller ID and record the attempt (pending), in one step in the store.
         Raises DialRefused, CampaignPaused or PoolAtCapacity (wait a little), or
-        StoreUnavailable; nothing is dialed here. `once`: the campaign dials each callee once,
-        and the attempt is the campaign's call to this callee (AlreadyDialed if it has one)."""
+        StoreUnavailable; nothing is dialed here. `via`: the campaign dials each callee once,
+        this call is its call to this callee, through that host (AlreadyDialed if it has one)."""
         callee = phone.normalize(callee_raw, self.region)
         if callee is None:
             raise DialRefused(f"{callee_raw!r} is not a phone number")
@@ -169,7 +169,7 @@ class Originator:
                     plan.candidates[start : start + CANDIDATES_PER_TRY],
                     avoid_previous=plan.avoids_previous,
                     cap=cap,
-                    once=once,
+                    via=via,
                 )
                 if attempt is not None:
                     self._shown_before[attempt.id] = previous

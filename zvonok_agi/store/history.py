@@ -8,8 +8,9 @@ Layout (prefix `zv:` by default):
   attempt:<id>  the hist key of an attempt, to settle its outcome by id
   last:<callee>  the number the latest outbound call to this callee showed
   cpm:<did>:<minute>  calls placed from a number in one minute (for the per-number cap)
-  dialed:{<callee>}  hash, campaign -> "<attempt id> <did>" of the call a campaign that dials
-      each callee once placed to this callee (written with the attempt, in the same step)
+  dialed:{<callee>}  hash, campaign -> "<attempt id> <did> <via>": the call a campaign that
+      dials each callee once placed to this callee, and the Asterisk host it went through
+      (written with the attempt, in the same step)
 
 Recording an outbound attempt is one Lua script too: it reads the callee's last number and the
 numbers' counts and writes the attempt in the same step, so two calls to one callee at once
@@ -68,7 +69,7 @@ return 1
 # KEYS: last:<callee>, attempt:<id>, dialed:{<callee>}, then per candidate cpm:<did>:<minute>
 #       and hist:<did>:<callee>
 # ARGV: id, record JSON, outcome, now, window, cap, avoid previous (1/0), campaign dialing each
-#       callee once ('' for none), candidates...
+#       callee once ('' for none), the host its call goes through, candidates...
 DIAL = (
     _RECORD_FUNCTION
     + """
@@ -79,9 +80,9 @@ if once ~= '' then
   local placed = redis.call('HGET', KEYS[3], once)
   if placed then return {'', previous or '', placed} end
 end
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   local did = ARGV[i]
-  local cpm, hist = KEYS[2 * (i - 8) + 2], KEYS[2 * (i - 8) + 3]
+  local cpm, hist = KEYS[2 * (i - 9) + 2], KEYS[2 * (i - 9) + 3]
   if not (avoid and did == previous)
       and (cap < 0 or tonumber(redis.call('GET', cpm) or '0') < cap) then
     redis.call('INCR', cpm)
@@ -89,7 +90,7 @@ for i = 9, #ARGV do
     redis.call('SET', KEYS[1], did, 'EX', math.ceil(window))
     record(hist, KEYS[2], ARGV[1], ARGV[2], ARGV[3], now, window)
     if once ~= '' then
-      redis.call('HSET', KEYS[3], once, ARGV[1] .. ' ' .. did)
+      redis.call('HSET', KEYS[3], once, ARGV[1] .. ' ' .. did .. ' ' .. ARGV[9])
       redis.call('EXPIRE', KEYS[3], math.ceil(window))
     end
     return {did, previous or '', ''}
@@ -105,9 +106,8 @@ return {'', previous or '', ''}
 # KEYS: last:<callee>, attempt:<id>, cpm:<did>:<minute>, hist:<did>:<callee>, dialed:{<callee>}
 # ARGV: id, did, previous ('' for none), window, campaign
 UNDIAL = """
-if redis.call('HGET', KEYS[5], ARGV[5]) == ARGV[1] .. ' ' .. ARGV[2] then
-  redis.call('HDEL', KEYS[5], ARGV[5])
-end
+local mark = redis.call('HGET', KEYS[5], ARGV[5])
+if mark and string.match(mark, '^%S+') == ARGV[1] then redis.call('HDEL', KEYS[5], ARGV[5]) end
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   if ARGV[3] == '' then
     redis.call('DEL', KEYS[1])
@@ -142,10 +142,11 @@ return 1
 class AlreadyDialed(Exception):
     """The campaign, which dials each callee once, has placed a call to this one already."""
 
-    def __init__(self, campaign: str, callee: str, attempt_id: str, did: str) -> None:
-        super().__init__(f"campaign {campaign} has dialed {callee} already (attempt {attempt_id})")
-        self.attempt_id = attempt_id
-        self.did = did
+    def __init__(self, campaign: str, callee: str, mark: str) -> None:
+        self.attempt_id, self.did, self.via = (mark.split(" ", 2) + ["", ""])[:3]
+        super().__init__(
+            f"campaign {campaign} has dialed {callee} already (attempt {self.attempt_id})"
+        )
 
 
 class CallbackHistory:
@@ -190,13 +191,13 @@ class CallbackHistory:
         *,
         avoid_previous: bool,
         cap: int | None,
-        once: bool = False,
+        via: str | None = None,
     ) -> tuple[Attempt | None, str | None]:
         """Record an attempt about to be dialed from the first usable candidate (see DIAL);
         `attempt.did` is ignored. Returns the attempt as recorded (None, nothing written,
         when every candidate is ruled out) and the number this callee was shown before.
-        `once`: the campaign dials each callee once; AlreadyDialed if it has placed a call to
-        this one (nothing written)."""
+        `via`: the campaign dials each callee once, and this call goes through that Asterisk
+        host; AlreadyDialed if it has placed a call to this one (nothing written)."""
         minute = int(attempt.at // 60)
         keys = [
             f"{self.prefix}last:{attempt.callee}",
@@ -215,13 +216,13 @@ class CallbackHistory:
                 self.window,
                 -1 if cap is None else cap,
                 1 if avoid_previous else 0,
-                attempt.campaign if once else "",
+                "" if via is None else attempt.campaign,
+                via or "",
                 *candidates,
             ],
         )
         if placed:
-            placed_id, _, placed_did = placed.decode().partition(" ")
-            raise AlreadyDialed(attempt.campaign, attempt.callee, placed_id, placed_did)
+            raise AlreadyDialed(attempt.campaign, attempt.callee, placed.decode())
         recorded = dataclasses.replace(attempt, did=chosen.decode()) if chosen else None
         return recorded, previous.decode() or None
 
@@ -239,14 +240,11 @@ class CallbackHistory:
             args=[attempt.id, attempt.did, previous or "", self.window, attempt.campaign],
         )
 
-    async def dialed(self, campaign: str, callee: str) -> tuple[str, str] | None:
-        """The call (attempt id, DID shown) a campaign that dials each callee once placed to
-        `callee`, if it did (recorded with the attempt, before the Originate)."""
+    async def dialed(self, campaign: str, callee: str) -> AlreadyDialed | None:
+        """The call a campaign that dials each callee once placed to `callee`, if it did
+        (recorded with the attempt, before the Originate)."""
         placed = await self.redis.hget(self.dialed_key(callee), campaign)
-        if placed is None:
-            return None
-        attempt_id, _, did = placed.decode().partition(" ")
-        return attempt_id, did
+        return None if placed is None else AlreadyDialed(campaign, callee, placed.decode())
 
     async def attempts(self, did: str, callee: str) -> list[Attempt]:
         """Every attempt kept for this pair, in no particular order."""
