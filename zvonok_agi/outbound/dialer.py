@@ -138,7 +138,7 @@ class Dialer:
         self.settings = settings
         self.only = only
         self.clock = clock
-        self.placed = 0  # Originates this dialer sent
+        self.placed = 0  # calls this dialer placed (Originates sent and not refused)
         self.paused: str | None = None  # why it dials nothing now, if it does not
         self.stopped_because: str | None = None  # `only` may no longer dial at all
         self._campaigns: dict[str, _Campaign] = {}
@@ -437,8 +437,8 @@ class Dialer:
             else:
                 await self._finish(entry, None, str(exc))
             return
-        self.placed += 1
         result = await originator.place(attempt, caller_id)
+        self.placed += result.dialed
         if result.retry:  # the link went before the Originate: another host takes it
             await self.queue.release(entry, attempt_id)
             self._hold(campaign, entry)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 import structlog
+from redis.exceptions import RedisError
 
 from .. import phone
 from ..routing.model import Outcome
@@ -138,9 +139,18 @@ async def run_campaign(
     report.queued = await queue.enqueue(campaign, numbers, invalid)
     log.info("campaign run started", campaign=campaign, callees=report.given, queued=report.queued)
 
+    shown = Progress(campaign)
+
     async def show() -> None:
-        if progress is not None:
-            progress(await queue.progress(campaign), dialer.why_idle(campaign))
+        nonlocal shown
+        if progress is None:
+            return
+        why = dialer.why_idle(campaign)
+        try:
+            shown = await queue.progress(campaign)
+        except (RedisError, OSError):  # the dialer says so in its log
+            why = "store unavailable"
+        progress(shown, why)
 
     watcher = asyncio.create_task(
         run_every(PROGRESS_EVERY, show, LoopErrors("campaign-progress")), name="run-progress"
