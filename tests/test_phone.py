@@ -52,3 +52,10 @@ def test_normalize(raw: str, expected: str | None) -> None:
 def test_describe_tells_kind_and_region() -> None:
     assert phone.describe("74951234567") == ("landline", "Moscow")
     assert phone.describe("79161234567")[0] == "mobile"
+
+
+@given(st.from_regex(phone.RUSSIAN_WRITTEN, fullmatch=True).filter(
+    lambda s: len(s) <= phone.MAX_RAW_LENGTH))
+def test_every_russian_number_as_the_api_document_describes_it_is_normalised(written) -> None:
+    did = phone.normalize(written)
+    assert did is not None and len(did) == 11 and did.startswith("7"), written

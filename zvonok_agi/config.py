@@ -151,6 +151,8 @@ class AdminSettings:
         "Moscow", "St Petersburg", "Novosibirsk", "Ekaterinburg", "Kazan", "Nizhni Novgorod",
     )
     max_body: int = 65536
+    # Requests for numbers (filed where a region has none) one account may have open at once.
+    max_open_requests: int = 5
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("admin.token_file is needed when admin.token is empty")
     if settings.admin.max_body < 1024:
         raise ConfigError("admin.max_body must be at least 1024")
+    if settings.admin.max_open_requests < 1:
+        raise ConfigError("admin.max_open_requests must be at least 1")
     out = settings.outbound
     if "{callee}" not in out.channel or "{campaign}" not in out.context:
         raise ConfigError("outbound.channel needs {callee}, outbound.context {campaign}")
