@@ -32,7 +32,7 @@ from zvonok_agi.config import Settings
 from zvonok_agi.outbound import dialer as dialer_module
 from zvonok_agi.outbound.dialer import Dialer
 from zvonok_agi.outbound.originator import DialRefused
-from zvonok_agi.outbound.queue import Progress
+from zvonok_agi.outbound.queue import Progress, split_callees
 from zvonok_agi.outbound.runner import (
     RunReport,
     TerminalProgress,
@@ -40,7 +40,6 @@ from zvonok_agi.outbound.runner import (
     read_callees,
     render_progress,
     run_campaign,
-    split_callees,
 )
 from zvonok_agi.routing.model import CampaignState, Outcome
 from zvonok_agi.store.embedded import EmbeddedRedis

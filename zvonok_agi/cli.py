@@ -403,8 +403,7 @@ async def _campaign_run(settings: Settings, args: argparse.Namespace) -> int:
 async def _campaign_enqueue(settings: Settings, args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
-    from .outbound.queue import CampaignQueue
-    from .outbound.runner import split_callees
+    from .outbound.queue import CampaignQueue, split_callees
 
     numbers, invalid = split_callees(_callees(settings, args), settings.routing.default_region)
     async with _outbound(settings) as (redis, cache, _):

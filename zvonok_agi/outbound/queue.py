@@ -32,6 +32,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from .. import phone
 from ..routing.model import Outcome
 
 GROUP = "dialers"
@@ -374,6 +375,22 @@ class CampaignQueue:
 
 def _pairs(flat: list[bytes]) -> dict[str, str]:
     return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+
+def split_callees(
+    callees: Iterable[str], region: str = phone.DEFAULT_REGION
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The callees as E.164 numbers to queue (each once, in order), and those that are not
+    phone numbers, with why."""
+    numbers: dict[str, None] = {}
+    invalid: dict[str, str] = {}
+    for raw in callees:
+        number = phone.normalize(raw, region)
+        if number is None:
+            invalid.setdefault(raw.strip(), "not a phone number")
+        else:
+            numbers.setdefault(number)
+    return list(numbers), list(invalid.items())
 
 
 def progress_document(progress: Progress, calls: dict[str, dict[str, str]]) -> dict[str, Any]:

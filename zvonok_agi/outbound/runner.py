@@ -28,7 +28,7 @@ from .. import phone
 from ..routing.model import Outcome
 from ..tasks import LoopErrors, cancel_and_wait, run_every
 from .dialer import Dialer
-from .queue import Progress
+from .queue import Progress, split_callees
 
 log = structlog.get_logger(__name__)
 
@@ -83,22 +83,6 @@ def read_callees(path: str | Path, region: str = phone.DEFAULT_REGION) -> list[s
         )
         raise ValueError(f"{path}: no usable column: {where} holds no phone number")
     return callees
-
-
-def split_callees(
-    callees: Iterable[str], region: str = phone.DEFAULT_REGION
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """The callees as E.164 numbers to queue (each once, in order), and those that are not
-    phone numbers, with why."""
-    numbers: dict[str, None] = {}
-    invalid: dict[str, str] = {}
-    for raw in callees:
-        number = phone.normalize(raw, region)
-        if number is None:
-            invalid.setdefault(raw.strip(), "not a phone number")
-        else:
-            numbers.setdefault(number)
-    return list(numbers), list(invalid.items())
 
 
 # ---- the run ----------------------------------------------------------------------------------

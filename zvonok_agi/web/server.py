@@ -32,6 +32,7 @@ class AdminServer:
         max_body: int = 64 * 1024,
         flush_interval: float = 5.0,
         allow_remote: bool = False,
+        region: str = "RU",
     ) -> None:
         if not allow_remote and not is_loopback(host):
             raise ValueError(f"admin API: {host!r} is not a loopback address (allow_remote)")
@@ -39,7 +40,7 @@ class AdminServer:
         self.host = host
         self.port = port
         self.flush_interval = flush_interval
-        self._runner = web.AppRunner(make_app(service, token, max_body), access_log=None)
+        self._runner = web.AppRunner(make_app(service, token, max_body, region), access_log=None)
         self._flusher: asyncio.Task[None] | None = None
 
     @property
