@@ -4,6 +4,7 @@ engine, real Redis. A callee who missed a campaign's call calls back the number 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -106,3 +107,58 @@ async def test_dial_command_says_why_no_call_was_placed(settings):
     assert code == 1
     refused = "zvonok-agi: no call placed: Originate refused: Permission denied"
     assert err.splitlines()[-1] == refused
+
+
+async def run_command(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "zvonok_agi", *args, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_campaign_run_dials_a_list_once_and_a_second_run_dials_nobody(settings, tmp_path):
+    await load(settings, inventory())
+    listing = tmp_path / "may.csv"
+    listing.write_text("phone\n79001112233\n8 900 444-55-66\n+7 900 111-22-33\nnobody\n")
+    env = dial_env(settings)
+    async with FakeAMI(cases={MISSES: "noanswer", ANSWERS: "answered"}) as fake:
+        env["ZVONOK_AMI_PORT"] = str(fake.port)
+        run = ("campaign", "run", "spring-sale", "--list", str(listing), "--cps", "50")
+        code, out, err = await run_command(env, *run)
+        assert code == 0, err
+        assert "campaign spring-sale: 3 callees in the list" in out
+        assert "placed         2" in out and "refused        1" in out
+        assert "nobody: not a phone number" in out
+        code, out, err = await run_command(env, *run)
+        assert code == 0, err
+        assert "queued         0  (2 queued before)" in out and "placed         0" in out
+    assert len(fake.originates) == 2
+
+
+async def test_campaign_enqueue_then_status_from_any_host(settings, tmp_path):
+    await load(settings, inventory())
+    listing = tmp_path / "june.csv"
+    listing.write_text("79001112233\n79004445566\n12\n")
+    env = dial_env(settings)
+    code, out, err = await run_command(
+        env, "campaign", "enqueue", "spring-sale", "--list", str(listing), "--concurrency", "3"
+    )
+    assert code == 0, err
+    assert out.strip() == (
+        "queued 2 callees for spring-sale; 0 were queued before; 1 are not phone numbers "
+        "(refused)"
+    )
+    code, out, err = await run_command(env, "campaign", "status", "spring-sale", "--json")
+    assert code == 0, err
+    progress = json.loads(out)
+    assert (progress["callees"], progress["waiting"], progress["refused"]) == (3, 2, 1)
+    assert progress["concurrency"] == 3
+    code, out, _ = await run_command(env, "campaign", "status", "spring-sale")
+    assert "waiting    2" in out
+    code, _, err = await run_command(
+        env, "campaign", "enqueue", "no-such", "--list", str(listing)
+    )
+    assert code == 1 and "no campaign 'no-such'" in err
