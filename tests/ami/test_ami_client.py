@@ -427,3 +427,20 @@ async def test_replay_keeps_recorded_delays_scaled() -> None:
                 pass
             assert time.monotonic() - queued_at >= 0.045
             assert event["Reason"] == "3"
+
+
+async def test_a_client_asking_for_some_events_gets_those_and_its_lists(fake: FakeAMI) -> None:
+    fake.time_scale = 0.01  # the call rings a moment: CoreShowChannels lists it meanwhile
+    async with make_client(fake, event_names=("Hangup",)) as ami:
+        await ami.send_action("Originate", originate_fields("noanswer", "zv-only-1"))
+        await eventually(lambda: fake.calls_in_progress == ["zv-only-1"])
+        _, listed = await ami.send_action_list("CoreShowChannels")
+        assert [e["Uniqueid"] for e in listed] == ["zv-only-1"]
+        await fake.wait_replays()
+        await ami.send_action("Ping")
+        names = []
+        while not ami._queue.empty():
+            names.append((await next_event(ami)).name)
+    # The OriginateResponse carries the Originate's ActionID: it comes through as well. Not
+    # FullyBooted, Newchannel, DialBegin, Newstate, DialState ...
+    assert names == ["OriginateResponse", "Hangup"]

@@ -28,7 +28,7 @@ import itertools
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -116,12 +116,13 @@ class _Link:
         writer: asyncio.StreamWriter,
         on_event: Callable[[Event], None],
         errors: LoopErrors,
+        event_names: Collection[str] | None,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.on_event = on_event
         self.errors = errors
-        self.conn = AMIConnection()
+        self.conn = AMIConnection(events=event_names)
         self.pending: dict[str, _Pending] = {}
         self.banner: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.lost = asyncio.Event()
@@ -263,6 +264,7 @@ class AMIClient:
         *,
         use_md5: bool = True,
         events: str = "on",
+        event_names: Collection[str] | None = None,
         action_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         ping_interval: float | None = 20.0,
@@ -279,6 +281,7 @@ class AMIClient:
         self.secret = secret
         self.use_md5 = use_md5
         self.events_mask = events
+        self.event_names = event_names  # the only events wanted; others skipped unread
         self.action_timeout = action_timeout
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
@@ -441,7 +444,7 @@ class AMIClient:
                 reader, writer = await asyncio.open_connection(self.host, self.port)
         except (OSError, TimeoutError) as exc:
             raise AMIConnectionError(f"cannot connect to {where}: {exc!r}") from exc
-        link = _Link(reader, writer, self._put_event, self._reader_errors)
+        link = _Link(reader, writer, self._put_event, self._reader_errors, self.event_names)
         self._link = link
         try:
             try:
