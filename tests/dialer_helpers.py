@@ -15,6 +15,7 @@ from zvonok_agi.ami.client import AMIClient
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import DialerHost, Settings
 from zvonok_agi.outbound.dialer import Dialer, open_dialer
+from zvonok_agi.outbound.originator import Originator
 from zvonok_agi.routing.model import CampaignState
 from zvonok_agi.store.history import CallbackHistory
 from zvonok_agi.store.routing_data import RoutingData, RoutingSnapshot
@@ -67,6 +68,7 @@ def ami_client(host: DialerHost) -> AMIClient:
         "lab",
         "labsecret",
         events="call",
+        event_names=Originator.EVENTS,
         ping_interval=None,
         action_timeout=2.0,
         connect_timeout=2.0,
@@ -99,7 +101,7 @@ async def running_dialer(
     routing: Routing | None = None,
 ) -> AsyncIterator[Dialer]:
     """A Dialer on `settings` (see dialing_settings), its links logged in."""
-    client = redis_client(settings.redis.url, settings)
+    client = redis_client(settings.redis.url, settings, settings.dialer.concurrency + 20)
     prefix = settings.redis.key_prefix
     try:
         history = CallbackHistory(client, prefix, settings.routing.callback_window)

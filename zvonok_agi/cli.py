@@ -222,16 +222,20 @@ async def _agi_call(settings: Settings, args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _outbound(settings: Settings) -> AsyncIterator[tuple[Any, Any, Any]]:
-    """Redis, the routing data (followed like the engine does, so a long run sees numbers
-    disabled meanwhile) and the callback history an outbound call needs."""
+async def _outbound(
+    settings: Settings, connections: int = 100
+) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """Redis (`connections` at most), the routing data (followed like the engine does, so a
+    long run sees numbers disabled meanwhile) and the callback history outbound calls need."""
     from .app import open_redis
     from .metrics import start_metrics_server
     from .store.history import CallbackHistory
     from .store.routing_data import RoutingCache, RoutingData
 
     async with contextlib.AsyncExitStack() as stack:
-        redis = await stack.enter_async_context(open_redis(settings, supervise=False))
+        redis = await stack.enter_async_context(
+            open_redis(settings, supervise=False, connections=connections)
+        )
         cache = RoutingCache(RoutingData(redis, settings.redis.key_prefix))
         await cache.start()
         stack.push_async_callback(cache.stop)
@@ -250,6 +254,7 @@ async def _outbound(settings: Settings) -> AsyncIterator[tuple[Any, Any, Any]]:
 def _ami_client(settings: Settings, host: str, port: int) -> Any:
     from .ami.client import AMIClient, LinkState
     from .metrics import METRICS
+    from .outbound.originator import Originator
 
     a = settings.ami
     ami = AMIClient(
@@ -259,6 +264,7 @@ def _ami_client(settings: Settings, host: str, port: int) -> Any:
         a.secret,
         use_md5=a.use_md5,
         events="call",  # the events of the calls (read = call is all the user needs)
+        event_names=Originator.EVENTS,
         action_timeout=a.action_timeout,
         ping_interval=a.ping_interval,
     )
@@ -306,7 +312,9 @@ async def _dialer_process(
     from .outbound.dialer import open_dialer
 
     worker = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-    async with _outbound(settings) as (redis, cache, history):
+    # A call waits on one Redis command at a time, and so do the dialer's own loops.
+    connections = settings.dialer.concurrency + 20
+    async with _outbound(settings, connections) as (redis, cache, history):
 
         def ami(host: Any) -> Any:
             return _ami_client(settings, host.host, host.port)

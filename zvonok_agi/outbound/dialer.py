@@ -40,7 +40,7 @@ from ..store.history import AlreadyDialed, CallbackHistory
 from ..store.routing_data import RoutingSnapshot
 from ..tasks import LoopErrors, cancel_and_wait, run_every
 from .originator import CampaignPaused, DialRefused, Originator, StoreUnavailable
-from .pacing import Leases, Pace
+from .pacing import Leases, Pace, release
 from .queue import CampaignQueue, Entry
 
 log = structlog.get_logger(__name__)
@@ -405,11 +405,10 @@ class Dialer:
         await asyncio.sleep(wait)
 
     async def _release(self, attempt_id: str, host: Host | None, trunk: bool) -> None:
+        leases = [host.leases] if host is not None else []
+        leases += [self.trunk_leases] if trunk else []
         try:
-            if host is not None:
-                await host.leases.release(attempt_id)
-            if trunk:
-                await self.trunk_leases.release(attempt_id)
+            await release(self.queue.redis, leases, attempt_id)
         except (RedisError, OSError) as exc:  # the leases end by themselves
             self._errors.failed(exc)
 

@@ -101,6 +101,9 @@ class _Tracker:
 
 
 class Originator:
+    # The events it reads: an AMIClient of its own may skip every other (event_names).
+    EVENTS = ("OriginateResponse", "Hangup")
+
     def __init__(
         self,
         ami: AMIClient,

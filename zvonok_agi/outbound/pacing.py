@@ -66,7 +66,7 @@ class Leases:
         return bool(await self._acquire(keys=[self.key], args=[call, self.capacity, self.ttl_ms]))
 
     async def release(self, call: str) -> None:
-        await self.redis.zrem(self.key, call)
+        await release(self.redis, [self], call)
 
     async def renew(self, calls: Iterable[str]) -> None:
         members = list(calls)
@@ -77,6 +77,15 @@ class Leases:
         """Leases held now (expired ones not counted)."""
         seconds, micros = await self.redis.time()
         return await self.redis.zcount(self.key, seconds * 1000 + micros // 1000, "+inf")
+
+
+async def release(redis, leases: list[Leases], call: str) -> None:
+    """End `call`'s leases, in one round trip."""
+    if leases:
+        async with redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                pipe.zrem(lease.key, call)
+            await pipe.execute()
 
 
 class Pace:
