@@ -62,6 +62,11 @@ import asyncio, os, signal, sys, time
 from fake_ami import FakeAMI
 
 class Peer(FakeAMI):
+    async def _login(self, session, action):
+        logged_in = await super()._login(session, action)
+        os.write(LOGINS, b"login\\n")
+        return logged_in
+
     def _originate(self, session, action):
         callee = (action.get("Channel") or "").partition("/")[2].partition("@")[0]
         os.write(LOG, f"{time.time():.6f} {callee} {action.get('ChannelId')}\\n".encode())
@@ -73,6 +78,7 @@ class ByLastDigit(dict):
 
 CASES = sys.argv[1].split(",")
 LOG = os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+LOGINS = os.open(sys.argv[3] + ".logins", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
 async def main():
     async with Peer(time_scale=float(sys.argv[2])) as fake:
@@ -224,7 +230,6 @@ async def run_phase(
         await load_inventory(parse_inventory(inventory(), now), data, history, now)
         queue = CampaignQueue(client, prefix)
         await queue.configure(CAMPAIGN, cps=args.cps, concurrency=3 * args.concurrency)
-        await queue.enqueue(CAMPAIGN, numbers)
 
         ports = []
         for log in logs:
@@ -232,10 +237,13 @@ async def run_phase(
             peers.append(peer)
             ports.append(port)
         env = dialer_env(redis_url, prefix, ports, args.concurrency)
-        before = Usage.now(peers, dialers, redis_pid)
         dialers = [start_dialer(env, tmp / f"{prefix}dialer{i}.log") for i in range(phase.dialers)]
+        await logged_in(logs, phase.dialers)
+        # From here on: what the calls cost, not what starting the processes did.
+        before = Usage.now(peers, dialers, redis_pid)
+        await queue.enqueue(CAMPAIGN, numbers)
         killed: list[subprocess.Popen[str]] = []
-        cpu_at_kill = 0.0
+        cpu_at_kill: dict[str, float] = {}
         deadline = time.monotonic() + args.timeout
         while not (progress := await queue.progress(CAMPAIGN)).finished:
             if time.monotonic() > deadline:
@@ -243,7 +251,10 @@ async def run_phase(
                 break
             if phase.kill and not killed and progress.done >= KILL_AT * len(numbers):
                 killed = [dialers[0], peers[1]]
-                cpu_at_kill = sum(cpu_seconds(p.pid) for p in killed)
+                cpu_at_kill = {
+                    "dialers": cpu_seconds(dialers[0].pid),
+                    "peers": cpu_seconds(peers[1].pid),
+                }
                 for proc in killed:
                     proc.send_signal(signal.SIGKILL)
             await asyncio.sleep(0.05)
@@ -299,31 +310,33 @@ class Usage:
             at=time.monotonic(),
         )
 
-    def minus(self, before: Usage, *, killed_cpu: float) -> dict[str, float]:
-        # The killed processes' CPU up to the kill counts (it is gone from /proc after).
+    def minus(self, before: Usage, *, killed_cpu: dict[str, float]) -> dict[str, float]:
+        # A killed process's CPU up to the kill counts (it is gone from /proc after).
         return {
-            "dialers+peers": self.dialers + self.peers - before.dialers - before.peers + killed_cpu,
+            "dialers": self.dialers - before.dialers + killed_cpu.get("dialers", 0.0),
+            "peers": self.peers - before.peers + killed_cpu.get("peers", 0.0),
             "redis": self.redis - before.redis,
         }
 
-    def others_since(self, before: Usage, *, killed_cpu: float) -> float:
+    def others_since(self, before: Usage, *, killed_cpu: dict[str, float]) -> float:
         """Cores busy with anything else meanwhile (not ~0: the figures are noisy)."""
-        ours = (
-            self.dialers
-            + self.peers
-            + self.redis
-            + self.bench
-            + killed_cpu
-            - before.dialers
-            - before.peers
-            - before.redis
-            - before.bench
-        )
+        ours = sum(self.minus(before, killed_cpu=killed_cpu).values()) + self.bench - before.bench
         wall = self.at - before.at
         return max(0.0, (self.machine - before.machine - ours) / wall) if wall > 0 else 0.0
 
 
 # --- the table ---------------------------------------------------------------------------------
+
+
+async def logged_in(logs: list[Path], dialers: int, timeout: float = 60.0) -> None:
+    """Until every dialer has logged in to every peer."""
+    async with asyncio.timeout(timeout):
+        while True:
+            logins = [Path(f"{log}.logins") for log in logs]
+            counts = [len(p.read_bytes().splitlines()) if p.exists() else 0 for p in logins]
+            if min(counts) >= dialers:
+                return
+            await asyncio.sleep(0.1)
 
 
 def print_table(results: list[Result]) -> None:
@@ -336,14 +349,14 @@ def print_table(results: list[Result]) -> None:
         "failed",
         "s",
         "calls/s",
-        "CPU ms/call",
-        "redis ms/call",
+        "dialers",
+        "peers",
+        "redis",
         "others",
     ]
     rows = [head]
     for r in results:
-        cpu = r.cpu.get("dialers+peers", 0.0) * 1000 / r.callees
-        redis = r.cpu.get("redis", 0.0) * 1000 / r.callees
+        per_call = {kind: f"{cpu * 1000 / r.callees:.2f}" for kind, cpu in r.cpu.items()}
         rows.append(
             [
                 r.phase.name,
@@ -354,8 +367,9 @@ def print_table(results: list[Result]) -> None:
                 str(r.outcomes.get(Outcome.FAILED, 0)),
                 f"{r.seconds:.1f}",
                 f"{r.rate:.0f}",
-                f"{cpu:.2f}",
-                f"{redis:.2f}",
+                per_call["dialers"],
+                per_call["peers"],
+                per_call["redis"],
                 f"{r.others:.2f}",
             ]
         )
