@@ -268,7 +268,15 @@ def _ami_client(settings: Settings, host: str, port: int) -> Any:
         action_timeout=a.action_timeout,
         ping_interval=a.ping_interval,
     )
-    ami.add_state_listener(lambda state: METRICS.ami_link(state is LinkState.CONNECTED))
+    up = False
+
+    def count(state: LinkState) -> None:
+        nonlocal up
+        if (state is LinkState.CONNECTED) != up:
+            up = not up
+            METRICS.ami_link(1 if up else -1)
+
+    ami.add_state_listener(count)
     return ami
 
 

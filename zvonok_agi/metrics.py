@@ -40,7 +40,9 @@ class _Metrics:
         self.sessions_rejected = prom.Counter(
             "zvonok_fastagi_sessions_rejected", "FastAGI sessions turned away at capacity"
         )
-        self.ami_up = prom.Gauge("zvonok_ami_link_up", "1 while the AMI link is logged in")
+        self.ami_up = prom.Gauge(
+            "zvonok_ami_link_up", "AMI links logged in (one per Asterisk host a dialer uses)"
+        )
         self.originates = prom.Counter(
             "zvonok_originates", "Outbound calls placed, by outcome", ["outcome"]
         )
@@ -63,9 +65,10 @@ class _Metrics:
         if self.enabled:
             self.sessions_rejected.inc()
 
-    def ami_link(self, up: bool) -> None:
+    def ami_link(self, change: int) -> None:
+        """One more AMI link logged in (+1), or one less (-1)."""
         if self.enabled:
-            self.ami_up.set(1 if up else 0)
+            self.ami_up.inc(change)
 
     def originate(self, outcome: str) -> None:
         if self.enabled:
