@@ -99,6 +99,7 @@ class _Campaign:
     not_before: float = 0.0  # monotonic: no new call before
     empty: bool = False  # its queue had nothing new last time
     blocked: str | None = None  # why it may not dial now
+    checked: RoutingSnapshot | None = None  # the routing data `blocked` was found in
 
 
 @dataclass
@@ -149,7 +150,6 @@ class Dialer:
         self._next_host = 0  # round robin over the hosts
         self._room_after = 0.0  # no host or trunk had room: not before this
         self._errors = LoopErrors("dialer")
-        self._campaign_errors = LoopErrors("dialer-campaigns")
 
     # ---- the run ------------------------------------------------------------------------------
 
@@ -218,11 +218,14 @@ class Dialer:
             changed.cancel()
 
     def _next_look(self) -> float:
+        """Seconds until a campaign may have a callee to dial (at most poll_interval)."""
         now = self.clock()
-        soonest = min(
-            [c.not_before for c in self._campaigns.values() if c.held or not c.empty]
-            + [now + self.settings.poll_interval, self._room_after]
-        )
+        ready = [
+            max(c.not_before, self._room_after)
+            for c in self._campaigns.values()
+            if c.blocked is None and (c.held or not c.empty)
+        ]
+        soonest = min([*ready, now + self.settings.poll_interval])
         return min(max(soonest - now, 0.001), self.settings.poll_interval)
 
     async def _done(self) -> bool:
@@ -289,8 +292,12 @@ class Dialer:
         return bool(entries)
 
     def _may_dial(self, campaign: _Campaign) -> bool:
-        """Whether the campaign may dial now (not paused, not refused by a rule); a change is
-        logged once."""
+        """Whether the campaign may dial now (not paused, not refused by a rule), looked up
+        again when the routing data changes; a change is logged once."""
+        snapshot = self.routing()
+        if snapshot is campaign.checked:
+            return campaign.blocked is None
+        campaign.checked = snapshot
         why = None
         try:
             self.hosts[0].originator.check_campaign(campaign.id)
@@ -299,7 +306,7 @@ class Dialer:
             if campaign.id == self.only:
                 self.stopped_because = why
         else:
-            known = self.routing().campaigns.get(campaign.id)
+            known = snapshot.campaigns.get(campaign.id)
             if known is not None and known.state is CampaignState.PAUSED:
                 why = "campaign paused"
         if why != campaign.blocked:
@@ -310,8 +317,6 @@ class Dialer:
                     "campaign may not dial: its callees wait", campaign=campaign.id, why=why
                 )
             campaign.blocked = why
-        if why is not None:
-            campaign.not_before = self.clock() + self.settings.poll_interval * 5
         return why is None
 
     def why_idle(self, campaign: str) -> str | None:
