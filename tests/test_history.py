@@ -141,3 +141,25 @@ async def test_a_campaign_that_dials_each_callee_once_gets_one_attempt(redis, se
     await history.undial(first, None)  # an old attempt's take-back leaves the new mark alone
     placed = await history.dialed("promo", CALLEE)
     assert placed and placed.attempt_id == "a4"
+
+
+async def test_a_claim_is_given_back_only_by_the_call_that_made_it_and_once(redis, settings):
+    history = CallbackHistory(redis, settings.redis.key_prefix)
+    missed = Attempt("a-missed", "promo", "acme", "74951234567", CALLEE, NOW)
+    await history.record(missed, NOW)
+    key = history.key(missed.did, missed.callee)
+
+    async def callbacks() -> int:
+        return int(await redis.hget(key, "a-missed:c"))
+
+    assert await history.claim(missed, "call-1")
+    assert not await history.claim(missed, "call-2")  # the first callback is taken
+    assert not await history.release(missed, "call-2")  # not its claim: nothing changes
+    assert await callbacks() == 1
+    assert await history.release(missed, "call-1")
+    assert await callbacks() == 0
+    assert not await history.release(missed, "call-1")  # once
+    assert await callbacks() == 0
+    assert await history.claim(missed, "call-3")  # the next callback is a first one again
+    assert await callbacks() == 1
+    assert [a.callbacks for a in await history.attempts(missed.did, CALLEE)] == [1]
