@@ -37,7 +37,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from local_servers import HOST, cpu_seconds, die_with_parent, machine_busy, start_redis
+from local_servers import (
+    HOST,
+    STOP_TIMEOUT,
+    cpu_seconds,
+    die_with_parent,
+    machine_busy,
+    start_fake_peer,
+    start_redis,
+    stop,
+)
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import load_settings
 from zvonok_agi.inventory import load_inventory, parse_inventory
@@ -51,45 +60,10 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 CAMPAIGN = "spring-sale"
 RESERVED = "74951234567"
-STOP_TIMEOUT = 10.0
 KILL_AT = 0.3  # of the callees done
 # What a peer answers, by the callee's last digit: 60 % answered (hangs up 2.4 s later, as
 # recorded), 20 % busy, 10 % 480, 10 % rang out (10 s as recorded); times scaled by --scale.
 CASE_BY_DIGIT = ("answered",) * 6 + ("busy", "busy", "480", "noanswer")
-
-PEER = """
-import asyncio, os, signal, sys, time
-from fake_ami import FakeAMI
-
-class Peer(FakeAMI):
-    async def _login(self, session, action):
-        logged_in = await super()._login(session, action)
-        os.write(LOGINS, b"login\\n")
-        return logged_in
-
-    def _originate(self, session, action):
-        callee = (action.get("Channel") or "").partition("/")[2].partition("@")[0]
-        os.write(LOG, f"{time.time():.6f} {callee} {action.get('ChannelId')}\\n".encode())
-        return super()._originate(session, action)
-
-class ByLastDigit(dict):
-    def get(self, number, default=None):
-        return CASES[int(number[-1])] if number[-1:].isdigit() else default
-
-CASES = sys.argv[1].split(",")
-LOG = os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-LOGINS = os.open(sys.argv[3] + ".logins", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-
-async def main():
-    async with Peer(time_scale=float(sys.argv[2])) as fake:
-        fake.cases = ByLastDigit()
-        print(fake.port, flush=True)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-
-asyncio.run(main())
-"""
 
 
 def inventory() -> dict[str, object]:
@@ -109,30 +83,8 @@ def callees(n: int) -> list[str]:
 # --- processes ---------------------------------------------------------------------------------
 
 
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH")) if p
-    )
-    return env
-
-
 def start_peer(log: Path, scale: float) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PEER, ",".join(CASE_BY_DIGIT), str(scale), str(log)],
-        cwd=ROOT,
-        env=child_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads yet)
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.isdigit():
-        stop(proc)
-        raise RuntimeError(f"a fake AMI peer did not start (exit {proc.poll()})")
-    return proc, int(line)
+    return start_fake_peer(",".join(CASE_BY_DIGIT), "--scale", str(scale), "--log", str(log))
 
 
 def start_dialer(env: dict[str, str], log: Path) -> subprocess.Popen[str]:
@@ -148,19 +100,10 @@ def start_dialer(env: dict[str, str], log: Path) -> subprocess.Popen[str]:
         )
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
-
-
 def dialer_env(redis_url: str, prefix: str, ports: list[int], concurrency: int) -> dict[str, str]:
     return {
-        **child_env(),
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
         "ZVONOK_REDIS_URL": redis_url,
         "ZVONOK_REDIS_KEY_PREFIX": prefix,
         "ZVONOK_AMI_USERNAME": "lab",

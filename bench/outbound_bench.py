@@ -42,7 +42,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from local_servers import HOST, cpu_seconds, die_with_parent, machine_busy, start_redis
+from local_servers import (
+    HOST,
+    STOP_TIMEOUT,
+    cpu_seconds,
+    machine_busy,
+    start_fake_peer,
+    start_redis,
+    stop,
+)
 from zvonok_agi.ami.client import AMIClient
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import DialerHost, Settings, load_settings
@@ -61,7 +69,6 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 KEY_PREFIX = "obench:"
 GOAL_P99_MS = 1.0
-STOP_TIMEOUT = 5.0
 RUN_TIMEOUT = 60.0  # one dialer phase; the whole run is bounded by these
 
 T = TypeVar("T")
@@ -77,27 +84,6 @@ EXPECTED = {
     "480": Outcome.NO_ANSWER,
     "noanswer": Outcome.NO_ANSWER,
 }
-
-FAKE_PEER = """
-import asyncio, signal, sys
-from fake_ami import FakeAMI
-
-class ByLastDigit(dict):
-    def get(self, number, default=None):
-        return CASES[int(number[-1])] if number[-1:].isdigit() else default
-
-CASES = sys.argv[1].split(",")
-
-async def main():
-    async with FakeAMI() as fake:
-        fake.cases = ByLastDigit()
-        print(fake.port, flush=True)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-
-asyncio.run(main())
-"""
 
 
 def inventory() -> dict[str, object]:
@@ -124,38 +110,6 @@ def callees(n: int, rng: random.Random) -> list[str]:
 
 
 # --- child processes and cleanup ---------------------------------------------------------------
-
-
-def start_fake_peer() -> tuple[subprocess.Popen[str], int]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH")) if p
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", FAKE_PEER, ",".join(CASE_BY_DIGIT)],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads yet)
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.isdigit():
-        stop(proc)
-        raise RuntimeError(f"the fake AMI peer did not start (exit {proc.poll()})")
-    return proc, int(line)
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -336,9 +290,7 @@ async def measure_dialer(
     return row, problems
 
 
-async def amain(
-    args: argparse.Namespace, redis_url: str, redis_pid: int, ami_port: int
-) -> int:
+async def amain(args: argparse.Namespace, redis_url: str, redis_pid: int, ami_port: int) -> int:
     settings = load_settings(environ={})
     client = redis_client(redis_url, settings)
     # Distinct callees everywhere, as in a campaign: the region lookup of each one is a miss
@@ -379,7 +331,13 @@ async def amain(
         problems: list[str] = []
         for name, cps in (("unpaced", 100_000.0), ("paced", args.paced_rate)):
             row, trouble = await measure_dialer(
-                client, history, snapshot, dialing, dialer_people[name], name, cps,
+                client,
+                history,
+                snapshot,
+                dialing,
+                dialer_people[name],
+                name,
+                cps,
                 args.concurrency,
             )
             rows.append(row)
@@ -465,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         peer: subprocess.Popen[str] | None = None
         try:
             redis = start_redis(tmp / "redis")
-            peer, port = start_fake_peer()
+            peer, port = start_fake_peer(",".join(CASE_BY_DIGIT))
             redis_pid = redis._process.pid if redis._process else 0
             main = amain(args, redis.url, redis_pid, port)
             return asyncio.run(until_terminated(main))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from engine_helpers import RESERVED, base_inventory
@@ -21,6 +23,7 @@ from zvonok_agi.store.history import CallbackHistory
 from zvonok_agi.store.routing_data import RoutingData, RoutingSnapshot
 
 CAMPAIGN = "spring-sale"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def callees(n: int, start: int = 0) -> list[str]:
@@ -113,3 +116,17 @@ async def running_dialer(
             yield dialer
     finally:
         await client.aclose()
+
+
+def command_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `zvonok-agi` command on the test's Redis, AMI user lab."""
+    return dict(
+        os.environ,
+        ZVONOK_REDIS_URL=settings.redis.url,
+        ZVONOK_REDIS_KEY_PREFIX=settings.redis.key_prefix,
+        ZVONOK_AMI_USERNAME="lab",
+        ZVONOK_AMI_SECRET="labsecret",
+        ZVONOK_LOG_FORMAT="json",
+        PYTHONPATH=str(ROOT),
+        **extra,
+    )

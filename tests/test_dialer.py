@@ -8,13 +8,11 @@ SIGKILL.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +21,7 @@ from dialer_helpers import (
     CAMPAIGN,
     Routing,
     callees,
+    command_env,
     dialed,
     dialing_settings,
     eventually,
@@ -38,7 +37,6 @@ from zvonok_agi.routing.model import Attempt, CampaignState, Outcome
 from zvonok_agi.store.history import CallbackHistory
 from zvonok_agi.store.routing_data import RoutingData
 
-ROOT = Path(__file__).resolve().parents[1]
 CASES = ("answered", "busy", "480", "noanswer", "unknown_endpoint")
 
 
@@ -340,20 +338,14 @@ async def test_a_paused_campaign_waits_and_a_finished_one_is_not_dialed(settings
 
 
 def dialer_env(settings, fakes: list[FakeAMI]) -> dict[str, str]:
-    return dict(
-        os.environ,
-        ZVONOK_REDIS_URL=settings.redis.url,
-        ZVONOK_REDIS_KEY_PREFIX=settings.redis.key_prefix,
-        ZVONOK_AMI_USERNAME="lab",
-        ZVONOK_AMI_SECRET="labsecret",
+    return command_env(
+        settings,
         ZVONOK_DIALER_HOSTS=",".join(f"127.0.0.1:{fake.port}" for fake in fakes),
         ZVONOK_DIALER_HEARTBEAT="0.2",
         ZVONOK_DIALER_CLAIM_AFTER="1.0",
         ZVONOK_DIALER_POLL_INTERVAL="0.02",
         ZVONOK_OUTBOUND_TRUNK_CALLS_PER_SECOND="10000",
-        ZVONOK_LOG_FORMAT="json",
         ZVONOK_LOG_LEVEL="warning",
-        PYTHONPATH=str(ROOT),
     )
 
 
