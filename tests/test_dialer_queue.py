@@ -10,6 +10,7 @@ import pytest
 from redis.crc import key_slot
 
 from dialer_helpers import callees
+from zvonok_agi.config import ConfigError, dialer_hosts, load_settings
 from zvonok_agi.outbound.pacing import Leases, Pace
 from zvonok_agi.outbound.queue import CampaignQueue, Claim, Entry, progress_document
 from zvonok_agi.routing.model import Outcome
@@ -208,3 +209,26 @@ async def test_every_script_touches_one_cluster_slot(redis, settings):
     await leases.renew(["a"])
     await Pace(checked, f"{prefix}dialer:trunk:{{PJSIP/x}}:pace", 10, 1.0).take()
     assert len(checked.calls) == 10
+
+
+def test_the_hosts_setting() -> None:
+    hosts = dialer_hosts(
+        load_settings(environ={"ZVONOK_DIALER_HOSTS": "10.0.0.1:5038,ast2:5039/7"})
+    )
+    assert [(h.name, h.host, h.port, h.capacity) for h in hosts] == [
+        ("10.0.0.1:5038", "10.0.0.1", 5038, 100),
+        ("ast2:5039", "ast2", 5039, 7),
+    ]
+    alone = dialer_hosts(load_settings(environ={"ZVONOK_AMI_HOST": "10.0.0.9"}))
+    assert [h.name for h in alone] == ["10.0.0.9:5038"]  # the [ami] host when none is listed
+    for bad, message in [
+        ("ast1", "not host:port"),
+        ("ast1:0", "not host:port"),
+        ("ast1:5038/0", "capacity"),
+        ("ast1:5038/x", "capacity"),
+        ("ast1:5038,ast1:5038/3", "listed twice"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_settings(environ={"ZVONOK_DIALER_HOSTS": bad})
+    with pytest.raises(ConfigError, match="claim_after"):
+        load_settings(environ={"ZVONOK_DIALER_HEARTBEAT": "20"})
