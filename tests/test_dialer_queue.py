@@ -136,8 +136,12 @@ async def test_a_finished_campaign_is_forgotten_unless_callees_came_meanwhile(re
     await queue.settle(entry, Outcome.ANSWERED)
     assert await queue.forget_if_done(K) is True
     assert await queue.campaigns() == []
-    await queue.enqueue(K, callees(1, 50))
+    stream = queue.key(K, "queue")
+    assert await redis.xlen(stream) <= 1  # dialed entries trimmed (the newest may stay)
+    await queue.enqueue(K, callees(1, 50) + callees(1))
     assert await queue.campaigns() == [K]
+    [entry] = await queue.read(K, 5)  # the new one, not the one trimmed, nor the old again
+    assert entry.callee == callees(1, 50)[0]
 
 
 async def test_leases_hold_a_capacity_across_dialers_and_end_by_themselves(redis, settings):

@@ -362,10 +362,16 @@ class CampaignQueue:
         return {callee.decode(): json.loads(record) for callee, record in raw.items()}
 
     async def forget_if_done(self, campaign: str) -> bool:
-        """Take a campaign with nothing left to dial out of the set the dialers look at. It is
-        put back at once if callees were queued meanwhile (they add it after queueing)."""
+        """Take a campaign with nothing left to dial out of the set the dialers look at, and
+        its dialed entries out of its queue (its callees and counts stay: a callee is still
+        queued once). It is put back at once if callees were queued meanwhile (they add it
+        after queueing)."""
+        queue = self.key(campaign, "queue")
+        newest = await self.redis.xrevrange(queue, count=1)  # before looking: none newer goes
         if not (await self.progress(campaign)).finished:
             return False
+        if newest:
+            await self.redis.xtrim(queue, minid=newest[0][0].decode(), approximate=False)
         await self.redis.srem(self.active_key, campaign)
         if not (await self.progress(campaign)).finished:
             await self.redis.sadd(self.active_key, campaign)
