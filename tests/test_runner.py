@@ -387,6 +387,28 @@ async def test_a_defect_with_one_callee_refuses_it_and_the_run_goes_on(settings)
     assert failure["loop"] == "dialer" and failure["callee"] == numbers[2]
 
 
+async def test_a_defect_once_the_originate_may_have_left_settles_that_call_failed(settings):
+    await load(settings, inventory())
+    numbers = callees(4)
+    before = background_errors("dialer")
+    async with FakeAMI() as fake, dialer_for(settings, fake) as d:
+        originator = d.hosts[0].originator
+        place = originator.place
+
+        async def fails_after_sending(attempt, caller_id):  # type: ignore[no-untyped-def]
+            result = await place(attempt, caller_id)
+            if attempt.callee == numbers[1]:
+                raise RuntimeError("injected defect")
+            return result
+
+        originator.place = fails_after_sending  # type: ignore[method-assign]
+        report = await run(d, numbers)
+    assert dialed(fake) == Counter(numbers)  # once each, the failed one too
+    assert report.progress and report.progress.refused == 0
+    assert report.progress.outcomes == {Outcome.ANSWERED: 3, Outcome.FAILED: 1}
+    assert background_errors("dialer") == before + 1
+
+
 # ---- pieces -----------------------------------------------------------------------------------
 
 

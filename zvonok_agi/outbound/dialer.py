@@ -441,7 +441,12 @@ class Dialer:
             else:
                 await self._finish(entry, None, str(exc))
             return
-        result = await originator.place(attempt, caller_id)
+        try:
+            result = await originator.place(attempt, caller_id)
+        except Exception as exc:  # a defect; the Originate may have gone out: never again
+            self._errors.failed(exc, campaign=entry.campaign, callee=entry.callee)
+            await self._finish(entry, Outcome.FAILED)
+            return
         self.placed += result.dialed
         if result.retry:  # the link went before the Originate: another host takes it
             await self.queue.release(entry, attempt_id)
