@@ -96,4 +96,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "DROP TABLE outbox",
         "ALTER TABLE outbox_next RENAME TO outbox",
     ),
+    # 4: a campaign's scenario (what its calls do), in the form Redis keeps it: a JSON array
+    # (zvonok_agi.routing.scenario); NULL: none, its own dialplan context routes its calls
+    ("ALTER TABLE campaigns ADD COLUMN scenario TEXT",),
 ]

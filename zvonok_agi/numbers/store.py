@@ -19,6 +19,7 @@ from typing import Any
 
 import aiosqlite
 
+from ..routing import scenario as scenarios
 from ..routing.model import (
     Account,
     CallbackRule,
@@ -28,7 +29,7 @@ from ..routing.model import (
     NumberStatus,
     Pool,
 )
-from ..store.routing_data import FIELDS, Stored, encode_values
+from ..store.routing_data import FIELDS, Stored, encode_values, stored_fields
 from .migrations import MIGRATIONS
 from .rules import Kind, NumberRecord, Request
 
@@ -48,11 +49,11 @@ _PUT_NUMBER = (
     "inbound_campaign = excluded.inbound_campaign, reserved_at = excluded.reserved_at"
 )
 _PUT_CAMPAIGN = (
-    "INSERT INTO campaigns (id, account, kind, accept_inbound, state, caller_id, "
-    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+    "INSERT INTO campaigns (id, account, kind, accept_inbound, state, caller_id, scenario, "
+    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
     "account = excluded.account, kind = excluded.kind, "
     "accept_inbound = excluded.accept_inbound, state = excluded.state, "
-    "caller_id = excluded.caller_id"
+    "caller_id = excluded.caller_id, scenario = excluded.scenario"
 )
 
 
@@ -497,7 +498,7 @@ class Queries:
         """The records named as Redis stores them (`encode_values`); a missing one is absent."""
         table, column = ROUTING_TABLES[kind]
         rows = await self._rows_in(table, column, keys, _routing_columns(kind))
-        return {row[0]: encode_values(row[1], row[2:]) for row in rows}
+        return {row[0]: _routing_value(kind, row) for row in rows}
 
     async def routing_page(self, kind: str, after: str | None, limit: int) -> list[tuple[str, str]]:
         """(key, stored value) of one kind in key order, the first `limit` after `after`."""
@@ -507,7 +508,7 @@ class Queries:
             f"ORDER BY {column} LIMIT ?",
             ["" if after is None else after, limit],
         )
-        return [(row[0], encode_values(row[1], row[2:])) for row in rows]
+        return [(row[0], _routing_value(kind, row)) for row in rows]
 
     async def outrank(self, kind: str, revs: Mapping[str, int]) -> None:
         """Raises each record's revision above the one given (Redis's, found newer than the
@@ -545,10 +546,20 @@ def _number_values(n: NumberRecord) -> list[Any]:
 
 
 def _campaign_values(c: Campaign, now: float) -> list[Any]:
-    return [c.id, c.account, c.kind.value, int(c.accept_inbound), c.state.value, c.caller_id, now]
+    return [c.id, c.account, c.kind.value, int(c.accept_inbound), c.state.value, c.caller_id,
+            _scenario_text(c), now]
+
+
+def _scenario_text(c: Campaign) -> str | None:
+    """The scenario as the store keeps it: its stored form, as JSON text."""
+    return None if c.scenario is None else _json(scenarios.stored(c.scenario))
+
+
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _campaign(row: sqlite3.Row) -> Campaign:
+    scenario = row["scenario"]
     return Campaign(
         id=row["id"],
         account=row["account"],
@@ -556,6 +567,7 @@ def _campaign(row: sqlite3.Row) -> Campaign:
         accept_inbound=bool(row["accept_inbound"]),
         state=CampaignState(row["state"]),
         caller_id=row["caller_id"],
+        scenario=None if scenario is None else scenarios.from_stored(json.loads(scenario)),
     )
 
 
@@ -564,6 +576,11 @@ def _request(row: sqlite3.Row) -> Request:
         row["id"], row["account"], Kind(row["kind"]), row["region"], row["at"], row["status"],
         row["closed_at"], row["closed_by"], row["note"],
     )
+
+
+def _routing_value(kind: str, row: sqlite3.Row) -> str:
+    """A row of `_routing_columns` as Redis stores the record."""
+    return encode_values(row[1], stored_fields(kind, list(row[2:])))
 
 
 def _routing_columns(kind: str) -> str:
