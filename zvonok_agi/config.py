@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -81,6 +82,9 @@ class DialplanSettings:
     inbound_context: str = "zvonok-inbound-{campaign}"
     fallback_context: str = "zvonok-fallback-{fallback}"
     extension: str = "s"
+    # The generic contexts that run a campaign's scenario when it has no context of its own.
+    outbound_scenario_context: str = "zvonok-scenario-outbound"
+    inbound_scenario_context: str = "zvonok-scenario-inbound"
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,8 @@ class Settings:
 
 
 SECTIONS = {f.name: f.default_factory for f in fields(Settings)}  # type: ignore[misc]
+# A context name the engine sends as it is: what a Goto takes whole (no ',', no space).
+DIALPLAN_NAME = re.compile(r"[A-Za-z0-9_-]{1,79}")
 
 
 def load_settings(
@@ -315,6 +321,12 @@ def _validate(settings: Settings) -> None:
         # engine_error: refuse such a template at start rather than on every call.
         if not template.startswith("zvonok-"):
             raise ConfigError(f"dialplan.{name} must start with zvonok-, got {template!r}")
+    for name in ("outbound_scenario_context", "inbound_scenario_context"):
+        context = getattr(templates, name)
+        if not DIALPLAN_NAME.fullmatch(context) or not context.startswith("zvonok-"):
+            raise ConfigError(
+                f"dialplan.{name} must be a context name starting with zvonok-, got {context!r}"
+            )
     if not 0 <= settings.admin.port < 65536:
         raise ConfigError("admin.port must be 0..65535 (0: any free port)")
     if not settings.admin.allow_remote and not is_loopback(settings.admin.host):
