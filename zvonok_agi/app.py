@@ -9,17 +9,14 @@ import signal
 from collections.abc import AsyncIterator
 from functools import partial
 
-import redis.asyncio as aioredis
 import structlog
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.retry import Retry
 
 from . import phone
 from .agi.inbound import InboundRouter, send_engine_error
 from .agi.server import FastAGIServer, ServerConfig
 from .config import Settings
 from .metrics import start_metrics_server
+from .store import connection
 from .store.embedded import EmbeddedRedis
 from .store.history import CallbackHistory
 from .store.routing_data import RoutingCache, RoutingData
@@ -27,21 +24,18 @@ from .store.routing_data import RoutingCache, RoutingData
 log = structlog.get_logger(__name__)
 
 
-def redis_client(url: str, settings: Settings) -> aioredis.Redis:
-    """A client that fails fast: one quick retry (a connection gone stale after a Redis
-    restart), then the error, so that the caller can route without the store in time."""
-    return aioredis.Redis.from_url(
+def redis_client(url: str, settings: Settings) -> connection.Client:
+    """A client for a single server, a Sentinel-watched master or a Cluster, that fails fast
+    (see store/connection.py)."""
+    return connection.redis_client(
         url,
         socket_timeout=settings.redis.socket_timeout,
-        socket_connect_timeout=settings.redis.connect_timeout,
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[RedisConnectionError],
-        decode_responses=False,
+        connect_timeout=settings.redis.connect_timeout,
     )
 
 
 @contextlib.asynccontextmanager
-async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[aioredis.Redis]:
+async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[connection.Client]:
     """The configured Redis; with no URL, the embedded server.
 
     `supervise=True` (the engine) starts the embedded server and restarts it if it dies. Tools
@@ -71,7 +65,7 @@ class Engine:
         self.settings = settings
         self.server: FastAGIServer | None = None
         self.cache: RoutingCache | None = None
-        self.redis: aioredis.Redis | None = None
+        self.redis: connection.Client | None = None
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Engine:

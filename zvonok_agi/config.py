@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .store.connection import RedisURLError, parse_redis_url
+
 
 class ConfigError(ValueError):
     pass
@@ -36,6 +38,7 @@ class AgiSettings:
 @dataclass(frozen=True)
 class RedisSettings:
     # Empty: start and supervise an embedded Redis server with its data under `data_dir`.
+    # Else redis://, unix://, redis+sentinel:// or redis+cluster:// (store/connection.py).
     url: str = ""
     data_dir: str = "var/redis"
     # Per-command budget: a slow store must not eat the session deadline.
@@ -223,6 +226,16 @@ def _validate(settings: Settings) -> None:
     for name in ("session_deadline", "drain_deadline"):
         if getattr(settings.agi, name) <= 0:
             raise ConfigError(f"agi.{name} must be positive")
+    if settings.redis.url:
+        try:
+            parse_redis_url(settings.redis.url)
+        except RedisURLError as exc:
+            raise ConfigError(f"redis.url: {exc}") from exc
+    if "{" in settings.redis.key_prefix or "}" in settings.redis.key_prefix:
+        raise ConfigError(
+            "redis.key_prefix must not hold { or }: they mark the hash tags that keep the keys "
+            "of one script in one Redis Cluster slot"
+        )
     if settings.routing.callback_window_days <= 0:
         raise ConfigError("routing.callback_window_days must be positive")
     templates = settings.dialplan
