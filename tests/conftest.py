@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from redis_topology import Cluster
+from zvonok_agi.app import redis_client
 from zvonok_agi.config import Settings, load_settings
 from zvonok_agi.store.embedded import EmbeddedRedis
 
@@ -31,6 +33,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedRedis:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Cluster:
+    """A real three-master Redis Cluster, started the first time a test asks for it."""
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
 def settings(redis_server: EmbeddedRedis) -> Settings:
     """Settings on the session's Redis, with a key prefix of their own (tests do not meet)."""
@@ -45,5 +56,16 @@ def settings(redis_server: EmbeddedRedis) -> Settings:
 @pytest.fixture
 async def redis(settings: Settings):
     client = aioredis.Redis.from_url(settings.redis.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def store(request: pytest.FixtureRequest, settings: Settings):
+    """A client of the engine's kind, on the session's Redis and then on the cluster."""
+    url = settings.redis.url
+    if request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+    client = redis_client(url, settings)
     yield client
     await client.aclose()

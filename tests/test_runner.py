@@ -365,9 +365,13 @@ async def test_redis_down_pauses_the_run_and_it_resumes_when_back(settings, tmp_
         # Every Originate sent has its attempt in the history: a callback is recognised.
         client = redis_client(server.url, settings)
         try:
-            prefix = settings.redis.key_prefix
-            ids = [action.get("ChannelId") for action in fake.originates]
-            recorded = [await client.exists(f"{prefix}attempt:{i}") for i in ids]
+            history = CallbackHistory(client, settings.redis.key_prefix)
+            recorded = []
+            for action in fake.originates:
+                did = action["CallerID"].strip("<>")
+                callee = action["Channel"].partition("/")[2].partition("@")[0]
+                kept = await history.attempts(did, callee)
+                recorded.append(action["ChannelId"] in {a.id for a in kept})
         finally:
             await client.aclose()
     finally:

@@ -1,17 +1,23 @@
 """The callback history: outbound attempts per (DID, callee), kept for the callback window.
 
-Layout (prefix `zv:` by default):
-  hist:<did>:<callee>  hash, one per pair; for each attempt <id>:
+Layout (prefix `zv:` by default). The part in braces is the key's Redis Cluster hash tag: every
+key about one callee lives in one slot, and so does every key about one number, so each Lua
+script below touches the keys of one slot only and runs unchanged on a single server, behind
+Sentinel or on a Cluster.
+  hist:{<callee>}:<did>  hash, one per pair; for each attempt <id>:
       <id>    JSON {campaign, account, at}
       <id>:o  outcome
       <id>:c  callbacks routed back to the campaign
-  attempt:<id>  the hist key of an attempt, to settle its outcome by id
-  last:<callee>  the number the latest outbound call to this callee showed
-  cpm:<did>:<minute>  calls placed from a number in one minute (for the per-number cap)
+  last:{<callee>}  the number the latest outbound call to this callee showed
+  cpm:{<did>}:<minute>  calls placed from a pool number in one minute (for the per-number cap)
 
-Recording an outbound attempt is one Lua script too: it reads the callee's last number and the
-numbers' counts and writes the attempt in the same step, so two calls to one callee at once
-never show the same pool number.
+Recording an outbound attempt takes two atomic steps, one per slot: COUNT takes a call off the
+number's cap for this minute (on the number's slot), then COMMIT, on the callee's slot, checks
+that the callee's last number is not this one, makes it the last number and records the
+attempt. A COMMIT that finds the number already there (another call to this callee took it
+meanwhile) changes nothing and the count is given back; the next candidate is tried. So a
+callee is never shown the same pool number twice in a row, no number goes over its cap, and the
+attempt is written before the call is placed.
 
 One inbound decision reads one hash (HGETALL: one round trip). Claiming the first callback is a
 Lua script, so that of two simultaneous callbacks at most one wins.
@@ -23,13 +29,17 @@ import dataclasses
 import json
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
+import structlog
 
+from ..metrics import METRICS
 from ..routing.model import Attempt, Outcome
+from .connection import Client, cluster_node_for
+
+log = structlog.get_logger(__name__)
 
 # Writes an attempt, drops those older than the window, and keeps the hash alive for a window.
 _RECORD_FUNCTION = """
-local function record(hist, attempt_key, id, json, outcome, now, window)
+local function record(hist, id, json, outcome, now, window)
   local fields = redis.call('HGETALL', hist)
   for i = 1, #fields, 2 do
     local name = fields[i]
@@ -42,53 +52,53 @@ local function record(hist, attempt_key, id, json, outcome, now, window)
     end
   end
   redis.call('HSET', hist, id, json, id .. ':o', outcome, id .. ':c', '0')
-  local ttl = math.ceil(window)
-  redis.call('EXPIRE', hist, ttl)
-  redis.call('SET', attempt_key, hist, 'EX', ttl)
+  redis.call('EXPIRE', hist, math.ceil(window))
 end
 """
 
+# KEYS: hist. ARGV: id, record JSON, outcome, now, window.
 RECORD = (
     _RECORD_FUNCTION
     + """
-record(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
+record(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
 return 1
 """
 )
 
-# An outbound call about to be placed, in one round trip and all or nothing: the first
-# candidate number that is not the one this callee was shown last (when the plan says so) and
-# is under its calls-per-minute cap (a negative cap: none) is counted, remembered as the
-# callee's last number, and the attempt is recorded from it. Returns {chosen or '', previous
-# or ''}. The rule is routing.callerid.pick, which the tests hold this script to.
-# KEYS: last:<callee>, attempt:<id>, then per candidate cpm:<did>:<minute> and hist:<did>:<callee>
-# ARGV: id, record JSON, outcome, now, window, cap, avoid previous (1/0), candidates...
-DIAL = (
+# Counts one call against a number's cap for this minute, if it is under it: 1, else 0.
+# KEYS: cpm:{<did>}:<minute>. ARGV: cap.
+COUNT = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[1]) then return 0 end
+redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], 120)
+return 1
+"""
+
+# Gives back a call counted by COUNT.
+UNCOUNT = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
+return 1
+"""
+
+# Makes `did` the callee's last number and records the attempt from it, unless (with avoid) it
+# is the callee's last number already. Returns {1 recorded or 0, the previous number or ''}.
+# KEYS: last:{<callee>}, hist:{<callee>}:<did>.
+# ARGV: did, avoid previous (1/0), id, record JSON, outcome, now, window.
+COMMIT = (
     _RECORD_FUNCTION
     + """
-local now, window = tonumber(ARGV[4]), tonumber(ARGV[5])
-local cap, avoid = tonumber(ARGV[6]), ARGV[7] == '1'
-local previous = redis.call('GET', KEYS[1])
-for i = 8, #ARGV do
-  local did = ARGV[i]
-  local cpm, hist = KEYS[2 * (i - 7) + 1], KEYS[2 * (i - 7) + 2]
-  if not (avoid and did == previous)
-      and (cap < 0 or tonumber(redis.call('GET', cpm) or '0') < cap) then
-    redis.call('INCR', cpm)
-    redis.call('EXPIRE', cpm, 120)
-    redis.call('SET', KEYS[1], did, 'EX', math.ceil(window))
-    record(hist, KEYS[2], ARGV[1], ARGV[2], ARGV[3], now, window)
-    return {did, previous or ''}
-  end
-end
-return {'', previous or ''}
+local previous = redis.call('GET', KEYS[1]) or ''
+if ARGV[2] == '1' and previous == ARGV[1] then return {0, previous} end
+local now, window = tonumber(ARGV[6]), tonumber(ARGV[7])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', math.ceil(window))
+record(KEYS[2], ARGV[3], ARGV[4], ARGV[5], now, window)
+return {1, previous}
 """
 )
 
-# Takes back a dial that never reached Asterisk: the attempt, its count against the cap, and
-# the callee's last number (unless a later call has changed it since).
-# KEYS: last:<callee>, attempt:<id>, cpm:<did>:<minute>, hist:<did>:<callee>
-# ARGV: id, did, previous ('' for none), window
+# Takes back a dial that never reached Asterisk: the attempt, and the callee's last number
+# (unless a later call has changed it since). Its count goes back with UNCOUNT.
+# KEYS: last:{<callee>}, hist:{<callee>}:<did>. ARGV: id, did, previous ('' for none), window.
 UNDIAL = """
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   if ARGV[3] == '' then
@@ -97,9 +107,7 @@ if redis.call('GET', KEYS[1]) == ARGV[2] then
     redis.call('SET', KEYS[1], ARGV[3], 'EX', math.ceil(tonumber(ARGV[4])))
   end
 end
-if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
-redis.call('HDEL', KEYS[4], ARGV[1], ARGV[1] .. ':o', ARGV[1] .. ':c')
-redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[2], ARGV[1], ARGV[1] .. ':o', ARGV[1] .. ':c')
 return 1
 """
 
@@ -112,24 +120,37 @@ redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':c', 1)
 return 1
 """
 
-# Sets the outcome of an attempt found by id; 0 when it is gone (expired or never recorded).
+# Sets the outcome of an attempt; 0 when it is gone (expired or never recorded).
 SETTLE = """
-local hist = redis.call('GET', KEYS[1])
-if not hist or redis.call('HEXISTS', hist, ARGV[1]) == 0 then return 0 end
-redis.call('HSET', hist, ARGV[1] .. ':o', ARGV[2])
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1] .. ':o', ARGV[2])
 return 1
 """
 
 
 class CallbackHistory:
-    def __init__(self, redis: aioredis.Redis, prefix: str = "zv:", window: float = 7 * 86400.0):
+    def __init__(
+        self,
+        redis: Client,
+        prefix: str = "zv:",
+        window: float = 7 * 86400.0,
+        *,
+        claim_replicas: int = 0,
+        claim_wait: float = 0.1,
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.window = window
+        # After a won claim, wait (Redis WAIT) until this many replicas have it, at most
+        # `claim_wait` seconds: a failover then cannot lose it (see docs/scaling.md).
+        self.claim_replicas = claim_replicas
+        self.claim_wait = claim_wait
         self._record = redis.register_script(RECORD)
         self._claim = redis.register_script(CLAIM)
         self._settle = redis.register_script(SETTLE)
-        self._dial = redis.register_script(DIAL)
+        self._count = redis.register_script(COUNT)
+        self._uncount = redis.register_script(UNCOUNT)
+        self._commit = redis.register_script(COMMIT)
         self._undial = redis.register_script(UNDIAL)
 
     @staticmethod
@@ -140,18 +161,22 @@ class CallbackHistory:
         )
 
     def key(self, did: str, callee: str) -> str:
-        return f"{self.prefix}hist:{did}:{callee}"
+        return f"{self.prefix}hist:{{{callee}}}:{did}"
+
+    def last_key(self, callee: str) -> str:
+        return f"{self.prefix}last:{{{callee}}}"
+
+    def count_key(self, did: str, at: float) -> str:
+        return f"{self.prefix}cpm:{{{did}}}:{int(at // 60)}"
 
     async def record(self, attempt: Attempt, now: float) -> None:
+        key = self.key(attempt.did, attempt.callee)
         record = self._record_json(attempt)
         await self._record(
-            keys=[self.key(attempt.did, attempt.callee), f"{self.prefix}attempt:{attempt.id}"],
-            args=[attempt.id, record, attempt.outcome.value, now, self.window],
+            keys=[key], args=[attempt.id, record, attempt.outcome.value, now, self.window]
         )
         if attempt.callbacks:
-            await self.redis.hset(
-                self.key(attempt.did, attempt.callee), f"{attempt.id}:c", attempt.callbacks
-            )
+            await self.redis.hset(key, f"{attempt.id}:c", attempt.callbacks)
 
     async def record_dial(
         self,
@@ -161,41 +186,60 @@ class CallbackHistory:
         avoid_previous: bool,
         cap: int | None,
     ) -> tuple[Attempt | None, str | None]:
-        """Record an attempt about to be dialed from the first usable candidate (see DIAL);
-        `attempt.did` is ignored. Returns the attempt as recorded (None, nothing written,
-        when every candidate is ruled out) and the number this callee was shown before."""
-        minute = int(attempt.at // 60)
-        keys = [f"{self.prefix}last:{attempt.callee}", f"{self.prefix}attempt:{attempt.id}"]
+        """Record an attempt about to be dialed from the first usable candidate: not the
+        number this callee was shown last (with `avoid_previous`), under `cap` calls this
+        minute (None: no cap, nothing counted); `attempt.did` is ignored. Returns the attempt
+        as recorded (None, nothing written, when every candidate is ruled out) and the number
+        this callee was shown before. The rule is routing.callerid.pick (a test holds this to
+        it): one read of the last number and the counts saves a round trip per number at its
+        cap; COUNT and COMMIT then decide atomically."""
+        previous, counts = await self._read_usage(attempt, candidates, cap is not None)
         for did in candidates:
-            keys += [f"{self.prefix}cpm:{did}:{minute}", self.key(did, attempt.callee)]
-        chosen, previous = await self._dial(
-            keys=keys,
-            args=[
-                attempt.id,
-                self._record_json(attempt),
-                attempt.outcome.value,
-                attempt.at,
-                self.window,
-                -1 if cap is None else cap,
-                1 if avoid_previous else 0,
-                *candidates,
-            ],
-        )
-        recorded = dataclasses.replace(attempt, did=chosen.decode()) if chosen else None
-        return recorded, previous.decode() or None
+            if avoid_previous and did == previous:
+                continue
+            count_key = self.count_key(did, attempt.at)
+            if cap is not None:
+                if counts[did] >= cap or not await self._count(keys=[count_key], args=[cap]):
+                    continue
+            recorded = dataclasses.replace(attempt, did=did)
+            done, shown = await self._commit(
+                keys=[self.last_key(attempt.callee), self.key(did, attempt.callee)],
+                args=[
+                    did,
+                    1 if avoid_previous else 0,
+                    attempt.id,
+                    self._record_json(attempt),
+                    attempt.outcome.value,
+                    attempt.at,
+                    self.window,
+                ],
+            )
+            previous = shown.decode() or None
+            if done:
+                return recorded, previous
+            if cap is not None:  # another call to this callee showed `did` meanwhile
+                await self._uncount(keys=[count_key])
+        return None, previous
+
+    async def _read_usage(
+        self, attempt: Attempt, candidates: Sequence[str], counted: bool
+    ) -> tuple[str | None, dict[str, int]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.last_key(attempt.callee))
+            if counted:
+                for did in candidates:
+                    pipe.get(self.count_key(did, attempt.at))
+            last, *counts = await pipe.execute()
+        usage = {did: int(count or 0) for did, count in zip(candidates, counts, strict=False)}
+        return (last.decode() if last else None), usage
 
     async def undial(self, attempt: Attempt, previous: str | None) -> None:
         """Take back an attempt recorded by `record_dial` whose call never reached Asterisk."""
-        minute = int(attempt.at // 60)
         await self._undial(
-            keys=[
-                f"{self.prefix}last:{attempt.callee}",
-                f"{self.prefix}attempt:{attempt.id}",
-                f"{self.prefix}cpm:{attempt.did}:{minute}",
-                self.key(attempt.did, attempt.callee),
-            ],
+            keys=[self.last_key(attempt.callee), self.key(attempt.did, attempt.callee)],
             args=[attempt.id, attempt.did, previous or "", self.window],
         )
+        await self._uncount(keys=[self.count_key(attempt.did, attempt.at)])
 
     async def attempts(self, did: str, callee: str) -> list[Attempt]:
         """Every attempt kept for this pair, in no particular order."""
@@ -204,12 +248,35 @@ class CallbackHistory:
 
     async def claim(self, attempt: Attempt) -> bool:
         """Atomically count a callback routed to the attempt's campaign; True for the first."""
-        result = await self._claim(keys=[self.key(attempt.did, attempt.callee)], args=[attempt.id])
-        return int(result) == 1
+        key = self.key(attempt.did, attempt.callee)
+        if not self.claim_replicas:
+            return int(await self._claim(keys=[key], args=[attempt.id])) == 1
+        # WAIT counts the replicas that have this connection's writes: the claim and the WAIT
+        # go in one pipeline, so on one connection (of the key's node on a Cluster).
+        node = await cluster_node_for(self.redis, key)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.eval(CLAIM, 1, key, attempt.id)
+            wait = [self.claim_replicas, int(self.claim_wait * 1000)]
+            if node is None:
+                pipe.execute_command("WAIT", *wait)
+            else:
+                pipe.execute_command("WAIT", *wait, target_nodes=node)
+            result, replicas = await pipe.execute()
+        won = int(result) == 1
+        if won and int(replicas) < self.claim_replicas:
+            METRICS.store_error("claim_replication")
+            log.warning(
+                "first-callback claim not on enough replicas in time: a failover now could lose it",
+                attempt=attempt.id,
+                replicas=int(replicas),
+                wanted=self.claim_replicas,
+            )
+        return won
 
-    async def settle(self, attempt_id: str, outcome: Outcome) -> bool:
+    async def settle(self, attempt: Attempt, outcome: Outcome) -> bool:
+        """Set an attempt's outcome; False when it is gone (expired or never recorded)."""
         result = await self._settle(
-            keys=[f"{self.prefix}attempt:{attempt_id}"], args=[attempt_id, outcome.value]
+            keys=[self.key(attempt.did, attempt.callee)], args=[attempt.id, outcome.value]
         )
         return int(result) == 1
 
