@@ -1,25 +1,31 @@
 """The shipped dialplan (dialplan/extensions_zvonok.conf).
 
 asterisklint checks it the way an install loads it: #included from an extensions.conf that
-has the [general] and [globals] sections. A small parser here then checks that it agrees with
-the engine: the variable names of zvonok_agi.agi.variables, one context per Fallback, the
-context naming scheme (the engine's config templates included), jumps that land somewhere,
-and the guard that sends a target context outside zvonok- to engine_error.
+has the [general] and [globals] sections. Calls then run through it on a model of Asterisk
+(tests/asterisk_dialplan.py): every path from the carrier's entry to the context the call
+lands in, the priorities each costs (issue 11's budget), with the variables the engine really
+sends and with values no engine should send. Static checks cover the rest: names shared with
+the engine, one context per Fallback, the naming scheme (the engine's config templates
+included), jumps that land, and that nothing from the caller is ever evaluated.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from asterisk_dialplan import Call, Jumped, NotModelled, Step, parse, split_top, steps_of
 from asterisk_lint import asterisklint
 from zvonok_agi.agi import variables
-from zvonok_agi.config import ConfigError, load_settings
-from zvonok_agi.routing.model import CAMPAIGN_ID, Fallback, RouteKind
+from zvonok_agi.agi.client import FakeChannel, recorded_environment
+from zvonok_agi.agi.inbound import InboundRouter
+from zvonok_agi.agi.protocol import AsteriskConnection, Command, encode_command
+from zvonok_agi.config import ConfigError, DialplanSettings, load_settings
+from zvonok_agi.routing.model import CAMPAIGN_ID, Decision, Fallback, Route, RouteKind
 
 ROOT = Path(__file__).resolve().parents[1]
 DIALPLAN = ROOT / "dialplan" / "extensions_zvonok.conf"
@@ -42,13 +48,19 @@ ZVONOK_AGI_URL=agi://127.0.0.1:4573/inbound
 
 ENTRY_CONTEXT = "zvonok-from-carrier"
 CONTEXT_PREFIX = "zvonok-"  # the only contexts the engine may send a call into
-ENTRY_PATTERNS = ("_X.", "_+X.")
+DESTINATIONS = ("zvonok-outbound-", "zvonok-inbound-", "zvonok-fallback-")
+DIDS = ("74951234567", "+74951234567")  # one per entry pattern: _X. and _+X.
+CALLER = "79161234567"
 DEFAULT_AGI_URL = "agi://127.0.0.1:4573/inbound"
+ENGINE_ERROR = Jumped(f"zvonok-fallback-{Fallback.ENGINE_ERROR.value}", "s", 1)
 DEMO_CAMPAIGNS = {
     RouteKind.OUTBOUND: {"spring-sale", "debt-reminder", "pool-promo"},
     RouteKind.INBOUND: {"support", "sales-desk"},
 }
 MAX_CONTEXT_LEN = 79  # AST_MAX_CONTEXT is 80 with the terminating NUL
+# Issue 11: at most this many priorities from the entry extension to the Goto into the
+# target context on a decided call (the AGI and that Goto included), debug logging off.
+MAX_DECIDED_PRIORITIES = 6
 
 ENGINE_VARIABLES = {
     value for name, value in vars(variables).items() if name.isupper() and isinstance(value, str)
@@ -61,6 +73,15 @@ TARGET_EXTEN = f"${{{variables.TARGET_EXTEN}}}"
 CALLER_CONTROLLED = re.compile(
     r"\$\{(EXTEN|DNID|RDNIS|CALLERID|CONNECTEDLINE|REDIRECTING|PJSIP_HEADER|SIP_HEADER)\b"
 )
+
+
+@pytest.fixture(scope="module")
+def dialplan() -> dict[str, list[Step]]:
+    return parse(DIALPLAN.read_text(encoding="utf-8"))
+
+
+def _all_steps(dialplan: dict[str, list[Step]]) -> list[Step]:
+    return [step for steps in dialplan.values() for step in steps]
 
 
 # ---- asterisklint ----------------------------------------------------------------------------
@@ -93,180 +114,294 @@ def test_asterisklint_really_reads_the_included_file(tmp_path: Path) -> None:
     assert INCLUDED_NAME in output
 
 
-# ---- a minimal extensions.conf reader ----------------------------------------------------------
+# ---- calls through the dialplan ----------------------------------------------------------------
+
+Agi = Callable[[str, dict[str, str]], str]  # (URL, the channel's variables) -> AGISTATUS
+WINDOW = 7 * 86400.0
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    context: str
-    exten: str
-    priority: str  # "1", "n", ...
-    label: str | None
-    app: str
-    data: str
-    lineno: int
+def router(*, batch: bool = True) -> InboundRouter:
+    """The engine's inbound route, for the variables it sends: no store behind it."""
+    return InboundRouter(None, None, DialplanSettings(), WINDOW, batch=batch)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True, slots=True)
-class Jump:
-    context: str
-    exten: str
-    priority: str  # a number or a label
+def engine(decision: Decision, *, batch: bool = True, upto: int | None = None) -> Agi:
+    """The engine's session for `decision`: its commands on the wire, answered by the
+    FakeChannel as Asterisk does. `upto` ends the session after that many commands."""
+
+    def agi(url: str, channel: dict[str, str]) -> str:
+        fake = FakeChannel(channel)
+        conn = AsteriskConnection()
+        conn.send_environment(recorded_environment(DIDS[0], CALLER))
+        for verb, *args in router(batch=batch).commands(decision, DIDS[0], CALLER)[:upto]:
+            conn.receive_data(encode_command(verb, *args))
+            command = conn.next_event()
+            assert isinstance(command, Command)
+            fake.answer(conn, command)
+        channel.update(fake.variables)
+        return "SUCCESS"
+
+    return agi
 
 
-_PRIORITY = re.compile(r"^(?P<prio>\d+|n)(?:\((?P<label>[A-Za-z0-9_-]+)\))?$")
-_APP = re.compile(r"^(?P<app>\w+)\((?P<data>.*)\)$")
+def unreachable(url: str, channel: dict[str, str]) -> str:
+    """Nothing listens at the URL (agi_server_down.txt): no variable, AGISTATUS=FAILURE."""
+    return "FAILURE"
 
 
-def _strip_comment(line: str) -> str:
-    match = re.search(r"(?<!\\);", line)
-    return line[: match.start()] if match else line
+def sets(**values: str) -> Agi:
+    """An engine (a buggy one) that sets exactly these."""
+
+    def agi(url: str, channel: dict[str, str]) -> str:
+        channel.update(values)
+        return "SUCCESS"
+
+    return agi
 
 
-def parse(text: str) -> dict[str, list[Step]]:
-    contexts: dict[str, list[Step]] = {}
-    context: str | None = None
-    exten: str | None = None
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = _strip_comment(raw).strip()
-        if not line:
-            continue
-        if line.startswith("["):
-            assert line.endswith("]"), f"line {lineno}: {raw!r}"
-            context = line[1:-1]
-            assert context not in contexts, f"line {lineno}: context {context} defined twice"
-            contexts[context] = []
-            exten = None
-            continue
-        assert context is not None, f"line {lineno}: outside any context"
-        key, arrow, body = line.partition("=>")
-        assert arrow, f"line {lineno}: not an 'exten =>' or 'same =>' line: {raw!r}"
-        key = key.strip()
-        if key == "exten":
-            exten, _, body = body.strip().partition(",")
-        else:
-            assert key == "same" and exten is not None, f"line {lineno}: {raw!r}"
-        priority, _, app_call = body.strip().partition(",")
-        prio = _PRIORITY.match(priority.strip())
-        app = _APP.match(app_call.strip())
-        assert prio and app, f"line {lineno}: {raw!r}"
-        contexts[context].append(
-            Step(
-                context=context,
-                exten=exten,
-                priority=prio["prio"],
-                label=prio["label"],
-                app=app["app"],
-                data=app["data"],
-                lineno=lineno,
-            )
-        )
-    return contexts
+def decided_to(context: str, exten: str = "s") -> Agi:
+    return sets(ZV_TARGET_CONTEXT=context, ZV_TARGET_EXTEN=exten, ZV_DECIDED="1")
 
 
-def steps_of(contexts: dict[str, list[Step]], context: str, exten: str) -> list[Step]:
-    return [step for step in contexts[context] if step.exten == exten]
+# Contexts of the install around the file, some named to pass for ours: they exist, so only
+# the prefix check keeps the engine out of them.
+INSTALL_CONTEXTS = [
+    "default",
+    "from-internal",
+    "zvonok",
+    "zvonok_inbound-support",
+    "x-zvonok-inbound-support",
+    " zvonok-inbound-support",
+    "Zvonok-inbound-support",
+    "\\zvonok-inbound-support",
+]
 
 
-def _split_condition(data: str) -> tuple[str, str]:
-    condition, question, branches = data.rpartition("?")
-    assert question, f"no '?' in {data!r}"
-    return condition, branches
+def call(
+    dialplan: dict[str, list[Step]],
+    agi: Agi,
+    did: str = DIDS[0],
+    *,
+    channel: dict[str, str] | None = None,
+    globals_: dict[str, str] | None = None,
+) -> Call:
+    """A carrier call to `did` in an install with the file #included, up to the jump into a
+    context other than the file's entry and routing ones."""
+    installed = dict(dialplan)
+    for name in INSTALL_CONTEXTS:
+        installed[name] = [Step(name, exten, 1, None, "Hangup", "", 0) for exten in ("s", "_X.")]
+    walked = {name for name in dialplan if not name.startswith(DESTINATIONS)}
+    run = Call(installed, dict(channel or {}), dict(globals_ or {}), agi)
+    return run.run(ENTRY_CONTEXT, did, walked)
 
 
-def jumps(step: Step) -> list[Jump]:
-    """Static reading of where Goto/GotoIf/Gosub/GosubIf may send the call."""
-    if step.app in ("Goto", "Gosub"):
-        branches = [step.data]
-    elif step.app in ("GotoIf", "GosubIf"):
-        branches = [b for b in _split_condition(step.data)[1].split(":") if b]
-    else:
-        return []
-    result = []
-    for branch in branches:
-        parts = [part.strip() for part in branch.split(",")]
-        if len(parts) == 1:
-            result.append(Jump(step.context, step.exten, parts[0]))
-        elif len(parts) == 2:
-            result.append(Jump(step.context, parts[0], parts[1]))
-        else:
-            assert len(parts) == 3, f"line {step.lineno}: {step.data!r}"
-            result.append(Jump(*parts))
-    return result
+def ran(result: Call) -> list[str]:
+    return [f"{step.context}:{step.priority} {step.app}" for step in result.ran]
 
 
-def run_until_agi(contexts: dict[str, list[Step]], context: str, exten: str) -> list[Step]:
-    """Steps the entry extension runs before AGI, Gosub subroutines inlined."""
-    ran: list[Step] = []
-    for step in steps_of(contexts, context, exten):
-        if step.app == "AGI":
-            return ran
-        if step.app == "Gosub":
-            (target,) = jumps(step)
-            for sub_step in steps_of(contexts, target.context, target.exten):
-                if sub_step.app == "Return":
-                    break
-                ran.append(sub_step)
-        else:
-            ran.append(step)
-    raise AssertionError(f"{exten}@{context} never runs AGI")
+OUTBOUND = Decision(Route.outbound("spring-sale", "0f3a"), "first callback to spring-sale")
+INBOUND = Decision(Route.inbound("support"), "no recent call to this caller from this number")
+DECIDED = [
+    pytest.param(OUTBOUND, Jumped("zvonok-outbound-spring-sale", "s", 1), id="outbound"),
+    pytest.param(INBOUND, Jumped("zvonok-inbound-support", "s", 1), id="inbound"),
+] + [
+    pytest.param(
+        Decision(Route.to_fallback(fallback), f"fallback {fallback.value}"),
+        Jumped(f"zvonok-fallback-{fallback}", "s", 1),
+        id=f"fallback-{fallback}",
+    )
+    for fallback in Fallback
+]
 
 
-def steps_after_agi(contexts: dict[str, list[Step]], context: str, exten: str) -> list[Step]:
-    """What decides after the AGI: the rest of the extension, or where its Goto leads."""
-    steps = steps_of(contexts, context, exten)
-    rest = steps[[step.app for step in steps].index("AGI") + 1 :]
-    if rest and rest[0].app == "Goto":
-        (target,) = jumps(rest[0])
-        return steps_of(contexts, target.context, target.exten)
-    return rest
+@pytest.mark.parametrize("did", DIDS)
+@pytest.mark.parametrize("batch", [True, False], ids=["mset", "one-by-one"])
+@pytest.mark.parametrize(("decision", "target"), DECIDED)
+def test_a_decided_call_reaches_its_target_within_the_budget(
+    dialplan: dict[str, list[Step]], did: str, batch: bool, decision: Decision, target: Jumped
+) -> None:
+    result = call(dialplan, engine(decision, batch=batch), did)
+    assert result.landed == target, (result.hung_up, result.logged)
+    assert len(result.ran) <= MAX_DECIDED_PRIORITIES, ran(result)
+    assert result.agi_urls == [DEFAULT_AGI_URL]
+    assert result.logged == []  # nothing is logged on the way unless ZVONOK_DEBUG=1
 
 
-@pytest.fixture(scope="module")
-def dialplan() -> dict[str, list[Step]]:
-    return parse(DIALPLAN.read_text(encoding="utf-8"))
+# Priorities from the entry extension to the jump into the context a call ends up in, the AGI
+# and that jump included (docs/routing.md lists them, with what the dialplan cost before).
+PRIORITIES = {
+    "decided": (engine(INBOUND), {}, 5),
+    "decided, ZVONOK_DEBUG=1": (engine(INBOUND), {"ZVONOK_DEBUG": "1"}, 6),
+    "engine down": (unreachable, {}, 6),
+    "engine closed before ZV_DECIDED": (engine(INBOUND, batch=False, upto=-1), {}, 6),
+    "target outside zvonok-": (decided_to("default"), {}, 6),
+    "target missing": (decided_to("zvonok-inbound-no-such-campaign"), {}, 6),
+}
 
 
-def _all_steps(dialplan: dict[str, list[Step]]) -> list[Step]:
-    return [step for steps in dialplan.values() for step in steps]
+@pytest.mark.parametrize("did", DIDS)
+@pytest.mark.parametrize("path", PRIORITIES)
+def test_priorities_each_path_costs(dialplan: dict[str, list[Step]], did: str, path: str) -> None:
+    agi, globals_, expected = PRIORITIES[path]
+    result = call(dialplan, agi, did, globals_=globals_)
+    assert len(result.ran) == expected, ran(result)
 
 
-def prefix_guard(after: list[Step]) -> Step:
-    """The GotoIf that sends a target context outside zvonok- away."""
-    found = [
-        step
-        for step in after
-        if step.app == "GotoIf"
-        and f"${{{variables.TARGET_CONTEXT}:" in step.data
-        and CONTEXT_PREFIX in step.data
-    ]
-    assert len(found) == 1, f"one {CONTEXT_PREFIX} prefix check expected, found {found}"
-    return found[0]
+# A whole route left on the channel by an earlier AGI run, or inherited: never trusted.
+EARLIER = {"ZV_TARGET_CONTEXT": "zvonok-outbound-spring-sale", "ZV_TARGET_EXTEN": "s"}
+EARLIER_DECIDED = {**EARLIER, "ZV_DECIDED": "1"}
+UNDECIDED = {
+    "engine down": (unreachable, {}),
+    "engine closed at once": (engine(INBOUND, upto=0), {}),
+    "engine closed before ZV_DECIDED": (engine(INBOUND, batch=False, upto=-1), {}),
+    "an earlier decision, engine down": (unreachable, EARLIER_DECIDED),
+    "an earlier decision, engine closed at once": (engine(INBOUND, upto=0), EARLIER_DECIDED),
+    "an earlier decision, engine closed before ZV_DECIDED": (
+        engine(INBOUND, batch=False, upto=-1),
+        EARLIER_DECIDED,
+    ),
+}
 
 
-_VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?::(?P<offset>\d+)(?::(?P<length>\d+))?)?\}")
+@pytest.mark.parametrize("did", DIDS)
+@pytest.mark.parametrize("case", UNDECIDED)
+def test_without_a_decision_from_this_agi_run_the_call_gets_engine_error(
+    dialplan: dict[str, list[Step]], did: str, case: str
+) -> None:
+    agi, channel = UNDECIDED[case]
+    result = call(dialplan, agi, did, channel=channel)
+    assert result.landed == ENGINE_ERROR
+    (line,) = result.logged
+    assert f"AGISTATUS={result.variables['AGISTATUS']}" in line
 
 
-def substitute(text: str, channel: dict[str, str]) -> str:
-    """${NAME} and ${NAME:offset:length} as Asterisk expands them (offsets >= 0 only)."""
-
-    def value(match: re.Match[str]) -> str:
-        start = int(match["offset"] or 0)
-        end = start + int(match["length"]) if match["length"] else None
-        return channel.get(match["name"], "")[start:end]
-
-    return _VARIABLE.sub(value, text)
-
-
-def compare(expression: str) -> bool:
-    """A $["..." = "..."] or $["..." != "..."] string comparison, already substituted."""
-    match = re.fullmatch(r'\$\["([^"]*)" (!?=) "([^"]*)"\]', expression)
-    assert match, f"not a plain string comparison: {expression!r}"
-    left, operator, right = match.groups()
-    return (left == right) == (operator == "=")
+@pytest.mark.parametrize("batch", [True, False], ids=["mset", "one-by-one"])
+def test_no_value_of_an_earlier_run_survives_a_decision(
+    dialplan: dict[str, list[Step]], batch: bool
+) -> None:
+    # The dialplan clears only ZV_DECIDED: the engine overwrites the rest, empty values too.
+    earlier = {name: "earlier" for name in ENGINE_VARIABLES}
+    decision = Decision(Route.to_fallback(Fallback.UNKNOWN_NUMBER), "not our number")
+    result = call(dialplan, engine(decision, batch=batch), channel=earlier)
+    assert result.landed == Jumped("zvonok-fallback-unknown_number", "s", 1)
+    sent = router().variables(decision, DIDS[0], CALLER)
+    assert {name: result.variables[name] for name in ENGINE_VARIABLES} == dict(sent)
+    assert result.variables[variables.CAMPAIGN] == result.variables[variables.ATTEMPT] == ""
 
 
-# ---- the dialplan and the engine agree -----------------------------------------------------------
+@pytest.mark.parametrize("did", DIDS)
+def test_zvonok_debug_logs_every_route_for_one_priority_more(
+    dialplan: dict[str, list[Step]], did: str
+) -> None:
+    quiet = call(dialplan, engine(INBOUND), did)
+    loud = call(dialplan, engine(INBOUND), did, globals_={"ZVONOK_DEBUG": "1"})
+    assert loud.landed == quiet.landed
+    assert len(loud.ran) == len(quiet.ran) + 1
+    (line,) = loud.logged
+    for shown in ("route=inbound", "campaign=support", "target=zvonok-inbound-support"):
+        assert shown in line
+    assert INBOUND.reason in line
+    # Only the global, and only 1, turns it on.
+    for globals_, channel in [({"ZVONOK_DEBUG": "0"}, {}), ({}, {"ZVONOK_DEBUG": "1"})]:
+        result = call(dialplan, engine(INBOUND), did, channel=channel, globals_=globals_)
+        assert (result.logged, len(result.ran)) == ([], len(quiet.ran))
+
+
+AGI_URL = "agi://10.0.0.5:4573/inbound"  # ':' twice: IF() must not cut it
+HAGI_URL = "hagi://zvonok.example.net/inbound"
+
+
+@pytest.mark.parametrize(
+    ("globals_", "channel", "url"),
+    [
+        ({}, {}, DEFAULT_AGI_URL),
+        ({"ZVONOK_AGI_URL": ""}, {}, DEFAULT_AGI_URL),
+        ({"ZVONOK_AGI_URL": AGI_URL}, {}, AGI_URL),
+        ({"ZVONOK_AGI_URL": AGI_URL}, {"ZVONOK_AGI_URL": DEFAULT_AGI_URL}, AGI_URL),
+        ({"ZVONOK_AGI_URL": HAGI_URL}, {}, HAGI_URL),
+        # A channel variable of the same name (set by a trunk, inherited) redirects nothing.
+        ({}, {"ZVONOK_AGI_URL": "agi://203.0.113.9:4573/inbound"}, DEFAULT_AGI_URL),
+    ],
+)
+def test_the_agi_url_is_the_global_else_the_default(
+    dialplan: dict[str, list[Step]], globals_: dict, channel: dict, url: str
+) -> None:
+    for did in DIDS:
+        result = call(dialplan, unreachable, did, channel=channel, globals_=globals_)
+        assert result.agi_urls == [url]
+
+
+@pytest.mark.parametrize("context", ["", *INSTALL_CONTEXTS])
+def test_a_target_context_outside_zvonok_is_logged_and_gets_engine_error(
+    dialplan: dict[str, list[Step]], context: str
+) -> None:
+    result = call(dialplan, decided_to(context))
+    assert result.landed == ENGINE_ERROR
+    (line,) = result.logged
+    assert f"target={context},s,1" in line
+
+
+@pytest.mark.parametrize(
+    ("context", "exten"),
+    [("zvonok-inbound-no-such-campaign", "s"), ("zvonok-inbound-support", "no-such-exten")],
+)
+def test_a_missing_target_is_logged_and_gets_engine_error(
+    dialplan: dict[str, list[Step]], context: str, exten: str
+) -> None:
+    result = call(dialplan, decided_to(context, exten))
+    assert result.landed == ENGINE_ERROR
+    (line,) = result.logged
+    assert f"target={context},{exten},1" in line
+
+
+# Values no engine sends, built to break out: quotes and brackets for the expression parser,
+# commas for Goto's fields, ')' then ':' to cut a function's argument short, '?' and ':' for
+# GotoIf's branches, ${...} and $[...] that must stay text.
+HOSTILE_CONTEXTS = [
+    "default,s,1",
+    "default,zvonok-,1",
+    "zvonok-inbound-support,default",
+    "zvonok-inbound-support:default,s,1",
+    "zvonok-inbound-support?default,s,1:",
+    "zvonok-x):default",
+    "zvonok-inbound-support):x",
+    "default):zvonok-",
+    '" | 1 | "',
+    '"zvonok-"',
+    'zvonok-inbound-support"',
+    "zvonok-inbound-support)",
+    "(default",
+    "}default",
+    "${GLOBAL(ZVONOK_AGI_URL)}",
+    "$[1]",
+    *INSTALL_CONTEXTS,
+]
+HOSTILE_EXTENS = ["s", "s,1,default", "s:default", "s)", "s,1):x", "1):default,s,1", "", '"']
+
+
+@pytest.mark.parametrize("exten", HOSTILE_EXTENS)
+@pytest.mark.parametrize("context", HOSTILE_CONTEXTS)
+def test_no_value_the_engine_sets_gets_the_call_out_of_the_zvonok_contexts(
+    dialplan: dict[str, list[Step]], context: str, exten: str
+) -> None:
+    result = call(dialplan, decided_to(context, exten))
+    # At worst a Goto to a priority that does not exist: the call hangs up, still inside.
+    assert result.hung_up or result.landed.context.startswith(CONTEXT_PREFIX), result.landed
+    if not context.startswith(CONTEXT_PREFIX):
+        assert result.landed == ENGINE_ERROR
+    # The expression only ever sees the functions' results, never a value.
+    for expression in result.expressions:
+        assert re.fullmatch(r"[01]? & [01]? & [01]?", expression), expression
+
+
+def test_the_model_refuses_what_it_does_not_know() -> None:
+    # Guards the tests above: an expression of anything but function results is not guessed.
+    run = Call({}, {"X": '" | 1 | "'}, {}, unreachable)
+    with pytest.raises(NotModelled):
+        run.substitute('$["${X}" = "1"]')
+
+
+# ---- what the file says ------------------------------------------------------------------------
 
 
 def test_file_is_includable_only_contexts_of_our_own(dialplan: dict[str, list[Step]]) -> None:
@@ -276,95 +411,55 @@ def test_file_is_includable_only_contexts_of_our_own(dialplan: dict[str, list[St
         assert len(name) <= MAX_CONTEXT_LEN, name
 
 
-@pytest.mark.parametrize("pattern", ENTRY_PATTERNS)
-def test_entry_clears_every_engine_variable_before_the_agi(
+@pytest.mark.parametrize("pattern", ["_X.", "_+X."])
+def test_the_entry_clears_only_zv_decided_before_the_agi(
     dialplan: dict[str, list[Step]], pattern: str
 ) -> None:
-    before = run_until_agi(dialplan, ENTRY_CONTEXT, pattern)
-    # ZV_DECIDED first: nothing set before the AGI may pass for a decision.
-    assert (before[0].app, before[0].data) == ("Set", f"{variables.DECIDED}=")
-    cleared = {
-        step.data.removesuffix("=")
-        for step in before
-        if step.app == "Set" and step.data.endswith("=")
-    }
-    assert cleared >= ENGINE_VARIABLES
-    # The AGI URL defaults to the local engine.
-    assert any(DEFAULT_AGI_URL in step.data for step in before)
+    steps = steps_of(dialplan, ENTRY_CONTEXT, pattern)
+    before = steps[: [step.app for step in steps].index("AGI")]
+    assert [(step.app, step.data) for step in before] == [("Set", f"{variables.DECIDED}=")]
 
 
-@pytest.mark.parametrize("pattern", ENTRY_PATTERNS)
-def test_entry_trusts_only_zv_decided_and_an_existing_target(
-    dialplan: dict[str, list[Step]], pattern: str
-) -> None:
-    after = steps_after_agi(dialplan, ENTRY_CONTEXT, pattern)
+def functions_removed(text: str) -> str:
+    """`text` without its ${NAME(...)} function calls (balanced, nested ones included)."""
+    while (match := re.search(r"\$\{[A-Z_]+\(", text)) is not None:
+        depth, end = 0, match.start()
+        for end in range(match.start() + 1, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+        text = text[: match.start()] + text[end + 1 :]
+    return text
+
+
+def test_expressions_hold_only_function_results(dialplan: dict[str, list[Step]]) -> None:
+    # A value inside $[...] is parsed as expression syntax (and may call functions): values
+    # may only pass through functions, whose results are what the expression sees.
+    for step in _all_steps(dialplan):
+        for expression in re.findall(r"\$\[(.*?)\]", step.data):
+            assert re.fullmatch(r"[\s&]*", functions_removed(expression)), step
+
+
+def test_the_route_is_checked_in_one_expression(dialplan: dict[str, list[Step]]) -> None:
     conditions = [
-        _split_condition(step.data)[0] if step.app == "GotoIf" else None for step in after
+        split_top(step.data, "?")[0]
+        for step in _all_steps(dialplan)
+        if step.app == "GotoIf" and step.context != ENTRY_CONTEXT
     ]
-    decided = re.compile(r'\$\["\$\{' + re.escape(variables.DECIDED) + r'\}" !?= "1"\]')
-    target_exists = f"${{DIALPLAN_EXISTS({TARGET_CONTEXT},{TARGET_EXTEN},1)}}"
-    go_to_target = ("Goto", f"{TARGET_CONTEXT},{TARGET_EXTEN},1")
+    checks = [c for c in conditions if TARGET_CONTEXT in c]
+    assert len(checks) == 1, conditions
+    (check,) = checks
+    assert check.startswith("$[") and check.endswith("]")
+    assert f'${{REGEX("^1$" ${{{variables.DECIDED}}})}}' in check
+    assert f'${{REGEX("^{CONTEXT_PREFIX}" {TARGET_CONTEXT})}}' in check
+    assert f"${{DIALPLAN_EXISTS({TARGET_CONTEXT},{TARGET_EXTEN},1)}}" in check
 
-    checks_decided = [i for i, c in enumerate(conditions) if c and decided.fullmatch(c)]
-    checks_prefix = after.index(prefix_guard(after))
-    checks_target = [i for i, c in enumerate(conditions) if c == target_exists]
-    goes_to_target = [i for i, step in enumerate(after) if (step.app, step.data) == go_to_target]
-    assert checks_decided and checks_target and goes_to_target, after
-    # The prefix comes before DIALPLAN_EXISTS, whose branch jumps straight to the Goto.
-    assert checks_decided[0] < checks_prefix < checks_target[0] < goes_to_target[0]
 
-    # Anything else ends in the engine_error fallback, and the route is logged.
-    engine_error = Jump(f"zvonok-fallback-{Fallback.ENGINE_ERROR}", "s", "1")
-    assert any(engine_error in jumps(step) for step in after)
-    assert any(
-        step.app == "Verbose"
-        and f"${{{variables.ROUTE}}}" in step.data
-        and f"${{{variables.REASON}}}" in step.data
-        for step in after
-    )
-    # AGISTATUS is never what decides: a crashed engine leaves it at SUCCESS.
+def test_agistatus_never_decides(dialplan: dict[str, list[Step]]) -> None:
+    # A crashed engine leaves AGISTATUS=SUCCESS.
     for step in _all_steps(dialplan):
         if step.app in ("GotoIf", "GosubIf", "ExecIf"):
-            assert "AGISTATUS" not in _split_condition(step.data)[0], step
-
-
-@pytest.fixture(scope="module")
-def route_steps(dialplan: dict[str, list[Step]]) -> list[Step]:
-    return steps_after_agi(dialplan, ENTRY_CONTEXT, ENTRY_PATTERNS[0])
-
-
-def test_a_target_context_outside_zvonok_is_logged_and_gets_engine_error(
-    route_steps: list[Step],
-) -> None:
-    _, branches = _split_condition(prefix_guard(route_steps).data)
-    assert ":" not in branches, "the guard's condition being true must mean: refused"
-    labels = [step.label for step in route_steps]
-    refused = route_steps[labels.index(branches) :]
-    assert refused[0].app == "Verbose" and TARGET_CONTEXT in refused[0].data
-    assert refused[1].app == "Goto"
-    assert jumps(refused[1]) == [Jump(f"zvonok-fallback-{Fallback.ENGINE_ERROR}", "s", "1")]
-
-
-@pytest.mark.parametrize(
-    ("context", "refused"),
-    [
-        ("default", True),
-        ("from-internal", True),
-        ("", True),
-        ("zvonok", True),
-        ("zvonok_inbound-support", True),
-        ("x-zvonok-inbound-support", True),
-        ("zvonok-inbound-support", False),
-        ("zvonok-outbound-spring-sale", False),
-        (f"zvonok-fallback-{Fallback.ENGINE_ERROR}", False),
-    ],
-)
-def test_the_prefix_guard_refuses_other_contexts(
-    route_steps: list[Step], context: str, refused: bool
-) -> None:
-    condition, _ = _split_condition(prefix_guard(route_steps).data)
-    channel = {variables.TARGET_CONTEXT: context, variables.TARGET_EXTEN: "s"}
-    assert compare(substitute(condition, channel)) is refused
+            assert "AGISTATUS" not in split_top(step.data, "?")[0], step
 
 
 @pytest.mark.parametrize(
@@ -403,6 +498,13 @@ def test_config_context_templates_name_contexts_of_this_file(
         assert templates.inbound_context.format(campaign=campaign) in dialplan
 
 
+@pytest.mark.parametrize(("decision", "target"), DECIDED)
+def test_the_engine_sets_every_variable_zv_decided_last(decision: Decision, target: Jumped) -> None:
+    values = router().variables(decision, DIDS[0], CALLER)
+    assert {name for name, _ in values} == ENGINE_VARIABLES
+    assert values[-1] == (variables.DECIDED, "1")
+
+
 def test_only_engine_variable_names_are_used(dialplan: dict[str, list[Step]]) -> None:
     used = {name for step in _all_steps(dialplan) for name in re.findall(r"\bZV_\w+", step.data)}
     assert used <= ENGINE_VARIABLES, used - ENGINE_VARIABLES
@@ -421,7 +523,7 @@ def test_every_fallback_has_its_context(
     context = f"zvonok-fallback-{fallback.value}"
     assert context in dialplan
     s = steps_of(dialplan, context, "s")
-    assert s[0].priority == "1"
+    assert s[0].priority == 1
     assert any(step.app == "Playback" for step in s)
     assert s[-1].app == "Hangup"
     for catch in ("_X.", "i"):
@@ -434,21 +536,52 @@ def test_no_fallback_context_without_a_fallback(dialplan: dict[str, list[Step]])
     assert named == {fallback.value for fallback in Fallback}
 
 
+def jumps(step: Step) -> list[tuple[str, str, str]]:
+    """Where Goto/GotoIf may send the call, read statically: (context, exten, priority); a
+    branch chosen by IF() counts as both of IF()'s branches."""
+    if step.app == "Goto":
+        branches = [step.data]
+    elif step.app == "GotoIf":
+        _, rest = split_top(step.data, "?")
+        assert rest is not None, step
+        branches = []
+        for branch in split_top(rest, ":"):
+            chosen = re.fullmatch(r"\$\{IF\((.*)\)\}", branch or "")
+            if chosen:
+                _, alternatives = split_top(chosen[1], "?")
+                branches += split_top(alternatives or "", ":")
+            else:
+                branches.append(branch)
+    else:
+        return []
+    found = []
+    for branch in filter(None, branches):
+        parts = [part.strip() for part in branch.split(",")]
+        if len(parts) == 1:
+            found.append((step.context, step.exten, parts[0]))
+        elif len(parts) == 2:
+            found.append((step.context, parts[0], parts[1]))
+        else:
+            assert len(parts) == 3, f"line {step.lineno}: {step.data!r}"
+            found.append((parts[0], parts[1], parts[2]))
+    return found
+
+
 def test_every_jump_lands_in_this_file(dialplan: dict[str, list[Step]]) -> None:
     for step in _all_steps(dialplan):
-        for jump in jumps(step):
+        for context, exten, priority in jumps(step):
             where = f"line {step.lineno}: {step.app}({step.data})"
-            if "${" in jump.context:
-                # The one dynamic jump: the engine's target, checked (prefix, DIALPLAN_EXISTS).
-                assert jump == Jump(TARGET_CONTEXT, TARGET_EXTEN, "1"), where
+            if "${" in context:
+                # The one dynamic jump: the engine's target, checked before (tests above).
+                assert (context, exten, priority) == (TARGET_CONTEXT, TARGET_EXTEN, "1"), where
                 continue
-            assert jump.context in dialplan, where
-            target = steps_of(dialplan, jump.context, jump.exten)
+            assert context in dialplan, where
+            target = steps_of(dialplan, context, exten)
             assert target, where
-            if jump.priority.isdigit():
-                assert jump.priority == "1" and target[0].priority == "1", where
+            if priority.isdigit():
+                assert priority == "1" and target[0].priority == 1, where
             else:
-                assert jump.priority in {step.label for step in target}, where
+                assert priority in {step.label for step in target}, where
 
 
 def test_campaign_contexts_follow_the_naming_scheme(dialplan: dict[str, list[Step]]) -> None:
@@ -460,7 +593,7 @@ def test_campaign_contexts_follow_the_naming_scheme(dialplan: dict[str, list[Ste
                 campaign = name.removeprefix(prefix)
                 assert CAMPAIGN_ID.match(campaign), name
                 s = steps_of(dialplan, name, "s")
-                assert s and s[0].priority == "1", name
+                assert s and s[0].priority == 1, name
                 assert s[-1].app == "Hangup", name
                 found[kind].add(campaign)
     for kind, demo in DEMO_CAMPAIGNS.items():

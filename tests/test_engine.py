@@ -92,7 +92,7 @@ async def test_routing_rules_examples_through_the_server(
     if route == "fallback":
         assert variables["ZV_FALLBACK"] == target
         assert variables["ZV_TARGET_CONTEXT"] == f"zvonok-fallback-{target}"
-        assert "ZV_CAMPAIGN" not in variables
+        assert variables["ZV_CAMPAIGN"] == ""
     else:
         assert variables["ZV_CAMPAIGN"] == target
         assert variables["ZV_TARGET_CONTEXT"] == f"zvonok-{route}-{target}"
@@ -164,7 +164,7 @@ async def test_a_crafted_caller_id_is_treated_as_no_caller(settings, raw):
         genuine = await call(engine, RESERVED, CALLER)
     assert (variables["ZV_ROUTE"], variables["ZV_CAMPAIGN"]) == ("inbound", "support")
     assert variables["ZV_DID"] == RESERVED  # never the DID the caller ID tried to inject
-    assert "ZV_CALLER" not in variables
+    assert variables["ZV_CALLER"] == ""
     assert variables["ZV_DECIDED"] == "1"
     sent = " ".join(" ".join(words) for words in channel.commands)
     assert raw not in sent and "SHELL" not in sent and SERVICE not in sent
@@ -246,6 +246,10 @@ def test_the_fake_channel_splits_mset_as_asterisk_does():
         "A=1", "B=2,3", "C=(4,5)", "D=6,7"
     ]
     assert separate_args("C=x=y", "=", remove_chars=False, limit=2) == ["C", "x=y"]
+    assert separate_args("C=", "=", remove_chars=False, limit=2) == ["C", ""]
+    channel = FakeChannel({"ZV_ATTEMPT": "earlier"})
+    channel._mset("ZV_ATTEMPT=,ZV_DECIDED=1")
+    assert channel.variables == {"ZV_ATTEMPT": "", "ZV_DECIDED": "1"}
     channel = FakeChannel(compat_res_agi=True)
     channel._mset("A=1,B=2")
     assert channel.variables == {"A": "1,B=2"}

@@ -71,3 +71,20 @@ def test_fake_channel_replies_as_recorded(name: str, session: str) -> None:
         assert reply == recorded_reply, command.raw
         played += 1
     assert played >= 2
+
+
+@pytest.mark.parametrize(
+    ("line", "variables"),
+    [
+        (b"SET VARIABLE X\n", {}),  # res_agi.c sets nothing without a value, and says 1
+        (b"SET VARIABLE X a b\n", {"X": "a"}),  # the 4th word; the rest is ignored
+        (b'SET VARIABLE X ""\n', {"X": ""}),
+    ],
+)
+def test_set_variable_of_odd_length_as_res_agi_does(line: bytes, variables: dict) -> None:
+    channel, conn = FakeChannel(), AsteriskConnection()
+    conn.receive_data(line)
+    command = conn.next_event()
+    assert isinstance(command, Command)
+    assert channel.answer(conn, command) == b"200 result=1\n"
+    assert channel.variables == variables

@@ -46,17 +46,15 @@ def recorded_environment(
     }
 
 
-# The usage text res_agi sends in a 520 block for a malformed command. GET VARIABLE's is
-# recorded (agi_env_and_commands.txt); SET VARIABLE's is its description in res_agi.c.
-USAGE = {
-    "GET VARIABLE": (
-        "Returns <literal>0</literal> if <replaceable>variablename</replaceable> is not set. "
-        "Returns <literal>1</literal> if <replaceable>variablename</replaceable> is set and "
-        "returns the variable in parentheses.\n"
-        "Example return code: 200 result=1 (testvariable)"
-    ),
-    "SET VARIABLE": "Sets a variable to the current channel.",
-}
+# The usage block res_agi sends for a GET VARIABLE without exactly one name, as recorded
+# (agi_env_and_commands.txt). SET VARIABLE has no such check in res_agi.c: it answers
+# `200 result=1` and sets the name to the 4th word, or nothing when there is none.
+GET_VARIABLE_USAGE = (
+    "Returns <literal>0</literal> if <replaceable>variablename</replaceable> is not set. "
+    "Returns <literal>1</literal> if <replaceable>variablename</replaceable> is set and "
+    "returns the variable in parentheses.\n"
+    "Example return code: 200 result=1 (testvariable)"
+)
 # Dialplan applications this channel knows; EXEC of any other gives `200 result=-2`, as recorded.
 APPLICATIONS = {"MSET", "SET", "NOOP", "VERBOSE", "GOTO", "ANSWER", "WAIT", "HANGUP"}
 
@@ -82,13 +80,12 @@ class FakeChannel:
         self.commands.append(words)
         verb = " ".join(w.upper() for w in words[:2])
         if verb == "SET VARIABLE":
-            if len(words) != 4:
-                return conn.send_reply(520, data=USAGE[verb])
-            self.variables[words[2]] = words[3]
+            if len(words) >= 4:
+                self.variables[words[2]] = words[3]
             return conn.send_reply(200, "1")
         if verb == "GET VARIABLE":
             if len(words) != 3:
-                return conn.send_reply(520, data=USAGE[verb])
+                return conn.send_reply(520, data=GET_VARIABLE_USAGE)
             if words[2] in self.variables:
                 return conn.send_reply(200, "1", self.variables[words[2]])
             return conn.send_reply(200, "0")
@@ -120,13 +117,16 @@ class FakeChannel:
 def separate_args(data: str, delim: str, *, remove_chars: bool, limit: int) -> list[str]:
     """main/app.c __ast_app_separate_args: split at `delim` outside (), [] and quotes; with
     `remove_chars` quotes and backslashes are dropped (a backslash keeps the next character);
-    the last of `limit` arguments takes the rest."""
+    the last of `limit` arguments takes the rest, and a `delim` at the very end leaves one
+    more, empty argument ("A=" is "A" and "")."""
     args: list[str] = []
     i = 0
+    ended_on_delim = False
     while i < len(data) and len(args) < limit - 1:
         current: list[str] = []
         paren = bracket = 0
         quoted = False
+        ended_on_delim = False
         while i < len(data):
             char = data[i]
             i += 1
@@ -149,10 +149,11 @@ def separate_args(data: str, delim: str, *, remove_chars: bool, limit: int) -> l
                     char = data[i]
                     i += 1
             elif char == delim and not (paren or bracket or quoted):
+                ended_on_delim = True
                 break
             current.append(char)
         args.append("".join(current))
-    if i < len(data):
+    if i < len(data) or ended_on_delim:
         args.append(data[i:])
     return args
 

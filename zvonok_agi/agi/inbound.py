@@ -163,8 +163,9 @@ class InboundRouter:
     def variables(
         self, decision: Decision, did: str | None, caller: str | None
     ) -> list[tuple[str, str]]:
-        """The channel variables that realise a decision; ZV_DECIDED comes last. Empty ones
-        are left out: the dialplan clears every ZV_* variable before the AGI."""
+        """The channel variables that realise a decision, ZV_DECIDED last. Every one is set,
+        empty ones too: the dialplan clears only ZV_DECIDED before the AGI, so an empty value
+        must overwrite whatever the channel held (an earlier AGI run, an inherited variable)."""
         route = decision.route
         if route.kind is RouteKind.OUTBOUND:
             context = self.dialplan.outbound_context.format(campaign=route.campaign)
@@ -173,7 +174,7 @@ class InboundRouter:
         else:
             assert route.fallback is not None
             context = self.dialplan.fallback_context.format(fallback=route.fallback.value)
-        values = [
+        return [
             (var.ROUTE, route.kind.value),
             (var.CAMPAIGN, route.campaign or ""),
             (var.ATTEMPT, route.attempt or ""),
@@ -185,7 +186,6 @@ class InboundRouter:
             (var.CALLER, caller or ""),
             (var.DECIDED, "1"),
         ]
-        return [(name, value) for name, value in values if value]
 
     def _log(
         self,

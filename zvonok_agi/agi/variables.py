@@ -22,10 +22,13 @@ CALLER = "ZV_CALLER"  # the caller, normalised; empty when there is none
 
 # --- how they are set ---------------------------------------------------------------------------
 #
-# One `SET VARIABLE` per variable is what the recordings show, and costs a round trip each.
-# `EXEC MSet(A=1,B=2,...)` sets them all in one (Asterisk's pbx_builtin_setvar_multiple): its
-# argument is split at commas, with quotes, backslashes and brackets taken specially, so only
-# values of plain characters go into it. Whether it took is checked by reading DECIDED back:
+# One `SET VARIABLE` per variable costs a round trip each. `EXEC MSet(A=1,B=2,...)` sets them
+# all in one (Asterisk's pbx_builtin_setvar_multiple; recorded in agi_mset.txt): its argument
+# is split at commas, with quotes, backslashes and brackets taken specially, so only values of
+# plain characters go into it. An empty value is set too: `ZV_FALLBACK=` splits at
+# '=' into the name and an empty value (a delimiter at the very end still closes an argument,
+# main/app.c __ast_app_separate_args), and Asterisk stores the empty string; one by one it is
+# `SET VARIABLE ZV_FALLBACK ""`. Whether the batch took is checked by reading DECIDED back:
 # an Asterisk that reads the batch differently (res_agi 1.4 compatibility turns the commas into
 # literal ones) leaves DECIDED unset, and the engine then sets every variable one by one.
 
