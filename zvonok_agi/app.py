@@ -76,7 +76,13 @@ class Engine:
             self.cache = RoutingCache(data, s.redis.refresh_interval)
             await self.cache.start()
             self._stack.push_async_callback(self.cache.stop)
-            history = CallbackHistory(self.redis, s.redis.key_prefix, s.routing.callback_window)
+            history = CallbackHistory(
+                self.redis,
+                s.redis.key_prefix,
+                s.routing.callback_window,
+                claim_replicas=s.redis.claim_replicas,
+                claim_wait=s.redis.claim_wait,
+            )
             router = InboundRouter(
                 self.cache,
                 history,

@@ -47,6 +47,10 @@ class RedisSettings:
     # The in-memory routing data is re-checked against Redis this often (pub/sub is faster).
     refresh_interval: float = 1.0
     key_prefix: str = "zv:"
+    # After winning a first-callback claim, wait (Redis WAIT) until this many replicas have
+    # it, at most claim_wait seconds: a failover then cannot lose it. 0: no wait.
+    claim_replicas: int = 0
+    claim_wait: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,13 @@ def _validate(settings: Settings) -> None:
             parse_redis_url(settings.redis.url)
         except RedisURLError as exc:
             raise ConfigError(f"redis.url: {exc}") from exc
+    if settings.redis.claim_replicas < 0:
+        raise ConfigError("redis.claim_replicas must be 0 (no wait) or more")
+    if not 0 < settings.redis.claim_wait < settings.redis.socket_timeout:
+        raise ConfigError(
+            "redis.claim_wait must be positive and shorter than redis.socket_timeout (the "
+            "claim and its WAIT are one command's read)"
+        )
     if "{" in settings.redis.key_prefix or "}" in settings.redis.key_prefix:
         raise ConfigError(
             "redis.key_prefix must not hold { or }: they mark the hash tags that keep the keys "
