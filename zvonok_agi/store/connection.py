@@ -161,6 +161,10 @@ def redis_client(url: str, *, socket_timeout: float, connect_timeout: float) -> 
     return aioredis.Redis.from_url(url, **fail_fast)
 
 
+def is_cluster(client: Client) -> bool:
+    return isinstance(client, RedisCluster)
+
+
 async def cluster_node_for(client: Client, key: str) -> ClusterNode | None:
     """On a Cluster, the node that holds `key` (to send it a keyless command such as WAIT);
     None for a single server or a Sentinel-watched master."""

@@ -1,9 +1,7 @@
 """The callback history: outbound attempts per (DID, callee), kept for the callback window.
 
 Layout (prefix `zv:` by default). The part in braces is the key's Redis Cluster hash tag: every
-key about one callee lives in one slot, and so does every key about one number, so each Lua
-script below touches the keys of one slot only and runs unchanged on a single server, behind
-Sentinel or on a Cluster.
+key about one callee lives in one slot, and so does every key about one number.
   hist:{<callee>}:<did>  hash, one per pair; for each attempt <id>:
       <id>    JSON {campaign, account, at}
       <id>:o  outcome
@@ -11,13 +9,15 @@ Sentinel or on a Cluster.
   last:{<callee>}  the number the latest outbound call to this callee showed
   cpm:{<did>}:<minute>  calls placed from a pool number in one minute (for the per-number cap)
 
-Recording an outbound attempt takes two atomic steps, one per slot: COUNT takes a call off the
-number's cap for this minute (on the number's slot), then COMMIT, on the callee's slot, checks
-that the callee's last number is not this one, makes it the last number and records the
-attempt. A COMMIT that finds the number already there (another call to this callee took it
-meanwhile) changes nothing and the count is given back; the next candidate is tried. So a
-callee is never shown the same pool number twice in a row, no number goes over its cap, and the
-attempt is written before the call is placed.
+Recording an outbound attempt is two atomic steps per candidate number: `count` takes a call off
+the number's cap for this minute (on the number's slot); `commit`, on the callee's slot, refuses
+the number the callee was shown last, else makes it the last one and records the attempt. On
+one server (or a Sentinel-watched master) both run in one script, DIAL, over the candidates in
+order: one round trip. On a Cluster, where a script may touch one slot only, they run as two
+scripts, COUNT then COMMIT; a COMMIT that finds the number there already (another call to this
+callee took it meanwhile) changes nothing, the count is given back and the next candidate is
+tried. Either way a callee is never shown the same pool number twice in a row, no number goes
+over its cap, and the attempt is written before the call is placed.
 
 One inbound decision reads one hash (HGETALL: one round trip). Claiming the first callback is a
 Lua script, so that of two simultaneous callbacks at most one wins.
@@ -33,9 +33,11 @@ import structlog
 
 from ..metrics import METRICS
 from ..routing.model import Attempt, Outcome
-from .connection import Client, cluster_node_for
+from .connection import Client, cluster_node_for, is_cluster
 
 log = structlog.get_logger(__name__)
+
+DIAL_CHUNK = 8  # candidate numbers per DIAL round trip
 
 # Writes an attempt, drops those older than the window, and keeps the hash alive for a window.
 _RECORD_FUNCTION = """
@@ -65,34 +67,78 @@ return 1
 """
 )
 
-# Counts one call against a number's cap for this minute, if it is under it: 1, else 0.
-# KEYS: cpm:{<did>}:<minute>. ARGV: cap.
-COUNT = """
-if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[1]) then return 0 end
-redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], 120)
-return 1
+# Counts a call against a number's cap this minute if it is under it (true), else false.
+_COUNT_FUNCTION = """
+local function count(key, cap)
+  if tonumber(redis.call('GET', key) or '0') >= cap then return false end
+  redis.call('INCR', key)
+  redis.call('EXPIRE', key, 120)
+  return true
+end
 """
 
-# Gives back a call counted by COUNT.
+# Makes `did` the callee's last number and records the attempt from it, unless (with avoid) it
+# is the callee's last number already. Returns whether it did, and the previous number or ''.
+_COMMIT_FUNCTION = (
+    _RECORD_FUNCTION
+    + """
+local function commit(last, hist, did, avoid, id, json, outcome, now, window)
+  local previous = redis.call('GET', last) or ''
+  if avoid and previous == did then return false, previous end
+  redis.call('SET', last, did, 'EX', math.ceil(window))
+  record(hist, id, json, outcome, now, window)
+  return true, previous
+end
+"""
+)
+
+# One server: the first candidate that is not the callee's last number (with avoid) and is
+# under its cap (a negative cap: none, nothing counted) is counted and committed. Returns
+# {chosen or '', previous or ''}.
+# KEYS: last:{<callee>}, then per candidate cpm:{<did>}:<minute> and hist:{<callee>}:<did>.
+# ARGV: id, record JSON, outcome, now, window, cap, avoid previous (1/0), candidates...
+DIAL = (
+    _COUNT_FUNCTION
+    + _COMMIT_FUNCTION
+    + """
+local now, window = tonumber(ARGV[4]), tonumber(ARGV[5])
+local cap, avoid = tonumber(ARGV[6]), ARGV[7] == '1'
+local previous = redis.call('GET', KEYS[1]) or ''
+for i = 8, #ARGV do
+  local did = ARGV[i]
+  if not (avoid and did == previous) and (cap < 0 or count(KEYS[2 * i - 14], cap)) then
+    commit(KEYS[1], KEYS[2 * i - 13], did, avoid, ARGV[1], ARGV[2], ARGV[3], now, window)
+    return {did, previous}
+  end
+end
+return {'', previous}
+"""
+)
+
+# A Cluster, step one on the number's slot: 1 counted, 0 at the cap.
+# KEYS: cpm:{<did>}:<minute>. ARGV: cap.
+COUNT = (
+    _COUNT_FUNCTION
+    + """
+return count(KEYS[1], tonumber(ARGV[1])) and 1 or 0
+"""
+)
+
+# Gives back a call counted by COUNT (or DIAL).
 UNCOUNT = """
 if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
 return 1
 """
 
-# Makes `did` the callee's last number and records the attempt from it, unless (with avoid) it
-# is the callee's last number already. Returns {1 recorded or 0, the previous number or ''}.
+# A Cluster, step two on the callee's slot: {1 recorded or 0, the previous number or ''}.
 # KEYS: last:{<callee>}, hist:{<callee>}:<did>.
 # ARGV: did, avoid previous (1/0), id, record JSON, outcome, now, window.
 COMMIT = (
-    _RECORD_FUNCTION
+    _COMMIT_FUNCTION
     + """
-local previous = redis.call('GET', KEYS[1]) or ''
-if ARGV[2] == '1' and previous == ARGV[1] then return {0, previous} end
-local now, window = tonumber(ARGV[6]), tonumber(ARGV[7])
-redis.call('SET', KEYS[1], ARGV[1], 'EX', math.ceil(window))
-record(KEYS[2], ARGV[3], ARGV[4], ARGV[5], now, window)
-return {1, previous}
+local done, previous = commit(KEYS[1], KEYS[2], ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4],
+                              ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]))
+return {done and 1 or 0, previous}
 """
 )
 
@@ -148,6 +194,7 @@ class CallbackHistory:
         self._record = redis.register_script(RECORD)
         self._claim = redis.register_script(CLAIM)
         self._settle = redis.register_script(SETTLE)
+        self._dial = redis.register_script(DIAL)
         self._count = redis.register_script(COUNT)
         self._uncount = redis.register_script(UNCOUNT)
         self._commit = redis.register_script(COMMIT)
@@ -190,33 +237,64 @@ class CallbackHistory:
         number this callee was shown last (with `avoid_previous`), under `cap` calls this
         minute (None: no cap, nothing counted); `attempt.did` is ignored. Returns the attempt
         as recorded (None, nothing written, when every candidate is ruled out) and the number
-        this callee was shown before. The rule is routing.callerid.pick (a test holds this to
-        it): one read of the last number and the counts saves a round trip per number at its
-        cap; COUNT and COMMIT then decide atomically."""
+        this callee was shown before. The rule is routing.callerid.pick, which the tests hold
+        both ways (one script, or the steps on a Cluster) to."""
+        if is_cluster(self.redis):
+            chosen, previous = await self._dial_in_steps(attempt, candidates, avoid_previous, cap)
+        else:
+            chosen, previous = await self._dial_in_one(attempt, candidates, avoid_previous, cap)
+        recorded = dataclasses.replace(attempt, did=chosen) if chosen else None
+        return recorded, previous
+
+    def _commit_args(self, attempt: Attempt) -> list[str | float]:
+        return [attempt.id, self._record_json(attempt), attempt.outcome.value, attempt.at]
+
+    async def _dial_in_one(
+        self, attempt: Attempt, candidates: Sequence[str], avoid: bool, cap: int | None
+    ) -> tuple[str | None, str | None]:
+        previous = None
+        # A few candidates per round trip: the first usable one is nearly always among them,
+        # and a big pool does not make every call's request big.
+        for start in range(0, len(candidates), DIAL_CHUNK):
+            chunk = candidates[start : start + DIAL_CHUNK]
+            keys = [self.last_key(attempt.callee)]
+            for did in chunk:
+                keys += [self.count_key(did, attempt.at), self.key(did, attempt.callee)]
+            chosen, shown = await self._dial(
+                keys=keys,
+                args=[
+                    *self._commit_args(attempt),
+                    self.window,
+                    -1 if cap is None else cap,
+                    1 if avoid else 0,
+                    *chunk,
+                ],
+            )
+            previous = shown.decode() or None
+            if chosen:
+                return chosen.decode(), previous
+        return None, previous
+
+    async def _dial_in_steps(
+        self, attempt: Attempt, candidates: Sequence[str], avoid: bool, cap: int | None
+    ) -> tuple[str | None, str | None]:
+        # One pipelined read first (the callee's last number, the counts): a pool at its cap
+        # then costs one round trip, not one per number. COUNT and COMMIT decide atomically.
         previous, counts = await self._read_usage(attempt, candidates, cap is not None)
         for did in candidates:
-            if avoid_previous and did == previous:
+            if avoid and did == previous:
                 continue
             count_key = self.count_key(did, attempt.at)
             if cap is not None:
                 if counts[did] >= cap or not await self._count(keys=[count_key], args=[cap]):
                     continue
-            recorded = dataclasses.replace(attempt, did=did)
             done, shown = await self._commit(
                 keys=[self.last_key(attempt.callee), self.key(did, attempt.callee)],
-                args=[
-                    did,
-                    1 if avoid_previous else 0,
-                    attempt.id,
-                    self._record_json(attempt),
-                    attempt.outcome.value,
-                    attempt.at,
-                    self.window,
-                ],
+                args=[did, 1 if avoid else 0, *self._commit_args(attempt), self.window],
             )
             previous = shown.decode() or None
             if done:
-                return recorded, previous
+                return did, previous
             if cap is not None:  # another call to this callee showed `did` meanwhile
                 await self._uncount(keys=[count_key])
         return None, previous
