@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from redis_topology import Cluster
 from zvonok_agi.app import redis_client
@@ -22,6 +23,11 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def background_errors(loop: str) -> float:
+    """The failed steps the background loop `loop` has counted so far in this process."""
+    return REGISTRY.get_sample_value("zvonok_background_errors_total", {"loop": loop}) or 0.0
 
 
 @pytest.fixture(scope="session")

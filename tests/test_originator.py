@@ -19,8 +19,9 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from conftest import free_port
+from conftest import background_errors, free_port
 from engine_helpers import load
 from fake_ami import ORIGINATE_CASES, RECORDED_OUTCOMES, FakeAMI, Recording
 from zvonok_agi import phone
@@ -250,6 +251,39 @@ async def test_all_cases_at_once_each_settles_on_its_own_events(settings: Settin
     for case, result in zip(CASE_CALLEES, results, strict=True):
         assert result.attempt.callee == CASE_CALLEES[case]
         assert result.outcome is EXPECTED[case], (case, result.detail)
+
+
+async def test_a_failure_handling_an_event_is_logged_counted_and_calls_go_on(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A defect in event handling hits one call's OriginateResponse. That call settles failed
+    # at once (its outcome is unknown) rather than after outcome_timeout; the next one is read
+    # as always.
+    real = originator_module.from_originate_response
+    injected: list[RuntimeError] = []
+
+    def fails_once(success: bool, reason: int | None) -> Outcome | None:
+        if not injected:
+            injected.append(RuntimeError("injected defect"))
+            raise injected[0]
+        return real(success, reason)
+
+    monkeypatch.setattr(originator_module, "from_originate_response", fails_once)
+    before = background_errors("originator-events")
+    fake = FakeAMI(cases={CASE_CALLEES["busy"]: "busy"})
+    with capture_logs() as logs:
+        async with dialer(settings, fake, outcome_timeout=60.0) as d:
+            async with asyncio.timeout(10):  # neither call may wait for outcome_timeout
+                first = await d.originator.dial("pool-promo", CASE_CALLEES["answered"])
+                second = await d.originator.dial("pool-promo", CASE_CALLEES["busy"])
+
+    assert first.outcome is Outcome.FAILED
+    assert first.detail == "handling OriginateResponse failed: RuntimeError('injected defect')"
+    assert second.outcome is Outcome.BUSY
+    assert background_errors("originator-events") == before + 1
+    [failure] = [e for e in logs if e["event"] == "background loop step failed; going on"]
+    assert failure["loop"] == "originator-events" and failure["log_level"] == "error"
+    assert failure["exc_info"] is injected[0] and failure["ami_event"] == "OriginateResponse"
 
 
 # --- what the Originate carries -----------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from conftest import free_port
+from conftest import background_errors, free_port
 from engine_helpers import RESERVED, base_inventory, load
 from fake_ami import RECORDED_OUTCOMES, FakeAMI
+from loop_watch import PATIENCE, LoopWatch
 from zvonok_agi.ami.client import AMIClient
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import Settings
@@ -478,6 +480,74 @@ async def test_a_call_whose_originate_never_left_is_dialed_later(settings, tmp_p
     assert summary.outcomes == Counter({Outcome.ANSWERED: len(numbers)})
 
 
+async def test_a_callee_requeued_after_a_cut_is_dialed_by_the_resumed_run(settings, tmp_path):
+    # The link falls between prepare and send, and stays down; the run is stopped before the
+    # redial. The callee was never dialed, so the next run over the same journal dials it.
+    await load(settings, inventory())
+    numbers = callees(4)
+    journal = Journal(tmp_path / "j")
+    stop = asyncio.Event()
+
+    def stop_when_link_down(progress: RunProgress) -> None:
+        if progress.paused == "AMI link down":
+            stop.set()
+
+    async with FakeAMI() as fake:
+        async with originator_for(settings, fake) as originator:
+            place = originator.place
+
+            async def place_after_a_cut(attempt, caller_id):  # type: ignore[no-untyped-def]
+                if attempt.callee == numbers[1]:
+                    await fake.stop_listening()
+                    fake.drop()
+                    await eventually(lambda: not originator.ami.connected)
+                return await place(attempt, caller_id)
+
+            originator.place = place_after_a_cut  # type: ignore[method-assign]
+            first = await make_runner(
+                originator, numbers, journal, concurrency=1, progress=stop_when_link_down
+            ).run(stop)
+            assert dialed(fake) == Counter(numbers[:1])
+            assert first.interrupted and first.remaining == 3
+            assert journal.done() == set(numbers[:1])
+
+            originator.place = place  # type: ignore[method-assign]
+            await fake.start_listening()
+            await originator.ami.wait_connected()
+            second = await make_runner(originator, numbers, journal).run(asyncio.Event())
+
+    assert second.skipped == 1 and second.placed == 3
+    assert dialed(fake) == Counter(numbers)  # the cut one too, once
+    assert journal.done() == set(numbers)
+
+
+async def test_a_defect_preparing_one_callee_refuses_it_and_the_run_goes_on(settings, tmp_path):
+    await load(settings, inventory())
+    numbers = callees(5)
+    before = background_errors("campaign-run")
+    journal = Journal(tmp_path / "j")
+    with capture_logs() as logs:
+        async with FakeAMI() as fake:
+            async with originator_for(settings, fake) as originator:
+                prepare = originator.prepare
+
+                async def fails_for_one(campaign_id, callee):  # type: ignore[no-untyped-def]
+                    if callee == numbers[2]:
+                        raise RuntimeError("injected defect")
+                    return await prepare(campaign_id, callee)
+
+                originator.prepare = fails_for_one  # type: ignore[method-assign]
+                summary = await make_runner(originator, numbers, journal).run(asyncio.Event())
+
+    assert summary.placed == 4 and summary.refused == 1
+    assert summary.refusals == [f"{numbers[2]}: not dialed: RuntimeError('injected defect')"]
+    assert dialed(fake) == Counter(numbers[:2] + numbers[3:])
+    assert journal.done() == set(numbers) - {numbers[2]}  # a later run tries it again
+    assert background_errors("campaign-run") == before + 1
+    [failure] = [e for e in logs if e["event"] == "background loop step failed; going on"]
+    assert failure["loop"] == "campaign-run" and failure["callee"] == numbers[2]
+
+
 # ---- pieces -----------------------------------------------------------------------------------
 
 
@@ -569,6 +639,46 @@ def test_journal_appends_and_reads_back(tmp_path):
     journal.append("79161112233")
     assert Journal(path).done() == {"79161234567", "79161112233"}
     assert path.read_text() == "79161234567\n79161112233\n"
+
+
+async def test_the_journal_is_read_off_the_event_loop(settings, tmp_path):
+    # A journal on a slow disk, played by a FIFO that is written only once the loop answered.
+    await load(settings, inventory())
+    numbers = callees(2)
+    fifo = tmp_path / "j"
+    os.mkfifo(fifo)
+    write_end: list[int] = []
+
+    def journal_being_read() -> None:
+        deadline = time.monotonic() + PATIENCE
+        while not write_end and time.monotonic() < deadline:
+            try:  # opens once the run has the FIFO open for reading
+                write_end.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                time.sleep(0.005)
+
+    def write_the_journal() -> None:
+        os.write(write_end[0], "\n".join(numbers).encode() + b"\n")
+        os.close(write_end[0])
+
+    watch = LoopWatch()
+    thread = watch.in_thread(journal_being_read, write_the_journal)
+    async with FakeAMI() as fake:
+        async with originator_for(settings, fake) as originator:
+            summary = await make_runner(originator, numbers, Journal(fifo)).run(asyncio.Event())
+    await asyncio.to_thread(thread.join)
+    assert watch.answered
+    assert summary.skipped == 2 and fake.originates == []
+
+
+def test_journal_strikes_out_a_callee_not_dialed(tmp_path):
+    journal = Journal(tmp_path / "j")
+    journal.append("79161234567")
+    journal.append("79161112233")
+    journal.strike("79161234567")
+    assert journal.done() == {"79161112233"}
+    journal.append("79161234567")  # redialed later
+    assert journal.done() == {"79161234567", "79161112233"}
 
 
 def test_format_summary():

@@ -38,7 +38,8 @@ def redis_client(url: str, settings: Settings) -> connection.Client:
 async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[connection.Client]:
     """The configured Redis; with no URL, the embedded server.
 
-    `supervise=True` (the engine) starts the embedded server and restarts it if it dies. Tools
+    `supervise=True` (the engine) starts the embedded server and restarts it if it dies; it
+    fails (DataDirInUse) if another process runs the server of that data directory. Tools
     (`load`, `route`) use the engine's server when it runs, else start one for their own use.
     """
     embedded: EmbeddedRedis | None = None
@@ -50,9 +51,8 @@ async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[co
         if embedded is not None:
             if supervise:
                 await stack.enter_async_context(embedded)
-            elif not embedded.is_serving():
-                await asyncio.to_thread(embedded.start)
-                stack.callback(embedded.stop)
+            elif await asyncio.to_thread(embedded.attach):
+                stack.push_async_callback(asyncio.to_thread, embedded.stop)
         client = redis_client(url, settings)
         stack.push_async_callback(client.aclose)
         yield client

@@ -16,6 +16,7 @@ from . import __version__
 from .config import ConfigError, Settings, load_settings
 from .logs import configure_logging
 from .metrics import MetricsUnavailable
+from .store.embedded import EmbeddedRedisError
 
 if TYPE_CHECKING:
     from .outbound.originator import Originator
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(args.run(settings, args))
     except KeyboardInterrupt:
         return 130
-    except (CommandError, MetricsUnavailable) as exc:
+    except (CommandError, MetricsUnavailable, EmbeddedRedisError) as exc:
         print(f"zvonok-agi: {exc}", file=sys.stderr)
         return 1
 

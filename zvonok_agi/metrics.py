@@ -44,6 +44,11 @@ class _Metrics:
         self.originates = prom.Counter(
             "zvonok_originates", "Outbound calls placed, by outcome", ["outcome"]
         )
+        self.background_errors = prom.Counter(
+            "zvonok_background_errors",
+            "Failed steps of background loops (each loop goes on), by loop",
+            ["loop"],
+        )
 
     def call_routed(self, route: str, fallback: str | None, reason: str, seconds: float) -> None:
         if self.enabled:
@@ -65,6 +70,10 @@ class _Metrics:
     def originate(self, outcome: str) -> None:
         if self.enabled:
             self.originates.labels(outcome).inc()
+
+    def background_error(self, loop: str) -> None:
+        if self.enabled:
+            self.background_errors.labels(loop).inc()
 
 
 METRICS = _Metrics()

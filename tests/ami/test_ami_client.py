@@ -7,7 +7,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from structlog.testing import capture_logs
 
+from conftest import background_errors
 from fake_ami import ORIGINATE_CASES, FakeAMI, recording
 from zvonok_agi.ami import client as client_module
 from zvonok_agi.ami.client import (
@@ -342,6 +344,36 @@ async def test_keepalive_drops_a_silent_link(fake: FakeAMI) -> None:
     async with asyncio.timeout(2):
         await ami.wait_connected()
     await ami.close()
+
+
+async def test_a_defect_reading_the_link_is_logged_counted_and_the_client_reconnects(
+    fake: FakeAMI,
+) -> None:
+    before = background_errors("ami-reader")
+    ami = make_client(fake)
+    put_event, defects = ami._put_event, [RuntimeError("injected defect")]
+
+    def fails_once(event: Event) -> None:  # hits the FullyBooted after the first login
+        if defects:
+            raise defects.pop()
+        put_event(event)
+
+    ami._put_event = fails_once  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        ami.start()
+        await eventually(lambda: fake.connections == 2 and ami.connected)
+    try:
+        await ami.send_action("Originate", originate_fields("answered", "zv-after"))
+        while (event := await next_event(ami)).name != "OriginateResponse":
+            pass
+        assert event["Uniqueid"] == "zv-after"
+    finally:
+        await ami.close()
+    assert background_errors("ami-reader") == before + 1
+    [failure] = [e for e in logs if e["event"] == "background loop step failed; going on"]
+    assert failure["loop"] == "ami-reader" and "injected defect" in failure["error"]
+    [lost] = [e for e in logs if e["event"] == "ami.link_lost"]
+    assert lost["reason"] == "internal error: RuntimeError('injected defect')"
 
 
 async def test_close_ends_consumers_and_leaves_no_task() -> None:

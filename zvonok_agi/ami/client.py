@@ -34,7 +34,7 @@ from typing import Self
 
 import structlog
 
-from ..tasks import cancel_and_wait
+from ..tasks import LoopErrors, cancel_and_wait
 from .protocol import (
     NEED_DATA,
     AMIConnection,
@@ -114,10 +114,12 @@ class _Link:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         on_event: Callable[[Event], None],
+        errors: LoopErrors,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.on_event = on_event
+        self.errors = errors
         self.conn = AMIConnection()
         self.pending: dict[str, _Pending] = {}
         self.banner: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -137,6 +139,9 @@ class _Link:
             reason = f"protocol error: {exc}"
         except OSError as exc:
             reason = f"socket error: {exc!r}"
+        except Exception as exc:  # a defect: this link goes, and the client connects again
+            reason = f"internal error: {exc!r}"
+            self.errors.failed(exc)
         finally:
             self.abort(reason)
 
@@ -291,6 +296,7 @@ class AMIClient:
         self._supervisor: asyncio.Task[None] | None = None
         self._first_attempt: asyncio.Future[None] | None = None
         self._closing = False
+        self._reader_errors = LoopErrors("ami-reader", expected=())
         # Unique across reconnects and across clients sharing one Asterisk: OriginateResponse
         # events, ActionID included, reach every AMI session allowed to read call events.
         self._ids = (f"{secrets.token_hex(4)}-{n}" for n in itertools.count(1))
@@ -430,7 +436,7 @@ class AMIClient:
                 reader, writer = await asyncio.open_connection(self.host, self.port)
         except (OSError, TimeoutError) as exc:
             raise AMIConnectionError(f"cannot connect to {where}: {exc!r}") from exc
-        link = _Link(reader, writer, self._put_event)
+        link = _Link(reader, writer, self._put_event, self._reader_errors)
         self._link = link
         try:
             try:
@@ -444,6 +450,7 @@ class AMIClient:
             await link.close("login failed")
             raise
         log.info("ami.logged_in", banner=self.banner, md5=self.use_md5)
+        self._reader_errors.succeeded()
         return link
 
     async def _login(self, link: _Link) -> None:

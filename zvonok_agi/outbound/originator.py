@@ -9,7 +9,6 @@ if they arrive, else it settles as failed after `outcome_timeout`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 import uuid
@@ -37,7 +36,7 @@ from ..routing.callerid import (
 from ..routing.model import Attempt, Campaign, CampaignState, Outcome
 from ..store.history import CallbackHistory
 from ..store.routing_data import RoutingSnapshot
-from ..tasks import cancel_and_wait
+from ..tasks import LoopErrors, cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -272,9 +271,18 @@ class Originator:
         log.error("attempt outcome not recorded", attempt=attempt.id, error=str(error))
 
     async def _read_events(self) -> None:
+        errors = LoopErrors("originator-events", expected=())
         async for event in self.ami.events():
-            with contextlib.suppress(Exception):
+            try:
                 self._on_event(event)
+            except Exception as exc:
+                errors.failed(exc, ami_event=event.name)
+                # Its call's outcome is unknown now: say so at once, not after the timeout.
+                tracker = self._trackers.get(event.get("Uniqueid") or "")
+                if tracker is not None:
+                    tracker.settle(Outcome.FAILED, f"handling {event.name} failed: {exc!r}")
+            else:
+                errors.succeeded()
 
     def _on_event(self, event: Event) -> None:
         tracker = self._trackers.get(event.get("Uniqueid") or "")

@@ -4,13 +4,16 @@ Each callee goes through the originator in two steps: `prepare()` records the at
 callee is then appended to the run's journal, and only then is `place()` sent. So a run that
 is interrupted (SIGINT, crash) and started again with the same journal never dials anyone
 twice; the price is that a crash between the journal write and the Originate loses that one
-callee, which is the safe side.
+callee, which is the safe side. Once the Originate is known not to have left (the AMI link
+was down), the callee is struck out of the journal again and goes back in the queue: a run
+stopped before its redial leaves it to the next run.
 
 While Redis is down no attempt can be recorded, so no call is placed: the run pauses, retries
 the same callee every STORE_RETRY seconds and resumes when the store is back. While the AMI
 link is down the run waits for the client to reconnect; while the campaign is paused it waits
 for it to run again. When the campaign itself may no longer dial (finished, deleted, its
-caller ID taken away), the run stops and says why.
+caller ID taken away), the run stops and says why. Anything else that goes wrong with one
+callee (a defect) is logged and counted, and that callee is refused; the run goes on.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import structlog
 from .. import phone
 from ..routing.callerid import CallerId, PoolAtCapacity
 from ..routing.model import Attempt, Outcome
+from ..tasks import LoopErrors
 from .originator import (
     CampaignPaused,
     DialRefused,
@@ -112,7 +116,10 @@ def journal_path(state_dir: str | Path, campaign_id: str, list_path: str | Path)
 
 
 class Journal:
-    """An append-only file of callees already dialed, one E.164 number a line."""
+    """An append-only file of callees already dialed, one E.164 number a line; a line
+    `-NUMBER` strikes out the one before it (its Originate never left)."""
+
+    STRUCK = "-"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -122,13 +129,27 @@ class Journal:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return set()
-        return {line.strip() for line in text.splitlines() if line.strip()}
+        done: set[str] = set()
+        for line in text.splitlines():
+            callee = line.strip()
+            if callee.startswith(self.STRUCK):
+                done.discard(callee.removeprefix(self.STRUCK))
+            elif callee:
+                done.add(callee)
+        return done
 
     def append(self, callee: str) -> None:
         """Write `callee` durably (fsync): it must survive a crash right after."""
+        self._write(callee)
+
+    def strike(self, callee: str) -> None:
+        """Take `callee` back out: it was not dialed after all."""
+        self._write(self.STRUCK + callee)
+
+    def _write(self, line: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as file:
-            file.write(callee + "\n")
+            file.write(line + "\n")
             file.flush()
             os.fsync(file.fileno())
 
@@ -261,13 +282,14 @@ class CampaignRunner:
         self._paused: str | None = None
         self._paused_since = 0.0
         self._pool_full = False
+        self._errors = LoopErrors("campaign-run", expected=())
 
     async def run(self, stop: asyncio.Event) -> RunSummary:
         """Dial until the list is done or `stop` is set; calls in flight then end normally.
         Raises DialRefused, before any call, when the campaign may not dial at all."""
         self.originator.check_campaign(self.campaign_id)
         started = time.monotonic()
-        queue = self._to_dial()
+        queue = self._to_dial(await asyncio.to_thread(self.journal.done))
         log.info(
             "campaign run started",
             campaign=self.campaign_id,
@@ -316,6 +338,10 @@ class CampaignRunner:
                         return
                     self._refuse(callee, str(exc))
                     continue
+                except Exception as exc:  # a defect: not journaled, a later run tries again
+                    self._errors.failed(exc, campaign=self.campaign_id, callee=callee)
+                    self._refuse(callee, f"not dialed: {exc!r}")
+                    continue
                 if prepared is None:  # stopped while waiting
                     queue.appendleft(callee)
                     return
@@ -335,9 +361,8 @@ class CampaignRunner:
             else:
                 return
 
-    def _to_dial(self) -> deque[str]:
-        """The callees still to dial: each number once, none already in the journal."""
-        done = self.journal.done()
+    def _to_dial(self, done: set[str]) -> deque[str]:
+        """The callees still to dial: each number once, none already `done` (journaled)."""
         queue: deque[str] = deque()
         seen: set[str] = set()
         for raw in self.callees:
@@ -389,13 +414,22 @@ class CampaignRunner:
         try:
             result = await self.originator.place(attempt, caller_id)
         except Exception as exc:  # the Originate may have gone out: counted, never retried
-            log.exception("call failed", campaign=self.campaign_id, callee=attempt.callee)
+            self._errors.failed(exc, campaign=self.campaign_id, callee=attempt.callee)
             result = DialResult(attempt, caller_id, Outcome.FAILED, repr(exc))
         finally:
             self._in_flight -= 1
         if result.retry:
             # The link fell between prepare and send: nothing reached Asterisk, so this
-            # callee goes back in the queue (it is journaled: a crash now loses it, safely).
+            # callee goes back in the queue, and out of the journal for a run that resumes
+            # (first: its redial journals it again).
+            try:
+                await asyncio.to_thread(self.journal.strike, attempt.callee)
+            except OSError as exc:
+                log.error(
+                    "journal not updated: a resumed run would skip this callee",
+                    callee=attempt.callee,
+                    error=str(exc),
+                )
             queue.append(attempt.callee)
             self._report()
             return

@@ -35,7 +35,7 @@ from ..routing.model import (
     NumberStatus,
     Pool,
 )
-from ..tasks import cancel_and_wait, cancel_requested
+from ..tasks import LoopErrors, cancel_and_wait, cancel_requested, run_every
 
 log = structlog.get_logger(__name__)
 
@@ -154,26 +154,33 @@ class RoutingCache:
                 campaigns=len(snapshot.campaigns),
             )
 
-    # Each loop also ends when its cancellation was swallowed or turned into a store error
-    # by redis-py (see zvonok_agi.tasks): the request is still on record.
+    # Each loop rides out any failure (logged, counted, see zvonok_agi.tasks), and ends when
+    # its cancellation was swallowed or turned into a store error by redis-py: the request
+    # is still on record.
     async def _reloader(self) -> None:
+        errors = LoopErrors("routing-reload")
         while not cancel_requested():
             await self._dirty.wait()
             self._dirty.clear()
             try:
                 await self.reload()
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
                 if cancel_requested():
                     return
-                METRICS.store_error("routing_data")
-                log.warning("routing data reload failed; keeping the last copy", error=str(exc))
+                if isinstance(exc, RedisError | OSError):
+                    METRICS.store_error("routing_data")
+                errors.failed(exc, kept_version=self.snapshot.version)
                 await asyncio.sleep(self.refresh_interval)
+            else:
+                errors.succeeded()
 
     async def _follow_changes(self) -> None:
+        errors = LoopErrors("routing-pubsub")
         while not cancel_requested():
             try:
                 async with self.data.redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.data.channel)
+                    errors.succeeded()
                     self._dirty.set()  # changes made while we were not listening
                     while not cancel_requested():
                         message = await pubsub.get_message(
@@ -181,18 +188,18 @@ class RoutingCache:
                         )
                         if message is not None:
                             self._dirty.set()
-            except (RedisError, OSError):
-                if not cancel_requested():
-                    await asyncio.sleep(self.refresh_interval)
+            except Exception as exc:
+                if cancel_requested():
+                    return
+                errors.failed(exc)
+                await asyncio.sleep(self.refresh_interval)
 
     async def _poll_version(self) -> None:
-        while not cancel_requested():
-            await asyncio.sleep(self.refresh_interval)
-            try:
-                if await self.data.version() != self.snapshot.version:
-                    self._dirty.set()
-            except (RedisError, OSError):
-                continue
+        await run_every(self.refresh_interval, self._check_version, LoopErrors("routing-version"))
+
+    async def _check_version(self) -> None:
+        if await self.data.version() != self.snapshot.version:
+            self._dirty.set()
 
 
 def _text(value: bytes | str) -> str:

@@ -7,14 +7,16 @@ import asyncio
 
 import structlog
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from ..config import is_loopback
 from ..numbers.service import NumbersService
-from ..tasks import cancel_and_wait, cancel_requested
+from ..tasks import LoopErrors, cancel_and_wait, run_every
 from .app import make_app
 
 log = structlog.get_logger(__name__)
+
+# After failed publishing retries in a row, wait up to this long between them.
+FLUSH_BACKOFF = 60.0
 
 
 class AdminServer:
@@ -63,10 +65,10 @@ class AdminServer:
         await self._runner.cleanup()
 
     async def _flush_forever(self) -> None:
-        while not cancel_requested():
-            await asyncio.sleep(self.flush_interval)
-            try:
-                if await self.service.pending():
-                    await self.service.flush()
-            except (RedisError, OSError) as exc:
-                log.warning("publishing retry failed", error=str(exc))
+        # Any failure, the store's too ("database is locked"), is reported and retried later.
+        errors = LoopErrors("admin-flush")
+        await run_every(self.flush_interval, self._flush, errors, max_backoff=FLUSH_BACKOFF)
+
+    async def _flush(self) -> None:
+        if await self.service.pending():
+            await self.service.flush()
