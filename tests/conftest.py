@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from redis_topology import Cluster
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import Settings, load_settings
+from zvonok_agi.store.connection import learn_topology
 from zvonok_agi.store.embedded import EmbeddedRedis
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -68,10 +69,14 @@ async def redis(settings: Settings):
 
 @pytest.fixture(params=["single", "cluster"])
 async def store(request: pytest.FixtureRequest, settings: Settings):
-    """A client of the engine's kind, on the session's Redis and then on the cluster."""
+    """A client of the engine's kind, on the session's Redis and then on the cluster. Its
+    timeouts are long: these tests are about what the store does, not about a busy machine
+    (on a Cluster a timeout also drops the connections of the commands in flight)."""
     url = settings.redis.url
     if request.param == "cluster":
         url = request.getfixturevalue("redis_cluster").url
-    client = redis_client(url, settings)
+    patient = replace(settings.redis, socket_timeout=5.0, connect_timeout=5.0)
+    client = redis_client(url, replace(settings, redis=patient))
+    await learn_topology(client)
     yield client
     await client.aclose()

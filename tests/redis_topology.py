@@ -120,12 +120,12 @@ class RedisNode:
 class Replicated:
     """A master, a replica and three sentinels (quorum 2) watching them."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, down_after_ms: int = DOWN_AFTER_MS) -> None:
         self.master = RedisNode(workdir, [])
         self.replica = RedisNode(workdir, [f"replicaof {HOST} {self.master.port}"])
         monitor = [
             f"sentinel monitor {SERVICE} {HOST} {self.master.port} 2",
-            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}",
+            f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}",
             f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}",
             f"sentinel parallel-syncs {SERVICE} 1",
         ]

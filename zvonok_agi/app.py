@@ -55,6 +55,7 @@ async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[co
                 stack.push_async_callback(asyncio.to_thread, embedded.stop)
         client = redis_client(url, settings)
         stack.push_async_callback(client.aclose)
+        await connection.learn_topology(client)
         yield client
 
 

@@ -15,6 +15,7 @@ the error, so that a call is routed without the store in time.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
@@ -23,6 +24,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 SENTINEL_SCHEME = "redis+sentinel"
@@ -159,6 +161,16 @@ def redis_client(url: str, *, socket_timeout: float, connect_timeout: float) -> 
         client.sentinel = sentinel
         return client
     return aioredis.Redis.from_url(url, **fail_fast)
+
+
+async def learn_topology(client: Client) -> None:
+    """A Cluster client fetches its slot map now, before concurrent calls share it: redis-py
+    sends the commands that arrive while a client learns the map to an arbitrary node, gets
+    MOVED, and after a few of those drops every connection, those of other calls too. If the
+    cluster cannot be reached now, the first command tries again. Nothing to do otherwise."""
+    if isinstance(client, RedisCluster):
+        with contextlib.suppress(RedisError, OSError):
+            await client.initialize()
 
 
 def is_cluster(client: Client) -> bool:

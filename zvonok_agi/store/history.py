@@ -278,15 +278,20 @@ class CallbackHistory:
     async def _dial_in_steps(
         self, attempt: Attempt, candidates: Sequence[str], avoid: bool, cap: int | None
     ) -> tuple[str | None, str | None]:
-        # One pipelined read first (the callee's last number, the counts): a pool at its cap
-        # then costs one round trip, not one per number. COUNT and COMMIT decide atomically.
-        previous, counts = await self._read_usage(attempt, candidates, cap is not None)
+        shown = await self.redis.get(self.last_key(attempt.callee))
+        previous = shown.decode() if shown else None
+        counts: dict[str, int] | None = None
         for did in candidates:
             if avoid and did == previous:
                 continue
             count_key = self.count_key(did, attempt.at)
             if cap is not None:
-                if counts[did] >= cap or not await self._count(keys=[count_key], args=[cap]):
+                if counts is not None and counts[did] >= cap:
+                    continue
+                if not await self._count(keys=[count_key], args=[cap]):
+                    # At its cap: read every count once, so that a full pool costs one more
+                    # round trip rather than one per number.
+                    counts = counts or await self._counts(candidates, attempt.at)
                     continue
             done, shown = await self._commit(
                 keys=[self.last_key(attempt.callee), self.key(did, attempt.callee)],
@@ -299,17 +304,12 @@ class CallbackHistory:
                 await self._uncount(keys=[count_key])
         return None, previous
 
-    async def _read_usage(
-        self, attempt: Attempt, candidates: Sequence[str], counted: bool
-    ) -> tuple[str | None, dict[str, int]]:
+    async def _counts(self, candidates: Sequence[str], at: float) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(self.last_key(attempt.callee))
-            if counted:
-                for did in candidates:
-                    pipe.get(self.count_key(did, attempt.at))
-            last, *counts = await pipe.execute()
-        usage = {did: int(count or 0) for did, count in zip(candidates, counts, strict=False)}
-        return (last.decode() if last else None), usage
+            for did in candidates:
+                pipe.get(self.count_key(did, at))
+            counts = await pipe.execute()
+        return {did: int(count or 0) for did, count in zip(candidates, counts, strict=True)}
 
     async def undial(self, attempt: Attempt, previous: str | None) -> None:
         """Take back an attempt recorded by `record_dial` whose call never reached Asterisk."""
