@@ -11,8 +11,11 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from zvonok_agi.store.embedded import redis_server_binary
 
@@ -73,8 +76,11 @@ class RedisNode:
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(HOST, self.port, socket_timeout=5)
+    def ask(self, method: str, *args: object) -> Any:
+        """One command through a client of its own, without retries (a node killed on purpose
+        refuses at once): `ask("info", "replication")`."""
+        with redis.Redis(HOST, self.port, socket_timeout=5, retry=Retry(NoBackoff(), 0)) as client:
+            return getattr(client, method)(*args)
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +106,7 @@ class RedisNode:
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for(lambda: self.client().ping(), 10, f"redis on port {self.port}")
+        wait_for(lambda: self.ask("ping"), 10, f"redis on port {self.port}")
 
     def kill(self) -> None:
         """SIGKILL: no goodbye to clients or replicas, as a crashed box."""
@@ -150,27 +156,30 @@ class Replicated:
         wait_for(self.sentinels_agree, 10, "sentinels see each other and the replica")
 
     def replica_in_sync(self) -> bool:
-        info = self.replica.client().info("replication")
+        info = self.replica.ask("info", "replication")
         return info.get("master_link_status") == "up"
 
     def sentinels_agree(self) -> bool:
         for sentinel in self.sentinels:
-            state = sentinel.client().sentinel_master(SERVICE)
+            state = sentinel.ask("sentinel_master", SERVICE)
             if state["num-other-sentinels"] < 2 or state["num-slaves"] < 1:
                 return False
         return True
 
     def master_port(self) -> int:
-        """The port the sentinels name as master now."""
-        host, port = self.sentinels[0].client().sentinel_get_master_addr_by_name(SERVICE)
-        return int(port)
+        """The port the sentinels name as master now (asking the first one that answers)."""
+        for sentinel in self.sentinels:
+            with contextlib.suppress(redis.ConnectionError):
+                _, port = sentinel.ask("sentinel_get_master_addr_by_name", SERVICE)
+                return int(port)
+        raise redis.ConnectionError("no sentinel answers")
 
     def wait_for_failover(self, timeout: float = 15.0) -> None:
         """Until the replica is the master, by the sentinels and by its own account."""
         wait_for(
             lambda: (
                 self.master_port() == self.replica.port
-                and self.replica.client().info("replication")["role"] == "master"
+                and self.replica.ask("info", "replication")["role"] == "master"
             ),
             timeout,
             "failover to the replica",
@@ -206,15 +215,14 @@ class Cluster:
         share = SLOTS // len(self.nodes)
         for i, node in enumerate(self.nodes):
             last = SLOTS if i == len(self.nodes) - 1 else (i + 1) * share
-            node.client().execute_command("CLUSTER ADDSLOTS", *range(i * share, last))
-        first = self.nodes[0].client()
+            node.ask("execute_command", "CLUSTER ADDSLOTS", *range(i * share, last))
         for node in self.nodes[1:]:
-            first.execute_command("CLUSTER MEET", HOST, node.port)
+            self.nodes[0].ask("execute_command", "CLUSTER MEET", HOST, node.port)
         wait_for(self.ready, 20, "cluster_state:ok on every node")
 
     def ready(self) -> bool:
         for node in self.nodes:
-            info = node.client().execute_command("CLUSTER INFO")
+            info = node.ask("execute_command", "CLUSTER INFO")
             if info["cluster_state"] != "ok" or int(info["cluster_known_nodes"]) < len(self.nodes):
                 return False
         return True

@@ -21,10 +21,11 @@ from urllib.parse import parse_qs, unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 SENTINEL_SCHEME = "redis+sentinel"
@@ -114,15 +115,39 @@ def _host_port(item: str, default_port: int, url: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel with a master discovery that concurrent calls cannot corrupt. The
+    original moves the sentinel that answered to the front by swapping list positions it read
+    before an await: two discoveries at once (every call during a failover) can leave one
+    sentinel in the list twice and another not at all, never asked again nor closed."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        errors = []
+        for sentinel in tuple(self.sentinels):
+            try:
+                masters = await sentinel.sentinel_masters()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                errors.append(f"{sentinel}: {exc!r}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                self.sentinels.remove(sentinel)  # no await from here: no other call interleaves
+                self.sentinels.insert(0, sentinel)
+                return state["ip"], state["port"]
+        raise MasterNotFoundError(f"no master found for {service_name!r}: {'; '.join(errors)}")
+
+
 class SentinelManagedRedis(aioredis.Redis):
     """The master's client; closing it closes its connections to the sentinels too."""
 
     sentinel: Sentinel | None = None
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        await super().aclose(close_connection_pool)
-        if self.sentinel is not None:
-            await self.sentinel.aclose()
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinel is not None:
+                await self.sentinel.aclose()
 
 
 def redis_client(url: str, *, socket_timeout: float, connect_timeout: float) -> Client:
@@ -142,12 +167,15 @@ def redis_client(url: str, *, socket_timeout: float, connect_timeout: float) -> 
             **fail_fast,
         )
     if target.kind == "sentinel":
-        sentinel = Sentinel(
+        sentinel = _Sentinel(
             list(target.nodes),
             sentinel_kwargs={
                 "socket_timeout": socket_timeout,
                 "socket_connect_timeout": connect_timeout,
                 "password": target.sentinel_password,
+                # No retry: a sentinel that fails is passed over for the next one at once
+                # (redis-py's default, ten tries with backoff, holds a call for seconds).
+                "retry": Retry(NoBackoff(), 0),
             },
         )
         client = sentinel.master_for(
