@@ -14,7 +14,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from engine_helpers import RESERVED, SERVICE, attempt, base_inventory, call, load, running_engine
+from redis_topology import SERVICE as SERVICE_NAME
 from redis_topology import Replicated
+from zvonok_agi.app import redis_client
 
 RATE = 50  # calls per second
 CALLERS = [f"7916{n:07d}" for n in range(1, 501)]
@@ -63,6 +65,14 @@ async def test_master_killed_under_50_calls_a_second(settings, replicated):
         failed_over_at = time.monotonic()
 
     await load(settings, inventory)
+    # Many calls asking the sentinels at once, one of them dead, leave the client knowing all.
+    client = redis_client(replicated.url, settings)
+    try:
+        await asyncio.gather(*(client.sentinel.discover_master(SERVICE_NAME) for _ in range(50)))
+        assert len(set(client.sentinel.sentinels)) == 3
+    finally:
+        await client.aclose()
+
     with capture_logs() as logs:
         async with running_engine(settings) as engine:
             failover = asyncio.create_task(master_dies())
