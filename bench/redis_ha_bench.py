@@ -238,12 +238,12 @@ async def wait_cost(args: argparse.Namespace, workdir: Path) -> None:
                 row("PING", await timed(lambda n: client.ping(), args.ops), "one round trip"),
                 row(
                     "claim",
-                    await timed(lambda n: plain.claim(first[n]), args.ops),
+                    await timed(lambda n: plain.claim(first[n], "bench"), args.ops),
                     "claim_replicas = 0",
                 ),
                 row(
                     "claim + WAIT 1",
-                    await timed(lambda n: waiting.claim(second[n]), args.ops),
+                    await timed(lambda n: waiting.claim(second[n], "bench"), args.ops),
                     "claim_replicas = 1, one replica",
                 ),
             ]
@@ -275,7 +275,7 @@ async def store_rows(label: str, url: str, count: int) -> list[str]:
         return [
             row(f"{label}: PING", await timed(lambda n: client.ping(), count)),
             row(f"{label}: record_dial", await timed(dial, count), "pool of 8, 50 callees"),
-            row(f"{label}: claim", await timed(lambda n: history.claim(claims[n]), count)),
+            row(f"{label}: claim", await timed(lambda n: history.claim(claims[n], "bench"), count)),
             row(
                 f"{label}: history read",
                 await timed(lambda n: history.attempts(claims[n].did, claims[n].callee), count),

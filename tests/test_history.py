@@ -144,7 +144,7 @@ async def test_fifty_simultaneous_claims_of_one_attempt_one_wins(store) -> None:
     history = history_on(store)
     dialed = Attempt("a1", "promo", "acme", POOL[0], CALLEE, time.time(), Outcome.NO_ANSWER)
     await history.record(dialed, time.time())
-    wins = await asyncio.gather(*(history.claim(dialed) for _ in range(50)))
+    wins = await asyncio.gather(*(history.claim(dialed, f"call-{n}") for n in range(50)))
     assert wins.count(True) == 1
     [kept] = await history.attempts(POOL[0], CALLEE)
     assert kept.callbacks == 1
@@ -169,8 +169,30 @@ async def test_a_claim_waits_for_replicas_at_most_its_budget_and_still_wins(stor
     await history.record(dialed, time.time())
     started = time.monotonic()
     with capture_logs() as logs:
-        assert await history.claim(dialed)
-        assert not await history.claim(dialed)
+        assert await history.claim(dialed, "call-1")
+        assert not await history.claim(dialed, "call-2")
     assert time.monotonic() - started >= 0.1  # both waited their 50 ms
     warnings = [e for e in logs if e["log_level"] == "warning"]
     assert len(warnings) == 1 and warnings[0]["replicas"] == 0
+
+
+async def test_a_claim_is_given_back_only_by_the_call_that_made_it_and_once(store):
+    history = history_on(store)
+    missed = Attempt("a-missed", "promo", "acme", "74951234567", CALLEE, NOW)
+    await history.record(missed, NOW)
+    key = history.key(missed.did, missed.callee)
+
+    async def callbacks() -> int:
+        return int(await store.hget(key, "a-missed:c"))
+
+    assert await history.claim(missed, "call-1")
+    assert not await history.claim(missed, "call-2")  # the first callback is taken
+    assert not await history.release(missed, "call-2")  # not its claim: nothing changes
+    assert await callbacks() == 1
+    assert await history.release(missed, "call-1")
+    assert await callbacks() == 0
+    assert not await history.release(missed, "call-1")  # once
+    assert await callbacks() == 0
+    assert await history.claim(missed, "call-3")  # the next callback is a first one again
+    assert await callbacks() == 1
+    assert [a.callbacks for a in await history.attempts(missed.did, CALLEE)] == [1]

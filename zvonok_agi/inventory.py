@@ -161,7 +161,7 @@ def _when(item: dict[str, Any], now: float) -> float:
 
 def _ident(item: dict[str, Any], key: str) -> str:
     value = str(item[key])
-    if not ACCOUNT_ID.match(value):
+    if not ACCOUNT_ID.fullmatch(value):
         raise InventoryError(f"{key} {value!r}: letters, digits, '-' and '_' only, up to 48")
     return value
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 
 import phonenumbers
 from phonenumbers import geocoder
@@ -12,7 +13,9 @@ DEFAULT_REGION = "RU"
 # Longer than any E.164 number written with spaces, brackets and dashes: cheaper to refuse early.
 MAX_RAW_LENGTH = 40
 # What a written phone number may contain; anything else (letters, `<`, `;`) is not a number.
-PHONE_CHARACTERS = re.compile(r"^\+?[0-9 ().-]+$")
+PHONE_CHARACTERS = re.compile(r"\+?[0-9 ().-]+")
+# A Russian number as people write it (the admin API's pattern): `normalize` takes every one.
+RUSSIAN_WRITTEN = r"^\s*(?:\+7|8|7)(?:[ ().-]*[0-9]){10}\s*$"
 # +7 and ten digits: a possible Russian (or Kazakh) number as it stands, no parsing needed.
 PLAIN_PLUS_SEVEN = re.compile(r"\+7[0-9]{10}")
 
@@ -21,10 +24,10 @@ PLAIN_PLUS_SEVEN = re.compile(r"\+7[0-9]{10}")
 def normalize(raw: str | None, region: str = DEFAULT_REGION) -> str | None:
     """E.164 digits without '+' (`+7 (916) 123-45-67` -> `79161234567`), or None when `raw`
     is empty, `anonymous`, `unknown`, garbage or not a possible number."""
-    if not raw:
+    if not raw or len(raw) > MAX_RAW_LENGTH:
         return None
     text = raw.strip()
-    if len(text) > MAX_RAW_LENGTH or not PHONE_CHARACTERS.match(text):
+    if not PHONE_CHARACTERS.fullmatch(text):
         return None
     if region == "RU":
         text = _russian_prefix(text)
@@ -40,26 +43,52 @@ def normalize(raw: str | None, region: str = DEFAULT_REGION) -> str | None:
 
 
 def _russian_prefix(text: str) -> str:
-    """Russian carriers write the same number as `8…`, `7…` or `+7…`."""
+    """Russian carriers write the same number as `8…`, `7…` or `+7…`. `810…` is the
+    international prefix instead (no Russian or Kazakh number starts +7 10): the library
+    reads it."""
     digits = "".join(ch for ch in text if ch.isdigit())
-    if text.startswith("+") or len(digits) != 11:
+    if text.startswith("+") or len(digits) != 11 or digits.startswith("810"):
         return text
     if digits[0] in "78":
         return "+7" + digits[1:]
     return text
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the numbering plan says about a normalised number."""
+
+    type: str  # phonenumbers' number type in lower case: mobile, fixed_line, toll_free, ...
+    country: str | None  # ISO 3166 code ("RU"); None when no country's plan has the range
+    calling_code: int
+    country_name: str  # in English ("Russia"); else the country's code, or the calling code
+    region: str | None  # the place within the country (e.g. "Moscow"), when the plan names one
+    written: str  # as people read it: +7 495 123-45-67
+
+    @property
+    def mobile(self) -> bool:
+        return self.type in ("mobile", "fixed_line_or_mobile")
+
+
 @functools.lru_cache(maxsize=8192)
+def plan(e164: str) -> Plan:
+    parsed = phonenumbers.parse("+" + e164)
+    country = phonenumbers.region_code_for_number(parsed)
+    country_name = geocoder.country_name_for_number(parsed, "en")
+    region = geocoder.description_for_number(parsed, "en")
+    return Plan(
+        type=phonenumbers.PhoneNumberType.to_string(phonenumbers.number_type(parsed)).lower(),
+        country=country,
+        calling_code=parsed.country_code,
+        country_name=country_name or country or f"+{parsed.country_code}",
+        region=region if region and region != country_name else None,
+        written=phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.INTERNATIONAL),
+    )
+
+
 def describe(e164: str) -> tuple[str, str | None]:
     """(kind, region) of a normalised number: kind `mobile` or `landline`; the region (e.g.
     `Moscow`) when the numbering plan ties the number to one, which for Russian mobile ranges
     it does not."""
-    parsed = phonenumbers.parse("+" + e164)
-    kind = phonenumbers.number_type(parsed)
-    mobile = kind in (
-        phonenumbers.PhoneNumberType.MOBILE,
-        phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
-    )
-    region = geocoder.description_for_number(parsed, "en")
-    country = geocoder.country_name_for_number(parsed, "en")
-    return ("mobile" if mobile else "landline"), (region if region and region != country else None)
+    found = plan(e164)
+    return ("mobile" if found.mobile else "landline"), found.region

@@ -8,8 +8,11 @@ from dataclasses import fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import Settings
+from zvonok_agi.numbers.rules import Refused
 from zvonok_agi.numbers.service import DEFAULT_POPULAR_CITIES, NumbersService
 from zvonok_agi.numbers.store import Store
 from zvonok_agi.store.routing_data import RoutingData
@@ -54,6 +57,15 @@ def with_admin(settings: Settings, **admin: object):
     if hasattr(settings, "admin"):
         return replace(settings, admin=replace(settings.admin, **admin))
     defaults = dict(host="127.0.0.1", port=0, token="", db_path="var/zvonok.db",
-                    popular_cities=DEFAULT_POPULAR_CITIES, max_body=65536)
+                    popular_cities=DEFAULT_POPULAR_CITIES, max_body=65536,
+                    max_open_requests=5)
     sections = {f.name: getattr(settings, f.name) for f in fields(settings)}
     return SimpleNamespace(**sections, admin=SimpleNamespace(**{**defaults, **admin}))
+
+
+async def refused(code: str, call) -> Refused:
+    """The refusal `call` ends in, which must have this code."""
+    with pytest.raises(Refused) as info:
+        await call
+    assert info.value.code == code, info.value.message
+    return info.value

@@ -133,6 +133,12 @@ async def test_accounts_campaigns_stock_audit_sync(ops):
     code, out = await ops("numbers", "add", "+7 999 200-00-01", "--region", "Kazan",
                           "--service")
     assert "Kazan) to the service pool" in out
+    for did, why in (("+7 800 555-35-35", "a toll free number"),
+                     ("+44 20 7946 0958", "a number of United Kingdom")):
+        code, out = await ops("numbers", "add", did)
+        assert (code, out) == (1, f"unsupported_number: {did} is {why}: we keep "
+                               + ("mobile and city numbers only" if "800" in did
+                                  else "Russian numbers only"))
     code, out = await ops("campaigns", "add", "zeta-line", "--account", "zeta", "--kind",
                           "inbound")
     assert code == 0

@@ -19,6 +19,7 @@ from numbers_helpers import (
     OLDCO,
     POOL_1,
     control_plane,
+    refused,
     small_world,
 )
 from zvonok_agi.numbers.migrations import MIGRATIONS
@@ -33,13 +34,6 @@ async def service(settings, tmp_path):
     async with control_plane(settings, tmp_path / "numbers.db") as svc:
         await small_world(svc)
         yield svc
-
-
-async def refused(code: str, call) -> Refused:
-    with pytest.raises(Refused) as info:
-        await call
-    assert info.value.code == code, info.value.message
-    return info.value
 
 
 async def published(service) -> dict:
@@ -189,7 +183,7 @@ async def test_sales_close_a_request_and_the_next_ask_files_a_new_one(service):
 
 
 async def test_closing_refusals_change_nothing_and_are_audited(service, tmp_path):
-    offer = await service.offer("web", ACME, "mobile", "Vladivostok")
+    offer = await service.offer("web", ACME, "mobile", "Irkutsk")
     request_id = offer.request.id
     await service.close_request("web", request_id, "done")
     db = tmp_path / "numbers.db"
@@ -215,7 +209,7 @@ async def test_closing_refusals_change_nothing_and_are_audited(service, tmp_path
     ("1", "x" * 501), ("1", 5), ("1", ["x"]), ("1", "line\nbreak"), ("1", "a\x00b"),
 ])
 async def test_bad_ids_and_notes_are_refused_before_anything(service, request_id, note):
-    offer = await service.offer("web", ACME, "mobile", "Vladivostok")
+    offer = await service.offer("web", ACME, "mobile", "Irkutsk")
     assert offer.request.id == 1
     entries = len(await service.audit_log())
     await refused("bad_input", service.close_request("web", request_id, note))
@@ -270,6 +264,18 @@ async def test_binding_refusals_change_nothing_and_are_audited(service, tmp_path
     entry = (await service.audit_log(did))[0]
     assert (entry["action"], entry["outcome"], entry["actor"]) == ("change_number", code, "web")
     assert entry["detail"]["inbound_campaign"] == campaign and entry["detail"]["message"]
+
+
+async def test_resending_the_binding_of_a_disabled_number_changes_only_the_rule(service):
+    await service.reserve("web", ACME, MOSCOW_1)
+    await service.bind("web", MOSCOW_1, "acme-line")
+    await service.disable("web", MOSCOW_1)
+    number = await service.change_number("web", MOSCOW_1, inbound_campaign="acme-line",
+                                         callback_rule="force_no", as_account=ACME)
+    assert (number.inbound_campaign, number.callback_rule) == ("acme-line", "force_no")
+    await service.create_campaign("web", "acme-line-2", ACME, "inbound")
+    await refused("number_disabled", service.bind("web", MOSCOW_1, "acme-line-2"))
+    assert (await service.bind("web", MOSCOW_1, None)).inbound_campaign is None
 
 
 async def test_rules_exist_only_for_reserved_numbers(service):

@@ -83,7 +83,7 @@ async def test_after_release_and_a_new_owner_old_contacts_never_reach_old_campai
     async with running_engine(settings) as engine:
         # acme's campaign moves to the pool, acme deletes the number, oldco reserves it
         await api.patch("/api/campaigns/acme-sale", {"caller_id": None})
-        released = await api.delete(f"/api/numbers/{MOSCOW_1}", params={"as_account": ACME})
+        released = await api.delete(f"/api/accounts/{ACME}/reservations/{MOSCOW_1}")
         assert released.status == 200
         await followed(engine, lambda s: s.numbers[MOSCOW_1].owner is None)
         gap = await call(engine, MOSCOW_1, CONTACT)

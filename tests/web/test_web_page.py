@@ -157,6 +157,50 @@ async def test_the_numbers_page_does_everything_the_seed_lists(page, shots):
     assert (await service.number(MOSCOW_2)).row.number.owner is None
 
 
+async def test_change_sends_only_what_changed_so_a_disabled_numbers_rule_can_change(page):
+    expect = playwright.expect
+    service = page.service
+    await service.reserve("setup", ACME, MOSCOW_1)
+    await service.bind("setup", MOSCOW_1, "acme-line")
+    await service.disable("setup", MOSCOW_1)
+    sent: list = []
+    page.on("request", lambda r: sent.append(r.post_data_json) if r.method == "PATCH" else None)
+    await page.goto(f"{page.base}/?account={ACME}#token={TOKEN}")
+    await page.click("#tab-disabled")
+    await row(page, MOSCOW_1).locator("button.change").click()
+    await page.check("#change-form input[value=force_no]")
+    await page.click("#change-form button[type=submit]")
+    await expect(row(page, MOSCOW_1).locator(".rule")).to_have_text("Forced NO")
+    assert sent == [{"callback_rule": "force_no"}]
+    number = (await service.number(MOSCOW_1)).row.number
+    assert (number.callback_rule, number.inbound_campaign) == ("force_no", "acme-line")
+    await row(page, MOSCOW_1).locator("button.change").click()  # nothing changed: no call
+    await page.click("#change-form button[type=submit]")
+    await expect(page.locator("#message")).to_have_text("+7 495 111-00-01: nothing to save.")
+    assert len(sent) == 1
+
+
+async def test_a_region_typed_in_russian_or_misspelt_finds_its_numbers(page, shots):
+    expect = playwright.expect
+    await page.goto(f"{page.base}/?account={ACME}#token={TOKEN}")
+    await page.click("#add")
+    await page.click("[data-choice=landline]")
+    await page.fill("#region-name", "москва")
+    await page.click("#other-region button")
+    await expect(page.locator("#offer-text")).to_have_text("Moscow: choose a number")
+    await expect(page.locator("#offer input[name=did]")).to_have_count(2)
+    await page.click("#add-dialog [data-close]")
+    await page.click("#add")
+    await page.click("[data-choice=landline]")
+    await page.fill("#region-name", "Moskow")
+    await page.click("#other-region button")
+    await expect(page.locator("#add-error")).to_contain_text("did you mean Moscow?")
+    await page.screenshot(path=shots / "region-did-you-mean.png")
+    await page.click("#region-choices [data-region=Moscow]")
+    await expect(page.locator("#offer input[name=did]")).to_have_count(2)
+    assert await page.service.requests() == []
+
+
 async def test_an_unverified_account_sees_the_service_pool_and_cannot_add(page, shots):
     expect = playwright.expect
     await page.goto(f"{page.base}/?account={NEWBIE}#token={TOKEN}")

@@ -168,7 +168,8 @@ async def open_service(settings: Any, *, publish: bool = True) -> AsyncIterator[
         if publish:
             redis = await stack.enter_async_context(open_redis(settings, supervise=False))
             data = RoutingData(redis, settings.redis.key_prefix)
-        yield NumbersService(store, data, popular_cities=admin.popular_cities)
+        yield NumbersService(store, data, popular_cities=admin.popular_cities,
+                             max_open_requests=admin.max_open_requests)
 
 
 @contextlib.asynccontextmanager

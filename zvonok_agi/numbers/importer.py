@@ -59,7 +59,7 @@ def number_overrides(data: Mapping[str, Any]) -> dict[str, tuple[Kind | None, st
         did = phone.normalize(str(item.get("did", "")))
         try:
             kind = rules.enum_value(Kind, item["kind"], "kind") if "kind" in item else None
-            region = rules.text(item["region"], "region", rules.MAX_REGION) \
+            region = rules.text(item["region"], "region", rules.MAX_REGION, required=True) \
                 if "region" in item else None
         except Refused as exc:
             raise InventoryError(f"numbers[{i}]: {exc.message}") from exc

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from phonenumbers import geocoder, parse
-
 from .. import phone
+from .. import text as free_text
+from ..regions import RegionIndex
 from ..routing.model import (
     CAMPAIGN_ID,
     Account,
@@ -33,12 +33,20 @@ E = TypeVar("E", bound=StrEnum)
 MAX_REGION = 80
 MAX_NAME = 120
 MAX_NOTE = 500
+MAX_SEARCH = 40
+MAX_SUBJECT = 200  # of the audit log: a number, an id, "kind:region", "request:N"
 MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer: beyond it sqlite3 raises OverflowError
 
 
 class Kind(StrEnum):
     MOBILE = "mobile"
     LANDLINE = "landline"
+
+
+HOME_COUNTRY, HOME_CALLING_CODE = "RU", 7
+# The numbering plan's types of the numbers customers are offered, and what we call them.
+PLAN_KINDS = {"mobile": Kind.MOBILE, "fixed_line_or_mobile": Kind.MOBILE,
+              "fixed_line": Kind.LANDLINE}
 
 
 class Choice(StrEnum):
@@ -54,12 +62,14 @@ class Choice(StrEnum):
 
 
 class Refused(Exception):
-    """A rule said no. `code` is stable (clients branch on it), `message` is for people."""
+    """A rule said no. `code` is stable (clients branch on it), `message` is for people;
+    `choices`, when there are some, are values the person may have meant."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, choices: Iterable[str] = ()) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.choices = tuple(choices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,16 +142,23 @@ def did_of(raw: object) -> str:
 
 
 def ident(raw: object, what: str) -> str:
-    if not isinstance(raw, str) or not ACCOUNT_ID.match(raw):
+    if not isinstance(raw, str) or not ACCOUNT_ID.fullmatch(raw):
         raise Refused(
             "bad_input", f"{what} {raw!r}: letters, digits, '-' and '_' only, 1 to 48 characters"
         )
     return raw
 
 
-def text(raw: object, what: str, limit: int) -> str:
-    if not isinstance(raw, str) or len(raw) > limit or any(ord(ch) < 32 for ch in raw):
+def text(raw: object, what: str, limit: int, *, required: bool = False) -> str:
+    """Free text as people type it, stripped; refused with invisible or control characters
+    (`zvonok_agi.text`), over `limit` characters, or (`required`) blank."""
+    if not isinstance(raw, str) or len(raw) > limit:
         raise Refused("bad_input", f"{what} must be text of at most {limit} characters")
+    refused = free_text.refused_character(raw)
+    if refused:
+        raise Refused("bad_input", f"{what} holds {refused}")
+    if required and not raw.strip():
+        raise Refused("bad_input", f"{what} must not be empty")
     return raw.strip()
 
 
@@ -163,12 +180,39 @@ def enum_value(cls: type[E], raw: object, what: str) -> E:
 
 
 def classify(did: str, kind: Kind | None = None, region: str | None = None) -> tuple[Kind, str]:
-    """Kind and region of a number: from the numbering plan unless an operator says otherwise.
-    Russian mobile ranges belong to no region: they get the country's name."""
-    derived_kind, derived_region = phone.describe(did)
+    """Kind and region of a number we keep: a Russian mobile or city (fixed-line) number, the
+    kind and region from the numbering plan unless an operator says otherwise. Russian mobile
+    ranges belong to no region: they get the country's name. Toll-free, premium-rate and other
+    non-geographic numbers, and foreign ones, are refused whatever the operator says: customers
+    would be offered them as city numbers. A Russian-looking range the plan does not know yet
+    is kept when the operator gives its kind and region."""
+    plan = phone.plan(did)
+    if plan.type == "unknown" and plan.calling_code == HOME_CALLING_CODE:
+        if kind is None or not region:
+            raise Refused(
+                "unsupported_number",
+                f"the numbering plan does not know {plan.written}: give its kind and region",
+            )
+        return kind, region
+    if plan.country != HOME_COUNTRY:
+        raise Refused(
+            "unsupported_number",
+            f"{plan.written} is a number of {plan.country_name}: we keep Russian numbers only",
+        )
+    if plan.type not in PLAN_KINDS:
+        raise Refused(
+            "unsupported_number",
+            f"{plan.written} is a {plan.type.replace('_', ' ')} number: we keep mobile and "
+            "city numbers only",
+        )
+    kind = kind or PLAN_KINDS[plan.type]
+    region = region or plan.region or (plan.country_name if kind is Kind.MOBILE else None)
     if not region:
-        region = derived_region or geocoder.country_name_for_number(parse("+" + did), "en")
-    return kind or Kind(derived_kind), region or "Unknown"
+        raise Refused(
+            "unsupported_number",
+            f"the numbering plan names no city for {plan.written}: give its region",
+        )
+    return kind, region
 
 
 def search_needles(query: str) -> list[str]:
@@ -183,6 +227,20 @@ def search_needles(query: str) -> list[str]:
 
 
 # reservation
+
+
+def region_named(typed: str, index: RegionIndex) -> str:
+    """The region a person means by `typed` ("moscow", "Москва", "Moskva": Moscow); an
+    ambiguous or unknown name is refused with the regions it may mean."""
+    found = index.find(typed)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise Refused("ambiguous_region",
+                      f"{typed!r} may be {' or '.join(found)}: choose one", found)
+    close = index.close(typed)
+    hint = f": did you mean {' or '.join(close)}?" if close else ""
+    raise Refused("unknown_region", f"we know no region called {typed!r}{hint}", close)
 
 
 def region_counts(
@@ -226,6 +284,17 @@ def reserve_refusal(account: Account | None, number: NumberRecord | None) -> Ref
         return Refused("already_taken", f"{number.did} is already taken: choose another number")
     if not number.active:
         return Refused("number_disabled", f"{number.did} is disabled")
+    return None
+
+
+def requests_refusal(account: str, open_requests: int, cap: int) -> Refused | None:
+    """An account waits for sales to call back about its open requests before filing more."""
+    if open_requests >= cap:
+        return Refused(
+            "too_many_requests",
+            f"account {account} already has {open_requests} open requests for numbers: our "
+            "sales team will call you back about those first",
+        )
     return None
 
 
@@ -301,7 +370,7 @@ def caller_id_refusal(
     if caller_id is None:
         return None
     if kind is CampaignKind.INBOUND:
-        return Refused("bad_input", "an inbound campaign has no caller ID")
+        return Refused("not_outbound", "an inbound campaign has no caller ID")
     if not account.verified:
         return Refused(
             "not_verified",
@@ -319,6 +388,14 @@ def caller_id_refusal(
     if not number.active:
         return Refused("number_disabled", f"{caller_id} is disabled")
     return None
+
+
+def not_outbound(campaign: Campaign) -> Refused:
+    return Refused(
+        "not_outbound",
+        f"campaign {campaign.id} is an inbound campaign: accept_inbound and the caller ID are "
+        "settings of outbound campaigns",
+    )
 
 
 def unverify_refusal(account: Account, reserved: int) -> Refused | None:

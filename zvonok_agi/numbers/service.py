@@ -19,6 +19,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from ..inventory import Inventory
+from ..regions import RegionIndex
 from ..routing.model import (
     Account,
     CallbackRule,
@@ -92,6 +93,7 @@ class NumberDetails:
 @dataclass
 class _Change:
     q: Queries
+    subject: str
     account: str | None
     detail: dict[str, Any]
     quiet: bool = False  # nothing changed: no audit row
@@ -115,12 +117,14 @@ class NumbersService:
         popular_cities: Iterable[str] = DEFAULT_POPULAR_CITIES,
         clock: Callable[[], float] = time.time,
         offer_limit: int = 100,
+        max_open_requests: int = 5,
     ) -> None:
         self.store = store
         self.data = data
         self.popular_cities = tuple(popular_cities)
         self.clock = clock
         self.offer_limit = offer_limit
+        self.max_open_requests = max_open_requests
 
     # accounts
 
@@ -149,15 +153,17 @@ class NumbersService:
     async def update_account(
         self, actor: str, account_id: str, *, name: Any = KEEP, verified: Any = KEEP
     ) -> Account:
+        if name is not KEEP:
+            name = rules.text(name, "name", rules.MAX_NAME)
+        if verified is not KEEP:
+            verified = _flag(verified, "verified")
         detail = _given(name=name, verified=verified)
         async with self._change(actor, "update_account", account_id, account_id,
                                 **detail) as change:
             q = change.q
             account = _found(await q.account(account_id), "unknown_account", "no such account")
-            if name is not KEEP:
-                account = replace(account, name=rules.text(name, "name", rules.MAX_NAME))
+            account = replace(account, **detail)
             if verified is not KEEP:
-                account = replace(account, verified=_flag(verified, "verified"))
                 if not account.verified:
                     _check(rules.unverify_refusal(account, await q.reserved_count(account.id)))
             await q.put_account(account, self.clock())
@@ -172,17 +178,20 @@ class NumbersService:
         return rules.region_counts(choice, counts, self.popular_cities)
 
     async def offer(self, actor: str, account_id: str, choice: Any, region: Any) -> Offer:
-        """The available numbers of a region; none there: a request for sales is filed (once
-        per account, kind and region while it is open), and nothing else changes."""
+        """The available numbers of a region, named as people type it ("moscow", "Москва");
+        none there: a request for sales is filed (once per account, kind and region while it
+        is open), and nothing else changes. An unknown or ambiguous name is refused with the
+        regions it may mean."""
         choice = rules.enum_value(Choice, choice, "choice")
-        region = rules.text(region, "region", rules.MAX_REGION)
-        if not region:
-            raise Refused("bad_input", "region must not be empty")
+        typed = rules.text(region, "region", rules.MAX_REGION, required=True)
         kind = choice.kind
-        async with self._change(actor, "request_number", f"{kind}:{region}", account_id,
-                                kind=kind.value, region=region) as change:
+        async with self._change(actor, "request_number", f"{kind}:{typed}", account_id,
+                                kind=kind.value, region=typed) as change:
             q = change.q
             _check(rules.account_refusal(await q.account(account_id)))
+            index = RegionIndex([*await q.regions(), *self.popular_cities])
+            region = rules.region_named(typed, index)
+            change.subject, change.detail["region"] = f"{kind}:{region}", region
             numbers = await q.available(kind, region, self.offer_limit)
             request = None
             if numbers:
@@ -190,6 +199,8 @@ class NumbersService:
             else:
                 request = await q.open_request(account_id, kind, region)
                 if request is None:
+                    _check(rules.requests_refusal(
+                        account_id, await q.open_requests(account_id), self.max_open_requests))
                     request = await q.add_request(account_id, kind, region, self.clock())
                 change.detail["request"] = request.id
         return Offer(kind, region, numbers, request)
@@ -216,7 +227,8 @@ class NumbersService:
         pool = rules.enum_value(Pool, pool, "pool")
         status = rules.enum_value(NumberStatus, status, "status")
         kind = None if kind is None else rules.enum_value(Kind, kind, "kind")
-        region = None if region is None else rules.text(region, "region", rules.MAX_REGION)
+        if region is not None:
+            region = rules.text(region, "region", rules.MAX_REGION, required=True)
         kind, region = rules.classify(did, kind, region)
         number = NumberRecord(did, kind, region, pool, status)
         async with self._change(actor, "add_number", did, None, pool=pool.value,
@@ -233,22 +245,24 @@ class NumbersService:
         as_account: str | None = None,
     ) -> NumberRecord:
         """The seed's "Change" window: the inbound campaign the number's calls go to (None: to
-        none) and its callback rule, saved together or not at all."""
-        did = rules.did_of(did)
+        none) and its callback rule, saved together or not at all. Resending the campaign the
+        number is bound to changes nothing, so it is no new binding (a disabled number's rule
+        can change)."""
+        did, as_account = rules.did_of(did), _acting(as_account)
+        if inbound_campaign not in (KEEP, None):
+            inbound_campaign = rules.ident(inbound_campaign, "campaign id")
+        if callback_rule is not KEEP:
+            callback_rule = rules.enum_value(CallbackRule, callback_rule, "callback rule")
         detail = _given(inbound_campaign=inbound_campaign, callback_rule=callback_rule)
         async with self._change(actor, "change_number", did, as_account, **detail) as change:
             q = change.q
             number = await q.number(did)
             _check(rules.reserved_refusal(number, as_account))
-            values: dict[str, Any] = {}
-            if inbound_campaign not in (KEEP, None):
-                campaign = await q.campaign(rules.ident(inbound_campaign, "campaign id"))
+            assert number is not None
+            if inbound_campaign not in (KEEP, None, number.inbound_campaign):
+                campaign = await q.campaign(inbound_campaign)
                 _check(rules.binding_refusal(number, campaign, as_account))
-            if inbound_campaign is not KEEP:
-                values["inbound_campaign"] = inbound_campaign
-            if callback_rule is not KEEP:
-                values["callback_rule"] = rules.enum_value(
-                    CallbackRule, callback_rule, "callback rule")
+            values = _given(inbound_campaign=inbound_campaign, callback_rule=callback_rule)
             if values:
                 await q.update_number(did, **values)
             change.result = await q.number(did)
@@ -273,7 +287,7 @@ class NumbersService:
         self, actor: str, did: Any, status: NumberStatus, as_account: str | None
     ) -> NumberRecord:
         """Disabled, a number routes nothing and dials nothing; its bindings stay for enable."""
-        did = rules.did_of(did)
+        did, as_account = rules.did_of(did), _acting(as_account)
         action = "enable" if status is NumberStatus.ACTIVE else "disable"
         async with self._change(actor, action, did, as_account) as change:
             q = change.q
@@ -289,7 +303,7 @@ class NumbersService:
         """Back to the reservable stock, without binding, rule or owner. The old owner's
         callback history stays in Redis, but the decision reads only attempts of the current
         owner's campaigns: it never routes into the old owner's campaigns again."""
-        did = rules.did_of(did)
+        did, as_account = rules.did_of(did), _acting(as_account)
         async with self._change(actor, "release", did, as_account) as change:
             q = change.q
             number = await q.number(did)
@@ -314,7 +328,9 @@ class NumbersService:
         """With an account: what its "Subscriber numbers" page shows (its reserved numbers and
         the service pool); without: every number, the unreserved stock too."""
         status = rules.enum_value(NumberStatus, status, "status")
-        search = rules.text(search, "search", 40)
+        search = rules.text(search, "search", rules.MAX_SEARCH)
+        if account is not None:
+            account = rules.ident(account, "account")
         needles = rules.search_needles(search) if search else None
         async with self.store.reading() as q:
             if account is not None:
@@ -340,6 +356,8 @@ class NumbersService:
     # campaigns
 
     async def campaigns(self, account: str | None = None) -> list[Campaign]:
+        if account is not None:
+            account = rules.ident(account, "account")
         async with self.store.reading() as q:
             return await q.campaigns(account=account)
 
@@ -359,8 +377,10 @@ class NumbersService:
             state=rules.enum_value(CampaignState, state, "state"),
             caller_id=None if caller_id in (None, "pool") else rules.did_of(caller_id),
         )
-        if campaign.kind is CampaignKind.INBOUND and campaign.accept_inbound:
-            raise Refused("bad_input", "accept_inbound is a setting of outbound campaigns")
+        if campaign.kind is CampaignKind.INBOUND and (campaign.accept_inbound
+                                                      or campaign.caller_id):
+            raise Refused("bad_input", "accept_inbound and the caller ID are settings of "
+                          "outbound campaigns")
         async with self._change(actor, "create_campaign", campaign.id, campaign.account,
                                 kind=campaign.kind.value, caller_id=campaign.caller_id) as change:
             q = change.q
@@ -374,6 +394,12 @@ class NumbersService:
         self, actor: str, campaign_id: str, *, accept_inbound: Any = KEEP, state: Any = KEEP,
         caller_id: Any = KEEP,
     ) -> Campaign:
+        if accept_inbound is not KEEP:
+            accept_inbound = _flag(accept_inbound, "accept_inbound")
+        if state is not KEEP:
+            state = rules.enum_value(CampaignState, state, "state")
+        if caller_id is not KEEP:
+            caller_id = None if caller_id in (None, "pool") else rules.did_of(caller_id)
         detail = _given(accept_inbound=accept_inbound, state=state, caller_id=caller_id)
         async with self._change(actor, "update_campaign", campaign_id, None, **detail) as change:
             q = change.q
@@ -381,15 +407,12 @@ class NumbersService:
                 await q.campaign(campaign_id), "unknown_campaign", "no such campaign"
             )
             change.account = campaign.account
-            if accept_inbound is not KEEP:
-                if campaign.kind is CampaignKind.INBOUND:
-                    raise Refused("bad_input", "accept_inbound is a setting of outbound campaigns")
-                campaign = replace(campaign, accept_inbound=_flag(accept_inbound, "accept_inbound"))
-            if state is not KEEP:
-                campaign = replace(campaign, state=rules.enum_value(CampaignState, state, "state"))
+            # What an inbound campaign has already (false, the pool) may be sent: no change.
+            if campaign.kind is CampaignKind.INBOUND and (accept_inbound is True
+                                                          or caller_id not in (KEEP, None)):
+                raise rules.not_outbound(campaign)
+            campaign = replace(campaign, **detail)
             if caller_id is not KEEP:
-                did = None if caller_id in (None, "pool") else rules.did_of(caller_id)
-                campaign = replace(campaign, caller_id=did)
                 await self._check_caller_id(q, campaign)
             await q.put_campaign(campaign, self.clock())
             change.result = campaign
@@ -428,6 +451,8 @@ class NumbersService:
         return change.result
 
     async def audit_log(self, subject: str | None = None, limit: int = 100) -> list[dict]:
+        if subject is not None:
+            subject = rules.text(subject, "subject", rules.MAX_SUBJECT)
         async with self.store.reading() as q:
             return await q.audit_log(subject, max(1, min(limit, 1000)))
 
@@ -446,11 +471,15 @@ class NumbersService:
         async with self._change(actor, "import", "inventory", None, **counts) as change:
             q, now = change.q, self.clock()
             for account in inventory.accounts:
-                await q.put_account(account, now)
+                name = _checked(rules.text, account.name, "name", rules.MAX_NAME,
+                                where=f"account {account.id}")
+                await q.put_account(replace(account, name=name), now)
             for campaign in inventory.campaigns:
                 await q.put_campaign(campaign, now)
             for item in inventory.numbers:
-                kind, region = rules.classify(item.did, *overrides.get(item.did, (None, None)))
+                kind, region = _checked(rules.classify, item.did,
+                                        *overrides.get(item.did, (None, None)),
+                                        where=f"number {item.did}")
                 current = await q.number(item.did)
                 kept = current is not None and current.owner == item.owner
                 reserved_at = current.reserved_at if kept and current else (
@@ -558,7 +587,7 @@ class NumbersService:
         refused: Refused | None = None
         async with self.store.transaction() as q:
             await q.savepoint()
-            change = _Change(q, account, dict(detail))
+            change = _Change(q, subject, account, dict(detail))
             try:
                 yield change
             except Refused as exc:
@@ -566,7 +595,7 @@ class NumbersService:
                 await q.rollback_to_savepoint()
                 change.detail["message"] = exc.message
             if refused is not None or not change.quiet:
-                await q.audit(self.clock(), actor, action, subject, change.account,
+                await q.audit(self.clock(), actor, action, change.subject, change.account,
                               refused.code if refused else "ok", change.detail)
             if refused is None:
                 await self._publish(q)
@@ -594,6 +623,19 @@ def _check(refusal: Refused | None, where: str = "") -> None:
         if where:
             raise Refused(refusal.code, f"{where}: {refusal.message}")
         raise refusal
+
+
+def _checked(check: Callable[..., T], *args: Any, where: str) -> T:
+    """A check of input whose refusal says where the input was (an import's item)."""
+    try:
+        return check(*args)
+    except Refused as exc:
+        raise Refused(exc.code, f"{where}: {exc.message}") from None
+
+
+def _acting(as_account: Any) -> str | None:
+    """The account a change is made as (None: an operator)."""
+    return None if as_account is None else rules.ident(as_account, "as_account")
 
 
 def _flag(value: Any, what: str) -> bool:

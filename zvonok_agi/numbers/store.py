@@ -187,6 +187,10 @@ class Queries:
         )
         return {(Kind(r["kind"]), r["region"]): r["n"] for r in rows}
 
+    async def regions(self) -> list[str]:
+        """Every region a number of ours is in (reserved, disabled or not)."""
+        return [r["region"] for r in await self._all("SELECT DISTINCT region FROM numbers")]
+
     async def available(self, kind: Kind, region: str, limit: int) -> list[NumberRecord]:
         rows = await self._all(
             "SELECT * FROM numbers WHERE pool = 'reservable' AND owner IS NULL "
@@ -304,6 +308,12 @@ class Queries:
             [account, kind.value, region],
         )
         return _request(rows[0]) if rows else None
+
+    async def open_requests(self, account: str) -> int:
+        rows = await self._all(
+            "SELECT count(*) AS n FROM requests WHERE status = 'open' AND account = ?", [account]
+        )
+        return rows[0]["n"]
 
     async def add_request(self, account: str, kind: Kind, region: str, now: float) -> Request:
         async with self.db.execute(

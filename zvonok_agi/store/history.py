@@ -6,6 +6,7 @@ key about one callee lives in one slot, and so does every key about one number.
       <id>    JSON {campaign, account, at}
       <id>:o  outcome
       <id>:c  callbacks routed back to the campaign
+      <id>:k  the token of the call that holds the first-callback claim
   last:{<callee>}  the number the latest outbound call to this callee showed
   cpm:{<did>}:<minute>  calls placed from a pool number in one minute (for the per-number cap)
 
@@ -20,7 +21,8 @@ tried. Either way a callee is never shown the same pool number twice in a row, n
 over its cap, and the attempt is written before the call is placed.
 
 One inbound decision reads one hash (HGETALL: one round trip). Claiming the first callback is a
-Lua script, so that of two simultaneous callbacks at most one wins.
+Lua script, so that of two simultaneous callbacks at most one wins. A claim whose route never
+reached Asterisk is given back by the call that made it (its token), once.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ local function record(hist, id, json, outcome, now, window)
       local ok, record = pcall(cjson.decode, fields[i + 1])
       if not ok or type(record) ~= 'table' or tonumber(record.at) == nil
           or tonumber(record.at) < now - window then
-        redis.call('HDEL', hist, name, name .. ':o', name .. ':c')
+        redis.call('HDEL', hist, name, name .. ':o', name .. ':c', name .. ':k')
       end
     end
   end
@@ -153,16 +155,27 @@ if redis.call('GET', KEYS[1]) == ARGV[2] then
     redis.call('SET', KEYS[1], ARGV[3], 'EX', math.ceil(tonumber(ARGV[4])))
   end
 end
-redis.call('HDEL', KEYS[2], ARGV[1], ARGV[1] .. ':o', ARGV[1] .. ':c')
+redis.call('HDEL', KEYS[2], ARGV[1], ARGV[1] .. ':o', ARGV[1] .. ':c', ARGV[1] .. ':k')
 return 1
 """
 
-# 1: claimed; 0: already claimed or answered; -1: no such attempt.
+# 1: claimed; 0: already claimed or answered; -1: no such attempt. ARGV: id, the call's token.
 CLAIM = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
 if tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. ':c') or '0') > 0 then return 0 end
 if redis.call('HGET', KEYS[1], ARGV[1] .. ':o') == 'answered' then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':c', 1)
+redis.call('HSET', KEYS[1], ARGV[1] .. ':k', ARGV[2])
+return 1
+"""
+
+# Undoes the claim made with this token, and only it, once: 1 if it did, else 0.
+RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1] .. ':k') ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1] .. ':k')
+if tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. ':c') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':c', -1)
+end
 return 1
 """
 
@@ -193,6 +206,7 @@ class CallbackHistory:
         self.claim_wait = claim_wait
         self._record = redis.register_script(RECORD)
         self._claim = redis.register_script(CLAIM)
+        self._release = redis.register_script(RELEASE)
         self._settle = redis.register_script(SETTLE)
         self._dial = redis.register_script(DIAL)
         self._count = redis.register_script(COUNT)
@@ -324,16 +338,17 @@ class CallbackHistory:
         raw = await self.redis.hgetall(self.key(did, callee))
         return parse_attempts(did, callee, raw)
 
-    async def claim(self, attempt: Attempt) -> bool:
-        """Atomically count a callback routed to the attempt's campaign; True for the first."""
+    async def claim(self, attempt: Attempt, token: str) -> bool:
+        """Atomically count a callback routed to the attempt's campaign; True for the first.
+        `token` names this call, to give the claim back with `release`."""
         key = self.key(attempt.did, attempt.callee)
         if not self.claim_replicas:
-            return int(await self._claim(keys=[key], args=[attempt.id])) == 1
+            return int(await self._claim(keys=[key], args=[attempt.id, token])) == 1
         # WAIT counts the replicas that have this connection's writes: the claim and the WAIT
         # go in one pipeline, so on one connection (of the key's node on a Cluster).
         node = await cluster_node_for(self.redis, key)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.eval(CLAIM, 1, key, attempt.id)
+            pipe.eval(CLAIM, 1, key, attempt.id, token)
             wait = [self.claim_replicas, int(self.claim_wait * 1000)]
             if node is None:
                 pipe.execute_command("WAIT", *wait)
@@ -350,6 +365,14 @@ class CallbackHistory:
                 wanted=self.claim_replicas,
             )
         return won
+
+    async def release(self, attempt: Attempt, token: str) -> bool:
+        """Give back the claim this call (`token`) made, when its route never reached Asterisk:
+        the next callback is a first one again. False if there was none to give back."""
+        result = await self._release(
+            keys=[self.key(attempt.did, attempt.callee)], args=[attempt.id, token]
+        )
+        return int(result) == 1
 
     async def settle(self, attempt: Attempt, outcome: Outcome) -> bool:
         """Set an attempt's outcome; False when it is gone (expired or never recorded)."""

@@ -33,12 +33,12 @@ class Api:
             web.patch("/api/accounts/{account}", self.update_account),
             web.post("/api/accounts/{account}/offers", self.offer),
             web.post("/api/accounts/{account}/reservations", self.reserve),
+            web.delete("/api/accounts/{account}/reservations/{did}", self.release),
             web.get("/api/regions", self.regions),
             web.get("/api/numbers", self.numbers),
             web.post("/api/numbers", self.add_number),
             web.get("/api/numbers/{did}", self.number),
             web.patch("/api/numbers/{did}", self.change_number),
-            web.delete("/api/numbers/{did}", self.release),
             web.post("/api/numbers/{did}/disable", self.disable),
             web.post("/api/numbers/{did}/enable", self.enable),
             web.get("/api/campaigns", self.campaigns),
@@ -105,8 +105,8 @@ class Api:
     async def numbers(self, request: web.Request) -> web.Response:
         view = await self.service.numbers_view(
             _query(request, "account"),
-            _query(request, "status") or "active",
-            _query(request, "search") or "",
+            _query(request, "status", default="active"),
+            _query(request, "search", default=""),
         )
         return _json(documents.view(view))
 
@@ -134,7 +134,7 @@ class Api:
 
     async def release(self, request: web.Request) -> web.Response:
         number = await self.service.release(
-            ACTOR, request.match_info["did"], as_account=_query(request, "as_account")
+            ACTOR, request.match_info["did"], as_account=request.match_info["account"]
         )
         return _json(documents.number(number))
 
@@ -181,7 +181,7 @@ class Api:
     # requests, audit, sync
 
     async def requests(self, request: web.Request) -> web.Response:
-        status = _query(request, "status") or "open"
+        status = _query(request, "status", default="open")
         requests = await self.service.requests(None if status == "all" else status)
         return _json({"requests": [documents.request(r) for r in requests]})
 
@@ -193,8 +193,8 @@ class Api:
         return _json(documents.request(closed))
 
     async def audit(self, request: web.Request) -> web.Response:
-        limit = _query(request, "limit") or "100"
-        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        limit = _query(request, "limit", default="100")
+        if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 1000:
             raise Refused("bad_input", "limit must be a whole number from 1 to 1000")
         entries = await self.service.audit_log(_query(request, "subject"), int(limit))
         return _json({"entries": entries})
@@ -209,14 +209,17 @@ def _json(document: Any, status: int = 200) -> web.Response:
     )
 
 
-def _query(request: web.Request, name: str, required: bool = False) -> str | None:
+def _query(
+    request: web.Request, name: str, required: bool = False, default: str | None = None
+) -> str | None:
+    """A query parameter given at most once; left out: `default` (`name=` is given, empty)."""
     values = request.query.getall(name, [])
     if len(values) > 1:
         raise Refused("bad_input", f"{name} is given more than once")
     if not values:
         if required:
             raise Refused("bad_input", f"the query parameter {name} is required")
-        return None
+        return default
     return values[0]
 
 

@@ -61,8 +61,13 @@ def make_app(service: NumbersService, token: str, max_body: int = 64 * 1024) -> 
     return app
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def error_response(
+    status: int, code: str, message: str, choices: tuple[str, ...] = ()
+) -> web.Response:
+    error: dict = {"code": code, "message": message}
+    if choices:
+        error["choices"] = list(choices)
+    return web.json_response({"error": error}, status=status)
 
 
 @web.middleware
@@ -70,7 +75,7 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except Refused as exc:
-        response = error_response(STATUS.get(exc.code, 409), exc.code, exc.message)
+        response = error_response(STATUS.get(exc.code, 409), exc.code, exc.message, exc.choices)
         if exc.code == "unauthorized":
             response.headers["WWW-Authenticate"] = "Bearer"
         return response

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import __version__
+from .. import __version__, phone, text
+from ..numbers import rules
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -64,19 +65,32 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
             "description": description}
 
 
-def _path(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"},
+def _path(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema,
             "description": description}
 
 
-DID = _path("did", "a phone number, as people write it (normalised to E.164 digits)")
-ACCOUNT = _path("account", "an account id")
-CAMPAIGN = _path("campaign", "a campaign id")
-REQUEST = {**_path("request", "a request's id"), "schema": {"type": "integer", "minimum": 1}}
-AS_ACCOUNT = _query("as_account", {"type": "string"},
-                    "act as this account: only its own numbers may be changed")
-ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"}
-NUMBER_TEXT = {"type": "string", "maxLength": 40, "description": "a phone number"}
+def _text(limit: int, required: bool = False) -> dict[str, Any]:
+    """Free text: no control, format, private-use or surrogate characters (zvonok_agi.text)."""
+    return {"type": "string", "maxLength": limit, **text.json_schema(required)}
+
+
+ID = {"type": "string", "pattern": rules.ACCOUNT_ID.pattern}
+PHONE = {
+    "type": "string", "maxLength": phone.MAX_RAW_LENGTH, "pattern": phone.RUSSIAN_WRITTEN,
+    "description": "a Russian number as people write it: +7 495 123-45-67, "
+                   "8 (495) 123-45-67, 74951234567",
+}
+DID = _path("did", PHONE, "a phone number (normalised to E.164 digits)")
+ACCOUNT = _path("account", ID, "an account id")
+CAMPAIGN = _path("campaign", ID, "a campaign id")
+REQUEST = _path("request", {"type": "integer", "minimum": 1, "maximum": rules.MAX_ROW_ID},
+                "a request's id")
+AS_ACCOUNT = _query("as_account", ID, "act as this account: only its own numbers may be changed")
+NAME = _text(rules.MAX_NAME)
+CALLER_ID = _nullable({"anyOf": [PHONE, {"const": "pool"}]})
+REGION = {**_text(rules.MAX_REGION, required=True),
+          "description": "as people type it, in Russian or English: Moscow, Москва, Moskva"}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -88,6 +102,11 @@ SCHEMAS: dict[str, Any] = {
             "properties": {
                 "code": {"type": "string", "description": "stable: clients branch on it"},
                 "message": {"type": "string", "description": "for people"},
+                "choices": {
+                    "type": "array", "items": {"type": "string"},
+                    "description": "what may have been meant (unknown_region, "
+                                   "ambiguous_region: the regions the name may mean)",
+                },
             },
         }},
     },
@@ -100,14 +119,12 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["id"],
         "additionalProperties": False,
-        "properties": {"id": ID, "name": {"type": "string", "maxLength": 120},
-                       "verified": {"type": "boolean"}},
+        "properties": {"id": ID, "name": NAME, "verified": {"type": "boolean"}},
     },
     "AccountChange": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"name": {"type": "string", "maxLength": 120},
-                       "verified": {"type": "boolean"}},
+        "properties": {"name": NAME, "verified": {"type": "boolean"}},
     },
     "Number": {
         "type": "object",
@@ -172,10 +189,12 @@ SCHEMAS: dict[str, Any] = {
         "required": ["did"],
         "additionalProperties": False,
         "properties": {
-            "did": NUMBER_TEXT,
+            "did": {**PHONE, "description": "a Russian mobile or city number (toll-free and "
+                    "foreign ones: unsupported_number)"},
             "pool": {"enum": ["service", "reservable"]},
             "kind": {"enum": ["mobile", "landline"]},
-            "region": {"type": "string", "maxLength": 80},
+            "region": {**_text(rules.MAX_REGION, required=True),
+                       "description": "left out: the numbering plan's"},
             "status": {"enum": ["active", "disabled"]},
         },
     },
@@ -199,7 +218,7 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "choice": {"enum": ["mobile", "landline_popular", "landline"]},
-            "region": {"type": "string", "maxLength": 80},
+            "region": REGION,
         },
     },
     "Offer": {
@@ -217,7 +236,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["did"],
         "additionalProperties": False,
-        "properties": {"did": NUMBER_TEXT},
+        "properties": {"did": PHONE},
     },
     "Campaign": {
         "type": "object",
@@ -241,9 +260,13 @@ SCHEMAS: dict[str, Any] = {
             "kind": {"enum": ["outbound", "inbound"]},
             "accept_inbound": {"type": "boolean"},
             "state": {"enum": ["running", "paused", "finished"]},
-            "caller_id": _nullable({**NUMBER_TEXT, "description": "a reserved number of the "
-                                    "account; null or 'pool': the service pool"}),
+            "caller_id": {**CALLER_ID, "description": "a reserved number of the account; "
+                          "null or 'pool': the service pool"},
         },
+        "if": {"required": ["kind"], "properties": {"kind": {"const": "inbound"}}},
+        "then": {"properties": {"accept_inbound": {"const": False},
+                                "caller_id": {"enum": [None, "pool"]}},
+                 "description": "an inbound campaign has no accept_inbound and no caller ID"},
     },
     "CampaignChange": {
         "type": "object",
@@ -251,8 +274,10 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "accept_inbound": {"type": "boolean"},
             "state": {"enum": ["running", "paused", "finished"]},
-            "caller_id": _nullable(NUMBER_TEXT),
+            "caller_id": CALLER_ID,
         },
+        "description": "what an inbound campaign has (accept_inbound false, the pool) may be "
+                       "sent; anything else for one is refused (not_outbound)",
     },
     "Request": {
         "type": "object",
@@ -272,7 +297,7 @@ SCHEMAS: dict[str, Any] = {
     "RequestClosing": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"note": _nullable({"type": "string", "maxLength": 500})},
+        "properties": {"note": _nullable(_text(rules.MAX_NOTE))},
     },
     "AuditEntry": {
         "type": "object",
@@ -352,6 +377,12 @@ DOCUMENT: dict[str, Any] = {
                         {"201": _ok(_ref("Number"), "Reserved")}, body="Reservation",
                         change=True),
         },
+        "/api/accounts/{account}/reservations/{did}": {
+            "parameters": [ACCOUNT, DID],
+            "delete": _op("release the account's reserved number: back to the stock without "
+                          "binding, rule or owner (the number stays)",
+                          {"200": _ok(_ref("Number"), "Released")}, change=True),
+        },
         "/api/regions": {
             "get": _op(
                 "regions with their count of available numbers, for one choice of the Add "
@@ -366,10 +397,9 @@ DOCUMENT: dict[str, Any] = {
                 "the numbers view: an account's (its reserved numbers and the service pool) "
                 "or every number", {"200": _ok(_ref("NumbersView"))},
                 params=[
-                    _query("account", {"type": "string"}, "the account whose page this is"),
+                    _query("account", ID, "the account whose page this is"),
                     _query("status", {"enum": ["active", "disabled"]}, "the tab"),
-                    _query("search", {"type": "string", "maxLength": 40},
-                           "any part of the digits"),
+                    _query("search", _text(rules.MAX_SEARCH), "any part of the digits"),
                 ],
             ),
             "post": _op("add a number to the stock or the service pool (operators)",
@@ -382,8 +412,6 @@ DOCUMENT: dict[str, Any] = {
             "patch": _op("the Change window: inbound campaign and callback rule",
                          {"200": _ok(_ref("Number"))}, body="NumberChange",
                          params=[AS_ACCOUNT], change=True),
-            "delete": _op("release a reserved number back to the stock",
-                          {"200": _ok(_ref("Number"))}, params=[AS_ACCOUNT], change=True),
         },
         "/api/numbers/{did}/disable": {
             "parameters": [DID],
@@ -397,7 +425,7 @@ DOCUMENT: dict[str, Any] = {
         },
         "/api/campaigns": {
             "get": _op("campaigns", {"200": _ok(_list_of("campaigns", "Campaign"))},
-                       params=[_query("account", {"type": "string"}, "of this account")]),
+                       params=[_query("account", ID, "of this account")]),
             "post": _op("a new campaign (the caller ID is checked)",
                         {"201": _ok(_ref("Campaign"), "Created")}, body="NewCampaign",
                         change=True),
@@ -423,7 +451,7 @@ DOCUMENT: dict[str, Any] = {
         "/api/audit": {
             "get": _op("the audit log, newest first",
                        {"200": _ok(_list_of("entries", "AuditEntry"))},
-                       params=[_query("subject", {"type": "string"}, "a number or an id"),
+                       params=[_query("subject", _text(rules.MAX_SUBJECT), "a number or an id"),
                                _query("limit", {"type": "integer", "minimum": 1,
                                                 "maximum": 1000}, "default: 100")]),
         },

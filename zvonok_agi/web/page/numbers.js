@@ -8,7 +8,11 @@ const state = {token: "", account: "", status: "active", search: "", view: null,
                campaigns: [], current: null};
 
 class ApiError extends Error {
-  constructor(code, message) { super(message); this.code = code; }
+  constructor(code, message, choices) {
+    super(message);
+    this.code = code;
+    this.choices = choices || [];
+  }
 }
 
 async function api(method, path, body, params) {
@@ -23,7 +27,7 @@ async function api(method, path, body, params) {
   const document = await response.json();
   if (!response.ok) {
     if (response.status === 401) showLogin();
-    throw new ApiError(document.error.code, document.error.message);
+    throw new ApiError(document.error.code, document.error.message, document.error.choices);
   }
   return document;
 }
@@ -158,6 +162,7 @@ function step(name) {
     show(part, part.dataset.step === name);
   }
   show($("#add-error"), false);
+  $("#region-choices").replaceChildren();
 }
 
 function openAdd() {
@@ -193,7 +198,13 @@ async function chooseRegion(region) {
       el("label", {}, el("input", {type: "radio", name: "did", value: n.did, required: true,
                                    checked: i === 0 ? "" : false}), ` ${pretty(n.did)}`))));
     step("number");
-  } catch (error) { fail($("#add-error"), error); }
+  } catch (error) {
+    fail($("#add-error"), error);
+    // an unknown or ambiguous name: the regions it may mean, one click away
+    $("#region-choices").replaceChildren(...(error.choices || []).map((choice) => el("li", {},
+      el("button", {type: "button", "data-region": choice,
+                    onclick: () => chooseRegion(choice)}, choice))));
+  }
 }
 
 async function reserve(event) {
@@ -252,8 +263,17 @@ function openChange(n) {
 async function saveChange(event) {
   event.preventDefault();
   const n = state.current;
-  const body = {inbound_campaign: $("#change-campaign").value || null,
-                callback_rule: new FormData(event.target).get("rule")};
+  // only what changed: the API leaves out fields as they are, the audit log says what changed
+  const body = {};
+  const campaign = $("#change-campaign").value || null;
+  const rule = new FormData(event.target).get("rule");
+  if (campaign !== n.inbound_campaign) body.inbound_campaign = campaign;
+  if (rule !== n.callback_rule) body.callback_rule = rule;
+  if (Object.keys(body).length === 0) {
+    $("#change-dialog").close();
+    say(`${pretty(n.did)}: nothing to save.`);
+    return;
+  }
   try {
     await api("PATCH", `/api/numbers/${n.did}`, body, {as_account: state.account});
     $("#change-dialog").close();
@@ -284,7 +304,8 @@ async function confirmDelete(event) {
   event.preventDefault();
   const n = state.current;
   try {
-    await api("DELETE", `/api/numbers/${n.did}`, undefined, {as_account: state.account});
+    await api("DELETE",
+      `/api/accounts/${encodeURIComponent(state.account)}/reservations/${n.did}`);
     $("#delete-dialog").close();
     say(`${pretty(n.did)} is deleted.`);
     await refresh();
