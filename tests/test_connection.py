@@ -55,6 +55,15 @@ def test_a_bad_url_is_refused_at_start_with_the_reason(url: str, says: str) -> N
     assert says in str(refused.value)
 
 
+def test_a_refused_url_is_shown_without_its_passwords() -> None:
+    url = "redis+sentinel://app:s3cret@h1:26379/m/x?sentinel_password=0ther"
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={"ZVONOK_REDIS_URL": url})
+    message = str(refused.value)
+    assert "app:***@h1:26379" in message and "sentinel_password=***" in message
+    assert "s3cret" not in message and "0ther" not in message
+
+
 def test_a_key_prefix_with_braces_is_refused() -> None:
     """Braces would move the engine's keys off the slots its scripts expect on a Cluster."""
     with pytest.raises(ConfigError, match="hash tags"):

@@ -16,6 +16,7 @@ the error, so that a call is routed without the store in time.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
@@ -55,10 +56,12 @@ class RedisTarget:
 
 
 def parse_redis_url(url: str) -> RedisTarget:
-    """The target of a redis.url setting; RedisURLError says what is wrong with it."""
+    """The target of a redis.url setting; RedisURLError says what is wrong with it (showing
+    the URL without its password)."""
+    shown = redacted(url)
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise RedisURLError(f"{url!r} is not a URL (redis://host:port/db, see the docs)")
+        raise RedisURLError(f"{shown!r} is not a URL (redis://host:port/db, see the docs)")
     if scheme in PLAIN_SCHEMES:
         return RedisTarget("single", url)
     if scheme not in DEFAULT_PORTS:
@@ -71,23 +74,23 @@ def parse_redis_url(url: str) -> RedisTarget:
     if at:
         user, _, secret = userinfo.partition(":")
         username, password = unquote(user) or None, unquote(secret) or None
-    nodes = tuple(_host_port(item, DEFAULT_PORTS[scheme], url) for item in hosts.split(","))
+    nodes = tuple(_host_port(item, DEFAULT_PORTS[scheme], shown) for item in hosts.split(","))
     options = {key: values[-1] for key, values in parse_qs(query).items()}
     parts = [unquote(part) for part in path.split("/") if part]
     if scheme == CLUSTER_SCHEME:
         if parts or options:
             raise RedisURLError(
-                f"{url!r}: a cluster URL has no path or options (a cluster has database 0 only)"
+                f"{shown!r}: a cluster URL has no path or options (a cluster has database 0 only)"
             )
         return RedisTarget("cluster", url, nodes, username=username, password=password)
     unknown = set(options) - {"sentinel_password"}
     if unknown:
-        raise RedisURLError(f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}")
+        raise RedisURLError(f"{shown!r}: unknown option(s) {', '.join(sorted(unknown))}")
     if not 1 <= len(parts) <= 2:
-        raise RedisURLError(f"{url!r}: name the service after the hosts: .../mymaster[/db]")
+        raise RedisURLError(f"{shown!r}: name the service after the hosts: .../mymaster[/db]")
     db = parts[1] if len(parts) == 2 else "0"
     if not db.isdigit():
-        raise RedisURLError(f"{url!r}: database {db!r} is not a number")
+        raise RedisURLError(f"{shown!r}: database {db!r} is not a number")
     return RedisTarget(
         "sentinel",
         url,
@@ -100,18 +103,29 @@ def parse_redis_url(url: str) -> RedisTarget:
     )
 
 
-def _host_port(item: str, default_port: int, url: str) -> tuple[str, int]:
+def redacted(url: str) -> str:
+    """The URL with its passwords, if any, shown as ***."""
+    url = re.sub(r"(sentinel_password=)[^&]*", r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, _ = rest.partition("/")[0].rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{rest[len(userinfo) + 1 :]}"
+
+
+def _host_port(item: str, default_port: int, shown: str) -> tuple[str, int]:
     if item.startswith("["):  # [IPv6]:port
         host, _, port = item[1:].partition("]")
         port = port.removeprefix(":")
     else:
         host, _, port = item.partition(":")
     if not host:
-        raise RedisURLError(f"{url!r}: a host is missing")
+        raise RedisURLError(f"{shown!r}: a host is missing")
     if not port:
         return host, default_port
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise RedisURLError(f"{url!r}: {port!r} is not a port")
+        raise RedisURLError(f"{shown!r}: {port!r} is not a port")
     return host, int(port)
 
 
