@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the topologies and inventory the test
 
 from engine_helpers import RESERVED, SERVICE, attempt, base_inventory, load  # noqa: E402
 from local_servers import die_with_parent, free_port, start_redis  # noqa: E402
-from redis_topology import Cluster, Replicated  # noqa: E402
+from redis_topology import Cluster, Replicated, running  # noqa: E402
 from zvonok_agi.agi.client import agi_call  # noqa: E402
 from zvonok_agi.app import redis_client  # noqa: E402
 from zvonok_agi.config import Settings, load_settings  # noqa: E402
@@ -101,10 +101,7 @@ class Routed:
 
 
 async def failover_run(workdir: Path, rate: float, down_after: int) -> str:
-    setup = Replicated(workdir, down_after_ms=down_after)
-    setup.start()
-    engine = None
-    try:
+    with running(Replicated(workdir, down_after_ms=down_after)) as setup:
         settings = bench_settings(setup.url)
         callers = [f"7916{n:07d}" for n in range(int(rate * 30))]
         dids = [SERVICE if n % 5 == 0 else RESERVED for n in range(len(callers))]
@@ -131,13 +128,12 @@ async def failover_run(workdir: Path, rate: float, down_after: int) -> str:
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads yet)
         )
-        await until_routing(port)
-        return await calls_through_a_kill(setup, port, rate, callers, dids)
-    finally:
-        if engine is not None:
+        try:
+            await until_routing(port)
+            return await calls_through_a_kill(setup, port, rate, callers, dids)
+        finally:
             engine.terminate()
             engine.wait(20)
-        setup.stop()
 
 
 async def until_routing(port: int) -> None:
@@ -224,9 +220,7 @@ async def fresh_attempts(history: CallbackHistory, count: int) -> list[Attempt]:
 
 
 async def wait_cost(args: argparse.Namespace, workdir: Path) -> None:
-    setup = Replicated(workdir / "wait")
-    setup.start()
-    try:
+    with running(Replicated(workdir / "wait")) as setup:
         settings = bench_settings(setup.url)
         client = redis_client(setup.url, settings)
         try:
@@ -249,8 +243,6 @@ async def wait_cost(args: argparse.Namespace, workdir: Path) -> None:
             ]
         finally:
             await client.aclose()
-    finally:
-        setup.stop()
     print("\nThe first-callback claim on a Sentinel-watched master with one replica")
     print_table(rows)
 
@@ -288,13 +280,11 @@ async def store_rows(label: str, url: str, count: int) -> list[str]:
 
 async def cluster_cost(args: argparse.Namespace, workdir: Path) -> None:
     single = start_redis(workdir / "single", aof=False)
-    cluster = Cluster(workdir / "cluster")
     try:
-        cluster.start()
-        rows = await store_rows("one server", single.url, args.ops)
-        rows += await store_rows("cluster", cluster.url, args.ops)
+        with running(Cluster(workdir / "cluster")) as cluster:
+            rows = await store_rows("one server", single.url, args.ops)
+            rows += await store_rows("cluster", cluster.url, args.ops)
     finally:
-        cluster.stop()
         single.stop()
     print("\nThe history's operations on one server and on a three-master Cluster")
     print_table(rows)

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
-from redis_topology import Cluster
+from redis_topology import Cluster, running
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import Settings, load_settings
 from zvonok_agi.store.connection import learn_topology
@@ -43,10 +43,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedRedis:
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Cluster:
     """A real three-master Redis Cluster, started the first time a test asks for it."""
-    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
-    cluster.start()
-    yield cluster
-    cluster.stop()
+    with running(Cluster(tmp_path_factory.mktemp("cluster"))) as cluster:
+        yield cluster
 
 
 @pytest.fixture

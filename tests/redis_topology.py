@@ -234,6 +234,7 @@ class Cluster:
 
 @contextlib.contextmanager
 def running(setup: Replicated | Cluster) -> Iterator[Replicated | Cluster]:
+    """The setup started, and stopped afterwards even if it failed to start."""
     try:
         setup.start()
         yield setup

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from engine_helpers import RESERVED, SERVICE, attempt, base_inventory, call, load, running_engine
 from redis_topology import SERVICE as SERVICE_NAME
-from redis_topology import Replicated
+from redis_topology import Replicated, running
 from zvonok_agi.app import redis_client
 
 RATE = 50  # calls per second
@@ -25,10 +25,8 @@ UNREPLICATED = "first-callback claim not on enough replicas"
 
 @pytest.fixture
 def replicated(tmp_path):
-    setup = Replicated(tmp_path)
-    setup.start()
-    yield setup
-    setup.stop()
+    with running(Replicated(tmp_path)) as setup:
+        yield setup
 
 
 async def test_master_killed_under_50_calls_a_second(settings, replicated):
