@@ -54,7 +54,7 @@ async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[co
             elif await asyncio.to_thread(embedded.attach):
                 stack.push_async_callback(asyncio.to_thread, embedded.stop)
         client = redis_client(url, settings)
-        stack.push_async_callback(client.aclose)
+        stack.push_async_callback(connection.close, client)
         await connection.learn_topology(client)
         yield client
 

@@ -158,10 +158,19 @@ class SentinelManagedRedis(aioredis.Redis):
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         try:
-            await super().aclose(close_connection_pool)
+            with contextlib.suppress(RedisTimeoutError):  # see close()
+                await super().aclose(close_connection_pool)
         finally:
             if self.sentinel is not None:
-                await self.sentinel.aclose()
+                await close(self.sentinel)
+
+
+async def close(client: Client | Sentinel) -> None:
+    """Close a client's connections. redis-py waits at most connect_timeout for each socket to
+    finish closing and then raises, though the socket is closed: on a busy machine that is no
+    error worth failing a shutdown for."""
+    with contextlib.suppress(RedisTimeoutError):
+        await client.aclose()
 
 
 def redis_client(url: str, *, socket_timeout: float, connect_timeout: float) -> Client:
