@@ -1,5 +1,5 @@
 """Several engine processes on one store, as behind several Asterisk boxes: the first-callback
-claim stays exactly-once across them."""
+claim stays exactly-once across them, on one Redis server and on a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from conftest import free_port
 from engine_helpers import CALLER, RESERVED, attempt, base_inventory, load
@@ -65,9 +68,13 @@ async def routes_from_the_data(port: int) -> None:
             await asyncio.sleep(0.2)
 
 
+@pytest.mark.parametrize("store", ["single", "cluster"])
 async def test_fifty_callbacks_split_over_two_engine_processes_route_one_outbound(
-    settings, tmp_path
+    request, settings, tmp_path, store
 ):
+    if store == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        settings = replace(settings, redis=replace(settings.redis, url=url))
     inventory = base_inventory()
     inventory["attempts"] = [attempt("spring-sale")]
     await load(settings, inventory)
