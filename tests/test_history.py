@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from zvonok_agi.routing.callerid import CallerIdPlan, PoolAtCapacity, pick
 from zvonok_agi.routing.model import Attempt, Outcome
-from zvonok_agi.store.history import CallbackHistory
+from zvonok_agi.store.history import AlreadyDialed, CallbackHistory
 
 NOW = 1_800_000_000.0
 CALLEE = "79161234567"
@@ -196,3 +196,70 @@ async def test_a_claim_is_given_back_only_by_the_call_that_made_it_and_once(stor
     assert await history.claim(missed, "call-3")  # the next callback is a first one again
     assert await callbacks() == 1
     assert [a.callbacks for a in await history.attempts(missed.did, CALLEE)] == [1]
+
+
+async def test_a_campaign_that_dials_each_callee_once_gets_one_attempt(store) -> None:
+    history = history_on(store)
+    first, _ = await history.record_dial(
+        attempt(1), ("74950000001",), avoid_previous=False, cap=None, via="ast1:5038"
+    )
+    assert first is not None
+    placed = await history.dialed("promo", CALLEE)
+    assert placed and (placed.attempt_id, placed.did, placed.via) == (
+        "a1",
+        "74950000001",
+        "ast1:5038",
+    )
+    with pytest.raises(AlreadyDialed) as refused:
+        await history.record_dial(
+            attempt(2), ("74950000002",), avoid_previous=False, cap=None, via="ast1:5038"
+        )
+    assert (refused.value.attempt_id, refused.value.via) == ("a1", "ast1:5038")
+    assert await history.attempts("74950000002", CALLEE) == []  # nothing written
+    # Another campaign, or a call outside the rule, dials the callee as before.
+    other = Attempt("b1", "other", "acme", "", CALLEE, NOW)
+    assert (
+        await history.record_dial(
+            other, ("74950000002",), avoid_previous=False, cap=None, via="ast1:5038"
+        )
+    )[0] is not None
+    assert (
+        await history.record_dial(attempt(3), ("74950000002",), avoid_previous=False, cap=None)
+    )[0] is not None
+    # A call that never left is taken back with its mark: the campaign may dial it again.
+    await history.undial(first, None)
+    assert await history.dialed("promo", CALLEE) is None
+    again, _ = await history.record_dial(
+        attempt(4), ("74950000001",), avoid_previous=False, cap=None, via="ast1:5038"
+    )
+    assert again is not None
+    await history.undial(first, None)  # an old attempt's take-back leaves the new mark alone
+    placed = await history.dialed("promo", CALLEE)
+    assert placed and placed.attempt_id == "a4"
+
+
+async def test_a_callee_dialed_once_is_refused_even_with_the_pool_full(store) -> None:
+    """Refused as dialed, not told to wait for a free number (then refused)."""
+    history = history_on(store)
+    first, _ = await history.record_dial(attempt(1), POOL, avoid_previous=True, cap=1, via="a")
+    assert first is not None
+    other = Attempt("b1", "other", "acme", "", "79160000000", NOW)
+    assert (await history.record_dial(other, POOL, avoid_previous=True, cap=1))[0] is not None
+    with pytest.raises(AlreadyDialed):
+        await history.record_dial(attempt(2), POOL, avoid_previous=True, cap=1, via="a")
+
+
+async def test_one_campaign_dialing_one_callee_twice_at_once_records_one_call(store) -> None:
+    history = history_on(store)
+    results = await asyncio.gather(
+        *(
+            history.record_dial(attempt(n), POOL, avoid_previous=True, cap=5, via="a")
+            for n in range(10)
+        ),
+        return_exceptions=True,
+    )
+    recorded = [r for r in results if not isinstance(r, BaseException)]
+    assert len(recorded) == 1 and recorded[0][0] is not None
+    assert all(isinstance(r, AlreadyDialed) for r in results if r not in recorded)
+    counts = [int(await store.get(history.count_key(did, NOW)) or 0) for did in POOL]
+    assert sum(counts) == 1  # the refused calls gave their counts back

@@ -24,18 +24,22 @@ from .store.routing_data import RoutingCache, RoutingData
 log = structlog.get_logger(__name__)
 
 
-def redis_client(url: str, settings: Settings) -> connection.Client:
+def redis_client(url: str, settings: Settings, connections: int = 100) -> connection.Client:
     """A client for a single server, a Sentinel-watched master or a Cluster, that fails fast
-    (see store/connection.py)."""
+    (see store/connection.py). `connections`: at most this many at once (per node of a
+    Cluster; a command past them fails at once)."""
     return connection.redis_client(
         url,
         socket_timeout=settings.redis.socket_timeout,
         connect_timeout=settings.redis.connect_timeout,
+        max_connections=connections,
     )
 
 
 @contextlib.asynccontextmanager
-async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[connection.Client]:
+async def open_redis(
+    settings: Settings, *, supervise: bool, connections: int = 100
+) -> AsyncIterator[connection.Client]:
     """The configured Redis; with no URL, the embedded server.
 
     `supervise=True` (the engine) starts the embedded server and restarts it if it dies; it
@@ -53,7 +57,7 @@ async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[co
                 await stack.enter_async_context(embedded)
             elif await asyncio.to_thread(embedded.attach):
                 stack.push_async_callback(asyncio.to_thread, embedded.stop)
-        client = redis_client(url, settings)
+        client = redis_client(url, settings, connections)
         stack.push_async_callback(connection.close, client)
         await connection.learn_topology(client)
         yield client

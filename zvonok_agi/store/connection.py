@@ -173,14 +173,18 @@ async def close(client: Client | Sentinel) -> None:
         await client.aclose()
 
 
-def redis_client(url: str, *, socket_timeout: float, connect_timeout: float) -> Client:
-    """A client for the URL (see the module's doc) that fails fast."""
+def redis_client(
+    url: str, *, socket_timeout: float, connect_timeout: float, max_connections: int = 100
+) -> Client:
+    """A client for the URL (see the module's doc) that fails fast, with at most
+    `max_connections` connections at once (per node of a Cluster)."""
     target = parse_redis_url(url)
     fail_fast = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": connect_timeout,
         "retry": Retry(NoBackoff(), 1),
         "retry_on_error": [RedisConnectionError],
+        "max_connections": max_connections,
     }
     if target.kind == "cluster":
         return RedisCluster(

@@ -8,11 +8,16 @@ key about one callee lives in one slot, and so does every key about one number.
       <id>:c  callbacks routed back to the campaign
       <id>:k  the token of the call that holds the first-callback claim
   last:{<callee>}  the number the latest outbound call to this callee showed
+  dialed:{<callee>}  hash, campaign -> "<attempt id> <did> <via>": the call a campaign that
+      dials each callee once placed to this callee, and the Asterisk host it went through
+      (written with the attempt, in the same step)
   cpm:{<did>}:<minute>  calls placed from a pool number in one minute (for the per-number cap)
 
 Recording an outbound attempt is two atomic steps per candidate number: `count` takes a call off
 the number's cap for this minute (on the number's slot); `commit`, on the callee's slot, refuses
-the number the callee was shown last, else makes it the last one and records the attempt. On
+the number the callee was shown last (and any number when the campaign, dialing each callee
+once, has placed its call to this callee already), else makes it the last one and records the
+attempt, with the campaign's mark on the callee. On
 one server (or a Sentinel-watched master) both run in one script, DIAL, over the candidates in
 order: one round trip. On a Cluster, where a script may touch one slot only, they run as two
 scripts, COUNT then COMMIT; a COMMIT that finds the number there already (another call to this
@@ -79,43 +84,76 @@ local function count(key, cap)
 end
 """
 
-# Makes `did` the callee's last number and records the attempt from it, unless (with avoid) it
-# is the callee's last number already. Returns whether it did, and the previous number or ''.
+# The attempt being recorded, from ARGV[first ...]: id, record JSON, outcome, now, window,
+# campaign dialing each callee once ('' for none), the host its call goes through.
+_CALL_FUNCTION = """
+local function call_from(first)
+  return {id = ARGV[first], json = ARGV[first + 1], outcome = ARGV[first + 2],
+          now = tonumber(ARGV[first + 3]), window = tonumber(ARGV[first + 4]),
+          once = ARGV[first + 5], via = ARGV[first + 6]}
+end
+"""
+
+# Makes `did` the callee's last number and records the call from it, with the campaign's mark
+# on the callee when it dials each callee once; unless (with avoid) `did` is the callee's last
+# number already, or the campaign has placed its call to this callee (its mark is returned).
+# Returns whether it recorded, the previous number or '', the mark found or ''.
 _COMMIT_FUNCTION = (
     _RECORD_FUNCTION
+    + _CALL_FUNCTION
     + """
-local function commit(last, hist, did, avoid, id, json, outcome, now, window)
+local function commit(last, hist, dialed, did, avoid, call)
   local previous = redis.call('GET', last) or ''
-  if avoid and previous == did then return false, previous end
-  redis.call('SET', last, did, 'EX', math.ceil(window))
-  record(hist, id, json, outcome, now, window)
-  return true, previous
+  if call.once ~= '' then
+    local placed = redis.call('HGET', dialed, call.once)
+    if placed then return false, previous, placed end
+  end
+  if avoid and previous == did then return false, previous, '' end
+  redis.call('SET', last, did, 'EX', math.ceil(call.window))
+  record(hist, call.id, call.json, call.outcome, call.now, call.window)
+  if call.once ~= '' then
+    redis.call('HSET', dialed, call.once, call.id .. ' ' .. did .. ' ' .. call.via)
+    redis.call('EXPIRE', dialed, math.ceil(call.window))
+  end
+  return true, previous, ''
 end
 """
 )
 
-# One server: the first candidate that is not the callee's last number (with avoid) and is
-# under its cap (a negative cap: none, nothing counted) is counted and committed. Returns
-# {chosen or '', previous or ''}.
-# KEYS: last:{<callee>}, then per candidate cpm:{<did>}:<minute> and hist:{<callee>}:<did>.
-# ARGV: id, record JSON, outcome, now, window, cap, avoid previous (1/0), candidates...
+# One server: unless the campaign has placed its call to this callee already (then nothing is
+# written and its mark returned), the first candidate that is not the callee's last number
+# (with avoid) and is under its cap (a negative cap: none, nothing counted) is counted and
+# committed. Returns {chosen or '', previous or '', mark or ''}.
+# KEYS: last:{<callee>}, dialed:{<callee>}, then per candidate cpm:{<did>}:<minute> and
+#       hist:{<callee>}:<did>.
+# ARGV: cap, avoid previous (1/0), the call (see _CALL_FUNCTION), candidates...
 DIAL = (
     _COUNT_FUNCTION
     + _COMMIT_FUNCTION
     + """
-local now, window = tonumber(ARGV[4]), tonumber(ARGV[5])
-local cap, avoid = tonumber(ARGV[6]), ARGV[7] == '1'
+local cap, avoid, call = tonumber(ARGV[1]), ARGV[2] == '1', call_from(3)
 local previous = redis.call('GET', KEYS[1]) or ''
-for i = 8, #ARGV do
+if call.once ~= '' then
+  local placed = redis.call('HGET', KEYS[2], call.once)
+  if placed then return {'', previous, placed} end
+end
+for i = 10, #ARGV do
   local did = ARGV[i]
-  if not (avoid and did == previous) and (cap < 0 or count(KEYS[2 * i - 14], cap)) then
-    commit(KEYS[1], KEYS[2 * i - 13], did, avoid, ARGV[1], ARGV[2], ARGV[3], now, window)
-    return {did, previous}
+  if not (avoid and did == previous) and (cap < 0 or count(KEYS[2 * i - 17], cap)) then
+    commit(KEYS[1], KEYS[2 * i - 16], KEYS[2], did, avoid, call)
+    return {did, previous, ''}
   end
 end
-return {'', previous}
+return {'', previous, ''}
 """
 )
+
+# A Cluster, step zero on the callee's slot: {the callee's last number or '', the campaign's
+# mark on the callee or ''}. KEYS: last:{<callee>}, dialed:{<callee>}. ARGV: campaign or ''.
+PEEK = """
+local placed = ARGV[1] ~= '' and redis.call('HGET', KEYS[2], ARGV[1]) or ''
+return {redis.call('GET', KEYS[1]) or '', placed or ''}
+"""
 
 # A Cluster, step one on the number's slot: 1 counted, 0 at the cap.
 # KEYS: cpm:{<did>}:<minute>. ARGV: cap.
@@ -132,22 +170,26 @@ if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[
 return 1
 """
 
-# A Cluster, step two on the callee's slot: {1 recorded or 0, the previous number or ''}.
-# KEYS: last:{<callee>}, hist:{<callee>}:<did>.
-# ARGV: did, avoid previous (1/0), id, record JSON, outcome, now, window.
+# A Cluster, step two on the callee's slot: {1 recorded or 0, previous number or '', mark or ''}.
+# KEYS: last:{<callee>}, hist:{<callee>}:<did>, dialed:{<callee>}.
+# ARGV: did, avoid previous (1/0), the call (see _CALL_FUNCTION).
 COMMIT = (
     _COMMIT_FUNCTION
     + """
-local done, previous = commit(KEYS[1], KEYS[2], ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4],
-                              ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]))
-return {done and 1 or 0, previous}
+local done, previous, placed = commit(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2] == '1',
+                                      call_from(3))
+return {done and 1 or 0, previous, placed}
 """
 )
 
-# Takes back a dial that never reached Asterisk: the attempt, and the callee's last number
-# (unless a later call has changed it since). Its count goes back with UNCOUNT.
-# KEYS: last:{<callee>}, hist:{<callee>}:<did>. ARGV: id, did, previous ('' for none), window.
+# Takes back a dial that never reached Asterisk: the attempt, the callee's last number (unless
+# a later call has changed it since) and the campaign's mark (if it is this call's). Its count
+# goes back with UNCOUNT.
+# KEYS: last:{<callee>}, hist:{<callee>}:<did>, dialed:{<callee>}.
+# ARGV: id, did, previous ('' for none), window, campaign.
 UNDIAL = """
+local mark = redis.call('HGET', KEYS[3], ARGV[5])
+if mark and string.match(mark, '^%S+') == ARGV[1] then redis.call('HDEL', KEYS[3], ARGV[5]) end
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   if ARGV[3] == '' then
     redis.call('DEL', KEYS[1])
@@ -187,6 +229,16 @@ return 1
 """
 
 
+class AlreadyDialed(Exception):
+    """The campaign, which dials each callee once, has placed a call to this one already."""
+
+    def __init__(self, campaign: str, callee: str, mark: str) -> None:
+        self.attempt_id, self.did, self.via = (mark.split(" ", 2) + ["", ""])[:3]
+        super().__init__(
+            f"campaign {campaign} has dialed {callee} already (attempt {self.attempt_id})"
+        )
+
+
 class CallbackHistory:
     def __init__(
         self,
@@ -209,6 +261,7 @@ class CallbackHistory:
         self._release = redis.register_script(RELEASE)
         self._settle = redis.register_script(SETTLE)
         self._dial = redis.register_script(DIAL)
+        self._peek = redis.register_script(PEEK)
         self._count = redis.register_script(COUNT)
         self._uncount = redis.register_script(UNCOUNT)
         self._commit = redis.register_script(COMMIT)
@@ -230,6 +283,9 @@ class CallbackHistory:
     def count_key(self, did: str, at: float) -> str:
         return f"{self.prefix}cpm:{{{did}}}:{int(at // 60)}"
 
+    def dialed_key(self, callee: str) -> str:
+        return f"{self.prefix}dialed:{{{callee}}}"
+
     async def record(self, attempt: Attempt, now: float) -> None:
         key = self.key(attempt.did, attempt.callee)
         record = self._record_json(attempt)
@@ -246,54 +302,84 @@ class CallbackHistory:
         *,
         avoid_previous: bool,
         cap: int | None,
+        via: str | None = None,
     ) -> tuple[Attempt | None, str | None]:
         """Record an attempt about to be dialed from the first usable candidate: not the
         number this callee was shown last (with `avoid_previous`), under `cap` calls this
         minute (None: no cap, nothing counted); `attempt.did` is ignored. Returns the attempt
         as recorded (None, nothing written, when every candidate is ruled out) and the number
         this callee was shown before. The rule is routing.callerid.pick, which the tests hold
-        both ways (one script, or the steps on a Cluster) to."""
+        both ways (one script, or the steps on a Cluster) to. `via`: the campaign dials each
+        callee once, and this call goes through that Asterisk host; AlreadyDialed if it has
+        placed a call to this one (nothing written)."""
+        once = "" if via is None else attempt.campaign
+        call = self._call_args(attempt, once, via)
         if is_cluster(self.redis):
-            chosen, previous = await self._dial_in_steps(attempt, candidates, avoid_previous, cap)
+            chosen, previous = await self._dial_in_steps(
+                attempt, candidates, avoid_previous, cap, call, once
+            )
         else:
-            chosen, previous = await self._dial_in_one(attempt, candidates, avoid_previous, cap)
+            chosen, previous = await self._dial_in_one(
+                attempt, candidates, avoid_previous, cap, call
+            )
         recorded = dataclasses.replace(attempt, did=chosen) if chosen else None
         return recorded, previous
 
-    def _commit_args(self, attempt: Attempt) -> list[str | float]:
-        return [attempt.id, self._record_json(attempt), attempt.outcome.value, attempt.at]
+    def _call_args(self, attempt: Attempt, once: str, via: str | None) -> list[str | float]:
+        """The call as the scripts read it (_CALL_FUNCTION)."""
+        return [
+            attempt.id,
+            self._record_json(attempt),
+            attempt.outcome.value,
+            attempt.at,
+            self.window,
+            once,
+            via or "",
+        ]
 
     async def _dial_in_one(
-        self, attempt: Attempt, candidates: Sequence[str], avoid: bool, cap: int | None
+        self,
+        attempt: Attempt,
+        candidates: Sequence[str],
+        avoid: bool,
+        cap: int | None,
+        call: list[str | float],
     ) -> tuple[str | None, str | None]:
         previous = None
         # A few candidates per round trip: the first usable one is nearly always among them,
         # and a big pool does not make every call's request big.
         for start in range(0, len(candidates), DIAL_CHUNK):
             chunk = candidates[start : start + DIAL_CHUNK]
-            keys = [self.last_key(attempt.callee)]
+            keys = [self.last_key(attempt.callee), self.dialed_key(attempt.callee)]
             for did in chunk:
                 keys += [self.count_key(did, attempt.at), self.key(did, attempt.callee)]
-            chosen, shown = await self._dial(
-                keys=keys,
-                args=[
-                    *self._commit_args(attempt),
-                    self.window,
-                    -1 if cap is None else cap,
-                    1 if avoid else 0,
-                    *chunk,
-                ],
+            chosen, shown, placed = await self._dial(
+                keys=keys, args=[-1 if cap is None else cap, 1 if avoid else 0, *call, *chunk]
             )
+            self._refuse_if_placed(attempt, placed)
             previous = shown.decode() or None
             if chosen:
                 return chosen.decode(), previous
         return None, previous
 
+    @staticmethod
+    def _refuse_if_placed(attempt: Attempt, placed: bytes) -> None:
+        if placed:
+            raise AlreadyDialed(attempt.campaign, attempt.callee, placed.decode())
+
     async def _dial_in_steps(
-        self, attempt: Attempt, candidates: Sequence[str], avoid: bool, cap: int | None
+        self,
+        attempt: Attempt,
+        candidates: Sequence[str],
+        avoid: bool,
+        cap: int | None,
+        call: list[str | float],
+        once: str,
     ) -> tuple[str | None, str | None]:
-        shown = await self.redis.get(self.last_key(attempt.callee))
-        previous = shown.decode() if shown else None
+        callee_keys = [self.last_key(attempt.callee), self.dialed_key(attempt.callee)]
+        shown, placed = await self._peek(keys=callee_keys, args=[once])
+        self._refuse_if_placed(attempt, placed)
+        previous = shown.decode() or None
         counts: dict[str, int] | None = None
         for did in candidates:
             if avoid and did == previous:
@@ -307,15 +393,16 @@ class CallbackHistory:
                     # round trip rather than one per number.
                     counts = counts or await self._counts(candidates, attempt.at)
                     continue
-            done, shown = await self._commit(
-                keys=[self.last_key(attempt.callee), self.key(did, attempt.callee)],
-                args=[did, 1 if avoid else 0, *self._commit_args(attempt), self.window],
+            done, shown, placed = await self._commit(
+                keys=[callee_keys[0], self.key(did, attempt.callee), callee_keys[1]],
+                args=[did, 1 if avoid else 0, *call],
             )
+            if not done and cap is not None:  # given back: not placed from `did` after all
+                await self._uncount(keys=[count_key])
+            self._refuse_if_placed(attempt, placed)
             previous = shown.decode() or None
             if done:
                 return did, previous
-            if cap is not None:  # another call to this callee showed `did` meanwhile
-                await self._uncount(keys=[count_key])
         return None, previous
 
     async def _counts(self, candidates: Sequence[str], at: float) -> dict[str, int]:
@@ -328,10 +415,20 @@ class CallbackHistory:
     async def undial(self, attempt: Attempt, previous: str | None) -> None:
         """Take back an attempt recorded by `record_dial` whose call never reached Asterisk."""
         await self._undial(
-            keys=[self.last_key(attempt.callee), self.key(attempt.did, attempt.callee)],
-            args=[attempt.id, attempt.did, previous or "", self.window],
+            keys=[
+                self.last_key(attempt.callee),
+                self.key(attempt.did, attempt.callee),
+                self.dialed_key(attempt.callee),
+            ],
+            args=[attempt.id, attempt.did, previous or "", self.window, attempt.campaign],
         )
         await self._uncount(keys=[self.count_key(attempt.did, attempt.at)])
+
+    async def dialed(self, campaign: str, callee: str) -> AlreadyDialed | None:
+        """The call a campaign that dials each callee once placed to `callee`, if it did
+        (recorded with the attempt, before the Originate)."""
+        placed = await self.redis.hget(self.dialed_key(callee), campaign)
+        return None if placed is None else AlreadyDialed(campaign, callee, placed.decode())
 
     async def attempts(self, did: str, callee: str) -> list[Attempt]:
         """Every attempt kept for this pair, in no particular order."""
