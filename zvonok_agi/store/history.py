@@ -239,6 +239,41 @@ class AlreadyDialed(Exception):
         )
 
 
+def _record_json(attempt: Attempt) -> str:
+    return json.dumps(
+        {"campaign": attempt.campaign, "account": attempt.account, "at": attempt.at},
+        separators=(",", ":"),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dial:
+    """One record_dial request, as its steps need it."""
+
+    attempt: Attempt
+    candidates: Sequence[str]
+    avoid: bool
+    cap: int | None
+    via: str | None  # None: the campaign may dial the callee again
+    window: float
+
+    @property
+    def once(self) -> str:
+        """The campaign whose mark the call writes and checks ('' for none)."""
+        return "" if self.via is None else self.attempt.campaign
+
+    def call_args(self) -> list[str | float]:
+        """The call as the scripts read it (_CALL_FUNCTION)."""
+        a = self.attempt
+        record = _record_json(a)
+        return [a.id, record, a.outcome.value, a.at, self.window, self.once, self.via or ""]
+
+    def refuse_if(self, placed: bytes) -> None:
+        """AlreadyDialed if a script found the campaign's mark on the callee."""
+        if placed:
+            raise AlreadyDialed(self.attempt.campaign, self.attempt.callee, placed.decode())
+
+
 class CallbackHistory:
     def __init__(
         self,
@@ -267,13 +302,6 @@ class CallbackHistory:
         self._commit = redis.register_script(COMMIT)
         self._undial = redis.register_script(UNDIAL)
 
-    @staticmethod
-    def _record_json(attempt: Attempt) -> str:
-        return json.dumps(
-            {"campaign": attempt.campaign, "account": attempt.account, "at": attempt.at},
-            separators=(",", ":"),
-        )
-
     def key(self, did: str, callee: str) -> str:
         return f"{self.prefix}hist:{{{callee}}}:{did}"
 
@@ -288,7 +316,7 @@ class CallbackHistory:
 
     async def record(self, attempt: Attempt, now: float) -> None:
         key = self.key(attempt.did, attempt.callee)
-        record = self._record_json(attempt)
+        record = _record_json(attempt)
         await self._record(
             keys=[key], args=[attempt.id, record, attempt.outcome.value, now, self.window]
         )
@@ -312,77 +340,43 @@ class CallbackHistory:
         both ways (one script, or the steps on a Cluster) to. `via`: the campaign dials each
         callee once, and this call goes through that Asterisk host; AlreadyDialed if it has
         placed a call to this one (nothing written)."""
-        once = "" if via is None else attempt.campaign
-        call = self._call_args(attempt, once, via)
+        dial = _Dial(attempt, candidates, avoid_previous, cap, via, self.window)
         if is_cluster(self.redis):
-            chosen, previous = await self._dial_in_steps(
-                attempt, candidates, avoid_previous, cap, call, once
-            )
+            chosen, previous = await self._dial_in_steps(dial)
         else:
-            chosen, previous = await self._dial_in_one(
-                attempt, candidates, avoid_previous, cap, call
-            )
+            chosen, previous = await self._dial_in_one(dial)
         recorded = dataclasses.replace(attempt, did=chosen) if chosen else None
         return recorded, previous
 
-    def _call_args(self, attempt: Attempt, once: str, via: str | None) -> list[str | float]:
-        """The call as the scripts read it (_CALL_FUNCTION)."""
-        return [
-            attempt.id,
-            self._record_json(attempt),
-            attempt.outcome.value,
-            attempt.at,
-            self.window,
-            once,
-            via or "",
-        ]
-
-    async def _dial_in_one(
-        self,
-        attempt: Attempt,
-        candidates: Sequence[str],
-        avoid: bool,
-        cap: int | None,
-        call: list[str | float],
-    ) -> tuple[str | None, str | None]:
+    async def _dial_in_one(self, dial: _Dial) -> tuple[str | None, str | None]:
+        callee = dial.attempt.callee
         previous = None
         # A few candidates per round trip: the first usable one is nearly always among them,
         # and a big pool does not make every call's request big.
-        for start in range(0, len(candidates), DIAL_CHUNK):
-            chunk = candidates[start : start + DIAL_CHUNK]
-            keys = [self.last_key(attempt.callee), self.dialed_key(attempt.callee)]
+        for start in range(0, len(dial.candidates), DIAL_CHUNK):
+            chunk = dial.candidates[start : start + DIAL_CHUNK]
+            keys = [self.last_key(callee), self.dialed_key(callee)]
             for did in chunk:
-                keys += [self.count_key(did, attempt.at), self.key(did, attempt.callee)]
+                keys += [self.count_key(did, dial.attempt.at), self.key(did, callee)]
+            cap = -1 if dial.cap is None else dial.cap
             chosen, shown, placed = await self._dial(
-                keys=keys, args=[-1 if cap is None else cap, 1 if avoid else 0, *call, *chunk]
+                keys=keys, args=[cap, 1 if dial.avoid else 0, *dial.call_args(), *chunk]
             )
-            self._refuse_if_placed(attempt, placed)
+            dial.refuse_if(placed)
             previous = shown.decode() or None
             if chosen:
                 return chosen.decode(), previous
         return None, previous
 
-    @staticmethod
-    def _refuse_if_placed(attempt: Attempt, placed: bytes) -> None:
-        if placed:
-            raise AlreadyDialed(attempt.campaign, attempt.callee, placed.decode())
-
-    async def _dial_in_steps(
-        self,
-        attempt: Attempt,
-        candidates: Sequence[str],
-        avoid: bool,
-        cap: int | None,
-        call: list[str | float],
-        once: str,
-    ) -> tuple[str | None, str | None]:
-        callee_keys = [self.last_key(attempt.callee), self.dialed_key(attempt.callee)]
-        shown, placed = await self._peek(keys=callee_keys, args=[once])
-        self._refuse_if_placed(attempt, placed)
+    async def _dial_in_steps(self, dial: _Dial) -> tuple[str | None, str | None]:
+        attempt, cap = dial.attempt, dial.cap
+        last, dialed = self.last_key(attempt.callee), self.dialed_key(attempt.callee)
+        shown, placed = await self._peek(keys=[last, dialed], args=[dial.once])
+        dial.refuse_if(placed)
         previous = shown.decode() or None
         counts: dict[str, int] | None = None
-        for did in candidates:
-            if avoid and did == previous:
+        for did in dial.candidates:
+            if dial.avoid and did == previous:
                 continue
             count_key = self.count_key(did, attempt.at)
             if cap is not None:
@@ -391,15 +385,15 @@ class CallbackHistory:
                 if not await self._count(keys=[count_key], args=[cap]):
                     # At its cap: read every count once, so that a full pool costs one more
                     # round trip rather than one per number.
-                    counts = counts or await self._counts(candidates, attempt.at)
+                    counts = counts or await self._counts(dial.candidates, attempt.at)
                     continue
             done, shown, placed = await self._commit(
-                keys=[callee_keys[0], self.key(did, attempt.callee), callee_keys[1]],
-                args=[did, 1 if avoid else 0, *call],
+                keys=[last, self.key(did, attempt.callee), dialed],
+                args=[did, 1 if dial.avoid else 0, *dial.call_args()],
             )
             if not done and cap is not None:  # given back: not placed from `did` after all
                 await self._uncount(keys=[count_key])
-            self._refuse_if_placed(attempt, placed)
+            dial.refuse_if(placed)
             previous = shown.decode() or None
             if done:
                 return did, previous
