@@ -99,9 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--journal", help="file of callees already dialed (default: state_dir)")
     run.set_defaults(run=_campaign_run)
 
+    from .access.commands import register as register_users
     from .numbers.commands import register
 
     register(commands)
+    register_users(commands)
     return parser
 
 

@@ -80,4 +80,33 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE requests ADD COLUMN closed_by TEXT",
         "ALTER TABLE requests ADD COLUMN note TEXT",
     ),
+    # 3: people who sign in (customers of one account, or staff), their sessions, and the
+    # failed sign-ins of the last minutes (the limit holds for every admin process on this file)
+    (
+        """CREATE TABLE users (
+            login TEXT PRIMARY KEY,
+            role TEXT NOT NULL CHECK (role IN ('customer', 'staff')),
+            account TEXT REFERENCES accounts (id),
+            name TEXT NOT NULL DEFAULT '',
+            password TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            password_at REAL NOT NULL,
+            CHECK ((role = 'staff') = (account IS NULL))
+        )""",
+        "CREATE INDEX users_by_account ON users (account)",
+        # A session is kept by the SHA-256 of its cookie: a copy of the file signs nobody in.
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            login TEXT NOT NULL REFERENCES users (login) ON DELETE CASCADE,
+            csrf TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            seen_at REAL NOT NULL
+        )""",
+        "CREATE INDEX sessions_by_login ON sessions (login)",
+        """CREATE TABLE sign_in_failures (
+            key TEXT NOT NULL,
+            at REAL NOT NULL
+        )""",
+        "CREATE INDEX sign_in_failures_by_key ON sign_in_failures (key, at)",
+    ),
 ]
