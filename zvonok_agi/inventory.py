@@ -72,6 +72,7 @@ def parse_inventory(data: dict[str, Any], now: float) -> Inventory:
                     accept_inbound=bool(item.get("accept_inbound", False)),
                     state=CampaignState(item.get("state", "running")),
                     caller_id=_caller_id(item.get("caller_id", "pool")),
+                    name=str(item.get("name", "")),
                 )
             )
     for i, item in enumerate(data.get("attempts", [])):

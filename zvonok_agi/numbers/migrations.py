@@ -109,4 +109,30 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
         "CREATE INDEX sign_in_failures_by_key ON sign_in_failures (key, at)",
     ),
+    # 4: campaigns get a name people read; requests are also the customers' own messages to
+    # support (no kind or region needed), with what they wrote and a phone to call back
+    (
+        "ALTER TABLE campaigns ADD COLUMN name TEXT NOT NULL DEFAULT ''",
+        """CREATE TABLE requests_next (
+            id INTEGER PRIMARY KEY,
+            account TEXT NOT NULL REFERENCES accounts (id),
+            topic TEXT NOT NULL DEFAULT 'numbers' CHECK (topic IN ('numbers', 'support')),
+            kind TEXT CHECK (kind IN ('mobile', 'landline')),
+            region TEXT,
+            comment TEXT,
+            contact TEXT,
+            at REAL NOT NULL,
+            status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'closed')),
+            closed_at REAL,
+            closed_by TEXT,
+            note TEXT,
+            CHECK (topic = 'support' OR (kind IS NOT NULL AND region IS NOT NULL))
+        )""",
+        "INSERT INTO requests_next (id, account, kind, region, at, status, closed_at, "
+        "closed_by, note) SELECT id, account, kind, region, at, status, closed_at, closed_by, "
+        "note FROM requests",
+        "DROP TABLE requests",
+        "ALTER TABLE requests_next RENAME TO requests",
+        "CREATE INDEX requests_open ON requests (status, account, kind, region)",
+    ),
 ]

@@ -279,10 +279,10 @@ class Queries:
     async def put_campaign(self, campaign: Campaign, now: float) -> None:
         await self._run(
             "INSERT INTO campaigns (id, account, kind, accept_inbound, state, caller_id, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
             "account = excluded.account, kind = excluded.kind, "
             "accept_inbound = excluded.accept_inbound, state = excluded.state, "
-            "caller_id = excluded.caller_id",
+            "caller_id = excluded.caller_id, name = excluded.name",
             [
                 campaign.id,
                 campaign.account,
@@ -290,6 +290,7 @@ class Queries:
                 int(campaign.accept_inbound),
                 campaign.state.value,
                 campaign.caller_id,
+                campaign.name,
                 now,
             ],
         )
@@ -302,9 +303,10 @@ class Queries:
     # requests
 
     async def open_request(self, account: str, kind: Kind, region: str) -> Request | None:
+        """The account's open request for numbers of this kind and region."""
         rows = await self._all(
             "SELECT * FROM requests WHERE status = 'open' AND account = ? AND kind = ? "
-            "AND region = ? ORDER BY id LIMIT 1",
+            "AND region = ? AND topic = 'numbers' ORDER BY id LIMIT 1",
             [account, kind.value, region],
         )
         return _request(rows[0]) if rows else None
@@ -315,14 +317,19 @@ class Queries:
         )
         return rows[0]["n"]
 
-    async def add_request(self, account: str, kind: Kind, region: str, now: float) -> Request:
+    async def add_request(
+        self, account: str, kind: Kind | None, region: str | None, now: float,
+        topic: str = "numbers", comment: str | None = None, contact: str | None = None,
+    ) -> Request:
         async with self.db.execute(
-            "INSERT INTO requests (account, kind, region, at) VALUES (?, ?, ?, ?)",
-            [account, kind.value, region, now],
+            "INSERT INTO requests (account, topic, kind, region, comment, contact, at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [account, topic, kind and kind.value, region, comment, contact, now],
         ) as cursor:
             request_id = cursor.lastrowid
         assert request_id is not None
-        return Request(request_id, account, kind, region, now)
+        return Request(request_id, account, kind, region, now, topic=topic, comment=comment,
+                       contact=contact)
 
     async def request(self, request_id: int) -> Request | None:
         rows = await self._all("SELECT * FROM requests WHERE id = ?", [request_id])
@@ -337,10 +344,17 @@ class Queries:
             [now, closed_by, note, request_id],
         )
 
-    async def requests(self, status: str | None = None) -> list[Request]:
-        sql, args = "SELECT * FROM requests", []
+    async def requests(
+        self, status: str | None = None, account: str | None = None
+    ) -> list[Request]:
+        where, args = [], []
         if status is not None:
-            sql, args = sql + " WHERE status = ?", [status]
+            where.append("status = ?")
+            args.append(status)
+        if account is not None:
+            where.append("account = ?")
+            args.append(account)
+        sql = "SELECT * FROM requests" + (" WHERE " + " AND ".join(where) if where else "")
         return [_request(r) for r in await self._all(sql + " ORDER BY id", args)]
 
     # audit
@@ -369,10 +383,17 @@ class Queries:
             ],
         )
 
-    async def audit_log(self, subject: str | None = None, limit: int = 100) -> list[dict]:
-        sql, args = "SELECT * FROM audit", []
+    async def audit_log(
+        self, subject: str | None = None, limit: int = 100, account: str | None = None
+    ) -> list[dict]:
+        where, args = [], []
         if subject is not None:
-            sql, args = sql + " WHERE subject = ?", [subject]
+            where.append("subject = ?")
+            args.append(subject)
+        if account is not None:
+            where.append("account = ?")
+            args.append(account)
+        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
         rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
         return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
 
@@ -429,13 +450,15 @@ def _campaign(row: sqlite3.Row) -> Campaign:
         accept_inbound=bool(row["accept_inbound"]),
         state=CampaignState(row["state"]),
         caller_id=row["caller_id"],
+        name=row["name"],
     )
 
 
 def _request(row: sqlite3.Row) -> Request:
     return Request(
-        row["id"], row["account"], Kind(row["kind"]), row["region"], row["at"], row["status"],
-        row["closed_at"], row["closed_by"], row["note"],
+        row["id"], row["account"], row["kind"] and Kind(row["kind"]), row["region"], row["at"],
+        row["status"], row["closed_at"], row["closed_by"], row["note"], row["topic"],
+        row["comment"], row["contact"],
     )
 
 

@@ -3,7 +3,8 @@
 Layout (prefix `zv:` by default):
   account:<id>   hash  verified, name
   number:<did>   hash  pool, status, owner, callback_rule, inbound_campaign
-  campaign:<id>  hash  account, kind, accept_inbound, state, caller_id (empty: service pool)
+  campaign:<id>  hash  account, kind, accept_inbound, state, caller_id (empty: service pool),
+                       name
   accounts / numbers / campaigns   sets of ids, so a full load needs no SCAN
   routing:version   incremented by every write, in the same transaction
   routing (pub/sub channel)   "<kind>:<id>" after every write
@@ -227,6 +228,7 @@ def _campaign_fields(campaign: Campaign) -> dict[str, str]:
         "accept_inbound": "1" if campaign.accept_inbound else "0",
         "state": campaign.state.value,
         "caller_id": campaign.caller_id or "",
+        "name": campaign.name,
     }
 
 
@@ -265,4 +267,5 @@ def _add(snapshot: RoutingSnapshot, kind: str, key: str, raw: dict[str, str]) ->
             accept_inbound=raw.get("accept_inbound") == "1",
             state=CampaignState(raw.get("state") or CampaignState.RUNNING),
             caller_id=raw.get("caller_id") or None,
+            name=raw.get("name", ""),
         )
