@@ -139,6 +139,7 @@ async def test_regions_are_found_as_people_type_them(api):
                                                               "region": "Moskow"})
     assert (unknown.status, unknown.code) == (409, "unknown_region")
     assert unknown.body["error"]["choices"] == ["Moscow"]
+    assert unknown.body["error"]["choice_names"] == [{"en": "Moscow", "ru": "Москва"}]
     ambiguous = await api.post(f"/api/accounts/{ACME}/offers", {"choice": "landline",
                                                                 "region": "Altai"})
     assert (ambiguous.status, ambiguous.code) == (409, "ambiguous_region")

@@ -77,7 +77,8 @@ def request(r: Request) -> dict[str, Any]:
         "at": r.at, "status": r.status,
     }
     if r.topic == "support":
-        document.update(comment=r.comment, contact=r.contact)
+        document.update(comment=r.comment, contact=r.contact,
+                        contact_written=r.contact and phone.plan(r.contact).written)
     if r.status == "closed":
         document.update(closed_at=r.closed_at, closed_by=r.closed_by, note=r.note)
     return document

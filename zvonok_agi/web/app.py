@@ -13,6 +13,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from .. import regions
 from ..access.users import TooManyAttempts, Users
 from ..numbers.rules import Refused
 from ..numbers.service import NumbersService
@@ -73,8 +74,9 @@ def error_response(
     status: int, code: str, message: str, choices: tuple[str, ...] = ()
 ) -> web.Response:
     error: dict = {"code": code, "message": message}
-    if choices:
+    if choices:  # the regions a name may mean, and their names to show
         error["choices"] = list(choices)
+        error["choice_names"] = [regions.display_names(c) for c in choices]
     return web.json_response({"error": error}, status=status)
 
 

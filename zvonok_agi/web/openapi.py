@@ -122,6 +122,8 @@ SCHEMAS: dict[str, Any] = {
                     "description": "what may have been meant (unknown_region, "
                                    "ambiguous_region: the regions the name may mean)",
                 },
+                "choice_names": {"type": "array", "items": NAMES,
+                                 "description": "the choices' names to show"},
             },
         }},
     },
@@ -314,6 +316,7 @@ SCHEMAS: dict[str, Any] = {
             "region_names": _nullable(NAMES),
             "comment": {"type": "string", "description": "support: what the customer wrote"},
             "contact": {"type": "string", "description": "support: the phone to call back on"},
+            "contact_written": {"type": "string", "description": "support: as people read it"},
             "at": {"type": "number"},
             "status": {"enum": ["open", "closed"]},
             "closed_at": {"type": "number", "description": "only when closed"},
