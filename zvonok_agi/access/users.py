@@ -42,7 +42,8 @@ from ..numbers.store import Queries, Store
 
 log = structlog.get_logger(__name__)
 
-LOGIN = re.compile(r"[a-z0-9][a-z0-9._@+-]{0,63}")
+LOGIN_MAX = 64
+LOGIN = re.compile(rf"[a-z0-9][a-z0-9._@+-]{{0,{LOGIN_MAX - 1}}}")
 MIN_PASSWORD, MAX_PASSWORD = 8, 256
 WINDOW = 15 * 60.0  # failed sign-ins count this long
 PER_ADDRESS, PER_LOGIN = 6, 20  # times `attempts`: from one address, for one login
@@ -232,7 +233,7 @@ class Users:
         said), `too_many_attempts` (TooManyAttempts, with the seconds to wait)."""
         if not isinstance(login, str) or not isinstance(password, str):
             raise Refused("bad_input", "a login and a password are text")
-        login = login.strip().lower()
+        login = login.strip().lower()[: LOGIN_MAX + 1]  # no longer login exists
         keys = self._failure_keys(login, address)
         now = self.clock()
         async with self.store.reading() as q:
@@ -243,7 +244,7 @@ class Users:
         if not await self._verify(hashed, password):
             async with self.store.transaction() as q:
                 await _UserQueries(q.db).fail(keys, self.clock(), WINDOW)
-            log.info("sign-in refused", login=login[:64], address=address)
+            log.info("sign-in refused", login=login, address=address)
             raise Refused("bad_credentials", "wrong login or password")
         assert user is not None and hashed is not None
         rehashed = await self._hash(password) if self.hasher.check_needs_rehash(hashed) else None
