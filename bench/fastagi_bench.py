@@ -17,6 +17,15 @@ server):
                bench/agi_script.py started as a new Python process per call, AGI over
                stdin/stdout, the way `AGI(script.py)` runs it
 
+Two more modes, each against one engine process:
+
+  --idle-flood [N]  N (1,000) idle connections from the calls' own host, each reconnecting as
+               soon as the engine closes it (bench/idle_flood.py, a process of its own), while
+               calls arrive at --flood-rate (20/s): a baseline phase without the flood, then
+               the same with it; calls routed, p50/p99 and the engine's log volume per phase
+  --burst [N]  N (1000) calls started at the same instant, against listen backlogs of 100
+               (asyncio's default) and the engine's default
+
 The generator is open-loop: sessions start on a fixed schedule whether or not earlier ones
 have finished, and a session's latency runs from its SCHEDULED start to the server's close
 (for process-per-call: to the script's exit), so queueing shows. It plays Asterisk's side with
@@ -287,6 +296,7 @@ class Result:
     latency: float | None = None  # seconds from the scheduled start; None: failed
     error: str = ""
     end: float = 0.0
+    connect: float | None = None  # seconds from the scheduled start to the TCP handshake
 
 
 class AsteriskSide(asyncio.Protocol):
@@ -351,6 +361,7 @@ async def tcp_session(port: int, call: Call, at: float, n_commands: int) -> Resu
             transport, side = await loop.create_connection(
                 lambda: AsteriskSide(env, done), HOST, port
             )
+            connected = loop.time() - at
             closed, end = await done
     except TimeoutError:
         return Result(error="timeout")
@@ -362,7 +373,7 @@ async def tcp_session(port: int, call: Call, at: float, n_commands: int) -> Resu
         if transport is not None:
             transport.close()
     error = check(side.channel, closed, call, n_commands)
-    return Result(None if error else end - at, error, end)
+    return Result(None if error else end - at, error, end, connected)
 
 
 def local_environment(call: Call, script: str) -> dict[str, str]:
@@ -583,6 +594,172 @@ async def run_agi(plan: Plan, calls: list[Call], warm: list[Call],
     return row
 
 
+# --- idle flood and burst ------------------------------------------------------------------
+
+FLOOD_READY_TIMEOUT = 30.0  # the flood's connections must all be open within this
+FLOOD_MAX_P99_RATIO = 2.0  # acceptance: p99 under the flood within this of the baseline
+
+
+@dataclass
+class Phase:
+    row: Row
+    log_bytes: int = 0
+    log_lines: int = 0
+    flood: dict = field(default_factory=dict)
+
+
+def on_port(port: int, n_commands: int) -> Callable[[Call, float], Awaitable[Result]]:
+    return lambda call, at: tcp_session(port, call, at, n_commands)
+
+
+async def start_engine(name: str, redis: EmbeddedRedis, tmp: Path, level: str,
+                       **settings: str) -> tuple[subprocess.Popen, int, Path]:
+    port = free_port()
+    log = tmp / f"{name}.log"
+    proc = spawn([sys.executable, "-m", "zvonok_agi", "serve"], child_env(
+        ZVONOK_AGI_HOST=HOST, ZVONOK_AGI_PORT=str(port), ZVONOK_REDIS_URL=redis.url,
+        ZVONOK_REDIS_KEY_PREFIX=KEY_PREFIX, ZVONOK_LOG_LEVEL=level, ZVONOK_LOG_FORMAT="json",
+        **settings,
+    ), log)
+    await wait_listening(proc, port, log)
+    return proc, port, log
+
+
+async def start_flood(port: int, connections: int, seconds: float, tmp: Path
+                      ) -> tuple[asyncio.subprocess.Process, float]:
+    """The flood's process, once every connection is open; and how long that took."""
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(BENCH / "idle_flood.py"), str(port),
+        "--connections", str(connections), "--seconds", f"{seconds:g}",
+        stdout=subprocess.PIPE, stderr=open(tmp / "flood.err", "ab"),  # noqa: SIM115
+        preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads in the child)
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(FLOOD_READY_TIMEOUT):
+        line = await proc.stdout.readline()
+    if line.strip() != b"ready":
+        proc.kill()
+        raise RuntimeError(f"idle flood did not start: {line!r} {tail(tmp / 'flood.err')}")
+    return proc, time.monotonic() - started
+
+
+async def run_idle_flood(plan: Plan, pop: Population, redis: EmbeddedRedis, tmp: Path,
+                         n_commands: int, connections: int) -> list[Phase]:
+    """Baseline, then the same calls under the idle flood, on one engine at log level info."""
+    proc, port, log = await start_engine("engine-flood", redis, tmp, "info")
+    session = on_port(port, n_commands)
+    redis_pid = redis._process.pid if redis._process else 0
+    phases = []
+    try:
+        n = int(plan.rate * plan.duration)
+        first = len(pop.attempts)
+        warm = pop.engine_calls(int(plan.rate * plan.warmup))
+        for name in ("baseline", f"{connections} idle"):
+            calls = pop.engine_calls(n)
+            await load_store(redis.url, pop.attempts[first:], pop.now, with_inventory=False)
+            first = len(pop.attempts)
+            flood = None
+            if name != "baseline":
+                print(f"  opening {connections} idle connections ...", file=sys.stderr)
+                flood, took = await start_flood(port, connections, plan.duration + 10, tmp)
+                print(f"  open after {took:.1f} s; measuring", file=sys.stderr)
+            size = log.stat().st_size
+            row = Row(name, plan.rate, plan.duration)
+            await measure(row, session, warm, calls,
+                          lambda: (cpu_seconds(proc.pid), cpu_seconds(redis_pid)))
+            written = log.read_bytes()[size:]
+            phase = Phase(row, len(written), written.count(b"\n"))
+            if flood is not None:
+                flood.terminate()
+                out, _ = await flood.communicate()
+                with contextlib.suppress(ValueError, IndexError):
+                    phase.flood = json.loads(out.splitlines()[-1])
+            phases.append(phase)
+            warm = []
+    finally:
+        stop(proc)
+    return phases
+
+
+def print_head(head: str) -> None:
+    print(head)
+    print("-" * len(head))
+
+
+def print_errors(row: Row) -> None:
+    for error, count in row.errors.most_common():
+        print(f"  {row.name}: {count} x {error}")
+
+
+def report_flood(phases: list[Phase], plan: Plan, connections: int) -> bool:
+    print(f"\nIdle flood: {connections} idle connections from {HOST} (the calls' own host), "
+          f"each reconnecting when closed; calls at {plan.rate:g}/s, {plan.duration:g} s per "
+          f"phase, one engine at log level info; {os.cpu_count()} CPUs")
+    print_head(f"{'phase':<12}{'routed':>12}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+               f"{'srv CPU':>9}{'log KB':>9}{'log lines/s':>12}  flood")
+    for phase in phases:
+        r = phase.row
+        routed = f"{len(r.ok)}/{len(r.outcomes)}"
+        flood = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in phase.flood.items())
+        print(f"{r.name:<12}{routed:>12}{r.pct(0.5):>9.2f}{r.pct(0.99):>9.2f}{r.pct(1.0):>9.2f}"
+              f"{r.cpu_per_call:>9.2f}{phase.log_bytes / 1024:>9.1f}"
+              f"{phase.log_lines / r.wall:>12.1f}  {flood}")
+        print_errors(r)
+    base, flooded = phases[0].row, phases[-1].row
+    ratio_p99 = flooded.pct(0.99) / base.pct(0.99)
+    passed = not flooded.errors and ratio_p99 <= FLOOD_MAX_P99_RATIO
+    print(f"srv CPU: engine + redis-server ms per routed call (the flood's closes included)\n"
+          f"every call routed: {'yes' if not flooded.errors else 'NO'}; p99 under the flood "
+          f"x{ratio_p99:.2f} the baseline's (goal: x{FLOOD_MAX_P99_RATIO:g} at most): "
+          f"{'PASS' if passed else 'FAIL'}")
+    return passed
+
+
+BURST_BACKLOGS = (100, None)  # asyncio's default, then the engine's
+
+
+async def run_burst(plan: Plan, pop: Population, redis: EmbeddedRedis, tmp: Path,
+                    n_commands: int, size: int) -> list[Row]:
+    rows = []
+    for backlog in BURST_BACKLOGS:
+        settings = {} if backlog is None else {"ZVONOK_AGI_BACKLOG": str(backlog)}
+        name = f"backlog {backlog or 'default'}"
+        proc, port, _ = await start_engine(f"engine-burst-{backlog}", redis, tmp, "warning",
+                                           **settings)
+        try:
+            first = len(pop.attempts)
+            warm, calls = pop.engine_calls(int(plan.rate * plan.warmup)), pop.engine_calls(size)
+            await load_store(redis.url, pop.attempts[first:], pop.now, with_inventory=False)
+            row = Row(name, float(size), 0.0)
+            session = on_port(port, n_commands)
+            await drive(session, warm, plan.rate)
+            row.t0, row.outcomes = await drive(session, calls, 1e9)  # all at once
+            rows.append(row)
+        finally:
+            stop(proc)
+        await asyncio.sleep(1.0)
+    return rows
+
+
+def report_burst(rows: list[Row], size: int) -> None:
+    somaxconn = Path("/proc/sys/net/core/somaxconn")
+    print(f"\nBurst: {size} calls started at the same instant; {os.cpu_count()} CPUs, "
+          f"net.core.somaxconn {somaxconn.read_text().strip() if somaxconn.exists() else '?'}")
+    print_head(f"{'engine':<16}{'routed':>10}{'p50 ms':>9}{'max ms':>9}{'connect p50':>13}"
+               f"{'connect max':>13}{'SYN retried':>13}")
+    for r in rows:
+        connects = sorted(o.connect for o in r.outcomes if o.connect is not None)
+        retried = sum(1 for c in connects if c >= 0.9)
+        mid = connects[len(connects) // 2] * 1000 if connects else float("nan")
+        top = connects[-1] * 1000 if connects else float("nan")
+        print(f"{r.name:<16}{f'{len(r.ok)}/{len(r.outcomes)}':>10}{r.pct(0.5):>9.2f}"
+              f"{r.pct(1.0):>9.2f}{mid:>13.2f}{top:>13.2f}{retried:>13}")
+        print_errors(r)
+    print("connect: from the scheduled start to the TCP handshake; SYN retried: connects that "
+          "took >= 900 ms, a dropped SYN sent again after 1 s (the backlog was full)")
+
+
 # --- top rate --------------------------------------------------------------------------------
 #
 # The highest offered rate a target sustains: the rate goes up a step at a time, each step on
@@ -776,6 +953,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top", action="store_true",
                    help="find each target's top rate instead (steps up from --rate, from "
                    "--agi-rate for process-per-call; engine+info is left out)")
+    p.add_argument("--idle-flood", type=int, nargs="?", const=1000, metavar="N",
+                   help="idle-flood mode: N (1000) idle connections reconnecting when closed, "
+                   "calls at --flood-rate; a baseline phase, then the flood, --duration each")
+    p.add_argument("--flood-rate", type=float, default=20.0,
+                   help="calls/s in the idle-flood mode (default 20)")
+    p.add_argument("--burst", type=int, nargs="?", const=1000, metavar="N",
+                   help="burst mode: N (1000) calls at once, listen backlog 100 against the "
+                   "engine's default")
     p.add_argument("--redis-aof", action="store_true",
                    help="give the benchmark's Redis the append-only file the embedded store has "
                    "(off by default: the machine's disk fsync stalls then show as engine latency)")
@@ -795,6 +980,18 @@ async def amain(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis | None
     plan = Plan(args.rate, args.agi_rate, args.duration, args.warmup, args.redis_aof)
     commands = engine_commands()
     pop = Population()
+    if args.idle_flood or args.burst:
+        assert redis is not None
+        await load_store(redis.url, pop.attempts, pop.now)
+        if args.burst:
+            report_burst(await run_burst(plan, pop, redis, tmp, len(commands), args.burst),
+                         args.burst)
+        if args.idle_flood:
+            flood_plan = replace(plan, rate=args.flood_rate)
+            phases = await run_idle_flood(flood_plan, pop, redis, tmp, len(commands),
+                                          args.idle_flood)
+            return 0 if report_flood(phases, flood_plan, args.idle_flood) else 1
+        return 0
     n_run, n_warm = int(plan.rate * plan.duration), int(plan.rate * plan.warmup)
     engine_runs = {}
     for name in ("engine", "engine+info"):
@@ -892,7 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zvonok-bench-") as tmp:
         redis = None
         try:
-            if {"engine", "engine+info"} & set(args.only):
+            if {"engine", "engine+info"} & set(args.only) or args.idle_flood or args.burst:
                 redis = start_redis(Path(tmp) / "redis", aof=args.redis_aof)
             return asyncio.run(amain(args, Path(tmp), redis))
         except KeyboardInterrupt:

@@ -30,6 +30,7 @@ from zvonok_agi.agi.protocol import (
     AGI_BUF_LEN,
     HANGUP_LINE,
     MAX_COMMAND_BYTES,
+    MAX_ENV_BYTES,
     MAX_ENV_LINES,
     MAX_ENV_VALUE,
     MAX_LINE,
@@ -43,6 +44,7 @@ from zvonok_agi.agi.protocol import (
     Hangup,
     Reply,
     ServerConnection,
+    ServerState,
     encode_command,
     encode_environment,
     encode_reply,
@@ -582,6 +584,68 @@ def test_env_block_too_long_raises() -> None:
         conn.next_event()
 
 
+RECORDED_ENV = encode_environment(BASE_ENV)
+
+
+@pytest.mark.parametrize("cut", range(1, len(RECORDED_ENV)))
+def test_the_env_block_is_read_in_one_phase_wherever_the_bytes_are_cut(cut: int) -> None:
+    conn = ServerConnection()
+    conn.receive_data(RECORDED_ENV[:cut])
+    assert conn.next_event() is NEED_DATA
+    assert conn.state is ServerState.ENV
+    conn.receive_data(RECORDED_ENV[cut:] + HANGUP_LINE)  # what follows it stays unread
+    event = conn.next_event()
+    assert event == Environment(BASE_ENV)
+    assert conn.state is ServerState.IDLE
+    assert conn.next_event() == Hangup()
+
+
+def test_session_states_in_order() -> None:
+    conn = ServerConnection()
+    seen = [conn.state]
+    conn.receive_data(SHORT_ENV)
+    conn.next_event()
+    seen.append(conn.state)
+    conn.send_command("GET VARIABLE")
+    seen.append(conn.state)
+    conn.receive_data(b"520-Invalid command syntax.  Proper usage follows:\n")
+    assert conn.next_event() is NEED_DATA
+    seen.append(conn.state)
+    conn.receive_data(b"usage\n520 End of proper usage.\n")
+    assert conn.next_event().code == 520
+    seen.append(conn.state)
+    assert seen == [
+        ServerState.ENV,
+        ServerState.IDLE,
+        ServerState.AWAITING_REPLY,
+        ServerState.IN_BLOCK,
+        ServerState.IDLE,
+    ]
+
+
+def test_an_empty_line_first_is_an_empty_env_block() -> None:
+    for block in (b"\n", b"\r\n"):
+        assert env_of(block) == Environment({})
+
+
+def test_env_block_of_too_many_bytes_raises_before_it_ends() -> None:
+    conn = ServerConnection()
+    line = b"agi_calleridname: " + b"x" * 4000 + b"\n"
+    for _ in range(MAX_ENV_BYTES // len(line)):
+        conn.receive_data(line)
+        assert conn.next_event() is NEED_DATA
+    conn.receive_data(line)
+    with pytest.raises(AGIProtocolError, match="bytes"):
+        conn.next_event()
+
+
+def test_env_line_too_long_in_one_chunk_raises() -> None:
+    conn = ServerConnection()
+    conn.receive_data(b"agi_callerid: " + b"7" * MAX_LINE + b"\n\n")
+    with pytest.raises(AGIProtocolError, match="line longer"):
+        conn.next_event()
+
+
 def test_crlf_line_endings() -> None:
     conn = ServerConnection()
     conn.receive_data(b"agi_network: yes\r\nagi_accountcode: \r\n\r\n")
@@ -884,6 +948,17 @@ def test_long_argument_is_shortened_not_raised() -> None:
     name, sent = parse_command(data.decode()[:-1])[2:]
     assert name == "NAME"  # the short one is kept whole
     assert sent == "v" * (MAX_COMMAND_BYTES - len('SET VARIABLE "NAME" ""\n'))
+
+
+def test_a_command_of_exactly_the_limit_is_kept_and_one_byte_more_is_cut() -> None:
+    room = MAX_COMMAND_BYTES - len('SET VARIABLE "X" ""\n')
+    exact = encode_command("SET VARIABLE", "X", "v" * room)
+    assert len(exact) == MAX_COMMAND_BYTES
+    assert parse_command(exact.decode()[:-1])[3] == "v" * room
+    assert encode_command("SET VARIABLE", "X", "v" * (room + 1)) == exact
+    # an escaped quote takes two bytes: one byte over, and it goes
+    quoted = encode_command("SET VARIABLE", "X", "v" * (room - 1) + '"')
+    assert parse_command(quoted.decode()[:-1])[3] == "v" * (room - 1)
 
 
 @pytest.mark.parametrize("unit", ["Ж", "\U0001f600", "\\", '"', 'a"\\Ж'])

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import select
+import socket
 import time
 
 import pytest
+from structlog.testing import capture_logs
 
 from transcripts import FROM_ASTERISK, TRANSCRIPTS_DIR, read_transcript
 from zvonok_agi.agi.client import agi_call, recorded_environment
 from zvonok_agi.agi.protocol import HANGUP_LINE, encode_environment
-from zvonok_agi.agi.server import ServerConfig, run_server
+from zvonok_agi.agi.server import FastAGIServer, ServerConfig, run_server
 from zvonok_agi.agi.session import AGISession
 
 RECORDED = read_transcript(TRANSCRIPTS_DIR / "agi_env_and_commands.txt")
@@ -58,9 +61,9 @@ async def asterisk(port: int, payload: bytes, *, reply_delay: float = 0.0,
 
 async def wait_idle(server, timeout: float = 2.0) -> None:
     deadline = time.monotonic() + timeout
-    while server.active_sessions and time.monotonic() < deadline:
+    while server.connections and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    assert server.active_sessions == 0
+    assert server.connections == 0
 
 
 async def test_recorded_env_block_reaches_the_handler_and_the_socket_closes():
@@ -86,7 +89,7 @@ async def test_eof_before_the_env_block_ends_closes_the_session_without_spinning
         await wait_idle(server)
         await asyncio.sleep(0.2)
         assert time.process_time() - cpu < 0.2
-    assert server.sessions_total == 1
+    assert server.sessions_total == 0  # never a session: it took no slot
 
 
 async def test_hangup_before_and_between_commands_does_not_desync():
@@ -228,3 +231,152 @@ async def test_agi_call_client_reads_what_the_server_set():
     async with run_server({"inbound": handler}, fallback, config()) as server:
         variables = await agi_call("127.0.0.1", server.port, "74951234567", "79161234567")
     assert variables == {"ZV_ROUTE": "inbound", "ZV_REASON": 'a "quoted" (reason)'}
+
+
+# --- connections that send nothing, floods, the listen backlog, shutdown ----------------------
+
+
+async def idle_connection(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(), 5.0) == b""
+    except ConnectionResetError:
+        return True
+
+
+async def test_connections_that_send_nothing_take_no_session_slot():
+    async with run_server({"route": route_to}, fallback, config(max_sessions=2)) as server:
+        idle = [await idle_connection(server.port) for _ in range(20)]
+        calls = await asyncio.gather(*(asterisk(server.port, ENV_BLOCK) for _ in range(5)))
+        assert calls == [[b'SET VARIABLE "ROUTE" "handled"\n']] * 5
+        assert server.sessions_rejected == 0
+        for _, writer in idle:
+            writer.close()
+
+
+async def test_a_connection_without_its_env_block_in_time_is_closed():
+    async with run_server({"route": route_to}, fallback, config(env_deadline=0.2)) as server:
+        reader, writer = await idle_connection(server.port)
+        writer.write(ENV_BLOCK[:40])  # a start, and then nothing
+        assert await closed_by_server(reader)
+        writer.close()
+        await wait_idle(server)
+    assert server.sessions_total == 0
+
+
+async def test_past_the_pending_cap_of_a_peer_its_oldest_pending_connection_is_closed():
+    cfg = config(max_pending_per_peer=5, env_deadline=30, session_deadline=30)
+    async with run_server({"route": route_to}, fallback, cfg) as server:
+        idle = [await idle_connection(server.port) for _ in range(5)]
+        while server.connections < 5:
+            await asyncio.sleep(0.01)
+        commands = await asterisk(server.port, ENV_BLOCK)  # the sixth: the oldest makes room
+        assert commands == [b'SET VARIABLE "ROUTE" "handled"\n']
+        assert await closed_by_server(idle[0][0])
+        newer = [await idle_connection(server.port) for _ in range(2)]  # 5 pending, then 6
+        assert await closed_by_server(idle[1][0])  # so the next oldest goes
+        for _, writer in [*idle, *newer]:
+            writer.close()
+
+
+async def test_warnings_about_turned_away_connections_are_counted_not_repeated():
+    async with run_server({"route": route_to}, fallback, config(allow=["10.0.0.0/8"])) as server:
+        with capture_logs() as logs:
+            for _ in range(200):
+                await asterisk(server.port, ENV_BLOCK)
+            await server.shutdown()  # the counts still open go out
+    lines = [entry for entry in logs if entry["event"] == "fastagi peer not allowed"]
+    assert [entry.get("repeated") for entry in lines] == [None, 199]
+
+
+def established(sockets: list[socket.socket]) -> int:
+    """How many non-blocking connects completed (the kernel's handshake, nothing accepted)."""
+    count = 0
+    for sock in sockets:
+        _, writable, _ = select.select([], [sock], [], 0)
+        if writable and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize(("backlog", "most"), [(None, 300), (100, 101)])
+async def test_a_burst_waits_in_the_listen_backlog(backlog, most):
+    """While the server's loop is busy, the kernel completes connections into the backlog;
+    past it their SYNs are dropped and retried a second later. The default holds a burst."""
+    overrides = {} if backlog is None else {"backlog": backlog}
+    async with run_server({"route": route_to}, fallback, config(**overrides)) as server:
+        burst = []
+        try:
+            for _ in range(300):  # the loop does not run meanwhile: nothing is accepted
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", server.port))
+                burst.append(sock)
+            done = 0
+            for _ in range(50):  # handshakes on loopback: well within this
+                time.sleep(0.01)
+                done = established(burst)
+                if done >= most:
+                    break
+            time.sleep(0.05)
+            assert established(burst) == most
+        finally:
+            for sock in burst:
+                sock.close()
+
+
+async def test_a_timeout_inside_a_handler_is_an_engine_error_not_the_deadline():
+    async def times_out(session: AGISession) -> None:
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)
+
+    async with run_server({"route": times_out}, fallback, config()) as server:
+        commands = await asterisk(server.port, ENV_BLOCK)
+    assert commands[1] == b'SET VARIABLE "WHY" "engine error"\n'
+
+
+async def test_shutdown_waits_for_every_connection_including_those_waiting_for_a_slot():
+    running: set[asyncio.Task] = set()
+
+    async def stuck(session: AGISession) -> None:
+        task = asyncio.current_task()
+        running.add(task)
+        try:
+            await asyncio.sleep(30)
+        finally:
+            running.discard(task)
+
+    cfg = config(max_sessions=1, session_deadline=30, drain_deadline=0.1, env_deadline=30)
+    server = FastAGIServer({"route": stuck}, fallback, cfg)
+    await server.start()
+    calls = [asyncio.create_task(asterisk(server.port, ENV_BLOCK)) for _ in range(2)]
+    idle = await idle_connection(server.port)  # and one that never sends its env block
+    while server.connections < 3:
+        await asyncio.sleep(0.01)
+    await server.shutdown()
+    assert not running  # no handler outlives the shutdown
+    assert server.connections == 0
+    assert await closed_by_server(idle[0])
+    idle[1].close()
+    async with asyncio.timeout(10):
+        ended = await asyncio.gather(*calls)
+    assert [commands[:1] for commands in ended].count([b'SET VARIABLE "ROUTE" "fallback"\n']) >= 1
+
+
+async def test_shutdown_lets_a_session_already_sending_its_fallback_finish():
+    async def broken(session: AGISession) -> None:
+        raise RuntimeError("boom")
+
+    async with run_server({"route": broken}, fallback, config(drain_deadline=0.05)) as server:
+        call = asyncio.create_task(asterisk(server.port, ENV_BLOCK, reply_delay=0.3))
+        while not server.connections:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the handler failed at once: its fallback is on the way
+        await server.shutdown()
+    assert await call == [
+        b'SET VARIABLE "ROUTE" "fallback"\n',
+        b'SET VARIABLE "WHY" "engine error"\n',
+    ]

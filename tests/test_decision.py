@@ -366,6 +366,43 @@ def test_window_edges():
     assert_route(outside, INBOUND, "support")
 
 
+def test_the_window_includes_both_of_its_ends():
+    exactly_window_ago, exactly_now = [dialed(WINDOW)], [dialed(0)]
+    assert exactly_window_ago[0].at == NOW - WINDOW
+    assert_route(decide(acme_number(), campaigns(), exactly_window_ago, NOW, WINDOW), OUTBOUND,
+                 "spring-sale")  # fmt: skip
+    assert_route(decide(acme_number(), campaigns(), exactly_now, NOW, WINDOW), OUTBOUND,
+                 "spring-sale")  # fmt: skip
+    a_moment_before = [dialed(WINDOW + 0.001)]
+    assert_route(decide(acme_number(), campaigns(), a_moment_before, NOW, WINDOW), INBOUND,
+                 "support")  # fmt: skip
+
+
+def _code_cases():
+    finished = campaigns(sale=spring_sale(state=CampaignState.FINISHED))
+    unreserved = Number("74959999999", Pool.RESERVABLE)
+    yield None, campaigns(), [], "unknown_did"
+    yield acme_number(status=NumberStatus.DISABLED), campaigns(), [dialed(HOUR)], "disabled"
+    yield unreserved, campaigns(), [], "not_reserved"
+    yield acme_number(), campaigns(), [dialed(HOUR)], "first_callback"
+    yield acme_number(), campaigns(), [], "no_recent_call"
+    yield acme_number(CallbackRule.FORCE_NO), campaigns(), [dialed(HOUR)], "not_accepting_inbound"
+    yield acme_number(), campaigns(), [dialed(HOUR, Outcome.ANSWERED)], "answered"
+    yield acme_number(), campaigns(), [dialed(HOUR, callbacks=1)], "already_called_back"
+    yield acme_number(), finished, [dialed(HOUR)], "campaign_finished"
+    yield service_number(), campaigns(), [], "no_recent_call"
+
+
+@pytest.mark.parametrize(("number", "known", "history", "code"), list(_code_cases()))
+def test_every_decision_carries_its_reason_as_a_stable_code(number, known, history, code):
+    assert decide(number, known, history, NOW, WINDOW).code == code
+
+
+def test_the_route_without_the_store_has_its_code():
+    assert fallback_without_store(acme_number(), campaigns()).code == "store_unavailable"
+    assert fallback_without_store(None, campaigns()).code == "store_unavailable"
+
+
 def test_window_is_configurable_and_defaults_to_seven_days():
     two_days_ago = [dialed(2 * DAY)]
     assert DEFAULT_CALLBACK_WINDOW == 7 * DAY

@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import replace
 
 import pytest
+from structlog.testing import capture_logs
 
 from engine_helpers import (
     CALLER,
@@ -19,7 +20,8 @@ from engine_helpers import (
     running_engine,
 )
 from zvonok_agi.agi import variables as var
-from zvonok_agi.agi.client import FakeChannel, agi_call, separate_args
+from zvonok_agi.agi.client import FakeChannel, agi_call, recorded_environment, separate_args
+from zvonok_agi.agi.protocol import encode_environment
 
 # (id, inventory options, attempts, DID, caller, expected ZV_ROUTE, campaign or fallback)
 EXAMPLES = [
@@ -211,17 +213,35 @@ async def test_an_asterisk_that_reads_mset_otherwise_gets_every_variable_one_by_
     assert compat.commands[-1][2:] == ("ZV_DECIDED", "1")  # set one by one, last
 
 
-async def test_after_one_failed_mset_that_asterisk_gets_one_by_one_straight_away(settings):
-    inventory = base_inventory()
-    async with running_engine(settings, inventory) as engine:
+def verbs(channel: FakeChannel) -> set[tuple[str, ...]]:
+    return {words[:2] for words in channel.commands}
+
+
+MSET = {("EXEC", "MSet"), ("GET", "VARIABLE")}
+ONE_BY_ONE = {("SET", "VARIABLE")}
+
+
+async def test_mset_is_given_up_only_after_three_misses_in_a_row_and_tried_again_later(settings):
+    settings = replace(settings, agi=replace(settings.agi, batch_retry_interval=0.5))
+    async with running_engine(settings, base_inventory()) as engine:
         assert engine.server is not None
         port = engine.server.port
-        first, second = FakeChannel(compat_res_agi=True), FakeChannel(compat_res_agi=True)
-        await agi_call("127.0.0.1", port, RESERVED, CALLER, channel=first)
-        await agi_call("127.0.0.1", port, RESERVED, CALLER, channel=second)
-    assert first.commands[0][:2] == ("EXEC", "MSet")
-    assert {words[:2] for words in second.commands} == {("SET", "VARIABLE")}
-    assert second.variables["ZV_DECIDED"] == "1"
+
+        async def call(compat: bool) -> FakeChannel:
+            channel = FakeChannel(compat_res_agi=compat)
+            variables = await agi_call("127.0.0.1", port, RESERVED, CALLER, channel=channel)
+            assert variables["ZV_DECIDED"] == "1"  # routed either way
+            return channel
+
+        odd, fine = await call(compat=True), await call(compat=False)
+        assert verbs(odd) == MSET | ONE_BY_ONE and verbs(fine) == MSET  # one odd reply: no switch
+        misses = [await call(compat=True) for _ in range(3)]
+        assert all(verbs(channel) == MSET | ONE_BY_ONE for channel in misses)
+        assert verbs(await call(compat=True)) == ONE_BY_ONE  # after three in a row
+        assert verbs(await call(compat=False)) == ONE_BY_ONE  # for a while
+        await asyncio.sleep(0.6)
+        assert verbs(await call(compat=False)) == MSET  # tried again: Asterisk takes it now
+        assert verbs(await call(compat=False)) == MSET
 
 
 def test_values_mset_could_misread_are_set_on_their_own_before_the_batch():
@@ -253,3 +273,123 @@ def test_the_fake_channel_splits_mset_as_asterisk_does():
     channel = FakeChannel(compat_res_agi=True)
     channel._mset("A=1,B=2")
     assert channel.variables == {"A": "1,B=2"}
+
+
+# --- hardening: idle connections, claims whose route never reached Asterisk --------------------
+
+
+async def test_a_flood_of_idle_connections_does_not_keep_real_calls_out(settings):
+    """Idle connections from the calls' own host, each reconnecting as soon as it is closed,
+    many times the session slots: every real call is routed."""
+    agi = replace(settings.agi, max_sessions=20, env_deadline=0.3, max_pending_per_peer=400)
+    stop = asyncio.Event()
+    reconnects = 0
+
+    async def idle_forever(port: int) -> None:
+        nonlocal reconnects
+        stopped = asyncio.ensure_future(stop.wait())
+        while not stop.is_set():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            closed = asyncio.ensure_future(reader.read())
+            await asyncio.wait([closed, stopped], return_when=asyncio.FIRST_COMPLETED)
+            closed.cancel()
+            writer.close()
+            reconnects += 1
+
+    inventory = base_inventory()
+    inventory["attempts"] = [attempt("spring-sale")]
+    async with running_engine(replace(settings, agi=agi), inventory) as engine:
+        assert engine.server is not None
+        flood = [asyncio.create_task(idle_forever(engine.server.port)) for _ in range(300)]
+        while engine.server.connections < 300:
+            await asyncio.sleep(0.01)
+        calls = []
+        for _ in range(40):  # 20 a second for two seconds, as Asterisk would place them
+            calls.append(asyncio.create_task(call(engine, RESERVED, CALLER)))
+            await asyncio.sleep(0.05)
+        routed = await asyncio.gather(*calls)
+        stop.set()
+        await asyncio.gather(*flood)
+    assert all(variables.get("ZV_DECIDED") == "1" for variables in routed)
+    assert sorted(v["ZV_ROUTE"] for v in routed) == ["inbound"] * 39 + ["outbound"]
+    assert reconnects > 300  # the flood went on all along
+
+
+async def asterisk_that_goes_quiet(port: int, did: str, caller: str, *,
+                                   close_after: int | None = None) -> list[bytes]:
+    """Sends the env block, then answers nothing: reads the commands until the engine closes
+    (or closes itself after `close_after` of them, as a caller hanging up does)."""
+    env = encode_environment(recorded_environment(did, caller))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(env)
+    commands = []
+    try:
+        async with asyncio.timeout(10):
+            while line := await reader.readline():
+                commands.append(line)
+                if close_after is not None and len(commands) >= close_after:
+                    break
+    finally:
+        writer.close()
+    return commands
+
+
+def routed_lines(logs: list[dict]) -> list[dict]:
+    return [entry for entry in logs if entry["event"] == "call routed"]
+
+
+@pytest.mark.parametrize(
+    ("close_after", "why"),
+    [(None, "session deadline passed"), (1, "Asterisk closed the session")],
+    ids=["silence", "hung_up"],
+)
+async def test_a_callback_whose_route_never_reached_asterisk_gives_its_claim_back(
+    settings, close_after, why
+):
+    inventory = base_inventory()
+    inventory["attempts"] = [attempt("spring-sale")]
+    quick = replace(settings, agi=replace(settings.agi, session_deadline=0.5))
+    with capture_logs() as logs:
+        async with running_engine(quick, inventory) as engine:
+            assert engine.server is not None
+            sent = await asterisk_that_goes_quiet(
+                engine.server.port, RESERVED, CALLER, close_after=close_after
+            )
+            while engine.server.connections:  # the failed session's clean-up
+                await asyncio.sleep(0.01)
+            real = await call(engine, RESERVED, CALLER)
+    assert sent[0].startswith(b'EXEC "MSet" "ZV_ROUTE=outbound,ZV_CAMPAIGN=spring-sale')
+    assert (real["ZV_ROUTE"], real["ZV_CAMPAIGN"]) == ("outbound", "spring-sale")
+    failed, ok = routed_lines(logs)  # exactly one line per call
+    assert failed["failed"] == why
+    assert (failed["confirmed"], failed["claim_released"]) == (False, True)
+    assert (failed["did"], failed["caller"]) == (RESERVED, CALLER)
+    assert failed["attempt"] == real["ZV_ATTEMPT"]
+    assert (ok["confirmed"], ok["claim_released"], ok["failed"]) == (True, False, None)
+
+
+async def test_every_session_ends_with_one_call_routed_line(settings):
+    inventory = base_inventory()
+    inventory["attempts"] = [attempt("spring-sale")]
+    with capture_logs() as logs:
+        async with running_engine(settings, inventory) as engine:
+            assert engine.server is not None
+            first = await call(engine, RESERVED, CALLER)
+            second = await call(engine, RESERVED, CALLER)
+            unknown = await call(engine, "74990000000", CALLER)
+            unserved = await agi_call(
+                "127.0.0.1", engine.server.port, RESERVED, CALLER, script="nope"
+            )
+    lines = routed_lines(logs)
+    assert [(line["route"], line["campaign"] or line["fallback"]) for line in lines] == [
+        ("outbound", "spring-sale"),
+        ("inbound", "support"),
+        ("fallback", "unknown_number"),
+        ("fallback", "engine_error"),
+    ]
+    assert lines[0]["attempt"] == first["ZV_ATTEMPT"]
+    assert all(line["did"] and line["caller"] == CALLER for line in lines)
+    assert lines[3]["failed"] == "no handler for AGI script 'nope'"
+    assert [v["ZV_ROUTE"] for v in (second, unknown, unserved)] == [
+        "inbound", "fallback", "fallback"
+    ]

@@ -103,3 +103,25 @@ async def test_undial_leaves_a_later_calls_number_alone(redis, settings) -> None
     assert second.did == "74950000002" and before == "74950000001"
     await history.undial(first, None)  # the first never left; the second did
     assert await redis.get(f"{prefix}last:{CALLEE}") == b"74950000002"
+
+
+async def test_a_claim_is_given_back_only_by_the_call_that_made_it_and_once(redis, settings):
+    history = CallbackHistory(redis, settings.redis.key_prefix)
+    missed = Attempt("a-missed", "promo", "acme", "74951234567", CALLEE, NOW)
+    await history.record(missed, NOW)
+    key = history.key(missed.did, missed.callee)
+
+    async def callbacks() -> int:
+        return int(await redis.hget(key, "a-missed:c"))
+
+    assert await history.claim(missed, "call-1")
+    assert not await history.claim(missed, "call-2")  # the first callback is taken
+    assert not await history.release(missed, "call-2")  # not its claim: nothing changes
+    assert await callbacks() == 1
+    assert await history.release(missed, "call-1")
+    assert await callbacks() == 0
+    assert not await history.release(missed, "call-1")  # once
+    assert await callbacks() == 0
+    assert await history.claim(missed, "call-3")  # the next callback is a first one again
+    assert await callbacks() == 1
+    assert [a.callbacks for a in await history.attempts(missed.did, CALLEE)] == [1]

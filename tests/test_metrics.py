@@ -29,6 +29,7 @@ async def test_engine_and_dialer_series(settings):
     settings = replace(
         settings,
         metrics=replace(settings.metrics, enabled=True, port=free_port(), runner_port=free_port()),
+        agi=replace(settings.agi, env_deadline=0.2),
     )
     inventory = base_inventory()
     inventory["attempts"] = [attempt("spring-sale")]
@@ -38,6 +39,10 @@ async def test_engine_and_dialer_series(settings):
         async with running_engine(settings, inventory) as engine:
             await call(engine, RESERVED, "79161234567")
             await call(engine, "74990000000", "79161234567")
+            assert engine.server is not None
+            reader, writer = await asyncio.open_connection("127.0.0.1", engine.server.port)
+            assert await reader.read() == b""  # sent nothing: closed after env_deadline
+            writer.close()
         after = await scrape(settings.metrics.port)
         async with FakeAMI(cases={"79001112233": "busy"}) as fake:
             dialing = replace(
@@ -61,6 +66,8 @@ async def test_engine_and_dialer_series(settings):
         - value(before, "zvonok_decision_seconds_count")
         == 2
     )
+    idle = 'zvonok_fastagi_connections_dropped_total{why="no_env_block"}'
+    assert value(after, idle) - value(before, idle) == 1
     assert "zvonok_store_errors_total" in after or "# TYPE zvonok_store_errors" in after
     assert value(during, 'zvonok_originates_total{outcome="busy"}') >= 1
     assert value(during, "zvonok_ami_link_up") == 1

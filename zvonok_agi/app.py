@@ -90,6 +90,7 @@ class Engine:
                 s.routing.callback_window,
                 region=s.routing.default_region,
                 batch=s.agi.batch_variables,
+                batch_retry=s.agi.batch_retry_interval,
             )
             config = ServerConfig(
                 host=s.agi.host,
@@ -98,6 +99,9 @@ class Engine:
                 max_sessions=s.agi.max_sessions,
                 session_deadline=s.agi.session_deadline,
                 drain_deadline=s.agi.drain_deadline,
+                env_deadline=s.agi.env_deadline,
+                max_pending_per_peer=s.agi.max_pending_per_peer,
+                backlog=s.agi.backlog,
             )
             self.server = FastAGIServer(
                 {"inbound": router}, partial(send_engine_error, router), config

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
-from .logs import configure_logging
+from .logs import close_logging, configure_logging
 from .metrics import MetricsUnavailable
 from .store.embedded import EmbeddedRedisError
 
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, MetricsUnavailable, EmbeddedRedisError) as exc:
         print(f"zvonok-agi: {exc}", file=sys.stderr)
         return 1
+    finally:
+        close_logging()  # every line out before the process ends
 
 
 class CommandError(Exception):
@@ -176,7 +178,7 @@ async def _route(settings: Settings, args: argparse.Namespace) -> int:
         )
         did, caller = router.parties(args.did, "", args.caller)
         snapshot = await data.load()
-        decision = await router.decide(did, caller, snapshot, claim=False)
+        decision = await router.decide(did, caller, snapshot)
     print(f"DID       {did or '(not a number)'}")
     print(f"caller    {caller or '(none)'}")
     print(f"at        {datetime.fromtimestamp(at).astimezone().isoformat(timespec='seconds')}")

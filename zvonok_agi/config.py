@@ -24,13 +24,23 @@ class AgiSettings:
     # Peers allowed to open FastAGI sessions (addresses or networks).
     allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     max_sessions: int = 500
-    # Whole-session budget: env block, decision, reply. Asterisk waits in AGI() meanwhile.
+    # Whole-session budget from accept: env block, decision, reply. Asterisk waits in AGI().
     session_deadline: float = 3.0
+    # A connection must send its whole env block this soon after accept; only then does it
+    # take one of max_sessions.
+    env_deadline: float = 1.0
+    # Connections from one host still without their env block; past it the oldest is closed.
+    max_pending_per_peer: int = 2000
+    # The listen backlog (the kernel caps it at net.core.somaxconn).
+    backlog: int = 1024
     # How long SIGTERM lets in-flight sessions finish before ending them with a fallback route.
     drain_deadline: float = 5.0
     # Set the route's variables with one EXEC MSet, checked by reading ZV_DECIDED back (else
     # one SET VARIABLE each): 3 round trips to Asterisk instead of 9.
     batch_variables: bool = True
+    # A host that failed MSet 3 times in a row gets one SET VARIABLE each; after this many
+    # seconds one of its calls tries MSet again.
+    batch_retry_interval: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -232,9 +242,10 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"agi.allow: {entry!r} is not an address or network") from exc
     if not 0 <= settings.agi.port < 65536:
         raise ConfigError("agi.port must be 0..65535 (0: any free port)")
-    if settings.agi.max_sessions < 1:
-        raise ConfigError("agi.max_sessions must be at least 1")
-    for name in ("session_deadline", "drain_deadline"):
+    for name in ("max_sessions", "max_pending_per_peer", "backlog"):
+        if getattr(settings.agi, name) < 1:
+            raise ConfigError(f"agi.{name} must be at least 1")
+    for name in ("session_deadline", "env_deadline", "drain_deadline", "batch_retry_interval"):
         if getattr(settings.agi, name) <= 0:
             raise ConfigError(f"agi.{name} must be positive")
     if settings.routing.callback_window_days <= 0:

@@ -40,6 +40,12 @@ class _Metrics:
         self.sessions_rejected = prom.Counter(
             "zvonok_fastagi_sessions_rejected", "FastAGI sessions turned away at capacity"
         )
+        self.connections_dropped = prom.Counter(
+            "zvonok_fastagi_connections_dropped",
+            "FastAGI connections closed before they became a session, by why",
+            ["why"],
+        )
+        self._dropped: dict[str, prom.Counter] = {}
         self.ami_up = prom.Gauge("zvonok_ami_link_up", "1 while the AMI link is logged in")
         self.originates = prom.Counter(
             "zvonok_originates", "Outbound calls placed, by outcome", ["outcome"]
@@ -62,6 +68,13 @@ class _Metrics:
     def session_rejected(self) -> None:
         if self.enabled:
             self.sessions_rejected.inc()
+
+    def connection_dropped(self, why: str) -> None:
+        if self.enabled:  # one per connection in a flood: the labelled child is kept
+            child = self._dropped.get(why)
+            if child is None:
+                child = self._dropped[why] = self.connections_dropped.labels(why)
+            child.inc()
 
     def ami_link(self, up: bool) -> None:
         if self.enabled:

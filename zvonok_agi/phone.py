@@ -43,9 +43,11 @@ def normalize(raw: str | None, region: str = DEFAULT_REGION) -> str | None:
 
 
 def _russian_prefix(text: str) -> str:
-    """Russian carriers write the same number as `8…`, `7…` or `+7…`."""
+    """Russian carriers write the same number as `8…`, `7…` or `+7…`. `810…` is the
+    international prefix instead (no Russian or Kazakh number starts +7 10): the library
+    reads it."""
     digits = "".join(ch for ch in text if ch.isdigit())
-    if text.startswith("+") or len(digits) != 11:
+    if text.startswith("+") or len(digits) != 11 or digits.startswith("810"):
         return text
     if digits[0] in "78":
         return "+7" + digits[1:]

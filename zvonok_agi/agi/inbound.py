@@ -2,14 +2,23 @@
 
 Reads DID and caller from the env block, decides with the pure rules, claims the first callback
 when the call goes to an outbound campaign, hands the route to the dialplan as channel variables
-and returns (the server then closes the socket). One log line per call.
+and returns (the server then closes the socket).
+
+A claim stands only once Asterisk confirmed the route that used it (ZV_DECIDED read back, or
+its SET VARIABLE answered): a call that failed, ran out of time or lost Asterisk on the way gives
+it back, so the subscriber's next callback still reaches the campaign. Every call ends with
+exactly one `call routed` line, failures included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import structlog
 from redis.exceptions import RedisError
@@ -18,15 +27,85 @@ from .. import phone
 from ..config import DialplanSettings
 from ..metrics import METRICS
 from ..routing.decision import decide, fallback_without_store
-from ..routing.model import Attempt, Decision, Fallback, Route, RouteKind
+from ..routing.model import Attempt, Decision, Fallback, Number, Route, RouteKind
 from ..store.history import CallbackHistory
 from ..store.routing_data import RoutingCache, RoutingSnapshot
 from . import variables as var
-from .session import AGISession
+from .protocol import AGIProtocolError
+from .session import FALLBACK_GRACE, AGIClosed, AGISession, SessionFailed
 
 log = structlog.get_logger(__name__)
 
 MAX_REASON = 200
+MSET_MISSES_TO_SWITCH = 3  # MSet misses in a row before a host gets one SET VARIABLE each
+
+
+@dataclass
+class Claim:
+    """A call's first-callback claim: made in the name of `token`; `attempt` is the one it
+    holds (or may hold: the store can fail after the claim took)."""
+
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    attempt: Attempt | None = None
+
+
+@dataclass
+class _Call:
+    did: str | None
+    caller: str | None
+    number: Number | None
+    snapshot: RoutingSnapshot
+    started: float
+    claim: Claim = field(default_factory=Claim)
+    decision: Decision | None = None
+    logged: bool = False
+
+
+class BatchPolicy:
+    """Which Asterisk hosts get the route's variables in one EXEC MSet.
+
+    A host whose Asterisk answers MSet without setting ZV_DECIDED (res_agi compatibility in
+    asterisk.conf) MSET_MISSES_TO_SWITCH times in a row gets one SET VARIABLE per variable;
+    `retry_after` seconds later one of its calls tries MSet again, and one that works brings
+    the host back. A reply that is not an answer (a dead channel) counts for nothing.
+    """
+
+    def __init__(self, retry_after: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.retry_after = retry_after
+        self.clock = clock
+        self._misses: dict[str, int] = {}  # host -> misses in a row
+        self._retry_at: dict[str, float] = {}  # host switched to one by one -> next MSet try
+
+    def use_batch(self, host: str) -> bool:
+        retry_at = self._retry_at.get(host)
+        if retry_at is None:
+            return True
+        now = self.clock()
+        if now < retry_at:
+            return False
+        self._retry_at[host] = now + self.retry_after  # one try per interval
+        return True
+
+    def worked(self, host: str) -> None:
+        self._misses.pop(host, None)
+        if self._retry_at.pop(host, None) is not None:
+            log.info("MSet sets the variables again: back to one MSet per call", asterisk=host)
+
+    def missed(self, host: str) -> None:
+        misses = self._misses[host] = self._misses.get(host, 0) + 1
+        if misses == MSET_MISSES_TO_SWITCH:
+            self._retry_at[host] = self.clock() + self.retry_after
+            log.warning(
+                "MSet did not set the variables: one SET VARIABLE each for this Asterisk, "
+                "MSet tried again later (res_agi compatibility in asterisk.conf?)",
+                asterisk=host,
+                misses=misses,
+                retry_after=self.retry_after,
+            )
+
+    def batching(self, host: str) -> bool:
+        """Whether the host is on MSet now (for tests and status)."""
+        return host not in self._retry_at
 
 
 class InboundRouter:
@@ -39,6 +118,7 @@ class InboundRouter:
         region: str = phone.DEFAULT_REGION,
         clock: Callable[[], float] = time.time,
         batch: bool = True,
+        batch_retry: float = 300.0,
     ) -> None:
         self.cache = cache
         self.history = history
@@ -47,8 +127,7 @@ class InboundRouter:
         self.region = region
         self.clock = clock
         self.batch = batch  # set the variables with one EXEC MSet (see variables.batched)
-        # Asterisk hosts that did not take an MSet: they get one SET VARIABLE each from then on.
-        self.no_batch: set[str] = set()
+        self.batching = BatchPolicy(batch_retry)
 
     async def __call__(self, session: AGISession) -> None:
         started = time.perf_counter()
@@ -63,24 +142,45 @@ class InboundRouter:
             )
         snapshot = self.cache.snapshot
         number = snapshot.numbers.get(did) if did else None
+        call = _Call(did, caller, number, snapshot, started)
+        session.on_failure = functools.partial(self._fail, session, call)
+        call.decision = await self.decide(did, caller, snapshot, call.claim)
+        if not await self.send(session, call.decision, did, caller):
+            raise SessionFailed("Asterisk did not confirm the route")
+        await self._end(call, call.decision, confirmed=True)
 
-        async def on_failure(why: str) -> None:
-            decision = fallback_without_store(number, snapshot.campaigns)
+    async def _fail(self, session: AGISession, call: _Call, why: str) -> None:
+        """The session failed (`why`): send the route again, or the route without the store if
+        none was decided, give back a claim it did not confirm, and log the call."""
+        if call.logged:
+            return
+        decision = call.decision
+        if decision is None:
+            decision = fallback_without_store(call.number, call.snapshot.campaigns)
             decision = _with_reason(decision, f"{why}: {decision.reason}")
-            await self.send(session, decision, did, caller)
-            self._log(did, caller, decision, started, failed=why)
+        confirmed = False
+        if not session.closed:
+            try:
+                async with asyncio.timeout(FALLBACK_GRACE):
+                    confirmed = await self.send(session, decision, call.did, call.caller)
+            except (AGIClosed, AGIProtocolError, OSError, TimeoutError) as exc:
+                log.warning("fallback route not sent", error=repr(exc))
+        await self._end(call, decision, confirmed, failed=why)
 
-        session.on_failure = on_failure
-        decision = await self.decide(did, caller, snapshot)
-
-        async def resend(why: str) -> None:
-            # Decided (and maybe claimed) already: a late failure must not lose the route.
-            await self.send(session, decision, did, caller)
-            self._log(did, caller, decision, started, failed=why)
-
-        session.on_failure = resend
-        await self.send(session, decision, did, caller)
-        self._log(did, caller, decision, started)
+    async def _end(
+        self, call: _Call, decision: Decision, confirmed: bool, failed: str | None = None
+    ) -> None:
+        """Give back a claim unless Asterisk took the route made with it; the call's line."""
+        held = call.claim.attempt
+        released = False
+        if held is not None and not (confirmed and decision.route.attempt == held.id):
+            try:
+                released = await self.history.release(held, call.claim.token)
+            except (RedisError, OSError) as exc:
+                METRICS.store_error("history")
+                log.error("claim not given back", attempt=held.id, error=repr(exc))
+        call.logged = True
+        self._log(call, decision, confirmed, failed, released)
 
     def parties(self, extension: str, dnid: str, callerid: str) -> tuple[str | None, str | None]:
         """The DID (the extension, else the dialed number) and the caller, normalised."""
@@ -100,10 +200,10 @@ class InboundRouter:
         did: str | None,
         caller: str | None,
         snapshot: RoutingSnapshot,
-        claim: bool = True,
+        claim: Claim | None = None,
     ) -> Decision:
-        """The route; with `claim`, an outbound route is taken only if this call wins the
-        first-callback claim (a dry run leaves the history untouched)."""
+        """The route. With a `claim`, an outbound route is taken only if this call wins the
+        first-callback claim, made in its name; without, a dry run: nothing is written."""
         number = snapshot.numbers.get(did) if did else None
         if snapshot.version < 0:
             return Decision(
@@ -117,9 +217,10 @@ class InboundRouter:
             attempts = await self.history.attempts(number.did, caller)
             decision = decide(number, snapshot.campaigns, attempts, self.clock(), self.window)
             route = decision.route
-            if claim and route.kind is RouteKind.OUTBOUND:
-                attempt = next(a for a in attempts if a.id == route.attempt)
-                if not await self.history.claim(attempt):
+            if claim is not None and route.kind is RouteKind.OUTBOUND:
+                attempt = claim.attempt = next(a for a in attempts if a.id == route.attempt)
+                if not await self.history.claim(attempt, claim.token):
+                    claim.attempt = None
                     # Another call from this caller claimed it first: decide as the loser.
                     attempts = [_claimed(a) if a.id == attempt.id else a for a in attempts]
                     decision = decide(
@@ -133,25 +234,26 @@ class InboundRouter:
 
     async def send(
         self, session: AGISession, decision: Decision, did: str | None, caller: str | None
-    ) -> None:
+    ) -> bool:
+        """Set the route's variables; True once Asterisk confirmed them: ZV_DECIDED read back
+        after an MSet, or its SET VARIABLE answered `200 result=1`."""
         values = self.variables(decision, did, caller)
-        host = session.peer.rpartition(":")[0]
-        if self.batch and host not in self.no_batch:
+        host = session.host
+        if self.batch and self.batching.use_batch(host):
             commands = var.batched(values)
             if commands is not None:
                 for command in commands:
                     reply = await session.command(*command)
                 if reply.result == "1" and reply.data == "1":  # DECIDED read back
-                    return
+                    self.batching.worked(host)
+                    return True
                 if reply.ok:  # Asterisk answered, without DECIDED (not a channel gone dead)
-                    self.no_batch.add(host)
-                    log.warning(
-                        "MSet did not set the variables: one SET VARIABLE each for this "
-                        "Asterisk from now on (res_agi compatibility in asterisk.conf?)",
-                        asterisk=host,
-                    )
-        for command in var.one_by_one(values):
-            await session.command(*command)
+                    self.batching.missed(host)
+        confirmed = False
+        for command in var.one_by_one(values):  # ZV_DECIDED last
+            reply = await session.command(*command)
+            confirmed = reply.ok and reply.result == "1"
+        return confirmed
 
     def commands(
         self, decision: Decision, did: str | None, caller: str | None
@@ -189,39 +291,53 @@ class InboundRouter:
 
     def _log(
         self,
-        did: str | None,
-        caller: str | None,
+        call: _Call,
         decision: Decision,
-        started: float,
+        confirmed: bool,
         failed: str | None = None,
+        claim_released: bool = False,
     ) -> None:
         route = decision.route
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - call.started
         METRICS.call_routed(
             route.kind.value,
             route.fallback.value if route.fallback else None,
-            decision.code,
+            decision.code if confirmed else "not_confirmed",
             seconds,
         )
         log.info(
             "call routed",
-            did=did,
-            caller=caller,
+            did=call.did,
+            caller=call.caller,
             route=route.kind.value,
             campaign=route.campaign,
+            attempt=route.attempt,
             fallback=route.fallback.value if route.fallback else None,
             reason=decision.reason,
             failed=failed,
+            confirmed=confirmed,
+            claim_released=claim_released,
             latency_ms=round(seconds * 1000, 3),
         )
 
 
 async def send_engine_error(router: InboundRouter, session: AGISession, why: str) -> None:
-    """The server's generic fallback: no handler knew better."""
-    decision = Decision(
+    """The server's generic fallback (no handler knew better): engine_error, and the call's
+    line."""
+    env = session.env
+    assert env is not None
+    did, caller = router.parties(
+        env.get("agi_extension"), env.get("agi_dnid"), env.get("agi_callerid")
+    )
+    if env.tampered:
+        did = caller = None  # not to be believed, even in a log line
+    snapshot = router.cache.snapshot
+    number = snapshot.numbers.get(did) if did else None
+    call = _Call(did, caller, number, snapshot, time.perf_counter())
+    call.decision = Decision(
         Route.to_fallback(Fallback.ENGINE_ERROR), why or "engine error", "engine_failure"
     )
-    await router.send(session, decision, None, None)
+    await router._fail(session, call, why)
 
 
 def _claimed(attempt: Attempt) -> Attempt:

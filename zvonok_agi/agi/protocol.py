@@ -6,6 +6,10 @@ bytes to write (`send_command`). The server's session is:
 
     Environment, then (command -> [Hangup...] Reply)*, and Closed when Asterisk hangs up on us.
 
+with one named state per phase (`ServerState`): ENV until the whole env block is here (Asterisk
+writes it at once; it is parsed in one go, however the bytes were cut), then IDLE and
+AWAITING_REPLY (IN_BLOCK inside a multi-line `520` reply) in turn.
+
 `Hangup` may arrive at any time after the env block, even between a command and its reply:
 it is reported and remembered, and the reply is still awaited. Everything Asterisk sends is
 treated as untrusted: lines, env blocks and multi-line replies are bounded, env keys are
@@ -31,6 +35,7 @@ __all__ = [
     "KNOWN_ENV_KEYS",
     "MAX_COMMAND_BYTES",
     "MAX_ENV_ARGS",
+    "MAX_ENV_BYTES",
     "MAX_ENV_LINES",
     "MAX_ENV_VALUE",
     "MAX_LINE",
@@ -44,6 +49,7 @@ __all__ = [
     "Hangup",
     "Reply",
     "ServerConnection",
+    "ServerState",
     "encode_command",
     "encode_environment",
     "encode_reply",
@@ -53,6 +59,7 @@ __all__ = [
 MAX_LINE = 8192  # a received line longer than this (line ending excluded) is a protocol error
 MAX_ENV_VALUE = 256  # env values are capped to this many characters
 MAX_ENV_LINES = 200  # Asterisk sends ~22 lines plus agi_arg_N
+MAX_ENV_BYTES = 65536  # the whole env block; Asterisk's is ~600 bytes
 MAX_ENV_ARGS = 64  # agi_arg_1 .. agi_arg_64 are kept
 MAX_REPLY_LINES = 200  # lines in one multi-line (520-) reply; Asterisk's usage texts are short
 MAX_COMMAND_BYTES = 1024  # every command line we send, "\n" included; Asterisk's buffer is 2048
@@ -344,17 +351,20 @@ def _parse_reply(line: str) -> Reply:
 
 
 class _LineBuffer:
-    """Received bytes, handed out line by line."""
+    """Received bytes, handed out line by line (or, for the env block, through its empty line)."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._pos = 0  # start of the unread part; compacted on the next feed
+        self._scanned = 0  # how far `pop_block` has looked for the empty line
+        self.newlines = 0  # "\n" seen by `pop_block` in the unread part
         self.tail = 0  # bytes after the last "\n" received
         self.eof = False
 
     def feed(self, data: bytes) -> None:
         if self._pos:
             del self._buf[: self._pos]
+            self._scanned = max(0, self._scanned - self._pos)
             self._pos = 0
         self._buf += data
         newline = data.rfind(b"\n")
@@ -370,37 +380,71 @@ class _LineBuffer:
             end = self._pos + window
         else:
             return None
-        line = bytes(self._buf[self._pos : end])
-        self._pos = end
-        return line
+        return self._take(end)
 
-    def pop_through(self, marker: bytes, window: int) -> bytes | None:
-        """Everything up to and including `marker` if it is within `window` bytes; else None."""
-        end = self._buf.find(marker, self._pos, self._pos + window)
-        if end == -1:
-            return None
-        block = bytes(self._buf[self._pos : end + len(marker)])
-        self._pos = end + len(marker)
-        return block
+    def pop_block(self) -> bytes | None:
+        """Everything through the first empty line ("\\n" or "\\r\\n" alone) when it is here;
+        else None. Each byte is looked at once however the data was cut."""
+        buf, start = self._buf, self._pos
+        if buf.startswith(b"\n", start):
+            return self._take(start + 1)
+        if buf.startswith(b"\r\n", start):
+            return self._take(start + 2)
+        match = _EMPTY_LINE.search(buf, max(start, self._scanned - 2))
+        if match is not None:
+            return self._take(match.end())
+        self.newlines += buf.count(b"\n", max(start, self._scanned))
+        self._scanned = len(buf)
+        return None
+
+    def _take(self, end: int) -> bytes:
+        data = bytes(self._buf[self._pos : end])
+        self._pos = self._scanned = end
+        self.newlines = 0
+        return data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
 
     @property
     def partial(self) -> bool:
         return len(self._buf) > self._pos
 
 
+_EMPTY_LINE = re.compile(rb"\n\r?\n")
+
+
+class ServerState(enum.Enum):
+    """The session's phase. EOF and a protocol error end it in any phase, which then stays
+    as it was (a command cut off by EOF is still pending)."""
+
+    ENV = "ENV"  # reading the env block
+    IDLE = "IDLE"  # the env block is out; no command awaits its reply
+    AWAITING_REPLY = "AWAITING_REPLY"  # a command was sent
+    IN_BLOCK = "IN_BLOCK"  # inside a multi-line (520-) reply
+
+
 class ServerConnection:
     """The server's side of one FastAGI session."""
 
     def __init__(self) -> None:
+        self.state = ServerState.ENV
         self._lines = _LineBuffer()
-        self._env: dict[str, str] | None = {}  # None once the Environment event is out
-        self._env_lines = 0
-        self._env_tampered = False
-        self._block: list[str] | None = None  # lines of a multi-line reply being read
+        self._block: list[str] = []  # lines of the multi-line reply being read
         self._closed: Closed | None = None
         self._error: AGIProtocolError | None = None
         self.hungup = False  # Asterisk said HANGUP
-        self.pending = False  # a command awaits its reply
+
+    @property
+    def pending(self) -> bool:
+        """A command awaits its reply."""
+        return self.state in (ServerState.AWAITING_REPLY, ServerState.IN_BLOCK)
+
+    @property
+    def closed(self) -> bool:
+        """EOF was reached (and Closed handed out)."""
+        return self._closed is not None
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from Asterisk; `b""` means EOF."""
@@ -423,32 +467,34 @@ class ServerConnection:
         if self._closed is not None:
             return self._closed
         try:
-            if self._env is not None and (env := self._whole_env_block()) is not None:
-                return env
-            while (line := self._next_line()) is not None:
-                event = self._handle_line(line)
-                if event is not None:
-                    return event
+            if self.state is ServerState.ENV:
+                if (env := self._env_block()) is not None:
+                    return env
+            else:
+                while (line := self._next_line()) is not None:
+                    event = self._handle_line(line)
+                    if event is not None:
+                        return event
         except AGIProtocolError as exc:
             self._error = exc
             raise
         if not self._lines.eof:
             return NEED_DATA
-        complete = self._env is None and self._block is None and not self._lines.partial
-        self._closed = Closed(complete=complete)
+        complete = self.state in (ServerState.IDLE, ServerState.AWAITING_REPLY)
+        self._closed = Closed(complete=complete and not self._lines.partial)
         return self._closed
 
     def send_command(self, verb: str, *args: str) -> bytes:
         """The bytes of one command (see encode_command); its reply is then awaited."""
         self._check_error()
-        if self._env is not None:
+        if self.state is ServerState.ENV:
             raise AGIProtocolError("command before the env block was read")
         if self._closed is not None:
             raise AGIProtocolError("command after the connection closed")
         if self.pending:
             raise AGIProtocolError("command while the previous one awaits its reply")
         data = encode_command(verb, *args)
-        self.pending = True
+        self.state = ServerState.AWAITING_REPLY
         return data
 
     def _check_error(self) -> None:
@@ -459,21 +505,35 @@ class ServerConnection:
         self._error = AGIProtocolError(message)
         raise self._error
 
-    def _whole_env_block(self) -> Environment | None:
-        """The env block in one go when it is all here, as Asterisk sends it (one write);
-        else None, and it is read line by line."""
-        block = self._lines.pop_through(b"\n\n", (MAX_ENV_LINES + 1) * 128)
+    def _env_block(self) -> Environment | None:
+        """The env block once all of it is here, else None (and limits checked meanwhile)."""
+        block = self._lines.pop_block()
         if block is None:
+            if self._lines.newlines > MAX_ENV_LINES:
+                raise AGIProtocolError(f"env block longer than {MAX_ENV_LINES} lines")
+            if self._lines.buffered > MAX_ENV_BYTES:
+                raise AGIProtocolError(f"env block longer than {MAX_ENV_BYTES} bytes")
             return None
-        for raw in block.split(b"\n")[:-1]:  # the last line is the empty one
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
+        lines = block.split(b"\n")[:-2]  # without the empty line and what follows its "\n"
+        if len(lines) > MAX_ENV_LINES:
+            raise AGIProtocolError(f"env block longer than {MAX_ENV_LINES} lines")
+        env: dict[str, str] = {}
+        tampered = False
+        for raw in lines:
+            raw = raw.removesuffix(b"\r")
             if len(raw) > MAX_LINE:
                 raise AGIProtocolError(f"line longer than {MAX_LINE} bytes")
-            event = self._env_line(raw.decode("utf-8", "replace"))
-            if event is not None:
-                return event
-        raise AssertionError("an env block ends with an empty line")
+            key, colon, value = raw.decode("utf-8", "replace").partition(":")
+            if not colon:
+                tampered = True  # the rest of a value that held a line break
+            elif key in KNOWN_ENV_KEYS:
+                if key in env:
+                    tampered = True
+                else:
+                    # `agi_accountcode: ` is an empty value: drop the one space after ':' only.
+                    env[key] = value.removeprefix(" ")[:MAX_ENV_VALUE]
+        self.state = ServerState.IDLE
+        return Environment(MappingProxyType(env), tampered)
 
     def _next_line(self) -> str | None:
         raw = self._lines.pop(MAX_LINE + 2)  # room for "\r\n"
@@ -489,56 +549,32 @@ class ServerConnection:
         return raw.decode("utf-8", "replace")
 
     def _handle_line(self, line: str) -> ServerEvent | None:
-        if self._env is not None:
-            return self._env_line(line)
-        if self._block is not None:
+        if self.state is ServerState.IN_BLOCK:
             return self._block_line(line)
         if line == "HANGUP":
             self.hungup = True
             return Hangup()
         if not line:
             return None  # a stray empty line says nothing
-        if not self.pending:
+        if self.state is not ServerState.AWAITING_REPLY:
             raise AGIProtocolError(f"reply with no command pending: {line[:80]!r}")
         status = _STATUS.match(line)
         if status is None:
             raise AGIProtocolError(f"not a reply: {line[:80]!r}")
         if status.group(2) == "-":  # `520-` opens a block that ends with `520 `
             self._block = [line]
+            self.state = ServerState.IN_BLOCK
             return None
-        self.pending = False
+        self.state = ServerState.IDLE
         return _parse_reply(line)
 
-    def _env_line(self, line: str) -> Environment | None:
-        env = self._env
-        assert env is not None
-        if not line:
-            self._env = None
-            return Environment(MappingProxyType(env), self._env_tampered)
-        self._env_lines += 1
-        if self._env_lines > MAX_ENV_LINES:
-            raise AGIProtocolError(f"env block longer than {MAX_ENV_LINES} lines")
-        key, colon, value = line.partition(":")
-        if not colon:
-            self._env_tampered = True  # the rest of a value that held a line break
-            return None
-        # `agi_accountcode: ` is an empty value: drop the one space after ':' only.
-        value = value.removeprefix(" ")
-        if key in KNOWN_ENV_KEYS:
-            if key in env:
-                self._env_tampered = True
-            else:
-                env[key] = value[:MAX_ENV_VALUE]
-        return None
-
     def _block_line(self, line: str) -> Reply | None:
-        assert self._block is not None
         block = self._block
         block.append(line)
         code = block[0][:3]
         if line == code or line.startswith(code + " "):
-            self._block = None
-            self.pending = False
+            self._block = []
+            self.state = ServerState.IDLE
             return Reply(int(code), lines=tuple(block))
         if len(block) >= MAX_REPLY_LINES:
             raise AGIProtocolError(f"multi-line reply longer than {MAX_REPLY_LINES} lines")

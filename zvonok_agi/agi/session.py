@@ -16,35 +16,52 @@ from .protocol import (
 )
 
 READ_SIZE = 4096
+# Time a session that failed or ran out of time has to send its fallback route.
+FALLBACK_GRACE = 0.5
 
 
 class AGIClosed(ConnectionError):
-    """Asterisk closed the session (or the env block never finished)."""
+    """Asterisk closed the session."""
+
+
+class SessionFailed(Exception):
+    """A handler gives up with a reason: the server ends the session through its on_failure."""
 
 
 class AGISession:
+    """A session once its env block is in: `connection` has read it (and holds whatever came
+    after it), the streams carry the rest."""
+
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str = ""
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connection: ServerConnection,
+        env: Environment,
+        peer: str = "",
+        accepted: float | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
+        self.connection = connection
+        self.env = env
         self.peer = peer
-        self.connection = ServerConnection()
-        self.env: Environment | None = None
+        self.host = peer.rpartition(":")[0]
+        # loop time of the accept: the session deadline counts from it
+        self.accepted = asyncio.get_running_loop().time() if accepted is None else accepted
         # Set by a handler that knows a better route than the server's generic fallback, for
-        # when it fails or runs out of time. Called with a short reason.
+        # when it fails, runs out of time or Asterisk goes: called once with a short reason,
+        # it sends that route if it still can (within FALLBACK_GRACE) and cleans up.
         self.on_failure: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def hungup(self) -> bool:
         return self.connection.hungup
 
-    async def read_environment(self) -> Environment:
-        event = await self._next_event()
-        if not isinstance(event, Environment):
-            raise AGIClosed("connection closed before the env block ended")
-        self.env = event
-        return event
+    @property
+    def closed(self) -> bool:
+        """Asterisk closed its side: nothing more can be said."""
+        return self.connection.closed
 
     async def command(self, verb: str, *args: str) -> Reply:
         """Send one command and wait for its reply; an unsolicited HANGUP is noted on the way."""

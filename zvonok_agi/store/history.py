@@ -5,6 +5,7 @@ Layout (prefix `zv:` by default):
       <id>    JSON {campaign, account, at}
       <id>:o  outcome
       <id>:c  callbacks routed back to the campaign
+      <id>:k  the token of the call that holds the first-callback claim
   attempt:<id>  the hist key of an attempt, to settle its outcome by id
   last:<callee>  the number the latest outbound call to this callee showed
   cpm:<did>:<minute>  calls placed from a number in one minute (for the per-number cap)
@@ -14,7 +15,8 @@ numbers' counts and writes the attempt in the same step, so two calls to one cal
 never show the same pool number.
 
 One inbound decision reads one hash (HGETALL: one round trip). Claiming the first callback is a
-Lua script, so that of two simultaneous callbacks at most one wins.
+Lua script, so that of two simultaneous callbacks at most one wins. A claim whose route never
+reached Asterisk is given back by the call that made it (its token), once.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ local function record(hist, attempt_key, id, json, outcome, now, window)
       local ok, record = pcall(cjson.decode, fields[i + 1])
       if not ok or type(record) ~= 'table' or tonumber(record.at) == nil
           or tonumber(record.at) < now - window then
-        redis.call('HDEL', hist, name, name .. ':o', name .. ':c')
+        redis.call('HDEL', hist, name, name .. ':o', name .. ':c', name .. ':k')
       end
     end
   end
@@ -98,17 +100,28 @@ if redis.call('GET', KEYS[1]) == ARGV[2] then
   end
 end
 if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
-redis.call('HDEL', KEYS[4], ARGV[1], ARGV[1] .. ':o', ARGV[1] .. ':c')
+redis.call('HDEL', KEYS[4], ARGV[1], ARGV[1] .. ':o', ARGV[1] .. ':c', ARGV[1] .. ':k')
 redis.call('DEL', KEYS[2])
 return 1
 """
 
-# 1: claimed; 0: already claimed or answered; -1: no such attempt.
+# 1: claimed; 0: already claimed or answered; -1: no such attempt. ARGV: id, the call's token.
 CLAIM = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
 if tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. ':c') or '0') > 0 then return 0 end
 if redis.call('HGET', KEYS[1], ARGV[1] .. ':o') == 'answered' then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':c', 1)
+redis.call('HSET', KEYS[1], ARGV[1] .. ':k', ARGV[2])
+return 1
+"""
+
+# Undoes the claim made with this token, and only it, once: 1 if it did, else 0.
+RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1] .. ':k') ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1] .. ':k')
+if tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. ':c') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':c', -1)
+end
 return 1
 """
 
@@ -128,6 +141,7 @@ class CallbackHistory:
         self.window = window
         self._record = redis.register_script(RECORD)
         self._claim = redis.register_script(CLAIM)
+        self._release = redis.register_script(RELEASE)
         self._settle = redis.register_script(SETTLE)
         self._dial = redis.register_script(DIAL)
         self._undial = redis.register_script(UNDIAL)
@@ -202,9 +216,20 @@ class CallbackHistory:
         raw = await self.redis.hgetall(self.key(did, callee))
         return parse_attempts(did, callee, raw)
 
-    async def claim(self, attempt: Attempt) -> bool:
-        """Atomically count a callback routed to the attempt's campaign; True for the first."""
-        result = await self._claim(keys=[self.key(attempt.did, attempt.callee)], args=[attempt.id])
+    async def claim(self, attempt: Attempt, token: str) -> bool:
+        """Atomically count a callback routed to the attempt's campaign; True for the first.
+        `token` names this call, to give the claim back with `release`."""
+        result = await self._claim(
+            keys=[self.key(attempt.did, attempt.callee)], args=[attempt.id, token]
+        )
+        return int(result) == 1
+
+    async def release(self, attempt: Attempt, token: str) -> bool:
+        """Give back the claim this call (`token`) made, when its route never reached Asterisk:
+        the next callback is a first one again. False if there was none to give back."""
+        result = await self._release(
+            keys=[self.key(attempt.did, attempt.callee)], args=[attempt.id, token]
+        )
         return int(result) == 1
 
     async def settle(self, attempt_id: str, outcome: Outcome) -> bool:
