@@ -166,12 +166,7 @@ class Users:
         name: str = "",
     ) -> User:
         """A customer of `account`, or (no account) one of the staff."""
-        user = User(
-            login_of(login),
-            Role.STAFF if account is None else Role.CUSTOMER,
-            None if account is None else rules.ident(account, "account"),
-            rules.text(name, "name", rules.MAX_NAME),
-        )
+        user = _new_user(login, account, name)
         hashed = await self._hash(password_of(password))
         async with self._change(actor, "add_user", user, role=user.role.value) as q:
             if await q.user(user.login) is not None:
@@ -191,12 +186,7 @@ class Users:
     ) -> User:
         """Adds or updates a user whose password comes already hashed (`users load`); a new
         hash ends the user's sessions."""
-        user = User(
-            login_of(login),
-            Role.STAFF if account is None else Role.CUSTOMER,
-            None if account is None else rules.ident(account, "account"),
-            rules.text(name, "name", rules.MAX_NAME),
-        )
+        user = _new_user(login, account, name)
         if not password_hash.startswith("$argon2"):
             raise Refused("bad_input", f"user {user.login}: password_hash is not an argon2 hash")
         async with self._change(actor, "put_user", user, role=user.role.value) as q:
@@ -373,6 +363,16 @@ class Users:
             )
         if refused is not None:
             raise refused
+
+
+def _new_user(login: object, account: object, name: object) -> User:
+    """A customer of `account`, or (None) one of the staff, from what was typed."""
+    return User(
+        login_of(login),
+        Role.STAFF if account is None else Role.CUSTOMER,
+        None if account is None else rules.ident(account, "account"),
+        rules.text(name, "name", rules.MAX_NAME),
+    )
 
 
 def _known(user: User | None) -> User:

@@ -266,15 +266,9 @@ class Queries:
     async def campaigns(
         self, *, account: str | None = None, caller_id: str | None = None
     ) -> list[Campaign]:
-        where, args = [], []
-        if account is not None:
-            where.append("account = ?")
-            args.append(account)
-        if caller_id is not None:
-            where.append("caller_id = ?")
-            args.append(caller_id)
-        sql = "SELECT * FROM campaigns" + (" WHERE " + " AND ".join(where) if where else "")
-        return [_campaign(r) for r in await self._all(sql + " ORDER BY id", args)]
+        where, args = _where(account=account, caller_id=caller_id)
+        return [_campaign(r) for r in await self._all(f"SELECT * FROM campaigns{where} "
+                                                      "ORDER BY id", args)]
 
     async def put_campaign(self, campaign: Campaign, now: float) -> None:
         await self._run(
@@ -347,15 +341,9 @@ class Queries:
     async def requests(
         self, status: str | None = None, account: str | None = None
     ) -> list[Request]:
-        where, args = [], []
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
-        if account is not None:
-            where.append("account = ?")
-            args.append(account)
-        sql = "SELECT * FROM requests" + (" WHERE " + " AND ".join(where) if where else "")
-        return [_request(r) for r in await self._all(sql + " ORDER BY id", args)]
+        where, args = _where(status=status, account=account)
+        return [_request(r) for r in await self._all(f"SELECT * FROM requests{where} "
+                                                     "ORDER BY id", args)]
 
     # audit
 
@@ -386,15 +374,9 @@ class Queries:
     async def audit_log(
         self, subject: str | None = None, limit: int = 100, account: str | None = None
     ) -> list[dict]:
-        where, args = [], []
-        if subject is not None:
-            where.append("subject = ?")
-            args.append(subject)
-        if account is not None:
-            where.append("account = ?")
-            args.append(account)
-        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
-        rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
+        where, args = _where(subject=subject, account=account)
+        rows = await self._all(f"SELECT * FROM audit{where} ORDER BY id DESC LIMIT ?",
+                               [*args, limit])
         return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
 
     # the outbox: what still has to reach Redis
@@ -408,6 +390,14 @@ class Queries:
 
     async def published(self, up_to: int) -> None:
         await self._run("DELETE FROM outbox WHERE seq <= ?", [up_to])
+
+
+def _where(**equal: Any) -> tuple[str, list[Any]]:
+    """` WHERE a = ? AND b = ?` for the columns given a value (None: any), and the values."""
+    given = {column: value for column, value in equal.items() if value is not None}
+    if not given:
+        return "", []
+    return " WHERE " + " AND ".join(f"{c} = ?" for c in given), list(given.values())
 
 
 def _account(row: sqlite3.Row) -> Account:

@@ -236,8 +236,11 @@ function renderAccount() {
 
 // Both tabs unsearched (the account's reserved numbers, for campaigns), the tab shown as
 // searched, the campaigns and the requests.
+let refreshes = 0;  // a refresh overtaken by a later one shows nothing
+
 async function refresh() {
   if (!state.account) return;
+  const mine = ++refreshes;
   const account = state.account.id;
   const numbers = (status, search) =>
     api("GET", "/api/numbers", {params: {account, status, search}});
@@ -247,6 +250,7 @@ async function refresh() {
     api("GET", "/api/requests", {params: {account, status: "all"}}),
     state.search ? numbers(state.status, state.search) : null,
   ]);
+  if (mine !== refreshes) return;
   state.view = searched || {active, disabled}[state.status];
   state.reserved = [...active.numbers, ...disabled.numbers].filter((n) => n.reserved);
   state.campaigns = campaigns.campaigns;
@@ -301,13 +305,9 @@ function renderNumbers() {
   $("#summary").textContent = counts.length
     ? t("summary.reserved", {list: i18n.list(counts)}) : t("summary.none");
   for (const status of ["active", "disabled"]) {
-    const tab = $(`#tab-${status}`);
-    const selected = status === state.status;
-    $(".count", tab).textContent = `(${i18n.number(view.tabs[status])})`;
-    tab.setAttribute("aria-selected", String(selected));
-    tab.tabIndex = selected ? 0 : -1;
+    $(`#tab-${status} .count`).textContent = `(${i18n.number(view.tabs[status])})`;
   }
-  $("#numbers-panel").setAttribute("aria-labelledby", `tab-${state.status}`);
+  renderTabs();
   const rows = view.numbers.map(numberRow);
   $("#numbers tbody").replaceChildren(...rows);
   $("#found").textContent = state.search ? tp("numbers.found", rows.length) : "";
@@ -347,8 +347,18 @@ function numberRow(n) {
                                    () => openDelete(n)) : null));
 }
 
+function renderTabs() {
+  for (const tab of $$("[role=tab]", $("#tabs"))) {
+    const selected = tab.dataset.status === state.status;
+    tab.setAttribute("aria-selected", String(selected));
+    tab.tabIndex = selected ? 0 : -1;
+  }
+  $("#numbers-panel").setAttribute("aria-labelledby", `tab-${state.status}`);
+}
+
 async function chooseTab(status, focus) {
   state.status = status;
+  renderTabs();
   if (focus) $(`#tab-${status}`).focus();
   await refreshed();
 }
@@ -797,7 +807,10 @@ async function openCampaign(campaign) {
 // The Add wizard inside the campaign window; the number reserved becomes the caller ID.
 function addCallerId() {
   wizard.mount($("#campaign-wizard-slot"), state.account.verified ? "kind" : "unverified",
-    (number) => renderCallerIds(number.did));
+    (number) => {
+      if (!state.reserved.some((n) => n.did === number.did)) state.reserved.push(number);
+      renderCallerIds(number.did);
+    });
   $(`[data-step=${wizard.step}] h3`, wizard.root).focus();
 }
 
