@@ -380,6 +380,7 @@ const wizard = {
   step: "kind",
   history: [],
   choice: null,
+  regions: null,
   region: null,
   offer: null,
   result: null,
