@@ -51,7 +51,8 @@ class RedisSettings:
     # Per-command budget: a slow store must not eat the session deadline.
     socket_timeout: float = 0.5
     connect_timeout: float = 0.5
-    # The in-memory routing data is re-checked against Redis this often (pub/sub is faster).
+    # The in-memory routing data is re-checked against Redis this often (the stream of
+    # changes brings them sooner).
     refresh_interval: float = 1.0
     key_prefix: str = "zv:"
 

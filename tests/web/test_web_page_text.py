@@ -98,6 +98,7 @@ def test_every_refusal_and_audit_action_has_words():
     assert missing == set()
     actions = set(re.findall(r'_change\(\s*[^,()]+,\s*"(\w+)"', source))
     actions |= set(re.findall(r'\.audit\(\s*[^,()]+(?:\(\))?,\s*[^,()]+,\s*"(\w+)"', source))
+    actions |= set(re.findall(r'_audit\(\s*actor,\s*"(\w+)"', source))
     assert {"reserve", "change_number", "sign_in", "support_request", "sync"} <= actions
     missing = {a for a in actions if f"action.{a}" not in CATALOGUES["ru"]}
     assert missing == set()

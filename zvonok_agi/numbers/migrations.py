@@ -80,7 +80,23 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE requests ADD COLUMN closed_by TEXT",
         "ALTER TABLE requests ADD COLUMN note TEXT",
     ),
-    # 3: people who sign in (customers of one account, or staff), their sessions, and the
+    # 3: the outbox's publisher. A record's revision goes up with every change of it, so that
+    # publishers racing never put an older state over a newer one in Redis; outbox rows are
+    # removed by seq once published, so a seq is never used twice (AUTOINCREMENT).
+    (
+        "ALTER TABLE accounts ADD COLUMN rev INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE numbers ADD COLUMN rev INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE campaigns ADD COLUMN rev INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE outbox_next (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('account', 'number', 'campaign')),
+            key TEXT NOT NULL
+        )""",
+        "INSERT INTO outbox_next (seq, kind, key) SELECT seq, kind, key FROM outbox",
+        "DROP TABLE outbox",
+        "ALTER TABLE outbox_next RENAME TO outbox",
+    ),
+    # 4: people who sign in (customers of one account, or staff), their sessions, and the
     # failed sign-ins of the last minutes (the limit holds for every admin process on this file)
     (
         """CREATE TABLE users (
@@ -109,7 +125,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
         "CREATE INDEX sign_in_failures_by_key ON sign_in_failures (key, at)",
     ),
-    # 4: campaigns get a name people read; requests are also the customers' own messages to
+    # 5: campaigns get a name people read; requests are also the customers' own messages to
     # support (no kind or region needed), with what they wrote and a phone to call back
     (
         "ALTER TABLE campaigns ADD COLUMN name TEXT NOT NULL DEFAULT ''",

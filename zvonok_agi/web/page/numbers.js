@@ -215,8 +215,8 @@ async function enter() {
   }
   show($("#main"), true);
   renderAccount();
-  await refresh();
-  $("#numbers-title").focus();
+  $("#numbers-title").focus();  // before the list comes: a key pressed meanwhile stays put
+  await refreshed();
 }
 
 async function chooseAccount() {
