@@ -27,11 +27,13 @@ from .store.routing_data import RoutingCache, RoutingData
 log = structlog.get_logger(__name__)
 
 
-def redis_client(url: str, settings: Settings) -> aioredis.Redis:
+def redis_client(url: str, settings: Settings, connections: int = 100) -> aioredis.Redis:
     """A client that fails fast: one quick retry (a connection gone stale after a Redis
-    restart), then the error, so that the caller can route without the store in time."""
+    restart), then the error, so that the caller can route without the store in time.
+    `connections`: at most this many at once (a command past them fails at once)."""
     return aioredis.Redis.from_url(
         url,
+        max_connections=connections,
         socket_timeout=settings.redis.socket_timeout,
         socket_connect_timeout=settings.redis.connect_timeout,
         retry=Retry(NoBackoff(), 1),
@@ -41,7 +43,9 @@ def redis_client(url: str, settings: Settings) -> aioredis.Redis:
 
 
 @contextlib.asynccontextmanager
-async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[aioredis.Redis]:
+async def open_redis(
+    settings: Settings, *, supervise: bool, connections: int = 100
+) -> AsyncIterator[aioredis.Redis]:
     """The configured Redis; with no URL, the embedded server.
 
     `supervise=True` (the engine) starts the embedded server and restarts it if it dies; it
@@ -59,7 +63,7 @@ async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[ai
                 await stack.enter_async_context(embedded)
             elif await asyncio.to_thread(embedded.attach):
                 stack.push_async_callback(asyncio.to_thread, embedded.stop)
-        client = redis_client(url, settings)
+        client = redis_client(url, settings, connections)
         stack.push_async_callback(client.aclose)
         yield client
 

@@ -32,6 +32,7 @@ BODIES = {
     "NewCampaign": {"account": ACME, "kind": "outbound", "caller_id": MOSCOW_1},
     "CampaignChange": {"state": "paused", "caller_id": None, "name": "Taken over"},
     "RequestClosing": {"note": "closed by someone else"},
+    "CalleeList": {"callees": ["+7 916 000-00-01"], "cps": 50},
 }
 QUERY = {
     "account": ACME,

@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from web_helpers import PASSWORD, TOKEN, admin_api, helpers
+from zvonok_agi.outbound.queue import CampaignQueue
 
 playwright = pytest.importorskip("playwright.async_api", reason="needs the playwright package")
 axe_playwright = pytest.importorskip(
@@ -370,6 +371,18 @@ async def test_an_unverified_customer_learns_why_and_how_to_get_verified(tab):
         "Пока аккаунт не идентифицирован, кампании звонят только со служебных номеров."
     )
     await expect(page.locator("#caller-ids input")).to_have_count(1)  # the pool only
+
+
+async def test_each_outbound_campaigns_dialing_progress(tab):
+    page = await tab()
+    data = page.site.service.data
+    await page.site.service.update_campaign("setup", "acme-sale", name="Весна", state="paused")
+    queue = CampaignQueue(data.redis, data.prefix)
+    await queue.enqueue("acme-sale", ["79161234567", "79031234567"], [("12", "not a number")])
+    await sign_in(page, "anna")
+    cells = page.locator("#dialing tr[data-campaign='acme-sale'] td")
+    await expect(cells).to_have_text(["Весна (На паузе)", "3", "2", "0", "0", "1", "—"])
+    await expect(page.locator("#dialing tbody tr")).to_have_count(1)  # not the inbound one
 
 
 async def test_staff_choose_the_account_and_close_requests(tab):

@@ -427,6 +427,7 @@ async def admin_server(settings: Any) -> AsyncIterator[Any]:
         service, token=token, users=Users.configured(settings, service.store), host=admin.host,
         port=admin.port, max_body=admin.max_body, allow_remote=admin.allow_remote,
         https=admin.https, address_header=admin.address_header,
+        region=settings.routing.default_region,
     ) as server:
         print(f"admin API and numbers page on {server.url}/", flush=True)
         if not admin.token and sys.stdout.isatty():

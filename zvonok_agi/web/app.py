@@ -57,13 +57,14 @@ PAGE_HEADERS = {
 
 
 def make_app(
-    service: NumbersService, users: Users, access: Access, max_body: int = 64 * 1024
+    service: NumbersService, users: Users, access: Access, max_body: int = 64 * 1024,
+    region: str = "RU",
 ) -> web.Application:
     app = web.Application(
         middlewares=[_errors, _cap(max_body), access.middleware],
         client_max_size=max_body,  # for bodies sent without a length
     )
-    Api(service, users, access).add_routes(app)
+    Api(service, users, access, region).add_routes(app)
     app.router.add_get("/", _page)
     app.router.add_static("/static/", PAGE, append_version=False)
     app.on_response_prepare.append(_headers)

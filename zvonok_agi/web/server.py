@@ -38,6 +38,7 @@ class AdminServer:
         allow_remote: bool = False,
         https: bool = False,
         address_header: str = "",
+        region: str = "RU",
     ) -> None:
         if not allow_remote and not is_loopback(host):
             raise ValueError(f"admin API: {host!r} is not a loopback address (allow_remote)")
@@ -46,7 +47,7 @@ class AdminServer:
         self.host = host
         self.port = port
         access = Access(self.users, token, https=https, address_header=address_header)
-        self._runner = web.AppRunner(make_app(service, self.users, access, max_body),
+        self._runner = web.AppRunner(make_app(service, self.users, access, max_body, region),
                                      access_log=None)
         self._publisher: asyncio.Task[None] | None = None
 

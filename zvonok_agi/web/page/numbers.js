@@ -258,6 +258,7 @@ async function refresh() {
   renderNumbers();
   renderCampaigns();
   renderRequests();
+  await renderDialing();
 }
 
 async function refreshed() {
@@ -289,6 +290,7 @@ async function switchLanguage() {
       renderNumbers();
       renderCampaigns();
       renderRequests();
+      renderDialing();
     }
   } else if ($("#sign-in-note").textContent) {
     $("#sign-in-note").textContent = "";
@@ -830,6 +832,28 @@ async function saveCampaign(event) {
   } catch (error) { fail($("#campaign-error"), error); }
 }
 
+// Each outbound campaign's progress, as the dialers leave it in Redis (again every 5 s).
+async function renderDialing() {
+  const outbound = state.campaigns.filter((c) => c.kind === "outbound");
+  const rows = await Promise.all(outbound.map(async (c) => {
+    const path = `/api/campaigns/${encodeURIComponent(c.id)}/progress`;
+    const p = await api("GET", path).catch(() => null);
+    const outcomes = p && Object.entries(p.outcomes).filter(([, n]) => n)
+      .map(([name, n]) => `${t(`outcome.${name}`)} ${i18n.number(n)}`).join(", ");
+    const counts = p ? [p.callees, p.waiting, p.dialing, p.done, p.refused].map(i18n.number)
+                     : [t("dialing.unknown"), "", "", "", ""];
+    const name = data(c.name || c.id);
+    return el("tr", {role: "row", "data-campaign": c.id},
+      cell(t("dialing.col_campaign"), "name", name,
+           c.state === "running" ? null : ` (${t(`state.${c.state}`)})`),
+      ...["callees", "waiting", "dialing", "done", "refused"].map((column, i) =>
+        cell(t(`dialing.col_${column}`), column, counts[i])),
+      cell(t("dialing.col_outcomes"), "outcomes", p ? outcomes || "—" : ""));
+  }));
+  $("#dialing tbody").replaceChildren(...rows);
+  show($("#dialing-part"), rows.length > 0);
+}
+
 // --- requests ------------------------------------------------------------------------------
 
 function renderRequests() {
@@ -941,6 +965,9 @@ function wire() {
     button.addEventListener("click", () => closeDialog(button.closest("dialog")));
   }
   for (const dialog of $$("dialog")) dialog.addEventListener("close", restoreFocus);
+  setInterval(() => {
+    if (state.account && !$("#main").hidden) renderDialing().catch(() => {});
+  }, 5000);
 }
 
 start();
