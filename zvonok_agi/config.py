@@ -35,6 +35,13 @@ class AgiSettings:
     backlog: int = 1024
     # How long SIGTERM lets in-flight sessions finish before ending them with a fallback route.
     drain_deadline: float = 5.0
+    # Stop accepting connections (close the listener, so that Asterisk is refused and tries
+    # the next engine at once) while the event loop runs more than overload_lag seconds late
+    # for overload_for seconds; accept again once it has kept up for overload_recovery
+    # seconds. 0: never.
+    overload_lag: float = 0.5
+    overload_for: float = 1.0
+    overload_recovery: float = 5.0
     # Set the route's variables with one EXEC MSet, checked by reading ZV_DECIDED back (else
     # one SET VARIABLE each): 3 round trips to Asterisk instead of 9.
     batch_variables: bool = True
@@ -179,6 +186,18 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class WatchdogSettings:
+    # End the process when the event loop has not run for `timeout` seconds, after logging
+    # the loop's stack: the kernel then closes every FastAGI connection and Asterisk takes
+    # its fallback, instead of waiting in AGI() for ever.
+    enabled: bool = True
+    timeout: float = 2.0
+    # A file the watchdog touches every second while the loop runs: a container healthcheck
+    # tells a frozen process by its age. Empty: none.
+    heartbeat_file: str = ""
+
+
+@dataclass(frozen=True)
 class LogSettings:
     # "json" for production, "console" for a terminal, "auto": console on a TTY.
     format: str = "auto"
@@ -196,6 +215,7 @@ class Settings:
     dialer: DialerSettings = field(default_factory=DialerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 
@@ -276,6 +296,16 @@ def _validate(settings: Settings) -> None:
     for name in ("session_deadline", "env_deadline", "drain_deadline", "batch_retry_interval"):
         if getattr(settings.agi, name) <= 0:
             raise ConfigError(f"agi.{name} must be positive")
+    agi = settings.agi
+    if agi.overload_lag < 0 or agi.overload_for < 0 or agi.overload_recovery < 0:
+        raise ConfigError("agi.overload_lag, overload_for, overload_recovery must not be negative")
+    if settings.watchdog.timeout <= 0:
+        raise ConfigError("watchdog.timeout must be positive")
+    if settings.watchdog.enabled and agi.overload_lag >= settings.watchdog.timeout:
+        raise ConfigError(
+            "agi.overload_lag must be shorter than watchdog.timeout: a loop that late is ended "
+            "by the watchdog before it could count as overloaded"
+        )
     if settings.routing.callback_window_days <= 0:
         raise ConfigError("routing.callback_window_days must be positive")
     templates = settings.dialplan

@@ -440,6 +440,11 @@ class RoutingCache:
         await release(old)
         self._releasing = [task for task in self._releasing if not task.done()]
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the routing data was ever loaded (the last good copy is kept)."""
+        return self.snapshot.version >= 0
+
     async def reload(self) -> None:
         started = time.monotonic()
         snapshot = await self.data.load()
