@@ -132,9 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(run=_migrate_history)
 
+    from .access.commands import register as register_users
     from .numbers.commands import register
 
     register(commands)
+    register_users(commands)
     return parser
 
 

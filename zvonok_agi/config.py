@@ -165,7 +165,19 @@ class AdminSettings:
     port: int = 8573
     # A host other than loopback is refused unless this says the exposure is meant.
     allow_remote: bool = False
-    # Bearer token of the admin API; empty: one is generated and kept in token_file.
+    # The page is reached over HTTPS (a TLS proxy in front): session cookies are Secure.
+    https: bool = False
+    # The header in which that proxy names the client ("X-Forwarded-For", its last entry);
+    # empty: the socket's peer is the client (the limit on failed sign-ins counts by it).
+    address_header: str = ""
+    # A session ends this long after its last use, and this long after it began.
+    session_idle_hours: float = 12.0
+    session_max_days: float = 7.0
+    # Failed sign-ins for one login from one address in 15 minutes before a wait (six times
+    # as many from one address, twenty times for one login from anywhere).
+    sign_in_attempts: int = 5
+    # The operator's bearer token (staff, every account); empty: one is generated and kept in
+    # token_file.
     token: str = ""
     # The generated token (mode 0600), reused at every start; delete it for a new one.
     token_file: str = "var/admin-token"
@@ -353,6 +365,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("admin.max_body must be at least 1024")
     if settings.admin.max_open_requests < 1:
         raise ConfigError("admin.max_open_requests must be at least 1")
+    if settings.admin.session_idle_hours <= 0 or settings.admin.session_max_days <= 0:
+        raise ConfigError("admin.session_idle_hours and session_max_days must be positive")
+    if settings.admin.sign_in_attempts < 1:
+        raise ConfigError("admin.sign_in_attempts must be at least 1")
     out = settings.outbound
     if "{callee}" not in out.channel or "{campaign}" not in out.context:
         raise ConfigError("outbound.channel needs {callee}, outbound.context {campaign}")
