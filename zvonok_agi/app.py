@@ -10,11 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from functools import partial
 
-import redis.asyncio as aioredis
 import structlog
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.retry import Retry
 
 from . import phone
 from .agi.inbound import InboundRouter, send_engine_error
@@ -22,6 +18,7 @@ from .agi.server import FastAGIServer, ServerConfig
 from .config import Settings
 from .health import Admission, Heartbeat
 from .metrics import start_metrics_server
+from .store import connection
 from .store.embedded import EmbeddedRedis
 from .store.history import CallbackHistory
 from .store.routing_data import RoutingCache, RoutingData
@@ -34,25 +31,22 @@ log = structlog.get_logger(__name__)
 LISTEN_RETRY = 1.0  # seconds before trying again to listen on a port that could not be bound
 
 
-def redis_client(url: str, settings: Settings, connections: int = 100) -> aioredis.Redis:
-    """A client that fails fast: one quick retry (a connection gone stale after a Redis
-    restart), then the error, so that the caller can route without the store in time.
-    `connections`: at most this many at once (a command past them fails at once)."""
-    return aioredis.Redis.from_url(
+def redis_client(url: str, settings: Settings, connections: int = 100) -> connection.Client:
+    """A client for a single server, a Sentinel-watched master or a Cluster, that fails fast
+    (see store/connection.py). `connections`: at most this many at once (per node of a
+    Cluster; a command past them fails at once)."""
+    return connection.redis_client(
         url,
-        max_connections=connections,
         socket_timeout=settings.redis.socket_timeout,
-        socket_connect_timeout=settings.redis.connect_timeout,
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[RedisConnectionError],
-        decode_responses=False,
+        connect_timeout=settings.redis.connect_timeout,
+        max_connections=connections,
     )
 
 
 @contextlib.asynccontextmanager
 async def open_redis(
     settings: Settings, *, supervise: bool, connections: int = 100
-) -> AsyncIterator[aioredis.Redis]:
+) -> AsyncIterator[connection.Client]:
     """The configured Redis; with no URL, the embedded server.
 
     `supervise=True` (the engine) starts the embedded server and restarts it if it dies; it
@@ -71,7 +65,8 @@ async def open_redis(
             elif await asyncio.to_thread(embedded.attach):
                 stack.push_async_callback(asyncio.to_thread, embedded.stop)
         client = redis_client(url, settings, connections)
-        stack.push_async_callback(client.aclose)
+        stack.push_async_callback(connection.close, client)
+        await connection.learn_topology(client)
         yield client
 
 
@@ -86,7 +81,7 @@ class Engine:
         self.settings = settings
         self.server: FastAGIServer | None = None
         self.cache: RoutingCache | None = None
-        self.redis: aioredis.Redis | None = None
+        self.redis: connection.Client | None = None
         self.heartbeat = Heartbeat()
         agi = settings.agi
         self.admission = Admission(agi.overload_lag, agi.overload_for, agi.overload_recovery)
@@ -103,7 +98,13 @@ class Engine:
             self.cache = RoutingCache(data, s.redis.refresh_interval)
             await self.cache.start()
             self._stack.push_async_callback(self.cache.stop)
-            history = CallbackHistory(self.redis, s.redis.key_prefix, s.routing.callback_window)
+            history = CallbackHistory(
+                self.redis,
+                s.redis.key_prefix,
+                s.routing.callback_window,
+                claim_replicas=s.redis.claim_replicas,
+                claim_wait=s.redis.claim_wait,
+            )
             router = InboundRouter(
                 self.cache,
                 history,

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .store.connection import RedisURLError, parse_redis_url
+
 
 class ConfigError(ValueError):
     pass
@@ -54,6 +56,7 @@ class AgiSettings:
 @dataclass(frozen=True)
 class RedisSettings:
     # Empty: start and supervise an embedded Redis server with its data under `data_dir`.
+    # Else redis://, unix://, redis+sentinel:// or redis+cluster:// (store/connection.py).
     url: str = ""
     data_dir: str = "var/redis"
     # Per-command budget: a slow store must not eat the session deadline.
@@ -63,6 +66,10 @@ class RedisSettings:
     # changes brings them sooner).
     refresh_interval: float = 1.0
     key_prefix: str = "zv:"
+    # After winning a first-callback claim, wait (Redis WAIT) until this many replicas have
+    # it, at most claim_wait seconds: a failover then cannot lose it. 0: no wait.
+    claim_replicas: int = 0
+    claim_wait: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -162,7 +169,19 @@ class AdminSettings:
     port: int = 8573
     # A host other than loopback is refused unless this says the exposure is meant.
     allow_remote: bool = False
-    # Bearer token of the admin API; empty: one is generated and kept in token_file.
+    # The page is reached over HTTPS (a TLS proxy in front): session cookies are Secure.
+    https: bool = False
+    # The header in which that proxy names the client ("X-Forwarded-For", its last entry);
+    # empty: the socket's peer is the client (the limit on failed sign-ins counts by it).
+    address_header: str = ""
+    # A session ends this long after its last use, and this long after it began.
+    session_idle_hours: float = 12.0
+    session_max_days: float = 7.0
+    # Failed sign-ins for one login from one address in 15 minutes before a wait (six times
+    # as many from one address, twenty times for one login from anywhere).
+    sign_in_attempts: int = 5
+    # The operator's bearer token (staff, every account); empty: one is generated and kept in
+    # token_file.
     token: str = ""
     # The generated token (mode 0600), reused at every start; delete it for a new one.
     token_file: str = "var/admin-token"
@@ -290,6 +309,23 @@ def _validate(settings: Settings) -> None:
     for name in ("session_deadline", "env_deadline", "drain_deadline", "batch_retry_interval"):
         if getattr(settings.agi, name) <= 0:
             raise ConfigError(f"agi.{name} must be positive")
+    if settings.redis.url:
+        try:
+            parse_redis_url(settings.redis.url)
+        except RedisURLError as exc:
+            raise ConfigError(f"redis.url: {exc}") from exc
+    if settings.redis.claim_replicas < 0:
+        raise ConfigError("redis.claim_replicas must be 0 (no wait) or more")
+    if not 0 < settings.redis.claim_wait < settings.redis.socket_timeout:
+        raise ConfigError(
+            "redis.claim_wait must be positive and shorter than redis.socket_timeout (the "
+            "claim and its WAIT are one command's read)"
+        )
+    if "{" in settings.redis.key_prefix or "}" in settings.redis.key_prefix:
+        raise ConfigError(
+            "redis.key_prefix must not hold { or }: they mark the hash tags that keep the keys "
+            "of one script in one Redis Cluster slot"
+        )
     agi = settings.agi
     if agi.overload_lag < 0 or agi.overload_for < 0 or agi.overload_recovery < 0:
         raise ConfigError("agi.overload_lag, overload_for, overload_recovery must not be negative")
@@ -341,6 +377,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("admin.max_body must be at least 1024")
     if settings.admin.max_open_requests < 1:
         raise ConfigError("admin.max_open_requests must be at least 1")
+    if settings.admin.session_idle_hours <= 0 or settings.admin.session_max_days <= 0:
+        raise ConfigError("admin.session_idle_hours and session_max_days must be positive")
+    if settings.admin.sign_in_attempts < 1:
+        raise ConfigError("admin.sign_in_attempts must be at least 1")
     out = settings.outbound
     if "{callee}" not in out.channel or "{campaign}" not in out.context:
         raise ConfigError("outbound.channel needs {callee}, outbound.context {campaign}")

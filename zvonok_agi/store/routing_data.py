@@ -420,7 +420,7 @@ class RoutingCache:
         self._task: asyncio.Task[None] | None = None
         self._releasing: list[asyncio.Task[None]] = []
         self._missing_logged = False
-        timeout = data.redis.connection_pool.connection_kwargs.get("socket_timeout")
+        timeout = data.redis.get_connection_kwargs().get("socket_timeout")
         # A blocking read must return before the client's socket timeout ends it.
         self._block = min(refresh_interval, timeout or refresh_interval) / 2
 
@@ -609,7 +609,7 @@ def decode(kind: str, key: str, value: str) -> Record:
                 _flag(accept),
                 _STATES[state],
                 _name(caller_id),
-                scenarios.from_stored(scenario[0]) if scenario else None,
+                scenario=scenarios.from_stored(scenario[0]) if scenario else None,
             )
         if kind == "account":
             _, verified, name = fields
