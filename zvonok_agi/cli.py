@@ -352,6 +352,7 @@ async def _dialer(settings: Settings) -> AsyncIterator[Originator]:
                 lambda: cache.snapshot,
                 settings.outbound,
                 region=settings.routing.default_region,
+                scenario_context=settings.dialplan.outbound_scenario_context,
             )
             async with originator as dialer:
                 yield dialer

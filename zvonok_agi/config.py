@@ -111,7 +111,8 @@ class AmiSettings:
 class OutboundSettings:
     # How a callee is dialed; {callee} is the number in E.164 digits.
     channel: str = "PJSIP/{callee}@carrier"
-    # Where an answered call goes (extension s): the outbound campaign's context.
+    # The outbound campaign's own context, where an answered call goes (extension s) when the
+    # dialplan has it; else the campaign's scenario runs (dialplan.outbound_scenario_context).
     context: str = "zvonok-outbound-{campaign}"
     # Seconds a callee's phone may ring.
     ring_timeout: float = 30.0
@@ -384,6 +385,9 @@ def _validate(settings: Settings) -> None:
     out = settings.outbound
     if "{callee}" not in out.channel or "{campaign}" not in out.context:
         raise ConfigError("outbound.channel needs {callee}, outbound.context {campaign}")
+    if not out.context.startswith("zvonok-"):
+        # An answered call follows it through zvonok-route, which enters only zvonok- contexts.
+        raise ConfigError(f"outbound.context must start with zvonok-, got {out.context!r}")
     for name in ("ring_timeout", "outcome_timeout", "calls_per_second", "trunk_calls_per_second"):
         if getattr(out, name) <= 0:
             raise ConfigError(f"outbound.{name} must be positive")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import phone, regions
+from ..routing import scenario as scenarios
 from ..routing.model import Account, Campaign
 from .rules import NumberRecord, RegionCount, Request
 from .service import NumberDetails, NumberRow, NumbersView, Offer, SyncReport
@@ -61,6 +62,7 @@ def campaign(c: Campaign) -> dict[str, Any]:
         "state": c.state.value,
         "caller_id": c.caller_id,  # None: the service pool
         "name": c.name,
+        "scenario": None if c.scenario is None else scenarios.document(c.scenario),
     }
 
 

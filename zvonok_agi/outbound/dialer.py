@@ -576,7 +576,12 @@ async def open_dialer(
             client.start()
             stack.push_async_callback(client.close)
             originator = Originator(
-                client, history, routing, settings.outbound, region=settings.routing.default_region
+                client,
+                history,
+                routing,
+                settings.outbound,
+                region=settings.routing.default_region,
+                scenario_context=settings.dialplan.outbound_scenario_context,
             )
             await stack.enter_async_context(originator)
             leases = host_leases(redis, prefix, address, settings.dialer.claim_after)

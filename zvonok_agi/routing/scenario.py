@@ -47,24 +47,23 @@ NAME_RULE = "letters, digits, '.', '-' and '_', 1 to 40 characters"
 
 
 class ScenarioError(ValueError):
-    """A scenario that is refused: `code` as the API's error codes, `field` where it is."""
+    """A scenario that is refused: `field` is where (scenario.operators.queue, ...)."""
 
-    def __init__(self, code: str, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
-        self.code = code
         self.field = field
         self.message = f"{field}: {message}"
 
 
 def _bad(field: str, message: str) -> ScenarioError:
-    return ScenarioError("bad_scenario", field, message)
+    return ScenarioError(field, message)
 
 
 # ---- the document ---------------------------------------------------------------------------
 
 
 def parse(document: object, field: str = "scenario") -> Scenario:
-    """The scenario a document describes; ScenarioError (`bad_scenario`) when it is malformed.
+    """The scenario a document describes; ScenarioError when it is malformed.
     Whether it fits a campaign is `for_kind`'s to say."""
     body = _object(document, field, FIELDS)
     version = body.get("version", VERSION)
@@ -88,20 +87,18 @@ def parse(document: object, field: str = "scenario") -> Scenario:
 
 def for_kind(scenario: Scenario, kind: CampaignKind, field: str = "scenario") -> Scenario:
     """The scenario as a campaign of `kind` runs it, or ScenarioError: an outbound campaign's
-    calls hear a recording (`play_required`) and reach the operators by a digit ("1" unless
-    given); an inbound campaign's callers reach them at once (a digit: `not_outbound`)."""
+    calls hear a recording and reach the operators by a digit ("1" unless given); an inbound
+    campaign's callers reach them at once (no digit)."""
     operators = scenario.operators
     if kind is CampaignKind.INBOUND:
         if operators is not None and operators.digit is not None:
-            raise ScenarioError(
-                "not_outbound",
+            raise _bad(
                 f"{field}.operators.digit",
                 "an inbound campaign's callers reach the operators at once: no digit to press",
             )
         return scenario
     if scenario.play is None:
-        raise ScenarioError(
-            "play_required",
+        raise _bad(
             f"{field}.play",
             "an outbound campaign's calls hear a recording: name it",
         )
