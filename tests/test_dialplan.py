@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from asterisk_dialplan import Call, Jumped, NotModelled, Step, parse, split_top, steps_of
+from asterisk_dialplan import Call, Jumped, NotModelled, Outside, Step, parse, split_top, steps_of
 from asterisk_lint import asterisklint
 from zvonok_agi.agi import variables
 from zvonok_agi.agi.client import FakeChannel, recorded_environment
@@ -184,6 +184,7 @@ def call(
     *,
     channel: dict[str, str] | None = None,
     globals_: dict[str, str] | None = None,
+    outside: Outside | None = None,
 ) -> Call:
     """A carrier call to `did` in an install with the file #included, up to the jump into a
     context other than the file's entry and routing ones."""
@@ -191,7 +192,9 @@ def call(
     for name in INSTALL_CONTEXTS:
         installed[name] = [Step(name, exten, 1, None, "Hangup", "", 0) for exten in ("s", "_X.")]
     walked = {name for name in dialplan if not name.startswith(DESTINATIONS)}
-    run = Call(installed, dict(channel or {}), dict(globals_ or {}), agi)
+    run = Call(
+        installed, dict(channel or {}), dict(globals_ or {}), agi, outside=outside or Outside()
+    )
     return run.run(ENTRY_CONTEXT, did, walked)
 
 
