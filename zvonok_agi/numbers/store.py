@@ -13,6 +13,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -396,8 +397,16 @@ class Queries:
         return len(changed), await self._to_publish("account", [a.id for a in changed])
 
     async def import_campaigns(self, campaigns: Sequence[Campaign], now: float) -> Imported:
+        """Upserts campaigns; one the file gives no scenario keeps the one it has (set through
+        the API, the CLI or the page)."""
         ids = [c.id for c in campaigns]
         current = {c.id: c for c in await self._in("campaigns", "id", ids)}
+        campaigns = [
+            replace(c, scenario=current[c.id].scenario)
+            if c.scenario is None and c.id in current
+            else c
+            for c in campaigns
+        ]
         changed = [c for c in campaigns if current.get(c.id) != c]
         await self.db.executemany(
             f"{_PUT_CAMPAIGN}, rev = campaigns.rev + 1", [_campaign_values(c, now) for c in changed]
