@@ -117,6 +117,8 @@ def _operators(raw: object, field: str) -> Operators:
     else:
         endpoints = _endpoints(body["endpoints"], f"{field}.endpoints")
     ring_timeout = body.get("ring_timeout", DEFAULT_RING_TIMEOUT)
+    if isinstance(ring_timeout, float) and ring_timeout.is_integer():
+        ring_timeout = int(ring_timeout)  # 20.0 is JSON's 20 too
     if (
         isinstance(ring_timeout, bool)
         or not isinstance(ring_timeout, int)

@@ -338,8 +338,14 @@ SCHEMAS: dict[str, Any] = {
         },
         "if": {"required": ["kind"], "properties": {"kind": {"const": "inbound"}}},
         "then": {"properties": {"accept_inbound": {"const": False},
-                                "caller_id": {"enum": [None, "pool"]}},
-                 "description": "an inbound campaign has no accept_inbound and no caller ID"},
+                                "caller_id": {"enum": [None, "pool"]},
+                                "scenario": {"anyOf": [{"type": "null"}, {"properties": {
+                                    "operators": {"not": {"required": ["digit"]}}}}]}},
+                 "description": "an inbound campaign has no accept_inbound, no caller ID and "
+                                "no digit to press"},
+        "else": {"properties": {"scenario": {"anyOf": [{"type": "null"},
+                                                       {"required": ["play"]}]}},
+                 "description": "an outbound campaign's scenario plays a recording"},
     },
     "CampaignChange": {
         "type": "object",
