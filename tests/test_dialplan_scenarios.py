@@ -11,14 +11,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from test_dialplan import DIDS, MAX_DECIDED_PRIORITIES, call, dialplan, engine, ran, sets
+from test_dialplan import DIDS, MAX_DECIDED_PRIORITIES, call, dialplan, engine, ran, router, sets
 
 from asterisk_dialplan import Call, Jumped, Outside, Step
 from zvonok_agi.agi import variables as var
+from zvonok_agi.agi.inbound import MAX_REASON
 from zvonok_agi.config import DialplanSettings
 from zvonok_agi.routing import scenario as scenarios
 from zvonok_agi.routing.decision import Decision
-from zvonok_agi.routing.model import CampaignKind, Route, Scenario
+from zvonok_agi.routing.model import CampaignKind, Operators, Route, Scenario
 
 __all__ = ["dialplan"]  # the fixture, shared with test_dialplan
 
@@ -276,3 +277,23 @@ def test_the_engine_sends_what_the_dialplan_accepts(dialplan: dict[str, list[Ste
     assert result.rang == list(s.operators.endpoints)  # type: ignore[union-attr]
     assert ("Dial", f"{values[var.DIAL]},300") in result.applications
     assert result.played == [s.play]  # the no-answer recording is not on this Asterisk
+
+
+def test_the_largest_scenario_still_goes_in_one_mset(dialplan: dict[str, list[Step]]) -> None:
+    # Eight operators of the longest names, the longest recordings, ids and reason.
+    largest = Scenario(
+        "r" * 64,
+        Operators(None, tuple(f"{i}" + "e" * 39 for i in range(scenarios.MAX_ENDPOINTS)), 300, "9"),
+        "n" * 64,
+    )
+    decision = Decision(Route.outbound("c" * 48, "a" * 32, largest), "x" * MAX_REASON)
+    commands = router().commands(decision, "7" * 15, "7" * 15)
+    assert [command[:2] for command in commands] == [
+        ("EXEC", "MSet"),
+        ("GET VARIABLE", var.DECIDED),
+    ]
+    endpoints = largest.operators.endpoints  # type: ignore[union-attr]
+    outside = Outside({"r" * 64}, dict.fromkeys(endpoints, "answer"), presses="9")
+    result = call(dialplan, engine(decision), DIDS[0], outside=outside)
+    assert result.errors == []
+    assert result.rang == list(endpoints)

@@ -65,7 +65,7 @@ SCENARIO_VARIABLES = (SCENARIO_CONTEXT, PLAY, DIGIT, QUEUE, DIAL, RING_TIMEOUT, 
 # literal ones) leaves DECIDED unset, and the engine then sets every variable one by one.
 
 MSET_SAFE = re.compile(r"[A-Za-z0-9 _.:;/+@&-]*")
-MAX_BATCH = 900  # bytes of MSet's argument: well inside one AGI command line
+MAX_BATCH = 1400  # bytes of MSet's argument: inside one command line (MAX_COMMAND_BYTES)
 
 Command = tuple[str, ...]
 
