@@ -48,11 +48,10 @@ log = structlog.get_logger(__name__)
 # After a failed OriginateResponse, or once Asterisk no longer lists a call, how long to wait
 # for the events still on their way (the Hangup carries the cause).
 HANGUP_GRACE = 1.0
-
-
 # The dialplan's context that follows a decision (dialplan/extensions_zvonok.conf): an answered
 # call enters it with the variables an AGI decision sets, and takes the same way.
 ROUTE_CONTEXT = "zvonok-route"
+
 
 class StoreUnavailable(Exception):
     """The attempt could not be recorded, so no call was placed (retry later)."""
