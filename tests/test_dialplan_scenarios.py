@@ -17,6 +17,7 @@ from asterisk_dialplan import Call, Jumped, Outside, Step
 from zvonok_agi.agi import variables as var
 from zvonok_agi.agi.inbound import MAX_REASON
 from zvonok_agi.config import DialplanSettings
+from zvonok_agi.outbound.originator import ROUTE_CONTEXT
 from zvonok_agi.routing import scenario as scenarios
 from zvonok_agi.routing.decision import Decision
 from zvonok_agi.routing.model import CampaignKind, Operators, Route, Scenario
@@ -186,7 +187,7 @@ def test_an_answered_outbound_call_takes_the_same_way(dialplan: dict[str, list[S
     }
     outside = Outside(RECORDINGS, queues={"sales": "noanswer"}, presses="1")
     result = Call(dict(dialplan), channel, {}, sets(), outside=outside)
-    result.run("zvonok-route", "s", set(dialplan))
+    result.run(ROUTE_CONTEXT, "s", set(dialplan))
     assert result.errors == []
     assert (result.played, result.rang) == (["promo-may", "sorry-busy"], ["sales"])
 
