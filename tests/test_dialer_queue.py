@@ -61,18 +61,21 @@ async def test_a_claim_holds_the_campaigns_concurrency(redis, settings):
 
 
 async def test_claims_take_slots_spaced_at_the_campaigns_rate(redis, settings):
+    """Read on Redis's own record of the campaign's next free slot: one interval (1 s at
+    1 call/s) further per claim, up to the 2.5 s horizon; past it, come back later."""
     queue = queue_of(redis, settings)
-    await queue.enqueue(K, callees(30))
-    entries = await queue.read(K, 30)
-    claims = []
+    await queue.enqueue(K, callees(6))
+    entries = await queue.read(K, 6)
+    pace = queue.key(K, "pace")
+    claims, next_free = [], []
     for i, entry in enumerate(entries):
-        claims.append((await claim(queue, entry, f"a{i}", cps=20, horizon=0.5), time.time()))
-    slots = [at + c.delay for c, at in claims if c.wait is None]  # when each may start
-    # Slots 50 ms apart, up to the 0.5 s horizon; the rest asked to come back later.
-    assert len(slots) >= 11  # more if the claims themselves took long
-    assert all(0.035 <= b - a <= 0.065 for a, b in zip(slots, slots[1:], strict=False))
-    refused = [c.wait for c, _ in claims if c.wait is not None]
-    assert refused and all(w is not None and 0 < w <= 0.6 for w in refused)
+        claims.append(await claim(queue, entry, f"a{i}", cps=1, horizon=2.5))
+        next_free.append(float(await redis.get(pace)))
+    assert [c.wait is None for c in claims] == [True] * 3 + [False] * 3
+    assert claims[0].delay < claims[1].delay < claims[2].delay <= 2.0
+    moved = [b - a for a, b in zip(next_free, next_free[1:], strict=False)]
+    assert moved == [1000.0, 1000.0, 0.0, 0.0, 0.0]
+    assert all(c.wait is not None and 0 < c.wait <= 1.0 for c in claims[3:])
 
 
 async def test_a_dead_dialers_claim_is_taken_over_without_counting_twice(redis, settings):
@@ -159,18 +162,18 @@ async def test_leases_hold_a_capacity_across_dialers_and_end_by_themselves(redis
 
 
 async def test_pace_spaces_starts_evenly_across_dialers(redis, settings):
+    """Read on Redis's own record: each take moves the next free slot on by exactly one
+    interval, whichever dialer took it, until the slots reach the horizon."""
     key = f"{settings.redis.key_prefix}dialer:trunk:{{PJSIP/carrier}}:pace"
-    dialers = [Pace(redis, key, rate=50, horizon=0.3) for _ in range(3)]
-
-    async def take(pace: Pace) -> tuple[float, float]:
-        wait = await pace.take()
-        return wait, time.time()
-
-    taken = await asyncio.gather(*(take(dialers[i % 3]) for i in range(20)))
-    slots = sorted(at + wait for wait, at in taken if wait >= 0)  # when each may start
-    assert len(slots) >= 16  # 0, 20, ..., 300 ms: the horizon (more if the takes were slow)
-    assert all(0.01 <= b - a <= 0.03 for a, b in zip(slots, slots[1:], strict=False))
-    assert len(slots) < 20  # the others were told when to come back, no slot taken
+    dialers = [Pace(redis, key, rate=1, horizon=2.5) for _ in range(3)]
+    next_free, waits = [], []
+    for i in range(6):
+        waits.append(await dialers[i % 3].take())
+        next_free.append(float(await redis.get(key)))
+    assert [w >= 0 for w in waits] == [True] * 3 + [False] * 3  # slots at 0, 1 and 2 s
+    assert waits[0] < waits[1] < waits[2] <= 2.0
+    moved = [b - a for a, b in zip(next_free, next_free[1:], strict=False)]
+    assert moved == [1000.0, 1000.0, 0.0, 0.0, 0.0]  # the others took no slot
     with pytest.raises(ValueError):
         Pace(redis, key, rate=0, horizon=1)
 
