@@ -209,6 +209,8 @@ async def test_a_stopped_dialer_hands_back_the_callees_it_had_not_started(settin
             stop.set()
             await run
         assert (await queue.progress(CAMPAIGN)).dialing == 0  # its calls ended
+        group = await queue.redis.xinfo_consumers(queue.key(CAMPAIGN, "queue"), "dialers")
+        assert group == []  # it left the group: nothing held, nothing left behind
         async with running_dialer(settings, worker="w2") as second:
             started = time.monotonic()
             await second.run(asyncio.Event(), until_done=True)

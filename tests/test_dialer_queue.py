@@ -147,6 +147,44 @@ async def test_a_finished_campaign_is_forgotten_unless_callees_came_meanwhile(re
     assert entry.callee == callees(1, 50)[0]
 
 
+async def consumers(redis, queue: CampaignQueue) -> dict[str, int]:
+    """The queue's consumers and how many entries each holds."""
+    found = await redis.xinfo_consumers(queue.key(K, "queue"), "dialers")
+    return {c["name"].decode(): c["pending"] for c in found}
+
+
+async def test_consumers_that_hold_nothing_are_dropped_and_the_others_kept(redis, settings):
+    w1, w2, w3 = (queue_of(redis, settings, w) for w in ("w1", "w2", "w3"))
+    await w1.enqueue(K, callees(3))
+    [held] = await w1.read(K, 1)
+    [done] = await w2.read(K, 1)
+    await claim(w2, done, "a2")
+    await w2.settle(done, Outcome.BUSY)
+    [handed_back] = await w3.read(K, 1)
+    await w3.requeue(handed_back)
+    assert await consumers(redis, w1) == {"w1": 1, "w2": 0, "w3": 0}
+
+    assert await w1.drop_consumers(K) == 0  # it still holds `held`
+    assert await w2.drop_consumers(K) == 1  # settled: holds nothing
+    assert await consumers(redis, w1) == {"w1": 1, "w3": 0}
+    assert await w1.drop_consumers(K, everyone=True) == 1  # w3
+    assert await consumers(redis, w1) == {"w1": 1}
+    assert [e.id for e in await w2.take_over(K, 0)] == [held.id]  # never lost
+    assert await w3.drop_consumers(K) == 0  # gone already: nothing to drop
+
+
+async def test_a_done_campaign_keeps_no_consumer(redis, settings):
+    w1, w2 = queue_of(redis, settings, "w1"), queue_of(redis, settings, "w2")
+    await w1.enqueue(K, callees(2))
+    for queue in (w1, w2):
+        [entry] = await queue.read(K, 1)
+        await claim(queue, entry, f"a-{queue.worker}")
+        await queue.settle(entry, Outcome.ANSWERED)
+    assert set(await consumers(redis, w1)) == {"w1", "w2"}
+    assert await w1.forget_if_done(K) is True
+    assert await consumers(redis, w1) == {}
+
+
 async def test_leases_hold_a_capacity_across_dialers_and_end_by_themselves(redis, settings):
     key = f"{settings.redis.key_prefix}dialer:host:{{ast1:5038}}:calls"
     one, two = Leases(redis, key, 2, ttl=0.3), Leases(redis, key, 2, ttl=0.3)
@@ -210,12 +248,13 @@ async def test_every_script_touches_one_cluster_slot(redis, settings):
     await queue.release(second, "a2")
     await queue.requeue(second)
     await queue.progress(K)
+    await queue.drop_consumers(K)
     prefix = settings.redis.key_prefix
     leases = Leases(checked, f"{prefix}dialer:host:{{h:1}}:calls", 1, 1.0)
     await leases.acquire("a")
     await leases.renew(["a"])
     await Pace(checked, f"{prefix}dialer:trunk:{{PJSIP/x}}:pace", 10, 1.0).take()
-    assert len(checked.calls) == 10
+    assert len(checked.calls) == 11
 
 
 def test_the_hosts_setting() -> None:
