@@ -480,6 +480,30 @@ def test_config_refuses_a_context_template_outside_zvonok(setting: str, template
 
 
 @pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("DIALPLAN_OUTBOUND_SCENARIO_CONTEXT", "default", "dialplan.outbound_scenario_context"),
+        ("DIALPLAN_INBOUND_SCENARIO_CONTEXT", "zvonok-a,s,1", "dialplan.inbound_scenario_context"),
+        ("OUTBOUND_CONTEXT", "from-internal-{campaign}", "outbound.context must start"),
+    ],
+)
+def test_config_refuses_scenario_and_answered_call_contexts_outside_zvonok(
+    name: str, value: str, error: str
+) -> None:
+    # zvonok-route enters only zvonok- contexts: refused at start, not on every call.
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        load_settings(environ={f"ZVONOK_{name}": value})
+
+
+def test_the_scenario_contexts_the_settings_name_are_in_the_dialplan(
+    dialplan: dict[str, list[Step]],
+) -> None:
+    settings = DialplanSettings()
+    for context in (settings.outbound_scenario_context, settings.inbound_scenario_context):
+        assert steps_of(dialplan, context, "s")[0].priority == 1
+
+
+@pytest.mark.parametrize(
     "template", ["zvonok-{x}-{campaign}", "zvonok-{campaign}-{0}", "zvonok-{campaign"]
 )
 def test_config_refuses_a_template_the_engine_could_not_fill(template: str) -> None:
