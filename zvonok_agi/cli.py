@@ -224,7 +224,13 @@ async def _route(settings: Settings, args: argparse.Namespace) -> int:
             clock=lambda: at,
         )
         did, caller = router.parties(args.did, "", args.caller)
-        snapshot = await data.load()
+        # Only what this decision reads: the number, its campaign, the caller's campaigns.
+        snapshot = await data.read({"number": [did] if did else []})
+        number = snapshot.numbers.get(did) if did else None
+        campaigns = {number.inbound_campaign} if number and number.inbound_campaign else set()
+        if number and caller:
+            campaigns.update(a.campaign for a in await history.attempts(number.did, caller))
+        await data.read({"campaign": campaigns}, snapshot)
         decision = await router.decide(did, caller, snapshot)
     print(f"DID       {did or '(not a number)'}")
     print(f"caller    {caller or '(none)'}")

@@ -420,6 +420,23 @@ class RoutingData:
             return snapshot
         raise RedisError("routing data kept changing during the load")
 
+    async def read(
+        self, wanted: Mapping[str, Iterable[str]], snapshot: RoutingSnapshot | None = None
+    ) -> RoutingSnapshot:
+        """Only the records named (kind -> keys), into `snapshot` or a new copy at the current
+        version: what one decision reads (`zvonok-agi route`), where `load` reads everything."""
+        if snapshot is None:
+            snapshot = RoutingSnapshot(version=await self.version() or 0)
+        for kind, keys in wanted.items():
+            keys = sorted(set(keys))
+            if not keys:
+                continue
+            values = await self.redis.hmget(self.hashes[kind], keys)
+            for key, value in zip(keys, values, strict=True):
+                if value is not None:
+                    snapshot.put(kind, key, _text(value))
+        return snapshot
+
     async def catch_up(self, snapshot: RoutingSnapshot) -> None:
         """Applies the changes after `snapshot.version` until there are none."""
         while changes := await self.changes(snapshot.version):
