@@ -202,6 +202,8 @@ async def test_the_customer_journey_in_russian(tab):
         "Номер +7 495 111-00-02: изменения сохранены."
     )
     await expect(row(page, MOSCOW_2).locator(".rule")).to_have_text("Принудительно НЕТ")
+    # the row is drawn anew, and focus is back on its button
+    await expect(page.get_by_role("button", name="Изменить +7 495 111-00-02")).to_be_focused()
     await expect(row(page, MOSCOW_2).locator(".campaigns")).to_have_text("Входящие: acme-line")
     number = (await service.number(MOSCOW_2)).row.number
     assert (number.inbound_campaign, number.callback_rule) == ("acme-line", "force_no")
@@ -212,6 +214,7 @@ async def test_the_customer_journey_in_russian(tab):
     await page.get_by_role("button", name="Отключить номер").click()
     await expect(page.locator("#message")).to_have_text("Номер +7 495 111-00-02 отключён.")
     await expect(row(page, MOSCOW_2)).to_have_count(0)
+    await expect(page.locator("#numbers-title")).to_be_focused()  # its row is gone
     await expect(page.locator("#tab-disabled")).to_have_text("Отключённые (1)")
     await page.get_by_role("tab", name="Отключённые (1)").click()
     await expect(row(page, MOSCOW_2).locator(".campaigns")).to_have_text("Входящие: acme-line")
@@ -371,6 +374,52 @@ async def test_an_unverified_customer_learns_why_and_how_to_get_verified(tab):
         "Пока аккаунт не идентифицирован, кампании звонят только со служебных номеров."
     )
     await expect(page.locator("#caller-ids input")).to_have_count(1)  # the pool only
+
+
+async def test_a_campaign_edited_on_the_page(tab):
+    page = await tab()
+    service = page.site.service
+    await service.reserve("setup", ACME, KAZAN)
+    await service.reserve("setup", ACME, MOSCOW_1)
+    await service.update_campaign("setup", "acme-sale", caller_id=KAZAN, name="Весна")
+    await sign_in(page, "anna")
+    campaign = page.locator("#campaign-dialog")
+    edit = page.get_by_role("button", name="Изменить Весна")
+    await edit.click()
+    await expect(campaign.locator("#campaign-title")).to_have_text("Кампания «Весна»")
+    await expect(page.locator("#campaign-name")).to_be_focused()
+    await expect(page.locator("#campaign-name")).to_have_value("Весна")
+    await expect(campaign.locator("[data-field=kind]")).to_be_hidden()  # kept as created
+    await expect(campaign.locator("#caller-ids").get_by_label("+7 843 200-00-01")).to_be_checked()
+    await page.fill("#campaign-name", "Лето")
+    await campaign.get_by_label("+7 495 111-00-01").check()
+    await page.select_option("#campaign-state", "paused")
+    await campaign.get_by_role("button", name="Сохранить").click()
+    await expect(page.locator("#message")).to_have_text("Кампания «Лето»: изменения сохранены.")
+    edited = page.locator("#campaigns tr[data-campaign='acme-sale']")
+    await expect(edited.locator(".caller-id")).to_have_text("+7 495 111-00-01")
+    await expect(edited.locator(".state")).to_have_text("На паузе")
+    saved = await service.campaign("acme-sale")
+    assert (saved.name, saved.caller_id, saved.state) == ("Лето", MOSCOW_1, "paused")
+
+    # a refusal is read out in words, and what was typed stays
+    await page.get_by_role("button", name="Изменить Лето").click()
+    await campaign.get_by_label("+7 843 200-00-01").check()
+    await page.fill("#campaign-name", "Осень")
+    await service.disable("setup", KAZAN)  # meanwhile, in another window
+    await campaign.get_by_role("button", name="Сохранить").click()
+    error = page.locator("#campaign-error")
+    await expect(error).to_have_attribute("role", "alert")
+    await expect(error).to_have_text(
+        "Номер отключён. Сначала включите его. код ошибки: number_disabled"
+    )
+    await expect(page.locator("#campaign-name")).to_have_value("Осень")
+    await campaign.get_by_label(re.compile("Служебные номера")).check()
+    await campaign.get_by_role("button", name="Сохранить").click()
+    await expect(edited.locator(".caller-id")).to_have_text("служебные номера")
+    await expect(page.get_by_role("button", name="Изменить Осень")).to_be_focused()
+    saved = await service.campaign("acme-sale")
+    assert (saved.name, saved.caller_id) == ("Осень", None)
 
 
 async def test_each_outbound_campaigns_dialing_progress(tab):
