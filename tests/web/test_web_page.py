@@ -506,6 +506,58 @@ async def test_keyboard_dialog_focus_and_errors_read_out(tab):
     )
 
 
+async def test_a_new_password_a_message_to_support_and_signing_out(tab):
+    page = await tab()
+    service = page.site.service
+    await sign_in(page, "oleg")
+    opener = page.get_by_role("button", name="Сменить пароль")
+    await opener.click()
+    dialog = page.locator("#password-dialog")
+    await expect(page.locator("#password-current")).to_be_focused()
+    await dialog.get_by_label("Текущий пароль").fill("not my password")
+    await dialog.get_by_label("Новый пароль").fill("a much better one")
+    await dialog.get_by_role("button", name="Сохранить").click()
+    await expect(page.locator("#password-error")).to_have_text(
+        "Текущий пароль указан неверно. код ошибки: wrong_password"
+    )
+    await dialog.get_by_label("Текущий пароль").fill(PASSWORD)
+    await dialog.get_by_role("button", name="Сохранить").click()
+    await expect(page.locator("#message")).to_have_text("Пароль изменён.")
+    await expect(opener).to_be_focused()
+
+    # a message to support from the requests list, in the customer's own words
+    await page.get_by_role("button", name="Написать в поддержку").click()
+    support = page.locator("#support-dialog")
+    await expect(page.locator("#support-comment")).to_be_focused()
+    await page.fill("#support-comment", "Нужен счёт за ноябрь")
+    await support.get_by_label("Телефон для связи").fill("12")
+    await support.get_by_role("button", name="Отправить").click()
+    await expect(support.locator("[role=alert]")).to_contain_text("код ошибки: bad_number")
+    await support.get_by_label("Телефон для связи").fill("+7 916 000-00-07")
+    await support.get_by_role("button", name="Отправить").click()
+    await expect(support.locator(".done-text")).to_contain_text("+7 916 000-00-07")
+    await support.get_by_role("button", name="Закрыть").click()
+    [request] = await service.requests("open", OLDCO)
+    assert (request.topic, request.comment, request.contact) == (
+        "support",
+        "Нужен счёт за ноябрь",
+        "79160000007",
+    )
+    await expect(page.locator(f"[data-request='{request.id}'] h3")).to_have_text(
+        f"Обращение в поддержку № {request.id}"
+    )
+
+    await page.get_by_role("button", name="Выйти").click()
+    await expect(page.locator("#sign-in h2")).to_have_text("Вход в личный кабинет")
+    await expect(page.locator("#main")).to_be_hidden()
+    assert await page.evaluate('async () => (await fetch("/api/me")).status') == 401
+    await page.fill("#login", "oleg")
+    await page.fill("#password", PASSWORD)
+    await page.click("#sign-in button[type=submit]")
+    await expect(page.locator("#sign-in-error")).to_contain_text("Неверный логин или пароль.")
+    await sign_in(page, "oleg", "a much better one")
+
+
 async def test_russian_counts_and_the_language_switch(tab):
     page = await tab()
     await sign_in(page, "anna")
@@ -613,3 +665,23 @@ async def test_every_main_state_fits_reads_out_and_speaks_one_language(tab, lang
 
     await page.click("#tab-disabled")
     await check(page, "disabled-tab", axe)
+    await page.click("#support-open")
+    await check(page, "support", axe)
+    await page.click("#support-dialog [data-close]")
+    await page.click("#password-open")
+    await check(page, "password", axe)
+    await page.click("#password-dialog [data-close]")
+
+    unverified = await tab(width, language)
+    await sign_in(unverified, "nina")
+    await check(unverified, "unverified", axe, full_page=True)
+    await unverified.click("#add")
+    await check(unverified, "unverified-add", axe)
+
+    staff = await tab(width, language)
+    await sign_in(staff, "sam")
+    await staff.select_option("#account", ACME)
+    await expect(staff.locator("[data-request] button.close")).to_have_count(1)
+    await check(staff, "staff", axe, full_page=True)
+    await staff.click("[data-request] button.close")
+    await check(staff, "staff-close", axe)
