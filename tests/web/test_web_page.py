@@ -315,6 +315,10 @@ async def test_a_second_customer_sees_and_changes_nothing_of_the_first(tab):
     await expect(row(page, MOSCOW_1)).to_have_count(0)
     await expect(page.locator("#campaigns")).not_to_contain_text("acme")
     await expect(page.get_by_text("acme", exact=False)).to_have_count(0)
+    await page.goto(f"{page.site.base}/?account={ACME}")  # the staff's address: still Oleg's
+    await expect(page.locator("#numbers tbody tr")).to_have_count(2)
+    await expect(row(page, MOSCOW_1)).to_have_count(0)
+    await expect(page.get_by_text("acme", exact=False)).to_have_count(0)
     # the page's own session, calling what the page would never call
     answers = await page.evaluate(
         """async ([did, account]) => {
