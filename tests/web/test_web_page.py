@@ -456,10 +456,24 @@ async def test_staff_choose_the_account_and_close_requests(tab):
     assert closed.closed_by == "api"
     await page.select_option("#account", ACME)
     await expect(page.locator("#campaigns")).to_contain_text("acme-sale")
-    # a staff member signs in as themselves
+    # a staff member signs in as themselves, and verifies an account once its documents are in
     other = await tab()
     await sign_in(other, "sam")
     await expect(other.locator("#staff-account")).to_be_visible()
+    await other.select_option("#account", NEWBIE)
+    await expect(other.locator("#verified")).to_have_text(
+        "не идентифицирован: только служебные номера"
+    )
+    await expect(other.locator("#verify-how")).to_be_hidden()  # the customer's way
+    await other.get_by_role("button", name="Отметить аккаунт как идентифицированный").click()
+    await expect(other.locator("#message")).to_have_text(
+        re.compile("^Аккаунт «.+» идентифицирован.$")
+    )
+    await expect(other.locator("#verified")).to_have_text("идентифицирован")
+    await expect(other.locator("#unverified-note")).to_be_hidden()
+    assert (await service.account(NEWBIE)).verified
+    log = await service.audit_log(NEWBIE)
+    assert ("staff:sam", "update_account") in {(e["actor"], e["action"]) for e in log}
 
 
 async def test_keyboard_dialog_focus_and_errors_read_out(tab):
@@ -689,3 +703,7 @@ async def test_every_main_state_fits_reads_out_and_speaks_one_language(tab, lang
     await check(staff, "staff", axe, full_page=True)
     await staff.click("[data-request] button.close")
     await check(staff, "staff-close", axe)
+    await staff.click("#close-dialog [data-close]")
+    await staff.select_option("#account", NEWBIE)
+    await expect(staff.locator("#verify-account")).to_be_visible()
+    await check(staff, "staff-unverified", axe)

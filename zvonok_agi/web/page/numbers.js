@@ -239,6 +239,24 @@ function renderAccount() {
   badge.textContent = t(verified ? "header.verified" : "header.unverified");
   badge.className = verified ? "badge ok" : "badge warn";
   show($("#unverified-note"), !verified);
+  const staff = state.me.role === "staff";
+  show($("#verify-how"), !staff);
+  show($("#verify-account"), staff);
+}
+
+// Staff mark the account verified once its documents are checked (revoking stays with the
+// CLI and the API: it takes the account's own numbers off its campaigns).
+async function verifyAccount() {
+  try {
+    const account = await api("PATCH", `/api/accounts/${encodeURIComponent(state.account.id)}`,
+                              {body: {verified: true}});
+    state.accounts = state.accounts.map((a) => (a.id === account.id ? account : a));
+    state.account = account;
+    renderAccount();
+    $("#numbers-title").focus();
+    say(t("staff.verified", {name: data(account.name || account.id)}));
+    await refreshed();
+  } catch (error) { fail($("#page-error"), error); }
 }
 
 // Both tabs unsearched (the account's reserved numbers, for campaigns), the tab shown as
@@ -944,6 +962,7 @@ function wire() {
   });
   $("#add").addEventListener("click", openAdd);
   $("#verify-how").addEventListener("click", openAdd);
+  $("#verify-account").addEventListener("click", verifyAccount);
   for (const button of $$("[data-choice]")) {
     button.addEventListener("click", () => wizard.chooseKind(button.dataset.choice));
   }
