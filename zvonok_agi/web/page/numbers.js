@@ -244,8 +244,8 @@ function renderAccount() {
   show($("#verify-account"), staff);
 }
 
-// Staff mark the account verified once its documents are checked (revoking stays with the
-// CLI and the API: it takes the account's own numbers off its campaigns).
+// Staff mark the account verified once its documents are checked (taking it back stays with
+// the CLI and the API: its campaigns would dial from the service pool at once).
 async function verifyAccount() {
   try {
     const account = await api("PATCH", `/api/accounts/${encodeURIComponent(state.account.id)}`,
