@@ -73,10 +73,15 @@ WRONG_SCRIPT = """(lang) => {
   }
   return found;
 }"""
-# Controls sticking out of the screen sideways, and a page wider than the screen.
+# Controls sticking out of the screen sideways, a page wider than the screen, and a dialog
+# taller than it (a long one scrolls inside, so that its buttons stay reachable).
 OFF_SCREEN = """() => {
   const width = document.documentElement.clientWidth;
   const found = [];
+  for (const dialog of document.querySelectorAll("dialog[open]")) {
+    const box = dialog.getBoundingClientRect();
+    if (box.top < -1 || box.bottom > window.innerHeight + 1) found.push(`${dialog.id} too tall`);
+  }
   if (document.documentElement.scrollWidth > width) {
     found.push(`page ${document.documentElement.scrollWidth} px`);
   }
