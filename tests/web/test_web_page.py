@@ -164,6 +164,7 @@ async def test_the_customer_journey_in_russian(tab):
     await expect(page.locator("#verified")).to_have_text("идентифицирован")
     await expect(page.locator("#summary")).to_have_text("Зарезервированных номеров пока нет.")
     await expect(page.locator("#staff-account")).to_be_hidden()  # no account switcher
+    await expect(page.locator("#numbers-title")).to_have_text("Ваши номера")
 
     # Add: kind -> region -> number -> Continue, with a Back button on the way
     dialog = page.locator("#add-dialog")
@@ -451,6 +452,7 @@ async def test_staff_choose_the_account_and_close_requests(tab):
     await expect(page.locator("#account")).to_have_value(OLDCO)
     assert "#token" not in page.url  # the token leaves the address bar
     await expect(page.locator("#who-name")).to_have_text("Оператор сервиса")
+    await expect(page.locator("#numbers-title")).to_have_text("Номера аккаунта")
     await page.get_by_role("button", name="Закрыть заявку №1").click()
     await page.fill("#close-note", "Перезвонили")
     await page.locator("#close-dialog").get_by_role("button", name="Закрыть заявку").click()

@@ -242,6 +242,9 @@ function renderAccount() {
   const staff = state.me.role === "staff";
   show($("#verify-how"), !staff);
   show($("#verify-account"), staff);
+  const title = $("#numbers-title");
+  title.dataset.i18n = staff ? "numbers.title_staff" : "numbers.title";
+  title.textContent = t(title.dataset.i18n);
 }
 
 // Staff mark the account verified once its documents are checked (taking it back stays with
