@@ -11,6 +11,7 @@ from functools import partial
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
@@ -29,15 +30,20 @@ log = structlog.get_logger(__name__)
 
 def redis_client(url: str, settings: Settings) -> aioredis.Redis:
     """A client that fails fast: one quick retry (a connection gone stale after a Redis
-    restart), then the error, so that the caller can route without the store in time."""
-    return aioredis.Redis.from_url(
+    restart), then the error, so that the caller can route without the store in time. Its
+    pool is bounded: past `max_connections` a command waits for a free connection, up to its
+    own timeout, rather than opening one more."""
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=settings.redis.max_connections,
+        timeout=settings.redis.socket_timeout,
         socket_timeout=settings.redis.socket_timeout,
         socket_connect_timeout=settings.redis.connect_timeout,
         retry=Retry(NoBackoff(), 1),
         retry_on_error=[RedisConnectionError],
         decode_responses=False,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,82 @@
+"""The engine's Redis connections are bounded: a burst of calls shares them and waits its turn."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from conftest import free_port
+from engine_helpers import RESERVED, attempt, base_inventory, call, running_engine
+from zvonok_agi.app import redis_client
+from zvonok_agi.config import ConfigError, load_settings
+from zvonok_agi.store.embedded import EmbeddedRedis
+
+CALLERS = [f"7916{n:07d}" for n in range(1, 201)]
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of this test's own: its connection counts are this test's alone."""
+    server = EmbeddedRedis(tmp_path, port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+async def connections_received(url: str) -> int:
+    probe = aioredis.Redis.from_url(url)
+    try:
+        return int((await probe.info("stats"))["total_connections_received"])
+    finally:
+        await probe.aclose()
+
+
+async def test_a_burst_of_calls_shares_a_few_connections(own_redis, settings):
+    # A generous timeout: the calls and the engine share this process's one core here.
+    settings = replace(
+        settings,
+        redis=replace(settings.redis, url=own_redis.url, max_connections=4, socket_timeout=2.0),
+    )
+    inventory = base_inventory()
+    inventory["attempts"] = [attempt("spring-sale", callee=c) for c in CALLERS]
+    async with running_engine(settings, inventory) as engine:
+        await call(engine, RESERVED, "79990000000")  # the engine's connections are open
+        before = await connections_received(own_redis.url)
+        routes = await asyncio.gather(*(call(engine, RESERVED, c) for c in CALLERS))
+        opened = await connections_received(own_redis.url) - before - 1  # less the probe
+    # Every caller's first callback was claimed through the store, none routed without it.
+    assert [v["ZV_ROUTE"] for v in routes] == ["outbound"] * len(CALLERS)
+    assert opened <= 4
+
+
+async def test_a_command_waits_for_a_busy_pool_only_its_timeout(own_redis):
+    settings = load_settings(
+        environ={
+            "ZVONOK_REDIS_URL": own_redis.url,
+            "ZVONOK_REDIS_MAX_CONNECTIONS": "2",
+            "ZVONOK_REDIS_SOCKET_TIMEOUT": "0.2",
+        }
+    )
+    client = redis_client(own_redis.url, settings)
+    pool = client.connection_pool
+    try:
+        held = [await pool.get_connection() for _ in range(2)]  # both in use elsewhere
+        started = time.monotonic()
+        with pytest.raises(RedisConnectionError):
+            await client.get("anything")
+        assert 0.15 <= time.monotonic() - started < 0.6
+        await pool.release(held[0])
+        assert await client.get("anything") is None  # one came back: the command goes on
+        await pool.release(held[1])
+    finally:
+        await client.aclose()
+
+
+def test_the_pool_needs_room_for_the_subscription_and_a_command():
+    with pytest.raises(ConfigError, match="max_connections"):
+        load_settings(environ={"ZVONOK_REDIS_MAX_CONNECTIONS": "1"})
