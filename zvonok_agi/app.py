@@ -128,6 +128,7 @@ async def serve(settings: Settings, *, with_admin: bool = False) -> None:
     numbers page too, in this process (a demo or a small install; see docs/control-plane.md)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info("event loop", loop=type(loop).__module__.partition(".")[0])
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     stop_metrics = None

@@ -8,7 +8,7 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log.format, settings.log.level)
     try:
-        return asyncio.run(args.run(settings, args))
+        loop_factory = event_loop(settings.agi.event_loop) if args.command == "serve" else None
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(args.run(settings, args))
     except KeyboardInterrupt:
         return 130
     except (CommandError, MetricsUnavailable, EmbeddedRedisError) as exc:
@@ -44,6 +46,21 @@ def main(argv: list[str] | None = None) -> int:
 
 class CommandError(Exception):
     pass
+
+
+def event_loop(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The engine's loop factory for `agi.event_loop` (None: asyncio's own)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "auto":
+            return None
+        raise CommandError(
+            "agi.event_loop is uvloop but uvloop is not installed: pip install 'zvonok-agi[uvloop]'"
+        ) from None
+    return uvloop.new_event_loop
 
 
 def _parser() -> argparse.ArgumentParser:

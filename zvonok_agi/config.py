@@ -41,6 +41,9 @@ class AgiSettings:
     # A host that failed MSet 3 times in a row gets one SET VARIABLE each; after this many
     # seconds one of its calls tries MSet again.
     batch_retry_interval: float = 300.0
+    # The engine's event loop: "uvloop" (the uvloop extra), "asyncio" (the standard one), or
+    # "auto": uvloop when it is installed.
+    event_loop: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,8 @@ def _validate(settings: Settings) -> None:
     for name in ("max_sessions", "max_pending_per_peer", "backlog"):
         if getattr(settings.agi, name) < 1:
             raise ConfigError(f"agi.{name} must be at least 1")
+    if settings.agi.event_loop not in ("auto", "asyncio", "uvloop"):
+        raise ConfigError("agi.event_loop must be auto, asyncio or uvloop")
     for name in ("session_deadline", "env_deadline", "drain_deadline", "batch_retry_interval"):
         if getattr(settings.agi, name) <= 0:
             raise ConfigError(f"agi.{name} must be positive")
