@@ -259,8 +259,10 @@ def child_env(event_loop: str, **settings: str) -> dict[str, str]:
     return env
 
 
-async def wait_listening(proc: subprocess.Popen, port: int, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
+async def wait_listening(
+    proc: subprocess.Popen, port: int, log: Path, timeout: float = START_TIMEOUT
+) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(log)}")
@@ -270,7 +272,7 @@ async def wait_listening(proc: subprocess.Popen, port: int, log: Path) -> None:
             return
         except (OSError, TimeoutError):
             await asyncio.sleep(0.05)
-    raise RuntimeError(f"server did not listen on {port} within {START_TIMEOUT} s:\n{tail(log)}")
+    raise RuntimeError(f"server did not listen on {port} within {timeout} s:\n{tail(log)}")
 
 
 def log_events(lines: list[bytes]) -> Counter:

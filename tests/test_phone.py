@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import phonenumbers
 import pytest
 from hypothesis import given
@@ -74,3 +76,9 @@ def test_describe_tells_kind_and_region() -> None:
 def test_every_russian_number_as_the_api_document_describes_it_is_normalised(written) -> None:
     did = phone.normalize(written)
     assert did is not None and len(did) == 11 and did.startswith("7"), written
+
+
+@pytest.mark.parametrize("written", ["81010000000", "8 10 1234567890", "8(10)12345678"])
+def test_the_international_prefix_is_not_a_russian_number_in_the_api_document(written) -> None:
+    assert not re.fullmatch(phone.RUSSIAN_WRITTEN, written)
+    assert phone.normalize(written) is None or not phone.normalize(written).startswith("7")

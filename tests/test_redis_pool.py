@@ -77,6 +77,6 @@ async def test_a_command_waits_for_a_busy_pool_only_its_timeout(own_redis):
         await client.aclose()
 
 
-def test_the_pool_needs_room_for_the_subscription_and_a_command():
+def test_the_pool_needs_room_for_the_follower_and_a_command():
     with pytest.raises(ConfigError, match="max_connections"):
         load_settings(environ={"ZVONOK_REDIS_MAX_CONNECTIONS": "1"})

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -42,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         close_logging()  # every line out before the process ends
+
+
+BULK_REDIS_TIMEOUT = 10.0  # seconds per Redis command for `load` and `sync`
 
 
 class CommandError(Exception):
@@ -147,12 +152,17 @@ async def _load(settings: Settings, args: argparse.Namespace) -> int:
         inventory, overrides = read_file(args.file, now)
     except InventoryError as exc:
         raise CommandError(f"{args.file}: {exc}") from exc
-    async with open_service(settings) as service:
+    # The records live until the end: the collector's full passes need not walk them again
+    # (with half a million they took long enough to time Redis replies out).
+    gc.freeze()
+    async with open_service(bulk_settings(settings)) as service:
         try:
             await service.import_inventory(actor(), inventory, overrides)
         except Refused as exc:
             raise CommandError(f"{args.file}: {exc.code}: {exc.message}") from exc
-        not_in_redis = "imported into the store but not into Redis: load again when Redis is back"
+        not_in_redis = ("imported into the store, not yet into Redis: kept in the outbox, "
+                        "published by the admin server when Redis is back (or run `zvonok-agi "
+                        "sync`)")
         if await service.pending():  # committed; publishing failed (its warning says why)
             raise CommandError(not_in_redis)
         assert service.data is not None  # open_service publishes by default
@@ -170,6 +180,13 @@ async def _load(settings: Settings, args: argparse.Namespace) -> int:
         f"{len(inventory.attempts)} attempts (callback history)"
     )
     return 0
+
+
+def bulk_settings(settings: Settings) -> Settings:
+    """The settings for a bulk command: Redis's per-command budget is for calls, not for a
+    command writing hundreds of thousands of records."""
+    timeout = max(settings.redis.socket_timeout, BULK_REDIS_TIMEOUT)
+    return replace(settings, redis=replace(settings.redis, socket_timeout=timeout))
 
 
 async def _route(settings: Settings, args: argparse.Namespace) -> int:

@@ -57,7 +57,8 @@ class RedisSettings:
     # Connections to Redis at most; a command finding them all busy waits for one, up to
     # socket_timeout (a burst of calls shares a few connections instead of opening one each).
     max_connections: int = 32
-    # The in-memory routing data is re-checked against Redis this often (pub/sub is faster).
+    # The in-memory routing data is re-checked against Redis this often (the stream of
+    # changes brings them sooner).
     refresh_interval: float = 1.0
     key_prefix: str = "zv:"
 
@@ -244,7 +245,7 @@ def _validate(settings: Settings) -> None:
     for name in ("session_deadline", "env_deadline", "drain_deadline", "batch_retry_interval"):
         if getattr(settings.agi, name) <= 0:
             raise ConfigError(f"agi.{name} must be positive")
-    if settings.redis.max_connections < 2:  # the routing data's subscription holds one
+    if settings.redis.max_connections < 2:  # the routing data's follower holds one
         raise ConfigError("redis.max_connections must be at least 2")
     if settings.routing.callback_window_days <= 0:
         raise ConfigError("routing.callback_window_days must be positive")

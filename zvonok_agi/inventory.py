@@ -1,5 +1,5 @@
-"""The inventory file: accounts, numbers, campaigns (and, for tests and demos, past attempts)
-in TOML, parsed and checked whole before anything is written: a bad file changes nothing.
+"""The inventory file: accounts, numbers, campaigns (and, for tests and demos, past attempts),
+parsed and checked whole before anything is written: a bad file changes nothing.
 
 `zvonok-agi load FILE` imports it into the control plane (`numbers.importer`), which publishes
 it. `load_inventory` writes a parsed inventory straight into Redis, through the routing-data
@@ -31,7 +31,7 @@ from .routing.model import (
     Pool,
 )
 from .store.history import CallbackHistory
-from .store.routing_data import RoutingData
+from .store.routing_data import Put, RoutingData
 
 ACCOUNT_ID = CAMPAIGN_ID
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
@@ -50,48 +50,81 @@ class Inventory:
     attempts: list[Attempt] = field(default_factory=list)
 
 
+SECTIONS = ("accounts", "numbers", "campaigns", "attempts")
+
+
 def parse_inventory(data: dict[str, Any], now: float) -> Inventory:
-    unknown = set(data) - {"accounts", "numbers", "campaigns", "attempts"}
+    unknown = set(data) - set(SECTIONS)
     if unknown:
         raise InventoryError(f"unknown section(s): {', '.join(sorted(unknown))}")
-    inv = Inventory()
-    for i, item in enumerate(data.get("accounts", [])):
-        with _at("accounts", i):
-            verified, name = bool(item.get("verified", False)), str(item.get("name", ""))
-            inv.accounts.append(Account(_ident(item, "id"), verified, name))
-    for i, item in enumerate(data.get("numbers", [])):
-        with _at("numbers", i):
-            inv.numbers.append(_number(item))
-    for i, item in enumerate(data.get("campaigns", [])):
-        with _at("campaigns", i):
-            inv.campaigns.append(
-                Campaign(
-                    id=_ident(item, "id"),
-                    account=_ident(item, "account"),
-                    kind=CampaignKind(item["kind"]),
-                    accept_inbound=bool(item.get("accept_inbound", False)),
-                    state=CampaignState(item.get("state", "running")),
-                    caller_id=_caller_id(item.get("caller_id", "pool")),
-                )
-            )
-    for i, item in enumerate(data.get("attempts", [])):
-        with _at("attempts", i):
-            inv.attempts.append(_attempt(item, now, inv))
-    _check_references(inv)
-    return inv
+    builder = InventoryBuilder(now)
+    for section in SECTIONS:
+        for i, item in enumerate(data.get(section, [])):
+            builder.add(section, f"{section}[{i}]", item)
+    return builder.finish()
+
+
+class InventoryBuilder:
+    """An inventory read one table at a time, each checked as it comes (errors name it by
+    `where`); `finish` checks the references between them."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.inventory = Inventory()
+        self._campaigns: dict[str, Campaign] = {}
+        self._attempts: list[tuple[str, dict[str, Any]]] = []
+
+    def add(self, section: str, where: str, item: Any) -> Account | Number | Campaign | None:
+        """Checks and keeps one table; the record it makes (attempts: None, read at the end)."""
+        if section not in SECTIONS:
+            raise InventoryError(f"unknown section: {section}")
+        inv = self.inventory
+        with _at(where):
+            if not isinstance(item, dict):
+                raise InventoryError("not a table")
+            record: Account | Number | Campaign
+            if section == "accounts":
+                verified, name = bool(item.get("verified", False)), str(item.get("name", ""))
+                record = Account(_ident(item, "id"), verified, name)
+                inv.accounts.append(record)
+            elif section == "numbers":
+                record = _number(item)
+                inv.numbers.append(record)
+            elif section == "campaigns":
+                record = _campaign(item)
+                inv.campaigns.append(record)
+                self._campaigns[record.id] = record
+            else:  # read once every campaign is known: a file may list attempts first
+                self._attempts.append((where, item))
+                return None
+        return record
+
+    def finish(self) -> Inventory:
+        for where, item in self._attempts:
+            with _at(where):
+                self.inventory.attempts.append(_attempt(item, self.now, self._campaigns))
+        self._attempts = []
+        _check_references(self.inventory)
+        return self.inventory
 
 
 async def load_inventory(
     inv: Inventory, data: RoutingData, history: CallbackHistory, now: float
 ) -> None:
-    for account in inv.accounts:
-        await data.put_account(account)
-    for campaign in inv.campaigns:
-        await data.put_campaign(campaign)
-    for number in inv.numbers:
-        await data.put_number(number)
+    await data.write(Put(record) for record in [*inv.accounts, *inv.campaigns, *inv.numbers])
     for attempt in inv.attempts:
         await history.record(attempt, now)
+
+
+def _campaign(item: dict[str, Any]) -> Campaign:
+    return Campaign(
+        id=_ident(item, "id"),
+        account=_ident(item, "account"),
+        kind=CampaignKind(item["kind"]),
+        accept_inbound=bool(item.get("accept_inbound", False)),
+        state=CampaignState(item.get("state", "running")),
+        caller_id=_caller_id(item.get("caller_id", "pool")),
+    )
 
 
 def _number(item: dict[str, Any]) -> Number:
@@ -114,8 +147,8 @@ def _number(item: dict[str, Any]) -> Number:
     )
 
 
-def _attempt(item: dict[str, Any], now: float, inv: Inventory) -> Attempt:
-    campaign = next((c for c in inv.campaigns if c.id == item["campaign"]), None)
+def _attempt(item: dict[str, Any], now: float, campaigns: dict[str, Campaign]) -> Attempt:
+    campaign = campaigns.get(item["campaign"])
     if campaign is None or campaign.kind is not CampaignKind.OUTBOUND:
         raise InventoryError(f"campaign {item['campaign']!r} is not an outbound campaign here")
     did, callee = phone.normalize(str(item["did"])), phone.normalize(str(item["callee"]))
@@ -185,9 +218,8 @@ def _check_references(inv: Inventory) -> None:
 
 
 @contextlib.contextmanager
-def _at(section: str, index: int) -> Iterator[None]:
+def _at(where: str) -> Iterator[None]:
     """Names the failing item in any error raised while it is parsed."""
-    where = f"{section}[{index}]"
     try:
         yield
     except KeyError as exc:

@@ -59,6 +59,15 @@ class _Metrics:
             "Failed steps of background loops (each loop goes on), by loop",
             ["loop"],
         )
+        self.routing_loads = prom.Counter(
+            "zvonok_routing_full_loads", "Full loads of the routing data (start, gap, reset)"
+        )
+        self.routing_changes_applied = prom.Counter(
+            "zvonok_routing_changes_applied", "Routing data changes applied in memory"
+        )
+        self.outbox = prom.Gauge(
+            "zvonok_outbox_pending", "Control-plane changes committed, not yet in Redis"
+        )
 
     def call_routed(self, route: str, fallback: str | None, reason: str, seconds: float) -> None:
         if self.per_call:  # a labelled child per route, fallback and reason: a few dozen
@@ -95,6 +104,18 @@ class _Metrics:
     def background_error(self, loop: str) -> None:
         if self.enabled:
             self.background_errors.labels(loop).inc()
+
+    def routing_loaded(self) -> None:
+        if self.enabled:
+            self.routing_loads.inc()
+
+    def routing_changes(self, count: int) -> None:
+        if self.enabled and count:
+            self.routing_changes_applied.inc(count)
+
+    def outbox_pending(self, count: int) -> None:
+        if self.enabled:
+            self.outbox.set(count)
 
 
 METRICS = _Metrics()

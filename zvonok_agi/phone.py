@@ -15,7 +15,8 @@ MAX_RAW_LENGTH = 40
 # What a written phone number may contain; anything else (letters, `<`, `;`) is not a number.
 PHONE_CHARACTERS = re.compile(r"\+?[0-9 ().-]+")
 # A Russian number as people write it (the admin API's pattern): `normalize` takes every one.
-RUSSIAN_WRITTEN = r"^\s*(?:\+7|8|7)(?:[ ().-]*[0-9]){10}\s*$"
+# `8 10…` is the international prefix, not a Russian number (no Russian number starts +7 10).
+RUSSIAN_WRITTEN = r"^\s*(?:\+7|8(?![ ().-]*1[ ().-]*0)|7)(?:[ ().-]*[0-9]){10}\s*$"
 # +7 and ten digits: a possible Russian (or Kazakh) number as it stands, no parsing needed.
 PLAIN_PLUS_SEVEN = re.compile(r"\+7[0-9]{10}")
 

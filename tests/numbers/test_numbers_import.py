@@ -73,3 +73,80 @@ async def test_an_import_breaking_a_rule_writes_nothing(service, tmp_path):
     assert await service.accounts() == []
     assert (await service.data.load()).accounts == {}
     assert (await service.audit_log())[0]["outcome"] == "not_verified"
+
+
+# large files: JSON Lines, TOML read in chunks, batches
+
+
+def test_json_lines_read_like_the_same_toml(tmp_path):
+    toml, jsonl = tmp_path / "inv.toml", tmp_path / "inv.jsonl"
+    toml.write_text(
+        '[[accounts]]\nid = "acme"\nverified = true\n'
+        '[[campaigns]]\nid = "line"\naccount = "acme"\nkind = "inbound"\n'
+        '[[numbers]]\ndid = "+7 495 111-00-01"\nowner = "acme"\ninbound_campaign = "line"\n'
+        '[[numbers]]\ndid = "74950000001"\npool = "service"\nregion = "Moscow"\n'
+    )
+    jsonl.write_text(
+        '{"account": {"id": "acme", "verified": true}}\n'
+        '{"campaign": {"id": "line", "account": "acme", "kind": "inbound"}}\n\n'
+        '{"number": {"did": "+7 495 111-00-01", "owner": "acme", "inbound_campaign": "line"}}\n'
+        '{"number": {"did": "74950000001", "pool": "service", "region": "Moscow"}}\n'
+    )
+    assert read_file(jsonl, now=1.0) == read_file(toml, now=1.0)
+
+
+@pytest.mark.parametrize("line, error", [
+    ("not json", "line 2: not JSON"),
+    ('{"tariff": {"id": "gold"}}', "line 2: 'tariff' is none of account"),
+    ('{"number": {"did": "74951110001"}, "account": {"id": "x"}}', "line 2: one record per line"),
+    ('{"number": {"did": "no number"}}', "line 2: did 'no number' is not a phone number"),
+])
+def test_a_bad_json_line_is_named_by_its_number(tmp_path, line, error):
+    path = tmp_path / "inv.jsonl"
+    path.write_text('{"account": {"id": "acme"}}\n' + line + "\n")
+    with pytest.raises(InventoryError, match=error):
+        read_file(path)
+
+
+def test_a_large_toml_is_read_in_chunks_and_its_errors_keep_their_place(tmp_path):
+    tables = [f'[[numbers]]\ndid = "7495{1000000 + i}"\n' for i in range(2500)]
+    path = tmp_path / "inv.toml"
+    path.write_text("".join(tables))
+    inventory, _ = read_file(path)
+    assert len(inventory.numbers) == 2500 and inventory.numbers[-1].did == "74951002499"
+    tables[2100] = '[[numbers]]\ndid = "not a number"\n'
+    path.write_text("".join(tables))
+    with pytest.raises(InventoryError, match=r"numbers\[2100\]: did 'not a number'"):
+        read_file(path)
+    tables[2100] = "[[numbers]]\ndid = \n"  # not TOML, on line 4202 of the file
+    path.write_text("".join(tables))
+    with pytest.raises(InventoryError, match="at line 4202"):
+        read_file(path)
+
+
+def test_a_multi_line_string_is_never_cut_in_two(tmp_path):
+    tables = [f'[[accounts]]\nid = "a{i}"\n' for i in range(1500)]
+    tables[10] = '[[accounts]]\nid = "a10"\nname = """Two\n[[accounts]]\nlines"""\n'
+    path = tmp_path / "inv.toml"
+    path.write_text("".join(tables))
+    inventory, _ = read_file(path)
+    assert len(inventory.accounts) == 1500
+    assert inventory.accounts[10].name == "Two\n[[accounts]]\nlines"
+
+
+async def test_an_import_is_written_in_batches_and_again_writes_nothing(
+    service, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("zvonok_agi.numbers.service.IMPORT_BATCH", 2)
+    path = tmp_path / "inv.jsonl"
+    path.write_text('{"account": {"id": "acme", "verified": true}}\n' + "".join(
+        f'{{"number": {{"did": "749511100{i:02d}", "owner": "acme"}}}}\n' for i in range(7)))
+    inventory, overrides = read_file(path)
+    await service.import_inventory("import", inventory, overrides)
+    snapshot = await service.data.load()
+    assert len(snapshot.numbers) == 7 and snapshot.numbers["74951110006"].owner == "acme"
+    version = await service.data.version()
+    await service.import_inventory("import", inventory, overrides)
+    assert await service.data.version() == version  # nothing differed: nothing published
+    assert [entry["detail"]["changed"] for entry in await service.audit_log("inventory")] == [
+        0, 8]

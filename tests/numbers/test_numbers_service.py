@@ -7,7 +7,6 @@ import asyncio
 import sqlite3
 
 import pytest
-from redis.asyncio import Redis
 
 from numbers_helpers import (
     ACME,
@@ -22,6 +21,7 @@ from numbers_helpers import (
     refused,
     small_world,
 )
+from zvonok_agi.app import redis_client
 from zvonok_agi.numbers.migrations import MIGRATIONS
 from zvonok_agi.numbers.rules import Refused
 from zvonok_agi.numbers.store import Store
@@ -415,15 +415,16 @@ async def test_number_details(service):
 
 
 async def test_a_change_while_redis_is_away_is_published_later(service, settings):
-    unreachable = RoutingData(Redis(port=1, socket_connect_timeout=0.2), settings.redis.key_prefix)
-    real, service.data = service.data, unreachable
+    away = redis_client("redis://127.0.0.1:1", settings)
+    unreachable = RoutingData(away, settings.redis.key_prefix)
+    real, service.publisher.data = service.publisher.data, unreachable
     try:
         await service.reserve("web", ACME, MOSCOW_1)  # committed all the same
         assert await service.pending() == 1
         assert (await service.number(MOSCOW_1)).row.number.owner == ACME
     finally:
         await unreachable.redis.aclose()
-        service.data = real
+        service.publisher.data = real
     assert (await published(service))[MOSCOW_1].owner is None
     assert await service.flush()
     assert await service.pending() == 0
@@ -433,14 +434,14 @@ async def test_a_change_while_redis_is_away_is_published_later(service, settings
 async def test_sync_rebuilds_redis_from_sqlite(service, redis, settings):
     await service.reserve("web", ACME, MOSCOW_1)
     await service.data.put_number(Number("74997777777", Pool.SERVICE))  # not in SQLite
-    for key in await redis.keys(f"{settings.redis.key_prefix}*"):
-        if b":number:" + MOSCOW_1.encode() in key:
-            await redis.delete(key)
+    await redis.hdel(service.data.hashes["number"], MOSCOW_1)
+    await redis.hset(service.data.hashes["account"], NEWBIE, "[1,garbled")
     report = await service.sync("cli")
     assert (report.accounts, report.numbers, report.campaigns) == (3, 6, 5)
     assert report.removed["numbers"] == 1
     snapshot = await service.data.load()
     assert snapshot.numbers[MOSCOW_1].owner == ACME
+    assert snapshot.accounts[NEWBIE].name == "Newbie"
     assert "74997777777" not in snapshot.numbers
     assert set(snapshot.campaigns) == {"acme-sale", "acme-line", "oldco-sale", "oldco-line",
                                        "newbie-promo"}

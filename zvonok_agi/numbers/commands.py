@@ -391,7 +391,9 @@ async def _audit(settings: Any, args: argparse.Namespace) -> int:
 
 
 async def _sync(settings: Any, args: argparse.Namespace) -> int:
-    async with _service(settings) as service:
+    from ..cli import bulk_settings
+
+    async with _service(bulk_settings(settings)) as service:
         report = await service.sync(actor())
     print(f"published {report.accounts} accounts, {report.numbers} numbers, "
           f"{report.campaigns} campaigns; removed from Redis: "

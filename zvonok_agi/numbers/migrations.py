@@ -80,4 +80,20 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE requests ADD COLUMN closed_by TEXT",
         "ALTER TABLE requests ADD COLUMN note TEXT",
     ),
+    # 3: the outbox's publisher. A record's revision goes up with every change of it, so that
+    # publishers racing never put an older state over a newer one in Redis; outbox rows are
+    # removed by seq once published, so a seq is never used twice (AUTOINCREMENT).
+    (
+        "ALTER TABLE accounts ADD COLUMN rev INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE numbers ADD COLUMN rev INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE campaigns ADD COLUMN rev INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE outbox_next (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('account', 'number', 'campaign')),
+            key TEXT NOT NULL
+        )""",
+        "INSERT INTO outbox_next (seq, kind, key) SELECT seq, kind, key FROM outbox",
+        "DROP TABLE outbox",
+        "ALTER TABLE outbox_next RENAME TO outbox",
+    ),
 ]

@@ -1,22 +1,24 @@
 """The one service layer of the control plane: the admin API and the CLI both call it.
 
 Every change runs in one SQLite transaction that also writes an audit row and marks what it
-changed in the outbox; before it commits, the outbox is published to Redis through the engine's
-routing-data module (so a running engine follows within milliseconds). With Redis away the
-change still commits and stays in the outbox until the next change, `flush()` or `sync()`.
-A refused attempt changes nothing but its audit row.
+changed in the outbox. After the commit, and outside the store's lock, the publisher sends the
+outbox to Redis (so a running engine follows within milliseconds): Redis never holds what the
+store did not commit. With Redis away the change still commits and stays in the outbox until
+the publisher gets through (see `publisher`). A refused attempt changes nothing but its audit
+row.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 import structlog
-from redis.exceptions import RedisError
 
 from ..inventory import Inventory
 from ..regions import RegionIndex
@@ -31,6 +33,7 @@ from ..routing.model import (
 )
 from ..store.routing_data import RoutingData
 from . import rules
+from .publisher import UNAVAILABLE, Publisher, SyncReport
 from .rules import Choice, Kind, NumberRecord, Refused, RegionCount, Request
 from .store import Queries, Store
 
@@ -41,7 +44,8 @@ DEFAULT_POPULAR_CITIES = (
 )
 T = TypeVar("T")
 KEEP: Any = object()  # "leave this field as it is" in updates (None means the service pool)
-PUBLISH_ORDER = {"account": 0, "campaign": 1, "number": 2}  # referenced before referencing
+NO_HINT = (None, None)  # kind and region from the numbering plan
+IMPORT_BATCH = 5000  # records per transaction of an import: other writers get their turn
 
 
 @dataclass(frozen=True)
@@ -100,14 +104,6 @@ class _Change:
     result: Any = None
 
 
-@dataclass(frozen=True)
-class SyncReport:
-    accounts: int
-    numbers: int
-    campaigns: int
-    removed: dict[str, int] = field(default_factory=dict)
-
-
 class NumbersService:
     def __init__(
         self,
@@ -121,6 +117,7 @@ class NumbersService:
     ) -> None:
         self.store = store
         self.data = data
+        self.publisher = Publisher(store, data) if data is not None else None
         self.popular_cities = tuple(popular_cities)
         self.clock = clock
         self.offer_limit = offer_limit
@@ -463,122 +460,104 @@ class NumbersService:
         overrides: Mapping[str, tuple[Kind | None, str | None]] | None = None,
     ) -> dict[str, int]:
         """Upserts an inventory's accounts, campaigns and numbers (kind and region from the
-        numbering plan unless `overrides` says otherwise); bindings and caller IDs are checked
-        against the rules before it commits: all or nothing."""
+        numbering plan unless `overrides` says otherwise). Bindings and caller IDs are checked
+        against the rules before anything is written: a file breaking one writes nothing. It is
+        then written in batches, other writers getting their turn between them, each batch
+        published after its commit; loading a file again writes only what differs."""
         overrides = overrides or {}
         counts = {"accounts": len(inventory.accounts), "numbers": len(inventory.numbers),
                   "campaigns": len(inventory.campaigns)}
-        async with self._change(actor, "import", "inventory", None, **counts) as change:
-            q, now = change.q, self.clock()
-            for account in inventory.accounts:
-                name = _checked(rules.text, account.name, "name", rules.MAX_NAME,
-                                where=f"account {account.id}")
-                await q.put_account(replace(account, name=name), now)
-            for campaign in inventory.campaigns:
-                await q.put_campaign(campaign, now)
-            for item in inventory.numbers:
-                kind, region = _checked(rules.classify, item.did,
-                                        *overrides.get(item.did, (None, None)),
-                                        where=f"number {item.did}")
-                current = await q.number(item.did)
-                kept = current is not None and current.owner == item.owner
-                reserved_at = current.reserved_at if kept and current else (
-                    now if item.owner else None)
-                await q.put_number(
-                    NumberRecord(item.did, kind, region, item.pool, item.status, item.owner,
-                                 item.callback_rule, item.inbound_campaign, reserved_at),
-                    now,
-                )
-            # A disabled number keeps its binding and its campaigns: check them as if active.
-            for item in inventory.numbers:
-                if item.inbound_campaign:
-                    number = replace(await q.number(item.did), status=NumberStatus.ACTIVE)
-                    campaign = await q.campaign(item.inbound_campaign)
-                    _check(rules.binding_refusal(number, campaign, None), item.did)
-            for campaign in inventory.campaigns:
-                if campaign.caller_id:
-                    account = await q.account(campaign.account)
-                    number = await q.number(campaign.caller_id)
-                    if number is not None:
-                        number = replace(number, status=NumberStatus.ACTIVE)
-                    assert account is not None
-                    _check(rules.caller_id_refusal(account, campaign.kind, campaign.caller_id,
-                                                   number), f"campaign {campaign.id}")
+        try:
+            accounts = [_named(account) for account in inventory.accounts]
+            numbers = [
+                NumberRecord(item.did, *_checked(rules.classify, item.did,
+                                                 *overrides.get(item.did, NO_HINT),
+                                                 where=f"number {item.did}"),
+                             item.pool, item.status, item.owner, item.callback_rule,
+                             item.inbound_campaign)
+                for item in inventory.numbers
+            ]
+            async with self.store.reading() as q:
+                await _check_import(q, inventory, numbers)
+        except Refused as exc:
+            await self._audit(actor, "import", "inventory", exc.code,
+                              {**counts, "message": exc.message})
+            raise
+        now = self.clock()
+        inbound = [c for c in inventory.campaigns if c.kind is CampaignKind.INBOUND]
+        outbound = [c for c in inventory.campaigns if c.kind is CampaignKind.OUTBOUND]
+        # Referenced before referencing: numbers name inbound campaigns, outbound campaigns
+        # name numbers.
+        steps = [(Queries.import_accounts, accounts),
+                 (Queries.import_campaigns, inbound), (Queries.import_numbers, numbers),
+                 (Queries.import_campaigns, outbound)]
+        await self._published()  # first what was left (and an emptied Redis filled)
+        changed = done = 0
+        publishing: asyncio.Task[None] | None = None
+        try:
+            for write, items in steps:
+                for start in range(0, len(items), IMPORT_BATCH):
+                    batch = items[start : start + IMPORT_BATCH]
+                    try:
+                        async with self.store.transaction() as q:
+                            written, rows = await write(q, batch, now)
+                    except sqlite3.IntegrityError as exc:
+                        # Only a change made meanwhile by someone else can get here.
+                        refused = Refused(
+                            "conflict", f"the store changed during the import ({exc}): {done} "
+                            f"of {sum(counts.values())} records written; load the file again")
+                        await self._audit(actor, "import", "inventory", refused.code,
+                                          {**counts, "message": refused.message})
+                        raise refused from exc
+                    changed, done = changed + written, done + len(batch)
+                    # Published while the next batch is written, one batch after the other.
+                    if publishing is not None:
+                        await publishing
+                    if self.publisher is not None:
+                        publishing = asyncio.create_task(self.publisher.publish_rows(rows))
+        finally:
+            if publishing is not None:
+                await publishing
+        await self._audit(actor, "import", "inventory", "ok", {**counts, "changed": changed})
         return counts
 
     # publishing
 
     async def flush(self) -> bool:
         """Publishes what is still in the outbox (after Redis was away); True when empty."""
-        async with self.store.transaction() as q:
-            return await self._publish(q)
+        if self.publisher is None:
+            return await self.pending() == 0
+        try:
+            await self.publisher.publish()
+        except UNAVAILABLE as exc:
+            log.warning("routing data not published yet; kept for later", error=str(exc))
+            return False
+        return True
 
     async def pending(self) -> int:
         async with self.store.reading() as q:
-            return len(await q.pending())
+            return await q.outbox_size()
 
     async def sync(self, actor: str) -> SyncReport:
-        """Rebuilds Redis's routing data from SQLite (after a Redis loss, or to be sure)."""
-        if self.data is None:
+        """Rebuilds Redis's routing data from the store (after a Redis loss, or to be sure),
+        in batches, outside the store's lock: changes go on meanwhile."""
+        if self.publisher is None:
             raise Refused("no_redis", "sync needs Redis")
-        async with self.store.transaction() as q:
-            accounts = await q.accounts()
-            numbers = await q.numbers()
-            campaigns = await q.campaigns()
-            snapshot = await self.data.load()
-            for account in accounts:
-                await self.data.put_account(account)
-            for campaign in campaigns:
-                await self.data.put_campaign(campaign)
-            for number in numbers:
-                await self.data.put_number(number.routing())
-            removed = {
-                "numbers": await _drop(self.data.delete_number, snapshot.numbers,
-                                       {n.did for n in numbers}),
-                "campaigns": await _drop(self.data.delete_campaign, snapshot.campaigns,
-                                         {c.id for c in campaigns}),
-                "accounts": await _drop(self.data.delete_account, snapshot.accounts,
-                                        {a.id for a in accounts}),
-            }
-            pending = await q.pending()
-            if pending:
-                await q.published(pending[-1][0])
-            report = SyncReport(len(accounts), len(numbers), len(campaigns), removed)
-            await q.audit(self.clock(), actor, "sync", "routing", None, "ok",
-                          asdict(report))
+        report = await self.publisher.rebuild()
+        await self._audit(actor, "sync", "routing", "ok", asdict(report))
         return report
 
-    async def _publish(self, q: Queries) -> bool:
-        pending = await q.pending()
-        if not pending or self.data is None:
-            return not pending
-        keys = sorted(dict.fromkeys((kind, key) for _, kind, key in pending),
-                      key=lambda item: PUBLISH_ORDER[item[0]])
-        try:
-            for kind, key in keys:
-                await self._publish_one(q, kind, key)
-        except (RedisError, OSError) as exc:
-            log.warning("routing data not published yet; kept for later", error=str(exc),
-                        pending=len(keys))
-            return False
-        await q.published(pending[-1][0])
-        return True
+    async def _published(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.after_commit()
 
-    async def _publish_one(self, q: Queries, kind: str, key: str) -> None:
-        assert self.data is not None
-        if kind == "account":
-            account = await q.account(key)
-            await (self.data.put_account(account) if account else self.data.delete_account(key))
-        elif kind == "campaign":
-            campaign = await q.campaign(key)
-            await (self.data.put_campaign(campaign) if campaign
-                   else self.data.delete_campaign(key))
-        else:
-            number = await q.number(key)
-            await (self.data.put_number(number.routing()) if number
-                   else self.data.delete_number(key))
+    async def _audit(
+        self, actor: str, action: str, subject: str, outcome: str, detail: dict[str, Any]
+    ) -> None:
+        async with self.store.transaction() as q:
+            await q.audit(self.clock(), actor, action, subject, None, outcome, detail)
 
-    # the change frame: transaction, refusal, audit, publish
+    # the change frame: transaction, refusal, audit; published after the commit
 
     @contextlib.asynccontextmanager
     async def _change(
@@ -597,10 +576,36 @@ class NumbersService:
             if refused is not None or not change.quiet:
                 await q.audit(self.clock(), actor, action, change.subject, change.account,
                               refused.code if refused else "ok", change.detail)
-            if refused is None:
-                await self._publish(q)
         if refused is not None:
             raise refused
+        await self._published()
+
+
+async def _check_import(q: Queries, inventory: Inventory, numbers: list[NumberRecord]) -> None:
+    """An inventory's bindings and caller IDs by the rules, against the store as it will be
+    (the file's records over the stored ones)."""
+    by_did = {n.did: n for n in numbers}
+    accounts = {a.id: a for a in inventory.accounts}
+    campaigns = {c.id: c for c in inventory.campaigns}
+    bound = {n.inbound_campaign for n in numbers if n.inbound_campaign} - campaigns.keys()
+    campaigns.update((c.id, c) for c in await q.campaigns_in(bound))
+    callers = {c.caller_id for c in inventory.campaigns if c.caller_id} - by_did.keys()
+    by_did.update((n.did, n) for n in await q.numbers_in(callers))
+    # A disabled number keeps its binding and its campaigns: check them as if active.
+    for number in numbers:
+        if number.inbound_campaign:
+            campaign = campaigns.get(number.inbound_campaign)
+            _check(rules.binding_refusal(_active(number), campaign, None), number.did)
+    for campaign in inventory.campaigns:
+        if campaign.caller_id:
+            number = by_did.get(campaign.caller_id)
+            _check(rules.caller_id_refusal(accounts[campaign.account], campaign.kind,
+                                           campaign.caller_id, number and _active(number)),
+                   f"campaign {campaign.id}")
+
+
+def _active(number: NumberRecord) -> NumberRecord:
+    return number if number.active else replace(number, status=NumberStatus.ACTIVE)
 
 
 def _row(number: NumberRecord, campaigns: list[Campaign]) -> NumberRow:
@@ -625,6 +630,12 @@ def _check(refusal: Refused | None, where: str = "") -> None:
         raise refusal
 
 
+def _named(account: Account) -> Account:
+    """An imported account, its name checked as any account's."""
+    name = _checked(rules.text, account.name, "name", rules.MAX_NAME, where=f"account {account.id}")
+    return account if name == account.name else replace(account, name=name)
+
+
 def _checked(check: Callable[..., T], *args: Any, where: str) -> T:
     """A check of input whose refusal says where the input was (an import's item)."""
     try:
@@ -646,10 +657,3 @@ def _flag(value: Any, what: str) -> bool:
 
 def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not KEEP}
-
-
-async def _drop(delete: Callable, present: Mapping[str, Any], keep: set[str]) -> int:
-    gone = [key for key in present if key not in keep]
-    for key in gone:
-        await delete(key)
-    return len(gone)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,38 @@ from ..routing.model import (
     NumberStatus,
     Pool,
 )
+from ..store.routing_data import FIELDS, Stored, encode_values
 from .migrations import MIGRATIONS
 from .rules import Kind, NumberRecord, Request
 
 BUSY_TIMEOUT_MS = 5000
+MAX_PARAMETERS = 500  # keys per `IN (...)`: well under any SQL engine's limit of parameters
+ROUTING_TABLES = {"account": ("accounts", "id"), "number": ("numbers", "did"),
+                  "campaign": ("campaigns", "id")}
+Imported = tuple[int, list[tuple[int, Stored]]]  # records written; outbox rows to publish
+NUMBER_COLUMNS = ("did", "kind", "region", "pool", "status", "owner", "callback_rule",
+                  "inbound_campaign", "reserved_at")  # as _number_values gives them
+_PUT_NUMBER = (
+    "INSERT INTO numbers (did, kind, region, pool, status, owner, callback_rule, "
+    "inbound_campaign, reserved_at, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (did) DO UPDATE SET kind = excluded.kind, region = excluded.region, "
+    "pool = excluded.pool, status = excluded.status, owner = excluded.owner, "
+    "callback_rule = excluded.callback_rule, "
+    "inbound_campaign = excluded.inbound_campaign, reserved_at = excluded.reserved_at"
+)
+_PUT_CAMPAIGN = (
+    "INSERT INTO campaigns (id, account, kind, accept_inbound, state, caller_id, "
+    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+    "account = excluded.account, kind = excluded.kind, "
+    "accept_inbound = excluded.accept_inbound, state = excluded.state, "
+    "caller_id = excluded.caller_id"
+)
 
 
 class Store:
+    # What says the store is away or busy for now (past its busy timeout): try again later.
+    UNAVAILABLE: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
+
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self._lock = asyncio.Lock()
@@ -220,15 +245,7 @@ class Queries:
         await self.touch("number", number.did)
 
     async def put_number(self, number: NumberRecord, now: float) -> None:
-        await self._run(
-            "INSERT INTO numbers (did, kind, region, pool, status, owner, callback_rule, "
-            "inbound_campaign, reserved_at, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (did) DO UPDATE SET kind = excluded.kind, region = excluded.region, "
-            "pool = excluded.pool, status = excluded.status, owner = excluded.owner, "
-            "callback_rule = excluded.callback_rule, "
-            "inbound_campaign = excluded.inbound_campaign, reserved_at = excluded.reserved_at",
-            [*_number_values(number), now],
-        )
+        await self._run(_PUT_NUMBER, [*_number_values(number), now])
         await self.touch("number", number.did)
 
     async def claim_number(self, did: str, account: str, now: float) -> bool:
@@ -277,22 +294,7 @@ class Queries:
         return [_campaign(r) for r in await self._all(sql + " ORDER BY id", args)]
 
     async def put_campaign(self, campaign: Campaign, now: float) -> None:
-        await self._run(
-            "INSERT INTO campaigns (id, account, kind, accept_inbound, state, caller_id, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-            "account = excluded.account, kind = excluded.kind, "
-            "accept_inbound = excluded.accept_inbound, state = excluded.state, "
-            "caller_id = excluded.caller_id",
-            [
-                campaign.id,
-                campaign.account,
-                campaign.kind.value,
-                int(campaign.accept_inbound),
-                campaign.state.value,
-                campaign.caller_id,
-                now,
-            ],
-        )
+        await self._run(_PUT_CAMPAIGN, _campaign_values(campaign, now))
         await self.touch("campaign", campaign.id)
 
     async def reserved_count(self, account: str) -> int:
@@ -376,17 +378,146 @@ class Queries:
         rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
         return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
 
+    # bulk upserts (`zvonok-agi load`): only the records that differ are written, their
+    # revisions raised in the same statement
+
+    async def import_accounts(self, accounts: Sequence[Account], now: float) -> Imported:
+        current = {a.id: a for a in await self._in("accounts", "id", [a.id for a in accounts])}
+        changed = [a for a in accounts if current.get(a.id) != a]
+        await self.db.executemany(
+            "INSERT INTO accounts (id, name, verified, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, verified = excluded.verified, "
+            "rev = accounts.rev + 1",
+            [[a.id, a.name, int(a.verified), now] for a in changed],
+        )
+        return len(changed), await self._to_publish("account", [a.id for a in changed])
+
+    async def import_campaigns(self, campaigns: Sequence[Campaign], now: float) -> Imported:
+        ids = [c.id for c in campaigns]
+        current = {c.id: c for c in await self._in("campaigns", "id", ids)}
+        changed = [c for c in campaigns if current.get(c.id) != c]
+        await self.db.executemany(
+            f"{_PUT_CAMPAIGN}, rev = campaigns.rev + 1", [_campaign_values(c, now) for c in changed]
+        )
+        return len(changed), await self._to_publish("campaign", [c.id for c in changed])
+
+    async def import_numbers(self, numbers: Sequence[NumberRecord], now: float) -> Imported:
+        """Upserts numbers; one that keeps its owner keeps its reservation time."""
+        dids = [n.did for n in numbers]
+        current = {row["did"]: row for row in await self._rows_in("numbers", "did", dids)}
+        changed, touched = [], []
+        for number in numbers:
+            before = current.get(number.did)
+            values = _number_values(number)
+            if number.owner:
+                kept = before is not None and before["owner"] == number.owner
+                values[-1] = before["reserved_at"] if kept else now
+            if before is None:
+                touched.append(number.did)
+            elif values == [before[column] for column in NUMBER_COLUMNS]:
+                continue
+            elif values[3:8] != [before[column] for column in NUMBER_COLUMNS[3:8]]:
+                touched.append(number.did)  # its routing changed, not only kind or region
+            changed.append([*values, now])
+        await self.db.executemany(f"{_PUT_NUMBER}, rev = numbers.rev + 1", changed)
+        return len(changed), await self._to_publish("number", touched)
+
+    async def _to_publish(self, kind: str, keys: Sequence[str]) -> list[tuple[int, Stored]]:
+        """Names `keys` in the outbox; its rows, each with the value the publisher will send,
+        so that whoever committed them may send them without reading them back."""
+        values = await self.routing_values(kind, keys)
+        rows = []
+        for start in range(0, len(keys), MAX_PARAMETERS):
+            chunk = keys[start : start + MAX_PARAMETERS]
+            marks = ", ".join(["(?, ?)"] * len(chunk))
+            args = [item for key in chunk for item in (kind, key)]
+            async with self.db.execute(
+                f"INSERT INTO outbox (kind, key) VALUES {marks} RETURNING seq, key", args
+            ) as cursor:
+                rows += [(seq, Stored(kind, key, values[key])) for seq, key in
+                         await cursor.fetchall()]
+        return rows
+
+    async def numbers_in(self, dids: Iterable[str]) -> list[NumberRecord]:
+        return await self._in("numbers", "did", dids)
+
+    async def campaigns_in(self, ids: Iterable[str]) -> list[Campaign]:
+        return await self._in("campaigns", "id", ids)
+
+    async def _in(self, table: str, column: str, keys: Iterable[str]) -> list[Any]:
+        """The rows of `table` whose `column` is one of `keys`, as records."""
+        return [_RECORD_OF[table](row) for row in await self._rows_in(table, column, keys)]
+
+    async def _rows_in(
+        self, table: str, column: str, keys: Iterable[str], columns: str = "*"
+    ) -> list[sqlite3.Row]:
+        keys = list(keys)
+        rows = []
+        for start in range(0, len(keys), MAX_PARAMETERS):
+            chunk = keys[start : start + MAX_PARAMETERS]
+            marks = ", ".join("?" * len(chunk))
+            rows += await self._all(
+                f"SELECT {columns} FROM {table} WHERE {column} IN ({marks})", chunk
+            )
+        return rows
+
     # the outbox: what still has to reach Redis
 
     async def touch(self, kind: str, key: str) -> None:
-        await self._run("INSERT INTO outbox (kind, key) VALUES (?, ?)", [kind, key])
+        """Marks a record changed: its revision goes up, the outbox names it for publishing."""
+        await self._touch_all(kind, [key])
 
-    async def pending(self) -> list[tuple[int, str, str]]:
-        rows = await self._all("SELECT seq, kind, key FROM outbox ORDER BY seq")
+    async def _touch_all(self, kind: str, keys: Sequence[str]) -> None:
+        table, column = ROUTING_TABLES[kind]
+        await self.db.executemany(
+            f"UPDATE {table} SET rev = rev + 1 WHERE {column} = ?", [[key] for key in keys]
+        )
+        await self._outbox_all(kind, keys)
+
+    async def _outbox_all(self, kind: str, keys: Sequence[str]) -> None:
+        await self.db.executemany(
+            "INSERT INTO outbox (kind, key) VALUES (?, ?)", [[kind, key] for key in keys]
+        )
+
+    async def outbox(self, limit: int) -> list[tuple[int, str, str]]:
+        """The oldest rows of the outbox: (seq, kind, key)."""
+        rows = await self._all("SELECT seq, kind, key FROM outbox ORDER BY seq LIMIT ?", [limit])
         return [(r["seq"], r["kind"], r["key"]) for r in rows]
 
-    async def published(self, up_to: int) -> None:
-        await self._run("DELETE FROM outbox WHERE seq <= ?", [up_to])
+    async def outbox_size(self) -> int:
+        return (await self._all("SELECT count(*) AS n FROM outbox"))[0]["n"]
+
+    async def published(self, seqs: Sequence[int]) -> None:
+        for start in range(0, len(seqs), MAX_PARAMETERS):
+            chunk = list(seqs[start : start + MAX_PARAMETERS])
+            marks = ", ".join("?" * len(chunk))
+            await self._run(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)
+
+    async def routing_values(self, kind: str, keys: Iterable[str]) -> dict[str, str]:
+        """The records named as Redis stores them (`encode_values`); a missing one is absent."""
+        table, column = ROUTING_TABLES[kind]
+        rows = await self._rows_in(table, column, keys, _routing_columns(kind))
+        return {row[0]: encode_values(row[1], row[2:]) for row in rows}
+
+    async def routing_page(self, kind: str, after: str | None, limit: int) -> list[tuple[str, str]]:
+        """(key, stored value) of one kind in key order, the first `limit` after `after`."""
+        table, column = ROUTING_TABLES[kind]
+        rows = await self._all(
+            f"SELECT {_routing_columns(kind)} FROM {table} WHERE {column} > ? "
+            f"ORDER BY {column} LIMIT ?",
+            ["" if after is None else after, limit],
+        )
+        return [(row[0], encode_values(row[1], row[2:])) for row in rows]
+
+    async def outrank(self, kind: str, revs: Mapping[str, int]) -> None:
+        """Raises each record's revision above the one given (Redis's, found newer than the
+        store's: the store was restored from an older copy) and names it for publishing."""
+        table, column = ROUTING_TABLES[kind]
+        await self.db.executemany(
+            f"UPDATE {table} SET rev = CASE WHEN rev > ? THEN rev ELSE ? END WHERE {column} = ?",
+            [[rev, rev, key] for key, rev in revs.items()],
+        )
+        await self._touch_all(kind, list(revs))
 
 
 def _account(row: sqlite3.Row) -> Account:
@@ -408,17 +539,13 @@ def _number(row: sqlite3.Row) -> NumberRecord:
 
 
 def _number_values(n: NumberRecord) -> list[Any]:
-    return [
-        n.did,
-        n.kind.value,
-        n.region,
-        n.pool.value,
-        n.status.value,
-        n.owner,
-        n.callback_rule.value,
-        n.inbound_campaign,
-        n.reserved_at,
-    ]
+    # The enums are str: sqlite3 binds them as their text, and they compare equal to it.
+    return [n.did, n.kind, n.region, n.pool, n.status, n.owner, n.callback_rule,
+            n.inbound_campaign, n.reserved_at]
+
+
+def _campaign_values(c: Campaign, now: float) -> list[Any]:
+    return [c.id, c.account, c.kind.value, int(c.accept_inbound), c.state.value, c.caller_id, now]
 
 
 def _campaign(row: sqlite3.Row) -> Campaign:
@@ -437,6 +564,14 @@ def _request(row: sqlite3.Row) -> Request:
         row["id"], row["account"], Kind(row["kind"]), row["region"], row["at"], row["status"],
         row["closed_at"], row["closed_by"], row["note"],
     )
+
+
+def _routing_columns(kind: str) -> str:
+    """Key, revision and the routing fields, in the order of the stored value."""
+    return ", ".join([ROUTING_TABLES[kind][1], "rev", *FIELDS[kind]])
+
+
+_RECORD_OF = {"accounts": _account, "numbers": _number, "campaigns": _campaign}
 
 
 def _sql_value(value: Any) -> Any:

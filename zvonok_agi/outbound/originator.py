@@ -173,10 +173,10 @@ class Originator:
         if campaign is None:
             raise DialRefused(f"no campaign {campaign_id!r}")
         account = snapshot.accounts.get(campaign.account)
+        # A pool campaign looks only at the service numbers: not at every number there is.
+        numbers = snapshot.numbers if campaign.caller_id else snapshot.service_pool
         try:
-            plan = plan_caller_id(
-                campaign, account, snapshot.numbers, callee, self.rng, region_of=region_of
-            )
+            plan = plan_caller_id(campaign, account, numbers, callee, self.rng, region_of=region_of)
         except CallerIdRefused as exc:
             raise DialRefused(str(exc)) from exc
         return campaign, plan

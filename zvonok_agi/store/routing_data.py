@@ -1,15 +1,27 @@
-"""Routing data in Redis: accounts, numbers, campaigns. Every write goes through this module.
+"""Routing data in Redis: accounts, numbers, campaigns, and the stream of their changes.
 
-Layout (prefix `zv:` by default):
-  account:<id>   hash  verified, name
-  number:<did>   hash  pool, status, owner, callback_rule, inbound_campaign
-  campaign:<id>  hash  account, kind, accept_inbound, state, caller_id (empty: service pool)
-  accounts / numbers / campaigns   sets of ids, so a full load needs no SCAN
-  routing:version   incremented by every write, in the same transaction
-  routing (pub/sub channel)   "<kind>:<id>" after every write
+Every write goes through `RoutingData.write`: one Lua script per batch changes the records,
+the version and the stream together. The keys (prefix `zv:` by default) share the hash tag
+`{routing}`, so that on a Redis Cluster they live in one slot and one script may touch them all:
 
-The engine keeps the whole routing data in memory (`RoutingCache`) and follows changes through
-pub/sub, with the version as a safety net for missed messages: a call to a reserved number still
+  zv:{routing}:accounts   hash  id  -> [rev, verified, name]
+  zv:{routing}:numbers    hash  did -> [rev, pool, status, owner, callback_rule, inbound_campaign]
+  zv:{routing}:campaigns  hash  id  -> [rev, account, kind, accept_inbound, state, caller_id]
+  zv:{routing}:version    the version of the whole, +1 per change
+  zv:{routing}:changes    stream, one entry per change: id "<version>-0", fields k (kind),
+                          i (id), v (the new value; empty: deleted); about MAX_CHANGES kept
+
+Values are JSON arrays. `rev` is the record's revision in the control plane's store: a write
+never puts an older revision over a newer one (two publishers racing), and a value equal to the
+stored one changes nothing. A missing version key (a new or emptied Redis) starts again from
+the clock in microseconds, above any version a reader has seen, so the reader notices the jump.
+
+The engine keeps the whole routing data in memory (`RoutingCache`): one full load at start, then
+every change from the stream applied in place. A gap (the stream trimmed past the engine's
+version), a version gone back or a change it cannot read make it load everything again and
+swap the new copy in at once (the old one is freed later, a piece at a time). Loads run in
+chunks, changes in small batches, and the records are kept as their stored strings (`Table`):
+no step holds the event loop for long, whatever the size. A call to a reserved number still
 reaches its bound inbound campaign while Redis is down.
 """
 
@@ -17,7 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -35,135 +50,437 @@ from ..routing.model import (
     NumberStatus,
     Pool,
 )
-from ..tasks import LoopErrors, cancel_and_wait, cancel_requested, run_every
+from ..tasks import LoopErrors, cancel_and_wait, cancel_requested
 
 log = structlog.get_logger(__name__)
 
+KINDS = ("account", "number", "campaign")
+MAX_CHANGES = 100_000  # stream entries kept: an engine further behind loads everything again
+WRITE_BATCH = 200  # changes per script call: Redis runs a script to its end, others wait
+SCAN_CHUNK = 500  # records per HSCAN of a full load: parsing the reply is one loop step
+READ_CHUNK = 100  # stream entries per read: parsing and applying them is one loop step
+LOAD_ATTEMPTS = 5
+RELEASE_AFTER = 10.0  # seconds a replaced copy is kept for the calls still reading it
 
-@dataclass(frozen=True)
+Record = Account | Number | Campaign
+
+# KEYS: version, changes, then the hashes of account, number, campaign.
+# ARGV: MAX_CHANGES, then the changes as one JSON array of [kind, id, value, expected]
+# (one argument: redis-py packs arguments slowly, Redis's cjson decodes fast).
+#   value not empty: store it, unless the stored value is the same or of a newer revision
+#   (a refused one is returned as stale); value empty: delete, if expected is empty or is
+#   the stored value. Each change made is one entry of the stream.
+WRITE_SCRIPT = """
+local hashes = {account = KEYS[3], number = KEYS[4], campaign = KEYS[5]}
+local version = tonumber(redis.call('GET', KEYS[1]) or '')
+if not version then
+  local now = redis.call('TIME')
+  version = tonumber(now[1]) * 1000000 + tonumber(now[2])
+end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+if last then
+  local top = tonumber(string.match(last[1], '^(%d+)'))
+  if top > version then version = top end
+end
+local function rev(value)
+  return tonumber(string.match(value, '^%[(%d+)') or '0')
+end
+local changed, stale = 0, {}
+for _, change in ipairs(cjson.decode(ARGV[2])) do
+  local kind, id, value, expected = change[1], change[2], change[3], change[4]
+  local hash = hashes[kind]
+  local stored = redis.call('HGET', hash, id)
+  local write = false
+  if value ~= '' then
+    if stored ~= value then
+      if stored and rev(stored) > rev(value) then
+        stale[#stale + 1] = kind
+        stale[#stale + 1] = id
+      else
+        redis.call('HSET', hash, id, value)
+        write = true
+      end
+    end
+  elseif stored and (expected == '' or expected == stored) then
+    redis.call('HDEL', hash, id)
+    write = true
+  end
+  if write then
+    version = version + 1
+    changed = changed + 1
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], string.format('%d-0', version),
+               'k', kind, 'i', id, 'v', value)
+  end
+end
+if changed > 0 then
+  redis.call('SET', KEYS[1], string.format('%d', version))
+end
+return stale
+"""
+
+
+class BadChange(ValueError):
+    """A record or a change that cannot be read (written by hand, or by a newer release)."""
+
+
+class Gap(Exception):
+    """The copy cannot follow: changes between its version and the next one are gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    record: Record
+    rev: int = 0  # the store's revision of the record; 0: written without a store
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A put of a value already encoded (`encode_values`), as the control plane's store
+    gives it."""
+
+    kind: str
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    kind: str
+    key: str
+    expected: str = ""  # delete only if the stored value is still this one; empty: any
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the stream: the record as it is from `version` on (None: deleted), and
+    its stored value."""
+
+    version: int
+    kind: str
+    key: str
+    record: Record | None
+    value: str = ""
+
+
+class Table(MutableMapping):
+    """Records of one kind by key, kept as their stored values and decoded when read.
+
+    Plain strings are nothing the garbage collector walks: with half a million records as
+    objects, each of its full passes would stop the engine for ~100 ms, and a full load would
+    set off several. The values are spread over SHARDS dicts, so that no dict grows so big
+    that growing it once more (copying it whole) holds the event loop for long. A value that
+    cannot be read is logged (once) and its record is absent.
+    """
+
+    SHARDS = 256
+
+    def __init__(self, kind: str, records: Mapping[str, Record] | None = None) -> None:
+        self.kind = kind
+        self._shards: list[dict[str, str | Record]] = [{} for _ in range(self.SHARDS)]
+        self._bad: set[str] = set()
+        for key, record in (records or {}).items():
+            self[key] = record
+
+    def _shard(self, key: str) -> dict[str, str | Record]:
+        return self._shards[hash(key) % self.SHARDS]
+
+    def put(self, key: str, value: str | Record) -> None:
+        """Puts a stored value (or a record) in, unchecked."""
+        self._shard(key)[key] = value
+
+    def __getitem__(self, key: str) -> Record:
+        value = self._shard(key)[key]
+        if not isinstance(value, str):
+            return value
+        try:
+            return decode(self.kind, key, value)
+        except BadChange as exc:
+            if key not in self._bad:
+                self._bad.add(key)
+                log.error("bad routing record skipped", kind=self.kind, key=key, error=str(exc))
+            raise KeyError(key) from None
+
+    def __setitem__(self, key: str, record: Record) -> None:
+        self._shard(key)[key] = record
+        self._bad.discard(key)
+
+    def __delitem__(self, key: str) -> None:
+        del self._shard(key)[key]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._shard(key)
+
+    def __iter__(self) -> Iterator[str]:
+        for shard in self._shards:
+            yield from list(shard)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._shards))
+
+    def items(self) -> Iterator[tuple[str, Record]]:  # type: ignore[override]
+        """The records that can be read."""
+        for key in self:
+            record = self.get(key)
+            if record is not None:
+                yield key, record
+
+    def values(self) -> Iterator[Record]:  # type: ignore[override]
+        return (record for _, record in self.items())
+
+    async def release(self) -> None:
+        """Empties the table a shard at a time: freed at once, half a million values would
+        hold the event loop for tens of ms."""
+        for shard in self._shards:
+            shard.clear()
+            await asyncio.sleep(0)
+
+
+@dataclass(eq=False)
 class RoutingSnapshot:
+    """The routing data at `version` (-1: never loaded). The engine's copy is changed in place,
+    one record at a time: a reader between two awaits sees every record whole.
+    `service_pool` holds the service numbers (decoded): the pool's candidates."""
+
     version: int = -1
-    accounts: dict[str, Account] = field(default_factory=dict)
-    numbers: dict[str, Number] = field(default_factory=dict)
-    campaigns: dict[str, Campaign] = field(default_factory=dict)
+    accounts: MutableMapping[str, Account] = field(default_factory=lambda: Table("account"))
+    numbers: MutableMapping[str, Number] = field(default_factory=lambda: Table("number"))
+    campaigns: MutableMapping[str, Campaign] = field(default_factory=lambda: Table("campaign"))
+    service_pool: dict[str, Number] = field(default_factory=dict)
+
+    def table(self, kind: str) -> MutableMapping:
+        if kind == "number":
+            return self.numbers
+        return self.campaigns if kind == "campaign" else self.accounts
+
+    def put(self, kind: str, key: str, value: str) -> None:
+        """Puts a stored value in, as a full load reads it (checked when read)."""
+        table = self.table(kind)
+        if isinstance(table, Table):
+            table.put(key, value)
+        else:
+            table[key] = decode(kind, key, value)
+        if kind == "number":
+            self.service_pool.pop(key, None)
+            if _pool_of(value) == '"service"':
+                with contextlib.suppress(BadChange):
+                    self.service_pool[key] = decode(kind, key, value)
+
+    def apply(self, change: Change) -> None:
+        if change.version != self.version + 1:
+            raise Gap(f"at version {self.version}, the next change is {change.version}")
+        table = self.table(change.kind)
+        record = change.record
+        if record is None:
+            table.pop(change.key, None)
+        elif isinstance(table, Table):
+            table.put(change.key, change.value)
+        else:
+            table[change.key] = record
+        if change.kind == "number":
+            if isinstance(record, Number) and record.is_service:
+                self.service_pool[change.key] = record
+            else:
+                self.service_pool.pop(change.key, None)
+        self.version = change.version
 
 
 class RoutingData:
     def __init__(self, redis: aioredis.Redis, prefix: str = "zv:") -> None:
         self.redis = redis
         self.prefix = prefix
-        self.channel = f"{prefix}routing"
-        self.version_key = f"{prefix}routing:version"
+        base = f"{prefix}{{routing}}:"
+        self.hashes = {kind: f"{base}{kind}s" for kind in KINDS}
+        self.version_key = f"{base}version"
+        self.changes_key = f"{base}changes"
+        self._keys = [self.version_key, self.changes_key, *self.hashes.values()]
+        self._write = redis.register_script(WRITE_SCRIPT)
 
     # writes
 
+    async def write(self, changes: Iterable[Put | Stored | Delete]) -> list[tuple[str, str]]:
+        """Applies `changes` in order, WRITE_BATCH per script; returns (kind, key) of the puts
+        refused because Redis holds a newer revision."""
+        stale: list[tuple[str, str]] = []
+        batch: list[list[str]] = []
+        for change in changes:
+            if isinstance(change, Put):
+                kind, key = record_key(change.record)
+                batch.append([kind, key, encode(change.record, change.rev), ""])
+            elif change.kind not in KINDS:
+                raise ValueError(f"unknown kind {change.kind!r}")
+            elif isinstance(change, Stored):
+                batch.append([change.kind, change.key, change.value, ""])
+            else:
+                batch.append([change.kind, change.key, "", change.expected])
+            if len(batch) >= WRITE_BATCH:
+                stale += await self._run(batch)
+                batch = []
+        if batch:
+            stale += await self._run(batch)
+        return stale
+
+    async def _run(self, batch: list[list[str]]) -> list[tuple[str, str]]:
+        refused = await self._write(keys=self._keys, args=[MAX_CHANGES, _json(batch)])
+        texts = [_text(item) for item in refused]
+        return list(zip(texts[::2], texts[1::2], strict=True))
+
     async def put_account(self, account: Account) -> None:
-        await self._write("account", account.id, _account_fields(account))
+        await self.write([Put(account)])
 
     async def put_number(self, number: Number) -> None:
-        await self._write("number", number.did, _number_fields(number))
+        await self.write([Put(number)])
 
     async def put_campaign(self, campaign: Campaign) -> None:
-        await self._write("campaign", campaign.id, _campaign_fields(campaign))
+        await self.write([Put(campaign)])
 
     async def delete_number(self, did: str) -> None:
-        await self._write("number", did, None)
+        await self.write([Delete("number", did)])
 
     async def delete_campaign(self, campaign_id: str) -> None:
-        await self._write("campaign", campaign_id, None)
+        await self.write([Delete("campaign", campaign_id)])
 
     async def delete_account(self, account_id: str) -> None:
-        await self._write("account", account_id, None)
-
-    async def _write(self, kind: str, key: str, mapping: dict[str, str] | None) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            item_key = f"{self.prefix}{kind}:{key}"
-            pipe.delete(item_key)
-            if mapping is None:
-                pipe.srem(f"{self.prefix}{kind}s", key)
-            else:
-                pipe.hset(item_key, mapping=mapping)
-                pipe.sadd(f"{self.prefix}{kind}s", key)
-            pipe.incr(self.version_key)
-            pipe.publish(self.channel, f"{kind}:{key}")
-            await pipe.execute()
+        await self.write([Delete("account", account_id)])
 
     # reads
 
-    async def version(self) -> int:
-        return int(await self.redis.get(self.version_key) or 0)
+    async def version(self) -> int | None:
+        """The current version; None when no routing data was ever written to this Redis."""
+        value = await self.redis.get(self.version_key)
+        return None if value is None else int(value)
+
+    async def scan(self, kind: str) -> AsyncIterator[list[tuple[str, str]]]:
+        """Every (key, stored value) of one kind, SCAN_CHUNK at a time. A record changed
+        during the scan may come in either state: follow with the changes since."""
+        cursor = 0
+        while True:
+            cursor, items = await self.redis.hscan(self.hashes[kind], cursor, count=SCAN_CHUNK)
+            yield [(_text(k), _text(v)) for k, v in items.items()]
+            if cursor == 0:
+                return
+
+    async def changes(
+        self, after: int, count: int = READ_CHUNK, block: float | None = None
+    ) -> list[Change]:
+        """The changes after version `after`, oldest first; with `block` (seconds), waits that
+        long for one when there is none. BadChange if one cannot be read."""
+        if block is None:
+            entries = await self.redis.xrange(self.changes_key, f"{after + 1}-0", count=count)
+        else:
+            streams = await self.redis.xread(
+                {self.changes_key: f"{after}-0"}, count=count, block=max(1, int(block * 1000))
+            )
+            entries = streams[0][1] if streams else []
+        return [_change(entry_id, fields) for entry_id, fields in entries]
 
     async def load(self) -> RoutingSnapshot:
-        """The whole routing data, consistent with one version (retried if a write races)."""
-        for _ in range(5):
+        """The whole routing data: every record as scanned, then the changes made since the
+        scan began (so a record changed meanwhile ends in its last state)."""
+        for _ in range(LOAD_ATTEMPTS):
             version = await self.version()
-            ids = {}
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for kind in ("account", "number", "campaign"):
-                    pipe.smembers(f"{self.prefix}{kind}s")
-                members = await pipe.execute()
-            for kind, found in zip(("account", "number", "campaign"), members, strict=True):
-                ids[kind] = sorted(_text(item) for item in found)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for kind, keys in ids.items():
-                    for key in keys:
-                        pipe.hgetall(f"{self.prefix}{kind}:{key}")
-                pipe.get(self.version_key)
-                rows = await pipe.execute()
-            if int(rows[-1] or 0) != version:
+            snapshot = RoutingSnapshot(version=version or 0)
+            for kind in KINDS:
+                async for chunk in self.scan(kind):
+                    for key, value in chunk:
+                        snapshot.put(kind, key, value)
+            if version is None:
+                if await self.version() is None:
+                    return snapshot
+                await release(snapshot)
+                continue  # first written meanwhile: scan again, from a version
+            try:
+                await self.catch_up(snapshot)
+            except (Gap, BadChange) as exc:
+                log.info("routing data changed too much during the load; again", why=str(exc))
+                await release(snapshot)
                 continue
-            return _snapshot(version, ids, rows[:-1])
+            return snapshot
         raise RedisError("routing data kept changing during the load")
+
+    async def catch_up(self, snapshot: RoutingSnapshot) -> None:
+        """Applies the changes after `snapshot.version` until there are none."""
+        while changes := await self.changes(snapshot.version):
+            for change in changes:
+                snapshot.apply(change)
 
 
 class RoutingCache:
     """The engine's in-memory copy of the routing data, kept current.
 
-    `snapshot` is always usable: the last good copy stays while Redis is away.
+    `snapshot` is always usable: the last good copy stays while Redis is away, and while
+    Redis holds no routing data at all (emptied: the control plane's `sync` fills it again).
     """
 
     def __init__(self, data: RoutingData, refresh_interval: float = 1.0) -> None:
         self.data = data
         self.refresh_interval = refresh_interval
         self.snapshot = RoutingSnapshot()
-        self._dirty = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self.on_reload: Callable[[RoutingSnapshot], Awaitable[None] | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._releasing: list[asyncio.Task[None]] = []
+        self._missing_logged = False
+        timeout = data.redis.connection_pool.connection_kwargs.get("socket_timeout")
+        # A blocking read must return before the client's socket timeout ends it.
+        self._block = min(refresh_interval, timeout or refresh_interval) / 2
 
     async def start(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
+        try:
             await self.reload()
-        self._tasks = [
-            asyncio.create_task(self._follow_changes(), name="routing-pubsub"),
-            asyncio.create_task(self._poll_version(), name="routing-version"),
-            asyncio.create_task(self._reloader(), name="routing-reload"),
-        ]
+        except (RedisError, OSError) as exc:
+            log.warning("routing data not loaded; retrying in the background", error=str(exc))
+        self._task = asyncio.create_task(self._follow(), name="routing-follow")
 
     async def stop(self) -> None:
-        await cancel_and_wait(*self._tasks)
-        self._tasks = []
+        await cancel_and_wait(self._task, *self._releasing)
+        self._task = None
+        self._releasing = []
+
+    async def _release(self, old: RoutingSnapshot) -> None:
+        # Calls still deciding on the old copy end within their session deadline.
+        await asyncio.sleep(RELEASE_AFTER)
+        await release(old)
+        self._releasing = [task for task in self._releasing if not task.done()]
 
     async def reload(self) -> None:
+        started = time.monotonic()
         snapshot = await self.data.load()
-        if snapshot.version != self.snapshot.version:
-            self.snapshot = snapshot
-            log.info(
-                "routing data loaded",
-                version=snapshot.version,
-                numbers=len(snapshot.numbers),
-                campaigns=len(snapshot.campaigns),
-            )
+        old, self.snapshot = self.snapshot, snapshot
+        self._releasing.append(asyncio.create_task(self._release(old), name="routing-release"))
+        METRICS.routing_loaded()
+        log.info(
+            "routing data loaded",
+            version=snapshot.version,
+            accounts=len(snapshot.accounts),
+            numbers=len(snapshot.numbers),
+            campaigns=len(snapshot.campaigns),
+            seconds=round(time.monotonic() - started, 3),
+        )
 
-    # Each loop rides out any failure (logged, counted, see zvonok_agi.tasks), and ends when
-    # its cancellation was swallowed or turned into a store error by redis-py: the request
-    # is still on record.
-    async def _reloader(self) -> None:
-        errors = LoopErrors("routing-reload")
+    # The loop rides out any failure (logged and counted, see zvonok_agi.tasks), and ends when
+    # its cancellation was swallowed or turned into a store error by redis-py: the request is
+    # still on record.
+    async def _follow(self) -> None:
+        errors = LoopErrors("routing-follow")
+        loop = asyncio.get_running_loop()
+        reload = self.snapshot.version < 0
+        checked = loop.time()
         while not cancel_requested():
-            await self._dirty.wait()
-            self._dirty.clear()
             try:
-                await self.reload()
+                if reload:
+                    await self.reload()
+                    reload = False
+                changes = await self.data.changes(self.snapshot.version, block=self._block)
+                for change in changes:
+                    self.snapshot.apply(change)
+                METRICS.routing_changes(len(changes))
+                if not changes and loop.time() - checked >= self.refresh_interval:
+                    checked = loop.time()
+                    reload = await self._lost_track()
+            except Gap as exc:
+                log.warning("routing changes missed; loading everything again", why=str(exc))
+                reload = True
+            except BadChange as exc:
+                log.error("unreadable routing change; loading everything again", error=str(exc))
+                reload = True
             except Exception as exc:
                 if cancel_requested():
                     return
@@ -174,95 +491,142 @@ class RoutingCache:
             else:
                 errors.succeeded()
 
-    async def _follow_changes(self) -> None:
-        errors = LoopErrors("routing-pubsub")
-        while not cancel_requested():
-            try:
-                async with self.data.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self.data.channel)
-                    errors.succeeded()
-                    self._dirty.set()  # changes made while we were not listening
-                    while not cancel_requested():
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=self.refresh_interval
-                        )
-                        if message is not None:
-                            self._dirty.set()
-            except Exception as exc:
-                if cancel_requested():
-                    return
-                errors.failed(exc)
-                await asyncio.sleep(self.refresh_interval)
+    async def _lost_track(self) -> bool:
+        """Whether the version says the stream cannot bring this copy up to date: it went back
+        (Redis restored from an older copy) or it moved with no change in the stream."""
+        version = await self.data.version()
+        mine = self.snapshot.version
+        if version is None:
+            if mine > 0 and not self._missing_logged:
+                log.warning(
+                    "Redis holds no routing data: keeping the copy in memory "
+                    "(run `zvonok-agi sync` to fill Redis from the control plane)"
+                )
+                self._missing_logged = True
+            return False
+        self._missing_logged = False
+        return version < mine or (version > mine and not await self.data.changes(mine, 1))
 
-    async def _poll_version(self) -> None:
-        await run_every(self.refresh_interval, self._check_version, LoopErrors("routing-version"))
 
-    async def _check_version(self) -> None:
-        if await self.data.version() != self.snapshot.version:
-            self._dirty.set()
+async def release(snapshot: RoutingSnapshot) -> None:
+    """Empties a copy no longer used, a shard at a time (see `Table.release`)."""
+    for table in (snapshot.accounts, snapshot.numbers, snapshot.campaigns):
+        if isinstance(table, Table):
+            await table.release()
+
+
+# records <-> stored values
+
+
+def record_key(record: Record) -> tuple[str, str]:
+    if isinstance(record, Number):
+        return "number", record.did
+    if isinstance(record, Campaign):
+        return "campaign", record.id
+    return "account", record.id
+
+
+# The fields of each kind's stored value, after the revision; named as the record's attributes
+# and the control plane's columns.
+FIELDS = {
+    "account": ("verified", "name"),
+    "number": ("pool", "status", "owner", "callback_rule", "inbound_campaign"),
+    "campaign": ("account", "kind", "accept_inbound", "state", "caller_id"),
+}
+
+
+def encode(record: Record, rev: int = 0) -> str:
+    kind, _ = record_key(record)
+    values = [getattr(record, name) for name in FIELDS[kind]]
+    return encode_values(rev, [int(v) if isinstance(v, bool) else v for v in values])
+
+
+def encode_values(rev: int, values: Iterable[object]) -> str:
+    """The stored value of a record from its revision and its FIELDS' values (flags as 0/1,
+    as the store keeps them)."""
+    return _json([rev, *values])
+
+
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def revision(value: bytes | str) -> int:
+    """The revision a stored value carries (0 if it carries none)."""
+    text = _text(value)
+    head = text[1 : text.find(",")] if text.startswith("[") else ""
+    return int(head) if head.isdigit() else 0
+
+
+_POOLS = {item.value: item for item in Pool}
+_STATUSES = {item.value: item for item in NumberStatus}
+_RULES = {item.value: item for item in CallbackRule}
+_CAMPAIGN_KINDS = {item.value: item for item in CampaignKind}
+_STATES = {item.value: item for item in CampaignState}
+
+
+def decode(kind: str, key: str, value: str) -> Record:
+    """The record a stored value holds; BadChange if it holds none."""
+    try:
+        fields = json.loads(value)
+        if kind == "number":
+            _, pool, status, owner, rule, inbound = fields
+            return Number(
+                key, _POOLS[pool], _STATUSES[status], _name(owner), _RULES[rule], _name(inbound)
+            )
+        if kind == "campaign":
+            _, account, campaign_kind, accept, state, caller_id = fields
+            if not account:
+                raise ValueError("no account")
+            return Campaign(
+                key,
+                _name(account),
+                _CAMPAIGN_KINDS[campaign_kind],
+                _flag(accept),
+                _STATES[state],
+                _name(caller_id),
+            )
+        if kind == "account":
+            _, verified, name = fields
+            if not isinstance(name, str):
+                raise TypeError("name is no text")
+            return Account(key, _flag(verified), name)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadChange(f"{kind} {key}: {value[:200]!r}: {exc!r}") from None
+    raise BadChange(f"unknown kind {kind!r} ({key})")
+
+
+def _pool_of(value: str) -> str:
+    """The pool field of a stored number, as JSON text, without decoding the rest."""
+    parts = value.split(",", 2)
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _name(value: object) -> str | None:
+    """An id in a record; the same text shared by every record naming it."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is no id")
+    return sys.intern(value)
+
+
+def _flag(value: object) -> bool:
+    if value not in (0, 1) or isinstance(value, float):
+        raise ValueError(f"{value!r} is not 0 or 1")
+    return bool(value)
+
+
+def _change(entry_id: bytes | str, fields: dict) -> Change:
+    try:
+        version = int(_text(entry_id).partition("-")[0])
+        values = {_text(k): _text(v) for k, v in fields.items()}
+        kind, key, value = values["k"], values["i"], values["v"]
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise BadChange(f"stream entry {entry_id!r}: {exc!r}") from None
+    if kind not in KINDS:
+        raise BadChange(f"stream entry {entry_id!r}: unknown kind {kind!r}")
+    return Change(version, kind, key, decode(kind, key, value) if value else None, value)
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _account_fields(account: Account) -> dict[str, str]:
-    return {"verified": "1" if account.verified else "0", "name": account.name}
-
-
-def _number_fields(number: Number) -> dict[str, str]:
-    return {
-        "pool": number.pool.value,
-        "status": number.status.value,
-        "owner": number.owner or "",
-        "callback_rule": number.callback_rule.value,
-        "inbound_campaign": number.inbound_campaign or "",
-    }
-
-
-def _campaign_fields(campaign: Campaign) -> dict[str, str]:
-    return {
-        "account": campaign.account,
-        "kind": campaign.kind.value,
-        "accept_inbound": "1" if campaign.accept_inbound else "0",
-        "state": campaign.state.value,
-        "caller_id": campaign.caller_id or "",
-    }
-
-
-def _snapshot(version: int, ids: dict[str, list[str]], rows: list[dict]) -> RoutingSnapshot:
-    snapshot = RoutingSnapshot(version=version)
-    row_iter = iter(rows)
-    for kind, keys in ids.items():
-        for key in keys:
-            raw = {_text(k): _text(v) for k, v in next(row_iter).items()}
-            if not raw:
-                continue  # deleted between the two reads; the next version will say so
-            try:
-                _add(snapshot, kind, key, raw)
-            except (KeyError, ValueError) as exc:
-                log.error("bad routing record skipped", kind=kind, key=key, error=str(exc))
-    return snapshot
-
-
-def _add(snapshot: RoutingSnapshot, kind: str, key: str, raw: dict[str, str]) -> None:
-    if kind == "account":
-        snapshot.accounts[key] = Account(key, raw.get("verified") == "1", raw.get("name", ""))
-    elif kind == "number":
-        snapshot.numbers[key] = Number(
-            did=key,
-            pool=Pool(raw["pool"]),
-            status=NumberStatus(raw["status"]),
-            owner=raw.get("owner") or None,
-            callback_rule=CallbackRule(raw.get("callback_rule") or CallbackRule.AS_CAMPAIGN),
-            inbound_campaign=raw.get("inbound_campaign") or None,
-        )
-    else:
-        snapshot.campaigns[key] = Campaign(
-            id=key,
-            account=raw["account"],
-            kind=CampaignKind(raw["kind"]),
-            accept_inbound=raw.get("accept_inbound") == "1",
-            state=CampaignState(raw.get("state") or CampaignState.RUNNING),
-            caller_id=raw.get("caller_id") or None,
-        )

