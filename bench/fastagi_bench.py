@@ -752,7 +752,9 @@ async def run_burst(plan: Plan, pop: Population, redis: EmbeddedRedis, tmp: Path
             row = Row(name, float(size), 0.0)
             session = on_port(port, n_commands)
             await drive(session, warm, plan.rate)
+            before = await redis_connections(redis.url)
             row.t0, row.outcomes = await drive(session, calls, 1e9)  # all at once
+            row.note = str(await redis_connections(redis.url) - before - 1)  # less our probe
             rows.append(row)
         finally:
             stop(proc)
@@ -760,22 +762,32 @@ async def run_burst(plan: Plan, pop: Population, redis: EmbeddedRedis, tmp: Path
     return rows
 
 
+async def redis_connections(url: str) -> int:
+    """Connections the Redis server has accepted so far (this probe's included)."""
+    probe = redis_client(url, load_settings(environ={}))
+    try:
+        return int((await probe.info("stats"))["total_connections_received"])
+    finally:
+        await probe.aclose()
+
+
 def report_burst(rows: list[Row], size: int) -> None:
     somaxconn = Path("/proc/sys/net/core/somaxconn")
     print(f"\nBurst: {size} calls started at the same instant; {os.cpu_count()} CPUs, "
           f"net.core.somaxconn {somaxconn.read_text().strip() if somaxconn.exists() else '?'}")
     print_head(f"{'engine':<16}{'routed':>10}{'p50 ms':>9}{'max ms':>9}{'connect p50':>13}"
-               f"{'connect max':>13}{'SYN retried':>13}")
+               f"{'connect max':>13}{'SYN retried':>13}{'Redis conns':>13}")
     for r in rows:
         connects = sorted(o.connect for o in r.outcomes if o.connect is not None)
         retried = sum(1 for c in connects if c >= 0.9)
         mid = connects[len(connects) // 2] * 1000 if connects else float("nan")
         top = connects[-1] * 1000 if connects else float("nan")
         print(f"{r.name:<16}{f'{len(r.ok)}/{len(r.outcomes)}':>10}{r.pct(0.5):>9.2f}"
-              f"{r.pct(1.0):>9.2f}{mid:>13.2f}{top:>13.2f}{retried:>13}")
+              f"{r.pct(1.0):>9.2f}{mid:>13.2f}{top:>13.2f}{retried:>13}{r.note:>13}")
         print_errors(r)
     print("connect: from the scheduled start to the TCP handshake; SYN retried: connects that "
-          "took >= 900 ms, a dropped SYN sent again after 1 s (the backlog was full)")
+          "took >= 900 ms, a dropped SYN sent again after 1 s (the backlog was full); Redis "
+          "conns: connections the engine opened to Redis during the burst")
 
 
 # --- top rate --------------------------------------------------------------------------------
