@@ -9,7 +9,7 @@ import pytest
 
 from zvonok_agi.routing.callerid import CallerIdPlan, PoolAtCapacity, pick
 from zvonok_agi.routing.model import Attempt
-from zvonok_agi.store.history import CallbackHistory
+from zvonok_agi.store.history import AlreadyDialed, CallbackHistory
 
 NOW = 1_800_000_000.0
 MINUTE = int(NOW // 60)
@@ -93,9 +93,7 @@ async def test_undial_takes_back_everything_dial_wrote(redis, settings, previous
 async def test_undial_leaves_a_later_calls_number_alone(redis, settings) -> None:
     history = CallbackHistory(redis, settings.redis.key_prefix)
     prefix = settings.redis.key_prefix
-    first, _ = await history.record_dial(
-        attempt(1), ("74950000001",), avoid_previous=True, cap=5
-    )
+    first, _ = await history.record_dial(attempt(1), ("74950000001",), avoid_previous=True, cap=5)
     second, before = await history.record_dial(
         attempt(2), ("74950000001", "74950000002"), avoid_previous=True, cap=5
     )
@@ -103,6 +101,46 @@ async def test_undial_leaves_a_later_calls_number_alone(redis, settings) -> None
     assert second.did == "74950000002" and before == "74950000001"
     await history.undial(first, None)  # the first never left; the second did
     assert await redis.get(f"{prefix}last:{CALLEE}") == b"74950000002"
+
+
+async def test_a_campaign_that_dials_each_callee_once_gets_one_attempt(redis, settings) -> None:
+    history = CallbackHistory(redis, settings.redis.key_prefix)
+    first, _ = await history.record_dial(
+        attempt(1), ("74950000001",), avoid_previous=False, cap=None, via="ast1:5038"
+    )
+    assert first is not None
+    placed = await history.dialed("promo", CALLEE)
+    assert placed and (placed.attempt_id, placed.did, placed.via) == (
+        "a1",
+        "74950000001",
+        "ast1:5038",
+    )
+    with pytest.raises(AlreadyDialed) as refused:
+        await history.record_dial(
+            attempt(2), ("74950000002",), avoid_previous=False, cap=None, via="ast1:5038"
+        )
+    assert (refused.value.attempt_id, refused.value.via) == ("a1", "ast1:5038")
+    assert await history.attempts("74950000002", CALLEE) == []  # nothing written
+    # Another campaign, or a call outside the rule, dials the callee as before.
+    other = Attempt("b1", "other", "acme", "", CALLEE, NOW)
+    assert (
+        await history.record_dial(
+            other, ("74950000002",), avoid_previous=False, cap=None, via="ast1:5038"
+        )
+    )[0] is not None
+    assert (
+        await history.record_dial(attempt(3), ("74950000002",), avoid_previous=False, cap=None)
+    )[0] is not None
+    # A call that never left is taken back with its mark: the campaign may dial it again.
+    await history.undial(first, None)
+    assert await history.dialed("promo", CALLEE) is None
+    again, _ = await history.record_dial(
+        attempt(4), ("74950000001",), avoid_previous=False, cap=None, via="ast1:5038"
+    )
+    assert again is not None
+    await history.undial(first, None)  # an old attempt's take-back leaves the new mark alone
+    placed = await history.dialed("promo", CALLEE)
+    assert placed and placed.attempt_id == "a4"
 
 
 async def test_a_claim_is_given_back_only_by_the_call_that_made_it_and_once(redis, settings):

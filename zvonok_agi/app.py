@@ -28,14 +28,16 @@ from .store.routing_data import RoutingCache, RoutingData
 log = structlog.get_logger(__name__)
 
 
-def redis_client(url: str, settings: Settings) -> aioredis.Redis:
+def redis_client(
+    url: str, settings: Settings, connections: int | None = None
+) -> aioredis.Redis:
     """A client that fails fast: one quick retry (a connection gone stale after a Redis
     restart), then the error, so that the caller can route without the store in time. Its
-    pool is bounded: past `max_connections` a command waits for a free connection, up to its
-    own timeout, rather than opening one more."""
+    pool is bounded, to `connections` (default: redis.max_connections): past them a command
+    waits for a free connection, up to its own timeout, rather than opening one more."""
     pool = BlockingConnectionPool.from_url(
         url,
-        max_connections=settings.redis.max_connections,
+        max_connections=connections or settings.redis.max_connections,
         timeout=settings.redis.socket_timeout,
         socket_timeout=settings.redis.socket_timeout,
         socket_connect_timeout=settings.redis.connect_timeout,
@@ -47,7 +49,9 @@ def redis_client(url: str, settings: Settings) -> aioredis.Redis:
 
 
 @contextlib.asynccontextmanager
-async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[aioredis.Redis]:
+async def open_redis(
+    settings: Settings, *, supervise: bool, connections: int | None = None
+) -> AsyncIterator[aioredis.Redis]:
     """The configured Redis; with no URL, the embedded server.
 
     `supervise=True` (the engine) starts the embedded server and restarts it if it dies; it
@@ -65,7 +69,7 @@ async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[ai
                 await stack.enter_async_context(embedded)
             elif await asyncio.to_thread(embedded.attach):
                 stack.push_async_callback(asyncio.to_thread, embedded.stop)
-        client = redis_client(url, settings)
+        client = redis_client(url, settings, connections)
         stack.push_async_callback(client.aclose)
         yield client
 

@@ -107,13 +107,39 @@ class OutboundSettings:
     outcome_timeout: float = 90.0
     # Calls per minute from one service-pool number (spreads load; carriers flag hot numbers).
     pool_calls_per_minute: int = 6
-    # Defaults for `campaign run`: calls started per second and calls at once.
+    # A campaign's calls started per second and calls at once, unless set for the campaign.
     calls_per_second: float = 5.0
     concurrency: int = 10
-    # The trunk's own limit in calls started per second, shared by every campaign run here.
+    # The trunk's limit in calls started per second, across every dialer.
     trunk_calls_per_second: float = 20.0
-    # Where `campaign run` keeps its journal of callees already dialed (to resume).
-    state_dir: str = "var/runs"
+
+
+@dataclass(frozen=True)
+class DialerSettings:
+    # The Asterisk hosts (AMI "host:port") a dialer places calls through, "/N" after one for
+    # its own capacity; empty: the [ami] host alone. Name a host the same way on every dialer:
+    # the name keys its limit.
+    hosts: tuple[str, ...] = ()
+    # Calls being placed at once on one host (outcome not yet known), across every dialer.
+    host_capacity: int = 100
+    # The same on one trunk (the endpoint of outbound.channel), across every dialer and host.
+    trunk_capacity: int = 200
+    # Calls one dialer process handles at once.
+    concurrency: int = 200
+    # Seconds between a dialer's word that it still works on the callees it took.
+    heartbeat: float = 5.0
+    # Seconds without that word after which another dialer takes its callees over.
+    claim_after: float = 30.0
+    # Seconds between looks for new callees when there is nothing to dial.
+    poll_interval: float = 0.2
+
+
+@dataclass(frozen=True)
+class DialerHost:
+    name: str  # "host:port", as configured
+    host: str
+    port: int
+    capacity: int
 
 
 @dataclass(frozen=True)
@@ -122,7 +148,7 @@ class MetricsSettings:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 9464  # `serve`
-    runner_port: int = 9465  # `campaign run` and `dial`
+    runner_port: int = 9465  # `campaign run`, `dial` and `dialer`
 
 
 @dataclass(frozen=True)
@@ -161,6 +187,7 @@ class Settings:
     dialplan: DialplanSettings = field(default_factory=DialplanSettings)
     ami: AmiSettings = field(default_factory=AmiSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    dialer: DialerSettings = field(default_factory=DialerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     log: LogSettings = field(default_factory=LogSettings)
@@ -292,8 +319,37 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("outbound.outcome_timeout must be longer than ring_timeout")
     if out.pool_calls_per_minute < 1 or out.concurrency < 1:
         raise ConfigError("outbound.pool_calls_per_minute and concurrency must be at least 1")
+    dialer = settings.dialer
+    for name in ("host_capacity", "trunk_capacity", "concurrency"):
+        if getattr(dialer, name) < 1:
+            raise ConfigError(f"dialer.{name} must be at least 1")
+    for name in ("heartbeat", "claim_after", "poll_interval"):
+        if getattr(dialer, name) <= 0:
+            raise ConfigError(f"dialer.{name} must be positive")
+    if dialer.claim_after < 2 * dialer.heartbeat:
+        raise ConfigError("dialer.claim_after must be at least twice dialer.heartbeat")
+    dialer_hosts(settings)
     if settings.log.format not in ("auto", "json", "console"):
         raise ConfigError("log.format must be auto, json or console")
+
+
+def dialer_hosts(settings: Settings) -> list[DialerHost]:
+    """The Asterisk hosts of dialer.hosts ("host:port[/capacity]"), else the [ami] one."""
+    entries = settings.dialer.hosts or (f"{settings.ami.host}:{settings.ami.port}",)
+    hosts = []
+    for entry in entries:
+        name, _, capacity = entry.strip().partition("/")
+        host, colon, port = name.rpartition(":")
+        host = host.strip("[]")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"dialer.hosts: {entry!r} is not host:port[/capacity]")
+        if capacity and (not capacity.isdigit() or int(capacity) < 1):
+            raise ConfigError(f"dialer.hosts: {entry!r}: the capacity must be a whole number >= 1")
+        if any(known.name == name for known in hosts):
+            raise ConfigError(f"dialer.hosts: {name} is listed twice")
+        size = int(capacity) if capacity else settings.dialer.host_capacity
+        hosts.append(DialerHost(name, host, int(port), size))
+    return hosts
 
 
 def is_loopback(host: str) -> bool:

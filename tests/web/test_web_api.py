@@ -228,6 +228,31 @@ async def test_accounts_campaigns_stock_and_sync(api):
     assert (synced.status, synced.body["accounts"], synced.body["numbers"]) == (200, 4, 7)
 
 
+# dialing
+
+
+async def test_callees_are_queued_once_and_the_progress_counts_them(api):
+    callees = ["8 916 123-45-67", "+7 916 123-45-67", "79031234567", "12"]
+    first = await api.post("/api/campaigns/acme-sale/callees", {"callees": callees, "cps": 2.5})
+    assert first.status == 200
+    assert first.body == {
+        "campaign": "acme-sale", "queued": 2, "queued_before": 0,
+        "refused": [{"callee": "12", "reason": "not a phone number"}],
+    }
+    again = await api.post("/api/campaigns/acme-sale/callees", {"callees": callees[1:3]})
+    assert (again.body["queued"], again.body["queued_before"]) == (0, 2)
+    progress = (await api.get("/api/campaigns/acme-sale/progress")).body
+    assert progress == {
+        "campaign": "acme-sale", "callees": 3, "waiting": 2, "dialing": 0, "done": 0,
+        "refused": 1, "outcomes": dict.fromkeys(
+            ("answered", "no_answer", "busy", "failed", "congestion"), 0),
+        "dialing_by_host": {}, "cps": 2.5, "concurrency": None,
+    }
+    await api.patch("/api/campaigns/acme-sale", {"state": "finished"})
+    finished = await api.post("/api/campaigns/acme-sale/callees", {"callees": ["79031234568"]})
+    assert (finished.status, finished.code) == (409, "campaign_finished")
+
+
 # bad input: every endpoint
 
 NESTED = b"[" * 2000 + b"]" * 2000  # deeper than Python's recursion, under the cap
@@ -336,6 +361,28 @@ BAD_INPUT = [
     ("PATCH", "/api/campaigns/acme-line", {"caller_id": MOSCOW_1}, None, 409, "not_outbound"),
     ("POST", "/api/campaigns", {"id": "c", "account": ACME, "kind": "inbound",
                                 "caller_id": MOSCOW_1}, None, 400, "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {}, None, 400, "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": []}, None, 400, "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": "79161234567"}, None, 400,
+     "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": [5]}, None, 400, "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": ["7" * 41]}, None, 400,
+     "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": [MOSCOW_1], "cps": 0}, None, 400,
+     "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": [MOSCOW_1], "cps": True}, None, 400,
+     "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": [MOSCOW_1], "concurrency": 1.5},
+     None, 400, "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": [MOSCOW_1], "concurrency": True},
+     None, 400, "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": [MOSCOW_1], "when": 1}, None, 400,
+     "bad_input"),
+    ("POST", "/api/campaigns/acme-line/callees", {"callees": [MOSCOW_1]}, None, 409,
+     "not_outbound"),
+    ("POST", "/api/campaigns/nope/callees", {"callees": [MOSCOW_1]}, None, 404,
+     "unknown_campaign"),
+    ("GET", "/api/campaigns/nope/progress", None, None, 404, "unknown_campaign"),
     ("GET", "/api/requests", None, {"status": "weird"}, 400, "bad_input"),
     ("POST", "/api/requests/1/close", None, None, 404, "unknown_request"),
     ("POST", "/api/requests/1/close", {"note": "x"}, None, 404, "unknown_request"),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from web_helpers import TOKEN, admin_api, helpers
+from zvonok_agi.outbound.queue import CampaignQueue
 
 playwright = pytest.importorskip("playwright.async_api", reason="needs the playwright package")
 
@@ -222,3 +223,15 @@ async def test_without_the_token_the_page_asks_for_it(page):
     await page.fill("#token", TOKEN)
     await page.click("#login button")
     await expect(page.locator("#summary")).to_have_text("Reserved numbers: none")
+
+
+async def test_the_page_shows_each_outbound_campaigns_dialing_progress(page, shots):
+    expect = playwright.expect
+    data = page.service.data
+    queue = CampaignQueue(data.redis, data.prefix)
+    await queue.enqueue("acme-sale", ["79161234567", "79031234567"], [("12", "not a number")])
+    await page.goto(f"{page.base}/?account={ACME}#token={TOKEN}")
+    campaign = page.locator("#dialing tr[data-campaign='acme-sale'] td")
+    await expect(campaign).to_have_text(["acme-sale", "3", "2", "0", "0", "1", "—"])
+    await expect(page.locator("#dialing tbody tr")).to_have_count(1)  # not the inbound one
+    await page.screenshot(path=shots / "dialing.png", full_page=True)

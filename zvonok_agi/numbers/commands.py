@@ -418,7 +418,7 @@ async def admin_server(settings: Any) -> AsyncIterator[Any]:
         raise CommandError(str(exc)) from exc
     async with open_service(settings) as service, AdminServer(
         service, token=token, host=admin.host, port=admin.port, max_body=admin.max_body,
-        allow_remote=admin.allow_remote,
+        allow_remote=admin.allow_remote, region=settings.routing.default_region,
     ) as server:
         print(f"admin API and numbers page on {server.url}/", flush=True)
         if not admin.token and sys.stdout.isatty():

@@ -9,6 +9,9 @@ Layout (prefix `zv:` by default):
   attempt:<id>  the hist key of an attempt, to settle its outcome by id
   last:<callee>  the number the latest outbound call to this callee showed
   cpm:<did>:<minute>  calls placed from a number in one minute (for the per-number cap)
+  dialed:{<callee>}  hash, campaign -> "<attempt id> <did> <via>": the call a campaign that
+      dials each callee once placed to this callee, and the Asterisk host it went through
+      (written with the attempt, in the same step)
 
 Recording an outbound attempt is one Lua script too: it reads the callee's last number and the
 numbers' counts and writes the attempt in the same step, so two calls to one callee at once
@@ -61,37 +64,52 @@ return 1
 # An outbound call about to be placed, in one round trip and all or nothing: the first
 # candidate number that is not the one this callee was shown last (when the plan says so) and
 # is under its calls-per-minute cap (a negative cap: none) is counted, remembered as the
-# callee's last number, and the attempt is recorded from it. Returns {chosen or '', previous
-# or ''}. The rule is routing.callerid.pick, which the tests hold this script to.
-# KEYS: last:<callee>, attempt:<id>, then per candidate cpm:<did>:<minute> and hist:<did>:<callee>
-# ARGV: id, record JSON, outcome, now, window, cap, avoid previous (1/0), candidates...
+# callee's last number, and the attempt is recorded from it. With a campaign that dials each
+# callee once, the call it placed to this callee is remembered too, and if there is one
+# already nothing is written. Returns {chosen or '', previous or '', that call or ''}. The
+# rule is routing.callerid.pick, which the tests hold this script to.
+# KEYS: last:<callee>, attempt:<id>, dialed:{<callee>}, then per candidate cpm:<did>:<minute>
+#       and hist:<did>:<callee>
+# ARGV: id, record JSON, outcome, now, window, cap, avoid previous (1/0), campaign dialing each
+#       callee once ('' for none), the host its call goes through, candidates...
 DIAL = (
     _RECORD_FUNCTION
     + """
 local now, window = tonumber(ARGV[4]), tonumber(ARGV[5])
-local cap, avoid = tonumber(ARGV[6]), ARGV[7] == '1'
+local cap, avoid, once = tonumber(ARGV[6]), ARGV[7] == '1', ARGV[8]
 local previous = redis.call('GET', KEYS[1])
-for i = 8, #ARGV do
+if once ~= '' then
+  local placed = redis.call('HGET', KEYS[3], once)
+  if placed then return {'', previous or '', placed} end
+end
+for i = 10, #ARGV do
   local did = ARGV[i]
-  local cpm, hist = KEYS[2 * (i - 7) + 1], KEYS[2 * (i - 7) + 2]
+  local cpm, hist = KEYS[2 * (i - 9) + 2], KEYS[2 * (i - 9) + 3]
   if not (avoid and did == previous)
       and (cap < 0 or tonumber(redis.call('GET', cpm) or '0') < cap) then
     redis.call('INCR', cpm)
     redis.call('EXPIRE', cpm, 120)
     redis.call('SET', KEYS[1], did, 'EX', math.ceil(window))
     record(hist, KEYS[2], ARGV[1], ARGV[2], ARGV[3], now, window)
-    return {did, previous or ''}
+    if once ~= '' then
+      redis.call('HSET', KEYS[3], once, ARGV[1] .. ' ' .. did .. ' ' .. ARGV[9])
+      redis.call('EXPIRE', KEYS[3], math.ceil(window))
+    end
+    return {did, previous or '', ''}
   end
 end
-return {'', previous or ''}
+return {'', previous or '', ''}
 """
 )
 
-# Takes back a dial that never reached Asterisk: the attempt, its count against the cap, and
-# the callee's last number (unless a later call has changed it since).
-# KEYS: last:<callee>, attempt:<id>, cpm:<did>:<minute>, hist:<did>:<callee>
-# ARGV: id, did, previous ('' for none), window
+# Takes back a dial that never reached Asterisk: the attempt, its count against the cap, the
+# callee's last number (unless a later call has changed it since) and the campaign's call to
+# this callee (if it is this one).
+# KEYS: last:<callee>, attempt:<id>, cpm:<did>:<minute>, hist:<did>:<callee>, dialed:{<callee>}
+# ARGV: id, did, previous ('' for none), window, campaign
 UNDIAL = """
+local mark = redis.call('HGET', KEYS[5], ARGV[5])
+if mark and string.match(mark, '^%S+') == ARGV[1] then redis.call('HDEL', KEYS[5], ARGV[5]) end
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   if ARGV[3] == '' then
     redis.call('DEL', KEYS[1])
@@ -134,6 +152,16 @@ return 1
 """
 
 
+class AlreadyDialed(Exception):
+    """The campaign, which dials each callee once, has placed a call to this one already."""
+
+    def __init__(self, campaign: str, callee: str, mark: str) -> None:
+        self.attempt_id, self.did, self.via = (mark.split(" ", 2) + ["", ""])[:3]
+        super().__init__(
+            f"campaign {campaign} has dialed {callee} already (attempt {self.attempt_id})"
+        )
+
+
 class CallbackHistory:
     def __init__(self, redis: aioredis.Redis, prefix: str = "zv:", window: float = 7 * 86400.0):
         self.redis = redis
@@ -156,6 +184,9 @@ class CallbackHistory:
     def key(self, did: str, callee: str) -> str:
         return f"{self.prefix}hist:{did}:{callee}"
 
+    def dialed_key(self, callee: str) -> str:
+        return f"{self.prefix}dialed:{{{callee}}}"
+
     async def record(self, attempt: Attempt, now: float) -> None:
         record = self._record_json(attempt)
         await self._record(
@@ -174,15 +205,22 @@ class CallbackHistory:
         *,
         avoid_previous: bool,
         cap: int | None,
+        via: str | None = None,
     ) -> tuple[Attempt | None, str | None]:
         """Record an attempt about to be dialed from the first usable candidate (see DIAL);
         `attempt.did` is ignored. Returns the attempt as recorded (None, nothing written,
-        when every candidate is ruled out) and the number this callee was shown before."""
+        when every candidate is ruled out) and the number this callee was shown before.
+        `via`: the campaign dials each callee once, and this call goes through that Asterisk
+        host; AlreadyDialed if it has placed a call to this one (nothing written)."""
         minute = int(attempt.at // 60)
-        keys = [f"{self.prefix}last:{attempt.callee}", f"{self.prefix}attempt:{attempt.id}"]
+        keys = [
+            f"{self.prefix}last:{attempt.callee}",
+            f"{self.prefix}attempt:{attempt.id}",
+            self.dialed_key(attempt.callee),
+        ]
         for did in candidates:
             keys += [f"{self.prefix}cpm:{did}:{minute}", self.key(did, attempt.callee)]
-        chosen, previous = await self._dial(
+        chosen, previous, placed = await self._dial(
             keys=keys,
             args=[
                 attempt.id,
@@ -192,9 +230,13 @@ class CallbackHistory:
                 self.window,
                 -1 if cap is None else cap,
                 1 if avoid_previous else 0,
+                "" if via is None else attempt.campaign,
+                via or "",
                 *candidates,
             ],
         )
+        if placed:
+            raise AlreadyDialed(attempt.campaign, attempt.callee, placed.decode())
         recorded = dataclasses.replace(attempt, did=chosen.decode()) if chosen else None
         return recorded, previous.decode() or None
 
@@ -207,9 +249,16 @@ class CallbackHistory:
                 f"{self.prefix}attempt:{attempt.id}",
                 f"{self.prefix}cpm:{attempt.did}:{minute}",
                 self.key(attempt.did, attempt.callee),
+                self.dialed_key(attempt.callee),
             ],
-            args=[attempt.id, attempt.did, previous or "", self.window],
+            args=[attempt.id, attempt.did, previous or "", self.window, attempt.campaign],
         )
+
+    async def dialed(self, campaign: str, callee: str) -> AlreadyDialed | None:
+        """The call a campaign that dials each callee once placed to `callee`, if it did
+        (recorded with the attempt, before the Originate)."""
+        placed = await self.redis.hget(self.dialed_key(callee), campaign)
+        return None if placed is None else AlreadyDialed(campaign, callee, placed.decode())
 
     async def attempts(self, did: str, callee: str) -> list[Attempt]:
         """Every attempt kept for this pair, in no particular order."""

@@ -10,18 +10,22 @@ import json
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
-from ..numbers import documents
+from .. import phone
+from ..numbers import documents, rules
 from ..numbers.rules import Refused
 from ..numbers.service import KEEP, NumbersService
+from ..outbound.queue import CampaignQueue, progress_document, split_callees
 from .openapi import DOCUMENT, body_fields
 
 ACTOR = "api"
 
 
 class Api:
-    def __init__(self, service: NumbersService) -> None:
+    def __init__(self, service: NumbersService, region: str = phone.DEFAULT_REGION) -> None:
         self.service = service
+        self.region = region  # of callees written without a country code
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_routes([
@@ -45,6 +49,8 @@ class Api:
             web.post("/api/campaigns", self.create_campaign),
             web.get("/api/campaigns/{campaign}", self.campaign),
             web.patch("/api/campaigns/{campaign}", self.update_campaign),
+            web.post("/api/campaigns/{campaign}/callees", self.queue_callees),
+            web.get("/api/campaigns/{campaign}/progress", self.campaign_progress),
             web.get("/api/requests", self.requests),
             web.post("/api/requests/{request}/close", self.close_request),
             web.get("/api/audit", self.audit),
@@ -177,6 +183,46 @@ class Api:
             caller_id=body.get("caller_id", KEEP),
         )
         return _json(documents.campaign(campaign))
+
+    # dialing
+
+    async def queue_callees(self, request: web.Request) -> web.Response:
+        body = await _body(request, "CalleeList")
+        callees = rules.callee_list(body["callees"])
+        cps = rules.calls_per_second(body.get("cps"))
+        concurrency = rules.concurrency(body.get("concurrency"))
+        campaign = await self.service.campaign(request.match_info["campaign"])
+        refusal = rules.dialing_refusal(campaign)
+        if refusal is not None:
+            raise refusal
+        numbers, invalid = split_callees(callees, self.region)
+        queue = self._queue()
+        try:
+            await queue.configure(campaign.id, cps=cps, concurrency=concurrency)
+            queued = await queue.enqueue(campaign.id, numbers, invalid)
+        except (RedisError, OSError) as exc:
+            raise Refused("no_redis", f"Redis is not reachable: {exc}") from exc
+        return _json({
+            "campaign": campaign.id,
+            "queued": queued,
+            "queued_before": len(numbers) - queued,
+            "refused": [{"callee": callee, "reason": why} for callee, why in invalid],
+        })
+
+    async def campaign_progress(self, request: web.Request) -> web.Response:
+        campaign = await self.service.campaign(request.match_info["campaign"])
+        queue = self._queue()
+        try:
+            progress = await queue.progress(campaign.id)
+            calls = await queue.calls(campaign.id)
+        except (RedisError, OSError) as exc:
+            raise Refused("no_redis", f"Redis is not reachable: {exc}") from exc
+        return _json(progress_document(progress, calls))
+
+    def _queue(self) -> CampaignQueue:
+        if self.service.data is None:
+            raise Refused("no_redis", "this server has no Redis")
+        return CampaignQueue(self.service.data.redis, self.service.data.prefix)
 
     # requests, audit, sync
 

@@ -47,14 +47,16 @@ PAGE_HEADERS = {
 }
 
 
-def make_app(service: NumbersService, token: str, max_body: int = 64 * 1024) -> web.Application:
+def make_app(
+    service: NumbersService, token: str, max_body: int = 64 * 1024, region: str = "RU"
+) -> web.Application:
     if not token:
         raise ValueError("the admin API needs a token")
     app = web.Application(
         middlewares=[_errors, _cap(max_body), _authenticate(token.encode())],
         client_max_size=max_body,  # for bodies sent without a length
     )
-    Api(service).add_routes(app)
+    Api(service, region).add_routes(app)
     app.router.add_get("/", _page)
     app.router.add_static("/static/", PAGE, append_version=False)
     app.on_response_prepare.append(_headers)

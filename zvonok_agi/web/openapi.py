@@ -323,6 +323,64 @@ SCHEMAS: dict[str, Any] = {
             "removed": {"type": "object", "additionalProperties": {"type": "integer"}},
         },
     },
+    "CalleeList": {
+        "type": "object",
+        "required": ["callees"],
+        "additionalProperties": False,
+        "properties": {
+            "callees": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": rules.MAX_CALLEES,
+                "items": {"type": "string", "maxLength": phone.MAX_RAW_LENGTH},
+                "description": "phone numbers as people write them; a callee queued before "
+                               "is not queued again, one that is no phone number is refused",
+            },
+            "cps": {"type": "number", "exclusiveMinimum": 0, "maximum": rules.MAX_CPS,
+                    "description": "the campaign's calls started per second, from now on"},
+            "concurrency": {"type": "integer", "minimum": 1,
+                            "maximum": rules.MAX_CONCURRENCY,
+                            "description": "the campaign's calls at once, from now on"},
+        },
+    },
+    "CalleesQueued": {
+        "type": "object",
+        "required": ["campaign", "queued", "queued_before", "refused"],
+        "properties": {
+            "campaign": ID,
+            "queued": {"type": "integer", "description": "queued now, for the dialers"},
+            "queued_before": {"type": "integer", "description": "already queued: not again"},
+            "refused": {"type": "array", "items": {
+                "type": "object",
+                "required": ["callee", "reason"],
+                "properties": {"callee": {"type": "string"}, "reason": {"type": "string"}},
+            }},
+        },
+    },
+    "CampaignProgress": {
+        "type": "object",
+        "required": ["campaign", "callees", "waiting", "dialing", "done", "refused", "outcomes",
+                     "dialing_by_host", "cps", "concurrency"],
+        "properties": {
+            "campaign": ID,
+            "callees": {"type": "integer", "description": "given for it, each counted once"},
+            "waiting": {"type": "integer", "description": "queued, not dialed yet"},
+            "dialing": {"type": "integer", "description": "being placed now, by any dialer"},
+            "done": {"type": "integer", "description": "with an outcome"},
+            "refused": {"type": "integer",
+                        "description": "not dialed: not a number, or a rule or Asterisk said no"},
+            "outcomes": {
+                "type": "object",
+                "required": ["answered", "no_answer", "busy", "failed", "congestion"],
+                "properties": {name: {"type": "integer"} for name in
+                               ("answered", "no_answer", "busy", "failed", "congestion")},
+            },
+            "dialing_by_host": {"type": "object", "additionalProperties": {"type": "integer"},
+                                "description": "calls being placed, by Asterisk host"},
+            "cps": _nullable({"type": "number"}),
+            "concurrency": _nullable({"type": "integer"}),
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["ok", "pending"],
@@ -435,6 +493,19 @@ DOCUMENT: dict[str, Any] = {
             "get": _op("one campaign", {"200": _ok(_ref("Campaign"))}),
             "patch": _op("change a campaign (the caller ID is checked)",
                          {"200": _ok(_ref("Campaign"))}, body="CampaignChange", change=True),
+        },
+        "/api/campaigns/{campaign}/callees": {
+            "parameters": [CAMPAIGN],
+            "post": _op("queue callees for the dialers (an outbound campaign that may dial)",
+                        {"200": _ok(_ref("CalleesQueued")),
+                         "503": {"$ref": "#/components/responses/Unavailable"}},
+                        body="CalleeList", change=True),
+        },
+        "/api/campaigns/{campaign}/progress": {
+            "parameters": [CAMPAIGN],
+            "get": _op("a campaign's progress, as every dialer left it",
+                       {"200": _ok(_ref("CampaignProgress")),
+                        "503": {"$ref": "#/components/responses/Unavailable"}}),
         },
         "/api/requests": {
             "get": _op("requests for numbers where none were available",

@@ -28,13 +28,14 @@ class AdminServer:
         port: int = 0,
         max_body: int = 64 * 1024,
         allow_remote: bool = False,
+        region: str = "RU",
     ) -> None:
         if not allow_remote and not is_loopback(host):
             raise ValueError(f"admin API: {host!r} is not a loopback address (allow_remote)")
         self.service = service
         self.host = host
         self.port = port
-        self._runner = web.AppRunner(make_app(service, token, max_body), access_log=None)
+        self._runner = web.AppRunner(make_app(service, token, max_body, region), access_log=None)
         self._publisher: asyncio.Task[None] | None = None
 
     @property

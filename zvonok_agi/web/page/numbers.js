@@ -118,6 +118,25 @@ async function refresh() {
   state.view = view;
   state.campaigns = campaigns.campaigns;
   render(view);
+  await renderDialing();
+}
+
+// dialing: each outbound campaign's progress, as the dialers leave it in Redis
+
+async function renderDialing() {
+  const outbound = state.campaigns.filter((c) => c.kind === "outbound");
+  const rows = await Promise.all(outbound.map(async (c) => {
+    const path = `/api/campaigns/${encodeURIComponent(c.id)}/progress`;
+    const p = await api("GET", path).catch(() => null);
+    const cells = p ? [p.callees, p.waiting, p.dialing, p.done, p.refused,
+                       Object.entries(p.outcomes).filter(([, n]) => n)
+                         .map(([name, n]) => `${name.replace("_", " ")} ${n}`).join(", ") || "—"]
+                    : ["unknown (no Redis)", "", "", "", "", ""];
+    return el("tr", {"data-campaign": c.id},
+      el("td", {}, c.state === "running" ? c.id : `${c.id} (${c.state})`),
+      ...cells.map((cell) => el("td", {}, String(cell))));
+  }));
+  $("#dialing tbody").replaceChildren(...rows);
 }
 
 // the list
@@ -343,6 +362,7 @@ function wire() {
   $("#change-form").addEventListener("submit", saveChange);
   $("#toggle-status").addEventListener("click", toggleStatus);
   $("#delete-form").addEventListener("submit", confirmDelete);
+  setInterval(() => { if (state.account && !$("#main").hidden) renderDialing(); }, 5000);
   for (const button of document.querySelectorAll("[data-close]")) {
     button.addEventListener("click", () => button.closest("dialog").close());
   }
