@@ -261,8 +261,9 @@ async def _agi_call(settings: Settings, args: argparse.Namespace) -> int:
 async def _outbound(
     settings: Settings, connections: int | None = None
 ) -> AsyncIterator[tuple[Any, Any, Any]]:
-    """Redis (`connections` at most; default redis.max_connections), the routing data (followed like the engine does, so a
-    long run sees numbers disabled meanwhile) and the callback history outbound calls need."""
+    """Redis (`connections` at most; default redis.max_connections), the routing data
+    (followed like the engine does, so a long run sees numbers disabled meanwhile) and the
+    callback history outbound calls need."""
     from .app import open_redis
     from .metrics import start_metrics_server
     from .store.history import CallbackHistory
