@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (CommandError, MetricsUnavailable, EmbeddedRedisError) as exc:
+        close_logging()  # the log lines still queued go out before the error, not after it
         print(f"zvonok-agi: {exc}", file=sys.stderr)
         return 1
     finally:
