@@ -339,7 +339,6 @@ class CheckingFakeAMI(FakeAMI):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.history: CallbackHistory | None = None
-        self.prefix = ""
         self.seen: list[tuple[Action, list[Attempt], bytes | None]] = []
 
     async def _on_action(self, session: Any, action: Action) -> bool:
@@ -347,7 +346,7 @@ class CheckingFakeAMI(FakeAMI):
             did = action["CallerID"].strip("<>")
             callee = action["Channel"].partition("/")[2].partition("@")[0]
             kept = await self.history.attempts(did, callee)
-            last = await self.history.redis.get(f"{self.prefix}last:{callee}")
+            last = await self.history.redis.get(self.history.last_key(callee))
             self.seen.append((action, kept, last))
         return await super()._on_action(session, action)
 
@@ -358,7 +357,7 @@ async def test_attempt_is_pending_in_the_history_before_the_originate(
 ) -> None:
     fake = CheckingFakeAMI(default_case="busy")
     async with dialer(settings, fake) as d:
-        fake.history, fake.prefix = d.history, settings.redis.key_prefix
+        fake.history = d.history
         results = [await d.originator.dial(campaign, MOBILE) for _ in range(3)]
         settled = [(await recorded(d, r.attempt)).outcome for r in results]
     assert len(fake.seen) == 3
@@ -544,7 +543,6 @@ async def test_link_down_before_sending_fails_at_once_without_an_originate(
         # Taken back: no attempt a callback could find, no number shown, no cap used.
         assert await d.history.attempts(result.attempt.did, MOBILE) == []
         assert await d.keys("last:*") == []
-        assert await d.keys("attempt:*") == []
         prefix = d.settings.redis.key_prefix
         used = [await d.history.redis.get(f"{prefix}{key}") for key in await d.keys("cpm:*")]
         assert used in ([], [b"0"])
@@ -566,7 +564,7 @@ async def test_a_call_taken_back_gives_the_callee_its_previous_number_again(
         await eventually(lambda: not d.ami.connected)
         lost = await d.originator.dial("pool-promo", MOBILE)
         assert not lost.dialed and lost.attempt.did != shown.attempt.did
-        last = await d.history.redis.get(f"{d.settings.redis.key_prefix}last:{MOBILE}")
+        last = await d.history.redis.get(d.history.last_key(MOBILE))
         assert last == shown.attempt.did.encode()
         assert [a.id for a in await d.history.attempts(lost.attempt.did, MOBILE)] == []
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import replace
 
 import pytest
@@ -12,6 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from conftest import free_port
 from engine_helpers import RESERVED, attempt, base_inventory, call, running_engine
+from redis_topology import Replicated, running
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import ConfigError, load_settings
 from zvonok_agi.store.embedded import EmbeddedRedis
@@ -54,25 +54,46 @@ async def test_a_burst_of_calls_shares_a_few_connections(own_redis, settings):
     assert opened <= 4
 
 
-async def test_a_command_waits_for_a_busy_pool_only_its_timeout(own_redis):
+@pytest.fixture(params=["single", "sentinel"])
+def redis_url(request, tmp_path):
+    """A single server, or a master behind Sentinel: both bound their pool the same way."""
+    if request.param == "single":
+        server = EmbeddedRedis(tmp_path, port=free_port())
+        server.start()
+        yield server.url
+        server.stop()
+    else:
+        with running(Replicated(tmp_path)) as setup:
+            yield setup.url
+
+
+async def test_a_command_waits_for_a_busy_pool_then_gives_up(redis_url):
     settings = load_settings(
         environ={
-            "ZVONOK_REDIS_URL": own_redis.url,
+            "ZVONOK_REDIS_URL": redis_url,
             "ZVONOK_REDIS_MAX_CONNECTIONS": "2",
             "ZVONOK_REDIS_SOCKET_TIMEOUT": "0.2",
         }
     )
-    client = redis_client(own_redis.url, settings)
+    client = redis_client(redis_url, settings)
     pool = client.connection_pool
     try:
         held = [await pool.get_connection() for _ in range(2)]  # both in use elsewhere
-        started = time.monotonic()
-        with pytest.raises(RedisConnectionError):
-            await client.get("anything")
-        assert 0.15 <= time.monotonic() - started < 0.6
+        # Past the bound a command waits: one released meanwhile serves it.
+        waiting = asyncio.create_task(client.get("anything"))
+        while not waiting.done() and not pool._condition._waiters:
+            await asyncio.sleep(0)
+        assert not waiting.done()
         await pool.release(held[0])
-        assert await client.get("anything") is None  # one came back: the command goes on
-        await pool.release(held[1])
+        assert await waiting is None
+        # With none released, it gives up at its timeout, and no connection was opened past
+        # the bound.
+        held[0] = await pool.get_connection()
+        with pytest.raises(RedisConnectionError, match="No connection available"):
+            await client.get("anything")
+        assert len(pool._in_use_connections) + len(pool._available_connections) == 2
+        for connection in held:
+            await pool.release(connection)
     finally:
         await client.aclose()
 

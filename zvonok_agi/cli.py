@@ -140,9 +140,21 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="as the API gives it")
     status.set_defaults(run=_campaign_status)
 
+    migrate = commands.add_parser(
+        "migrate-history",
+        help="move a callback history kept before hash tags to today's keys (docs/scaling.md)",
+    )
+    migrate.add_argument(
+        "--finish", action="store_true",
+        help="after the engines run the new version: merge once more, delete the old keys",
+    )
+    migrate.set_defaults(run=_migrate_history)
+
+    from .access.commands import register as register_users
     from .numbers.commands import register
 
     register(commands)
+    register_users(commands)
     return parser
 
 
@@ -235,6 +247,27 @@ async def _route(settings: Settings, args: argparse.Namespace) -> int:
     print(f"reason    {decision.reason}")
     for name, value in router.variables(decision, did, caller):
         print(f"  {name}={value}")
+    return 0
+
+
+async def _migrate_history(settings: Settings, args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+
+    from .app import open_redis
+    from .store.history import CallbackHistory
+    from .store.history_migration import migrate_history
+
+    async with open_redis(settings, supervise=False) as redis:
+        history = CallbackHistory(redis, settings.redis.key_prefix)
+        try:
+            report = await migrate_history(redis, history, finish=args.finish)
+        except (RedisError, OSError) as exc:
+            raise CommandError(f"Redis: {exc} (merging is idempotent: run it again)") from exc
+    print(
+        f"merged {report.pairs} (DID, callee) histories ({report.attempts} attempts copied), "
+        f"{report.last_numbers} last numbers shown"
+        + (f"; {report.deleted} old keys deleted" if args.finish else "; old keys kept")
+    )
     return 0
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .store.connection import RedisURLError, parse_redis_url
+
 
 class ConfigError(ValueError):
     pass
@@ -35,6 +37,13 @@ class AgiSettings:
     backlog: int = 1024
     # How long SIGTERM lets in-flight sessions finish before ending them with a fallback route.
     drain_deadline: float = 5.0
+    # Stop accepting connections (close the listener, so that Asterisk is refused and tries
+    # the next engine at once) while the event loop runs more than overload_lag seconds late
+    # for overload_for seconds; accept again once it has kept up for overload_recovery
+    # seconds. 0: never.
+    overload_lag: float = 0.5
+    overload_for: float = 1.0
+    overload_recovery: float = 5.0
     # Set the route's variables with one EXEC MSet, checked by reading ZV_DECIDED back (else
     # one SET VARIABLE each): 3 round trips to Asterisk instead of 9.
     batch_variables: bool = True
@@ -49,6 +58,7 @@ class AgiSettings:
 @dataclass(frozen=True)
 class RedisSettings:
     # Empty: start and supervise an embedded Redis server with its data under `data_dir`.
+    # Else redis://, unix://, redis+sentinel:// or redis+cluster:// (store/connection.py).
     url: str = ""
     data_dir: str = "var/redis"
     # Per-command budget: a slow store must not eat the session deadline.
@@ -61,6 +71,10 @@ class RedisSettings:
     # changes brings them sooner).
     refresh_interval: float = 1.0
     key_prefix: str = "zv:"
+    # After winning a first-callback claim, wait (Redis WAIT) until this many replicas have
+    # it, at most claim_wait seconds: a failover then cannot lose it. 0: no wait.
+    claim_replicas: int = 0
+    claim_wait: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -157,7 +171,19 @@ class AdminSettings:
     port: int = 8573
     # A host other than loopback is refused unless this says the exposure is meant.
     allow_remote: bool = False
-    # Bearer token of the admin API; empty: one is generated and kept in token_file.
+    # The page is reached over HTTPS (a TLS proxy in front): session cookies are Secure.
+    https: bool = False
+    # The header in which that proxy names the client ("X-Forwarded-For", its last entry);
+    # empty: the socket's peer is the client (the limit on failed sign-ins counts by it).
+    address_header: str = ""
+    # A session ends this long after its last use, and this long after it began.
+    session_idle_hours: float = 12.0
+    session_max_days: float = 7.0
+    # Failed sign-ins for one login from one address in 15 minutes before a wait (six times
+    # as many from one address, twenty times for one login from anywhere).
+    sign_in_attempts: int = 5
+    # The operator's bearer token (staff, every account); empty: one is generated and kept in
+    # token_file.
     token: str = ""
     # The generated token (mode 0600), reused at every start; delete it for a new one.
     token_file: str = "var/admin-token"
@@ -170,6 +196,18 @@ class AdminSettings:
     max_body: int = 65536
     # Requests for numbers (filed where a region has none) one account may have open at once.
     max_open_requests: int = 5
+
+
+@dataclass(frozen=True)
+class WatchdogSettings:
+    # End the process when the event loop has not run for `timeout` seconds, after logging
+    # the loop's stack: the kernel then closes every FastAGI connection and Asterisk takes
+    # its fallback, instead of waiting in AGI() for ever.
+    enabled: bool = True
+    timeout: float = 2.0
+    # A file the watchdog touches every second while the loop runs: a container healthcheck
+    # tells a frozen process by its age. Empty: none.
+    heartbeat_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -190,6 +228,7 @@ class Settings:
     dialer: DialerSettings = field(default_factory=DialerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 
@@ -274,6 +313,33 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"agi.{name} must be positive")
     if settings.redis.max_connections < 2:  # the routing data's follower holds one
         raise ConfigError("redis.max_connections must be at least 2")
+    if settings.redis.url:
+        try:
+            parse_redis_url(settings.redis.url)
+        except RedisURLError as exc:
+            raise ConfigError(f"redis.url: {exc}") from exc
+    if settings.redis.claim_replicas < 0:
+        raise ConfigError("redis.claim_replicas must be 0 (no wait) or more")
+    if not 0 < settings.redis.claim_wait < settings.redis.socket_timeout:
+        raise ConfigError(
+            "redis.claim_wait must be positive and shorter than redis.socket_timeout (the "
+            "claim and its WAIT are one command's read)"
+        )
+    if "{" in settings.redis.key_prefix or "}" in settings.redis.key_prefix:
+        raise ConfigError(
+            "redis.key_prefix must not hold { or }: they mark the hash tags that keep the keys "
+            "of one script in one Redis Cluster slot"
+        )
+    agi = settings.agi
+    if agi.overload_lag < 0 or agi.overload_for < 0 or agi.overload_recovery < 0:
+        raise ConfigError("agi.overload_lag, overload_for, overload_recovery must not be negative")
+    if settings.watchdog.timeout <= 0:
+        raise ConfigError("watchdog.timeout must be positive")
+    if settings.watchdog.enabled and agi.overload_lag >= settings.watchdog.timeout:
+        raise ConfigError(
+            "agi.overload_lag must be shorter than watchdog.timeout: a loop that late is ended "
+            "by the watchdog before it could count as overloaded"
+        )
     if settings.routing.callback_window_days <= 0:
         raise ConfigError("routing.callback_window_days must be positive")
     templates = settings.dialplan
@@ -309,6 +375,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("admin.max_body must be at least 1024")
     if settings.admin.max_open_requests < 1:
         raise ConfigError("admin.max_open_requests must be at least 1")
+    if settings.admin.session_idle_hours <= 0 or settings.admin.session_max_days <= 0:
+        raise ConfigError("admin.session_idle_hours and session_max_days must be positive")
+    if settings.admin.sign_in_attempts < 1:
+        raise ConfigError("admin.sign_in_attempts must be at least 1")
     out = settings.outbound
     if "{callee}" not in out.channel or "{campaign}" not in out.context:
         raise ConfigError("outbound.channel needs {callee}, outbound.context {campaign}")

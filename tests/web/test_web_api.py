@@ -64,7 +64,8 @@ async def test_a_bearer_token_is_required(api):
 
 async def test_reservation_flow_change_disable_enable_release(api):
     regions = await api.get("/api/regions", params={"choice": "landline_popular"})
-    assert regions.body["regions"][0] == {"region": "Moscow", "available": 2}
+    assert regions.body["regions"][0] == {
+        "region": "Moscow", "names": {"en": "Moscow", "ru": "Москва"}, "available": 2}
     offer = await api.post(f"/api/accounts/{ACME}/offers",
                            {"choice": "landline_popular", "region": "Moscow"})
     assert [n["did"] for n in offer.body["numbers"]] == [MOSCOW_1, MOSCOW_2]
@@ -138,6 +139,7 @@ async def test_regions_are_found_as_people_type_them(api):
                                                               "region": "Moskow"})
     assert (unknown.status, unknown.code) == (409, "unknown_region")
     assert unknown.body["error"]["choices"] == ["Moscow"]
+    assert unknown.body["error"]["choice_names"] == [{"en": "Moscow", "ru": "Москва"}]
     ambiguous = await api.post(f"/api/accounts/{ACME}/offers", {"choice": "landline",
                                                                 "region": "Altai"})
     assert (ambiguous.status, ambiguous.code) == (409, "ambiguous_region")
@@ -294,7 +296,24 @@ BAD_INPUT = [
     ("POST", f"/api/accounts/{ACME}/reservations", {"did": "+7 (495) 111-00-0x"}, None,
      400, "bad_number"),
     ("POST", f"/api/accounts/{ACME}/reservations", {"did": "1" * 100}, None, 400, "bad_number"),
-    ("POST", f"/api/accounts/{ACME}/reservations", {"did": None}, None, 400, "bad_number"),
+    ("POST", f"/api/accounts/{ACME}/reservations", {"did": None}, None, 400, "bad_input"),
+    ("POST", "/api/campaigns", {"id": None, "account": ACME, "kind": "outbound"}, None,
+     400, "bad_input"),
+    ("POST", f"/api/accounts/{ACME}/requests", {"comment": "x", "contact": "+7 916 000-00-00",
+                                               "region": None}, None, 400, "bad_input"),
+    ("POST", f"/api/accounts/{ACME}/requests", {"comment": " ", "contact": "+7 916 000-00-00"},
+     None, 400, "bad_input"),
+    ("POST", f"/api/accounts/{ACME}/requests", {"comment": "x", "contact": "call me"},
+     None, 400, "bad_number"),
+    ("POST", f"/api/accounts/{ACME}/requests", {"comment": "x" * 501, "contact": "89160000000"},
+     None, 400, "bad_input"),
+    ("POST", "/api/accounts/nobody/requests", {"comment": "x", "contact": "89160000000"},
+     None, 404, "unknown_account"),
+    ("POST", "/api/campaigns", {"account": ACME, "kind": "outbound", "name": "a\u202eb"},
+     None, 400, "bad_input"),
+    ("PATCH", "/api/campaigns/acme-sale", {"name": "x" * 121}, None, 400, "bad_input"),
+    ("POST", "/api/session", {"login": "anna"}, None, 400, "bad_input"),
+    ("POST", "/api/session", {"login": 5, "password": "x"}, None, 400, "bad_input"),
     ("POST", f"/api/accounts/{ACME}/reservations", {"did": "74990000000"}, None,
      404, "unknown_number"),
     ("POST", "/api/accounts/nobody/reservations", {"did": MOSCOW_1}, None,

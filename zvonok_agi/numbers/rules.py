@@ -120,17 +120,22 @@ class RegionCount:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A customer wants a number where none is available; sales call back."""
+    """A customer wants a number where none is available (topic `numbers`), or wrote to
+    support (`support`: none of the numbers offered suits them, or anything else); sales or
+    support call back, then close it with a note the customer sees."""
 
     id: int
     account: str
-    kind: Kind
-    region: str
+    kind: Kind | None  # the numbers asked for; a support request may name none
+    region: str | None
     at: float
     status: str = "open"
     closed_at: float | None = None
     closed_by: str | None = None
-    note: str | None = None
+    note: str | None = None  # the closing note
+    topic: str = "numbers"
+    comment: str | None = None  # what the customer wrote (support)
+    contact: str | None = None  # the phone to call back on (support), E.164 digits
 
 
 # input at the edge

@@ -475,7 +475,7 @@ class Dialer:
                     attempt=attempt.id,
                     host=placed.via,
                 )
-                await self.history.settle(attempt.id, Outcome.FAILED)
+                await self.history.settle(attempt, Outcome.FAILED)
                 await self._finish(entry, Outcome.FAILED)
             else:  # its outcome may still come: ask again later
                 self._hold(self._campaigns[entry.campaign], entry, self.settings.heartbeat)

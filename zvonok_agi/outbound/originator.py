@@ -47,9 +47,6 @@ log = structlog.get_logger(__name__)
 # After a failed OriginateResponse, or once Asterisk no longer lists a call, how long to wait
 # for the events still on their way (the Hangup carries the cause).
 HANGUP_GRACE = 1.0
-# Candidate numbers offered to the store per round trip: the first usable one is nearly
-# always among them, and a big pool does not make every call's request big.
-CANDIDATES_PER_TRY = 8
 
 
 class StoreUnavailable(Exception):
@@ -166,21 +163,16 @@ class Originator:
             at=self.clock(),
         )
         try:
-            for start in range(0, len(plan.candidates), CANDIDATES_PER_TRY):
-                attempt, previous = await self.history.record_dial(
-                    template,
-                    plan.candidates[start : start + CANDIDATES_PER_TRY],
-                    avoid_previous=plan.avoids_previous,
-                    cap=cap,
-                    via=via,
-                )
-                if attempt is not None:
-                    self._shown_before[attempt.id] = previous
-                    return attempt, plan.caller_id(attempt.did)
+            attempt, previous = await self.history.record_dial(
+                template, plan.candidates, avoid_previous=plan.avoids_previous, cap=cap, via=via
+            )
         except (RedisError, OSError) as exc:
             METRICS.store_error("record_attempt")
             raise StoreUnavailable(f"callback history unavailable: {exc}") from exc
-        raise PoolAtCapacity(f"every usable pool number is at {cap} calls/min")
+        if attempt is None:
+            raise PoolAtCapacity(f"every usable pool number is at {cap} calls/min")
+        self._shown_before[attempt.id] = previous
+        return attempt, plan.caller_id(attempt.did)
 
     def check_campaign(self, campaign_id: str) -> None:
         """Raise DialRefused if no call of this campaign may be placed (before dialing any);
@@ -378,7 +370,7 @@ class Originator:
         for delay in (0, 0.5, 2.0):
             await asyncio.sleep(delay)
             try:
-                await self.history.settle(attempt.id, outcome)
+                await self.history.settle(attempt, outcome)
                 return
             except (RedisError, OSError) as exc:
                 error = exc
