@@ -81,7 +81,7 @@ async def test_a_command_waits_for_a_busy_pool_then_gives_up(redis_url):
         held = [await pool.get_connection() for _ in range(2)]  # both in use elsewhere
         # Past the bound a command waits: one released meanwhile serves it.
         waiting = asyncio.create_task(client.get("anything"))
-        while not waiting.done() and not pool._condition._waiters:
+        while not waiting.done() and not pool.waiting:
             await asyncio.sleep(0)
         assert not waiting.done()
         await pool.release(held[0])
@@ -101,3 +101,26 @@ async def test_a_command_waits_for_a_busy_pool_then_gives_up(redis_url):
 def test_the_pool_needs_room_for_the_follower_and_a_command():
     with pytest.raises(ConfigError, match="max_connections"):
         load_settings(environ={"ZVONOK_REDIS_MAX_CONNECTIONS": "1"})
+
+
+async def test_waiting_commands_are_served_in_turn_and_one_given_up_passes_its_turn_on(own_redis):
+    settings = load_settings(
+        environ={"ZVONOK_REDIS_MAX_CONNECTIONS": "2", "ZVONOK_REDIS_SOCKET_TIMEOUT": "5"}
+    )
+    client = redis_client(own_redis.url, settings)
+    pool = client.connection_pool
+    try:
+        held = [await pool.get_connection() for _ in range(2)]
+        first = asyncio.create_task(client.get("first"))
+        rest = [asyncio.create_task(client.get(f"key{n}")) for n in range(30)]
+        while pool.waiting < 31:
+            await asyncio.sleep(0)
+        await pool.release(held[0])  # wakes `first`, which is cancelled before it runs
+        first.cancel()
+        await pool.release(held[1])
+        assert await asyncio.gather(*rest) == [None] * 30
+        assert first.cancelled()
+        assert pool.waiting == 0
+        assert len(pool._in_use_connections) + len(pool._available_connections) == 2
+    finally:
+        await client.aclose()
