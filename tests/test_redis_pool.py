@@ -124,3 +124,23 @@ async def test_waiting_commands_are_served_in_turn_and_one_given_up_passes_its_t
         assert len(pool._in_use_connections) + len(pool._available_connections) == 2
     finally:
         await client.aclose()
+
+
+async def test_a_connection_the_server_dropped_is_replaced_on_the_next_command(own_redis, settings):
+    """The command that finds its connection closed by Redis (a restart, CLIENT KILL) fails
+    (the call is routed without the store); the next one gets a fresh connection."""
+    client = redis_client(own_redis.url, settings)
+    try:
+        assert await client.client_setname("engine")
+        probe = aioredis.Redis.from_url(own_redis.url)
+        try:
+            assert await probe.client_kill_filter(skipme=True, _type="normal") >= 1
+        finally:
+            await probe.aclose()
+        await asyncio.sleep(0.05)  # the close reaches the client's socket
+        with pytest.raises(RedisConnectionError):
+            await client.get("anything")
+        assert await client.get("anything") is None
+        assert await client.client_getname() is None  # not the connection named before
+    finally:
+        await client.aclose()
