@@ -17,6 +17,9 @@ class ConfigError(ValueError):
     pass
 
 
+STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
+
+
 @dataclass(frozen=True)
 class AgiSettings:
     host: str = "127.0.0.1"
@@ -129,7 +132,7 @@ class AdminSettings:
     token: str = ""
     # The generated token (mode 0600), reused at every start; delete it for a new one.
     token_file: str = "var/admin-token"
-    # The control plane's SQLite store: the source of truth for accounts, numbers, campaigns.
+    # The control plane's SQLite file when store.url is empty (the setting before store.url).
     db_path: str = "var/zvonok.db"
     # Listed first, with their counts, when a customer connects a landline number.
     popular_cities: tuple[str, ...] = (
@@ -138,6 +141,16 @@ class AdminSettings:
     max_body: int = 65536
     # Requests for numbers (filed where a region has none) one account may have open at once.
     max_open_requests: int = 5
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    # The control plane's store, the source of truth for accounts, numbers, campaigns:
+    # sqlite:///relative/path, sqlite:////absolute/path, or postgresql://user@host:5432/db.
+    # Empty: the SQLite file admin.db_path.
+    url: str = ""
+    # PostgreSQL: connections per process (a change or a read holds one; the publisher two).
+    pool_size: int = 10
 
 
 @dataclass(frozen=True)
@@ -157,7 +170,13 @@ class Settings:
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     log: LogSettings = field(default_factory=LogSettings)
+
+    @property
+    def store_url(self) -> str:
+        """The control plane's store: store.url, else the SQLite file admin.db_path."""
+        return self.store.url or f"sqlite:///{self.admin.db_path}"
 
 
 SECTIONS = {f.name: f.default_factory for f in fields(Settings)}  # type: ignore[misc]
@@ -272,6 +291,13 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("admin.max_body must be at least 1024")
     if settings.admin.max_open_requests < 1:
         raise ConfigError("admin.max_open_requests must be at least 1")
+    if settings.store.url and not settings.store.url.startswith(STORE_SCHEMES):
+        raise ConfigError(  # the URL is not repeated: it may hold a password
+            "store.url must start with sqlite:/// or postgresql:// (e.g. "
+            "postgresql://zvonok@db.example.net:5432/zvonok)"
+        )
+    if settings.store.pool_size < 2:
+        raise ConfigError("store.pool_size must be at least 2")
     out = settings.outbound
     if "{callee}" not in out.channel or "{campaign}" not in out.context:
         raise ConfigError("outbound.channel needs {callee}, outbound.context {campaign}")

@@ -28,9 +28,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 @pytest.fixture
-async def ops(settings, tmp_path, capsys):
-    settings = with_admin(settings, db_path=str(tmp_path / "numbers.db"))
-    async with control_plane(settings, tmp_path / "numbers.db") as service:
+async def ops(plane_settings, store_url, capsys):
+    settings = plane_settings
+    async with control_plane(settings, store_url) as service:
         await small_world(service)
 
     async def run(*argv: str) -> tuple[int, str]:
@@ -153,9 +153,9 @@ async def test_accounts_campaigns_stock_audit_sync(ops):
     assert code == 0 and "published 4 accounts, 8 numbers, 6 campaigns" in out
 
 
-async def test_admin_serves_the_api_until_sigterm(settings, tmp_path, capsys):
-    settings = with_admin(settings, db_path=str(tmp_path / "numbers.db"), port=free_port(),
-                          token="", token_file=str(tmp_path / "admin-token"))
+async def test_admin_serves_the_api_until_sigterm(plane_settings, tmp_path, capsys):
+    settings = with_admin(plane_settings, port=free_port(), token="",
+                          token_file=str(tmp_path / "admin-token"))
     args = parser().parse_args(["admin"])
     task = asyncio.create_task(args.run(settings, args))
     for _ in range(200):

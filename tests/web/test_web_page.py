@@ -35,8 +35,8 @@ def shots(tmp_path) -> Path:
 
 
 @pytest.fixture
-async def page(settings, tmp_path):
-    async with admin_api(settings, tmp_path / "numbers.db") as (service, server, _client), \
+async def page(settings, store_url):
+    async with admin_api(settings, store_url) as (service, server, _client), \
             playwright.async_playwright() as p:
         browser = await p.chromium.launch(
             executable_path=os.path.exists(CHROMIUM) and CHROMIUM or shutil.which("chromium"),

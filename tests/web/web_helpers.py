@@ -119,9 +119,9 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def admin_api(
-    settings: Settings, db_path: Path, *, max_body: int = 64 * 1024
+    settings: Settings, store_url: str, *, max_body: int = 64 * 1024
 ) -> AsyncIterator[tuple[NumbersService, AdminServer, Client]]:
-    async with helpers.control_plane(settings, db_path) as service:
+    async with helpers.control_plane(settings, store_url) as service:
         await helpers.small_world(service)
         async with AdminServer(service, token=TOKEN, max_body=max_body) as server, \
                 aiohttp.ClientSession() as session:

@@ -35,7 +35,7 @@ MAX_NAME = 120
 MAX_NOTE = 500
 MAX_SEARCH = 40
 MAX_SUBJECT = 200  # of the audit log: a number, an id, "kind:region", "request:N"
-MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer: beyond it sqlite3 raises OverflowError
+MAX_ROW_ID = 2**63 - 1  # the stores' largest integer (SQLite's, PostgreSQL's bigint)
 
 
 class Kind(StrEnum):
