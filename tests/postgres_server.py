@@ -1,6 +1,6 @@
-"""A real PostgreSQL server for the tests: a private cluster in a temporary folder, started with
-the binaries of Debian's `postgresql` package (initdb, pg_ctl), listening on a free loopback
-port with trust authentication, and removed at the end.
+"""A real PostgreSQL server for the tests (and bench/store_bench.py): a private cluster in a
+temporary folder, started with the binaries of Debian's `postgresql` package (initdb, pg_ctl),
+listening on a free loopback port with trust authentication, and removed at the end.
 
 PostgreSQL refuses to run as root: as root (CI), the cluster belongs to the `postgres` user the
 package creates (else `nobody`) and its commands run as that user.
@@ -31,9 +31,10 @@ def binaries() -> Path | None:
 
 
 class PostgresServer:
-    def __init__(self, bin_dir: Path, port: int) -> None:
+    def __init__(self, bin_dir: Path, port: int, *, durable: bool = False) -> None:
         self.bin_dir = bin_dir
         self.port = port
+        self.durable = durable  # commits reach the disk (a benchmark), or not (the tests)
         self.owner = _owner()
         self.folder = Path(tempfile.mkdtemp(prefix="zvonok-pg-"))
         self.data = self.folder / "data"
@@ -58,12 +59,10 @@ class PostgresServer:
             "--locale=C.UTF-8",
             "--no-sync",
         )
-        # A throwaway cluster: nothing needs to survive a crash of the machine.
-        options = (
-            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200"
-        )
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        options += " -c max_connections=200"
+        if not self.durable:  # a throwaway cluster: nothing needs to survive a crash
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             "pg_ctl", "-D", self.data, "-l", self.folder / "log", "-o", options, "-w", "start"
         )

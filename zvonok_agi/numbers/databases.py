@@ -32,6 +32,7 @@ import aiosqlite
 
 BUSY_TIMEOUT_MS = 5000  # how long a change waits for the other writers before it is "busy"
 CONNECT_TIMEOUT = 5.0  # seconds to reach a PostgreSQL server
+FLOCK_POLL = 0.002  # seconds between two tries of SQLite's publisher lock
 
 
 class StoreError(Exception):
@@ -61,15 +62,18 @@ class Connection(Protocol):
 class Database(Protocol):
     name: str  # "sqlite" or "postgresql": which steps of a migration it runs
 
-    def writing(self) -> contextlib.AbstractAsyncContextManager[Connection]:
-        """A write transaction, the writers of every process one at a time: committed when the
-        block ends, rolled back if it raises."""
+    def writing(self, *, alone: bool = True) -> contextlib.AbstractAsyncContextManager[Connection]:
+        """A write transaction: committed when the block ends, rolled back if it raises. Alone:
+        the writers of every process one at a time. Not alone (the outbox's bookkeeping, which
+        no check of the service reads), it may run beside others where the database can, and its
+        commit need not wait for the disk: lost in a crash, it is only done again."""
 
     def reading(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         """A read-only transaction: one consistent snapshot."""
 
-    def try_publishing(self) -> contextlib.AbstractAsyncContextManager[bool]:
-        """The publisher's lock for the block, if no other publisher holds it: True if got."""
+    def publishing(self, wait: float) -> contextlib.AbstractAsyncContextManager[None]:
+        """Holds the publisher's lock, which one process of all those sharing the store holds at
+        a time; waits up to `wait` seconds for it, then raises StoreUnavailable."""
 
     async def schema_version(self, db: Connection) -> int: ...
 
@@ -139,6 +143,21 @@ class _SQLiteConnection:
             await self._db.executemany(sql, [tuple(row) for row in rows])
 
 
+async def _flocked(fd: int, wait: float) -> None:
+    """An exclusive flock on `fd`, tried every few ms (a blocking one would hold a thread)."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise StoreUnavailable(
+                    f"another process has been publishing the outbox for {wait:g} s"
+                ) from None
+            await asyncio.sleep(FLOCK_POLL)
+
+
 class SQLite:
     """One connection, WAL. Every access runs under an asyncio lock (statements of two
     coroutines must not mix inside one transaction); changes run in `BEGIN IMMEDIATE`, which
@@ -174,8 +193,8 @@ class SQLite:
         await self._db.close()
 
     @contextlib.asynccontextmanager
-    async def writing(self) -> AsyncIterator[Connection]:
-        async with self._lock, self._transaction("BEGIN IMMEDIATE", "COMMIT"):
+    async def writing(self, *, alone: bool = True) -> AsyncIterator[Connection]:
+        async with self._lock, self._transaction("BEGIN IMMEDIATE", "COMMIT"):  # always alone
             yield self._connection
 
     @contextlib.asynccontextmanager
@@ -197,18 +216,14 @@ class SQLite:
             raise
 
     @contextlib.asynccontextmanager
-    async def try_publishing(self) -> AsyncIterator[bool]:
+    async def publishing(self, wait: float) -> AsyncIterator[None]:
         if self._path == ":memory:":  # no other process can reach it
-            yield True
+            yield
             return
         fd = os.open(f"{self._path}-publish", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-            else:
-                yield True
+            await _flocked(fd, wait)
+            yield
         finally:
             os.close(fd)  # which releases the lock, as the end of the process does
 

@@ -126,8 +126,11 @@ class PostgreSQL:
             await self._pool.release(db)
 
     @contextlib.asynccontextmanager
-    async def writing(self) -> AsyncIterator[Connection]:
-        begin = f"BEGIN; SELECT pg_advisory_xact_lock({self._writer})"  # one round trip
+    async def writing(self, *, alone: bool = True) -> AsyncIterator[Connection]:
+        if alone:
+            begin = f"BEGIN; SELECT pg_advisory_xact_lock({self._writer})"  # one round trip
+        else:
+            begin = "BEGIN; SET LOCAL synchronous_commit = off"
         async with self._connection() as db, self._transaction(db, begin, "COMMIT"):
             yield _PostgreSQLConnection(db)
 
@@ -152,16 +155,24 @@ class PostgreSQL:
             raise
 
     @contextlib.asynccontextmanager
-    async def try_publishing(self) -> AsyncIterator[bool]:
-        async with self._connection() as db:
-            with _pg_errors():
-                got = await db.fetchval("SELECT pg_try_advisory_lock($1)", self._publisher)
+    async def publishing(self, wait: float) -> AsyncIterator[None]:
+        async with self._connection() as db:  # the session holds the lock: the pool resets it
             try:
-                yield got
+                with _pg_errors():
+                    await db.execute(
+                        f"SET lock_timeout = {int(wait * 1000)}; "
+                        f"SELECT pg_advisory_lock({self._publisher})"
+                    )
+            except StoreUnavailable as exc:
+                raise StoreUnavailable(
+                    f"another process has been publishing the outbox for {wait:g} s ({exc})"
+                ) from exc
+            try:
+                yield
             finally:
-                if got and not db.is_closed():
+                if not db.is_closed():
                     with _pg_errors():
-                        await db.execute("SELECT pg_advisory_unlock($1)", self._publisher)
+                        await db.execute(f"SELECT pg_advisory_unlock({self._publisher})")
 
     async def schema_version(self, db: Connection) -> int:
         [[table]] = await db.fetch("SELECT to_regclass('schema_version')")

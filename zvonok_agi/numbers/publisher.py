@@ -111,7 +111,7 @@ class Publisher:
         try:
             async with self._lock, self.store.publishing():
                 await self.data.write(change for _, change in rows)  # a twin: no change
-                async with self.store.transaction() as q:
+                async with self.store.transaction(alone=False) as q:
                     await q.published([seq for seq, _ in rows])
         except UNAVAILABLE as exc:
             self._kept(exc)
@@ -165,17 +165,20 @@ class Publisher:
             return await q.outbox_size()
 
     async def _drain(self) -> int:
+        """Publishes the outbox as it is now. A row committed after the last read is its
+        committer's to publish (`after_commit`, which waits for this publisher's lock)."""
         published = 0
         while True:
             async with self.store.reading() as q:
                 rows = await q.outbox(PUBLISH_BATCH)
                 changes = await _current(q, rows)
-            if not rows:
+            if rows:
+                await self.data.write(changes)
+                async with self.store.transaction(alone=False) as q:
+                    await q.published([seq for seq, _, _ in rows])
+                published += len(rows)
+            if len(rows) < PUBLISH_BATCH:
                 return published
-            await self.data.write(changes)
-            async with self.store.transaction() as q:
-                await q.published([seq for seq, _, _ in rows])
-            published += len(rows)
 
     async def _rebuild(self) -> SyncReport:
         counts, removed = {}, {}

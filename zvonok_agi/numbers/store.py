@@ -5,7 +5,6 @@ written once for both; the rules live in `rules`, the flow in `service`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -38,7 +37,6 @@ __all__ = ["Queries", "Store", "StoreConflict", "StoreError", "StoreUnavailable"
 
 MAX_PARAMETERS = 500  # keys per `IN (...)`: well under any SQL engine's limit of parameters
 PUBLISHER_WAIT = 10.0  # seconds a publisher waits for another process's to finish
-PUBLISHER_POLL = 0.01
 ROUTING_TABLES = {"account": ("accounts", "id"), "number": ("numbers", "did"),
                   "campaign": ("campaigns", "id")}
 Imported = tuple[int, list[tuple[int, Stored]]]  # records written; outbox rows to publish
@@ -88,10 +86,11 @@ class Store:
         await self.close()
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Queries]:
+    async def transaction(self, *, alone: bool = True) -> AsyncIterator[Queries]:
         """A write transaction: committed when the block ends, rolled back if it raises. The
-        writers of every process run one at a time."""
-        async with self.database.writing() as db, self._counted():
+        writers of every process run one at a time; `alone=False` is for the outbox's
+        bookkeeping only (`Database.writing`)."""
+        async with self.database.writing(alone=alone) as db, self._counted():
             yield Queries(db)
 
     @contextlib.asynccontextmanager
@@ -100,22 +99,10 @@ class Store:
         async with self.database.reading() as db, self._counted():
             yield Queries(db)
 
-    @contextlib.asynccontextmanager
-    async def publishing(self) -> AsyncIterator[None]:
+    def publishing(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Holds the publisher's lock, which one process of all those sharing the store holds
         at a time; waits up to PUBLISHER_WAIT seconds for it (then StoreUnavailable)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + PUBLISHER_WAIT
-        while True:
-            async with self.database.try_publishing() as got:
-                if got:
-                    yield
-                    return
-            if loop.time() >= deadline:
-                raise StoreUnavailable(
-                    f"another process has been publishing the outbox for {PUBLISHER_WAIT:g} s"
-                )
-            await asyncio.sleep(PUBLISHER_POLL)
+        return self.database.publishing(PUBLISHER_WAIT)
 
     @contextlib.asynccontextmanager
     async def _counted(self) -> AsyncIterator[None]:
