@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
@@ -762,6 +763,83 @@ def report_burst(rows: list[Row], size: int) -> None:
           "took >= 900 ms, a dropped SYN sent again after 1 s (the backlog was full)")
 
 
+# --- watchdog on and off --------------------------------------------------------------------
+
+# Off: no watchdog thread, and with the overload check off too, no heartbeat on the loop.
+WATCHDOG_VARIANTS = (("watchdog on", {}),
+                     ("watchdog off", {"ZVONOK_WATCHDOG_ENABLED": "false",
+                                       "ZVONOK_AGI_OVERLOAD_LAG": "0"}))
+IDLE_SECONDS = 5.0  # the engine's own CPU use without calls, before each run's calls
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of a process, in ns (/proc/PID/task/*/schedstat: finer than
+    the clock ticks of /proc/PID/stat)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(stat.read_text().split()[0])
+    return total
+
+
+async def run_watchdog(plan: Plan, pop: Population, redis: EmbeddedRedis, tmp: Path,
+                       n_commands: int, rounds: int) -> dict[str, list[Row]]:
+    """The engine with its watchdog on and off, alternating, a fresh engine per run; each
+    run's note is the engine's CPU ms per second while idle."""
+    runs: dict[str, list[Row]] = {name: [] for name, _ in WATCHDOG_VARIANTS}
+    redis_pid = redis._process.pid if redis._process else 0
+    for round_ in range(rounds):
+        for name, settings in WATCHDOG_VARIANTS if round_ % 2 == 0 else WATCHDOG_VARIANTS[::-1]:
+            print(f"  round {round_ + 1}: {name} ...", file=sys.stderr)
+            first = len(pop.attempts)
+            warm = pop.engine_calls(int(plan.rate * plan.warmup))
+            calls = pop.engine_calls(int(plan.rate * plan.duration))
+            await load_store(redis.url, pop.attempts[first:], pop.now, with_inventory=False)
+            proc, port, _ = await start_engine(f"engine-{name.replace(' ', '-')}", redis, tmp,
+                                               "warning", **settings)
+            try:
+                idle = cpu_ns(proc.pid)
+                await asyncio.sleep(IDLE_SECONDS)
+                idle = (cpu_ns(proc.pid) - idle) / IDLE_SECONDS / 1e6
+                row = Row(name, plan.rate, plan.duration, f"{idle:.2f}")
+                runs[name].append(await measure(
+                    row, on_port(port, n_commands), warm, calls,
+                    functools.partial(lambda pid: (cpu_seconds(pid), cpu_seconds(redis_pid)),
+                                      proc.pid)))
+            finally:
+                stop(proc)
+    return runs
+
+
+def report_watchdog(runs: dict[str, list[Row]], plan: Plan) -> bool:
+    print(f"\nWatchdog on and off: the engine at {plan.rate:g} calls/s, {plan.duration:g} s per "
+          f"run, runs alternating; {os.cpu_count()} CPUs")
+    print_head(f"{'engine':<14}{'run':>4}{'routed':>12}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+               f"{'srv CPU':>9}{'engine CPU':>12}{'idle ms/s':>11}{'others':>8}")
+    for name, rows in runs.items():
+        for i, r in enumerate(rows, 1):
+            engine_cpu = r.cpu_split.split(" + ")[0] if r.cpu_split else "?"
+            print(f"{name:<14}{i:>4}{f'{len(r.ok)}/{len(r.outcomes)}':>12}{r.pct(0.5):>9.2f}"
+                  f"{r.pct(0.99):>9.2f}{r.pct(1.0):>9.2f}{r.cpu_per_call:>9.2f}"
+                  f"{engine_cpu:>12}{r.note:>11}{r.others:>8.2f}")
+            print_errors(r)
+
+    def median(values: list[float]) -> float:
+        values = sorted(values)
+        return values[len(values) // 2]
+
+    on, off = (runs[name] for name, _ in WATCHDOG_VARIANTS)
+    for label, of in (("p50", lambda r: r.pct(0.5)), ("p99", lambda r: r.pct(0.99)),
+                      ("srv CPU per call", lambda r: r.cpu_per_call),
+                      ("idle CPU ms/s", lambda r: float(r.note))):
+        print(f"  median {label}: on {median([of(r) for r in on]):.2f}, "
+              f"off {median([of(r) for r in off]):.2f} "
+              f"({ratio(median([of(r) for r in on]), median([of(r) for r in off]))})")
+    print("srv CPU: engine + redis-server ms per routed call; engine CPU: the engine's share; "
+          f"idle: the engine's CPU ms per second over {IDLE_SECONDS:g} s without calls")
+    return not any(r.errors for r in on + off)
+
+
 # --- top rate --------------------------------------------------------------------------------
 #
 # The highest offered rate a target sustains: the rate goes up a step at a time, each step on
@@ -963,6 +1041,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--burst", type=int, nargs="?", const=1000, metavar="N",
                    help="burst mode: N (1000) calls at once, listen backlog 100 against the "
                    "engine's default")
+    p.add_argument("--watchdog", type=int, nargs="?", const=3, metavar="ROUNDS",
+                   help="watchdog mode: the engine with its watchdog and heartbeat on (the "
+                   "default) and off, alternating, ROUNDS (3) runs each at --rate for --duration")
     p.add_argument("--redis-aof", action="store_true",
                    help="give the benchmark's Redis the append-only file the embedded store has "
                    "(off by default: the machine's disk fsync stalls then show as engine latency)")
@@ -982,6 +1063,11 @@ async def amain(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis | None
     plan = Plan(args.rate, args.agi_rate, args.duration, args.warmup, args.redis_aof)
     commands = engine_commands()
     pop = Population()
+    if args.watchdog:
+        assert redis is not None
+        await load_store(redis.url, pop.attempts, pop.now)
+        runs = await run_watchdog(plan, pop, redis, tmp, len(commands), args.watchdog)
+        return 0 if report_watchdog(runs, plan) else 1
     if args.idle_flood or args.burst:
         assert redis is not None
         await load_store(redis.url, pop.attempts, pop.now)
@@ -1091,7 +1177,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zvonok-bench-") as tmp:
         redis = None
         try:
-            if {"engine", "engine+info"} & set(args.only) or args.idle_flood or args.burst:
+            if ({"engine", "engine+info"} & set(args.only) or args.idle_flood or args.burst
+                    or args.watchdog):
                 redis = start_redis(Path(tmp) / "redis", aof=args.redis_aof)
             return asyncio.run(amain(args, Path(tmp), redis))
         except KeyboardInterrupt:

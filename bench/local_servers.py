@@ -10,12 +10,15 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 from zvonok_agi.store.embedded import EmbeddedRedis
 
 HOST = "127.0.0.1"
 REDIS_START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+BENCH = Path(__file__).resolve().parent
 
 
 def die_with_parent() -> None:
@@ -59,3 +62,37 @@ def machine_busy() -> float:
         idle = fields[3] + fields[4]  # idle + iowait
         return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
     return float("nan")
+
+
+def start_fake_peer(*args: str) -> tuple[subprocess.Popen[str], int]:
+    """bench/fake_peer.py with `args`, and the port it listens on."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(BENCH.parent), str(BENCH.parent / "tests"), env.get("PYTHONPATH")) if p
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / "fake_peer.py"), *args],
+        cwd=BENCH.parent,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads yet)
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.isdigit():
+        stop(proc)
+        raise RuntimeError(f"the fake AMI peer did not start (exit {proc.poll()})")
+    return proc, int(line)
+
+
+def stop(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `timeout` s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)

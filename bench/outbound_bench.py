@@ -1,5 +1,5 @@
-"""Outbound dialing benchmark: caller-ID choice + attempt recording per call, and the campaign
-runner's sustained originate rate against the fake AMI peer.
+"""Outbound dialing benchmark: caller-ID choice + attempt recording per call, and one dialer's
+sustained originate rate against the fake AMI peer.
 
 One command, one table (about 20 s; `--quick` about 8 s):
 
@@ -14,10 +14,11 @@ What it measures:
                records the attempt). Against a real redis-server that this script starts (free
                loopback port, temp dir). Goal (issue 3): p99 <= 1 ms; the floor is one Redis
                PING round trip, measured the same way on the same connection.
-  runner       `CampaignRunner.run()` over a list of callees, Originates going to the fake AMI
-               peer (tests/fake_ami.py, replaying the recorded Asterisk bytes) run in a child
-               process: calls settled per second, unpaced (its calls-per-second limit far
-               above what it reaches) and paced.
+  dialer       a `Dialer` (what `campaign run` and `zvonok-agi dialer` run) over a campaign's
+               queued callees, Originates going to the fake AMI peer (tests/fake_ami.py,
+               replaying the recorded Asterisk bytes) run in a child process: calls settled
+               per second, unpaced (its calls-per-second limit far above what it reaches) and
+               paced. bench/dialer_bench.py measures several dialer processes.
 
 Everything it starts (redis-server, the fake peer) is stopped on exit, on Ctrl-C and on
 SIGTERM; both also die with the benchmark if it is killed. Exit status 1 if the goal is missed
@@ -41,14 +42,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from local_servers import HOST, cpu_seconds, die_with_parent, machine_busy, start_redis
+from local_servers import (
+    HOST,
+    STOP_TIMEOUT,
+    cpu_seconds,
+    machine_busy,
+    start_fake_peer,
+    start_redis,
+    stop,
+)
 from zvonok_agi.ami.client import AMIClient
 from zvonok_agi.app import redis_client
-from zvonok_agi.config import OutboundSettings, load_settings
+from zvonok_agi.config import DialerHost, Settings, load_settings
 from zvonok_agi.inventory import load_inventory, parse_inventory
 from zvonok_agi.logs import configure_logging
+from zvonok_agi.outbound.dialer import open_dialer
 from zvonok_agi.outbound.originator import Originator
-from zvonok_agi.outbound.runner import CampaignRunner, Journal, RateLimiter
+from zvonok_agi.outbound.queue import CampaignQueue
 from zvonok_agi.routing.callerid import PoolAtCapacity, choose_caller_id
 from zvonok_agi.routing.model import Outcome
 from zvonok_agi.store.embedded import EmbeddedRedis
@@ -59,8 +69,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 KEY_PREFIX = "obench:"
 GOAL_P99_MS = 1.0
-STOP_TIMEOUT = 5.0
-RUN_TIMEOUT = 60.0  # one runner phase; the whole run is bounded by these
+RUN_TIMEOUT = 60.0  # one dialer phase; the whole run is bounded by these
 
 T = TypeVar("T")
 
@@ -75,27 +84,6 @@ EXPECTED = {
     "480": Outcome.NO_ANSWER,
     "noanswer": Outcome.NO_ANSWER,
 }
-
-FAKE_PEER = """
-import asyncio, signal, sys
-from fake_ami import FakeAMI
-
-class ByLastDigit(dict):
-    def get(self, number, default=None):
-        return CASES[int(number[-1])] if number[-1:].isdigit() else default
-
-CASES = sys.argv[1].split(",")
-
-async def main():
-    async with FakeAMI() as fake:
-        fake.cases = ByLastDigit()
-        print(fake.port, flush=True)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-
-asyncio.run(main())
-"""
 
 
 def inventory() -> dict[str, object]:
@@ -122,38 +110,6 @@ def callees(n: int, rng: random.Random) -> list[str]:
 
 
 # --- child processes and cleanup ---------------------------------------------------------------
-
-
-def start_fake_peer() -> tuple[subprocess.Popen[str], int]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH")) if p
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", FAKE_PEER, ",".join(CASE_BY_DIGIT)],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads yet)
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.isdigit():
-        stop(proc)
-        raise RuntimeError(f"the fake AMI peer did not start (exit {proc.poll()})")
-    return proc, int(line)
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -289,43 +245,52 @@ async def measure_prepare(
     return rows, at_capacity
 
 
-async def measure_runner(
-    originator: Originator,
+async def measure_dialer(
+    client: object,
+    history: CallbackHistory,
+    snapshot: RoutingSnapshot,
+    settings: Settings,
     people: Sequence[str],
-    journal_dir: Path,
     name: str,
     cps: float,
     concurrency: int,
 ) -> tuple[Row, list[str]]:
-    runner = CampaignRunner(
-        originator,
-        "pool-promo",
-        people,
-        Journal(journal_dir / f"{name}.journal"),
-        calls_per_second=cps,
-        concurrency=concurrency,
-        trunk=RateLimiter(cps * 2),
-    )
-    async with asyncio.timeout(RUN_TIMEOUT):
-        summary = await runner.run(asyncio.Event())
+    """One dialer dials `people`, queued for the pool campaign first (not timed)."""
+    queue = CampaignQueue(client, KEY_PREFIX)
+    before = await queue.progress("pool-promo")
+    await queue.configure("pool-promo", cps=cps, concurrency=concurrency)
+    await queue.enqueue("pool-promo", people)
+
+    def ami(host: DialerHost) -> AMIClient:
+        return AMIClient(
+            host.host, host.port, "lab", "labsecret", events="call", ping_interval=None
+        )
+
+    async with open_dialer(
+        client, history, lambda: snapshot, settings, ami, worker=f"bench-{name}", only="pool-promo"
+    ) as dialer:
+        await dialer.hosts[0].originator.ami.wait_connected()
+        started = time.monotonic()
+        async with asyncio.timeout(RUN_TIMEOUT):
+            await dialer.run(asyncio.Event(), until_done=True)
+        elapsed = time.monotonic() - started
+    after = await queue.progress("pool-promo")
+    outcomes = Counter(after.outcomes) - Counter(before.outcomes)
     problems = []
     wanted = Counter(EXPECTED[CASE_BY_DIGIT[int(p[-1])]] for p in people)
-    if summary.placed != len(people) or summary.outcomes != wanted:
-        problems.append(f"{name}: placed {summary.placed}, outcomes {dict(summary.outcomes)}")
-    rate = summary.placed / summary.elapsed if summary.elapsed else 0.0
+    if dialer.placed != len(people) or outcomes != wanted:
+        problems.append(f"{name}: placed {dialer.placed}, outcomes {dict(outcomes)}")
     limit = "unpaced" if cps >= 10_000 else f"paced at {cps:g}/s"
     row = Row(
-        f"runner: {limit}",
-        summary.placed,
-        rate=rate,
-        note=f"concurrency {concurrency}, {summary.elapsed:.1f} s",
+        f"dialer: {limit}",
+        dialer.placed,
+        rate=dialer.placed / elapsed if elapsed else 0.0,
+        note=f"concurrency {concurrency}, {elapsed:.1f} s",
     )
     return row, problems
 
 
-async def amain(
-    args: argparse.Namespace, tmp: Path, redis_url: str, redis_pid: int, ami_port: int
-) -> int:
+async def amain(args: argparse.Namespace, redis_url: str, redis_pid: int, ami_port: int) -> int:
     settings = load_settings(environ={})
     client = redis_client(redis_url, settings)
     # Distinct callees everywhere, as in a campaign: the region lookup of each one is a miss
@@ -335,7 +300,7 @@ async def amain(
     people = callees(n_choice + n_prepare + args.runner_calls + n_paced, random.Random(3))
     choice_people, people = people[:n_choice], people[n_choice:]
     prepare_people, people = people[:n_prepare], people[n_prepare:]
-    runner_people = {"unpaced": people[: args.runner_calls], "paced": people[args.runner_calls :]}
+    dialer_people = {"unpaced": people[: args.runner_calls], "paced": people[args.runner_calls :]}
     try:
         history = CallbackHistory(client, KEY_PREFIX, settings.routing.callback_window)
         data = RoutingData(client, KEY_PREFIX)
@@ -353,17 +318,30 @@ async def amain(
                         o, clock, prepare_people, args.calls, args.warmup
                     )
             rows += prepared
-            # The runner on the real clock: the per-number cap is lifted (6 calls a minute
-            # from 5 numbers would make this a measure of the cap, 30 calls a minute).
-            unlimited: OutboundSettings = replace(outbound, pool_calls_per_minute=10**9)
-            problems: list[str] = []
-            async with Originator(ami, history, lambda: snapshot, unlimited) as o:
-                for name, cps in (("unpaced", 100_000.0), ("paced", args.paced_rate)):
-                    row, trouble = await measure_runner(
-                        o, runner_people[name], tmp, name, cps, args.concurrency
-                    )
-                    rows.append(row)
-                    problems += trouble
+        # The dialer on the real clock: the per-number cap is lifted (6 calls a minute from
+        # 5 numbers would make this a measure of the cap, 30 calls a minute), and the trunk's.
+        dialing = replace(
+            settings,
+            redis=replace(settings.redis, key_prefix=KEY_PREFIX),
+            outbound=replace(
+                settings.outbound, pool_calls_per_minute=10**9, trunk_calls_per_second=10**6
+            ),
+            dialer=replace(settings.dialer, hosts=(f"{HOST}:{ami_port}",)),
+        )
+        problems: list[str] = []
+        for name, cps in (("unpaced", 100_000.0), ("paced", args.paced_rate)):
+            row, trouble = await measure_dialer(
+                client,
+                history,
+                snapshot,
+                dialing,
+                dialer_people[name],
+                name,
+                cps,
+                args.concurrency,
+            )
+            rows.append(row)
+            problems += trouble
     finally:
         await client.aclose()
 
@@ -407,10 +385,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=5000, help="timed prepare calls")
     parser.add_argument("--warmup", type=int, default=500, help="untimed prepare calls first")
-    parser.add_argument("--runner-calls", type=int, default=3000, help="unpaced runner calls")
-    parser.add_argument("--paced-rate", type=float, default=200.0, help="paced runner calls/s")
+    parser.add_argument("--runner-calls", type=int, default=3000, help="unpaced dialer calls")
+    parser.add_argument("--paced-rate", type=float, default=200.0, help="paced dialer calls/s")
     parser.add_argument("--paced-seconds", type=float, default=5.0)
-    parser.add_argument("--concurrency", type=int, default=50, help="runner calls at once")
+    parser.add_argument("--concurrency", type=int, default=50, help="dialer calls at once")
     parser.add_argument("--quick", action="store_true", help="about a third of everything")
     args = parser.parse_args(argv)
     if args.quick:
@@ -445,9 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         peer: subprocess.Popen[str] | None = None
         try:
             redis = start_redis(tmp / "redis")
-            peer, port = start_fake_peer()
+            peer, port = start_fake_peer(",".join(CASE_BY_DIGIT))
             redis_pid = redis._process.pid if redis._process else 0
-            main = amain(args, tmp, redis.url, redis_pid, port)
+            main = amain(args, redis.url, redis_pid, port)
             return asyncio.run(until_terminated(main))
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

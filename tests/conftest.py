@@ -17,7 +17,10 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from postgres_server import PostgresServer, binaries
+from redis_topology import Cluster, running
+from zvonok_agi.app import redis_client
 from zvonok_agi.config import Settings, load_settings
+from zvonok_agi.store.connection import learn_topology
 from zvonok_agi.store.embedded import EmbeddedRedis
 
 STORES = ["sqlite", "postgresql"]
@@ -45,13 +48,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedRedis:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Cluster:
+    """A real three-master Redis Cluster, started the first time a test asks for it."""
+    with running(Cluster(tmp_path_factory.mktemp("cluster"))) as cluster:
+        yield cluster
+
+
 @pytest.fixture
 def settings(redis_server: EmbeddedRedis) -> Settings:
     """Settings on the session's Redis, with a key prefix of their own (tests do not meet)."""
     base = load_settings(environ={})
     return replace(
         base,
-        agi=replace(base.agi, port=0),
+        # No refusing calls for a lagging loop (test_health.py tests that): a busy test
+        # machine must not close the engine's listener in the middle of a test.
+        agi=replace(base.agi, port=0, overload_lag=0.0),
         redis=replace(base.redis, url=redis_server.url, key_prefix=f"t{uuid.uuid4().hex[:8]}:"),
     )
 
@@ -118,3 +130,18 @@ async def _sql(url: str, statement: str) -> None:
         await db.execute(statement)
     finally:
         await db.close()
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def store(request: pytest.FixtureRequest, settings: Settings):
+    """A client of the engine's kind, on the session's Redis and then on the cluster. Its
+    timeouts are long: these tests are about what the store does, not about a busy machine
+    (on a Cluster a timeout also drops the connections of the commands in flight)."""
+    url = settings.redis.url
+    if request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+    patient = replace(settings.redis, socket_timeout=5.0, connect_timeout=5.0)
+    client = redis_client(url, replace(settings, redis=patient))
+    await learn_topology(client)
+    yield client
+    await client.aclose()

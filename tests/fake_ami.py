@@ -7,16 +7,23 @@ recordings in `tests/fixtures/asterisk`:
 - `Challenge` (MD5) and `Login` (plain or MD5); a wrong secret gets the recorded
   `Response: Error` / `Message: Authentication failed`, then the link is dropped (Asterisk
   also sleeps 1 s first: `auth_fail_delay`); actions before login get `Permission denied`;
-- `Ping`, `Logoff` (then it closes), `CoreShowChannels` (an event list; this one was NOT
-  recorded, its shape follows Asterisk's manager.c);
-- `Originate`: REPLAYS the bytes Asterisk sent after the recorded Originate for the chosen
-  case, with the ActionID rewritten to the client's, the Uniqueid/Linkedid to the client's
+  `Events:` of the login sets the classes of events the session gets (`call`, `on`, `off`);
+- `Ping`, `Logoff` (then it closes);
+- `Originate`: REPLAYS what Asterisk sent after the recorded Originate for the chosen case,
+  with the ActionID rewritten to the client's, the Uniqueid/Linkedid to the client's
   `ChannelId:` (a fresh numeric id if none was sent), the channel name to a fresh one and the
   dialed channel to the client's. Timestamps and caller ID stay as recorded. Delays between
-  chunks are multiplied by `time_scale` (0 = all at once).
+  chunks are multiplied by `time_scale` (0 = all at once). The reply goes to the session that
+  sent the Originate; the call's events go to EVERY session logged in for class `call`,
+  whichever sent it, and the call goes on when that session is gone
+  (ami_link_cut_during_call_conn_a/b);
+- `CoreShowChannels`: the calls in progress (from their Newchannel to their Hangup), each as
+  the recorded `CoreShowChannel` event with the call's channel, state, ids and duration
+  (ami_coreshowchannels).
 
 It can misbehave on purpose: drop the link at once or right after "Originate successfully
-queued", `drop()` every connection, stop answering (`silent`), stop listening for a while.
+queued", `drop()` every connection (the calls go on), `crash()` (the calls end with it), stop
+answering (`silent`), stop listening for a while.
 It counts what it received (`originates`, `pings`, `logins`, `connections`).
 """
 
@@ -30,7 +37,7 @@ import random
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from typing import Self
 
@@ -38,15 +45,23 @@ from transcripts import TRANSCRIPTS_DIR as TRANSCRIPTS
 from zvonok_agi.ami.protocol import NEED_DATA, Action, AMIConnection, AMIProtocolError, Closed
 from zvonok_agi.routing.model import Outcome
 
-ORIGINATE_CASES = (
-    "answered",
-    "busy",
-    "busy_with_channelid",
-    "480",
-    "noanswer",
-    "nolistener",
-    "unknown_endpoint",
-)
+# Each case: the recordings that hold its call, in time order (one clock across them).
+CASE_RECORDINGS = {
+    "answered": ("ami_originate_answered.raw",),
+    "busy": ("ami_originate_busy.raw",),
+    "busy_with_channelid": ("ami_originate_busy_with_channelid.raw",),
+    "480": ("ami_originate_480.raw",),
+    "noanswer": ("ami_originate_noanswer.raw",),
+    "nolistener": ("ami_originate_nolistener.raw",),
+    "unknown_endpoint": ("ami_originate_unknown_endpoint.raw",),
+    # Rings for 6 s, listed by CoreShowChannels meanwhile; its Hangup comes before its
+    # OriginateResponse.
+    "ringing_listed": ("ami_coreshowchannels.raw",),
+    # Rings for 5 s; the client's link was cut and a new one made meanwhile, which got the
+    # OriginateResponse (first) and the Hangup.
+    "link_cut": ("ami_link_cut_during_call_conn_a.raw", "ami_link_cut_during_call_conn_b.raw"),
+}
+ORIGINATE_CASES = tuple(CASE_RECORDINGS)
 
 # What each recorded case must settle to (see zvonok_agi/ami/outcome.py).
 RECORDED_OUTCOMES = {
@@ -57,12 +72,33 @@ RECORDED_OUTCOMES = {
     "noanswer": Outcome.NO_ANSWER,
     "nolistener": Outcome.NO_ANSWER,
     "unknown_endpoint": Outcome.FAILED,
+    "ringing_listed": Outcome.NO_ANSWER,
+    "link_cut": Outcome.NO_ANSWER,
 }
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 FULLY_BOOTED = (
     b"Event: FullyBooted\r\nPrivilege: system,all\r\nUptime: 284\r\nLastReload: 284\r\n"
     b"Status: Fully Booted\r\n\r\n"
+)
+# What a CoreShowChannel event carries, as recorded (the call's own values replace these).
+CHANNEL_LISTING = "ami_link_cut_during_call_conn_b.raw"
+# The fields of a call's channel events that CoreShowChannel repeats.
+CHANNEL_FIELDS = (
+    "Channel",
+    "ChannelState",
+    "ChannelStateDesc",
+    "CallerIDNum",
+    "CallerIDName",
+    "ConnectedLineNum",
+    "ConnectedLineName",
+    "Language",
+    "AccountCode",
+    "Context",
+    "Exten",
+    "Priority",
+    "Uniqueid",
+    "Linkedid",
 )
 
 _HEADER = re.compile(rb"\n#### (\d\d):(\d\d):(\d\d)\.(\d{3}) (<<|>>) (\d+) bytes\n")
@@ -96,18 +132,29 @@ def load_raw(name: str) -> tuple[Chunk, ...]:
     return tuple(chunks)
 
 
-def _fields(packet: bytes) -> list[tuple[str, str]]:
+def packets(data: bytes) -> list[bytes]:
+    """The packets of a chunk, each with its closing empty line (the banner is one too)."""
+    if data.startswith(b"Asterisk Call Manager/"):
+        return [data]
+    return [part + b"\r\n\r\n" for part in data.split(b"\r\n\r\n") if part]
+
+
+def fields_of(packet: bytes) -> list[tuple[str, str]]:
     lines = packet.decode("utf-8").split("\r\n")
     return [(k, v) for k, _, v in (line.partition(": ") for line in lines if line)]
 
 
+def encode(fields: Iterable[tuple[str, str]]) -> bytes:
+    return ("".join(f"{key}: {value}\r\n" for key, value in fields) + "\r\n").encode()
+
+
 @dataclass(frozen=True)
 class Recording:
-    """What Asterisk sent after the Originate of one case, and the ids to rewrite in it."""
+    """What Asterisk sent about the call of one case, and the ids to rewrite in it."""
 
     case: str
     originate_at: float
-    chunks: tuple[Chunk, ...]
+    chunks: tuple[Chunk, ...]  # only the Originate's reply and the call's events
     action_id: str
     channel: str  # the Channel: of the recorded Originate, e.g. PJSIP/79001234567@carrier
     uniqueid: str | None  # Uniqueid of the channel Asterisk created, if it made one
@@ -116,29 +163,52 @@ class Recording:
 
 @cache
 def recording(case: str) -> Recording:
-    chunks = load_raw(f"ami_originate_{case}.raw")
+    first, *others = CASE_RECORDINGS[case]
+    chunks = load_raw(first)
     index = next(i for i, c in enumerate(chunks) if c.data.startswith(b"Action: Originate"))
-    originate = dict(_fields(chunks[index].data))
+    originate = dict(fields_of(chunks[index].data))
+    action_id = originate["ActionID"]
     replay = []
-    for chunk in chunks[index + 1 :]:
-        if chunk.direction == ">>":
-            break  # the client's Logoff: what follows is not part of the call
-        replay.append(chunk)
+    for source in (chunks[index + 1 :], *(load_raw(name) for name in others)):
+        for chunk in source:
+            if chunk.data.startswith(b"Action: Logoff"):
+                break  # what follows is not part of the call
+            if chunk.direction == ">>":
+                continue  # the client's other actions, whose replies are dropped below
+            # The Originate's reply and the call's events; not the replies to other actions.
+            kept = [
+                packet
+                for packet in packets(chunk.data)
+                if not packet.startswith(b"Asterisk Call Manager/")
+                and dict(fields_of(packet)).get("ActionID", action_id) == action_id
+            ]
+            if kept:
+                replay.append(Chunk(chunk.at, chunk.direction, b"".join(kept)))
     uniqueid = channel_name = None
     for chunk in replay:
-        fields = dict(_fields(chunk.data))
-        if fields.get("Event") == "Newchannel":
-            uniqueid, channel_name = fields["Uniqueid"], fields["Channel"]
-            break
+        for packet in packets(chunk.data):
+            fields = dict(fields_of(packet))
+            if fields.get("Event") == "Newchannel" and uniqueid is None:
+                uniqueid, channel_name = fields["Uniqueid"], fields["Channel"]
     return Recording(
         case=case,
         originate_at=chunks[index].at,
         chunks=tuple(replay),
-        action_id=originate["ActionID"],
+        action_id=action_id,
         channel=originate["Channel"],
         uniqueid=uniqueid,
         channel_name=channel_name,
     )
+
+
+@cache
+def channel_listing_template() -> tuple[tuple[str, str], ...]:
+    """The fields of the recorded CoreShowChannel event."""
+    for chunk in load_raw(CHANNEL_LISTING):
+        for packet in packets(chunk.data):
+            if packet.startswith(b"Event: CoreShowChannel\r\n"):
+                return tuple(fields_of(packet))
+    raise ValueError(f"{CHANNEL_LISTING} holds no CoreShowChannel event")
 
 
 def _dialed_number(channel: str) -> str:
@@ -146,13 +216,38 @@ def _dialed_number(channel: str) -> str:
     return channel.partition("/")[2].partition("@")[0]
 
 
+def _classes(value: str | None) -> frozenset[str] | None:
+    """The event classes a login's `Events:` asks for; None for all of them."""
+    text = (value or "on").strip().lower()
+    if text in ("on", "yes", "all", "true"):
+        return None
+    if text in ("off", "no", "false"):
+        return frozenset()
+    return frozenset(part.strip() for part in text.split(",") if part.strip())
+
+
 @dataclass
 class _Session:
     writer: asyncio.StreamWriter
     authenticated: bool = False
-    events_on: bool = True
+    classes: frozenset[str] | None = None  # event classes it gets; None: all
     challenge: str | None = None
-    replays: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def wants(self, privilege: str) -> bool:
+        if not self.authenticated or self.writer.is_closing():
+            return False
+        if self.classes is None:
+            return True
+        return bool(self.classes & {part.strip() for part in privilege.split(",")})
+
+
+@dataclass
+class _Channel:
+    """A call's channel while it exists: what CoreShowChannels lists."""
+
+    fields: dict[str, str]
+    since: float  # recorded time of its Newchannel
+    clock: tuple[float, float]  # (recorded time, loop time) of the replay's last chunk
 
 
 class FakeAMI:
@@ -182,7 +277,8 @@ class FakeAMI:
         self.auth_fail_delay = auth_fail_delay
         self.drop_on_originate = drop_on_originate
         self.drop_after_originate_queued = drop_after_originate_queued
-        self.channels = [dict(c) for c in channels]  # what CoreShowChannels lists
+        # Listed by CoreShowChannels after the calls in progress: fields over the recorded ones.
+        self.channels = [dict(c) for c in channels]
         self.silent = False  # read actions, answer none (a hung Asterisk)
         # An AMI user without the originate write class: Asterisk answers every Originate so.
         self.originate_not_permitted = False
@@ -199,6 +295,7 @@ class FakeAMI:
         self._server: asyncio.Server | None = None
         self._sessions: dict[asyncio.Task[None], _Session] = {}
         self._replays: set[asyncio.Task[None]] = set()
+        self._live: dict[str, _Channel] = {}  # Uniqueid -> the channel of a call in progress
         self._ids = itertools.count(16)
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -223,16 +320,28 @@ class FakeAMI:
             self._server = None
 
     def drop(self) -> None:
-        """Cut every open connection at once, as a crashed or restarted Asterisk would."""
+        """Cut every open connection at once (a network failure): the calls go on."""
         for session in self._sessions.values():
             session.writer.transport.abort()
+
+    async def crash(self) -> None:
+        """Cut every connection and end every call, as an Asterisk that died would."""
+        self.drop()
+        await self._end_calls()
 
     async def close(self) -> None:
         await self.stop_listening()
         # Cut the connections and let each handler see EOF and end by itself: cancelling
         # a stream handler task makes asyncio (3.11) log an error about it.
-        self.drop()
+        await self.crash()
         await asyncio.gather(*self._sessions, return_exceptions=True)
+
+    async def _end_calls(self) -> None:
+        replays = list(self._replays)
+        for replay in replays:
+            replay.cancel()
+        await asyncio.gather(*replays, return_exceptions=True)
+        self._live.clear()
 
     async def wait_replays(self) -> None:
         """Wait until every Originate replay has been written out."""
@@ -242,6 +351,11 @@ class FakeAMI:
     @property
     def originate_count(self) -> int:
         return len(self.originates)
+
+    @property
+    def calls_in_progress(self) -> list[str]:
+        """The Uniqueids CoreShowChannels would list now (static `channels` aside)."""
+        return list(self._live)
 
     # ---- one connection -------------------------------------------------------------------
 
@@ -264,9 +378,6 @@ class FakeAMI:
         except (OSError, AMIProtocolError):
             pass
         finally:
-            for replay in list(session.replays):
-                replay.cancel()
-            await asyncio.gather(*session.replays, return_exceptions=True)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
@@ -331,23 +442,33 @@ class FakeAMI:
             self._reply(session, action, "Error", "Message: Authentication failed")
             return False  # ... and drops the connection
         session.authenticated = True
-        session.events_on = (action.get("Events") or "on").lower() != "off"
+        session.classes = _classes(action.get("Events"))
         self.logins.append(kind)
         self._reply(session, action, "Success", "Message: Authentication accepted")
-        if session.events_on:
+        if session.wants("system,all"):
             session.writer.write(FULLY_BOOTED)
         return True
 
     def _core_show_channels(self, session: _Session, action: Action) -> None:
         self._reply(session, action, "Success", "EventList: start", "Message: Channels will follow")
-        id_line = f"ActionID: {action.action_id}\r\n" if action.action_id else ""
-        for channel in self.channels:
-            body = "".join(f"{k}: {v}\r\n" for k, v in channel.items())
-            session.writer.write(f"Event: CoreShowChannel\r\n{id_line}{body}\r\n".encode())
-        session.writer.write(
-            f"Event: CoreShowChannelsComplete\r\n{id_line}EventList: Complete\r\n"
-            f"ListItems: {len(self.channels)}\r\n\r\n".encode()
-        )
+        listed = [self._listing(channel) for channel in self._live.values()] + self.channels
+        id_field = [("ActionID", action.action_id)] if action.action_id else []
+        template = [(k, v) for k, v in channel_listing_template() if k not in ("Event", "ActionID")]
+        out = []
+        for values in listed:
+            event = [("Event", "CoreShowChannel"), *id_field]
+            out.append(encode(event + [(k, values.get(k, v)) for k, v in template]))
+        done = [("Event", "CoreShowChannelsComplete"), *id_field, ("EventList", "Complete")]
+        out.append(encode([*done, ("ListItems", str(len(listed)))]))
+        session.writer.write(b"".join(out))
+
+    def _listing(self, channel: _Channel) -> dict[str, str]:
+        recorded_now, at = channel.clock
+        if self.time_scale:
+            recorded_now += (asyncio.get_running_loop().time() - at) / self.time_scale
+        seconds = max(int(recorded_now - channel.since), 0)
+        duration = f"{seconds // 3600:02}:{seconds // 60 % 60:02}:{seconds % 60:02}"
+        return {**channel.fields, "Duration": duration}
 
     def _originate(self, session: _Session, action: Action) -> bool:
         if self.drop_on_originate:
@@ -370,13 +491,11 @@ class FakeAMI:
             return True
         case = self.cases.get(_dialed_number(channel), self.default_case)
         task = asyncio.create_task(self._replay(session, recording(case), action))
-        session.replays.add(task)
         self._replays.add(task)
-        task.add_done_callback(session.replays.discard)
         task.add_done_callback(self._replays.discard)
         return True
 
-    async def _replay(self, session: _Session, rec: Recording, action: Action) -> None:
+    async def _replay(self, origin: _Session, rec: Recording, action: Action) -> None:
         seq = next(self._ids)
         channel = action.get("Channel") or rec.channel
         channel_id = action.get("ChannelId")
@@ -389,23 +508,57 @@ class FakeAMI:
             rewrite[rec.uniqueid] = channel_id or f"{int(time.time())}.{seq}"
         if rec.channel_name is not None:
             rewrite[rec.channel_name] = f"PJSIP/{endpoint}-{seq:08x}"
+        loop = asyncio.get_running_loop()
         previous = rec.originate_at
-        for chunk in rec.chunks:
-            if self.time_scale:
-                await asyncio.sleep(max(chunk.at - previous, 0) * self.time_scale)
-            previous = chunk.at
-            if chunk.data.startswith(b"Event:") and not session.events_on:
-                continue
-            data = self._rewrite(chunk.data, rec, rewrite, action.action_id, channel_id)
-            try:
+        uniqueid = None
+        try:
+            for chunk in rec.chunks:
+                if self.time_scale:
+                    await asyncio.sleep(max(chunk.at - previous, 0) * self.time_scale)
+                previous = chunk.at
+                events: list[tuple[str, bytes]] = []
+                for packet in packets(chunk.data):
+                    fields = self._rewrite(packet, rec, rewrite, action.action_id, channel_id)
+                    if fields[0][0] == "Response":
+                        if not origin.writer.is_closing():
+                            origin.writer.write(encode(fields))
+                        if self.drop_after_originate_queued:
+                            origin.writer.close()
+                        continue
+                    uniqueid = self._follow(fields, (chunk.at, loop.time())) or uniqueid
+                    events.append((dict(fields).get("Privilege", ""), encode(fields)))
+                self._broadcast(events)
+        finally:
+            if uniqueid is not None:
+                self._live.pop(uniqueid, None)  # the call ends with its replay
+
+    def _follow(self, fields: list[tuple[str, str]], clock: tuple[float, float]) -> str | None:
+        """Keep the channel list in step with a call's event; the call's Uniqueid, if any."""
+        values = dict(fields)
+        uniqueid = values.get("Uniqueid")
+        if uniqueid is None or "ChannelState" not in values:
+            return None  # not a channel's event (an OriginateResponse, a DialBegin)
+        if values.get("Event") == "Hangup":
+            self._live.pop(uniqueid, None)
+            return uniqueid
+        channel = self._live.get(uniqueid)
+        if channel is None:
+            if values.get("Event") != "Newchannel":
+                return uniqueid
+            channel = self._live[uniqueid] = _Channel({}, clock[0], clock)
+        channel.fields.update((k, values[k]) for k in CHANNEL_FIELDS if k in values)
+        if values.get("Event") == "Newexten":  # the dialplan application it runs now
+            channel.fields["Application"] = values.get("Application", "")
+            channel.fields["ApplicationData"] = values.get("AppData", "")
+        channel.clock = clock
+        return uniqueid
+
+    def _broadcast(self, events: list[tuple[str, bytes]]) -> None:
+        """Every event to every session logged in for its class, as Asterisk does."""
+        for session in self._sessions.values():
+            data = b"".join(packet for privilege, packet in events if session.wants(privilege))
+            if data:
                 session.writer.write(data)
-                await session.writer.drain()
-            except ConnectionError:
-                return  # the client went away mid-call; Asterisk would carry on silently
-            queued = chunk.data.startswith(b"Response:")
-            if queued and self.drop_after_originate_queued:
-                session.writer.close()
-                return
 
     @staticmethod
     def _rewrite(
@@ -414,9 +567,9 @@ class FakeAMI:
         rewrite: Mapping[str, str],
         action_id: str | None,
         channel_id: str | None,
-    ) -> bytes:
-        lines = []
-        for key, value in _fields(packet):
+    ) -> list[tuple[str, str]]:
+        fields = []
+        for key, value in fields_of(packet):
             if key == "ActionID" and value == rec.action_id:
                 if action_id is None:
                     continue  # Asterisk omits ActionID when the action had none
@@ -429,5 +582,5 @@ class FakeAMI:
                 value = rewrite[value]
             elif rec.channel_name and rec.channel_name in value:
                 value = value.replace(rec.channel_name, rewrite[rec.channel_name])
-            lines.append(f"{key}: {value}\r\n")
-        return ("".join(lines) + "\r\n").encode()
+            fields.append((key, value))
+        return fields

@@ -380,3 +380,56 @@ async def test_shutdown_lets_a_session_already_sending_its_fallback_finish():
         b'SET VARIABLE "ROUTE" "fallback"\n',
         b'SET VARIABLE "WHY" "engine error"\n',
     ]
+
+
+async def answer_on(sock: socket.socket) -> list[bytes]:
+    """`asterisk()` on a connection already made (its env block already sent)."""
+    reader, writer = await asyncio.open_connection(sock=sock)
+    commands = []
+    try:
+        while line := await reader.readline():
+            commands.append(line)
+            writer.write(b"200 result=1\n")
+            await writer.drain()
+    finally:
+        writer.close()
+    return commands
+
+
+async def test_not_listening_refuses_and_serves_the_connections_already_completed():
+    """Closing the listener would reset the connections the kernel completed while the loop
+    was busy (Asterisk has sent their env blocks): they are taken first and served."""
+    async with run_server({"route": route_to}, fallback, config()) as server:
+        port = server.port
+        # The loop does not run meanwhile: the kernel completes these, nobody accepts them.
+        waiting = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(5)]
+        for sock in waiting:
+            sock.sendall(ENV_BLOCK)
+        server.stop_listening()
+        assert not server.listening
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+        async with asyncio.timeout(10):
+            served = await asyncio.gather(*(answer_on(sock) for sock in waiting))
+        assert served == [[b'SET VARIABLE "ROUTE" "handled"\n']] * 5
+
+        await server.listen()  # on the same port again
+        assert server.listening and server.port == port
+        assert await asterisk(port, ENV_BLOCK) == [b'SET VARIABLE "ROUTE" "handled"\n']
+
+
+async def test_shutdown_waits_for_the_connections_taken_from_the_listener():
+    async def slow(session: AGISession) -> None:
+        await asyncio.sleep(0.2)
+        await session.set_variable("ROUTE", "handled")
+
+    server = FastAGIServer({"route": slow}, fallback, config())
+    await server.start()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    sock.sendall(ENV_BLOCK)
+    answered = asyncio.create_task(answer_on(sock))
+    await server.shutdown()  # takes the completed connection, then drains it
+    assert server.connections == 0
+    assert await answered == [b'SET VARIABLE "ROUTE" "handled"\n']
+    await server.listen()
+    assert not server.listening  # never again once shut down

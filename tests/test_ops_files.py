@@ -26,6 +26,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,11 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from asterisk_lint import asterisklint
+from zvonok_agi.agi.server import FAILURE_BUDGET
 from zvonok_agi.config import SECTIONS, load_settings
+from zvonok_agi.health import Heartbeat
+from zvonok_agi.systemd import PINGS_PER_PERIOD
+from zvonok_agi.watchdog import TOUCH_EVERY, Watchdog
 
 try:
     import yaml
@@ -1013,6 +1018,64 @@ def test_the_engine_image_and_service(compose: dict) -> None:
     assert "ports" not in service(compose, "engine"), "FastAGI stays on the lab network"
     workdir = [i.arguments for i in instructions if i.keyword == "WORKDIR"][-1]
     assert bind_mounts(compose, "engine")[PurePosixPath(workdir) / "config"] == ROOT / "config"
+
+
+def compose_seconds(duration: str) -> float:
+    """A compose duration ("2s", "1m30s", "500ms") in seconds."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    assert "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_the_engine_healthcheck_reads_the_heartbeat_its_watchdog_writes(
+    compose: dict, tmp_path: Path
+) -> None:
+    engine = service(compose, "engine")
+    check = engine["healthcheck"]
+    command = check["test"]
+    assert command[:4] == ["CMD", "python", "-m", "zvonok_agi.healthcheck"]
+    path, max_age = command[4], float(command[5])
+    settings = load_settings(None, environ=environment(compose, "engine"))
+    assert settings.watchdog.enabled and settings.watchdog.heartbeat_file == path
+    _, dockerfile = build(compose, "engine")
+    workdir = [i.arguments for i in read_dockerfile(dockerfile) if i.keyword == "WORKDIR"][-1]
+    assert PurePosixPath(path).is_relative_to(workdir), "where the engine's user may write"
+    # A running engine touches it every second: never that stale. A frozen one turns
+    # unhealthy within max_age and the retries.
+    assert TOUCH_EVERY * 2 <= max_age
+    assert max_age + check["retries"] * compose_seconds(check["interval"]) <= 10
+    assert engine["restart"] == "unless-stopped", "starts again an engine its watchdog ended"
+    beat = tmp_path / "heartbeat"
+    beat.touch()
+    here = subprocess.run(
+        [sys.executable, *command[2:4], str(beat), command[5]],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=30,
+        check=False,
+    )
+    assert here.returncode == 0
+
+
+def test_the_guide_unit_lets_systemd_watch_the_engine() -> None:
+    blocks = re.findall(r"^```ini\n(.*?)^```", OPERATIONS_GUIDE.read_text("utf-8"), re.M | re.S)
+    (unit,) = [b for b in blocks if "[Service]" in b]
+    section, options = "", {}
+    for line in unit.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif line and not line.startswith("#") and section == "[Service]":
+            key, _, value = line.partition("=")
+            options[key] = value
+    assert options["Type"] == "notify" and options["NotifyAccess"] == "main"
+    defaults = load_settings(None, environ={})
+    watchdog_sec = float(options["WatchdogSec"])
+    # systemd ends a stalled engine only after the engine's own watchdog had its chance.
+    engine_acts = Watchdog(Heartbeat(), defaults.watchdog.timeout).acts_within
+    assert watchdog_sec * (1 - 1 / PINGS_PER_PERIOD) > engine_acts
+    assert options["Restart"] == "on-failure"
+    assert float(options["TimeoutStopSec"]) > defaults.agi.drain_deadline + FAILURE_BUDGET
 
 
 def test_redis_keeps_the_history(compose: dict) -> None:

@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from conftest import background_errors, free_port
 from engine_helpers import load
-from fake_ami import ORIGINATE_CASES, RECORDED_OUTCOMES, FakeAMI, Recording
+from fake_ami import ORIGINATE_CASES, RECORDED_OUTCOMES, Chunk, FakeAMI, Recording, packets
 from zvonok_agi import phone
 from zvonok_agi.ami.client import AMIClient
 from zvonok_agi.ami.protocol import Action
@@ -203,21 +203,23 @@ def short_hangup_grace(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class SwappedFakeAMI(FakeAMI):
-    """Replays each case with its Hangup moved before its OriginateResponse (Asterisk gives
-    no order between the two: the events come from different threads)."""
+    """Replays each case with its Hangup and its OriginateResponse in the other order (Asterisk
+    gives no order between the two: the events come from different threads)."""
 
     swapped = 0
 
     async def _replay(self, session: Any, rec: Recording, action: Action) -> None:
-        chunks = list(rec.chunks)
-        response = next(i for i, c in enumerate(chunks) if b"Event: OriginateResponse" in c.data)
-        hangups = [i for i, c in enumerate(chunks) if c.data.startswith(b"Event: Hangup\r\n")]
-        hangup = hangups[0] if hangups else None
-        if hangup is not None:
-            assert hangup > response  # as recorded: the swap below is the other order
-            chunks.insert(response, chunks.pop(hangup))
+        sent = [Chunk(c.at, c.direction, p) for c in rec.chunks for p in packets(c.data)]
+        response = next(i for i, c in enumerate(sent) if b"Event: OriginateResponse" in c.data)
+        hangups = [i for i, c in enumerate(sent) if c.data.startswith(b"Event: Hangup\r\n")]
+        if hangups:
+            hangup = hangups[0]
+            sent[response], sent[hangup] = (
+                replace(sent[response], data=sent[hangup].data),
+                replace(sent[hangup], data=sent[response].data),
+            )
             self.swapped += 1
-        await super()._replay(session, replace(rec, chunks=tuple(chunks)), action)
+        await super()._replay(session, replace(rec, chunks=tuple(sent)), action)
 
 
 @pytest.mark.parametrize("order", ["recorded", "swapped"])
@@ -337,7 +339,6 @@ class CheckingFakeAMI(FakeAMI):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.history: CallbackHistory | None = None
-        self.prefix = ""
         self.seen: list[tuple[Action, list[Attempt], bytes | None]] = []
 
     async def _on_action(self, session: Any, action: Action) -> bool:
@@ -345,7 +346,7 @@ class CheckingFakeAMI(FakeAMI):
             did = action["CallerID"].strip("<>")
             callee = action["Channel"].partition("/")[2].partition("@")[0]
             kept = await self.history.attempts(did, callee)
-            last = await self.history.redis.get(f"{self.prefix}last:{callee}")
+            last = await self.history.redis.get(self.history.last_key(callee))
             self.seen.append((action, kept, last))
         return await super()._on_action(session, action)
 
@@ -356,7 +357,7 @@ async def test_attempt_is_pending_in_the_history_before_the_originate(
 ) -> None:
     fake = CheckingFakeAMI(default_case="busy")
     async with dialer(settings, fake) as d:
-        fake.history, fake.prefix = d.history, settings.redis.key_prefix
+        fake.history = d.history
         results = [await d.originator.dial(campaign, MOBILE) for _ in range(3)]
         settled = [(await recorded(d, r.attempt)).outcome for r in results]
     assert len(fake.seen) == 3
@@ -374,17 +375,21 @@ async def test_attempt_is_pending_in_the_history_before_the_originate(
 # --- the link lost ------------------------------------------------------------------------------
 
 
-async def test_link_dropped_after_originate_queued_settles_failed_and_the_run_goes_on(
+async def test_link_dropped_after_originate_queued_settles_at_once_when_back(
     settings: Settings,
 ) -> None:
+    # The link goes right after "Originate successfully queued", and the call's events with it
+    # (no other session was there to get them). Once the link is back, Asterisk no longer
+    # lists the call: it settles then, not after outcome_timeout.
     fake = FakeAMI(drop_after_originate_queued=True)
-    async with dialer(settings, fake, outcome_timeout=0.3) as d:
+    async with dialer(settings, fake, outcome_timeout=30.0) as d:
         started = time.monotonic()
         lost = await d.originator.dial("pool-promo", MOBILE)
         took = time.monotonic() - started
         assert lost.outcome is Outcome.FAILED
-        assert lost.detail == "no outcome from Asterisk in time"
-        assert 0.3 <= took < 2.0
+        assert lost.detail == "gone from Asterisk without an outcome event"
+        assert took < 2.0
+        assert [a.name for a in fake.actions].count("CoreShowChannels") == 1
         assert (await recorded(d, lost.attempt)).outcome is Outcome.FAILED
         assert fake.originate_count == 1  # never sent again, not on the new link either
 
@@ -399,6 +404,125 @@ async def test_link_dropped_after_originate_queued_settles_failed_and_the_run_go
         assert [a["ChannelId"] for a in fake.originates] == [lost.attempt.id, following.attempt.id]
         # The lost call still counts as shown: the next one shows another number.
         assert following.attempt.did != lost.attempt.did
+
+
+class EventSink(FakeAMI):
+    """Keeps what each session received, by its order of connection."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.received: list[list[bytes]] = []
+
+    async def _handle(self, reader: Any, writer: Any) -> None:
+        seen: list[bytes] = []
+        self.received.append(seen)
+        write = writer.write
+        writer.write = lambda data: (seen.append(data), write(data))[1]
+        await super()._handle(reader, writer)
+
+
+async def test_a_call_cut_off_by_a_lost_link_settles_by_its_events_on_the_new_one(
+    settings: Settings,
+) -> None:
+    # ami_link_cut_during_call_conn_a/b: the link is cut while the call rings; the new link
+    # lists it (it stays pending) and gets its OriginateResponse, with the old ActionID, and
+    # its Hangup: it settles as the recording says, long before outcome_timeout.
+    callee = "79001234567"
+    fake = EventSink(cases={callee: "link_cut"}, time_scale=0.1)  # rings 0.5 s
+    async with dialer(settings, fake, outcome_timeout=30.0) as d:
+        call = asyncio.create_task(d.originator.dial("acme-pool", callee))
+        await eventually(lambda: fake.calls_in_progress != [])
+        fake.drop()
+        started = time.monotonic()
+        result = await call
+        assert time.monotonic() - started < 2.0
+    assert result.outcome is Outcome.NO_ANSWER
+    assert result.detail == "OriginateResponse Reason 3, Hangup Cause 19"
+    assert fake.connections == 2
+    second = b"".join(fake.received[1])
+    assert f"Uniqueid: {result.attempt.id}".encode() in second  # listed by CoreShowChannels
+    action_id = fake.originates[0].action_id
+    assert (
+        f"Event: OriginateResponse\r\nPrivilege: call,all\r\nActionID: {action_id}".encode()
+        in second
+    )
+    assert [a.name for a in fake.actions].count("CoreShowChannels") == 1
+
+
+async def test_an_answer_missed_while_the_link_was_down_is_read_from_the_channel_state(
+    settings: Settings,
+) -> None:
+    # Answered while the link was down: the OriginateResponse is lost, but CoreShowChannels
+    # on the new link lists the call Up.
+    fake = FakeAMI(drop_after_originate_queued=True, time_scale=1.0)
+    async with dialer(settings, fake, outcome_timeout=30.0) as d:
+        result = await d.originator.dial("pool-promo", MOBILE)
+        assert (await recorded(d, result.attempt)).outcome is Outcome.ANSWERED
+    assert result.outcome is Outcome.ANSWERED
+    assert result.detail == "answered (its channel is Up)"
+
+
+async def test_a_call_still_listed_at_the_outcome_timeout_is_waited_for(
+    settings: Settings,
+) -> None:
+    # It rings 1.5 s (ami_coreshowchannels at a quarter of the speed); after 0.4 s with no
+    # outcome Asterisk is asked, still lists it, and its events settle it.
+    callee = "79001234567"
+    fake = FakeAMI(cases={callee: "ringing_listed"}, time_scale=0.25)
+    async with dialer(settings, fake, outcome_timeout=0.4) as d:
+        result = await d.originator.dial("acme-pool", callee)
+    assert result.outcome is Outcome.NO_ANSWER
+    assert result.detail == "OriginateResponse Reason 3, Hangup Cause 19"
+    assert [a.name for a in fake.actions].count("CoreShowChannels") >= 2
+
+
+class LosesEvents(FakeAMI):
+    """Sends the replies, loses every event."""
+
+    def _broadcast(self, events: Any) -> None:
+        pass
+
+
+async def test_a_call_asterisk_no_longer_has_settles_failed_at_the_outcome_timeout(
+    settings: Settings,
+) -> None:
+    async with dialer(settings, LosesEvents(), outcome_timeout=0.3) as d:
+        result = await d.originator.dial("pool-promo", MOBILE)
+        assert result.outcome is Outcome.FAILED
+        assert result.detail == "gone from Asterisk without an outcome event"
+        # Asterisk cannot be asked (the link went and stays down): failed at the timeout.
+        d.fake.drop_after_originate_queued = True
+        await d.fake.stop_listening()
+        result = await d.originator.dial("pool-promo", "79031234567")
+        assert result.detail == "no outcome from Asterisk in time"
+
+
+async def test_another_dialer_adopts_a_call_whose_dialer_stopped(settings: Settings) -> None:
+    callee = "79001234567"
+    fake = FakeAMI(cases={callee: "link_cut"}, time_scale=0.1)
+    async with dialer(settings, fake, outcome_timeout=30.0) as d:
+        first = await d.originator.prepare("acme-pool", callee)
+        placing = asyncio.create_task(d.originator.place(*first))
+        await eventually(lambda: fake.calls_in_progress != [])
+        placing.cancel()  # the dialer that placed it stops following it
+        async with (
+            ami_client(fake) as ami,
+            Originator(ami, d.history, lambda: d.snapshot, d.settings.outbound) as other,
+        ):
+            outcome, detail = await other.adopt(first[0])
+            assert (outcome, detail) == (
+                Outcome.NO_ANSWER,
+                "OriginateResponse Reason 3, Hangup Cause 19",
+            )
+            # A call that is over by the time it is adopted settles at once.
+            assert fake.calls_in_progress == []
+            outcome, detail = await other.adopt(first[0])
+            assert (outcome, detail) == (
+                Outcome.FAILED,
+                "gone from Asterisk without an outcome event",
+            )
+        assert (await recorded(d, first[0])).outcome is Outcome.FAILED
+    assert fake.originate_count == 1
 
 
 async def test_link_down_before_sending_fails_at_once_without_an_originate(
@@ -419,7 +543,6 @@ async def test_link_down_before_sending_fails_at_once_without_an_originate(
         # Taken back: no attempt a callback could find, no number shown, no cap used.
         assert await d.history.attempts(result.attempt.did, MOBILE) == []
         assert await d.keys("last:*") == []
-        assert await d.keys("attempt:*") == []
         prefix = d.settings.redis.key_prefix
         used = [await d.history.redis.get(f"{prefix}{key}") for key in await d.keys("cpm:*")]
         assert used in ([], [b"0"])
@@ -441,7 +564,7 @@ async def test_a_call_taken_back_gives_the_callee_its_previous_number_again(
         await eventually(lambda: not d.ami.connected)
         lost = await d.originator.dial("pool-promo", MOBILE)
         assert not lost.dialed and lost.attempt.did != shown.attempt.did
-        last = await d.history.redis.get(f"{d.settings.redis.key_prefix}last:{MOBILE}")
+        last = await d.history.redis.get(d.history.last_key(MOBILE))
         assert last == shown.attempt.did.encode()
         assert [a.id for a in await d.history.attempts(lost.attempt.did, MOBILE)] == []
 

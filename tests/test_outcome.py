@@ -1,6 +1,7 @@
 """An Originate's outcome from Asterisk's events (`zvonok_agi.ami.outcome`), on every recording.
 
-Each `ami_originate_*.raw` is parsed whole with the sans-IO AMI parser; the OriginateResponse
+Each recorded call (`ami_originate_*.raw`, ami_coreshowchannels, the link cut) is parsed whole
+with the sans-IO AMI parser; the OriginateResponse
 of the recorded Originate (by its ActionID) and the Hangup of the channel it made (the
 DialBegin to its dial string names that channel) are fed to the mapping in the order recorded
 and swapped. The table in the module's docstring is checked against the same recordings, so
@@ -15,7 +16,7 @@ from functools import cache
 
 import pytest
 
-from fake_ami import ORIGINATE_CASES, RECORDED_OUTCOMES, TRANSCRIPTS, load_raw
+from fake_ami import CASE_RECORDINGS, ORIGINATE_CASES, RECORDED_OUTCOMES, TRANSCRIPTS, load_raw
 from zvonok_agi.ami import outcome as outcome_module
 from zvonok_agi.ami.outcome import (
     CAUSE_OUTCOMES,
@@ -39,13 +40,16 @@ DOC_ROWS = {
     "noanswer": "rings, never answers",
     "nolistener": "nothing listening",
     "unknown_endpoint": "unknown endpoint",
+    "ringing_listed": "rings, never answers",
+    "link_cut": "rings, never answers",
 }
+RANG_OUT = ("noanswer", "nolistener", "ringing_listed", "link_cut")
 
 
 def test_every_recorded_originate_case_has_an_expected_outcome() -> None:
     assert set(EXPECTED) == set(ORIGINATE_CASES)
-    recorded = {p.name for p in TRANSCRIPTS.glob("ami_originate_*.raw")}
-    assert recorded == {f"ami_originate_{case}.raw" for case in ORIGINATE_CASES}
+    recorded = {p.name for p in TRANSCRIPTS.glob("ami_*.raw")}
+    assert recorded == {name for names in CASE_RECORDINGS.values() for name in names}
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class RecordedCall:
     response: Event  # the OriginateResponse of that Originate
     hangup: Event | None  # the Hangup of the channel it made, if it made one
     uniqueid: str | None  # that channel's Uniqueid
+    hangup_first: bool  # as recorded (only in ami_coreshowchannels)
 
 
 def parse(data: list[bytes], *, banner: bool) -> list[object]:
@@ -68,9 +73,12 @@ def parse(data: list[bytes], *, banner: bool) -> list[object]:
 
 @cache
 def recorded_call(case: str) -> RecordedCall:
-    chunks = load_raw(f"ami_originate_{case}.raw")
-    received = parse([c.data for c in chunks if c.direction == "<<"], banner=True)
-    sent = parse([c.data for c in chunks if c.direction == ">>"], banner=False)
+    received: list[object] = []
+    sent: list[object] = []
+    for name in CASE_RECORDINGS[case]:  # one connection each
+        chunks = load_raw(name)
+        received += parse([c.data for c in chunks if c.direction == "<<"], banner=True)
+        sent += parse([c.data for c in chunks if c.direction == ">>"], banner=False)
     assert isinstance(received[0], Banner)
     assert all(isinstance(item, Action) for item in sent)
 
@@ -88,7 +96,9 @@ def recorded_call(case: str) -> RecordedCall:
     uniqueid = began[0]["DestUniqueid"] if began else None
     hangups = [e for e in events if e.name == "Hangup" and e.get("Uniqueid") == uniqueid]
     assert len(hangups) <= 1
-    return RecordedCall(originate, response, hangups[0] if hangups else None, uniqueid)
+    hangup = hangups[0] if hangups else None
+    hangup_first = hangup is not None and events.index(hangup) < events.index(response)
+    return RecordedCall(originate, response, hangup, uniqueid, hangup_first)
 
 
 def settle(events: list[Event]) -> Outcome:
@@ -118,29 +128,37 @@ def settle(events: list[Event]) -> Outcome:
 @pytest.mark.parametrize("case", ORIGINATE_CASES)
 def test_recorded_order(case: str) -> None:
     call = recorded_call(case)
-    events = [call.response] if call.hangup is None else [call.response, call.hangup]
-    # In every recording the OriginateResponse came first: "swapped" below is the other order.
-    assert settle(events) is EXPECTED[case]
+    assert settle(in_order(call, swapped=False)) is EXPECTED[case]
 
 
 @pytest.mark.parametrize("case", ORIGINATE_CASES)
 def test_swapped_order(case: str) -> None:
     call = recorded_call(case)
-    events = [call.response] if call.hangup is None else [call.hangup, call.response]
-    assert settle(events) is EXPECTED[case]
+    assert settle(in_order(call, swapped=True)) is EXPECTED[case]
+
+
+def in_order(call: RecordedCall, *, swapped: bool) -> list[Event]:
+    """The call's OriginateResponse and Hangup as recorded, or the other way round."""
+    if call.hangup is None:
+        return [call.response]
+    first, second = call.response, call.hangup
+    if call.hangup_first:
+        first, second = second, first
+    return [second, first] if swapped else [first, second]
 
 
 @pytest.mark.parametrize("case", ORIGINATE_CASES)
 def test_what_each_recording_carries(case: str) -> None:
     call = recorded_call(case)
     response, hangup = call.response, call.hangup
+    assert call.hangup_first is (case == "ringing_listed")
     if case == "answered":
         assert response["Response"] == "Success" and response["Reason"] == "4"
         assert response["Uniqueid"] == call.uniqueid
         assert hangup is not None and hangup["Cause"] == "16"
         return
     assert response["Response"] == "Failure"
-    reason = "3" if case in ("noanswer", "nolistener") else "0"
+    reason = "3" if case in RANG_OUT else "0"
     assert response["Reason"] == reason
     if case == "unknown_endpoint":
         assert call.uniqueid is None and hangup is None  # no channel was ever made
@@ -152,7 +170,7 @@ def test_what_each_recording_carries(case: str) -> None:
     assert (hangup["Cause"], hangup.get("TechCause")) == (cause, tech)
     # With ChannelId: that id is the channel's Uniqueid, and the failed OriginateResponse
     # carries it too (without, it says "<unknown>"): how the Originator finds its call.
-    if case == "busy_with_channelid":
+    if "ChannelId" in call.originate:
         assert call.originate["ChannelId"] == call.uniqueid == response["Uniqueid"]
     else:
         assert response["Uniqueid"] == "<unknown>"

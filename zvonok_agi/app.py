@@ -6,42 +6,47 @@ import asyncio
 import contextlib
 import gc
 import signal
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 
-import redis.asyncio as aioredis
 import structlog
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.retry import Retry
 
 from . import phone
 from .agi.inbound import InboundRouter, send_engine_error
 from .agi.server import FastAGIServer, ServerConfig
 from .config import Settings
+from .health import Admission, Heartbeat
 from .metrics import start_metrics_server
+from .store import connection
 from .store.embedded import EmbeddedRedis
 from .store.history import CallbackHistory
 from .store.routing_data import RoutingCache, RoutingData
+from .systemd import PINGS_PER_PERIOD, SystemdNotifier
+from .tasks import cancel_and_wait
+from .watchdog import Watchdog, install_stall_hook
 
 log = structlog.get_logger(__name__)
 
+LISTEN_RETRY = 1.0  # seconds before trying again to listen on a port that could not be bound
 
-def redis_client(url: str, settings: Settings) -> aioredis.Redis:
-    """A client that fails fast: one quick retry (a connection gone stale after a Redis
-    restart), then the error, so that the caller can route without the store in time."""
-    return aioredis.Redis.from_url(
+
+def redis_client(url: str, settings: Settings, connections: int = 100) -> connection.Client:
+    """A client for a single server, a Sentinel-watched master or a Cluster, that fails fast
+    (see store/connection.py). `connections`: at most this many at once (per node of a
+    Cluster; a command past them fails at once)."""
+    return connection.redis_client(
         url,
         socket_timeout=settings.redis.socket_timeout,
-        socket_connect_timeout=settings.redis.connect_timeout,
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[RedisConnectionError],
-        decode_responses=False,
+        connect_timeout=settings.redis.connect_timeout,
+        max_connections=connections,
     )
 
 
 @contextlib.asynccontextmanager
-async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[aioredis.Redis]:
+async def open_redis(
+    settings: Settings, *, supervise: bool, connections: int = 100
+) -> AsyncIterator[connection.Client]:
     """The configured Redis; with no URL, the embedded server.
 
     `supervise=True` (the engine) starts the embedded server and restarts it if it dies; it
@@ -59,19 +64,30 @@ async def open_redis(settings: Settings, *, supervise: bool) -> AsyncIterator[ai
                 await stack.enter_async_context(embedded)
             elif await asyncio.to_thread(embedded.attach):
                 stack.push_async_callback(asyncio.to_thread, embedded.stop)
-        client = redis_client(url, settings)
-        stack.push_async_callback(client.aclose)
+        client = redis_client(url, settings, connections)
+        stack.push_async_callback(connection.close, client)
+        await connection.learn_topology(client)
         yield client
 
 
 class Engine:
-    """The running engine: FastAGI in front, the routing cache and the history behind it."""
+    """The running engine: FastAGI in front, the routing cache and the history behind it.
+
+    It takes calls only while it can route them: the FastAGI server listens once the routing
+    data is loaded, and not while the event loop is overloaded (see `health.Admission`).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.server: FastAGIServer | None = None
         self.cache: RoutingCache | None = None
-        self.redis: aioredis.Redis | None = None
+        self.redis: connection.Client | None = None
+        self.heartbeat = Heartbeat()
+        agi = settings.agi
+        self.admission = Admission(agi.overload_lag, agi.overload_for, agi.overload_recovery)
+        self.refusing: str | None = None  # why the engine does not take calls now
+        self._listening: asyncio.Task[None] | None = None
+        self._listen_again_at = 0.0
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Engine:
@@ -82,7 +98,13 @@ class Engine:
             self.cache = RoutingCache(data, s.redis.refresh_interval)
             await self.cache.start()
             self._stack.push_async_callback(self.cache.stop)
-            history = CallbackHistory(self.redis, s.redis.key_prefix, s.routing.callback_window)
+            history = CallbackHistory(
+                self.redis,
+                s.redis.key_prefix,
+                s.routing.callback_window,
+                claim_replicas=s.redis.claim_replicas,
+                claim_wait=s.redis.claim_wait,
+            )
             router = InboundRouter(
                 self.cache,
                 history,
@@ -106,8 +128,17 @@ class Engine:
             self.server = FastAGIServer(
                 {"inbound": router}, partial(send_engine_error, router), config
             )
-            await self.server.start()
+            # Stopped last: the heartbeat goes on through the drain.
+            self._stack.callback(self.heartbeat.stop)
+            self.refusing = self.admission.refusal(self.cache.loaded)
+            if self.refusing is not None:
+                log.warning("fastagi not listening until the routing data is loaded")
+            await self.server.start(listen=self.refusing is None)
             self._stack.push_async_callback(self.server.shutdown)
+            self._stack.push_async_callback(lambda: cancel_and_wait(self._listening))
+            if s.agi.overload_lag > 0 or self.refusing is not None:
+                self.heartbeat.listeners.append(self._admit)
+                self.heartbeat.start()
         except BaseException:
             await self._stack.aclose()
             raise
@@ -116,19 +147,53 @@ class Engine:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stack.aclose()
 
+    def _admit(self, now: float, lag: float) -> None:
+        """On every heartbeat: listen while the engine can route calls, else refuse them."""
+        assert self.server is not None and self.cache is not None
+        self.admission.observe(now, lag)
+        why = self.admission.refusal(self.cache.loaded)
+        if why != self.refusing:
+            if why is None:
+                log.info("fastagi taking calls again")
+            else:
+                log.warning("fastagi refusing calls", reason=why, lag_ms=round(lag * 1000))
+            self.refusing = why
+        if why is not None:
+            self.server.stop_listening()
+        elif not self.server.listening and self._listening is None:
+            if now >= self._listen_again_at and not self.server.draining:
+                self._listening = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        assert self.server is not None
+        try:
+            await self.server.listen()
+        except OSError as exc:
+            log.error("fastagi cannot listen again", error=repr(exc), retry_in=LISTEN_RETRY)
+            self._listen_again_at = time.monotonic() + LISTEN_RETRY
+        finally:
+            self._listening = None
+
 
 async def serve(settings: Settings, *, with_admin: bool = False) -> None:
     """Run the engine until SIGTERM or SIGINT, then drain. `with_admin`: the admin API and the
-    numbers page too, in this process (a demo or a small install; see docs/control-plane.md)."""
+    numbers page too, in this process (a demo or a small install; see docs/control-plane.md).
+
+    Watched from two sides (docs/operations.md, section 6): the watchdog thread
+    ends the process when the event loop stops, and under systemd (Type=notify) the loop
+    sends WATCHDOG=1, so that systemd ends a process frozen from outside."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    install_stall_hook()
+    notifier = SystemdNotifier.from_environ()
     stop_metrics = None
     if settings.metrics.enabled:
         stop_metrics = start_metrics_server(settings.metrics.host, settings.metrics.port)
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(Engine(settings))
+        engine = await stack.enter_async_context(Engine(settings))
+        assert engine.server is not None
         if with_admin:
             from .numbers.commands import admin_server
 
@@ -138,8 +203,74 @@ async def serve(settings: Settings, *, with_admin: bool = False) -> None:
         phone.normalize("+7 495 123-45-67")  # loads the numbering-plan data now
         gc.collect()
         gc.freeze()
+        report = None
+        if notifier is not None:
+            stack.callback(notifier.close)
+            report = _SystemdReport(notifier, engine)
+            engine.heartbeat.listeners.append(report)
+            engine.heartbeat.start()
+        if settings.watchdog.enabled:
+            watchdog = Watchdog(
+                engine.heartbeat, settings.watchdog.timeout, settings.watchdog.heartbeat_file
+            )
+            _check_systemd_watchdog(notifier, watchdog)
+            watchdog.start()
+            stack.callback(watchdog.stop)  # after the drain: it watches the drain too
         await stop.wait()
         log.info("stopping: draining sessions")
+        if report is not None:
+            report.stopping()
+        await engine.server.shutdown()
     if stop_metrics is not None:
         stop_metrics()
     log.info("stopped")
+
+
+DRAINING = "draining calls"
+
+
+class _SystemdReport:
+    """On every heartbeat: WATCHDOG=1 when due; READY=1 once the engine takes calls; the
+    engine's state as STATUS= whenever it changes."""
+
+    def __init__(self, notifier: SystemdNotifier, engine: Engine) -> None:
+        self.notifier = notifier
+        self.engine = engine
+        self.ready = False
+        self.status = ""
+        self(time.monotonic(), 0.0)
+
+    def __call__(self, now: float, lag: float) -> None:
+        server = self.engine.server
+        assert server is not None
+        if server.draining:
+            status = DRAINING
+        elif self.engine.refusing is None and server.listening:
+            status = f"taking calls on {server.config.host}:{server.port}"
+        else:
+            status = f"refusing calls: {self.engine.refusing or 'not listening'}"
+        if status != self.status:
+            self.status = status
+            if not self.ready and server.listening:
+                self.ready = True
+                self.notifier.ready(status)
+            else:
+                self.notifier.status(status)
+        self.notifier.ping(now)
+
+    def stopping(self) -> None:
+        self.status = DRAINING
+        self.notifier.stopping(DRAINING)
+
+
+def _check_systemd_watchdog(notifier: SystemdNotifier | None, watchdog: Watchdog) -> None:
+    """systemd must not end a stalled engine before its own watchdog has logged why."""
+    if notifier is None or notifier.watchdog_period is None:
+        return
+    if notifier.watchdog_period * (1 - 1 / PINGS_PER_PERIOD) <= watchdog.acts_within:
+        log.warning(
+            "systemd's WatchdogSec is too short for watchdog.timeout: systemd may end a "
+            "stalled engine before its watchdog logs why",
+            watchdog_sec=notifier.watchdog_period,
+            shortest_advised=round(watchdog.acts_within / (1 - 1 / PINGS_PER_PERIOD) + 0.01, 2),
+        )

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
@@ -96,19 +96,47 @@ def _parser() -> argparse.ArgumentParser:
     dial.add_argument("--to", required=True, help="the callee's number")
     dial.set_defaults(run=_dial)
 
-    campaign = commands.add_parser("campaign", help="outbound campaign runs")
-    campaign_commands = campaign.add_subparsers(dest="campaign_command", required=True)
-    run = campaign_commands.add_parser("run", help="dial a list of callees (resumable)")
-    run.add_argument("campaign")
-    run.add_argument("--list", required=True, help="CSV of callees (column 'phone')")
-    run.add_argument("--cps", type=float, help="calls started per second")
-    run.add_argument("--concurrency", type=int, help="calls at once")
-    run.add_argument("--journal", help="file of callees already dialed (default: state_dir)")
-    run.set_defaults(run=_campaign_run)
+    dialer = commands.add_parser(
+        "dialer", help="place the calls of the callees queued in Redis (run any number of these)"
+    )
+    dialer.add_argument("--campaign", help="only this campaign's callees")
+    dialer.set_defaults(run=_dialer_run)
 
+    campaign = commands.add_parser("campaign", help="outbound campaigns: queue, run, progress")
+    campaign_commands = campaign.add_subparsers(dest="campaign_command", required=True)
+    run = campaign_commands.add_parser(
+        "run", help="queue a list of callees and dial it from here (resumable)"
+    )
+    enqueue = campaign_commands.add_parser(
+        "enqueue", help="queue a list of callees for the dialers (each callee once)"
+    )
+    for command in (run, enqueue):
+        command.add_argument("campaign")
+        command.add_argument("--list", required=True, help="CSV of callees (column 'phone')")
+        command.add_argument("--cps", type=float, help="the campaign's calls started per second")
+        command.add_argument("--concurrency", type=int, help="the campaign's calls at once")
+    run.set_defaults(run=_campaign_run)
+    enqueue.set_defaults(run=_campaign_enqueue)
+    status = campaign_commands.add_parser("status", help="a campaign's progress")
+    status.add_argument("campaign")
+    status.add_argument("--json", action="store_true", help="as the API gives it")
+    status.set_defaults(run=_campaign_status)
+
+    migrate = commands.add_parser(
+        "migrate-history",
+        help="move a callback history kept before hash tags to today's keys (docs/scaling.md)",
+    )
+    migrate.add_argument(
+        "--finish", action="store_true",
+        help="after the engines run the new version: merge once more, delete the old keys",
+    )
+    migrate.set_defaults(run=_migrate_history)
+
+    from .access.commands import register as register_users
     from .numbers.commands import register
 
     register(commands)
+    register_users(commands)
     return parser
 
 
@@ -204,6 +232,27 @@ async def _route(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _migrate_history(settings: Settings, args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+
+    from .app import open_redis
+    from .store.history import CallbackHistory
+    from .store.history_migration import migrate_history
+
+    async with open_redis(settings, supervise=False) as redis:
+        history = CallbackHistory(redis, settings.redis.key_prefix)
+        try:
+            report = await migrate_history(redis, history, finish=args.finish)
+        except (RedisError, OSError) as exc:
+            raise CommandError(f"Redis: {exc} (merging is idempotent: run it again)") from exc
+    print(
+        f"merged {report.pairs} (DID, callee) histories ({report.attempts} attempts copied), "
+        f"{report.last_numbers} last numbers shown"
+        + (f"; {report.deleted} old keys deleted" if args.finish else "; old keys kept")
+    )
+    return 0
+
+
 async def _agi_call(settings: Settings, args: argparse.Namespace) -> int:
     from .agi import variables as var
     from .agi.client import agi_call
@@ -225,19 +274,20 @@ async def _agi_call(settings: Settings, args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _dialer(settings: Settings) -> AsyncIterator[Originator]:
-    """The AMI link, the history and the routing data an outbound call needs."""
-    from .ami.client import AMIClient, AMIError, LinkState
+async def _outbound(
+    settings: Settings, connections: int = 100
+) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """Redis (`connections` at most), the routing data (followed like the engine does, so a
+    long run sees numbers disabled meanwhile) and the callback history outbound calls need."""
     from .app import open_redis
-    from .metrics import METRICS, start_metrics_server
-    from .outbound.originator import Originator
+    from .metrics import start_metrics_server
     from .store.history import CallbackHistory
     from .store.routing_data import RoutingCache, RoutingData
 
-    a = settings.ami
     async with contextlib.AsyncExitStack() as stack:
-        redis = await stack.enter_async_context(open_redis(settings, supervise=False))
-        # Followed like the engine does, so a long run sees numbers disabled meanwhile.
+        redis = await stack.enter_async_context(
+            open_redis(settings, supervise=False, connections=connections)
+        )
         cache = RoutingCache(RoutingData(redis, settings.redis.key_prefix))
         await cache.start()
         stack.push_async_callback(cache.stop)
@@ -246,20 +296,51 @@ async def _dialer(settings: Settings) -> AsyncIterator[Originator]:
         history = CallbackHistory(
             redis, settings.redis.key_prefix, settings.routing.callback_window
         )
-        ami = AMIClient(
-            a.host,
-            a.port,
-            a.username,
-            a.secret,
-            use_md5=a.use_md5,
-            action_timeout=a.action_timeout,
-            ping_interval=a.ping_interval,
-        )
-        ami.add_state_listener(lambda state: METRICS.ami_link(state is LinkState.CONNECTED))
         if settings.metrics.enabled:
             stack.callback(
                 start_metrics_server(settings.metrics.host, settings.metrics.runner_port)
             )
+        yield redis, cache, history
+
+
+def _ami_client(settings: Settings, host: str, port: int) -> Any:
+    from .ami.client import AMIClient, LinkState
+    from .metrics import METRICS
+    from .outbound.originator import Originator
+
+    a = settings.ami
+    ami = AMIClient(
+        host,
+        port,
+        a.username,
+        a.secret,
+        use_md5=a.use_md5,
+        events="call",  # the events of the calls (read = call is all the user needs)
+        event_names=Originator.EVENTS,
+        action_timeout=a.action_timeout,
+        ping_interval=a.ping_interval,
+    )
+    up = False
+
+    def count(state: LinkState) -> None:
+        nonlocal up
+        if (state is LinkState.CONNECTED) != up:
+            up = not up
+            METRICS.ami_link(1 if up else -1)
+
+    ami.add_state_listener(count)
+    return ami
+
+
+@contextlib.asynccontextmanager
+async def _dialer(settings: Settings) -> AsyncIterator[Originator]:
+    """One call's parts: the [ami] host's link, logged in, and an originator on it."""
+    from .ami.client import AMIError
+    from .outbound.originator import Originator
+
+    a = settings.ami
+    async with _outbound(settings) as (_, cache, history):
+        ami = _ami_client(settings, a.host, a.port)
         try:
             await ami.connect()
         except (AMIError, OSError) as exc:
@@ -276,6 +357,46 @@ async def _dialer(settings: Settings) -> AsyncIterator[Originator]:
                 yield dialer
         finally:
             await ami.close()
+
+
+@contextlib.asynccontextmanager
+async def _dialer_process(
+    settings: Settings, *, only: str | None = None, wait_for_a_host: bool = False
+) -> AsyncIterator[Any]:
+    """A Dialer on every host of dialer.hosts; each link rides out its host being down
+    (`wait_for_a_host`: one must log in within the connect timeout, else CommandError)."""
+    import os
+    import secrets
+    import socket
+
+    from .outbound.dialer import open_dialer
+
+    worker = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+    # A call waits on one Redis command at a time, and so do the dialer's own loops.
+    connections = settings.dialer.concurrency + 20
+    async with _outbound(settings, connections) as (redis, cache, history):
+
+        def ami(host: Any) -> Any:
+            return _ami_client(settings, host.host, host.port)
+
+        async with open_dialer(
+            redis, history, lambda: cache.snapshot, settings, ami, worker=worker, only=only
+        ) as dialer:
+            if wait_for_a_host:
+                await _first_login(dialer.hosts, settings.ami.action_timeout)
+            yield dialer
+
+
+async def _first_login(hosts: list[Any], timeout: float) -> None:
+    waits = [asyncio.ensure_future(h.originator.ami.wait_connected()) for h in hosts]
+    try:
+        done, _ = await asyncio.wait(waits, timeout=timeout, return_when="FIRST_COMPLETED")
+    finally:
+        for wait in waits:
+            wait.cancel()
+    if not done:
+        errors = "; ".join(f"{h.name}: {h.originator.ami.last_error}" for h in hosts)
+        raise CommandError(f"no Asterisk host reachable: {errors}")
 
 
 async def _dial(settings: Settings, args: argparse.Namespace) -> int:
@@ -296,45 +417,101 @@ async def _dial(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _campaign_run(settings: Settings, args: argparse.Namespace) -> int:
-    from .outbound.originator import DialRefused
-    from .outbound.runner import (
-        CampaignRunner,
-        Journal,
-        TerminalProgress,
-        format_summary,
-        journal_path,
-        read_callees,
-        trunk_limiter,
-    )
-
-    out = settings.outbound
-    try:
-        callees = read_callees(args.list, settings.routing.default_region)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from exc
-    journal = Journal(args.journal or journal_path(out.state_dir, args.campaign, args.list))
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with _dialer(settings) as dialer:
-        runner = CampaignRunner(
-            dialer,
-            args.campaign,
-            callees,
-            journal,
-            calls_per_second=args.cps or out.calls_per_second,
-            concurrency=args.concurrency or out.concurrency,
-            trunk=trunk_limiter(out.channel, out.trunk_calls_per_second),
-            progress=TerminalProgress(),
-        )
+    return stop
+
+
+async def _dialer_run(settings: Settings, args: argparse.Namespace) -> int:
+    stop = _stop_on_signals()
+    async with _dialer_process(settings, only=args.campaign) as dialer:
+        await dialer.run(stop)
+    return 0
+
+
+def _callees(settings: Settings, args: argparse.Namespace) -> list[str]:
+    from .outbound.runner import read_callees
+
+    try:
+        return read_callees(args.list, settings.routing.default_region)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+async def _campaign_run(settings: Settings, args: argparse.Namespace) -> int:
+    from .outbound.originator import DialRefused
+    from .outbound.runner import TerminalProgress, format_summary, run_campaign
+
+    callees = _callees(settings, args)
+    stop = _stop_on_signals()
+    progress = TerminalProgress()
+    async with _dialer_process(settings, only=args.campaign, wait_for_a_host=True) as dialer:
         try:
-            summary = await runner.run(stop)
+            report = await run_campaign(
+                dialer,
+                args.campaign,
+                callees,
+                stop,
+                region=settings.routing.default_region,
+                cps=args.cps,
+                concurrency=args.concurrency,
+                progress=progress,
+            )
         except DialRefused as exc:
             raise CommandError(f"campaign refused, no call placed: {exc}") from exc
-    print(format_summary(summary))
-    return 130 if summary.interrupted else 0
+        finally:
+            progress.close()
+    print(format_summary(report))
+    return 130 if report.interrupted else 0
+
+
+async def _campaign_enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+
+    from .outbound.queue import CampaignQueue, split_callees
+
+    numbers, invalid = split_callees(_callees(settings, args), settings.routing.default_region)
+    async with _outbound(settings) as (redis, cache, _):
+        if args.campaign not in cache.snapshot.campaigns:
+            raise CommandError(f"no campaign {args.campaign!r}")
+        queue = CampaignQueue(redis, settings.redis.key_prefix)
+        try:
+            await queue.configure(args.campaign, cps=args.cps, concurrency=args.concurrency)
+            added = await queue.enqueue(args.campaign, numbers, invalid)
+        except (RedisError, OSError) as exc:
+            raise CommandError(f"Redis: {exc} (queueing is idempotent: run it again)") from exc
+    print(
+        f"queued {added} callees for {args.campaign}; {len(numbers) - added} were queued "
+        f"before; {len(invalid)} are not phone numbers (refused)"
+    )
+    return 0
+
+
+async def _campaign_status(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from .app import open_redis
+    from .outbound.queue import CampaignQueue, progress_document
+
+    async with open_redis(settings, supervise=False) as redis:
+        queue = CampaignQueue(redis, settings.redis.key_prefix)
+        progress = await queue.progress(args.campaign)
+        calls = await queue.calls(args.campaign)
+    if args.json:
+        print(json.dumps(progress_document(progress, calls)))
+        return 0
+    document = progress_document(progress, calls)
+    print(f"campaign   {args.campaign}")
+    for name in ("callees", "waiting", "dialing", "done", "refused"):
+        print(f"{name:<10} {document[name]}")
+    for outcome, n in document["outcomes"].items():
+        print(f"  {outcome:<12}{n}")
+    for host, n in document["dialing_by_host"].items():
+        print(f"dialing on {host}: {n}")
+    return 0
 
 
 def _describe(route) -> str:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .store.connection import RedisURLError, parse_redis_url
+
 
 class ConfigError(ValueError):
     pass
@@ -38,6 +40,13 @@ class AgiSettings:
     backlog: int = 1024
     # How long SIGTERM lets in-flight sessions finish before ending them with a fallback route.
     drain_deadline: float = 5.0
+    # Stop accepting connections (close the listener, so that Asterisk is refused and tries
+    # the next engine at once) while the event loop runs more than overload_lag seconds late
+    # for overload_for seconds; accept again once it has kept up for overload_recovery
+    # seconds. 0: never.
+    overload_lag: float = 0.5
+    overload_for: float = 1.0
+    overload_recovery: float = 5.0
     # Set the route's variables with one EXEC MSet, checked by reading ZV_DECIDED back (else
     # one SET VARIABLE each): 3 round trips to Asterisk instead of 9.
     batch_variables: bool = True
@@ -49,6 +58,7 @@ class AgiSettings:
 @dataclass(frozen=True)
 class RedisSettings:
     # Empty: start and supervise an embedded Redis server with its data under `data_dir`.
+    # Else redis://, unix://, redis+sentinel:// or redis+cluster:// (store/connection.py).
     url: str = ""
     data_dir: str = "var/redis"
     # Per-command budget: a slow store must not eat the session deadline.
@@ -58,6 +68,10 @@ class RedisSettings:
     # changes brings them sooner).
     refresh_interval: float = 1.0
     key_prefix: str = "zv:"
+    # After winning a first-callback claim, wait (Redis WAIT) until this many replicas have
+    # it, at most claim_wait seconds: a failover then cannot lose it. 0: no wait.
+    claim_replicas: int = 0
+    claim_wait: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -104,13 +118,39 @@ class OutboundSettings:
     outcome_timeout: float = 90.0
     # Calls per minute from one service-pool number (spreads load; carriers flag hot numbers).
     pool_calls_per_minute: int = 6
-    # Defaults for `campaign run`: calls started per second and calls at once.
+    # A campaign's calls started per second and calls at once, unless set for the campaign.
     calls_per_second: float = 5.0
     concurrency: int = 10
-    # The trunk's own limit in calls started per second, shared by every campaign run here.
+    # The trunk's limit in calls started per second, across every dialer.
     trunk_calls_per_second: float = 20.0
-    # Where `campaign run` keeps its journal of callees already dialed (to resume).
-    state_dir: str = "var/runs"
+
+
+@dataclass(frozen=True)
+class DialerSettings:
+    # The Asterisk hosts (AMI "host:port") a dialer places calls through, "/N" after one for
+    # its own capacity; empty: the [ami] host alone. Name a host the same way on every dialer:
+    # the name keys its limit.
+    hosts: tuple[str, ...] = ()
+    # Calls being placed at once on one host (outcome not yet known), across every dialer.
+    host_capacity: int = 100
+    # The same on one trunk (the endpoint of outbound.channel), across every dialer and host.
+    trunk_capacity: int = 200
+    # Calls one dialer process handles at once.
+    concurrency: int = 200
+    # Seconds between a dialer's word that it still works on the callees it took.
+    heartbeat: float = 5.0
+    # Seconds without that word after which another dialer takes its callees over.
+    claim_after: float = 30.0
+    # Seconds between looks for new callees when there is nothing to dial.
+    poll_interval: float = 0.2
+
+
+@dataclass(frozen=True)
+class DialerHost:
+    name: str  # "host:port", as configured
+    host: str
+    port: int
+    capacity: int
 
 
 @dataclass(frozen=True)
@@ -119,7 +159,7 @@ class MetricsSettings:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 9464  # `serve`
-    runner_port: int = 9465  # `campaign run` and `dial`
+    runner_port: int = 9465  # `campaign run`, `dial` and `dialer`
 
 
 @dataclass(frozen=True)
@@ -128,7 +168,19 @@ class AdminSettings:
     port: int = 8573
     # A host other than loopback is refused unless this says the exposure is meant.
     allow_remote: bool = False
-    # Bearer token of the admin API; empty: one is generated and kept in token_file.
+    # The page is reached over HTTPS (a TLS proxy in front): session cookies are Secure.
+    https: bool = False
+    # The header in which that proxy names the client ("X-Forwarded-For", its last entry);
+    # empty: the socket's peer is the client (the limit on failed sign-ins counts by it).
+    address_header: str = ""
+    # A session ends this long after its last use, and this long after it began.
+    session_idle_hours: float = 12.0
+    session_max_days: float = 7.0
+    # Failed sign-ins for one login from one address in 15 minutes before a wait (six times
+    # as many from one address, twenty times for one login from anywhere).
+    sign_in_attempts: int = 5
+    # The operator's bearer token (staff, every account); empty: one is generated and kept in
+    # token_file.
     token: str = ""
     # The generated token (mode 0600), reused at every start; delete it for a new one.
     token_file: str = "var/admin-token"
@@ -141,6 +193,18 @@ class AdminSettings:
     max_body: int = 65536
     # Requests for numbers (filed where a region has none) one account may have open at once.
     max_open_requests: int = 5
+
+
+@dataclass(frozen=True)
+class WatchdogSettings:
+    # End the process when the event loop has not run for `timeout` seconds, after logging
+    # the loop's stack: the kernel then closes every FastAGI connection and Asterisk takes
+    # its fallback, instead of waiting in AGI() for ever.
+    enabled: bool = True
+    timeout: float = 2.0
+    # A file the watchdog touches every second while the loop runs: a container healthcheck
+    # tells a frozen process by its age. Empty: none.
+    heartbeat_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,9 +232,11 @@ class Settings:
     dialplan: DialplanSettings = field(default_factory=DialplanSettings)
     ami: AmiSettings = field(default_factory=AmiSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    dialer: DialerSettings = field(default_factory=DialerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     @property
@@ -256,6 +322,33 @@ def _validate(settings: Settings) -> None:
     for name in ("session_deadline", "env_deadline", "drain_deadline", "batch_retry_interval"):
         if getattr(settings.agi, name) <= 0:
             raise ConfigError(f"agi.{name} must be positive")
+    if settings.redis.url:
+        try:
+            parse_redis_url(settings.redis.url)
+        except RedisURLError as exc:
+            raise ConfigError(f"redis.url: {exc}") from exc
+    if settings.redis.claim_replicas < 0:
+        raise ConfigError("redis.claim_replicas must be 0 (no wait) or more")
+    if not 0 < settings.redis.claim_wait < settings.redis.socket_timeout:
+        raise ConfigError(
+            "redis.claim_wait must be positive and shorter than redis.socket_timeout (the "
+            "claim and its WAIT are one command's read)"
+        )
+    if "{" in settings.redis.key_prefix or "}" in settings.redis.key_prefix:
+        raise ConfigError(
+            "redis.key_prefix must not hold { or }: they mark the hash tags that keep the keys "
+            "of one script in one Redis Cluster slot"
+        )
+    agi = settings.agi
+    if agi.overload_lag < 0 or agi.overload_for < 0 or agi.overload_recovery < 0:
+        raise ConfigError("agi.overload_lag, overload_for, overload_recovery must not be negative")
+    if settings.watchdog.timeout <= 0:
+        raise ConfigError("watchdog.timeout must be positive")
+    if settings.watchdog.enabled and agi.overload_lag >= settings.watchdog.timeout:
+        raise ConfigError(
+            "agi.overload_lag must be shorter than watchdog.timeout: a loop that late is ended "
+            "by the watchdog before it could count as overloaded"
+        )
     if settings.routing.callback_window_days <= 0:
         raise ConfigError("routing.callback_window_days must be positive")
     templates = settings.dialplan
@@ -298,6 +391,10 @@ def _validate(settings: Settings) -> None:
         )
     if settings.store.pool_size < 2:
         raise ConfigError("store.pool_size must be at least 2")
+    if settings.admin.session_idle_hours <= 0 or settings.admin.session_max_days <= 0:
+        raise ConfigError("admin.session_idle_hours and session_max_days must be positive")
+    if settings.admin.sign_in_attempts < 1:
+        raise ConfigError("admin.sign_in_attempts must be at least 1")
     out = settings.outbound
     if "{callee}" not in out.channel or "{campaign}" not in out.context:
         raise ConfigError("outbound.channel needs {callee}, outbound.context {campaign}")
@@ -308,8 +405,37 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("outbound.outcome_timeout must be longer than ring_timeout")
     if out.pool_calls_per_minute < 1 or out.concurrency < 1:
         raise ConfigError("outbound.pool_calls_per_minute and concurrency must be at least 1")
+    dialer = settings.dialer
+    for name in ("host_capacity", "trunk_capacity", "concurrency"):
+        if getattr(dialer, name) < 1:
+            raise ConfigError(f"dialer.{name} must be at least 1")
+    for name in ("heartbeat", "claim_after", "poll_interval"):
+        if getattr(dialer, name) <= 0:
+            raise ConfigError(f"dialer.{name} must be positive")
+    if dialer.claim_after < 2 * dialer.heartbeat:
+        raise ConfigError("dialer.claim_after must be at least twice dialer.heartbeat")
+    dialer_hosts(settings)
     if settings.log.format not in ("auto", "json", "console"):
         raise ConfigError("log.format must be auto, json or console")
+
+
+def dialer_hosts(settings: Settings) -> list[DialerHost]:
+    """The Asterisk hosts of dialer.hosts ("host:port[/capacity]"), else the [ami] one."""
+    entries = settings.dialer.hosts or (f"{settings.ami.host}:{settings.ami.port}",)
+    hosts = []
+    for entry in entries:
+        name, _, capacity = entry.strip().partition("/")
+        host, colon, port = name.rpartition(":")
+        host = host.strip("[]")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"dialer.hosts: {entry!r} is not host:port[/capacity]")
+        if capacity and (not capacity.isdigit() or int(capacity) < 1):
+            raise ConfigError(f"dialer.hosts: {entry!r}: the capacity must be a whole number >= 1")
+        if any(known.name == name for known in hosts):
+            raise ConfigError(f"dialer.hosts: {name} is listed twice")
+        size = int(capacity) if capacity else settings.dialer.host_capacity
+        hosts.append(DialerHost(name, host, int(port), size))
+    return hosts
 
 
 def is_loopback(host: str) -> bool:

@@ -124,6 +124,7 @@ def _campaign(item: dict[str, Any]) -> Campaign:
         accept_inbound=bool(item.get("accept_inbound", False)),
         state=CampaignState(item.get("state", "running")),
         caller_id=_caller_id(item.get("caller_id", "pool")),
+        name=str(item.get("name", "")),
     )
 
 

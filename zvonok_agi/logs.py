@@ -52,6 +52,12 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     )
 
 
+def flush_logging(timeout: float) -> None:
+    """Wait up to `timeout` for the lines queued so far to be written (from any thread)."""
+    if _writer is not None:
+        _writer.flush(timeout)
+
+
 def close_logging() -> None:
     """Write out the lines still queued and stop the writer; later lines are written in place.
     (At exit this happens by itself.)"""

@@ -46,7 +46,9 @@ class _Metrics:
             ["why"],
         )
         self._dropped: dict[str, prom.Counter] = {}
-        self.ami_up = prom.Gauge("zvonok_ami_link_up", "1 while the AMI link is logged in")
+        self.ami_up = prom.Gauge(
+            "zvonok_ami_link_up", "AMI links logged in (one per Asterisk host a dialer uses)"
+        )
         self.originates = prom.Counter(
             "zvonok_originates", "Outbound calls placed, by outcome", ["outcome"]
         )
@@ -85,9 +87,10 @@ class _Metrics:
                 child = self._dropped[why] = self.connections_dropped.labels(why)
             child.inc()
 
-    def ami_link(self, up: bool) -> None:
+    def ami_link(self, change: int) -> None:
+        """One more AMI link logged in (+1), or one less (-1)."""
         if self.enabled:
-            self.ami_up.set(1 if up else 0)
+            self.ami_up.inc(change)
 
     def originate(self, outcome: str) -> None:
         if self.enabled:

@@ -95,6 +95,30 @@ def russian_name(region: str) -> str | None:
     return (cities or list(russian) or [None])[0]
 
 
+@functools.cache
+def _sharing_russian_names() -> dict[str, int]:
+    """How many of the plan's regions each Russian name is given to."""
+    counts: dict[str, int] = {}
+    for region in plan_regions():
+        name = russian_name(region)
+        if name:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def display_names(region: str) -> dict[str, str]:
+    """A region's names for the page: in English (as the store keeps it) and in Russian (the
+    plan's; where the plan has none, as a region an operator named, the name as kept). A
+    Russian name the plan gives to several regions says which one it is: Sochi and Krasnodar
+    Territory are both "Краснодарский край"."""
+    russian = russian_name(region)
+    if russian is None:
+        return {"en": region, "ru": region}
+    if _sharing_russian_names().get(russian, 0) > 1:
+        russian = f"{russian} ({region})"
+    return {"en": region, "ru": russian}
+
+
 class RegionIndex:
     """The regions people may name: the plan's, with their Russian names, and `extra` ones
     (the store's, the configured popular cities)."""

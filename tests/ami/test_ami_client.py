@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from conftest import background_errors
-from fake_ami import ORIGINATE_CASES, FakeAMI, recording
+from fake_ami import ORIGINATE_CASES, FakeAMI, packets, recording
 from zvonok_agi.ami import client as client_module
 from zvonok_agi.ami.client import (
     AMIActionTimeout,
@@ -181,7 +181,9 @@ async def test_originate_receives_the_recorded_events(fake: FakeAMI, case: str) 
         await fake.wait_replays()
         await ami.send_action("Ping")  # everything sent before the Pong has been read
         expected = [
-            c.data.decode().split("\r\n")[0].partition(": ")[2] for c in recording(case).chunks
+            packet.decode().split("\r\n")[0].partition(": ")[2]
+            for chunk in recording(case).chunks
+            for packet in packets(chunk.data)
         ]
         expected.remove("Success")  # the Response; the rest are events, in wire order
         events = [await next_event(ami) for _ in expected]
@@ -194,7 +196,8 @@ async def test_originate_receives_the_recorded_events(fake: FakeAMI, case: str) 
     for event in events:
         for key in ("Uniqueid", "Linkedid", "DestUniqueid", "DestLinkedid"):
             assert event.get(key) in (None, channel_id)
-    reason = {"answered": "4", "noanswer": "3", "nolistener": "3"}.get(case, "0")
+    rang_out = ("noanswer", "nolistener", "ringing_listed", "link_cut")
+    reason = "4" if case == "answered" else "3" if case in rang_out else "0"
     assert result["Reason"] == reason
     hangups = [e["Cause"] for e in events if e.name == "Hangup"]
     expected_cause = {"answered": "16", "busy": "17", "busy_with_channelid": "17"}
@@ -424,3 +427,20 @@ async def test_replay_keeps_recorded_delays_scaled() -> None:
                 pass
             assert time.monotonic() - queued_at >= 0.045
             assert event["Reason"] == "3"
+
+
+async def test_a_client_asking_for_some_events_gets_those_and_its_lists(fake: FakeAMI) -> None:
+    fake.time_scale = 0.01  # the call rings a moment: CoreShowChannels lists it meanwhile
+    async with make_client(fake, event_names=("Hangup",)) as ami:
+        await ami.send_action("Originate", originate_fields("noanswer", "zv-only-1"))
+        await eventually(lambda: fake.calls_in_progress == ["zv-only-1"])
+        _, listed = await ami.send_action_list("CoreShowChannels")
+        assert [e["Uniqueid"] for e in listed] == ["zv-only-1"]
+        await fake.wait_replays()
+        await ami.send_action("Ping")
+        names = []
+        while not ami._queue.empty():
+            names.append((await next_event(ami)).name)
+    # The OriginateResponse carries the Originate's ActionID: it comes through as well. Not
+    # FullyBooted, Newchannel, DialBegin, Newstate, DialState ...
+    assert names == ["OriginateResponse", "Hangup"]

@@ -63,9 +63,11 @@ def stream(name: str, direction: str) -> bytes:
     return b"".join(c.data for c in load_raw(name) if c.direction == direction)
 
 
-def parse_chunks(chunks: list[bytes], *, expect_banner: bool = True) -> list[object]:
+def parse_chunks(
+    chunks: list[bytes], *, expect_banner: bool = True, events: tuple[str, ...] | None = None
+) -> list[object]:
     """Feed the chunks, then EOF; every event up to and including Closed."""
-    conn = AMIConnection(expect_banner=expect_banner)
+    conn = AMIConnection(expect_banner=expect_banner, events=events)
     out: list[object] = []
     for chunk in [*chunks, b""]:
         conn.receive_data(chunk)
@@ -112,6 +114,66 @@ def test_recording_parses_whole_bytewise_and_in_random_chunks(name: str) -> None
     rng = random.Random(name)
     for _ in range(20):
         assert parse_chunks(split_random(data, rng)) == whole
+
+
+WANTED = ("OriginateResponse", "Hangup")
+
+
+def wanted(items: list[object]) -> list[object]:
+    """What a parser asked for WANTED gives: those events, every event carrying an ActionID
+    (a list's items), and everything that is not an event."""
+    return [
+        item
+        for item in items
+        if not isinstance(item, Event) or item.name in WANTED or item.action_id is not None
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(RAW_COUNTS))
+def test_unwanted_events_are_skipped_whatever_the_chunking(name: str) -> None:
+    data = stream(name, "<<")
+    expected = wanted(parse_chunks([data]))
+    assert parse_chunks([data], events=WANTED) == expected
+    assert parse_chunks([data[i : i + 1] for i in range(len(data))], events=WANTED) == expected
+    rng = random.Random(name)
+    for _ in range(20):
+        assert parse_chunks(split_random(data, rng), events=WANTED) == expected
+    names = {e.name for e in expected if isinstance(e, Event)}
+    assert names <= {
+        *WANTED,
+        "CoreShowChannel",
+        "CoreShowChannelsComplete",
+        "Status",
+        "StatusComplete",
+    }
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"Event: Newstate\nChannel: a\n\nEvent: Hangup\nCause: 16\n\n",  # bare LF
+        b"Event: Newstate\r\nChannel: a\n\r\nEvent: Hangup\r\nCause: 16\r\n\r\n",  # mixed
+        b"\r\n\r\nEvent: Newstate\r\n\r\nEvent: Hangup\r\nCause: 16\r\n\r\n",  # stray
+    ],
+)
+def test_skipping_ends_where_the_line_reader_ends_a_packet(data: bytes) -> None:
+    for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
+        [hangup, closed] = parse_chunks(chunks, expect_banner=False, events=WANTED)
+        assert isinstance(hangup, Event) and hangup["Cause"] == "16"
+        assert isinstance(closed, Closed)
+
+
+def test_a_skipped_event_is_held_to_the_same_limits() -> None:
+    conn = AMIConnection(expect_banner=False, events=WANTED, max_packet=100)
+    conn.receive_data(b"Event: Newstate\r\n" + b"X: y\r\n" * 30)
+    with pytest.raises(AMIProtocolError, match="longer than 100 bytes"):
+        conn.next_event()
+    conn = AMIConnection(expect_banner=False, events=WANTED)
+    conn.receive_data(b"Event: Newstate\r\nChannel: a\r\n")
+    assert conn.next_event() is NEED_DATA
+    conn.receive_data(b"")
+    with pytest.raises(AMIProtocolError, match="in the middle of a packet"):
+        conn.next_event()
 
 
 @pytest.mark.parametrize("name", sorted(RAW_COUNTS))

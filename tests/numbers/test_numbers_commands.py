@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import re
 import signal
+import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -15,7 +18,9 @@ import pytest
 from conftest import free_port
 from numbers_helpers import ACME, MOSCOW_1, NEWBIE, POOL_1, control_plane, small_world, with_admin
 from zvonok_agi import cli
+from zvonok_agi.access.users import Users
 from zvonok_agi.numbers.commands import register
+from zvonok_agi.numbers.store import Store
 
 
 def parser() -> argparse.ArgumentParser:
@@ -169,3 +174,38 @@ async def test_admin_serves_the_api_until_sigterm(plane_settings, tmp_path, caps
             assert (response.status, await response.json()) == (200, {"ok": True, "pending": 0})
     os.kill(os.getpid(), signal.SIGTERM)
     assert await asyncio.wait_for(task, 5) == 0
+
+
+async def test_users_from_the_command_line(ops, monkeypatch, store_url, tmp_path):
+    def typed(password: str) -> None:  # not a terminal: the first line of stdin
+        monkeypatch.setattr(sys, "stdin", io.StringIO(password + "\n"))
+
+    typed("a long password")
+    assert await ops("users", "add", "Anna", "--account", ACME, "--name", "Anna") == (
+        0, "user anna added (acme)\n")
+    typed("staff password")
+    assert (await ops("users", "add", "sam", "--staff"))[1] == "user sam added (staff)\n"
+    typed("a long password")
+    code, out = await ops("users", "add", "bob", "--account", "nobody")
+    assert (code, out) == (1, "unknown_account: no account nobody")
+    typed("short")
+    assert (await ops("users", "add", "bob", "--account", ACME))[0] == 1
+    code, out = await ops("users", "list")
+    assert re.search(r"anna +customer +acme +Anna\n", out)
+    assert re.search(r"sam +staff +\(every account\)", out)
+    typed("another password")
+    assert "every session of theirs has ended" in (await ops("users", "passwd", "anna"))[1]
+    assert (await ops("users", "remove", "sam"))[1] == "user sam removed\n"
+    demo = Path(__file__).resolve().parents[2] / "config" / "demo-users.toml"
+    assert (await ops("users", "load", str(demo)))[1] == "loaded 2 users\n"
+    async with await Store.open(store_url) as store:
+        users = Users(store)
+        for login, password in (("anna", "another password"), ("acme", "acme-demo"),
+                                ("newbie", "newbie-demo")):  # the demo's, as its comment says
+            assert (await users.sign_in(login, password, "127.0.0.1")).user.login == login
+    bad = tmp_path / "users.toml"
+    bad.write_text('[[users]]\nlogin = "x"\naccount = "acme"\npassword = "in the clear"\n')
+    code, out = await ops("users", "load", str(bad))
+    assert code == 1 and "password_hash" in out
+    code, out = await ops("audit", "--subject", "user:anna")
+    assert re.search(r"cli:\S* +set_password +user:anna +acme +ok", out)

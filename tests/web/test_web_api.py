@@ -62,7 +62,8 @@ async def test_a_bearer_token_is_required(api):
 
 async def test_reservation_flow_change_disable_enable_release(api):
     regions = await api.get("/api/regions", params={"choice": "landline_popular"})
-    assert regions.body["regions"][0] == {"region": "Moscow", "available": 2}
+    assert regions.body["regions"][0] == {
+        "region": "Moscow", "names": {"en": "Moscow", "ru": "Москва"}, "available": 2}
     offer = await api.post(f"/api/accounts/{ACME}/offers",
                            {"choice": "landline_popular", "region": "Moscow"})
     assert [n["did"] for n in offer.body["numbers"]] == [MOSCOW_1, MOSCOW_2]
@@ -136,6 +137,7 @@ async def test_regions_are_found_as_people_type_them(api):
                                                               "region": "Moskow"})
     assert (unknown.status, unknown.code) == (409, "unknown_region")
     assert unknown.body["error"]["choices"] == ["Moscow"]
+    assert unknown.body["error"]["choice_names"] == [{"en": "Moscow", "ru": "Москва"}]
     ambiguous = await api.post(f"/api/accounts/{ACME}/offers", {"choice": "landline",
                                                                 "region": "Altai"})
     assert (ambiguous.status, ambiguous.code) == (409, "ambiguous_region")
@@ -226,6 +228,31 @@ async def test_accounts_campaigns_stock_and_sync(api):
     assert (synced.status, synced.body["accounts"], synced.body["numbers"]) == (200, 4, 7)
 
 
+# dialing
+
+
+async def test_callees_are_queued_once_and_the_progress_counts_them(api):
+    callees = ["8 916 123-45-67", "+7 916 123-45-67", "79031234567", "12"]
+    first = await api.post("/api/campaigns/acme-sale/callees", {"callees": callees, "cps": 2.5})
+    assert first.status == 200
+    assert first.body == {
+        "campaign": "acme-sale", "queued": 2, "queued_before": 0,
+        "refused": [{"callee": "12", "reason": "not a phone number"}],
+    }
+    again = await api.post("/api/campaigns/acme-sale/callees", {"callees": callees[1:3]})
+    assert (again.body["queued"], again.body["queued_before"]) == (0, 2)
+    progress = (await api.get("/api/campaigns/acme-sale/progress")).body
+    assert progress == {
+        "campaign": "acme-sale", "callees": 3, "waiting": 2, "dialing": 0, "done": 0,
+        "refused": 1, "outcomes": dict.fromkeys(
+            ("answered", "no_answer", "busy", "failed", "congestion"), 0),
+        "dialing_by_host": {}, "cps": 2.5, "concurrency": None,
+    }
+    await api.patch("/api/campaigns/acme-sale", {"state": "finished"})
+    finished = await api.post("/api/campaigns/acme-sale/callees", {"callees": ["79031234568"]})
+    assert (finished.status, finished.code) == (409, "campaign_finished")
+
+
 # bad input: every endpoint
 
 NESTED = b"[" * 2000 + b"]" * 2000  # deeper than Python's recursion, under the cap
@@ -267,7 +294,24 @@ BAD_INPUT = [
     ("POST", f"/api/accounts/{ACME}/reservations", {"did": "+7 (495) 111-00-0x"}, None,
      400, "bad_number"),
     ("POST", f"/api/accounts/{ACME}/reservations", {"did": "1" * 100}, None, 400, "bad_number"),
-    ("POST", f"/api/accounts/{ACME}/reservations", {"did": None}, None, 400, "bad_number"),
+    ("POST", f"/api/accounts/{ACME}/reservations", {"did": None}, None, 400, "bad_input"),
+    ("POST", "/api/campaigns", {"id": None, "account": ACME, "kind": "outbound"}, None,
+     400, "bad_input"),
+    ("POST", f"/api/accounts/{ACME}/requests", {"comment": "x", "contact": "+7 916 000-00-00",
+                                               "region": None}, None, 400, "bad_input"),
+    ("POST", f"/api/accounts/{ACME}/requests", {"comment": " ", "contact": "+7 916 000-00-00"},
+     None, 400, "bad_input"),
+    ("POST", f"/api/accounts/{ACME}/requests", {"comment": "x", "contact": "call me"},
+     None, 400, "bad_number"),
+    ("POST", f"/api/accounts/{ACME}/requests", {"comment": "x" * 501, "contact": "89160000000"},
+     None, 400, "bad_input"),
+    ("POST", "/api/accounts/nobody/requests", {"comment": "x", "contact": "89160000000"},
+     None, 404, "unknown_account"),
+    ("POST", "/api/campaigns", {"account": ACME, "kind": "outbound", "name": "a\u202eb"},
+     None, 400, "bad_input"),
+    ("PATCH", "/api/campaigns/acme-sale", {"name": "x" * 121}, None, 400, "bad_input"),
+    ("POST", "/api/session", {"login": "anna"}, None, 400, "bad_input"),
+    ("POST", "/api/session", {"login": 5, "password": "x"}, None, 400, "bad_input"),
     ("POST", f"/api/accounts/{ACME}/reservations", {"did": "74990000000"}, None,
      404, "unknown_number"),
     ("POST", "/api/accounts/nobody/reservations", {"did": MOSCOW_1}, None,
@@ -334,6 +378,28 @@ BAD_INPUT = [
     ("PATCH", "/api/campaigns/acme-line", {"caller_id": MOSCOW_1}, None, 409, "not_outbound"),
     ("POST", "/api/campaigns", {"id": "c", "account": ACME, "kind": "inbound",
                                 "caller_id": MOSCOW_1}, None, 400, "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {}, None, 400, "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": []}, None, 400, "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": "79161234567"}, None, 400,
+     "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": [5]}, None, 400, "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": ["7" * 41]}, None, 400,
+     "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": [MOSCOW_1], "cps": 0}, None, 400,
+     "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": [MOSCOW_1], "cps": True}, None, 400,
+     "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": [MOSCOW_1], "concurrency": 1.5},
+     None, 400, "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": [MOSCOW_1], "concurrency": True},
+     None, 400, "bad_input"),
+    ("POST", "/api/campaigns/acme-sale/callees", {"callees": [MOSCOW_1], "when": 1}, None, 400,
+     "bad_input"),
+    ("POST", "/api/campaigns/acme-line/callees", {"callees": [MOSCOW_1]}, None, 409,
+     "not_outbound"),
+    ("POST", "/api/campaigns/nope/callees", {"callees": [MOSCOW_1]}, None, 404,
+     "unknown_campaign"),
+    ("GET", "/api/campaigns/nope/progress", None, None, 404, "unknown_campaign"),
     ("GET", "/api/requests", None, {"status": "weird"}, 400, "bad_input"),
     ("POST", "/api/requests/1/close", None, None, 404, "unknown_request"),
     ("POST", "/api/requests/1/close", {"note": "x"}, None, 404, "unknown_request"),

@@ -1,6 +1,11 @@
 """The "Subscriber numbers" page end to end in a real headless Chromium (Debian's package,
-driven by Playwright; no browser is downloaded). Screenshots are saved under the test's tmp
-folder (or $ZVONOK_SCREENSHOTS)."""
+driven by Playwright; no browser is downloaded): the customer's journey in Russian, a second
+customer who reaches nothing of the first, an unverified customer, staff, the keyboard, and
+every main state in both languages at 1280 and 390 px (fits the screen, axe-core finds no
+serious or critical violation, no text in the other language). One browser for the module.
+
+Screenshots go to test-artifacts/screenshots/ at the top of the repository (or to
+$ZVONOK_SCREENSHOTS): <language>-<width>-<state>.png and journey-*.png."""
 
 from __future__ import annotations
 
@@ -10,215 +15,552 @@ import shutil
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
-from web_helpers import TOKEN, admin_api, helpers
+from web_helpers import PASSWORD, TOKEN, admin_api, helpers
+from zvonok_agi.outbound.queue import CampaignQueue
 
 playwright = pytest.importorskip("playwright.async_api", reason="needs the playwright package")
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-ACME, NEWBIE = helpers.ACME, helpers.NEWBIE
-MOSCOW_1, MOSCOW_2 = helpers.MOSCOW_1, helpers.MOSCOW_2
-
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) or shutil.which("chromium")),
-    reason="Debian's chromium is not installed (apt-get install -y chromium)",
+axe_playwright = pytest.importorskip(
+    "axe_playwright_python.async_playwright", reason="needs the axe-playwright-python package"
 )
 
+CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SHOTS = Path(
+    os.environ.get("ZVONOK_SCREENSHOTS")
+    or Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+)
+LOCALES = {"ru": "ru-RU", "en": "en-US"}
+ACME, OLDCO, NEWBIE = helpers.ACME, helpers.OLDCO, helpers.NEWBIE
+MOSCOW_1, MOSCOW_2, KAZAN = helpers.MOSCOW_1, helpers.MOSCOW_2, helpers.KAZAN
+expect = playwright.expect
 
-@pytest.fixture
-def shots(tmp_path) -> Path:
-    folder = Path(os.environ.get("ZVONOK_SCREENSHOTS") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+pytestmark = [
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium)"
+    ),
+    pytest.mark.asyncio(loop_scope="module"),
+]
+
+# Text shown in the wrong script (outside data, marked translate="no", and the language
+# switch, marked with its own lang), visible or read out (visually hidden text too).
+WRONG_SCRIPT = """(lang) => {
+  const wrong = lang === "ru" ? /[A-Za-z]/ : /[А-Яа-яЁё]/;
+  const data = (node) => node.closest('[translate="no"], [lang]:not(html), script, style');
+  const found = [];
+  if (wrong.test(document.title)) found.push(document.title);
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let text = walker.nextNode(); text; text = walker.nextNode()) {
+    const parent = text.parentElement;
+    if (!parent || data(parent) || !parent.checkVisibility()) continue;
+    if (wrong.test(text.data)) found.push(text.data.trim());
+  }
+  for (const node of document.querySelectorAll("[placeholder], [aria-label], [title]")) {
+    if (data(node) || !node.checkVisibility()) continue;
+    for (const name of ["placeholder", "aria-label", "title"]) {
+      const value = node.getAttribute(name);
+      if (value && wrong.test(value)) found.push(`${name}=${value}`);
+    }
+  }
+  return found;
+}"""
+# Controls sticking out of the screen sideways, and a page wider than the screen.
+OFF_SCREEN = """() => {
+  const width = document.documentElement.clientWidth;
+  const found = [];
+  if (document.documentElement.scrollWidth > width) {
+    found.push(`page ${document.documentElement.scrollWidth} px`);
+  }
+  for (const node of document.querySelectorAll("button, input, select, textarea, dialog")) {
+    if (!node.checkVisibility()) continue;
+    const box = node.getBoundingClientRect();
+    if (box.width > 1 && (box.left < -1 || box.right > width + 1)) {
+      found.push(node.outerHTML.slice(0, 100));
+    }
+  }
+  return found;
+}"""
 
 
-@pytest.fixture
-async def page(settings, store_url):
-    async with admin_api(settings, store_url) as (service, server, _client), \
-            playwright.async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=os.path.exists(CHROMIUM) and CHROMIUM or shutil.which("chromium"),
-            args=CHROMIUM_ARGS,
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser():
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with playwright.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def site(settings, tmp_path):
+    async with admin_api(settings, tmp_path / "numbers.db") as (service, server, api):
+        api.service = service
+        yield api
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def tab(browser, site):
+    """Opens pages (each in a context of its own: its own cookies); none may raise an error."""
+    opened = []
+
+    async def new(width: int = 1280, language: str = "ru"):
+        context = await browser.new_context(
+            viewport={"width": width, "height": 860}, locale=LOCALES[language]
         )
-        try:
-            tab = await browser.new_page(viewport={"width": 1280, "height": 860})
-            errors: list[str] = []
-            tab.on("pageerror", lambda exc: errors.append(str(exc)))
-            tab.service, tab.base = service, server.url
-            yield tab
-            assert errors == []  # no script error on the way
-        finally:
-            await browser.close()
+        page = await context.new_page()
+        page.errors = []
+        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+        page.site, page.width, page.language = site, width, language
+        opened.append((context, page))
+        return page
+
+    yield new
+    for context, _ in opened:
+        await context.close()
+    assert [error for _, page in opened for error in page.errors] == []
+
+
+async def sign_in(page, login: str, password: str = PASSWORD) -> None:
+    await page.goto(page.site.base + "/")
+    await page.fill("#login", login)
+    await page.fill("#password", password)
+    await page.click("#sign-in button[type=submit]")
+    await expect(page.locator("#main")).to_be_visible()
 
 
 def row(page, did: str):
-    return page.locator(f"tr[data-did='{did}']")
+    return page.locator(f"#numbers tr[data-did='{did}']")
 
 
-async def test_the_numbers_page_does_everything_the_seed_lists(page, shots):
-    expect = playwright.expect
-    service = page.service
-    await service.reserve("setup", ACME, helpers.KAZAN)
-    await service.update_campaign("setup", "acme-sale", caller_id=helpers.KAZAN)
+async def shot(page, name: str, full_page: bool = False) -> None:
+    await page.screenshot(path=SHOTS / f"{name}.png", full_page=full_page)
 
-    await page.goto(f"{page.base}/?account={ACME}#token={TOKEN}")
-    await expect(page.locator("#summary")).to_have_text("Reserved numbers: 1 landline")
-    await expect(page.locator("#verified")).to_have_text("verified")
-    await expect(page.locator("#tab-active .count")).to_have_text("(3)")
-    await expect(row(page, helpers.KAZAN).locator(".campaigns")).to_have_text(
-        "caller ID of acme-sale")
-    await expect(row(page, helpers.KAZAN).locator(".rule")).to_have_text("As set in the campaign")
-    pool = row(page, helpers.POOL_1)
-    await expect(pool.locator(".rule")).to_have_text("")  # no rule for service numbers
-    await expect(pool.locator("button.change")).to_have_count(0)
-    assert "#token" not in page.url  # the token leaves the address bar
-    await page.screenshot(path=shots / "1-list.png", full_page=True)
 
-    # Add: three choices, the regions with their counts, an empty one files a request
-    await page.click("#add")
-    await expect(page.locator("[data-choice]")).to_have_count(3)
-    await page.screenshot(path=shots / "2-add-menu.png")
-    await page.click("[data-choice=landline_popular]")
-    await expect(page.locator("[data-region=Moscow]")).to_have_text("Moscow (2)")
-    await expect(page.locator("[data-region='St Petersburg']")).to_have_text(
-        "St Petersburg (0)")
-    await page.screenshot(path=shots / "3-regions.png")
-    await page.click("[data-region='St Petersburg']")
-    await expect(page.locator("#add-result")).to_contain_text("sales team will call you back")
-    await page.screenshot(path=shots / "4-request.png")
-    [request] = await service.requests()
-    assert (request.account, request.region) == (ACME, "St Petersburg")
+# the customer's journey
 
-    # ... a region with numbers: choose one, Continue
-    await page.click("#add-dialog [data-close]")
-    await page.click("#add")
-    await page.click("[data-choice=landline_popular]")
-    await page.click("[data-region=Moscow]")
-    await expect(page.locator("#offer input[name=did]")).to_have_count(2)
-    await page.check(f"#offer input[value='{MOSCOW_2}']")
-    await page.screenshot(path=shots / "5-numbers.png")
-    await page.click("#continue")
-    await expect(page.locator("#add-result")).to_have_text("+7 495 111-00-02 is yours.")
-    await page.click("#add-dialog [data-close]")
-    await expect(page.locator("#summary")).to_have_text("Reserved numbers: 2 landline")
+
+async def test_the_customer_journey_in_russian(tab):
+    page = await tab()
+    service = page.site.service
+    await page.goto(page.site.base + "/")
+    await expect(page.locator("#sign-in h2")).to_have_text("Вход в личный кабинет")
+    await expect(page).to_have_title("Абонентские номера")
+    await sign_in(page, "anna")
+    await expect(page.locator("#who-name")).to_have_text("Anna")
+    await expect(page.locator("#verified")).to_have_text("идентифицирован")
+    await expect(page.locator("#summary")).to_have_text("Зарезервированных номеров пока нет.")
+    await expect(page.locator("#staff-account")).to_be_hidden()  # no account switcher
+
+    # Add: kind -> region -> number -> Continue, with a Back button on the way
+    dialog = page.locator("#add-dialog")
+    await page.get_by_role("button", name="Добавить номер").click()
+    await expect(dialog.get_by_role("heading", name="Какой номер подключить?")).to_be_focused()
+    await dialog.get_by_role(
+        "button", name="Подключить стационарный номер (популярные города)"
+    ).click()
+    await expect(dialog.locator("[data-region=Moscow]")).to_have_text("Москва 2 номера")
+    await expect(dialog.locator("[data-region='St Petersburg']")).to_have_text(
+        "Санкт-Петербург 0 номеров"
+    )
+    await expect(dialog.locator("[data-region=Novosibirsk]")).to_have_text(
+        "Новосибирская обл. 0 номеров"
+    )
+    await dialog.get_by_role("button", name="Назад").click()
+    await expect(dialog.get_by_role("heading", name="Какой номер подключить?")).to_be_visible()
+    await dialog.get_by_role(
+        "button", name="Подключить стационарный номер (популярные города)"
+    ).click()
+    await dialog.locator("[data-region=Moscow]").click()
+    await expect(dialog.locator(".offer-title")).to_have_text("Москва: выберите номер")
+    await expect(dialog.locator(".offer input[name=did]")).to_have_count(2)
+    await dialog.get_by_label("+7 495 111-00-02").check()
+    await shot(page, "journey-1-numbers")
+    await dialog.get_by_role("button", name="Продолжить").click()
+    await expect(dialog.locator(".done-text")).to_have_text("Номер +7 495 111-00-02 теперь ваш.")
+    await dialog.get_by_role("button", name="Закрыть").click()
+    await expect(page.locator("#add")).to_be_focused()  # back where the window was opened
+    await expect(page.locator("#summary")).to_have_text("Зарезервировано: 1 стационарный номер.")
     assert (await service.number(MOSCOW_2)).row.number.owner == ACME
 
-    # search by any part of the number
-    await page.fill("#search", "111-00-02")
-    await expect(page.locator("#numbers tbody tr")).to_have_count(1)
-    await expect(row(page, MOSCOW_2)).to_be_visible()
-    await page.fill("#search", "")
-    await expect(page.locator("#numbers tbody tr")).to_have_count(4)
-
-    # Change: the inbound campaign and the callback rule
-    await row(page, MOSCOW_2).locator("button.change").click()
+    # Change: bind the inbound campaign, and the rule
+    await page.get_by_role("button", name="Изменить +7 495 111-00-02").click()
+    await expect(page.locator("#change-campaign")).to_be_focused()
     await page.select_option("#change-campaign", "acme-line")
-    await page.check("#change-form input[value=force_no]")
-    await page.screenshot(path=shots / "6-change.png")
-    await page.click("#change-form button[type=submit]")
-    await expect(row(page, MOSCOW_2).locator(".rule")).to_have_text("Forced NO")
-    await expect(row(page, MOSCOW_2).locator(".campaigns")).to_have_text("inbound: acme-line")
+    await page.locator("#change-dialog").get_by_label("Принудительно НЕТ").check()
+    await shot(page, "journey-2-change")
+    await page.locator("#change-dialog").get_by_role("button", name="Сохранить").click()
+    await expect(page.locator("#message")).to_have_text(
+        "Номер +7 495 111-00-02: изменения сохранены."
+    )
+    await expect(row(page, MOSCOW_2).locator(".rule")).to_have_text("Принудительно НЕТ")
+    await expect(row(page, MOSCOW_2).locator(".campaigns")).to_have_text("Входящие: acme-line")
     number = (await service.number(MOSCOW_2)).row.number
     assert (number.inbound_campaign, number.callback_rule) == ("acme-line", "force_no")
     assert (await service.data.load()).numbers[MOSCOW_2].callback_rule == "force_no"
 
-    # View: the details and the history
-    await row(page, MOSCOW_2).locator("button.view").click()
-    await expect(page.locator("#view-fields")).to_contain_text("Rule on a callback")
-    await expect(page.locator("#view-history li").first).to_contain_text("change_number")
-    await page.screenshot(path=shots / "7-view.png")
-    await page.click("#view-dialog [data-close]")
-
-    # Disable: off the active tab, on the disabled one, binding kept; enable again
-    await row(page, MOSCOW_2).locator("button.change").click()
-    await page.click("#toggle-status")
+    # Disable: off the active tab, on the disabled one, its binding kept
+    await page.get_by_role("button", name="Изменить +7 495 111-00-02").click()
+    await page.get_by_role("button", name="Отключить номер").click()
+    await expect(page.locator("#message")).to_have_text("Номер +7 495 111-00-02 отключён.")
     await expect(row(page, MOSCOW_2)).to_have_count(0)
-    await page.click("#tab-disabled")
-    await expect(row(page, MOSCOW_2).locator(".campaigns")).to_have_text("inbound: acme-line")
-    await page.screenshot(path=shots / "8-disabled-tab.png", full_page=True)
-    await row(page, MOSCOW_2).locator("button.change").click()
-    await page.click("#toggle-status")
-    await page.click("#tab-active")
-    await expect(row(page, MOSCOW_2)).to_be_visible()
+    await expect(page.locator("#tab-disabled")).to_have_text("Отключённые (1)")
+    await page.get_by_role("tab", name="Отключённые (1)").click()
+    await expect(row(page, MOSCOW_2).locator(".campaigns")).to_have_text("Входящие: acme-line")
+    await page.get_by_role("tab", name=re.compile("Активные")).click()
+    assert (await service.number(MOSCOW_2)).row.number.status == "disabled"
 
-    # Delete, with confirmation; a refusal is shown, not swallowed
-    await row(page, helpers.KAZAN).locator("button.delete").click()
-    await page.click("#delete-form button[type=submit]")
-    await expect(page.locator("#delete-error")).to_contain_text("number_in_use")
-    await page.click("#delete-dialog [data-close]")
-    await row(page, MOSCOW_2).locator("button.delete").click()
-    await expect(page.locator("#delete-dialog")).to_contain_text("Delete +7 495 111-00-02?")
-    await page.screenshot(path=shots / "9-delete.png")
-    await page.click("#delete-form button[type=submit]")
-    await expect(row(page, MOSCOW_2)).to_have_count(0)
-    await expect(page.locator("#summary")).to_have_text("Reserved numbers: 1 landline")
-    assert (await service.number(MOSCOW_2)).row.number.owner is None
+    # a campaign with a new number: no active number yet, the Add wizard inside the window
+    campaign = page.locator("#campaign-dialog")
+    await page.get_by_role("button", name="Создать кампанию").click()
+    await expect(page.locator("#campaign-name")).to_be_focused()
+    await page.fill("#campaign-name", "Весенняя распродажа")
+    await expect(page.locator("#caller-id-note")).to_have_text(
+        "У вас пока нет резервированного номера — его можно добавить прямо здесь."
+    )
+    await campaign.get_by_role("button", name="Добавить номер").click()
+    await campaign.get_by_role("button", name="Подключить стационарный номер", exact=True).click()
+    await campaign.locator("#region-name").fill("москва")
+    await campaign.get_by_role("button", name="Найти").click()
+    await expect(campaign.locator(".offer-title")).to_have_text("Москва: выберите номер")
+    await campaign.get_by_role("button", name="Продолжить").click()
+    await expect(campaign.locator(".done-text")).to_have_text("Номер +7 495 111-00-01 теперь ваш.")
+    await expect(campaign.locator("#caller-ids").get_by_label("+7 495 111-00-01")).to_be_checked()
+    await campaign.get_by_label("Приём входящих").check()
+    await shot(page, "journey-3-campaign")
+    await campaign.get_by_role("button", name="Сохранить").click()
+    await expect(page.locator("#message")).to_have_text("Кампания «Весенняя распродажа» создана.")
+    created = page.locator("#campaigns tr", has_text="Весенняя распродажа")
+    await expect(created.locator(".caller-id")).to_have_text("+7 495 111-00-01")
+    [new] = [c for c in await service.campaigns(ACME) if c.name == "Весенняя распродажа"]
+    assert (new.kind, new.caller_id, new.accept_inbound) == ("outbound", MOSCOW_1, True)
+
+    # a region with no numbers: a request, and sales will call
+    await page.click("#add")
+    await dialog.get_by_role("button", name="Подключить мобильный номер").click()
+    await dialog.locator("#region-name").fill("Иркутск")
+    await dialog.get_by_role("button", name="Найти").click()
+    await expect(dialog.locator(".done-text")).to_have_text(
+        "В регионе «Иркутская обл.» сейчас нет свободных мобильных номеров. Мы создали заявку "
+        "№ 1: наши специалисты скоро позвонят вам, чтобы уточнить детали."
+    )
+    await dialog.get_by_role("button", name="Закрыть").click()
+    await expect(page.locator("[data-request='1'] h3")).to_have_text(
+        "Заявка № 1: мобильный номер, Иркутская обл."
+    )
+
+    # none of the numbers suits: write to support from the number list
+    await page.click("#add")
+    await dialog.get_by_role("button", name="Подключить мобильный номер").click()
+    await expect(dialog.locator("[data-region=Russia]")).to_have_text("Россия 1 номер")
+    await dialog.locator("[data-region=Russia]").click()
+    await dialog.get_by_role("button", name="Связаться с технической поддержкой").click()
+    await expect(dialog.locator("#support-comment")).to_have_value(
+        "Мне не подошёл ни один из предложенных номеров."
+    )
+    await expect(dialog.locator(".support-context")).to_have_text(
+        "Вы выбирали: мобильный номер, Россия."
+    )
+    await dialog.get_by_label("Телефон для связи").fill("8 916 555-44-33")
+    await dialog.get_by_role("button", name="Отправить").click()
+    await expect(dialog.locator(".done-text")).to_have_text(
+        "Обращение № 2 отправлено. Специалисты поддержки позвонят вам по номеру +7 916 555-44-33."
+    )
+    await dialog.get_by_role("button", name="Закрыть").click()
+    support = (await service.requests("open", ACME))[-1]
+    assert (support.topic, support.contact, support.kind, support.region) == (
+        "support",
+        "79165554433",
+        "mobile",
+        "Russia",
+    )
+
+    # sales call back and close the request: the customer sees it closed, with the note
+    await service.close_request("staff:sam", 1, "Номер в Иркутске будет в пятницу")
+    await page.reload()
+    request = page.locator("[data-request='1']")
+    await expect(request.locator(".status")).to_contain_text("Закрыта")
+    await expect(request.locator(".note")).to_have_text(
+        "Комментарий специалиста: Номер в Иркутске будет в пятницу"
+    )
+    await expect(page.locator("[data-request='2'] .status")).to_have_text(
+        "Открыта: наши специалисты скоро позвонят вам."
+    )
+    await shot(page, "journey-4-requests", full_page=True)
+
+    # the audit log names the person
+    log = await service.audit_log(MOSCOW_2)
+    assert {e["actor"] for e in log if e["action"] in ("reserve", "change_number", "disable")} == {
+        "customer:anna"
+    }
 
 
-async def test_change_sends_only_what_changed_so_a_disabled_numbers_rule_can_change(page):
-    expect = playwright.expect
-    service = page.service
+async def test_a_second_customer_sees_and_changes_nothing_of_the_first(tab):
+    service = (page := await tab()).site.service
     await service.reserve("setup", ACME, MOSCOW_1)
-    await service.bind("setup", MOSCOW_1, "acme-line")
-    await service.disable("setup", MOSCOW_1)
-    sent: list = []
-    page.on("request", lambda r: sent.append(r.post_data_json) if r.method == "PATCH" else None)
-    await page.goto(f"{page.base}/?account={ACME}#token={TOKEN}")
-    await page.click("#tab-disabled")
-    await row(page, MOSCOW_1).locator("button.change").click()
-    await page.check("#change-form input[value=force_no]")
-    await page.click("#change-form button[type=submit]")
-    await expect(row(page, MOSCOW_1).locator(".rule")).to_have_text("Forced NO")
-    assert sent == [{"callback_rule": "force_no"}]
+    await service.change_number("setup", MOSCOW_1, inbound_campaign="acme-line")
+    await sign_in(page, "oleg")
+    await expect(page.locator("#numbers tbody tr")).to_have_count(2)  # the service pool
+    await expect(row(page, MOSCOW_1)).to_have_count(0)
+    await expect(page.locator("#campaigns")).not_to_contain_text("acme")
+    await expect(page.get_by_text("acme", exact=False)).to_have_count(0)
+    # the page's own session, calling what the page would never call
+    answers = await page.evaluate(
+        """async ([did, account]) => {
+      const me = await (await fetch("/api/me")).json();
+      const send = async (method, path, body) => (await fetch(path, {method,
+        headers: {"Content-Type": "application/json", "X-CSRF-Token": me.csrf},
+        body: body && JSON.stringify(body)})).status;
+      return [
+        await send("PATCH", `/api/numbers/${did}`, {callback_rule: "force_no"}),
+        await send("PATCH", `/api/numbers/${did}?as_account=${account}`, {inbound_campaign: null}),
+        await send("POST", `/api/numbers/${did}/disable`),
+        await send("DELETE", `/api/accounts/${account}/reservations/${did}`),
+        await send("GET", `/api/numbers/${did}`),
+        await send("GET", `/api/numbers?account=${account}`),
+        await send("PATCH", `/api/campaigns/acme-sale`, {state: "paused"}),
+      ];
+    }""",
+        [MOSCOW_1, ACME],
+    )
+    assert answers == [403, 403, 403, 403, 404, 403, 403]
     number = (await service.number(MOSCOW_1)).row.number
-    assert (number.callback_rule, number.inbound_campaign) == ("force_no", "acme-line")
-    await row(page, MOSCOW_1).locator("button.change").click()  # nothing changed: no call
-    await page.click("#change-form button[type=submit]")
-    await expect(page.locator("#message")).to_have_text("+7 495 111-00-01: nothing to save.")
-    assert len(sent) == 1
+    assert (number.owner, number.inbound_campaign, number.status, number.callback_rule) == (
+        ACME,
+        "acme-line",
+        "active",
+        "as_campaign",
+    )
+    assert (await service.campaign("acme-sale")).state == "running"
 
 
-async def test_a_region_typed_in_russian_or_misspelt_finds_its_numbers(page, shots):
-    expect = playwright.expect
-    await page.goto(f"{page.base}/?account={ACME}#token={TOKEN}")
+async def test_an_unverified_customer_learns_why_and_how_to_get_verified(tab):
+    page = await tab()
+    service = page.site.service
+    await sign_in(page, "nina")
+    await expect(page.locator("#verified")).to_have_text(
+        "не идентифицирован: только служебные номера"
+    )
+    await expect(page.locator("#unverified-note")).to_contain_text("служебных номеров")
+    await expect(page.locator("#add")).to_be_enabled()  # explains instead of greying out
     await page.click("#add")
-    await page.click("[data-choice=landline]")
-    await page.fill("#region-name", "москва")
-    await page.click("#other-region button")
-    await expect(page.locator("#offer-text")).to_have_text("Moscow: choose a number")
-    await expect(page.locator("#offer input[name=did]")).to_have_count(2)
+    dialog = page.locator("#add-dialog")
+    await expect(dialog.get_by_role("heading", name="Сначала — идентификация")).to_be_focused()
+    await expect(dialog).to_contain_text("каждый раз подставляется разный")
+    await expect(dialog).to_contain_text("принадлежит только вам")
+    await dialog.get_by_role("button", name="Написать в поддержку").click()
+    await expect(dialog.locator("#support-comment")).to_have_value(
+        "Хочу пройти идентификацию, чтобы зарезервировать свой номер."
+    )
+    await dialog.get_by_label("Телефон для связи").fill("+7 (903) 000-11-22")
+    await dialog.get_by_role("button", name="Отправить").click()
+    await expect(dialog.locator(".done-title")).to_have_text("Обращение отправлено")
+    [request] = await service.requests("open", NEWBIE)
+    assert (request.topic, request.contact, request.kind) == ("support", "79030001122", None)
+    await dialog.get_by_role("button", name="Закрыть").click()
+    await page.get_by_role("button", name="Изменить newbie-promo").click()
+    await expect(page.locator("#caller-id-note")).to_have_text(
+        "Пока аккаунт не идентифицирован, кампании звонят только со служебных номеров."
+    )
+    await expect(page.locator("#caller-ids input")).to_have_count(1)  # the pool only
+
+
+async def test_each_outbound_campaigns_dialing_progress(tab):
+    page = await tab()
+    data = page.site.service.data
+    await page.site.service.update_campaign("setup", "acme-sale", name="Весна", state="paused")
+    queue = CampaignQueue(data.redis, data.prefix)
+    await queue.enqueue("acme-sale", ["79161234567", "79031234567"], [("12", "not a number")])
+    await sign_in(page, "anna")
+    cells = page.locator("#dialing tr[data-campaign='acme-sale'] td")
+    await expect(cells).to_have_text(["Весна (На паузе)", "3", "2", "0", "0", "1", "—"])
+    await expect(page.locator("#dialing tbody tr")).to_have_count(1)  # not the inbound one
+
+
+async def test_staff_choose_the_account_and_close_requests(tab):
+    page = await tab()
+    service = page.site.service
+    await service.offer("setup", OLDCO, "mobile", "Omsk")
+    await page.goto(f"{page.site.base}/?account={OLDCO}#token={TOKEN}")
+    await expect(page.locator("#account")).to_have_value(OLDCO)
+    assert "#token" not in page.url  # the token leaves the address bar
+    await expect(page.locator("#who-name")).to_have_text("Оператор сервиса")
+    await page.get_by_role("button", name="Закрыть заявку №1").click()
+    await page.fill("#close-note", "Перезвонили")
+    await page.locator("#close-dialog").get_by_role("button", name="Закрыть заявку").click()
+    await expect(page.locator("[data-request='1'] .note")).to_have_text(
+        "Комментарий специалиста: Перезвонили"
+    )
+    [closed] = await service.requests("closed")
+    assert closed.closed_by == "api"
+    await page.select_option("#account", ACME)
+    await expect(page.locator("#campaigns")).to_contain_text("acme-sale")
+    # a staff member signs in as themselves
+    other = await tab()
+    await sign_in(other, "sam")
+    await expect(other.locator("#staff-account")).to_be_visible()
+
+
+async def test_keyboard_dialog_focus_and_errors_read_out(tab):
+    page = await tab()
+    service = page.site.service
+    await service.reserve("setup", ACME, KAZAN)
+    await service.update_campaign("setup", "acme-sale", caller_id=KAZAN)
+    await page.goto(page.site.base + "/")
+    await page.fill("#login", "anna")
+    await page.fill("#password", "not the password")
+    await page.press("#password", "Enter")
+    error = page.locator("#sign-in-error")
+    await expect(error).to_have_attribute("role", "alert")
+    await expect(error).to_have_text("Неверный логин или пароль. код ошибки: bad_credentials")
+    await sign_in(page, "anna")
+
+    # tabs: arrow keys move and choose, Home and End go to the ends
+    await page.focus("#tab-active")
+    await page.keyboard.press("ArrowRight")
+    await expect(page.locator("#tab-disabled")).to_be_focused()
+    await expect(page.locator("#tab-disabled")).to_have_attribute("aria-selected", "true")
+    await page.keyboard.press("Home")
+    await expect(page.locator("#tab-active")).to_have_attribute("aria-selected", "true")
+    await page.keyboard.press("ArrowLeft")
+    await expect(page.locator("#tab-disabled")).to_be_focused()
+    await page.keyboard.press("End")
+    await expect(page.locator("#tab-disabled")).to_be_focused()
+    await page.keyboard.press("ArrowRight")
+    await expect(page.locator("#tab-active")).to_be_focused()
+
+    # a dialog: focus goes in, Escape closes it, focus comes back to the button
+    change = page.get_by_role("button", name="Изменить +7 843 200-00-01")
+    await change.focus()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#change-campaign")).to_be_focused()
+    await page.keyboard.press("Escape")
+    await expect(page.locator("#change-dialog")).not_to_have_attribute("open", "")
+    await expect(change).to_be_focused()
+
+    # a refusal: words first, the code as a detail, in an alert
+    await page.get_by_role("button", name="Удалить +7 843 200-00-01").click()
+    await page.locator("#delete-dialog").get_by_role("button", name="Удалить").click()
+    error = page.locator("#delete-error")
+    await expect(error).to_have_attribute("role", "alert")
+    await expect(error).to_have_text(
+        "С этого номера звонят кампании: acme-sale. Сначала "
+        "выберите для них другой номер. код ошибки: number_in_use"
+    )
+
+
+async def test_russian_counts_and_the_language_switch(tab):
+    page = await tab()
+    await sign_in(page, "anna")
+    written = await page.evaluate("""async () => {
+      const i18n = await import("/static/i18n.js");
+      return [1, 2, 4, 5, 11, 12, 21, 22, 25, 101, 1234, 1.5].map(
+        (n) => i18n.tp("count.numbers", n));
+    }""")
+    assert written == [
+        "1 номер",
+        "2 номера",
+        "4 номера",
+        "5 номеров",
+        "11 номеров",
+        "12 номеров",
+        "21 номер",
+        "22 номера",
+        "25 номеров",
+        "101 номер",
+        "1\u00a0234 номера",
+        "1,5 номера",
+    ]
+    await page.get_by_role("button", name="English").click()
+    await expect(page.locator("h1")).to_have_text("Subscriber numbers")
+    await expect(page.locator("html")).to_have_attribute("lang", "en")
+    await expect(page.locator("#summary")).to_have_text("No reserved numbers yet.")
+    await page.reload()  # the choice is kept
+    await expect(page.locator("#add")).to_have_text("Add number")
+    await page.get_by_role("button", name="Русский").click()
+    await expect(page.locator("#add")).to_have_text("Добавить номер")
+
+
+# every main state, in both languages and at both widths
+
+
+async def check(page, state: str, axe, full_page: bool = False) -> None:
+    """The state fits the screen, axe finds nothing serious, no text is in the other
+    language; and its screenshot."""
+    assert await page.evaluate(OFF_SCREEN) == [], state
+    assert await page.evaluate(WRONG_SCRIPT, page.language) == [], state
+    results = await axe.run(page)
+    assert results.response["passes"], "axe ran no rule"
+    serious = [v for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
+    assert serious == [], (state, results.generate_report())
+    await shot(page, f"{page.language}-{page.width}-{state}", full_page)
+
+
+@pytest.mark.parametrize("language, width", [("ru", 1280), ("ru", 390), ("en", 1280), ("en", 390)])
+async def test_every_main_state_fits_reads_out_and_speaks_one_language(tab, language, width):
+    page = await tab(width, language)
+    service = page.site.service
+    axe = axe_playwright.Axe()
+    await service.reserve("setup", ACME, KAZAN)
+    await service.change_number(
+        "setup", KAZAN, inbound_campaign="acme-line", callback_rule="force_yes"
+    )
+    await service.update_campaign("setup", "acme-sale", caller_id=KAZAN, name="Весна")
+    await service.offer("setup", ACME, "mobile", "Irkutsk")
+    await page.goto(page.site.base + "/")
+    await page.fill("#login", "anna")
+    await page.fill("#password", "wrong password")
+    await page.click("#sign-in button[type=submit]")
+    await expect(page.locator("#sign-in-error")).not_to_be_empty()
+    await check(page, "sign-in", axe)
+    await sign_in(page, "anna")
+    await check(page, "list", axe, full_page=True)
+
+    await page.click("#add")
+    await check(page, "add-kind", axe)
+    await page.click("[data-choice=landline_popular]")
+    await expect(page.locator("[data-region=Moscow]")).to_be_visible()
+    await check(page, "add-region", axe)
+    await page.click("[data-region=Moscow]")
+    await expect(page.locator(".offer input")).to_have_count(2)
+    await check(page, "add-number", axe)
+    await page.click("[data-step=number] [data-to-support]")
+    await check(page, "add-support", axe)
+    await page.click("#add-dialog .back")
+    await expect(page.locator(".offer input")).to_have_count(2)
     await page.click("#add-dialog [data-close]")
-    await page.click("#add")
-    await page.click("[data-choice=landline]")
+
+    await page.click(f"#numbers tr[data-did='{KAZAN}'] button.change")
+    await check(page, "change", axe)
+    await page.click("#change-dialog [data-close]")
+    await page.click(f"#numbers tr[data-did='{KAZAN}'] button.view")
+    await expect(page.locator("#view-history li").first).to_be_visible()
+    await check(page, "view", axe)
+    await page.click("#view-dialog [data-close]")
+    await page.click(f"#numbers tr[data-did='{KAZAN}'] button.delete")
+    await page.click("#delete-form button.danger")
+    await expect(page.locator("#delete-error")).not_to_be_empty()
+    await check(page, "delete-refused", axe)
+    await page.click("#delete-dialog [data-close]")
+
+    await page.click("#campaign-new")
+    await page.click("#caller-id-add")
+    await page.click("#campaign-dialog [data-choice=landline]")
     await page.fill("#region-name", "Moskow")
-    await page.click("#other-region button")
-    await expect(page.locator("#add-error")).to_contain_text("did you mean Moscow?")
-    await page.screenshot(path=shots / "region-did-you-mean.png")
-    await page.click("#region-choices [data-region=Moscow]")
-    await expect(page.locator("#offer input[name=did]")).to_have_count(2)
-    assert await page.service.requests() == []
+    await page.click("#campaign-dialog .other-region button")
+    await expect(page.locator(".did-you-mean button")).to_have_text(
+        {"ru": "Москва", "en": "Moscow"}[language]
+    )
+    await check(page, "campaign-with-add", axe)
+    await page.click("#campaign-dialog [data-close]")
 
-
-async def test_an_unverified_account_sees_the_service_pool_and_cannot_add(page, shots):
-    expect = playwright.expect
-    await page.goto(f"{page.base}/?account={NEWBIE}#token={TOKEN}")
-    await expect(page.locator("#verified")).to_have_text(re.compile("not verified"))
-    await expect(page.locator("#add")).to_be_disabled()
-    await expect(row(page, helpers.POOL_1).locator(".campaigns")).to_have_text(
-        "caller ID of newbie-promo")
-    await page.screenshot(path=shots / "unverified.png", full_page=True)
-
-
-async def test_without_the_token_the_page_asks_for_it(page):
-    expect = playwright.expect
-    await page.goto(page.base + "/")
-    await expect(page.locator("#login")).to_be_visible()
-    await expect(page.locator("#main")).to_be_hidden()
-    await page.fill("#token", "wrong")
-    await page.click("#login button")
-    await expect(page.locator("#main")).to_be_hidden()
-    await page.fill("#token", TOKEN)
-    await page.click("#login button")
-    await expect(page.locator("#summary")).to_have_text("Reserved numbers: none")
+    await page.click("#tab-disabled")
+    await check(page, "disabled-tab", axe)

@@ -1,5 +1,6 @@
-"""The admin API served on a real socket over a real store and Redis, and a client that checks
-every answer against the OpenAPI document (and that none is a 500)."""
+"""The admin API served on a real socket over a real store and Redis, with a user of each
+account and one of the staff, and a client that checks every answer against the OpenAPI
+document (and that none is a 500)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from argon2 import PasswordHasher, profiles
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from zvonok_agi.access.users import Users
 from zvonok_agi.config import Settings
 from zvonok_agi.numbers.service import NumbersService
 from zvonok_agi.web.openapi import DOCUMENT
@@ -38,6 +41,11 @@ def _numbers_helpers():
 
 helpers = _numbers_helpers()
 TOKEN = "test-token-0123456789"
+PASSWORD = "correct horse"
+# login: account (None: staff)
+USERS = {"anna": helpers.ACME, "oleg": helpers.OLDCO, "nina": helpers.NEWBIE, "sam": None}
+CHEAP = PasswordHasher.from_parameters(profiles.CHEAPEST)  # tests hash fast
+DEFAULT: Any = object()
 
 _REGISTRY = Registry().with_resource("urn:api", Resource(DOCUMENT, DRAFT202012))
 _TEMPLATES = [
@@ -83,16 +91,37 @@ class Answer:
 
 
 class Client:
-    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+    """Calls as the operator's token, or (`signed_in`) as a user with a session cookie, sending
+    the session's CSRF token with every change as the page does."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str,
+                 token: str | None = TOKEN) -> None:
         self.session = session
         self.base = base
+        self.token = token
+        self.csrf: str | None = None
+        self.others: list[aiohttp.ClientSession] = []  # of the clients it signed in
+
+    async def signed_in(self, login: str, password: str = PASSWORD) -> Client:
+        """A client of its own (its own cookies) signed in as `login`."""
+        session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        self.others.append(session)
+        client = Client(session, self.base, token=None)
+        client.others = self.others
+        answer = await client.post("/api/session", {"login": login, "password": password})
+        assert answer.status == 200, answer.body
+        client.csrf = answer.body["csrf"]
+        return client
 
     async def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                   token: str | None = TOKEN, headers: dict[str, str] | None = None,
+                   token: str | None = DEFAULT, headers: dict[str, str] | None = None,
                    params: Any = None) -> Answer:
         headers = dict(headers or {})
+        token = self.token if token is DEFAULT else token
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        if self.csrf and method not in ("GET", "HEAD"):
+            headers.setdefault("X-CSRF-Token", self.csrf)
         data = raw if raw is not None else (None if body is None else json.dumps(body))
         if data is not None:
             headers.setdefault("Content-Type", "application/json")
@@ -123,6 +152,14 @@ async def admin_api(
 ) -> AsyncIterator[tuple[NumbersService, AdminServer, Client]]:
     async with helpers.control_plane(settings, store_url) as service:
         await helpers.small_world(service)
-        async with AdminServer(service, token=TOKEN, max_body=max_body) as server, \
+        users = Users(service.store, hasher=CHEAP)
+        for login, account in USERS.items():
+            await users.add("test", login, PASSWORD, account=account, name=login.title())
+        async with AdminServer(service, token=TOKEN, users=users, max_body=max_body) as server, \
                 aiohttp.ClientSession() as session:
-            yield service, server, Client(session, server.url)
+            client = Client(session, server.url)
+            try:
+                yield service, server, client
+            finally:
+                for other in client.others:
+                    await other.close()

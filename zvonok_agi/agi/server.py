@@ -13,6 +13,11 @@ Lifecycle in the manner of uvicorn: the server tracks every connection from acce
 up to a deadline; `shutdown()` does both, then ends the sessions still running with their
 fallback route and closes or cancels the rest. Every session ends with its socket closed as
 soon as the handler returns: Asterisk waits in AGI() until then.
+
+Not accepting means a closed listener, not one left unread: the kernel would go on completing
+connections into its backlog, where Asterisk would wait for ever. Closed, the port refuses, and
+Asterisk tries the next engine of a `hagi://` URL or takes its fallback at once. `listen()`
+opens it again on the same port (the engine does so after an overload).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import enum
 import functools
 import ipaddress
 import itertools
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +131,9 @@ class FastAGIServer:
         self.config = config
         self.allowed = [ipaddress.ip_network(entry, strict=False) for entry in config.allow]
         self._verdicts: dict[str, bool] = {}  # peer host -> allowed (a few Asterisk boxes)
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.Server | None = None  # while listening
+        self._taking: set[asyncio.Task[None]] = set()  # connections taken from a closed listener
+        self._backlog_checked = False
         self._connections: set[_Connection] = set()
         self._idle = asyncio.Event()  # set while there is no connection
         self._idle.set()
@@ -149,36 +157,87 @@ class FastAGIServer:
         """Open connections, sessions or not."""
         return len(self._connections)
 
-    async def start(self) -> None:
-        self._server = await asyncio.get_running_loop().create_server(
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    async def start(self, *, listen: bool = True) -> None:
+        """Start serving; listening at once, or from the first `listen()`."""
+        self._sweeper = asyncio.create_task(self._sweep_late_env_blocks())
+        if listen:
+            await self.listen()
+
+    async def listen(self) -> None:
+        """Accept connections (again), on the port bound first. Raises OSError if the port
+        cannot be bound; does nothing while shutting down or already listening."""
+        if self.draining or self._server is not None:
+            return
+        server = await asyncio.get_running_loop().create_server(
             lambda: _Pending(self),
             self.config.host,
-            self.config.port,
+            self.port,
             reuse_address=True,
             backlog=self.config.backlog,
         )
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._sweeper = asyncio.create_task(self._sweep_late_env_blocks())
+        if self.draining:  # shut down while binding
+            server.close()
+            return
+        self._server = server
+        self.port = server.sockets[0].getsockname()[1]
         log.info("fastagi listening", host=self.config.host, port=self.port)
-        somaxconn = _somaxconn()
-        if somaxconn is not None and somaxconn < self.config.backlog:
-            log.warning(
-                "listen backlog capped by the kernel: raise net.core.somaxconn",
-                backlog=self.config.backlog,
-                somaxconn=somaxconn,
-            )
+        if not self._backlog_checked:
+            self._backlog_checked = True
+            somaxconn = _somaxconn()
+            if somaxconn is not None and somaxconn < self.config.backlog:
+                log.warning(
+                    "listen backlog capped by the kernel: raise net.core.somaxconn",
+                    backlog=self.config.backlog,
+                    somaxconn=somaxconn,
+                )
 
     def stop_listening(self) -> None:
-        """Accept no more connections; those accepted go on."""
-        if self._server is not None:
-            self._server.close()
+        """Accept no more connections; those accepted go on. The connections the kernel has
+        already completed are taken first: closing the listener would reset them, and
+        Asterisk has sent their env blocks already."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        for listener in server.sockets:
+            self._take_completed(listener.dup())
+        server.close()
+        log.info("fastagi not listening", port=self.port)
+
+    def _take_completed(self, listener: socket.socket) -> None:
+        with listener:  # a descriptor of our own on the listening socket
+            listener.setblocking(False)
+            while True:
+                try:
+                    sock, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    return  # none left
+                except OSError as exc:  # out of descriptors: the rest are reset
+                    log.error("fastagi could not take a completed connection", error=repr(exc))
+                    return
+                task = asyncio.get_running_loop().create_task(self._take(sock))
+                self._taking.add(task)
+                task.add_done_callback(self._taking.discard)
+
+    async def _take(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: _Pending(self), sock)
+        except OSError as exc:
+            sock.close()
+            log.warning("fastagi connection lost while taken", error=repr(exc))
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` for every connection to end; True if they all did."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
+                if self._taking:
+                    await asyncio.wait(set(self._taking))
                 await self._idle.wait()
-        return not self._connections
+        return not self._connections and not self._taking
 
     async def shutdown(self) -> None:
         """Stop accepting; let connections finish up to the drain deadline; then end sessions
@@ -187,7 +246,7 @@ class FastAGIServer:
             return
         self.draining = True
         self.stop_listening()
-        if self._connections:
+        if self._connections or self._taking:
             log.info("draining sessions", sessions=self.active_sessions)
         if not await self.drain(self.config.drain_deadline):
             late = list(self._connections)
@@ -212,10 +271,6 @@ class FastAGIServer:
             self._sweeper.cancel()
             await asyncio.wait([self._sweeper])
         self._warnings.flush()
-        if self._server is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CANCEL_WAIT):
-                    await self._server.wait_closed()
 
     # --- one connection --------------------------------------------------------------------
 

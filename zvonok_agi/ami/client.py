@@ -14,7 +14,8 @@ Design rules, each one a lesson from clients that got it wrong:
   `connect_timeout` covers connect, banner and login: keep it above 1 s, as Asterisk waits
   1 s before it refuses a login.
 - Events sent while the link was down are lost. A consumer that tracks calls must listen to
-  the link state (`add_state_listener`) and settle what it cannot know any more.
+  the link state (`add_state_listener`) and ask Asterisk what became of them (a call's later
+  events do reach the new link: Asterisk sends call events to every session reading them).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import itertools
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -115,12 +116,13 @@ class _Link:
         writer: asyncio.StreamWriter,
         on_event: Callable[[Event], None],
         errors: LoopErrors,
+        event_names: Collection[str] | None,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.on_event = on_event
         self.errors = errors
-        self.conn = AMIConnection()
+        self.conn = AMIConnection(events=event_names)
         self.pending: dict[str, _Pending] = {}
         self.banner: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.lost = asyncio.Event()
@@ -262,6 +264,7 @@ class AMIClient:
         *,
         use_md5: bool = True,
         events: str = "on",
+        event_names: Collection[str] | None = None,
         action_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         ping_interval: float | None = 20.0,
@@ -278,6 +281,7 @@ class AMIClient:
         self.secret = secret
         self.use_md5 = use_md5
         self.events_mask = events
+        self.event_names = event_names  # the only events wanted; others skipped unread
         self.action_timeout = action_timeout
         self.connect_timeout = connect_timeout
         self.ping_interval = ping_interval
@@ -286,6 +290,7 @@ class AMIClient:
         self._rand = rand
 
         self.banner: str | None = None
+        self.links = 0  # logins so far: an action sent on link n went out before link n + 1
         self.dropped_events = 0
         self.last_error: BaseException | None = None
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=event_queue_size)
@@ -314,6 +319,9 @@ class AMIClient:
     def add_state_listener(self, callback: Callable[[LinkState], None]) -> None:
         """Call `callback(state)` on every state change (e.g. for a metrics gauge)."""
         self._listeners.append(callback)
+
+    def remove_state_listener(self, callback: Callable[[LinkState], None]) -> None:
+        self._listeners.remove(callback)
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
@@ -436,7 +444,7 @@ class AMIClient:
                 reader, writer = await asyncio.open_connection(self.host, self.port)
         except (OSError, TimeoutError) as exc:
             raise AMIConnectionError(f"cannot connect to {where}: {exc!r}") from exc
-        link = _Link(reader, writer, self._put_event, self._reader_errors)
+        link = _Link(reader, writer, self._put_event, self._reader_errors, self.event_names)
         self._link = link
         try:
             try:
@@ -450,6 +458,7 @@ class AMIClient:
             await link.close("login failed")
             raise
         log.info("ami.logged_in", banner=self.banner, md5=self.use_md5)
+        self.links += 1
         self._reader_errors.succeeded()
         return link
 

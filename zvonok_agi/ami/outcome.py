@@ -15,6 +15,13 @@ What Asterisk 22 sends (see the ami_originate_* recordings):
 the Hangup event, which may come before or after the OriginateResponse. So a failed
 OriginateResponse settles at the Hangup, or, when no Hangup follows within a short grace, by
 its Reason alone.
+
+When the events may have been missed (the AMI link was down, the dialer that placed the call
+stopped), `CoreShowChannels` says what became of the call: its channel's Uniqueid is the
+ChannelId given (ami_coreshowchannels). Listed and Up: it was answered. Listed otherwise: it
+still rings; wait for its events, which reach any session reading calls
+(ami_link_cut_during_call_conn_b). Not listed: it is over; it settles by the events that did
+arrive (after the same grace), else as failed.
 """
 
 from __future__ import annotations
@@ -49,6 +56,16 @@ def from_originate_response(success: bool, reason: int | None) -> Outcome | None
     if success or reason == REASON_ANSWERED:
         return Outcome.ANSWERED
     return None
+
+
+# ChannelState of a channel that has answered (AST_STATE_UP).
+CHANNEL_STATE_UP = 6
+
+
+def from_listing(state: int | None) -> Outcome | None:
+    """What a call's line in CoreShowChannels settles by itself: answered once its channel is
+    Up; else None (still ringing, or `state` None: not listed, over)."""
+    return Outcome.ANSWERED if state == CHANNEL_STATE_UP else None
 
 
 def from_failure(reason: int | None, cause: int | None) -> Outcome:

@@ -13,7 +13,7 @@ value keeps its space (`AccountCode: `). Events interleave freely with responses
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -184,6 +184,11 @@ class AMIConnection:
     before feeding more: the buffer then never holds more than one incomplete packet, which
     is capped (`max_packet`, `max_line`), so a hostile peer cannot make it grow without end.
     Each byte is scanned once, whatever the chunk sizes.
+
+    `events`: the only events wanted. Any other is skipped whole, without being decoded,
+    unless it carries an ActionID (it then answers an action, e.g. the items of a list).
+    Asterisk sends every call event to every session reading calls, so a dialer among many
+    would otherwise read all the others' calls.
     """
 
     def __init__(
@@ -192,9 +197,11 @@ class AMIConnection:
         expect_banner: bool = True,
         max_line: int = MAX_LINE,
         max_packet: int = MAX_PACKET,
+        events: Collection[str] | None = None,
     ) -> None:
         self.max_line = max_line
         self.max_packet = max_packet
+        self._wanted = None if events is None else frozenset(e.encode() for e in events)
         self._need_banner = expect_banner
         self._buf = bytearray()
         self._pos = 0  # start of the unread part of _buf
@@ -229,6 +236,12 @@ class AMIConnection:
 
     def _next_event(self) -> AMIEvent | _NeedData:
         while True:
+            if self._wanted is not None and not self._lines and not self._need_banner:
+                skipped = self._skip_unwanted()
+                if skipped is None:
+                    return NEED_DATA
+                if skipped:
+                    continue
             line = self._read_line()
             if line is None:
                 return self._at_end_of_buffer()
@@ -243,6 +256,29 @@ class AMIConnection:
             elif self._lines:
                 return self._finish_packet()
             # else: a stray empty line between packets, nothing to report
+
+    def _skip_unwanted(self) -> bool | None:
+        """At a packet's start: True if it was an unwanted event, now dropped; False if it
+        is to be read; None if more bytes are needed to tell."""
+        buf, pos = self._buf, self._pos
+        if not buf.startswith(b"Event: ", pos):
+            return False if len(buf) - pos >= 7 or self._eof else None
+        name_end = buf.find(b"\n", pos)
+        if name_end < 0:
+            return False if self._eof or len(buf) - pos > self.max_line else None
+        if bytes(buf[pos + 7 : name_end]).rstrip(b"\r") in self._wanted:
+            return False
+        # The packet ends at its first empty line, as _read_line reads it ("\n\n", "\n\r\n").
+        ends = [i for i in (buf.find(b"\n\n", name_end), buf.find(b"\n\r\n", name_end)) if i >= 0]
+        if not ends:
+            return False if self._eof or len(buf) - pos > self.max_packet else None
+        end = min(ends)
+        end += 2 if buf[end + 1] == 10 else 3  # past "\n\n" or "\n\r\n"
+        if buf.find(b"\nActionID:", pos, end) >= 0:
+            return False  # it answers an action
+        self._pos = end
+        self._scanned = 0
+        return True
 
     def _read_line(self) -> bytes | None:
         """One line without its terminator (CRLF, or a bare LF), or None if incomplete."""

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..access.users import Users
 from . import documents
 from .databases import describe
 from .rules import Refused
@@ -94,6 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _json_flag(cmd)
     cmd = _command(campaigns, "add", "a new campaign", _campaign_add)
     cmd.add_argument("id")
+    cmd.add_argument("--name", default="", help="what people call it")
     cmd.add_argument("--account", required=True)
     cmd.add_argument("--kind", required=True, choices=["outbound", "inbound"])
     cmd.add_argument("--accept-inbound", action="store_true", help="outbound: take callbacks")
@@ -101,6 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmd.add_argument("--caller-id", default="pool", help="a reserved number, or 'pool'")
     cmd = _command(campaigns, "set", "change a campaign", _campaign_set)
     cmd.add_argument("id")
+    cmd.add_argument("--name")
     cmd.add_argument("--accept-inbound", choices=["yes", "no"])
     cmd.add_argument("--state", choices=["running", "paused", "finished"])
     cmd.add_argument("--caller-id", help="a reserved number, or 'pool'")
@@ -339,9 +342,9 @@ async def _campaigns(settings: Any, args: argparse.Namespace) -> int:
     if args.json:
         return _print_json([documents.campaign(c) for c in campaigns])
     _table(
-        ["campaign", "account", "kind", "state", "accept_inbound", "caller_id"],
+        ["campaign", "account", "kind", "state", "accept_inbound", "caller_id", "name"],
         [[c.id, c.account, c.kind, c.state, "yes" if c.accept_inbound else "no",
-          "" if c.kind == "inbound" else c.caller_id or "pool"] for c in campaigns],
+          "" if c.kind == "inbound" else c.caller_id or "pool", c.name] for c in campaigns],
     )
     return 0
 
@@ -351,6 +354,7 @@ async def _campaign_add(settings: Any, args: argparse.Namespace) -> int:
         campaign = await service.create_campaign(
             actor(), args.id, args.account, args.kind, accept_inbound=args.accept_inbound,
             state=args.state, caller_id=None if args.kind == "inbound" else args.caller_id,
+            name=args.name,
         )
     print(f"campaign {campaign.id} added ({campaign.kind}, {campaign.state})")
     return 0
@@ -362,6 +366,7 @@ async def _campaign_set(settings: Any, args: argparse.Namespace) -> int:
         campaign = await service.update_campaign(
             actor(), args.id, accept_inbound=accept, state=args.state or KEEP,
             caller_id=KEEP if args.caller_id is None else args.caller_id,
+            name=KEEP if args.name is None else args.name,
         )
     print(f"campaign {campaign.id}: {campaign.state}, caller ID {campaign.caller_id or 'pool'}")
     return 0
@@ -372,9 +377,11 @@ async def _requests(settings: Any, args: argparse.Namespace) -> int:
         requests = await service.requests(None if args.all else "open")
     if args.json:
         return _print_json([documents.request(r) for r in requests])
-    _table(["request", "when", "account", "kind", "region", "status", "closed_by", "note"],
-           [[str(r.id), _when(r.at), r.account, r.kind, r.region, r.status, r.closed_by or "",
-             r.note or ""] for r in requests])
+    _table(["request", "when", "account", "topic", "kind", "region", "contact", "comment",
+            "status", "closed_by", "note"],
+           [[str(r.id), _when(r.at), r.account, r.topic, r.kind or "", r.region or "",
+             r.contact or "", r.comment or "", r.status, r.closed_by or "", r.note or ""]
+            for r in requests])
     return 0
 
 
@@ -382,8 +389,8 @@ async def _request_close(settings: Any, args: argparse.Namespace) -> int:
     # Requests are not routing data: nothing to publish, so Redis is not needed.
     async with _service(settings, publish=False) as service:
         r = await service.close_request(actor(), args.id, args.note)
-    print(f"request #{r.id} ({r.account}, {r.kind} in {r.region}) is closed"
-          + (f": {r.note}" if r.note else ""))
+    what = f"{r.kind} in {r.region}" if r.topic == "numbers" else f"support, {r.contact}"
+    print(f"request #{r.id} ({r.account}, {what}) is closed" + (f": {r.note}" if r.note else ""))
     return 0
 
 
@@ -423,8 +430,10 @@ async def admin_server(settings: Any) -> AsyncIterator[Any]:
     except TokenFileError as exc:
         raise CommandError(str(exc)) from exc
     async with open_service(settings) as service, AdminServer(
-        service, token=token, host=admin.host, port=admin.port, max_body=admin.max_body,
-        allow_remote=admin.allow_remote,
+        service, token=token, users=Users.configured(settings, service.store), host=admin.host,
+        port=admin.port, max_body=admin.max_body, allow_remote=admin.allow_remote,
+        https=admin.https, address_header=admin.address_header,
+        region=settings.routing.default_region,
     ) as server:
         print(f"admin API and numbers page on {server.url}/", flush=True)
         if not admin.token and sys.stdout.isatty():

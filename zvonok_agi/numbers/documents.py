@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import phone, regions
 from ..routing.model import Account, Campaign
 from .rules import NumberRecord, RegionCount, Request
 from .service import NumberDetails, NumberRow, NumbersView, Offer, SyncReport
@@ -17,8 +18,10 @@ def account(a: Account) -> dict[str, Any]:
 def number(n: NumberRecord) -> dict[str, Any]:
     return {
         "did": n.did,
+        "written": phone.plan(n.did).written,
         "kind": n.kind.value,
         "region": n.region,
+        "region_names": regions.display_names(n.region),
         "pool": n.pool.value,
         "status": n.status.value,
         "owner": n.owner,
@@ -57,16 +60,25 @@ def campaign(c: Campaign) -> dict[str, Any]:
         "accept_inbound": c.accept_inbound,
         "state": c.state.value,
         "caller_id": c.caller_id,  # None: the service pool
+        "name": c.name,
     }
 
 
 def region(r: RegionCount) -> dict[str, Any]:
-    return {"region": r.region, "available": r.available}
+    return {"region": r.region, "names": regions.display_names(r.region),
+            "available": r.available}
 
 
 def request(r: Request) -> dict[str, Any]:
-    document: dict[str, Any] = {"id": r.id, "account": r.account, "kind": r.kind.value,
-                                "region": r.region, "at": r.at, "status": r.status}
+    document: dict[str, Any] = {
+        "id": r.id, "account": r.account, "topic": r.topic, "kind": r.kind and r.kind.value,
+        "region": r.region,
+        "region_names": regions.display_names(r.region) if r.region else None,
+        "at": r.at, "status": r.status,
+    }
+    if r.topic == "support":
+        document.update(comment=r.comment, contact=r.contact,
+                        contact_written=r.contact and phone.plan(r.contact).written)
     if r.status == "closed":
         document.update(closed_at=r.closed_at, closed_by=r.closed_by, note=r.note)
     return document

@@ -156,4 +156,62 @@ MIGRATIONS: list[tuple[Step, ...]] = [
         Only("sqlite", "DROP TABLE outbox"),
         Only("sqlite", "ALTER TABLE outbox_next RENAME TO outbox"),
     ),
+    # 4: people who sign in (customers of one account, or staff), their sessions, and the
+    # failed sign-ins of the last minutes (the limit holds for every admin process on this file)
+    (
+        """CREATE TABLE users (
+            login TEXT PRIMARY KEY,
+            role TEXT NOT NULL CHECK (role IN ('customer', 'staff')),
+            account TEXT REFERENCES accounts (id),
+            name TEXT NOT NULL DEFAULT '',
+            password TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            password_at REAL NOT NULL,
+            CHECK ((role = 'staff') = (account IS NULL))
+        )""",
+        "CREATE INDEX users_by_account ON users (account)",
+        # A session is kept by the SHA-256 of its cookie: a copy of the file signs nobody in.
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            login TEXT NOT NULL REFERENCES users (login) ON DELETE CASCADE,
+            csrf TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            seen_at REAL NOT NULL
+        )""",
+        "CREATE INDEX sessions_by_login ON sessions (login)",
+        """CREATE TABLE sign_in_failures (
+            key TEXT NOT NULL,
+            at REAL NOT NULL
+        )""",
+        "CREATE INDEX sign_in_failures_by_key ON sign_in_failures (key, at)",
+    ),
+    # 5: campaigns get a name people read; requests are also the customers' own messages to
+    # support (no kind or region needed), with what they wrote and a phone to call back
+    (
+        "ALTER TABLE campaigns ADD COLUMN name TEXT NOT NULL DEFAULT ''",
+        """CREATE TABLE requests_next (
+            id INTEGER PRIMARY KEY,
+            account TEXT NOT NULL REFERENCES accounts (id),
+            topic TEXT NOT NULL DEFAULT 'numbers' CHECK (topic IN ('numbers', 'support')),
+            kind TEXT CHECK (kind IN ('mobile', 'landline')),
+            region TEXT,
+            comment TEXT,
+            contact TEXT,
+            at REAL NOT NULL,
+            status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'closed')),
+            closed_at REAL,
+            closed_by TEXT,
+            note TEXT,
+            CHECK (topic = 'support' OR (kind IS NOT NULL AND region IS NOT NULL))
+        )""",
+        "INSERT INTO requests_next (id, account, kind, region, at, status, closed_at, "
+        "closed_by, note) SELECT id, account, kind, region, at, status, closed_at, closed_by, "
+        "note FROM requests",
+        "DROP TABLE requests",
+        "ALTER TABLE requests_next RENAME TO requests",
+        # The ids were copied: PostgreSQL's identity goes on after them (SQLite's takes max + 1).
+        Only("postgresql", "SELECT setval(pg_get_serial_sequence('requests', 'id'), "
+             "coalesce(max(id), 0) + 1, false) FROM requests"),
+        "CREATE INDEX requests_open ON requests (status, account, kind, region)",
+    ),
 ]

@@ -36,6 +36,9 @@ MAX_NOTE = 500
 MAX_SEARCH = 40
 MAX_SUBJECT = 200  # of the audit log: a number, an id, "kind:region", "request:N"
 MAX_ROW_ID = 2**63 - 1  # the stores' largest integer (SQLite's, PostgreSQL's bigint)
+MAX_CALLEES = 1000  # per request: a list fits the default admin.max_body
+MAX_CPS = 1000.0
+MAX_CONCURRENCY = 10_000
 
 
 class Kind(StrEnum):
@@ -117,17 +120,22 @@ class RegionCount:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A customer wants a number where none is available; sales call back."""
+    """A customer wants a number where none is available (topic `numbers`), or wrote to
+    support (`support`: none of the numbers offered suits them, or anything else); sales or
+    support call back, then close it with a note the customer sees."""
 
     id: int
     account: str
-    kind: Kind
-    region: str
+    kind: Kind | None  # the numbers asked for; a support request may name none
+    region: str | None
     at: float
     status: str = "open"
     closed_at: float | None = None
     closed_by: str | None = None
-    note: str | None = None
+    note: str | None = None  # the closing note
+    topic: str = "numbers"
+    comment: str | None = None  # what the customer wrote (support)
+    contact: str | None = None  # the phone to call back on (support), E.164 digits
 
 
 # input at the edge
@@ -396,6 +404,49 @@ def not_outbound(campaign: Campaign) -> Refused:
         f"campaign {campaign.id} is an inbound campaign: accept_inbound and the caller ID are "
         "settings of outbound campaigns",
     )
+
+
+def dialing_refusal(campaign: Campaign) -> Refused | None:
+    """Callees are queued for outbound campaigns that may still dial (a paused one may)."""
+    if campaign.kind is CampaignKind.INBOUND:
+        return Refused("not_outbound", f"campaign {campaign.id} is inbound: it places no calls")
+    if campaign.state is CampaignState.FINISHED:
+        return Refused("campaign_finished", f"campaign {campaign.id} is finished: it calls no more")
+    return None
+
+
+def callee_list(raw: object) -> list[str]:
+    """A request's callees: 1 to MAX_CALLEES texts, each as long as a written phone number at
+    most. Which are phone numbers is the dialer's to say (the others are refused, one by one)."""
+    if (
+        not isinstance(raw, list)
+        or not 1 <= len(raw) <= MAX_CALLEES
+        or not all(isinstance(item, str) and len(item) <= phone.MAX_RAW_LENGTH for item in raw)
+    ):
+        raise Refused(
+            "bad_input",
+            f"callees must be a list of 1 to {MAX_CALLEES} phone numbers (text of at most "
+            f"{phone.MAX_RAW_LENGTH} characters); send a longer list in several requests",
+        )
+    return raw
+
+
+def calls_per_second(raw: object) -> float | None:
+    """A campaign's calls started per second: more than 0, at most MAX_CPS; None: unchanged."""
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw <= MAX_CPS:
+        raise Refused("bad_input", f"cps must be a number above 0 and at most {MAX_CPS:g}")
+    return float(raw)
+
+
+def concurrency(raw: object) -> int | None:
+    """A campaign's calls at once: 1 to MAX_CONCURRENCY; None: unchanged."""
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_CONCURRENCY:
+        raise Refused("bad_input", f"concurrency must be a whole number, 1 to {MAX_CONCURRENCY}")
+    return raw
 
 
 def unverify_refusal(account: Account, reserved: int) -> Refused | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -42,6 +43,7 @@ DEFAULT_POPULAR_CITIES = (
     "Moscow", "St Petersburg", "Novosibirsk", "Ekaterinburg", "Kazan", "Nizhni Novgorod",
 )
 T = TypeVar("T")
+Named = TypeVar("Named", Account, Campaign)
 KEEP: Any = object()  # "leave this field as it is" in updates (None means the service pool)
 NO_HINT = (None, None)  # kind and region from the numbering plan
 IMPORT_BATCH = 5000  # records per transaction of an import: other writers get their turn
@@ -253,6 +255,8 @@ class NumbersService:
         async with self._change(actor, "change_number", did, as_account, **detail) as change:
             q = change.q
             number = await q.number(did)
+            if number is not None:
+                change.account = as_account or number.owner
             _check(rules.reserved_refusal(number, as_account))
             assert number is not None
             if inbound_campaign not in (KEEP, None, number.inbound_campaign):
@@ -288,6 +292,7 @@ class NumbersService:
         async with self._change(actor, action, did, as_account) as change:
             q = change.q
             number = _found(await q.number(did), "unknown_number", "no such number")
+            change.account = as_account or number.owner
             _check(rules.ownership_refusal(number, as_account))
             await q.update_number(did, status=status)
             change.result = await q.number(did)
@@ -304,6 +309,8 @@ class NumbersService:
             q = change.q
             number = await q.number(did)
             callers = await q.campaigns(caller_id=did)
+            if number is not None:
+                change.account = as_account or number.owner
             _check(rules.release_refusal(number, as_account, callers))
             assert number is not None
             change.detail["owner"] = number.owner
@@ -338,15 +345,19 @@ class NumbersService:
         rows = [_row(n, campaigns) for n in found if n.status is status]
         return NumbersView(account, status, search, reserved, tabs, rows)
 
-    async def number(self, did: Any) -> NumberDetails:
+    async def number(self, did: Any, account: str | None = None) -> NumberDetails:
+        """A number with the campaigns using it and its history. For an account (a customer):
+        only its own numbers and the service pool, with only its own campaigns and history."""
         did = rules.did_of(did)
         async with self.store.reading() as q:
             number = _found(await q.number(did), "unknown_number", "no such number")
+            if account is not None and number.owner != account and number.pool is Pool.RESERVABLE:
+                raise Refused("unknown_number", "no such number")
             if number.pool is Pool.SERVICE:
-                campaigns = await q.campaigns()
+                campaigns = await q.campaigns(account=account)
             else:  # stock: nobody dials from it
                 campaigns = await q.campaigns(account=number.owner) if number.owner else []
-            history = await q.audit_log(subject=did, limit=50)
+            history = await q.audit_log(subject=did, limit=50, account=account)
         return NumberDetails(_row(number, campaigns), history)
 
     # campaigns
@@ -357,28 +368,37 @@ class NumbersService:
         async with self.store.reading() as q:
             return await q.campaigns(account=account)
 
-    async def campaign(self, campaign_id: str) -> Campaign:
+    async def campaign(self, campaign_id: str, account: str | None = None) -> Campaign:
+        """One campaign; for an account (a customer), only one of its own."""
         async with self.store.reading() as q:
-            return _found(await q.campaign(campaign_id), "unknown_campaign", "no such campaign")
+            campaign = await q.campaign(campaign_id)
+        if campaign is None or account not in (None, campaign.account):
+            raise Refused("unknown_campaign", "no such campaign")
+        return campaign
 
     async def create_campaign(
-        self, actor: str, campaign_id: str, account_id: str, kind: Any, *,
+        self, actor: str, campaign_id: str | None, account_id: str, kind: Any, *,
         accept_inbound: Any = False, state: Any = CampaignState.RUNNING, caller_id: Any = None,
+        name: Any = "",
     ) -> Campaign:
+        """A new campaign; without an id, one is made (`c-` and random hex digits)."""
         campaign = Campaign(
-            id=rules.ident(campaign_id, "campaign id"),
+            id=rules.ident(campaign_id, "campaign id") if campaign_id is not None
+            else f"c-{secrets.token_hex(5)}",
             account=rules.ident(account_id, "account id"),
             kind=rules.enum_value(CampaignKind, kind, "kind"),
             accept_inbound=_flag(accept_inbound, "accept_inbound"),
             state=rules.enum_value(CampaignState, state, "state"),
             caller_id=None if caller_id in (None, "pool") else rules.did_of(caller_id),
+            name=rules.text(name, "name", rules.MAX_NAME),
         )
         if campaign.kind is CampaignKind.INBOUND and (campaign.accept_inbound
                                                       or campaign.caller_id):
             raise Refused("bad_input", "accept_inbound and the caller ID are settings of "
                           "outbound campaigns")
         async with self._change(actor, "create_campaign", campaign.id, campaign.account,
-                                kind=campaign.kind.value, caller_id=campaign.caller_id) as change:
+                                kind=campaign.kind.value, caller_id=campaign.caller_id,
+                                **({"name": campaign.name} if campaign.name else {})) as change:
             q = change.q
             if await q.campaign(campaign.id) is not None:
                 raise Refused("already_exists", f"campaign {campaign.id} already exists")
@@ -388,20 +408,29 @@ class NumbersService:
 
     async def update_campaign(
         self, actor: str, campaign_id: str, *, accept_inbound: Any = KEEP, state: Any = KEEP,
-        caller_id: Any = KEEP,
+        caller_id: Any = KEEP, name: Any = KEEP, as_account: str | None = None,
     ) -> Campaign:
+        """Changes what is given; acting as an account, only one of its own campaigns."""
+        as_account = _acting(as_account)
+        if name is not KEEP:
+            name = rules.text(name, "name", rules.MAX_NAME)
         if accept_inbound is not KEEP:
             accept_inbound = _flag(accept_inbound, "accept_inbound")
         if state is not KEEP:
             state = rules.enum_value(CampaignState, state, "state")
         if caller_id is not KEEP:
             caller_id = None if caller_id in (None, "pool") else rules.did_of(caller_id)
-        detail = _given(accept_inbound=accept_inbound, state=state, caller_id=caller_id)
-        async with self._change(actor, "update_campaign", campaign_id, None, **detail) as change:
+        detail = _given(accept_inbound=accept_inbound, state=state, caller_id=caller_id,
+                        name=name)
+        async with self._change(actor, "update_campaign", campaign_id, as_account,
+                                **detail) as change:
             q = change.q
             campaign = _found(
                 await q.campaign(campaign_id), "unknown_campaign", "no such campaign"
             )
+            if as_account not in (None, campaign.account):
+                raise Refused("not_owner", f"campaign {campaign_id} is not account "
+                              f"{as_account}'s")
             change.account = campaign.account
             # What an inbound campaign has already (false, the pool) may be sent: no change.
             if campaign.kind is CampaignKind.INBOUND and (accept_inbound is True
@@ -421,11 +450,39 @@ class NumbersService:
 
     # requests and the audit log
 
-    async def requests(self, status: str | None = "open") -> list[Request]:
+    async def requests(
+        self, status: str | None = "open", account: str | None = None
+    ) -> list[Request]:
+        """Requests (open, closed, or both: None), of every account or of one."""
         if status not in (None, "open", "closed"):
             raise Refused("bad_input", "status must be open or closed")
+        if account is not None:
+            account = rules.ident(account, "account")
         async with self.store.reading() as q:
-            return await q.requests(status)
+            return await q.requests(status, account)
+
+    async def support_request(
+        self, actor: str, account_id: str, comment: Any, contact: Any, *, choice: Any = KEEP,
+        region: Any = KEEP,
+    ) -> Request:
+        """The customer writes to support ("none of these numbers suits me", or anything
+        else), with a phone to call back on and, from the Add window, the kind and region it
+        was looking at (KEEP: none). It counts towards the account's open requests."""
+        comment = rules.text(comment, "comment", rules.MAX_NOTE, required=True)
+        contact = rules.did_of(contact)
+        kind = None if choice is KEEP else rules.enum_value(Choice, choice, "choice").kind
+        region = None if region is KEEP else rules.text(region, "region", rules.MAX_REGION,
+                                                         required=True)
+        async with self._change(actor, "support_request", "support", account_id,
+                                kind=kind and kind.value, region=region) as change:
+            q = change.q
+            _found(await q.account(account_id), "unknown_account", "no such account")
+            _check(rules.requests_refusal(
+                account_id, await q.open_requests(account_id), self.max_open_requests))
+            change.result = await q.add_request(account_id, kind, region, self.clock(),
+                                                "support", comment, contact)
+            change.subject = f"request:{change.result.id}"
+        return change.result
 
     async def close_request(self, actor: str, request_id: Any, note: Any = None) -> Request:
         """Sales called the customer back. A closed request stays as it was closed (who, when,
@@ -468,6 +525,7 @@ class NumbersService:
                   "campaigns": len(inventory.campaigns)}
         try:
             accounts = [_named(account) for account in inventory.accounts]
+            campaigns = [_named(campaign) for campaign in inventory.campaigns]
             numbers = [
                 NumberRecord(item.did, *_checked(rules.classify, item.did,
                                                  *overrides.get(item.did, NO_HINT),
@@ -483,8 +541,8 @@ class NumbersService:
                               {**counts, "message": exc.message})
             raise
         now = self.clock()
-        inbound = [c for c in inventory.campaigns if c.kind is CampaignKind.INBOUND]
-        outbound = [c for c in inventory.campaigns if c.kind is CampaignKind.OUTBOUND]
+        inbound = [c for c in campaigns if c.kind is CampaignKind.INBOUND]
+        outbound = [c for c in campaigns if c.kind is CampaignKind.OUTBOUND]
         # Referenced before referencing: numbers name inbound campaigns, outbound campaigns
         # name numbers.
         steps = [(Queries.import_accounts, accounts),
@@ -629,10 +687,11 @@ def _check(refusal: Refused | None, where: str = "") -> None:
         raise refusal
 
 
-def _named(account: Account) -> Account:
-    """An imported account, its name checked as any account's."""
-    name = _checked(rules.text, account.name, "name", rules.MAX_NAME, where=f"account {account.id}")
-    return account if name == account.name else replace(account, name=name)
+def _named(record: Named) -> Named:
+    """An imported account or campaign, its name checked as any other's."""
+    where = f"{'account' if isinstance(record, Account) else 'campaign'} {record.id}"
+    name = _checked(rules.text, record.name, "name", rules.MAX_NAME, where=where)
+    return record if name == record.name else replace(record, name=name)
 
 
 def _checked(check: Callable[..., T], *args: Any, where: str) -> T:

@@ -51,11 +51,11 @@ _PUT_NUMBER = (
     "inbound_campaign = excluded.inbound_campaign, reserved_at = excluded.reserved_at"
 )
 _PUT_CAMPAIGN = (
-    "INSERT INTO campaigns (id, account, kind, accept_inbound, state, caller_id, "
-    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+    "INSERT INTO campaigns (id, account, kind, accept_inbound, state, caller_id, name, "
+    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
     "account = excluded.account, kind = excluded.kind, "
     "accept_inbound = excluded.accept_inbound, state = excluded.state, "
-    "caller_id = excluded.caller_id"
+    "caller_id = excluded.caller_id, name = excluded.name"
 )
 
 
@@ -271,15 +271,9 @@ class Queries:
     async def campaigns(
         self, *, account: str | None = None, caller_id: str | None = None
     ) -> list[Campaign]:
-        where, args = [], []
-        if account is not None:
-            where.append("account = ?")
-            args.append(account)
-        if caller_id is not None:
-            where.append("caller_id = ?")
-            args.append(caller_id)
-        sql = "SELECT * FROM campaigns" + (" WHERE " + " AND ".join(where) if where else "")
-        return [_campaign(r) for r in await self._all(sql + " ORDER BY id", args)]
+        where, args = _where(account=account, caller_id=caller_id)
+        return [_campaign(r) for r in await self._all(f"SELECT * FROM campaigns{where} "
+                                                      "ORDER BY id", args)]
 
     async def put_campaign(self, campaign: Campaign, now: float) -> None:
         await self._run(_PUT_CAMPAIGN, _campaign_values(campaign, now))
@@ -292,9 +286,10 @@ class Queries:
     # requests
 
     async def open_request(self, account: str, kind: Kind, region: str) -> Request | None:
+        """The account's open request for numbers of this kind and region."""
         rows = await self._all(
             "SELECT * FROM requests WHERE status = 'open' AND account = ? AND kind = ? "
-            "AND region = ? ORDER BY id LIMIT 1",
+            "AND region = ? AND topic = 'numbers' ORDER BY id LIMIT 1",
             [account, kind.value, region],
         )
         return _request(rows[0]) if rows else None
@@ -305,12 +300,17 @@ class Queries:
         )
         return rows[0]["n"]
 
-    async def add_request(self, account: str, kind: Kind, region: str, now: float) -> Request:
+    async def add_request(
+        self, account: str, kind: Kind | None, region: str | None, now: float,
+        topic: str = "numbers", comment: str | None = None, contact: str | None = None,
+    ) -> Request:
         [row] = await self._all(
-            "INSERT INTO requests (account, kind, region, at) VALUES (?, ?, ?, ?) RETURNING id",
-            [account, kind.value, region, now],
+            "INSERT INTO requests (account, topic, kind, region, comment, contact, at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            [account, topic, kind and kind.value, region, comment, contact, now],
         )
-        return Request(row["id"], account, kind, region, now)
+        return Request(row["id"], account, kind, region, now, topic=topic, comment=comment,
+                       contact=contact)
 
     async def request(self, request_id: int) -> Request | None:
         rows = await self._all("SELECT * FROM requests WHERE id = ?", [request_id])
@@ -325,11 +325,12 @@ class Queries:
             [now, closed_by, note, request_id],
         )
 
-    async def requests(self, status: str | None = None) -> list[Request]:
-        sql, args = "SELECT * FROM requests", []
-        if status is not None:
-            sql, args = sql + " WHERE status = ?", [status]
-        return [_request(r) for r in await self._all(sql + " ORDER BY id", args)]
+    async def requests(
+        self, status: str | None = None, account: str | None = None
+    ) -> list[Request]:
+        where, args = _where(status=status, account=account)
+        return [_request(r) for r in await self._all(f"SELECT * FROM requests{where} "
+                                                     "ORDER BY id", args)]
 
     # audit
 
@@ -357,11 +358,12 @@ class Queries:
             ],
         )
 
-    async def audit_log(self, subject: str | None = None, limit: int = 100) -> list[dict]:
-        sql, args = "SELECT * FROM audit", []
-        if subject is not None:
-            sql, args = sql + " WHERE subject = ?", [subject]
-        rows = await self._all(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
+    async def audit_log(
+        self, subject: str | None = None, limit: int = 100, account: str | None = None
+    ) -> list[dict]:
+        where, args = _where(subject=subject, account=account)
+        rows = await self._all(f"SELECT * FROM audit{where} ORDER BY id DESC LIMIT ?",
+                               [*args, limit])
         return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
 
     # bulk upserts (`zvonok-agi load`): only the records that differ are written, their
@@ -505,6 +507,14 @@ class Queries:
         await self._touch_all(kind, list(revs))
 
 
+def _where(**equal: Any) -> tuple[str, list[Any]]:
+    """` WHERE a = ? AND b = ?` for the columns given a value (None: any), and the values."""
+    given = {column: value for column, value in equal.items() if value is not None}
+    if not given:
+        return "", []
+    return " WHERE " + " AND ".join(f"{c} = ?" for c in given), list(given.values())
+
+
 def _account(row: Any) -> Account:
     return Account(row["id"], bool(row["verified"]), row["name"])
 
@@ -530,7 +540,8 @@ def _number_values(n: NumberRecord) -> list[Any]:
 
 
 def _campaign_values(c: Campaign, now: float) -> list[Any]:
-    return [c.id, c.account, c.kind.value, int(c.accept_inbound), c.state.value, c.caller_id, now]
+    return [c.id, c.account, c.kind.value, int(c.accept_inbound), c.state.value, c.caller_id,
+            c.name, now]
 
 
 def _campaign(row: Any) -> Campaign:
@@ -541,13 +552,15 @@ def _campaign(row: Any) -> Campaign:
         accept_inbound=bool(row["accept_inbound"]),
         state=CampaignState(row["state"]),
         caller_id=row["caller_id"],
+        name=row["name"],
     )
 
 
 def _request(row: Any) -> Request:
     return Request(
-        row["id"], row["account"], Kind(row["kind"]), row["region"], row["at"], row["status"],
-        row["closed_at"], row["closed_by"], row["note"],
+        row["id"], row["account"], row["kind"] and Kind(row["kind"]), row["region"], row["at"],
+        row["status"], row["closed_at"], row["closed_by"], row["note"], row["topic"],
+        row["comment"], row["contact"],
     )
 
 

