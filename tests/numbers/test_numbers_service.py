@@ -77,11 +77,15 @@ async def test_a_store_of_the_first_release_is_brought_up_to_date(store_url):
         "INSERT INTO accounts (id, created_at) VALUES ('acme', 1)",
         "INSERT INTO requests (account, kind, region, at) VALUES ('acme', 'mobile', 'Russia', 2)",
     )
-    async with await Store.open(store_url) as store, store.reading() as q:
-        [request] = await q.requests()
+    async with await Store.open(store_url) as store:
+        async with store.reading() as q:
+            [request] = await q.requests()
+        async with store.transaction() as q:  # the copied ids are not given again
+            later = await q.add_request("acme", None, None, 3, topic="support", comment="hi")
     assert await version(store_url) == len(MIGRATIONS)
     assert (request.status, request.closed_at, request.closed_by, request.note) == (
         "open", None, None, None)
+    assert later.id > request.id
 
 
 # the reservation flow
