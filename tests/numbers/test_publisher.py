@@ -10,6 +10,7 @@ import pytest
 
 from numbers_helpers import ACME, MOSCOW_1, MOSCOW_2, OLDCO, control_plane, released, small_world
 from zvonok_agi.app import redis_client
+from zvonok_agi.numbers.importer import read_file
 from zvonok_agi.numbers.publisher import Publisher
 from zvonok_agi.numbers.service import NumbersService
 from zvonok_agi.numbers.store import Store, StoreUnavailable
@@ -201,3 +202,31 @@ async def test_a_store_with_rows_left_by_an_older_release_publishes_them(setting
     async with await Store.open(store_url) as store, store.transaction() as q:
         await q.touch("account", "acme")
         assert [seq for seq, _, _ in await q.outbox(10)] == [2]  # seqs never used twice
+
+
+@pytest.mark.parametrize("how", ["change", "import"])
+async def test_a_record_deleted_and_made_again_reaches_redis_though_its_revision_began_anew(
+    service, store_url, tmp_path, how
+):
+    """The service deletes no record, but somebody may, by hand: the one made again under the
+    same key counts its revision from 0, below what Redis holds of the old one. Redis refuses
+    it at first; the publisher then outranks it, and Redis takes it."""
+    for name in ("Temp 1", "Temp 2", "Temp 3"):  # Redis holds "temp" at revision 3
+        if name == "Temp 1":
+            await service.create_account("web", "temp", name)
+        else:
+            await service.update_account("web", "temp", name=name)
+    assert (await service.data.load()).accounts["temp"].name == "Temp 3"
+    async with await Store.open(store_url) as by_hand, by_hand.transaction() as q:
+        await q.db.run("DELETE FROM audit WHERE subject = 'temp'")
+        await q.db.run("DELETE FROM accounts WHERE id = 'temp'")
+    if how == "change":
+        await service.create_account("web", "temp", "Made again")
+    else:
+        inventory = tmp_path / "again.toml"
+        inventory.write_text('[[accounts]]\nid = "temp"\nname = "Made again"\n')
+        await service.import_inventory("cli", *read_file(inventory))
+    stored, published = await routing_of(service)
+    assert published[0]["temp"].name == "Made again"
+    assert stored == published
+    assert await service.pending() == 0

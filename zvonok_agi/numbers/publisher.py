@@ -15,7 +15,9 @@ Redis could compare). The others wait for it, a few milliseconds; M admin proces
 send every change M times. Idempotent, whoever runs it and however often: Redis refuses a
 record older than the one it holds (`RoutingData.write` compares revisions), so rows published
 twice after a crash before their delete, or by a publisher that lost its lock while its write
-was on the way, change nothing. Redis away: the rows stay, `run` retries with backoff.
+was on the way, change nothing. A record deleted from the store and made again starts its
+revision anew: Redis refuses it, and the publisher outranks it (`_drain`). Redis away: the
+rows stay, `run` retries with backoff.
 
 Of the store it needs only read and write transactions, the publisher's lock, and in them
 `outbox`, `routing_values`, `routing_page`, `published` and `outrank`: plain SQL both
@@ -110,9 +112,12 @@ class Publisher:
             return
         try:
             async with self._lock, self.store.publishing():
-                await self.data.write(change for _, change in rows)  # a twin: no change
+                stale = await self.data.write(change for _, change in rows)  # a twin: no change
                 async with self.store.transaction(alone=False) as q:
                     await q.published([seq for seq, _ in rows])
+                if stale:  # as in `_drain`
+                    await self._outrank_refused(stale)
+                    await self._drain()
         except UNAVAILABLE as exc:
             self._kept(exc)
 
@@ -166,19 +171,31 @@ class Publisher:
 
     async def _drain(self) -> int:
         """Publishes the outbox as it is now. A row committed after the last read is its
-        committer's to publish (`after_commit`, which waits for this publisher's lock)."""
+        committer's to publish (`after_commit`, which waits for this publisher's lock).
+
+        A record Redis refuses because it holds a newer revision is outranked and sent again:
+        under the lock, what was just read is the store's latest, so Redis is the one behind
+        the truth. It happens when a record was deleted from the store (by hand: the service
+        deletes none) and made again, its revision counted anew from 0, or after a restore."""
         published = 0
         while True:
             async with self.store.reading() as q:
                 rows = await q.outbox(PUBLISH_BATCH)
                 changes = await _current(q, rows)
+            stale = await self.data.write(changes) if rows else []
             if rows:
-                await self.data.write(changes)
                 async with self.store.transaction(alone=False) as q:
                     await q.published([seq for seq, _, _ in rows])
                 published += len(rows)
-            if len(rows) < PUBLISH_BATCH:
+            await self._outrank_refused(stale)  # new outbox rows: the loop sends them
+            if len(rows) < PUBLISH_BATCH and not stale:
                 return published
+
+    async def _outrank_refused(self, stale: list[tuple[str, str]]) -> None:
+        for kind in KINDS:
+            keys = [key for stale_kind, key in stale if stale_kind == kind]
+            if keys:
+                await self._outrank(kind, keys)
 
     async def _rebuild(self) -> SyncReport:
         counts, removed = {}, {}
@@ -191,8 +208,7 @@ class Publisher:
                 if not page:
                     break
                 stale = await self.data.write(Stored(kind, key, value) for key, value in page)
-                if stale:
-                    await self._outrank(kind, [key for _, key in stale])
+                await self._outrank_refused(stale)
                 keys.update(key for key, _ in page)
                 after = page[-1][0]
             counts[kind] = len(keys)
