@@ -46,7 +46,6 @@ import time
 import uuid
 from pathlib import Path
 
-import asyncpg
 import redis.asyncio as aioredis
 
 from inventory_gen import write as write_inventory
@@ -58,7 +57,7 @@ from zvonok_agi.store.routing_data import RoutingData
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' private PostgreSQL cluster
-from postgres_server import PostgresServer, binaries  # noqa: E402
+from postgres_server import PostgresServer, binaries, sql  # noqa: E402
 
 RULES = ("force_yes", "as_campaign", "force_no")
 GOAL_PUBLISH_P99_MS = 100.0
@@ -233,21 +232,13 @@ class Stores:
         name = f"bench_{uuid.uuid4().hex[:8]}"
         if self.server is None:
             return f"sqlite:///{self.tmp / name}.db"
-        asyncio.run(_sql(self.server, f"CREATE SCHEMA {name}"))
+        asyncio.run(sql(self.server, f"CREATE SCHEMA {name}"))
         self.schemas.append(name)
         return f"{self.server}?search_path={name}"
 
     def drop(self) -> None:
         for name in self.schemas:
-            asyncio.run(_sql(self.server, f"DROP SCHEMA {name} CASCADE"))
-
-
-async def _sql(server: str, statement: str) -> None:
-    db = await asyncpg.connect(server)
-    try:
-        await db.execute(statement)
-    finally:
-        await db.close()
+            asyncio.run(sql(self.server, f"DROP SCHEMA {name} CASCADE"))
 
 
 def run_store(name: str, stores: Stores, redis_url: str, args, inventory: Path) -> list[str]:

@@ -11,12 +11,11 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
-import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
-from postgres_server import PostgresServer, binaries
+from postgres_server import PostgresServer, binaries, sql
 from redis_topology import Cluster, running
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import Settings, load_settings
@@ -117,19 +116,11 @@ def plane_settings(settings: Settings, store_url: str) -> Settings:
 async def new_schema(server: str) -> AsyncIterator[str]:
     """A store's URL on `server`: a schema of its own, dropped at the end."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    await _sql(server, f"CREATE SCHEMA {schema}")
+    await sql(server, f"CREATE SCHEMA {schema}")
     try:
         yield f"{server}?search_path={schema}"
     finally:
-        await _sql(server, f"DROP SCHEMA {schema} CASCADE")
-
-
-async def _sql(url: str, statement: str) -> None:
-    db = await asyncpg.connect(url)
-    try:
-        await db.execute(statement)
-    finally:
-        await db.close()
+        await sql(server, f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture(params=["single", "cluster"])

@@ -16,6 +16,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import asyncpg
+
 USER = "zvonok"
 
 
@@ -91,6 +93,15 @@ class PostgresServer:
         )
         if done.returncode != 0:
             raise RuntimeError(f"{command} failed: {done.stderr or done.stdout}\n{self.log()}")
+
+
+async def sql(url: str, statement: str) -> None:
+    """Runs one statement on the server `url` names, in a connection of its own."""
+    db = await asyncpg.connect(url)
+    try:
+        await db.execute(statement)
+    finally:
+        await db.close()
 
 
 def _owner() -> pwd.struct_passwd | None:
