@@ -190,7 +190,8 @@ async def test_sync_puts_the_store_over_a_redis_that_is_ahead_of_it(service):
 
 async def test_a_store_with_rows_left_by_an_older_release_publishes_them(settings, store_url):
     await released(  # the second release, a change Redis never got
-        store_url, 2,
+        store_url,
+        2,
         "INSERT INTO accounts (id, name, verified, created_at) VALUES ('acme', 'Acme', 1, 1)",
         "INSERT INTO outbox (kind, key) VALUES ('account', 'acme')",
     )
