@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import settings as hypothesis_settings
 from prometheus_client import REGISTRY
 
 from postgres_server import PostgresServer, binaries, sql
@@ -25,6 +26,10 @@ from zvonok_agi.store.embedded import EmbeddedRedis
 STORES = ["sqlite", "postgresql"]
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+# Properties are checked, not timed: a loaded machine must not fail an example for its speed.
+hypothesis_settings.register_profile("zvonok", deadline=None)
+hypothesis_settings.load_profile("zvonok")
 
 
 def free_port() -> int:
