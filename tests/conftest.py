@@ -1,9 +1,13 @@
-"""Shared fixtures: a real Redis server for the whole session, settings that point at it."""
+"""Shared fixtures: a real Redis server for the whole session, settings that point at it, and
+the control plane's store on SQLite and on a real PostgreSQL server (`store_url`)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,11 +16,14 @@ import redis.asyncio as aioredis
 from hypothesis import settings as hypothesis_settings
 from prometheus_client import REGISTRY
 
+from postgres_server import PostgresServer, binaries, sql
 from redis_topology import Cluster, running
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import Settings, load_settings
 from zvonok_agi.store.connection import learn_topology
 from zvonok_agi.store.embedded import EmbeddedRedis
+
+STORES = ["sqlite", "postgresql"]
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -70,6 +77,55 @@ async def redis(settings: Settings):
     client = aioredis.Redis.from_url(settings.redis.url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A PostgreSQL server for the session: $ZVONOK_TEST_POSTGRES_URL, else a private cluster
+    started here. Neither: the PostgreSQL variants skip, saying why, unless
+    $ZVONOK_TEST_POSTGRES is "required" (CI), where they fail instead."""
+    given = os.environ.get("ZVONOK_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    bin_dir = binaries()
+    if bin_dir is None:
+        why = "PostgreSQL is not installed (apt-get install postgresql; CI installs it)"
+        if os.environ.get("ZVONOK_TEST_POSTGRES") == "required":
+            pytest.fail(why)
+        pytest.skip(why)
+    server = PostgresServer(bin_dir, free_port())
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(params=STORES)
+async def store_url(request, tmp_path) -> str:
+    """The control plane's store, new for each test: a SQLite file, or a schema of its own on
+    the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'numbers.db'}"
+        return
+    async with new_schema(request.getfixturevalue("postgres_url")) as url:
+        yield url
+
+
+@pytest.fixture
+def plane_settings(settings: Settings, store_url: str) -> Settings:
+    """`settings` with the control plane on `store_url`."""
+    return replace(settings, store=replace(settings.store, url=store_url))
+
+
+@contextlib.asynccontextmanager
+async def new_schema(server: str) -> AsyncIterator[str]:
+    """A store's URL on `server`: a schema of its own, dropped at the end."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    await sql(server, f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{server}?search_path={schema}"
+    finally:
+        await sql(server, f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture(params=["single", "cluster"])

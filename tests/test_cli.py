@@ -39,15 +39,20 @@ def run_cli(
 
 
 @pytest.fixture
-def cli_env(settings, tmp_path) -> dict[str, str]:
+def cli_env(settings, store_url, tmp_path) -> dict[str, str]:
+    """The commands' environment: the session's Redis, the store (SQLite named by the setting
+    from before store.url, which still works), JSON logs."""
     env = dict(os.environ)
     env.update(
         ZVONOK_REDIS_URL=settings.redis.url,
         ZVONOK_REDIS_KEY_PREFIX=settings.redis.key_prefix,
-        ZVONOK_ADMIN_DB_PATH=str(tmp_path / "zvonok.db"),
         ZVONOK_LOG_FORMAT="json",
         PYTHONPATH=str(ROOT),
     )
+    if store_url.startswith("sqlite:"):
+        env["ZVONOK_ADMIN_DB_PATH"] = str(tmp_path / "zvonok.db")
+    else:
+        env["ZVONOK_STORE_URL"] = store_url
     return env
 
 

@@ -20,6 +20,9 @@ class ConfigError(ValueError):
     pass
 
 
+STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
+
+
 @dataclass(frozen=True)
 class AgiSettings:
     host: str = "127.0.0.1"
@@ -193,7 +196,7 @@ class AdminSettings:
     token: str = ""
     # The generated token (mode 0600), reused at every start; delete it for a new one.
     token_file: str = "var/admin-token"
-    # The control plane's SQLite store: the source of truth for accounts, numbers, campaigns.
+    # The control plane's SQLite file when store.url is empty (the setting before store.url).
     db_path: str = "var/zvonok.db"
     # Listed first, with their counts, when a customer connects a landline number.
     popular_cities: tuple[str, ...] = (
@@ -217,6 +220,16 @@ class WatchdogSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    # The control plane's store, the source of truth for accounts, numbers, campaigns:
+    # sqlite:///relative/path, sqlite:////absolute/path, or postgresql://user@host:5432/db.
+    # Empty: the SQLite file admin.db_path.
+    url: str = ""
+    # PostgreSQL: connections per process (a change or a read holds one; the publisher two).
+    pool_size: int = 10
+
+
+@dataclass(frozen=True)
 class LogSettings:
     # "json" for production, "console" for a terminal, "auto": console on a TTY.
     format: str = "auto"
@@ -234,8 +247,14 @@ class Settings:
     dialer: DialerSettings = field(default_factory=DialerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     log: LogSettings = field(default_factory=LogSettings)
+
+    @property
+    def store_url(self) -> str:
+        """The control plane's store: store.url, else the SQLite file admin.db_path."""
+        return self.store.url or f"sqlite:///{self.admin.db_path}"
 
 
 SECTIONS = {f.name: f.default_factory for f in fields(Settings)}  # type: ignore[misc]
@@ -389,6 +408,13 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("admin.max_body must be at least 1024")
     if settings.admin.max_open_requests < 1:
         raise ConfigError("admin.max_open_requests must be at least 1")
+    if settings.store.url and not settings.store.url.startswith(STORE_SCHEMES):
+        raise ConfigError(  # the URL is not repeated: it may hold a password
+            "store.url must start with sqlite:/// or postgresql:// (e.g. "
+            "postgresql://zvonok@db.example.net:5432/zvonok)"
+        )
+    if settings.store.pool_size < 2:
+        raise ConfigError("store.pool_size must be at least 2")
     if settings.admin.session_idle_hours <= 0 or settings.admin.session_max_days <= 0:
         raise ConfigError("admin.session_idle_hours and session_max_days must be positive")
     if settings.admin.sign_in_attempts < 1:

@@ -1,4 +1,5 @@
-"""A control plane on a real SQLite file and the session's real Redis, and a small world in it."""
+"""A control plane on a real store (a SQLite file, or a PostgreSQL schema: `store_url`) and the
+session's real Redis, and a small world in it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 
 from zvonok_agi.app import redis_client
 from zvonok_agi.config import Settings
+from zvonok_agi.numbers.databases import connect
+from zvonok_agi.numbers.migrations import MIGRATIONS, statements
 from zvonok_agi.numbers.rules import Refused
 from zvonok_agi.numbers.service import DEFAULT_POPULAR_CITIES, NumbersService
 from zvonok_agi.numbers.store import Store
@@ -25,14 +28,36 @@ POOL_1, POOL_2 = "74950000001", "78120000002"  # service pool
 
 
 @contextlib.asynccontextmanager
-async def control_plane(settings: Settings, db_path: Path) -> AsyncIterator[NumbersService]:
+async def control_plane(settings: Settings, target: str | Path) -> AsyncIterator[NumbersService]:
     client = redis_client(settings.redis.url, settings)
-    store = await Store.open(db_path)
+    store = await Store.open(target)
     try:
         yield NumbersService(store, RoutingData(client, settings.redis.key_prefix))
     finally:
         await store.close()
         await client.aclose()
+
+
+async def table(target: str | Path, sql: str) -> list[tuple]:
+    """The rows of a query, straight from the store (what the service does not show)."""
+    async with await Store.open(target) as store, store.reading() as q:
+        return [tuple(row) for row in await q.db.fetch(sql)]
+
+
+async def released(target: str | Path, version: int, *changes: str) -> None:
+    """A store as the release at schema `version` left it: its migrations, then `changes`."""
+    database = await connect(target)
+    try:
+        async with database.writing() as db:
+            await database.schema_version(db)
+            for migration in MIGRATIONS[:version]:
+                for statement in statements(migration, database.name):
+                    await db.run(statement)
+            await database.set_schema_version(db, version)
+            for sql in changes:
+                await db.run(sql)
+    finally:
+        await database.close()
 
 
 async def small_world(service: NumbersService) -> None:

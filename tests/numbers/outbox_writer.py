@@ -1,7 +1,7 @@
 """A control-plane writer for the kill -9 test: changes in a loop, each reported once it is
 acknowledged (the service returned) or failed (the service raised).
 
-    python outbox_writer.py DB REDIS_URL PREFIX WRITER WRITERS FIRST
+    python outbox_writer.py STORE_URL REDIS_URL PREFIX WRITER WRITERS FIRST
 
 Writer W owns account wW, its campaigns wW-in-a, wW-in-b, wW-out and the numbers `did(W, 0)`
 and `did(W, 1)`. Change K (counting from FIRST) is, by K mod 4: the account's name set to

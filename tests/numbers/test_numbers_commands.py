@@ -33,9 +33,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 @pytest.fixture
-async def ops(settings, tmp_path, capsys):
-    settings = with_admin(settings, db_path=str(tmp_path / "numbers.db"))
-    async with control_plane(settings, tmp_path / "numbers.db") as service:
+async def ops(plane_settings, store_url, capsys):
+    settings = plane_settings
+    async with control_plane(settings, store_url) as service:
         await small_world(service)
 
     async def run(*argv: str) -> tuple[int, str]:
@@ -192,9 +192,9 @@ async def test_a_campaigns_scenario_from_the_command_line(ops, tmp_path, capsys)
     assert out.strip().endswith("scenario: none (its own dialplan context)")
 
 
-async def test_admin_serves_the_api_until_sigterm(settings, tmp_path, capsys):
-    settings = with_admin(settings, db_path=str(tmp_path / "numbers.db"), port=free_port(),
-                          token="", token_file=str(tmp_path / "admin-token"))
+async def test_admin_serves_the_api_until_sigterm(plane_settings, tmp_path, capsys):
+    settings = with_admin(plane_settings, port=free_port(), token="",
+                          token_file=str(tmp_path / "admin-token"))
     args = parser().parse_args(["admin"])
     task = asyncio.create_task(args.run(settings, args))
     for _ in range(200):
@@ -210,7 +210,7 @@ async def test_admin_serves_the_api_until_sigterm(settings, tmp_path, capsys):
     assert await asyncio.wait_for(task, 5) == 0
 
 
-async def test_users_from_the_command_line(ops, monkeypatch, tmp_path):
+async def test_users_from_the_command_line(ops, monkeypatch, store_url, tmp_path):
     def typed(password: str) -> None:  # not a terminal: the first line of stdin
         monkeypatch.setattr(sys, "stdin", io.StringIO(password + "\n"))
 
@@ -232,7 +232,7 @@ async def test_users_from_the_command_line(ops, monkeypatch, tmp_path):
     assert (await ops("users", "remove", "sam"))[1] == "user sam removed\n"
     demo = Path(__file__).resolve().parents[2] / "config" / "demo-users.toml"
     assert (await ops("users", "load", str(demo)))[1] == "loaded 2 users\n"
-    async with await Store.open(tmp_path / "numbers.db") as store:
+    async with await Store.open(store_url) as store:
         users = Users(store)
         for login, password in (("anna", "another password"), ("acme", "acme-demo"),
                                 ("newbie", "newbie-demo")):  # the demo's, as its comment says

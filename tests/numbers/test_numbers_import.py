@@ -15,8 +15,8 @@ DEMO = Path(__file__).resolve().parents[2] / "config" / "demo-inventory.toml"
 
 
 @pytest.fixture
-async def service(settings, tmp_path):
-    async with control_plane(settings, tmp_path / "numbers.db") as svc:
+async def service(settings, store_url):
+    async with control_plane(settings, store_url) as svc:
         yield svc
 
 

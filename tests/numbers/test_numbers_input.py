@@ -4,11 +4,9 @@ regions as people type them."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
-from numbers_helpers import ACME, MOSCOW_1, control_plane, refused, small_world
+from numbers_helpers import ACME, MOSCOW_1, control_plane, refused, small_world, table
 from zvonok_agi.inventory import InventoryError
 from zvonok_agi.numbers.importer import read_file
 
@@ -30,18 +28,17 @@ INVISIBLE = [
 
 
 @pytest.fixture
-async def service(settings, tmp_path):
-    async with control_plane(settings, tmp_path / "numbers.db") as svc:
+async def service(settings, store_url):
+    async with control_plane(settings, store_url) as svc:
         await small_world(svc)
         yield svc
 
 
-def business_tables(path) -> dict[str, list]:
-    with sqlite3.connect(path) as db:
-        return {
-            table: db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
-            for table in ("accounts", "numbers", "campaigns", "requests")
-        }
+async def business_tables(store_url: str) -> dict[str, list]:
+    return {
+        name: await table(store_url, f"SELECT * FROM {name} ORDER BY 1")
+        for name in ("accounts", "numbers", "campaigns", "requests")
+    }
 
 
 # free text
@@ -49,10 +46,10 @@ def business_tables(path) -> dict[str, list]:
 
 @pytest.mark.parametrize("what, value, code_point", INVISIBLE, ids=[i[0] for i in INVISIBLE])
 async def test_every_free_text_field_refuses_invisible_and_control_characters(
-    service, tmp_path, what, value, code_point
+    service, store_url, what, value, code_point
 ):
     offer = await service.offer("web", ACME, "mobile", "Omsk")
-    before = business_tables(tmp_path / "numbers.db")
+    before = await business_tables(store_url)
     calls = [
         lambda: service.create_account("web", "zeta", value),
         lambda: service.update_account("web", ACME, name=value),
@@ -64,7 +61,7 @@ async def test_every_free_text_field_refuses_invisible_and_control_characters(
     for call in calls:
         error = await refused("bad_input", call())
         assert code_point in error.message
-    assert business_tables(tmp_path / "numbers.db") == before
+    assert await business_tables(store_url) == before
 
 
 async def test_ordinary_text_in_any_script_is_kept(service):
@@ -102,16 +99,16 @@ async def test_the_loader_refuses_invisible_characters_too(service, tmp_path):
 # open requests
 
 
-async def test_an_account_may_have_only_a_few_open_requests(service, tmp_path):
+async def test_an_account_may_have_only_a_few_open_requests(service, store_url):
     regions = ["Omsk", "Tomsk", "Irkutsk", "Kaliningrad", "St Petersburg"]
     filed = [(await service.offer("web", ACME, "landline", r)).request for r in regions]
     assert len({r.id for r in filed}) == service.max_open_requests == 5
     again = await service.offer("web", ACME, "landline", "Omsk")
     assert again.request == filed[0]  # asking again for an open one is still fine
-    before = business_tables(tmp_path / "numbers.db")
+    before = await business_tables(store_url)
     error = await refused("too_many_requests", service.offer("web", ACME, "mobile", "Omsk"))
     assert "5 open requests" in error.message and "call you back" in error.message
-    assert business_tables(tmp_path / "numbers.db") == before
+    assert await business_tables(store_url) == before
     [entry, *_] = await service.audit_log("mobile:Omsk")
     assert (entry["action"], entry["outcome"]) == ("request_number", "too_many_requests")
     assert (await service.offer("web", "oldco", "mobile", "Omsk")).request  # per account
@@ -131,8 +128,8 @@ UNSUPPORTED = [
 
 
 @pytest.mark.parametrize("did, why", UNSUPPORTED, ids=[u[1] for u in UNSUPPORTED])
-async def test_toll_free_and_foreign_numbers_are_never_kept(service, tmp_path, did, why):
-    before = business_tables(tmp_path / "numbers.db")
+async def test_toll_free_and_foreign_numbers_are_never_kept(service, store_url, did, why):
+    before = await business_tables(store_url)
     for pool in ("reservable", "service"):
         error = await refused("unsupported_number", service.add_number("ops", did, pool))
         assert why in error.message
@@ -142,7 +139,7 @@ async def test_toll_free_and_foreign_numbers_are_never_kept(service, tmp_path, d
         service.add_number("ops", did, kind="landline", region="Moscow"),
     )
     assert why in error.message
-    assert business_tables(tmp_path / "numbers.db") == before
+    assert await business_tables(store_url) == before
     assert all(r.region != "Unknown" for r in await service.regions("landline"))
 
 

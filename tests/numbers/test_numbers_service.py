@@ -1,10 +1,9 @@
-"""The service layer on a real SQLite file and a real Redis: routing-rules.md, "Reserving and
-binding" and "Caller ID for outbound calls" (rules 1-2)."""
+"""The service layer on a real store (SQLite and PostgreSQL) and a real Redis: routing-rules.md,
+"Reserving and binding" and "Caller ID for outbound calls" (rules 1-2)."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 import pytest
 
@@ -19,7 +18,9 @@ from numbers_helpers import (
     POOL_1,
     control_plane,
     refused,
+    released,
     small_world,
+    table,
 )
 from zvonok_agi.app import redis_client
 from zvonok_agi.numbers.migrations import MIGRATIONS
@@ -30,8 +31,8 @@ from zvonok_agi.store.routing_data import RoutingData
 
 
 @pytest.fixture
-async def service(settings, tmp_path):
-    async with control_plane(settings, tmp_path / "numbers.db") as svc:
+async def service(settings, store_url):
+    async with control_plane(settings, store_url) as svc:
         await small_world(svc)
         yield svc
 
@@ -40,40 +41,51 @@ async def published(service) -> dict:
     return (await service.data.load()).numbers
 
 
-def table(path, sql: str) -> list[tuple]:
-    with sqlite3.connect(path) as db:
-        return db.execute(sql).fetchall()
-
-
 # the store
 
 
-async def test_a_new_store_is_migrated_and_reopening_changes_nothing(tmp_path):
-    path = tmp_path / "sub" / "numbers.db"
-    async with await Store.open(path):
-        pass
-    async with await Store.open(path):
-        pass
-    assert table(path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
-    assert table(path, "PRAGMA journal_mode") == [("wal",)]
-    names = {row[0] for row in table(path, "SELECT name FROM sqlite_master WHERE type='table'")}
+TABLES = {
+    "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
+    "postgresql": "SELECT table_name FROM information_schema.tables "
+                  "WHERE table_schema = current_schema()",
+}
+
+
+async def version(store_url: str) -> int:
+    async with await Store.open(store_url) as store, store.reading() as q:
+        return await store.database.schema_version(q.db)
+
+
+async def test_a_new_store_is_migrated_and_reopening_changes_nothing(store_url):
+    async with await Store.open(store_url) as store:
+        kind = store.database.name
+    assert await version(store_url) == len(MIGRATIONS)
+    names = {row[0] for row in await table(store_url, TABLES[kind])}
     assert {"accounts", "numbers", "campaigns", "requests", "audit", "outbox"} <= names
 
 
-async def test_a_store_of_the_first_release_is_brought_up_to_date(tmp_path):
-    path = tmp_path / "numbers.db"
-    with sqlite3.connect(path) as db:  # as the first release left it: one migration
-        for statement in MIGRATIONS[0]:
-            db.execute(statement)
-        db.execute("PRAGMA user_version = 1")
-        db.execute("INSERT INTO accounts (id, created_at) VALUES ('acme', 1)")
-        db.execute("INSERT INTO requests (account, kind, region, at) "
-                   "VALUES ('acme', 'mobile', 'Russia', 2)")
-    async with await Store.open(path) as store, store.reading() as q:
-        [request] = await q.requests()
-    assert table(path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+async def test_a_new_sqlite_file_gets_its_folder_and_the_wal(tmp_path):
+    path = tmp_path / "sub" / "numbers.db"
+    async with await Store.open(path):
+        pass
+    assert await table(path, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_a_store_of_the_first_release_is_brought_up_to_date(store_url):
+    await released(  # as the first release left it: one migration
+        store_url, 1,
+        "INSERT INTO accounts (id, created_at) VALUES ('acme', 1)",
+        "INSERT INTO requests (account, kind, region, at) VALUES ('acme', 'mobile', 'Russia', 2)",
+    )
+    async with await Store.open(store_url) as store:
+        async with store.reading() as q:
+            [request] = await q.requests()
+        async with store.transaction() as q:  # the copied ids are not given again
+            later = await q.add_request("acme", None, None, 3, topic="support", comment="hi")
+    assert await version(store_url) == len(MIGRATIONS)
     assert (request.status, request.closed_at, request.closed_by, request.note) == (
         "open", None, None, None)
+    assert later.id > request.id
 
 
 # the reservation flow
@@ -118,15 +130,14 @@ async def test_an_unverified_account_is_refused_and_keeps_the_pool(service):
         "reserve", "not_verified", NEWBIE)
 
 
-async def test_twenty_accounts_race_for_one_number_on_twenty_connections(settings, tmp_path):
-    path = tmp_path / "numbers.db"
-    async with control_plane(settings, path) as service:
+async def test_twenty_accounts_race_for_one_number_on_twenty_connections(settings, store_url):
+    async with control_plane(settings, store_url) as service:
         await small_world(service)
         for i in range(20):
             await service.create_account("test", f"racer-{i}", verified=True)
 
     async def attempt(i: int):
-        async with control_plane(settings, path) as own:  # its own SQLite connection
+        async with control_plane(settings, store_url) as own:  # its own connection
             try:
                 return await own.reserve("web", f"racer-{i}", MOSCOW_1)
             except Refused as exc:
@@ -138,15 +149,15 @@ async def test_twenty_accounts_race_for_one_number_on_twenty_connections(setting
     assert len(winners) == 1
     assert {r.code for r in losers} == {"already_taken"}
     assert all("already taken" in r.message for r in losers)
-    owner = table(path, f"SELECT owner FROM numbers WHERE did = '{MOSCOW_1}'")[0][0]
+    [(owner,)] = await table(store_url, f"SELECT owner FROM numbers WHERE did = '{MOSCOW_1}'")
     assert owner == winners[0].owner
-    outcomes = table(path, "SELECT outcome FROM audit WHERE action = 'reserve'")
+    outcomes = await table(store_url, "SELECT outcome FROM audit WHERE action = 'reserve'")
     assert sorted(o for (o,) in outcomes) == ["already_taken"] * 19 + ["ok"]
 
 
-async def test_an_empty_region_files_one_request_and_changes_nothing_else(service, tmp_path):
+async def test_an_empty_region_files_one_request_and_changes_nothing_else(service, store_url):
     version = await service.data.version()
-    before = table(tmp_path / "numbers.db", "SELECT * FROM numbers ORDER BY did")
+    before = await table(store_url, "SELECT * FROM numbers ORDER BY did")
     offer = await service.offer("web", ACME, "landline_popular", "St Petersburg")
     assert offer.numbers == [] and offer.request is not None
     assert "sales team will call you back" in offer.message
@@ -154,7 +165,7 @@ async def test_an_empty_region_files_one_request_and_changes_nothing_else(servic
     assert again.request == offer.request  # still open: not filed twice
     [request] = await service.requests()
     assert (request.account, request.kind, request.region) == (ACME, "landline", "St Petersburg")
-    assert table(tmp_path / "numbers.db", "SELECT * FROM numbers ORDER BY did") == before
+    assert await table(store_url, "SELECT * FROM numbers ORDER BY did") == before
     assert await service.data.version() == version
 
 
@@ -182,16 +193,15 @@ async def test_sales_close_a_request_and_the_next_ask_files_a_new_one(service):
     assert (await service.audit_log(f"request:{plain.id}"))[0]["detail"] == {}
 
 
-async def test_closing_refusals_change_nothing_and_are_audited(service, tmp_path):
+async def test_closing_refusals_change_nothing_and_are_audited(service, store_url):
     offer = await service.offer("web", ACME, "mobile", "Irkutsk")
     request_id = offer.request.id
     await service.close_request("web", request_id, "done")
-    db = tmp_path / "numbers.db"
-    before = table(db, "SELECT * FROM requests ORDER BY id")
+    before = await table(store_url, "SELECT * FROM requests ORDER BY id")
     error = await refused("request_closed", service.close_request("cli:bob", request_id, "x"))
     assert "already closed" in error.message and "web" in error.message
     await refused("unknown_request", service.close_request("cli:bob", 999, "x"))
-    assert table(db, "SELECT * FROM requests ORDER BY id") == before
+    assert await table(store_url, "SELECT * FROM requests ORDER BY id") == before
     log = await service.audit_log(f"request:{request_id}")
     assert [(e["action"], e["outcome"], e["actor"], e["account"]) for e in log] == [
         ("close_request", "request_closed", "cli:bob", ACME),
@@ -242,7 +252,7 @@ async def test_bind_and_rule_on_an_own_reserved_number(service):
     ("an_outbound_campaign", "not_inbound"),
     ("an_unknown_campaign", "unknown_campaign"),
 ])
-async def test_binding_refusals_change_nothing_and_are_audited(service, tmp_path, case, code):
+async def test_binding_refusals_change_nothing_and_are_audited(service, store_url, case, code):
     await service.reserve("web", ACME, MOSCOW_1)
     await service.reserve("web", OLDCO, MOSCOW_2)
     await service.disable("web", MOSCOW_2)
@@ -255,11 +265,10 @@ async def test_binding_refusals_change_nothing_and_are_audited(service, tmp_path
         "an_outbound_campaign": (MOSCOW_1, "acme-sale", ACME),
         "an_unknown_campaign": (MOSCOW_1, "nope", ACME),
     }[case]
-    db = tmp_path / "numbers.db"
-    before = table(db, "SELECT * FROM numbers ORDER BY did")
+    before = await table(store_url, "SELECT * FROM numbers ORDER BY did")
     version = await service.data.version()
     await refused(code, service.bind("web", did, campaign, as_account=as_account))
-    assert table(db, "SELECT * FROM numbers ORDER BY did") == before
+    assert await table(store_url, "SELECT * FROM numbers ORDER BY did") == before
     assert await service.data.version() == version
     entry = (await service.audit_log(did))[0]
     assert (entry["action"], entry["outcome"], entry["actor"]) == ("change_number", code, "web")
@@ -431,7 +440,7 @@ async def test_a_change_while_redis_is_away_is_published_later(service, settings
     assert (await published(service))[MOSCOW_1].owner == ACME
 
 
-async def test_sync_rebuilds_redis_from_sqlite(service, redis, settings):
+async def test_sync_rebuilds_redis_from_the_store(service, redis, settings):
     await service.reserve("web", ACME, MOSCOW_1)
     await service.data.put_number(Number("74997777777", Pool.SERVICE))  # not in SQLite
     await redis.hdel(service.data.hashes["number"], MOSCOW_1)

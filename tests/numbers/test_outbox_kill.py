@@ -1,10 +1,11 @@
 """Kill -9 during writes: after a restart Redis equals the store, with no `sync`.
 
-Writers in processes of their own change the control plane (a real SQLite file, the session's
-real Redis) as fast as they can; each is killed with SIGKILL at a random moment. Then a new
-publisher starts (as the admin server does at start) and Redis must hold exactly what the
-store holds: every change a writer saw acknowledged, none of those refused, and for a change
-cut off by the kill, the same answer in both.
+Writers in processes of their own change the control plane (a real SQLite file, or a schema
+on the session's PostgreSQL server; the session's real Redis) as fast as they can; each is
+killed with SIGKILL at a random moment. Then a new publisher starts (as the admin server does
+at start) and Redis must hold exactly what the store holds: every change a writer saw
+acknowledged, none of those refused, and for a change cut off by the kill, the same answer in
+both.
 
     ZVONOK_KILL_ROUNDS=50 ZVONOK_KILL_WRITERS=16 scripts/test tests/numbers/test_outbox_kill.py
 
@@ -85,8 +86,8 @@ async def state(service) -> tuple[dict, dict]:
 
 
 @pytest.mark.timeout(60 + ROUNDS * WRITERS * 3)
-async def test_after_kill_9_redis_equals_the_store_without_sync(settings, tmp_path):
-    db = tmp_path / "numbers.db"
+async def test_after_kill_9_redis_equals_the_store_without_sync(settings, store_url):
+    db = store_url
     rng = random.Random(int(os.environ.get("ZVONOK_KILL_SEED", "10")))
     async with control_plane(settings, db) as service:
         await setup(service)
@@ -96,7 +97,7 @@ async def test_after_kill_9_redis_equals_the_store_without_sync(settings, tmp_pa
         runs = [
             run_writer(
                 [
-                    str(db),
+                    db,
                     settings.redis.url,
                     settings.redis.key_prefix,
                     str(w),

@@ -4,24 +4,24 @@ lock, idempotently, whoever publishes; what Redis missed follows when it is back
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import contextlib
 
 import pytest
 
-from numbers_helpers import ACME, MOSCOW_1, MOSCOW_2, OLDCO, control_plane, small_world
+from numbers_helpers import ACME, MOSCOW_1, MOSCOW_2, OLDCO, control_plane, released, small_world
 from zvonok_agi.app import redis_client
-from zvonok_agi.numbers.migrations import MIGRATIONS
+from zvonok_agi.numbers.importer import read_file
 from zvonok_agi.numbers.publisher import Publisher
 from zvonok_agi.numbers.service import NumbersService
-from zvonok_agi.numbers.store import Store
+from zvonok_agi.numbers.store import Store, StoreUnavailable
 from zvonok_agi.routing.model import CallbackRule, Number, Pool
 from zvonok_agi.store.routing_data import Put, RoutingData
 from zvonok_agi.tasks import cancel_and_wait
 
 
 @pytest.fixture
-async def service(settings, tmp_path):
-    async with control_plane(settings, tmp_path / "numbers.db") as svc:
+async def service(settings, store_url):
+    async with control_plane(settings, store_url) as svc:
         await small_world(svc)
         await svc.reserve("web", ACME, MOSCOW_1)
         yield svc
@@ -51,13 +51,13 @@ async def test_redis_is_written_after_the_commit_never_under_the_store_lock(serv
     seen = []
 
     async def checked_write(changes):
-        seen.append((store._lock.locked(), store._db.in_transaction))
+        seen.append(store.open_transactions)
         return await write(changes)
 
     data.write = checked_write
     await service.set_rule("web", MOSCOW_1, "force_no")
     await service.create_campaign("web", "acme-more", ACME, "inbound")
-    assert seen == [(False, False), (False, False)]
+    assert seen == [0, 0]
     assert (await data.load()).numbers[MOSCOW_1].callback_rule is CallbackRule.FORCE_NO
 
 
@@ -65,10 +65,10 @@ async def test_a_change_that_fails_before_its_commit_never_reaches_redis(service
     version = await service.data.version()
 
     async def broken_audit(*args, **kwargs):
-        raise sqlite3.OperationalError("disk I/O error")
+        raise StoreUnavailable("disk I/O error")
 
     monkeypatch.setattr("zvonok_agi.numbers.store.Queries.audit", broken_audit)
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(StoreUnavailable):
         await service.set_rule("web", MOSCOW_1, "force_no")
     monkeypatch.undo()
     assert await service.pending() == 0
@@ -102,30 +102,66 @@ async def test_the_publisher_sends_what_redis_missed_once_it_is_back(service, se
     assert (number.callback_rule, number.inbound_campaign) == (CallbackRule.FORCE_YES, "acme-line")
 
 
-async def test_two_publishers_never_put_an_older_state_over_a_newer_one(
-    service, settings, tmp_path
-):
-    """One publisher reads a state, then stalls before writing it; meanwhile the record
-    changes again and another publisher sends the newer state. The stalled write is refused."""
-    slow = Publisher(service.store, service.data)
-    release = asyncio.Event()
-    write = slow.data.write
+def stalled_writes(data: RoutingData) -> tuple[RoutingData, asyncio.Event, asyncio.Event]:
+    """A copy of `data` whose writes say they are reached, then wait until released."""
+    reached, release = asyncio.Event(), asyncio.Event()
+    slow = RoutingData(data.redis, data.prefix)
+    write = slow.write
 
     async def stalled(changes):
         changes = list(changes)
+        reached.set()
         await release.wait()
         return await write(changes)
 
+    slow.write = stalled
+    return slow, reached, release
+
+
+async def test_one_process_publishes_at_a_time_and_the_next_change_goes_out_after_it(
+    service, settings, store_url
+):
+    """A publisher reads a state, then stalls before writing it; a change another process makes
+    meanwhile waits for it, then reaches Redis after it: Redis ends with the newer state."""
     quiet = NumbersService(service.store, None)  # commits, publishes nothing
     await quiet.set_rule("web", MOSCOW_1, "force_yes")
-    slow.data = RoutingData(service.data.redis, service.data.prefix)
-    slow.data.write = stalled
-    stalled_publish = asyncio.create_task(slow.publish())
-    await asyncio.sleep(0.1)  # it has read the outbox: force_yes
-    async with control_plane(settings, tmp_path / "numbers.db") as other:  # another process
-        await other.set_rule("web", MOSCOW_1, "force_no")  # published at once
-    release.set()
-    await stalled_publish
+    data, reached, release = stalled_writes(service.data)
+    stalled_publish = asyncio.create_task(Publisher(service.store, data).publish())
+    await reached.wait()  # it has read the outbox: force_yes
+    async with control_plane(settings, store_url) as other:  # another process
+        change = asyncio.create_task(other.set_rule("web", MOSCOW_1, "force_no"))
+
+        async def committed() -> bool:
+            return await service.pending() == 2
+
+        await until(committed)
+        await asyncio.sleep(0.1)
+        assert not change.done()  # committed, waiting for the publisher's lock
+        release.set()
+        await stalled_publish
+        await change
+    stored, published = await routing_of(service)
+    assert published[1][MOSCOW_1].callback_rule is CallbackRule.FORCE_NO
+    assert stored == published
+    assert await service.pending() == 0
+
+
+async def test_a_publisher_that_lost_its_lock_never_puts_an_older_state_over_a_newer_one(
+    service, settings, store_url
+):
+    """Its link to the store cut while its write was on the way to Redis, a publisher no longer
+    holds the lock: another one publishes a newer state first. The late write is refused."""
+    quiet = NumbersService(service.store, None)
+    await quiet.set_rule("web", MOSCOW_1, "force_yes")
+    data, reached, release = stalled_writes(service.data)
+    async with await Store.open(store_url) as lost:
+        lost.publishing = contextlib.nullcontext  # as if its lock were gone
+        stalled_publish = asyncio.create_task(Publisher(lost, data).publish())
+        await reached.wait()  # it has read the outbox: force_yes
+        async with control_plane(settings, store_url) as other:  # another process
+            await other.set_rule("web", MOSCOW_1, "force_no")  # published at once
+        release.set()
+        await stalled_publish
     stored, published = await routing_of(service)
     assert published[1][MOSCOW_1].callback_rule is CallbackRule.FORCE_NO
     assert stored == published
@@ -152,25 +188,49 @@ async def test_sync_puts_the_store_over_a_redis_that_is_ahead_of_it(service):
     assert published[1][MOSCOW_2].owner is None
 
 
-async def test_a_store_with_rows_left_by_an_older_release_publishes_them(settings, tmp_path):
-    path = tmp_path / "numbers.db"
-    with sqlite3.connect(path) as db:  # the second release, a change Redis never got
-        for migration in MIGRATIONS[:2]:
-            for statement in migration:
-                db.execute(statement)
-        db.execute("PRAGMA user_version = 2")
-        db.execute(
-            "INSERT INTO accounts (id, name, verified, created_at) VALUES ('acme', 'Acme', 1, 1)"
-        )
-        db.execute("INSERT INTO outbox (kind, key) VALUES ('account', 'acme')")
-    async with control_plane(settings, path) as service:
+async def test_a_store_with_rows_left_by_an_older_release_publishes_them(settings, store_url):
+    await released(  # the second release, a change Redis never got
+        store_url,
+        2,
+        "INSERT INTO accounts (id, name, verified, created_at) VALUES ('acme', 'Acme', 1, 1)",
+        "INSERT INTO outbox (kind, key) VALUES ('account', 'acme')",
+    )
+    async with control_plane(settings, store_url) as service:
         assert await service.pending() == 1
         await service.publisher.publish()
         assert await service.pending() == 0
         assert (await service.data.load()).accounts["acme"].name == "Acme"
-    async with await Store.open(path) as store, store.transaction() as q:
+    async with await Store.open(store_url) as store, store.transaction() as q:
         await q.touch("account", "acme")
         assert [seq for seq, _, _ in await q.outbox(10)] == [2]  # seqs never used twice
+
+
+@pytest.mark.parametrize("how", ["change", "import"])
+async def test_a_record_deleted_and_made_again_reaches_redis_though_its_revision_began_anew(
+    service, store_url, tmp_path, how
+):
+    """The service deletes no record, but somebody may, by hand: the one made again under the
+    same key counts its revision from 0, below what Redis holds of the old one. Redis refuses
+    it at first; the publisher then outranks it, and Redis takes it."""
+    for name in ("Temp 1", "Temp 2", "Temp 3"):  # Redis holds "temp" at revision 3
+        if name == "Temp 1":
+            await service.create_account("web", "temp", name)
+        else:
+            await service.update_account("web", "temp", name=name)
+    assert (await service.data.load()).accounts["temp"].name == "Temp 3"
+    async with await Store.open(store_url) as by_hand, by_hand.transaction() as q:
+        await q.db.run("DELETE FROM audit WHERE subject = 'temp'")
+        await q.db.run("DELETE FROM accounts WHERE id = 'temp'")
+    if how == "change":
+        await service.create_account("web", "temp", "Made again")
+    else:
+        inventory = tmp_path / "again.toml"
+        inventory.write_text('[[accounts]]\nid = "temp"\nname = "Made again"\n')
+        await service.import_inventory("cli", *read_file(inventory))
+    stored, published = await routing_of(service)
+    assert published[0]["temp"].name == "Made again"
+    assert stored == published
+    assert await service.pending() == 0
 
 
 async def test_the_first_fill_after_the_upgrade_deletes_the_old_layout(service, redis):

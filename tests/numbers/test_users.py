@@ -1,14 +1,13 @@
-"""Users, passwords and sessions on a real SQLite file: sign-in, the limit on failures (shared by
-two stores on one file, as two admin processes are), expiry, and what ends a session."""
+"""Users, passwords and sessions on each store (a SQLite file, a PostgreSQL schema): sign-in, the
+limit on failures (shared by two stores on one database, as two admin processes are), expiry,
+and what ends a session."""
 
 from __future__ import annotations
-
-import sqlite3
 
 import pytest
 from argon2 import PasswordHasher, profiles
 
-from numbers_helpers import refused
+from numbers_helpers import refused, table
 from zvonok_agi.access.users import PER_ADDRESS, WINDOW, Role, Users
 from zvonok_agi.numbers.store import Store
 from zvonok_agi.routing.model import Account
@@ -26,8 +25,8 @@ class Clock:
 
 
 @pytest.fixture
-async def store(tmp_path):
-    async with await Store.open(tmp_path / "users.db") as store:
+async def store(store_url):
+    async with await Store.open(store_url) as store:
         async with store.transaction() as q:
             await q.put_account(Account("acme", True, "Acme"), 0.0)
         yield store
@@ -65,9 +64,8 @@ async def test_users_of_an_account_and_staff(users):
     await refused("bad_input", users.add("test", "", PASSWORD))
 
 
-async def test_passwords_are_kept_as_argon2id_hashes_only(users, tmp_path):
-    with sqlite3.connect(tmp_path / "users.db") as db:
-        [(stored,)] = db.execute("SELECT password FROM users WHERE login = 'sam'").fetchall()
+async def test_passwords_are_kept_as_argon2id_hashes_only(users, store_url):
+    [(stored,)] = await table(store_url, "SELECT password FROM users WHERE login = 'sam'")
     assert stored.startswith("$argon2id$") and PASSWORD not in stored
 
 
@@ -120,9 +118,9 @@ async def test_sign_out_password_change_and_removal_end_sessions(users, clock):
     await refused("unknown_user", users.user("anna@acme.example"))
 
 
-async def test_failed_sign_ins_wait_and_the_limit_is_shared_by_two_stores(users, clock, tmp_path):
-    """Two admin processes on one file: the failures one counts, the other sees."""
-    async with await Store.open(tmp_path / "users.db") as other_store:
+async def test_failed_sign_ins_wait_and_the_limit_is_shared_by_two_stores(users, clock, store_url):
+    """Two admin processes on one database: the failures one counts, the other sees."""
+    async with await Store.open(store_url) as other_store:
         other = Users(other_store, hasher=CHEAP, clock=clock, attempts=3)
         await refused("bad_credentials", users.sign_in("sam", "guess 1", "192.0.2.1"))
         await refused("bad_credentials", other.sign_in("sam", "guess 2", "192.0.2.1"))
@@ -154,12 +152,11 @@ async def test_a_success_forgets_that_logins_failures_from_that_address(users, c
     assert await users.sign_in("sam", PASSWORD, "192.0.2.1")
 
 
-async def test_an_old_hash_is_made_anew_at_sign_in(users, store, clock, tmp_path):
+async def test_an_old_hash_is_made_anew_at_sign_in(users, store, clock, store_url):
     stronger = PasswordHasher(time_cost=2, memory_cost=1024, parallelism=1)
     upgraded = Users(store, hasher=stronger, clock=clock)
     await upgraded.sign_in("sam", PASSWORD, "192.0.2.1")
-    with sqlite3.connect(tmp_path / "users.db") as db:
-        [(stored,)] = db.execute("SELECT password FROM users WHERE login = 'sam'").fetchall()
+    [(stored,)] = await table(store_url, "SELECT password FROM users WHERE login = 'sam'")
     assert "m=1024,t=2,p=1" in stored
     assert await upgraded.sign_in("sam", PASSWORD, "192.0.2.1")
 

@@ -4,7 +4,6 @@ bad input to every endpoint (a 4xx JSON error, never a 500, nothing half-written
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 import pytest
 from openapi_spec_validator import validate
@@ -18,17 +17,16 @@ MOSCOW_1, MOSCOW_2, POOL_1 = helpers.MOSCOW_1, helpers.MOSCOW_2, helpers.POOL_1
 
 
 @pytest.fixture
-async def api(settings, tmp_path):
-    async with admin_api(settings, tmp_path / "numbers.db", max_body=4096) as (svc, server, c):
-        c.service, c.server, c.db = svc, server, tmp_path / "numbers.db"
+async def api(settings, store_url):
+    async with admin_api(settings, store_url, max_body=4096) as (svc, server, c):
+        c.service, c.server, c.db = svc, server, store_url
         yield c
 
 
-def business_tables(path) -> dict[str, list]:
+async def business_tables(store_url: str) -> dict[str, list]:
     """Everything but the audit log (which records refused attempts too)."""
-    with sqlite3.connect(path) as db:
-        return {table: db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
-                for table in ("accounts", "numbers", "campaigns", "requests", "outbox")}
+    return {name: await helpers.table(store_url, f"SELECT * FROM {name} ORDER BY 1")
+            for name in ("accounts", "numbers", "campaigns", "requests", "outbox")}
 
 
 # the document and the token
@@ -118,7 +116,7 @@ async def test_twenty_concurrent_reservations_of_one_number(api):
 
 
 async def test_an_empty_region_files_a_request_and_nothing_else(api):
-    before = business_tables(api.db)
+    before = await business_tables(api.db)
     offer = await api.post(f"/api/accounts/{ACME}/offers",
                            {"choice": "mobile", "region": "Irkutsk"})
     assert offer.status == 200 and offer.body["numbers"] == []
@@ -126,7 +124,7 @@ async def test_an_empty_region_files_a_request_and_nothing_else(api):
     requests = (await api.get("/api/requests")).body["requests"]
     assert [(r["account"], r["kind"], r["region"]) for r in requests] == [
         (ACME, "mobile", "Irkutsk")]
-    after = business_tables(api.db)
+    after = await business_tables(api.db)
     assert after["requests"] != before["requests"]
     assert {k: v for k, v in after.items() if k != "requests"} == \
         {k: v for k, v in before.items() if k != "requests"}
@@ -166,10 +164,10 @@ async def test_sales_close_a_request(api):
     assert (await api.get("/api/requests")).body["requests"] == []
     listed = await api.get("/api/requests", params={"status": "closed"})
     assert listed.body["requests"] == [closed.body]
-    before = business_tables(api.db)
+    before = await business_tables(api.db)
     again = await api.post(path)
     assert (again.status, again.code) == (409, "request_closed")
-    assert business_tables(api.db) == before
+    assert await business_tables(api.db) == before
     audit = await api.get("/api/audit", params={"subject": f"request:{request['id']}"})
     assert [(e["action"], e["outcome"], e["account"]) for e in audit.body["entries"]] == [
         ("close_request", "request_closed", ACME), ("close_request", "ok", ACME)]
@@ -198,12 +196,12 @@ async def test_refused_bindings_change_nothing_and_are_audited(
     await api.post(f"/api/accounts/{ACME}/reservations", {"did": helpers.KAZAN})
     await api.post(f"/api/accounts/{OLDCO}/reservations", {"did": MOSCOW_2})
     await api.post(f"/api/numbers/{helpers.KAZAN}/disable")
-    before = business_tables(api.db)
+    before = await business_tables(api.db)
     answer = await api.patch(f"/api/numbers/{did}", {"inbound_campaign": campaign},
                              params={"as_account": as_account})
     assert (answer.status, answer.code) == (status, code)
     assert answer.body["error"]["message"]
-    assert business_tables(api.db) == before
+    assert await business_tables(api.db) == before
     [entry, *_] = (await api.get("/api/audit", params={"subject": did})).body["entries"]
     assert (entry["action"], entry["outcome"], entry["account"]) == (
         "change_number", code, as_account)
@@ -515,13 +513,13 @@ async def test_bad_input_is_a_json_4xx_and_writes_nothing(
     api, method, path, body, params, status, code
 ):
     await api.post(f"/api/accounts/{ACME}/reservations", {"did": MOSCOW_1})
-    before = business_tables(api.db)
+    before = await business_tables(api.db)
     version = await api.service.data.version()
     raw = body if isinstance(body, bytes) else None
     answer = await api.call(method, path, None if raw else body, raw=raw, params=params)
     assert (answer.status, answer.code) == (status, code), answer.body
     assert answer.body["error"]["message"]
-    assert business_tables(api.db) == before
+    assert await business_tables(api.db) == before
     assert await api.service.data.version() == version
 
 
@@ -532,11 +530,11 @@ async def test_bad_input_is_a_json_4xx_and_writes_nothing(
     if method in ("post", "patch")
 ])
 async def test_an_oversized_body_is_refused_on_every_post_and_patch(api, method, path):
-    before = business_tables(api.db)
+    before = await business_tables(api.db)
     big = b'{"name": "' + b"x" * 5000 + b'"}'
     answer = await api.call(method.upper(), path, raw=big)
     assert (answer.status, answer.code) == (413, "body_too_large")
-    assert business_tables(api.db) == before
+    assert await business_tables(api.db) == before
 
 
 async def test_an_oversized_body_without_a_length_is_refused_too(api):

@@ -16,8 +16,8 @@ ACME, OLDCO, MOSCOW_1 = helpers.ACME, helpers.OLDCO, helpers.MOSCOW_1
 
 
 @pytest.fixture
-async def api(settings, tmp_path):
-    async with admin_api(settings, tmp_path / "numbers.db") as (service, server, client):
+async def api(settings, store_url):
+    async with admin_api(settings, store_url) as (service, server, client):
         client.service = service
         await service.reserve("setup", ACME, MOSCOW_1)
         yield client

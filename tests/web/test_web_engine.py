@@ -19,8 +19,8 @@ CONTACT = "79161234567"  # a subscriber acme's campaign dialed
 
 
 @pytest.fixture
-async def api(settings, tmp_path):
-    async with admin_api(settings, tmp_path / "numbers.db") as (service, server, client):
+async def api(settings, store_url):
+    async with admin_api(settings, store_url) as (service, server, client):
         client.service = service
         yield client
 

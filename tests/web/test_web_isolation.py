@@ -9,7 +9,6 @@ which must name nothing of A's; afterwards A's data is as it was."""
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 
@@ -59,12 +58,11 @@ def operations() -> list[tuple[str, str, dict]]:
     ]
 
 
-def tables(path) -> dict[str, list]:
-    with sqlite3.connect(path) as db:
-        return {
-            t: db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-            for t in ("accounts", "numbers", "campaigns", "requests", "users")
-        }
+async def tables(store_url: str) -> dict[str, list]:
+    return {
+        t: await helpers.table(store_url, f"SELECT * FROM {t} ORDER BY 1")
+        for t in ("accounts", "numbers", "campaigns", "requests", "users")
+    }
 
 
 def mentions_a(body: object, a_request: int) -> bool:
@@ -81,8 +79,8 @@ def _requests(body: object) -> list[dict]:
 
 
 @pytest.fixture
-async def world(settings, tmp_path):
-    db = tmp_path / "numbers.db"
+async def world(settings, store_url):
+    db = store_url
     async with admin_api(settings, db) as (service, server, api):
         await service.reserve("setup", ACME, MOSCOW_1)
         await service.change_number("setup", MOSCOW_1, inbound_campaign="acme-line")
@@ -101,7 +99,7 @@ async def test_customer_b_reaches_nothing_of_customer_a_through_any_operation(wo
         "{campaign}": "acme-sale",
         "{request}": str(a_request),
     }
-    before, version = tables(db), await service.data.version()
+    before, version = await tables(db), await service.data.version()
     walked = []
     for method, template, op in operations():
         if op["x-access"] == "public":
@@ -126,7 +124,7 @@ async def test_customer_b_reaches_nothing_of_customer_a_through_any_operation(wo
         else:
             assert answer.status in (403, 404), (method, path, answer.body)
     assert len(walked) == sum(1 for *_, op in operations() if op["x-access"] != "public")
-    after = tables(db)
+    after = await tables(db)
     assert after == before, "customer B changed something"
     assert await service.data.version() == version
 

@@ -26,20 +26,19 @@ SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent
 pytestmark = pytest.mark.skipif(SCHEMATHESIS is None, reason="needs the schemathesis package")
 
 
-async def _small_world(settings, db_path: Path) -> None:
-    async with helpers.control_plane(settings, db_path) as service:
+async def _small_world(settings, store_url: str) -> None:
+    async with helpers.control_plane(settings, store_url) as service:
         await helpers.small_world(service)
 
 
 @pytest.fixture
-def admin_url(settings, tmp_path):
+def admin_url(settings, store_url, tmp_path):
     """`zvonok-agi admin` on a free port over the small world; its base URL."""
-    db_path = tmp_path / "numbers.db"
-    asyncio.run(_small_world(settings, db_path))
+    asyncio.run(_small_world(settings, store_url))
     config = tmp_path / "zvonok.toml"
     config.write_text(
         f'[redis]\nurl = "{settings.redis.url}"\nkey_prefix = "{settings.redis.key_prefix}"\n'
-        f'[admin]\nport = {free_port()}\ntoken = "{TOKEN}"\ndb_path = "{db_path}"\n'
+        f'[admin]\nport = {free_port()}\ntoken = "{TOKEN}"\n[store]\nurl = "{store_url}"\n'
         '[log]\nformat = "json"\nlevel = "warning"\n'
     )
     log = tmp_path / "admin.log"

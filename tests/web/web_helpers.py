@@ -148,9 +148,9 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def admin_api(
-    settings: Settings, db_path: Path, *, max_body: int = 64 * 1024
+    settings: Settings, store_url: str, *, max_body: int = 64 * 1024
 ) -> AsyncIterator[tuple[NumbersService, AdminServer, Client]]:
-    async with helpers.control_plane(settings, db_path) as service:
+    async with helpers.control_plane(settings, store_url) as service:
         await helpers.small_world(service)
         users = Users(service.store, hasher=CHEAP)
         for login, account in USERS.items():

@@ -58,7 +58,7 @@ async def _users(settings: Any) -> AsyncIterator[Users]:
     from ..cli import CommandError
 
     try:
-        async with await Store.open(settings.admin.db_path) as store:
+        async with await Store.open(settings.store_url) as store:
             yield Users.configured(settings, store)
     except Refused as exc:
         raise CommandError(f"{exc.code}: {exc.message}") from exc

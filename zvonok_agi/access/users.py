@@ -24,7 +24,6 @@ import hashlib
 import math
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -401,7 +400,7 @@ class _UserQueries(Queries):
             "INSERT INTO users (login, role, account, name, password, created_at, password_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (login) DO UPDATE SET "
             "role = excluded.role, account = excluded.account, name = excluded.name, "
-            "password_at = CASE WHEN password = excluded.password THEN password_at "
+            "password_at = CASE WHEN users.password = excluded.password THEN users.password_at "
             "ELSE excluded.password_at END, password = excluded.password",
             [user.login, user.role.value, user.account, user.name, hashed, now, now],
         )
@@ -421,14 +420,15 @@ class _UserQueries(Queries):
 
     async def session(self, key: str) -> tuple[Session, float, float] | None:
         rows = await self._all(
-            "SELECT s.csrf, s.created_at, s.seen_at, u.* FROM sessions s "
-            "JOIN users u ON u.login = s.login WHERE s.id = ?",
+            # Named one by one: users has a created_at too, which a driver may give instead.
+            "SELECT s.csrf, s.created_at AS began, s.seen_at, u.login, u.role, u.account, "
+            "u.name FROM sessions s JOIN users u ON u.login = s.login WHERE s.id = ?",
             [key],
         )
         if not rows:
             return None
         row = rows[0]
-        return Session(_user(row), row["csrf"]), row["created_at"], row["seen_at"]
+        return Session(_user(row), row["csrf"]), row["began"], row["seen_at"]
 
     async def touch_session(self, key: str, now: float) -> None:
         await self._run("UPDATE sessions SET seen_at = ? WHERE id = ?", [now, key])
@@ -459,5 +459,5 @@ class _UserQueries(Queries):
         await self._run("DELETE FROM sign_in_failures WHERE key = ?", [key])
 
 
-def _user(row: sqlite3.Row) -> User:
+def _user(row: Any) -> User:
     return User(row["login"], Role(row["role"]), row["account"], row["name"])

@@ -2,7 +2,7 @@
 sync|admin`, over the same service layer as the admin API.
 
 `register(subparsers)` adds them to the `zvonok-agi` parser; each sets `run(settings, args)`.
-Read-only commands open only the SQLite store; changes also open Redis, to publish them.
+Read-only commands open only the store; changes also open Redis, to publish them.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from typing import Any
 from ..access.users import Users
 from ..routing import scenario as scenarios
 from . import documents
+from .databases import describe
 from .rules import Refused
 from .service import KEEP, NumbersService
-from .store import Store
+from .store import Store, StoreError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -163,20 +164,25 @@ def actor() -> str:
 
 @contextlib.asynccontextmanager
 async def open_service(settings: Any, *, publish: bool = True) -> AsyncIterator[NumbersService]:
-    """The service on the configured store; with `publish`, on the configured Redis too."""
+    """The service on the configured store; with `publish`, on the configured Redis too. The
+    store away or refusing is the command's error."""
     from ..app import open_redis
+    from ..cli import CommandError
     from ..store.routing_data import RoutingData
 
     admin = settings.admin
-    async with contextlib.AsyncExitStack() as stack:
-        store = await Store.open(admin.db_path)
-        stack.push_async_callback(store.close)
-        data = None
-        if publish:
-            redis = await stack.enter_async_context(open_redis(settings, supervise=False))
-            data = RoutingData(redis, settings.redis.key_prefix)
-        yield NumbersService(store, data, popular_cities=admin.popular_cities,
-                             max_open_requests=admin.max_open_requests)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            store = await Store.open(settings.store_url, pool_size=settings.store.pool_size)
+            stack.push_async_callback(store.close)
+            data = None
+            if publish:
+                redis = await stack.enter_async_context(open_redis(settings, supervise=False))
+                data = RoutingData(redis, settings.redis.key_prefix)
+            yield NumbersService(store, data, popular_cities=admin.popular_cities,
+                                 max_open_requests=admin.max_open_requests)
+    except StoreError as exc:
+        raise CommandError(f"the store {describe(settings.store_url)}: {exc}") from exc
 
 
 @contextlib.asynccontextmanager

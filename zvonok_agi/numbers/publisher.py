@@ -7,13 +7,21 @@ store did not commit, and a change the store committed reaches Redis even if the
 right after the commit: whoever publishes next (the admin server at start and every few
 seconds, the next change of any process) sends it.
 
-Idempotent, whoever runs it and however often: Redis refuses a record older than the one it
-holds (`RoutingData.write` compares revisions), so two publishers racing, or rows published
-twice after a crash before their delete, change nothing. Redis away: the rows stay, `run`
-retries with backoff.
+One publisher at a time, of all the processes sharing the store (`Store.publishing`: the
+admin servers, the CLI's commands, on one host or several): each reads what the store holds
+now and writes it before the next one reads, so Redis takes the changes in the order they
+were committed, a record that is gone from the store too (a delete carries no revision that
+Redis could compare). The others wait for it, a few milliseconds; M admin processes do not
+send every change M times. Idempotent, whoever runs it and however often: Redis refuses a
+record older than the one it holds (`RoutingData.write` compares revisions), so rows published
+twice after a crash before their delete, or by a publisher that lost its lock while its write
+was on the way, change nothing. A record deleted from the store and made again starts its
+revision anew: Redis refuses it, and the publisher outranks it (`_drain`). Redis away: the
+rows stay, `run` retries with backoff.
 
-Of the store it needs only read and write transactions, and in them `outbox`,
-`routing_values`, `routing_page`, `published` and `outrank`: plain SQL any store could run.
+Of the store it needs only read and write transactions, the publisher's lock, and in them
+`outbox`, `routing_values`, `routing_page`, `published` and `outrank`: plain SQL both
+databases run.
 """
 
 from __future__ import annotations
@@ -29,15 +37,16 @@ from redis.exceptions import RedisError
 from ..metrics import METRICS
 from ..store.routing_data import KINDS, Delete, RoutingData, Stored, revision
 from ..tasks import LoopErrors, cancel_requested
-from .store import Queries, Store
+from .store import Queries, Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
 LOOP = "outbox-publish"  # the background loop's name in logs and metrics
 PUBLISH_BATCH = 2000  # outbox rows per read
 REBUILD_BATCH = 1000  # records per read of a rebuild
-# What publishing can fail on for a while: Redis away, or the store busy past its timeout.
-UNAVAILABLE = (RedisError, OSError, *Store.UNAVAILABLE)
+# What publishing can fail on for a while: Redis away, or the store away or busy past its
+# timeout (another process publishing for too long too).
+UNAVAILABLE = (RedisError, OSError, StoreUnavailable)
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,7 @@ class Publisher:
 
         Redis holding no routing data at all (new, or emptied) is first filled from the store.
         """
-        async with self._lock:
+        async with self._lock, self.store.publishing():
             if await self.data.version() is None:
                 async with self.store.reading() as q:
                     held = [await q.routing_page(kind, None, 1) for kind in KINDS]
@@ -102,10 +111,13 @@ class Publisher:
             self._wake.set()
             return
         try:
-            async with self._lock:
-                await self.data.write(change for _, change in rows)  # a twin: no change
-                async with self.store.transaction() as q:
+            async with self._lock, self.store.publishing():
+                stale = await self.data.write(change for _, change in rows)  # a twin: no change
+                async with self.store.transaction(alone=False) as q:
                     await q.published([seq for seq, _ in rows])
+                if stale:  # as in `_drain`
+                    await self._outrank_refused(stale)
+                    await self._drain()
         except UNAVAILABLE as exc:
             self._kept(exc)
 
@@ -122,7 +134,7 @@ class Publisher:
     async def rebuild(self) -> SyncReport:
         """Writes every record of the store to Redis and removes what the store does not hold
         (`zvonok-agi sync`); then publishes the outbox."""
-        async with self._lock:
+        async with self._lock, self.store.publishing():
             report = await self._rebuild()
             await self._drain()
             return report
@@ -158,17 +170,32 @@ class Publisher:
             return await q.outbox_size()
 
     async def _drain(self) -> int:
+        """Publishes the outbox as it is now. A row committed after the last read is its
+        committer's to publish (`after_commit`, which waits for this publisher's lock).
+
+        A record Redis refuses because it holds a newer revision is outranked and sent again:
+        under the lock, what was just read is the store's latest, so Redis is the one behind
+        the truth. It happens when a record was deleted from the store (by hand: the service
+        deletes none) and made again, its revision counted anew from 0, or after a restore."""
         published = 0
         while True:
             async with self.store.reading() as q:
                 rows = await q.outbox(PUBLISH_BATCH)
                 changes = await _current(q, rows)
-            if not rows:
+            stale = await self.data.write(changes) if rows else []
+            if rows:
+                async with self.store.transaction(alone=False) as q:
+                    await q.published([seq for seq, _, _ in rows])
+                published += len(rows)
+            await self._outrank_refused(stale)  # new outbox rows: the loop sends them
+            if len(rows) < PUBLISH_BATCH and not stale:
                 return published
-            await self.data.write(changes)
-            async with self.store.transaction() as q:
-                await q.published([seq for seq, _, _ in rows])
-            published += len(rows)
+
+    async def _outrank_refused(self, stale: list[tuple[str, str]]) -> None:
+        for kind in KINDS:
+            keys = [key for stale_kind, key in stale if stale_kind == kind]
+            if keys:
+                await self._outrank(kind, keys)
 
     async def _rebuild(self) -> SyncReport:
         counts, removed = {}, {}
@@ -181,8 +208,7 @@ class Publisher:
                 if not page:
                     break
                 stale = await self.data.write(Stored(kind, key, value) for key, value in page)
-                if stale:
-                    await self._outrank(kind, [key for _, key in stale])
+                await self._outrank_refused(stale)
                 keys.update(key for key, _ in page)
                 after = page[-1][0]
             counts[kind] = len(keys)

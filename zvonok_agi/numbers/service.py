@@ -1,6 +1,6 @@
 """The one service layer of the control plane: the admin API and the CLI both call it.
 
-Every change runs in one SQLite transaction that also writes an audit row and marks what it
+Every change runs in one store transaction that also writes an audit row and marks what it
 changed in the outbox. After the commit, and outside the store's lock, the publisher sends the
 outbox to Redis (so a running engine follows within milliseconds): Redis never holds what the
 store did not commit. With Redis away the change still commits and stays in the outbox until
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -38,7 +37,7 @@ from ..store.routing_data import RoutingData
 from . import rules
 from .publisher import UNAVAILABLE, Publisher, SyncReport
 from .rules import Choice, Kind, NumberRecord, Refused, RegionCount, Request
-from .store import Queries, Store
+from .store import Queries, Store, StoreConflict
 
 log = structlog.get_logger(__name__)
 
@@ -569,7 +568,7 @@ class NumbersService:
                     try:
                         async with self.store.transaction() as q:
                             written, rows = await write(q, batch, now)
-                    except sqlite3.IntegrityError as exc:
+                    except StoreConflict as exc:
                         # Only a change made meanwhile by someone else can get here.
                         refused = Refused(
                             "conflict", f"the store changed during the import ({exc}): {done} "

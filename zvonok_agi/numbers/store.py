@@ -1,24 +1,17 @@
-"""The control plane's SQLite store: the source of truth for accounts, numbers, campaigns,
-requests and the audit log. Plain SQL; the rules live in `rules`, the flow in `service`.
-
-One connection per store, WAL. Every access runs under an asyncio lock (statements of two
-coroutines must not mix inside one transaction); changes run in `BEGIN IMMEDIATE`, which also
-serialises writers of other processes (the CLI beside the admin API).
+"""The control plane's store: the source of truth for accounts, numbers, campaigns, requests
+and the audit log, on SQLite (the embedded default) or PostgreSQL (`databases`). Plain SQL,
+written once for both; the rules live in `rules`, the flow in `service`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
-
-import aiosqlite
 
 from ..routing import scenario as scenarios
 from ..routing.model import (
@@ -31,11 +24,21 @@ from ..routing.model import (
     Pool,
 )
 from ..store.routing_data import FIELDS, Stored, encode_values, stored_fields
-from .migrations import MIGRATIONS
+from .databases import (
+    Connection,
+    Database,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+    connect,
+)
+from .migrations import MIGRATIONS, statements
 from .rules import Kind, NumberRecord, Request
 
-BUSY_TIMEOUT_MS = 5000
+__all__ = ["Queries", "Store", "StoreConflict", "StoreError", "StoreUnavailable"]
+
 MAX_PARAMETERS = 500  # keys per `IN (...)`: well under any SQL engine's limit of parameters
+PUBLISHER_WAIT = 10.0  # seconds a publisher waits for another process's to finish
 ROUTING_TABLES = {"account": ("accounts", "id"), "number": ("numbers", "did"),
                   "campaign": ("campaigns", "id")}
 Imported = tuple[int, list[tuple[int, Stored]]]  # records written; outbox rows to publish
@@ -59,32 +62,24 @@ _PUT_CAMPAIGN = (
 
 
 class Store:
-    # What says the store is away or busy for now (past its busy timeout): try again later.
-    UNAVAILABLE: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
-
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-        self._lock = asyncio.Lock()
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.open_transactions = 0  # of this process, now
 
     @classmethod
-    async def open(cls, path: str | Path) -> Store:
-        """Opens (creating it and its folder if needed) and migrates the database at `path`."""
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(str(path), isolation_level=None)  # we say BEGIN ourselves
+    async def open(cls, target: str | Path, *, pool_size: int = 10) -> Store:
+        """Opens the store `target` names (a SQLite file or URL, a PostgreSQL URL: see
+        `databases.connect`) and migrates it; a new SQLite file is created, with its folder."""
+        database = await connect(target, pool_size=pool_size)
         try:
-            db.row_factory = sqlite3.Row
-            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA foreign_keys = ON")
-            await migrate(db)
+            await migrate(database)
         except BaseException:
-            await db.close()
+            await database.close()
             raise
-        return cls(db)
+        return cls(database)
 
     async def close(self) -> None:
-        await self._db.close()
+        await self.database.close()
 
     async def __aenter__(self) -> Store:
         return self
@@ -93,70 +88,63 @@ class Store:
         await self.close()
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Queries]:
-        """A write transaction: committed when the block ends, rolled back if it raises."""
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield Queries(self._db)
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
+    async def transaction(self, *, alone: bool = True) -> AsyncIterator[Queries]:
+        """A write transaction: committed when the block ends, rolled back if it raises. The
+        writers of every process run one at a time; `alone=False` is for the outbox's
+        bookkeeping only (`Database.writing`)."""
+        async with self.database.writing(alone=alone) as db, self._counted():
+            yield Queries(db)
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[Queries]:
         """A read transaction: one consistent snapshot for several queries."""
-        async with self._lock:
-            await self._db.execute("BEGIN")
-            try:
-                yield Queries(self._db)
-            finally:
-                await self._db.execute("ROLLBACK")
+        async with self.database.reading() as db, self._counted():
+            yield Queries(db)
 
+    def publishing(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Holds the publisher's lock, which one process of all those sharing the store holds
+        at a time; waits up to PUBLISHER_WAIT seconds for it (then StoreUnavailable)."""
+        return self.database.publishing(PUBLISHER_WAIT)
 
-async def migrate(db: aiosqlite.Connection) -> int:
-    """Applies the migrations this database has not seen; returns its version."""
-    while True:
-        await db.execute("BEGIN IMMEDIATE")
+    @contextlib.asynccontextmanager
+    async def _counted(self) -> AsyncIterator[None]:
+        self.open_transactions += 1
         try:
-            version = (await _one(db, "PRAGMA user_version"))[0]
+            yield
+        finally:
+            self.open_transactions -= 1
+
+
+async def migrate(database: Database) -> int:
+    """Applies the migrations this database has not seen; returns its version. Each runs in a
+    write transaction: of processes starting at once, one migrates, the others then see it."""
+    while True:
+        async with database.writing() as db:
+            version = await database.schema_version(db)
             if version >= len(MIGRATIONS):
-                await db.execute("ROLLBACK")
                 return version
-            for statement in MIGRATIONS[version]:
-                await db.execute(statement)
-            await db.execute(f"PRAGMA user_version = {version + 1}")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        await db.execute("COMMIT")
-
-
-async def _one(db: aiosqlite.Connection, sql: str, args: Iterable[Any] = ()) -> Any:
-    async with db.execute(sql, tuple(args)) as cursor:
-        return await cursor.fetchone()
+            for statement in statements(MIGRATIONS[version], database.name):
+                await db.run(statement)
+            await database.set_schema_version(db, version + 1)
 
 
 class Queries:
     """The SQL, one method per question or change, on a connection inside a transaction."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Connection) -> None:
         self.db = db
 
-    async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        async with self.db.execute(sql, tuple(args)) as cursor:
-            return list(await cursor.fetchall())
+    async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        return await self.db.fetch(sql, list(args))
 
     async def _run(self, sql: str, args: Iterable[Any] = ()) -> int:
-        async with self.db.execute(sql, tuple(args)) as cursor:
-            return cursor.rowcount
+        return await self.db.run(sql, list(args))
 
     async def savepoint(self) -> None:
-        await self.db.execute("SAVEPOINT change")
+        await self.db.run("SAVEPOINT change")
 
     async def rollback_to_savepoint(self) -> None:
-        await self.db.execute("ROLLBACK TO change")
+        await self.db.run("ROLLBACK TO SAVEPOINT change")
 
     # accounts
 
@@ -199,8 +187,8 @@ class Queries:
         if needles is not None:
             if not needles:
                 return []
-            where.append("(" + " OR ".join("instr(did, ?) > 0" for _ in needles) + ")")
-            args.extend(needles)
+            where.append("(" + " OR ".join("did LIKE ?" for _ in needles) + ")")
+            args.extend(f"%{needle}%" for needle in needles)  # digits: no wildcard in them
         sql = "SELECT * FROM numbers"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -318,14 +306,12 @@ class Queries:
         self, account: str, kind: Kind | None, region: str | None, now: float,
         topic: str = "numbers", comment: str | None = None, contact: str | None = None,
     ) -> Request:
-        async with self.db.execute(
+        [row] = await self._all(
             "INSERT INTO requests (account, topic, kind, region, comment, contact, at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
             [account, topic, kind and kind.value, region, comment, contact, now],
-        ) as cursor:
-            request_id = cursor.lastrowid
-        assert request_id is not None
-        return Request(request_id, account, kind, region, now, topic=topic, comment=comment,
+        )
+        return Request(row["id"], account, kind, region, now, topic=topic, comment=comment,
                        contact=contact)
 
     async def request(self, request_id: int) -> Request | None:
@@ -388,7 +374,7 @@ class Queries:
     async def import_accounts(self, accounts: Sequence[Account], now: float) -> Imported:
         current = {a.id: a for a in await self._in("accounts", "id", [a.id for a in accounts])}
         changed = [a for a in accounts if current.get(a.id) != a]
-        await self.db.executemany(
+        await self.db.run_many(
             "INSERT INTO accounts (id, name, verified, created_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET name = excluded.name, verified = excluded.verified, "
             "rev = accounts.rev + 1",
@@ -408,7 +394,7 @@ class Queries:
             for c in campaigns
         ]
         changed = [c for c in campaigns if current.get(c.id) != c]
-        await self.db.executemany(
+        await self.db.run_many(
             f"{_PUT_CAMPAIGN}, rev = campaigns.rev + 1", [_campaign_values(c, now) for c in changed]
         )
         return len(changed), await self._to_publish("campaign", [c.id for c in changed])
@@ -431,7 +417,7 @@ class Queries:
             elif values[3:8] != [before[column] for column in NUMBER_COLUMNS[3:8]]:
                 touched.append(number.did)  # its routing changed, not only kind or region
             changed.append([*values, now])
-        await self.db.executemany(f"{_PUT_NUMBER}, rev = numbers.rev + 1", changed)
+        await self.db.run_many(f"{_PUT_NUMBER}, rev = numbers.rev + 1", changed)
         return len(changed), await self._to_publish("number", touched)
 
     async def _to_publish(self, kind: str, keys: Sequence[str]) -> list[tuple[int, Stored]]:
@@ -443,11 +429,10 @@ class Queries:
             chunk = keys[start : start + MAX_PARAMETERS]
             marks = ", ".join(["(?, ?)"] * len(chunk))
             args = [item for key in chunk for item in (kind, key)]
-            async with self.db.execute(
+            inserted = await self._all(
                 f"INSERT INTO outbox (kind, key) VALUES {marks} RETURNING seq, key", args
-            ) as cursor:
-                rows += [(seq, Stored(kind, key, values[key])) for seq, key in
-                         await cursor.fetchall()]
+            )
+            rows += [(seq, Stored(kind, key, values[key])) for seq, key in inserted]
         return rows
 
     async def numbers_in(self, dids: Iterable[str]) -> list[NumberRecord]:
@@ -462,7 +447,7 @@ class Queries:
 
     async def _rows_in(
         self, table: str, column: str, keys: Iterable[str], columns: str = "*"
-    ) -> list[sqlite3.Row]:
+    ) -> list[Any]:
         keys = list(keys)
         rows = []
         for start in range(0, len(keys), MAX_PARAMETERS):
@@ -481,13 +466,13 @@ class Queries:
 
     async def _touch_all(self, kind: str, keys: Sequence[str]) -> None:
         table, column = ROUTING_TABLES[kind]
-        await self.db.executemany(
+        await self.db.run_many(
             f"UPDATE {table} SET rev = rev + 1 WHERE {column} = ?", [[key] for key in keys]
         )
         await self._outbox_all(kind, keys)
 
     async def _outbox_all(self, kind: str, keys: Sequence[str]) -> None:
-        await self.db.executemany(
+        await self.db.run_many(
             "INSERT INTO outbox (kind, key) VALUES (?, ?)", [[kind, key] for key in keys]
         )
 
@@ -525,7 +510,7 @@ class Queries:
         """Raises each record's revision above the one given (Redis's, found newer than the
         store's: the store was restored from an older copy) and names it for publishing."""
         table, column = ROUTING_TABLES[kind]
-        await self.db.executemany(
+        await self.db.run_many(
             f"UPDATE {table} SET rev = CASE WHEN rev > ? THEN rev ELSE ? END WHERE {column} = ?",
             [[rev, rev, key] for key, rev in revs.items()],
         )
@@ -540,11 +525,11 @@ def _where(**equal: Any) -> tuple[str, list[Any]]:
     return " WHERE " + " AND ".join(f"{c} = ?" for c in given), list(given.values())
 
 
-def _account(row: sqlite3.Row) -> Account:
+def _account(row: Any) -> Account:
     return Account(row["id"], bool(row["verified"]), row["name"])
 
 
-def _number(row: sqlite3.Row) -> NumberRecord:
+def _number(row: Any) -> NumberRecord:
     return NumberRecord(
         did=row["did"],
         kind=Kind(row["kind"]),
@@ -559,7 +544,7 @@ def _number(row: sqlite3.Row) -> NumberRecord:
 
 
 def _number_values(n: NumberRecord) -> list[Any]:
-    # The enums are str: sqlite3 binds them as their text, and they compare equal to it.
+    # The enums are str: both drivers bind them as their text, and they compare equal to it.
     return [n.did, n.kind, n.region, n.pool, n.status, n.owner, n.callback_rule,
             n.inbound_campaign, n.reserved_at]
 
@@ -577,7 +562,7 @@ def _scenario_text(c: Campaign) -> str | None:
 _json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def _campaign(row: sqlite3.Row) -> Campaign:
+def _campaign(row: Any) -> Campaign:
     scenario = row["scenario"]
     return Campaign(
         id=row["id"],
@@ -591,7 +576,7 @@ def _campaign(row: sqlite3.Row) -> Campaign:
     )
 
 
-def _request(row: sqlite3.Row) -> Request:
+def _request(row: Any) -> Request:
     return Request(
         row["id"], row["account"], row["kind"] and Kind(row["kind"]), row["region"], row["at"],
         row["status"], row["closed_at"], row["closed_by"], row["note"], row["topic"],
@@ -599,7 +584,7 @@ def _request(row: sqlite3.Row) -> Request:
     )
 
 
-def _routing_value(kind: str, row: sqlite3.Row) -> str:
+def _routing_value(kind: str, row: Any) -> str:
     """A row of `_routing_columns` as Redis stores the record."""
     return encode_values(row[1], stored_fields(kind, list(row[2:])))
 

@@ -1,0 +1,234 @@
+"""The two databases the control plane's store runs on, behind one small interface: SQLite (one
+file, the embedded default; here) and PostgreSQL (a server that admin processes on several
+hosts share, through asyncpg: `postgresql`). Everything that differs between them lives in
+these two modules:
+
+- placeholders: the store's SQL is written once, with `?`; PostgreSQL gets `$1, $2, ...`;
+- transactions: writers run one at a time, whichever process they are in (SQLite: `BEGIN
+  IMMEDIATE`; PostgreSQL: READ COMMITTED under a transaction-level advisory lock), so that the
+  service's check-then-change steps see nothing change under them on either; a read runs in
+  one snapshot and never waits for a writer (PostgreSQL: `REPEATABLE READ READ ONLY`);
+- the publisher's lock, which one process holds while it writes the outbox to Redis (SQLite:
+  an flock on a file beside the database; PostgreSQL: a session-level advisory lock);
+- errors: each driver's are raised as `StoreUnavailable` (away, or busy past its timeout: try
+  again later) or `StoreConflict` (a constraint refused the change);
+- the schema's version: `PRAGMA user_version`, or a `schema_version` table (migrations.py says
+  how the steps differ).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosqlite
+
+BUSY_TIMEOUT_MS = 5000  # how long a change waits for the other writers before it is "busy"
+CONNECT_TIMEOUT = 5.0  # seconds to reach a PostgreSQL server
+FLOCK_POLL = 0.002  # seconds between two tries of SQLite's publisher lock
+
+
+class StoreError(Exception):
+    """The store refused or failed a statement (the driver's error is the cause)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store is away, or busy past its timeout: nothing was changed; try again later."""
+
+
+class StoreConflict(StoreError):
+    """A constraint of the schema refused the change (a reference or a key)."""
+
+
+class Connection(Protocol):
+    """Statements inside a transaction, with `?` placeholders. Rows are read by column name or
+    by position (sqlite3.Row, asyncpg.Record)."""
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]: ...
+
+    async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """Runs a change; the rows it changed."""
+
+    async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+
+class Database(Protocol):
+    name: str  # "sqlite" or "postgresql": which steps of a migration it runs
+
+    def writing(self, *, alone: bool = True) -> contextlib.AbstractAsyncContextManager[Connection]:
+        """A write transaction: committed when the block ends, rolled back if it raises. Alone:
+        the writers of every process one at a time. Not alone (the outbox's bookkeeping, which
+        no check of the service reads), it may run beside others where the database can, and its
+        commit need not wait for the disk: lost in a crash, it is only done again."""
+
+    def reading(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        """A read-only transaction: one consistent snapshot."""
+
+    def publishing(self, wait: float) -> contextlib.AbstractAsyncContextManager[None]:
+        """Holds the publisher's lock, which one process of all those sharing the store holds at
+        a time; waits up to `wait` seconds for it, then raises StoreUnavailable."""
+
+    async def schema_version(self, db: Connection) -> int: ...
+
+    async def set_schema_version(self, db: Connection, version: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+async def connect(target: str | Path, *, pool_size: int = 10) -> Database:
+    """The database `target` names: a PostgreSQL URL (postgresql://...), a SQLite URL
+    (sqlite:///relative/path, sqlite:////absolute/path, sqlite:///:memory:), or a SQLite file's
+    path."""
+    text = str(target)
+    if text.startswith(("postgresql://", "postgres://")):
+        try:
+            from .postgresql import PostgreSQL
+        except ImportError as exc:  # asyncpg: the "postgresql" extra
+            raise StoreError(
+                f"a PostgreSQL store needs asyncpg: pip install 'zvonok-agi[postgresql]' ({exc})"
+            ) from exc
+        return await PostgreSQL.open(text, pool_size)
+    return await SQLite.open(sqlite_path(text))
+
+
+def sqlite_path(target: str) -> str:
+    if not target.startswith("sqlite:"):
+        return target
+    if not target.startswith("sqlite:///") or len(target) == len("sqlite:///"):
+        raise ValueError(f"a SQLite URL is sqlite:///path (relative) or sqlite:////path: {target}")
+    return target.removeprefix("sqlite:///")
+
+
+def describe(target: str | Path) -> str:
+    """`target` without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", str(target))
+
+
+# SQLite
+
+
+@contextlib.contextmanager
+def _sqlite_errors() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        raise StoreConflict(str(exc)) from exc
+    except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk, no file
+        raise StoreUnavailable(str(exc)) from exc
+
+
+class _SQLiteConnection:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with _sqlite_errors():
+            async with self._db.execute(sql, tuple(args)) as cursor:
+                return list(await cursor.fetchall())
+
+    async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        with _sqlite_errors():
+            async with self._db.execute(sql, tuple(args)) as cursor:
+                return cursor.rowcount
+
+    async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with _sqlite_errors():
+            await self._db.executemany(sql, [tuple(row) for row in rows])
+
+
+async def _flocked(fd: int, wait: float) -> None:
+    """An exclusive flock on `fd`, tried every few ms (a blocking one would hold a thread)."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise StoreUnavailable(
+                    f"another process has been publishing the outbox for {wait:g} s"
+                ) from None
+            await asyncio.sleep(FLOCK_POLL)
+
+
+class SQLite:
+    """One connection, WAL. Every access runs under an asyncio lock (statements of two
+    coroutines must not mix inside one transaction); changes run in `BEGIN IMMEDIATE`, which
+    also serialises the writers of other processes (the CLI beside the admin server)."""
+
+    name = "sqlite"
+
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        self._db = db
+        self._path = path
+        self._lock = asyncio.Lock()
+        self._connection = _SQLiteConnection(db)
+
+    @classmethod
+    async def open(cls, path: str) -> SQLite:
+        """Opens the database at `path`, creating it and its folder if needed."""
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with _sqlite_errors():
+            db = await aiosqlite.connect(path, isolation_level=None)  # we say BEGIN ourselves
+        try:
+            db.row_factory = sqlite3.Row
+            with _sqlite_errors():
+                await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                await db.execute("PRAGMA journal_mode = WAL")
+                await db.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, path)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    @contextlib.asynccontextmanager
+    async def writing(self, *, alone: bool = True) -> AsyncIterator[Connection]:
+        async with self._lock, self._transaction("BEGIN IMMEDIATE", "COMMIT"):  # always alone
+            yield self._connection
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[Connection]:
+        async with self._lock, self._transaction("BEGIN", "ROLLBACK"):
+            yield self._connection
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, begin: str, end: str) -> AsyncIterator[None]:
+        with _sqlite_errors():
+            await self._db.execute(begin)
+        try:
+            yield
+            with _sqlite_errors():
+                await self._db.execute(end)
+        except BaseException:
+            if self._db.in_transaction:  # a failed COMMIT (a deferred reference) leaves it open
+                await self._db.execute("ROLLBACK")
+            raise
+
+    @contextlib.asynccontextmanager
+    async def publishing(self, wait: float) -> AsyncIterator[None]:
+        if self._path == ":memory:":  # no other process can reach it
+            yield
+            return
+        fd = os.open(f"{self._path}-publish", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            await _flocked(fd, wait)
+            yield
+        finally:
+            os.close(fd)  # which releases the lock, as the end of the process does
+
+    async def schema_version(self, db: Connection) -> int:
+        return (await db.fetch("PRAGMA user_version"))[0][0]
+
+    async def set_schema_version(self, db: Connection, version: int) -> None:
+        await db.run(f"PRAGMA user_version = {int(version)}")

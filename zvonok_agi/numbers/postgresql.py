@@ -1,0 +1,185 @@
+"""The store on PostgreSQL, through asyncpg (the "postgresql" extra): see `databases`."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from functools import lru_cache
+from typing import Any
+
+import asyncpg
+
+from . import databases
+from .databases import Connection, StoreConflict, StoreError, StoreUnavailable, describe
+
+# SQLSTATE classes that mean "away or busy for now": connection exception, transaction rollback
+# (serialization failure, deadlock), insufficient resources, operator intervention (shutdown,
+# a cancelled statement), and 55P03 lock_not_available (lock_timeout).
+_PG_UNAVAILABLE = ("08", "40", "53", "57", "55P03")
+
+
+@contextlib.contextmanager
+def _pg_errors() -> Iterator[None]:
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        state = exc.sqlstate or ""
+        if state.startswith("23"):
+            raise StoreConflict(str(exc)) from exc
+        if state.startswith(_PG_UNAVAILABLE):
+            raise StoreUnavailable(str(exc)) from exc
+        raise
+    except (OSError, TimeoutError, asyncpg.ConnectionDoesNotExistError) as exc:  # a lost link
+        raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+@lru_cache(maxsize=512)
+def numbered(sql: str) -> str:
+    """`?` placeholders as PostgreSQL's `$1, $2, ...` (none of the store's SQL has a `?` in a
+    quoted string)."""
+    parts = sql.split("?")
+    return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)) + parts[-1]
+
+
+def _changed(status: str) -> int:
+    """The rows a command changed, from its status ("UPDATE 3", "INSERT 0 1")."""
+    count = status.rsplit(" ", 1)[-1]
+    return int(count) if count.isdigit() else 0
+
+
+def lock_key(schema: str, purpose: str) -> int:
+    """An advisory lock's key: one per schema, so that two installs sharing a database in
+    schemas of their own never wait for each other."""
+    digest = hashlib.blake2b(f"zvonok-agi/{schema}/{purpose}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class _PostgreSQLConnection:
+    def __init__(self, db: Any) -> None:
+        self._db = db
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with _pg_errors():
+            return await self._db.fetch(numbered(sql), *args)
+
+    async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        with _pg_errors():
+            return _changed(await self._db.execute(numbered(sql), *args))
+
+    async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if rows:
+            with _pg_errors():
+                await self._db.executemany(numbered(sql), rows)
+
+
+class PostgreSQL:
+    """A pool of asyncpg connections; each transaction takes one. Changes run in READ
+    COMMITTED after `pg_advisory_xact_lock`: one writer at a time, as on SQLite, and each
+    statement sees every commit made before it. `lock_timeout` is the busy timeout."""
+
+    name = "postgresql"
+
+    def __init__(self, pool: Any, schema: str) -> None:
+        self._pool = pool
+        self._writer = lock_key(schema, "writer")
+        self._publisher = lock_key(schema, "publisher")
+
+    @classmethod
+    async def open(cls, url: str, pool_size: int) -> PostgreSQL:
+        with _pg_errors():
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=1,
+                max_size=pool_size,
+                timeout=databases.CONNECT_TIMEOUT,
+                server_settings={
+                    "lock_timeout": str(databases.BUSY_TIMEOUT_MS),
+                    "application_name": "zvonok-agi",
+                },
+            )
+        try:
+            async with pool.acquire(timeout=databases.CONNECT_TIMEOUT) as db:
+                with _pg_errors():
+                    schema = await db.fetchval("SELECT current_schema()")
+            if schema is None:
+                raise StoreError(
+                    f"{describe(url)}: no schema of the search_path exists (create it, or "
+                    "name one that does: ?search_path=NAME in the URL)"
+                )
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, schema)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        with _pg_errors():
+            db = await self._pool.acquire(timeout=databases.CONNECT_TIMEOUT)
+        try:
+            yield db
+        finally:
+            await self._pool.release(db)
+
+    @contextlib.asynccontextmanager
+    async def writing(self, *, alone: bool = True) -> AsyncIterator[Connection]:
+        if alone:
+            begin = f"BEGIN; SELECT pg_advisory_xact_lock({self._writer})"  # one round trip
+        else:
+            begin = "BEGIN; SET LOCAL synchronous_commit = off"
+        async with self._connection() as db, self._transaction(db, begin, "COMMIT"):
+            yield _PostgreSQLConnection(db)
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[Connection]:
+        begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        async with self._connection() as db, self._transaction(db, begin, "ROLLBACK"):
+            yield _PostgreSQLConnection(db)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, db: Any, begin: str, end: str) -> AsyncIterator[None]:
+        try:
+            with _pg_errors():
+                await db.execute(begin)  # the writer's lock may time out: the rest is rolled back
+            yield
+            with _pg_errors():
+                await db.execute(end)  # a failed COMMIT ends the transaction too
+        except BaseException:
+            if db.is_in_transaction() and not db.is_closed():
+                with contextlib.suppress(Exception):  # the link is gone: so is the transaction
+                    await db.execute("ROLLBACK")
+            raise
+
+    @contextlib.asynccontextmanager
+    async def publishing(self, wait: float) -> AsyncIterator[None]:
+        async with self._connection() as db:  # the session holds the lock: the pool resets it
+            try:
+                with _pg_errors():
+                    await db.execute(
+                        f"SET lock_timeout = {int(wait * 1000)}; "
+                        f"SELECT pg_advisory_lock({self._publisher})"
+                    )
+            except StoreUnavailable as exc:
+                raise StoreUnavailable(
+                    f"another process has been publishing the outbox for {wait:g} s ({exc})"
+                ) from exc
+            try:
+                yield
+            finally:
+                if not db.is_closed():
+                    with _pg_errors():
+                        await db.execute(f"SELECT pg_advisory_unlock({self._publisher})")
+
+    async def schema_version(self, db: Connection) -> int:
+        [[table]] = await db.fetch("SELECT to_regclass('schema_version')")
+        if table is None:
+            await db.run("CREATE TABLE schema_version (version BIGINT NOT NULL)")
+            await db.run("INSERT INTO schema_version (version) VALUES (0)")
+        return (await db.fetch("SELECT version FROM schema_version"))[0][0]
+
+    async def set_schema_version(self, db: Connection, version: int) -> None:
+        await db.run("UPDATE schema_version SET version = ?", [version])
