@@ -565,6 +565,7 @@ async def open_dialer(
     *,
     worker: str,
     only: str | None = None,
+    rested: Callable[[], frozenset[str]] = frozenset,
 ) -> AsyncIterator[Dialer]:
     """A Dialer on every host of dialer.hosts, each link made by `ami` and started: it rides
     out its host being down. Everything is closed on the way out."""
@@ -576,7 +577,12 @@ async def open_dialer(
             client.start()
             stack.push_async_callback(client.close)
             originator = Originator(
-                client, history, routing, settings.outbound, region=settings.routing.default_region
+                client,
+                history,
+                routing,
+                settings.outbound,
+                region=settings.routing.default_region,
+                rested=rested,
             )
             await stack.enter_async_context(originator)
             leases = host_leases(redis, prefix, address, settings.dialer.claim_after)

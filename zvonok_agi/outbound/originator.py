@@ -111,6 +111,7 @@ class Originator:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         region: str = phone.DEFAULT_REGION,
+        rested: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
         self.ami = ami
         self.history = history
@@ -119,6 +120,7 @@ class Originator:
         self.rng = rng or random.Random()
         self.clock = clock
         self.region = region  # of callee numbers written without a country code
+        self.rested = rested  # the pool numbers resting now (outbound/number_health.py)
         self._trackers: dict[str, _Tracker] = {}
         self._shown_before: dict[str, str | None] = {}  # attempt id -> callee's previous number
         self._pump: asyncio.Task[None] | None = None
@@ -191,7 +193,9 @@ class Originator:
         # A pool campaign looks only at the service numbers: not at every number there is.
         numbers = snapshot.numbers if campaign.caller_id else snapshot.service_pool
         try:
-            plan = plan_caller_id(campaign, account, numbers, callee, self.rng, region_of=region_of)
+            plan = plan_caller_id(
+                campaign, account, numbers, callee, self.rng, region_of, self.rested()
+            )
         except CallerIdRefused as exc:
             raise DialRefused(str(exc)) from exc
         return campaign, plan
