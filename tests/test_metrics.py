@@ -71,3 +71,5 @@ async def test_engine_and_dialer_series(settings):
     assert "zvonok_store_errors_total" in after or "# TYPE zvonok_store_errors" in after
     assert value(during, 'zvonok_originates_total{outcome="busy"}') >= 1
     assert value(during, "zvonok_ami_link_up") == 1
+    assert value(during, "zvonok_numbers_rested") == 0  # the dialer looked at the pool's health
+    assert "# TYPE zvonok_number_health_changes_total counter" in during

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from zvonok_agi.outbound.number_health import PoolHealth
@@ -65,6 +66,12 @@ async def test_the_window_slides(store) -> None:
     assert len(raw) == 1
 
 
+def changes(event: str) -> float:
+    """zvonok_number_health_changes_total{event} in this process."""
+    sample = REGISTRY.get_sample_value("zvonok_number_health_changes_total", {"event": event})
+    return sample or 0.0
+
+
 def snapshot() -> RoutingSnapshot:
     pool = {did: Number(did, Pool.SERVICE, NumberStatus.ACTIVE) for did in POOL}
     return RoutingSnapshot(version=1, service_pool=pool)
@@ -83,10 +90,13 @@ async def test_of_two_dialers_one_rests_the_number_and_one_brings_it_back(store)
     clock = [NOW]
     routing = snapshot()
     dialers = [PoolHealth(health, RULE, lambda: routing, clock=lambda: clock[0]) for _ in range(2)]
+    rested_before = changes("rested")
     with capture_logs() as logs:
         for dialer in dialers:
             await dialer.refresh()
     assert [e["did"] for e in logs if e["event"] == "number rested"] == [POOL[7]]
+    assert all(e["audit"] for e in logs if e["event"] == "number rested")
+    assert changes("rested") - rested_before == 1
     assert all(d.rested == {POOL[7]} for d in dialers)
     [event] = [fields for _, fields in await health.events()]
     assert event["did"] == POOL[7] and event["event"] == "rested"
@@ -94,10 +104,12 @@ async def test_of_two_dialers_one_rests_the_number_and_one_brings_it_back(store)
     assert (await health.read([POOL[7]], NOW))[POOL[7]].rested_until == NOW + 3600
 
     clock[0] = NOW + 3600
+    back_before = changes("back")
     with capture_logs() as logs:
         for dialer in dialers:
             await dialer.refresh()
     assert [e["did"] for e in logs if e["event"] == "number back"] == [POOL[7]]
+    assert changes("back") - back_before == 1
     assert all(d.rested == frozenset() for d in dialers)
     back = (await health.read([POOL[7]], clock[0]))[POOL[7]]
     assert back.counts == Counts(0, 0) and back.rested_until is None  # a fresh window
