@@ -8,12 +8,10 @@ import statistics
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_callerid import ACME, POOL, free, pool_calls, usable
+from test_callerid import ACME, POOL, free, pool_calls, run_pool, usable
 
 from zvonok_agi.routing.callerid import (
     CallerId,
-    CallerIdRefused,
-    PoolAtCapacity,
     choose_caller_id,
 )
 from zvonok_agi.routing.health import Counts, HealthRule, max_rested, pool_median, review
@@ -184,28 +182,10 @@ def rested_calls(draw: st.DrawFn) -> dict[str, object]:
     return call
 
 
-def run(call: dict[str, object], rested: frozenset[str]) -> CallerId | Exception:
-    campaign = Campaign("c", call["account"].id, CampaignKind.OUTBOUND)  # type: ignore[attr-defined]
-    try:
-        return choose_caller_id(
-            campaign,
-            call["account"],  # type: ignore[arg-type]
-            call["numbers"],  # type: ignore[arg-type]
-            call["callee"],  # type: ignore[arg-type]
-            call["previous"],  # type: ignore[arg-type]
-            call["usage"],  # type: ignore[arg-type]
-            call["cap"],  # type: ignore[arg-type]
-            random.Random(call["seed"]),  # type: ignore[arg-type]
-            rested=rested,
-        )
-    except (CallerIdRefused, PoolAtCapacity) as exc:
-        return exc
-
-
 @settings(max_examples=300)
 @given(rested_calls())
 def test_property_a_rested_number_never_shows_while_another_is_usable(call) -> None:
-    result = run(call, call["rested"])
+    result = run_pool(call, call["rested"])
     others = [did for did in free(call) if did not in call["rested"]]
     if others:
         assert isinstance(result, CallerId)
@@ -215,7 +195,7 @@ def test_property_a_rested_number_never_shows_while_another_is_usable(call) -> N
 @settings(max_examples=300)
 @given(rested_calls())
 def test_property_resting_never_costs_a_call_its_number(call) -> None:
-    with_rest, without = run(call, call["rested"]), run(call, frozenset())
+    with_rest, without = run_pool(call, call["rested"]), run_pool(call)
     assert type(with_rest) is type(without)
     if isinstance(with_rest, CallerId):
         assert with_rest.did in free(call)
