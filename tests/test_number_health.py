@@ -41,6 +41,8 @@ async def test_each_call_counts_once_when_its_outcome_first_arrives(store) -> No
     answered = await dial(history, 1, did)
     busy = await dial(history, 2, did)
     await dial(history, 3, did)  # still ringing: not counted yet
+    never_left = await dial(history, 4, did)  # its Originate never reached Asterisk
+    assert await history.settle(never_left, Outcome.FAILED, placed=False)
     assert await history.settle(answered, Outcome.ANSWERED)
     assert await history.settle(answered, Outcome.ANSWERED)  # a retry, or the adopting dialer
     assert await history.settle(busy, Outcome.BUSY)

@@ -275,11 +275,11 @@ async def _agi_call(settings: Settings, args: argparse.Namespace) -> int:
 
 @contextlib.asynccontextmanager
 async def _outbound(
-    settings: Settings, connections: int = 100
-) -> AsyncIterator[tuple[Any, Any, Any]]:
+    settings: Settings, connections: int = 100, *, dialing: bool = True
+) -> AsyncIterator[tuple[Any, Any, Any, Any]]:
     """Redis (`connections` at most), the routing data (followed like the engine does, so a
     long run sees numbers disabled meanwhile), the callback history outbound calls need, and
-    the pool's health (followed every health.refresh seconds)."""
+    the pool's health (followed every health.refresh seconds while `dialing`)."""
     from redis.exceptions import RedisError
 
     from .app import open_redis
@@ -306,10 +306,11 @@ async def _outbound(
             stack.callback(
                 start_metrics_server(settings.metrics.host, settings.metrics.runner_port)
             )
-        with contextlib.suppress(RedisError, OSError):  # the loop keeps trying
-            await health.refresh()
-        follow = asyncio.create_task(health.run(settings.health.refresh), name="number-health")
-        stack.push_async_callback(cancel_and_wait, follow)
+        if dialing:
+            with contextlib.suppress(RedisError, OSError):  # the loop keeps trying
+                await health.refresh()
+            follow = asyncio.create_task(health.run(settings.health.refresh), name="number-health")
+            stack.push_async_callback(cancel_and_wait, follow)
         yield redis, cache, history, health
 
 
@@ -492,7 +493,7 @@ async def _campaign_enqueue(settings: Settings, args: argparse.Namespace) -> int
     from .outbound.queue import CampaignQueue, split_callees
 
     numbers, invalid = split_callees(_callees(settings, args), settings.routing.default_region)
-    async with _outbound(settings) as (redis, cache, _, _):
+    async with _outbound(settings, dialing=False) as (redis, cache, _, _):
         if args.campaign not in cache.snapshot.campaigns:
             raise CommandError(f"no campaign {args.campaign!r}")
         queue = CampaignQueue(redis, settings.redis.key_prefix)

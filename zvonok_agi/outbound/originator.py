@@ -367,14 +367,14 @@ class Originator:
             await self.history.undial(attempt, previous)
         except (RedisError, OSError) as exc:
             # It stays as a failed attempt: a callback to it still finds its campaign.
-            await self._settle(attempt, Outcome.FAILED)
+            await self._settle(attempt, Outcome.FAILED, placed=False)
             log.error("attempt not taken back", attempt=attempt.id, error=str(exc))
 
-    async def _settle(self, attempt: Attempt, outcome: Outcome) -> None:
+    async def _settle(self, attempt: Attempt, outcome: Outcome, *, placed: bool = True) -> None:
         for delay in (0, 0.5, 2.0):
             await asyncio.sleep(delay)
             try:
-                await self.history.settle(attempt, outcome)
+                await self.history.settle(attempt, outcome, placed=placed)
                 return
             except (RedisError, OSError) as exc:
                 error = exc

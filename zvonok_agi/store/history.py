@@ -471,15 +471,16 @@ class CallbackHistory:
         )
         return int(result) == 1
 
-    async def settle(self, attempt: Attempt, outcome: Outcome) -> bool:
+    async def settle(self, attempt: Attempt, outcome: Outcome, *, placed: bool = True) -> bool:
         """Set an attempt's outcome; False when it is gone (expired or never recorded). The
-        first outcome of a call counts in its number's health; settling again does not."""
+        first outcome of a call counts in its number's health, unless the call never reached
+        Asterisk (`placed` False); settling again does not."""
         result = int(
             await self._settle(
                 keys=[self.key(attempt.did, attempt.callee)], args=[attempt.id, outcome.value]
             )
         )
-        if result == 2 and self.health is not None:
+        if result == 2 and placed and self.health is not None:
             await self.health.count(attempt.did, outcome is Outcome.ANSWERED, attempt.at)
         return result > 0
 
