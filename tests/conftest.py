@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import settings as hypothesis_settings
 from prometheus_client import REGISTRY
 
 from redis_topology import Cluster, running
@@ -18,6 +19,10 @@ from zvonok_agi.store.connection import learn_topology
 from zvonok_agi.store.embedded import EmbeddedRedis
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+# Properties are checked, not timed: a loaded machine must not fail an example for its speed.
+hypothesis_settings.register_profile("zvonok", deadline=None)
+hypothesis_settings.load_profile("zvonok")
 
 
 def free_port() -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import phonenumbers
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from phonenumbers.geodata import GEOCODE_DATA
 
 from zvonok_agi import phone
 
@@ -82,3 +84,55 @@ def test_every_russian_number_as_the_api_document_describes_it_is_normalised(wri
 def test_the_international_prefix_is_not_a_russian_number_in_the_api_document(written) -> None:
     assert not re.fullmatch(phone.RUSSIAN_WRITTEN, written)
     assert phone.normalize(written) is None or not phone.normalize(written).startswith("7")
+
+
+# Every pattern the library matches a +7 number against to tell its country and type.
+PLAN_PATTERNS = (
+    "general_desc",
+    "fixed_line",
+    "mobile",
+    "toll_free",
+    "premium_rate",
+    "shared_cost",
+    "personal_number",
+    "voip",
+    "pager",
+    "uan",
+    "voicemail",
+    "no_international_dialling",
+)
+
+
+def free_digits_at_the_end(pattern: str) -> int:
+    """How many trailing digits no alternative of `pattern` looks at (`…\\d{7}` leaves 7):
+    a digit string matches `A\\d{n}` exactly when its part before the last n matches `A`."""
+    alternatives, depth, start = [], 0, 0
+    for i, ch in enumerate(pattern):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "|" and depth == 0:
+            alternatives.append(pattern[start:i])
+            start = i + 1
+    alternatives.append(pattern[start:])
+    tails = [re.search(r"\\d\{(\d+)\}$", alternative) for alternative in alternatives]
+    return min(int(tail[1]) if tail else 0 for tail in tails)
+
+
+def test_the_plan_of_plus_seven_goes_by_ranges_of_the_last_digits() -> None:
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[7]:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        # Russia's "[3489]", Kazakhstan's "7": which country, told by the first digits alone
+        leading = re.sub(r"\[[0-9-]+\]", "X", metadata.leading_digits or "").split("|")
+        assert all(re.fullmatch(f"[0-9X]{{0,{10 - phone.RANGE_DIGITS}}}", d) for d in leading)
+        for name in PLAN_PATTERNS:
+            desc = getattr(metadata, name)
+            if desc is not None and desc.national_number_pattern:
+                tail = free_digits_at_the_end(desc.national_number_pattern)
+                assert tail >= phone.RANGE_DIGITS, (region, name, desc.national_number_pattern)
+    places = [prefix for prefix in GEOCODE_DATA if prefix.startswith("7")]
+    assert max(map(len, places)) <= 11 - phone.RANGE_DIGITS
+
+
+@given(st.text("0123456789", min_size=10, max_size=10))
+def test_a_number_is_described_as_its_range(national: str) -> None:
+    number, ranged = phone.plan("7" + national), phone.range_plan("7" + national)
+    assert dataclasses.replace(ranged, written=number.written) == number

@@ -10,6 +10,7 @@ import random
 from dataclasses import replace
 
 import pytest
+from structlog.testing import capture_logs
 
 from zvonok_agi.app import redis_client
 from zvonok_agi.routing.model import (
@@ -241,14 +242,31 @@ async def test_an_unreadable_change_means_a_full_load_not_a_crash(data, redis, c
     await world(data)
     await cache.start()
     version = await data.version()
-    # a bad entry, then a good change behind it
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.xadd(data.changes_key, entry, id=f"{version + 1}-0")
-        pipe.set(data.version_key, version + 1)
-        await pipe.execute()
-    await data.put_account(Account("newco"))
-    await until(lambda: "newco" in cache.snapshot.accounts)
+    reloads = []
+    reload = cache.reload
+
+    async def counted() -> None:
+        reloads.append(cache.snapshot.version)
+        await reload()
+
+    cache.reload = counted
+    with capture_logs() as logs:
+        # in one read: a good change, the bad entry, then a good change behind them
+        good = json.dumps([["account", "first", encode(Account("first")), ""]])
+        async with redis.pipeline(transaction=True) as pipe:
+            await data._write(keys=data._keys, args=[1000, good], client=pipe)
+            pipe.xadd(data.changes_key, entry, id=f"{version + 2}-0")
+            pipe.set(data.version_key, version + 2)
+            await pipe.execute()
+        await data.put_account(Account("newco"))
+        await until(lambda: "newco" in cache.snapshot.accounts)
+    # the batch with the bad entry was not applied in part: the copy was loaded anew instead
+    assert reloads == [version]
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+        "unreadable routing change; loading everything again"
+    ]
     assert same(cache.snapshot, await data.load())
+    assert "first" in cache.snapshot.accounts
     assert cache._task is not None and not cache._task.done()
 
 
@@ -317,3 +335,13 @@ async def test_a_replaced_copy_is_kept_for_the_calls_reading_it_then_emptied(
     assert old.numbers[RESERVED.did] == RESERVED  # a call that began on it still reads it
     await until(lambda: len(old.numbers) == 0)  # then freed a shard at a time
     assert cache.snapshot.numbers[RESERVED.did] == RESERVED
+
+
+async def test_a_read_of_named_records_brings_only_those(data):
+    await world(data)
+    some = await data.read({"number": [RESERVED.did, "74990000000"], "campaign": []})
+    assert some.version == await data.version()
+    assert dict(some.numbers.items()) == {RESERVED.did: RESERVED}
+    assert len(some.campaigns) == len(some.accounts) == 0
+    await data.read({"campaign": {LINE.id, "gone"}}, some)
+    assert dict(some.campaigns.items()) == {LINE.id: LINE}

@@ -8,10 +8,8 @@ module: the tests and benchmarks use it to set up an engine without a control pl
 
 from __future__ import annotations
 
-import contextlib
 import re
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,6 +34,7 @@ from .store.routing_data import Put, RoutingData
 ACCOUNT_ID = CAMPAIGN_ID
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+PARSE_ERRORS = (KeyError, ValueError, TypeError, AttributeError)  # named by the item they came from
 
 
 class InventoryError(ValueError):
@@ -79,7 +78,7 @@ class InventoryBuilder:
         if section not in SECTIONS:
             raise InventoryError(f"unknown section: {section}")
         inv = self.inventory
-        with _at(where):
+        try:
             if not isinstance(item, dict):
                 raise InventoryError("not a table")
             record: Account | Number | Campaign
@@ -97,12 +96,16 @@ class InventoryBuilder:
             else:  # read once every campaign is known: a file may list attempts first
                 self._attempts.append((where, item))
                 return None
+        except PARSE_ERRORS as exc:
+            raise _named(where, exc) from exc
         return record
 
     def finish(self) -> Inventory:
         for where, item in self._attempts:
-            with _at(where):
+            try:
                 self.inventory.attempts.append(_attempt(item, self.now, self._campaigns))
+            except PARSE_ERRORS as exc:
+                raise _named(where, exc) from exc
         self._attempts = []
         _check_references(self.inventory)
         return self.inventory
@@ -218,12 +221,8 @@ def _check_references(inv: Inventory) -> None:
             )
 
 
-@contextlib.contextmanager
-def _at(where: str) -> Iterator[None]:
-    """Names the failing item in any error raised while it is parsed."""
-    try:
-        yield
-    except KeyError as exc:
-        raise InventoryError(f"{where}: missing {exc.args[0]!r}") from exc
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise InventoryError(f"{where}: {exc}") from exc
+def _named(where: str, exc: Exception) -> InventoryError:
+    """The error naming the item `where`, for `exc` raised while it was parsed."""
+    if isinstance(exc, KeyError):
+        return InventoryError(f"{where}: missing {exc.args[0]!r}")
+    return InventoryError(f"{where}: {exc}")

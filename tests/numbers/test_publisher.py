@@ -171,3 +171,45 @@ async def test_a_store_with_rows_left_by_an_older_release_publishes_them(setting
     async with await Store.open(path) as store, store.transaction() as q:
         await q.touch("account", "acme")
         assert [seq for seq, _, _ in await q.outbox(10)] == [2]  # seqs never used twice
+
+
+async def test_the_first_fill_after_the_upgrade_deletes_the_old_layout(service, redis):
+    """Releases before the hash tag kept `zv:number:<did>` hashes, `zv:numbers` sets and
+    `zv:routing:version`; once the new keys are filled from the store, they are gone."""
+    data = service.data
+    p = data.prefix
+    old = {
+        f"{p}number:{MOSCOW_1}": "hash",
+        f"{p}number:{MOSCOW_2}": "hash",
+        f"{p}account:{ACME}": "hash",
+        f"{p}campaign:acme-line": "hash",
+        f"{p}numbers": "set",
+        f"{p}accounts": "set",
+        f"{p}campaigns": "set",
+        f"{p}routing:version": "string",
+    }
+    others = [
+        f"{p}number:{MOSCOW_1}:note",
+        f"{p}hist:{{79161234567}}:{MOSCOW_1}",
+        f"{p}dialer:{{acme-out}}:queue",
+        "other:number:74950000000",
+    ]
+    for key, kind in old.items():
+        if kind == "hash":
+            await redis.hset(key, mapping={"pool": "reservable", "status": "active"})
+        elif kind == "set":
+            await redis.sadd(key, "x")
+        else:
+            await redis.set(key, 7)
+    for key in others:
+        await redis.set(key, "kept")
+    await redis.delete(data.version_key, data.changes_key, *data.hashes.values())
+    await service.bind("web", MOSCOW_1, "acme-line")  # any change: Redis is filled first
+    stored, published = await routing_of(service)
+    assert stored == published
+    assert [key for key in old if await redis.exists(key)] == []
+    assert [key for key in others if await redis.exists(key)] == others
+    for key in old:  # an old engine writing on: `sync` deletes it again
+        await redis.set(key, 1)
+    await service.sync("cli")
+    assert [key for key in old if await redis.exists(key)] == []

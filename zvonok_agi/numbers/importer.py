@@ -32,6 +32,7 @@ from .rules import Kind, Refused
 CHUNK_TABLES = 1000  # TOML tables parsed at once
 HEADER = re.compile(r"\s*\[\[")  # an array-of-tables header: where a chunk may end
 LINE = re.compile(r"at line (\d+)")
+ABSENT = object()  # a number's kind or region not given
 
 Overrides = dict[str, tuple[Kind | None, str | None]]
 
@@ -54,6 +55,7 @@ class _Reader:
     def __init__(self, now: float) -> None:
         self.builder = InventoryBuilder(now)
         self.overrides: Overrides = {}
+        self.hints: dict[tuple[Any, Any], tuple[Kind | None, str | None]] = {}  # checked
         self.seen_attempts: Counter[str] = Counter()
 
     def add(self, section: str, where: str, item: Any) -> None:
@@ -69,16 +71,22 @@ class _Reader:
             self._override(where, item, record.did)
 
     def _override(self, where: str, item: dict[str, Any], did: str) -> None:
+        given = (item.get("kind", ABSENT), item.get("region", ABSENT))
         try:
-            kind = rules.enum_value(Kind, item["kind"], "kind") if "kind" in item else None
+            self.overrides[did] = self.hints[given]  # a few kinds and regions, many numbers
+            return
+        except (KeyError, TypeError):  # not yet seen, or not hashable (refused below)
+            pass
+        try:
+            kind = rules.enum_value(Kind, given[0], "kind") if given[0] is not ABSENT else None
             region = (
-                rules.text(item["region"], "region", rules.MAX_REGION, required=True)
-                if "region" in item
+                rules.text(given[1], "region", rules.MAX_REGION, required=True)
+                if given[1] is not ABSENT
                 else None
             )
         except Refused as exc:
             raise InventoryError(f"{where}: {exc.message}") from exc
-        self.overrides[did] = (kind, region)
+        self.overrides[did] = self.hints[given] = (kind, region)
 
     def finish(self) -> tuple[Inventory, Overrides]:
         return self.builder.finish(), self.overrides

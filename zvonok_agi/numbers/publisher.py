@@ -187,6 +187,10 @@ class Publisher:
                 after = page[-1][0]
             counts[kind] = len(keys)
             removed[f"{kind}s"] = await self._remove_others(kind, keys)
+        # The first rebuild after the upgrade to the hash tag replaces the old layout: gone.
+        old = await self.data.delete_old_layout()
+        if old:
+            log.info("routing data of the layout before the hash tag deleted", keys=old)
         return SyncReport(counts["account"], counts["number"], counts["campaign"], removed)
 
     async def _outrank(self, kind: str, keys: list[str]) -> None:

@@ -194,32 +194,26 @@ def classify(did: str, kind: Kind | None = None, region: str | None = None) -> t
     non-geographic numbers, and foreign ones, are refused whatever the operator says: customers
     would be offered them as city numbers. A Russian-looking range the plan does not know yet
     is kept when the operator gives its kind and region."""
-    plan = phone.plan(did)
+    plan = phone.range_plan(did)  # the range's: one parse per range for a big import
+    refusal: str | None = None
     if plan.type == "unknown" and plan.calling_code == HOME_CALLING_CODE:
         if kind is None or not region:
-            raise Refused(
-                "unsupported_number",
-                f"the numbering plan does not know {plan.written}: give its kind and region",
-            )
-        return kind, region
-    if plan.country != HOME_COUNTRY:
-        raise Refused(
-            "unsupported_number",
-            f"{plan.written} is a number of {plan.country_name}: we keep Russian numbers only",
+            refusal = "the numbering plan does not know {number}: give its kind and region"
+    elif plan.country != HOME_COUNTRY:
+        refusal = f"{{number}} is a number of {plan.country_name}: we keep Russian numbers only"
+    elif plan.type not in PLAN_KINDS:
+        refusal = (
+            f"{{number}} is a {plan.type.replace('_', ' ')} number: we keep mobile and "
+            "city numbers only"
         )
-    if plan.type not in PLAN_KINDS:
-        raise Refused(
-            "unsupported_number",
-            f"{plan.written} is a {plan.type.replace('_', ' ')} number: we keep mobile and "
-            "city numbers only",
-        )
-    kind = kind or PLAN_KINDS[plan.type]
-    region = region or plan.region or (plan.country_name if kind is Kind.MOBILE else None)
-    if not region:
-        raise Refused(
-            "unsupported_number",
-            f"the numbering plan names no city for {plan.written}: give its region",
-        )
+    else:
+        kind = kind or PLAN_KINDS[plan.type]
+        region = region or plan.region or (plan.country_name if kind is Kind.MOBILE else None)
+        if not region:
+            refusal = "the numbering plan names no city for {number}: give its region"
+    if refusal:
+        raise Refused("unsupported_number", refusal.format(number=phone.plan(did).written))
+    assert kind is not None and region is not None
     return kind, region
 
 

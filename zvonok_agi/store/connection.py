@@ -239,3 +239,8 @@ async def cluster_node_for(client: Client, key: str) -> ClusterNode | None:
         await client.initialize()  # the slot map, if no command has fetched it yet
         return client.get_node_from_key(key)
     return None
+
+
+def literal_glob(text: str) -> str:
+    """`text` matched literally by a SCAN pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)

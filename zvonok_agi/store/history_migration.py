@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .connection import Client
+from .connection import Client, literal_glob
 from .history import CallbackHistory
 
 # KEYS: old hist, new hist. ARGV: delete the old key (1/0). Returns the attempts copied.
@@ -74,7 +74,7 @@ async def migrate_history(
     report = MigrationReport()
     merge_pair = redis.register_script(MERGE_PAIR)
     merge_last = redis.register_script(MERGE_LAST)
-    async for raw in redis.scan_iter(match=f"{_glob(prefix)}hist:[^{{]*", count=1000):
+    async for raw in redis.scan_iter(match=f"{literal_glob(prefix)}hist:[^{{]*", count=1000):
         key = raw.decode()
         did, sep, callee = key.removeprefix(f"{prefix}hist:").partition(":")
         if not sep or ":" in callee:
@@ -82,18 +82,13 @@ async def migrate_history(
         new = history.key(did, callee)
         report.attempts += int(await merge_pair(keys=[key, new], args=[delete]))
         report.pairs += 1
-    async for raw in redis.scan_iter(match=f"{_glob(prefix)}last:[^{{]*", count=1000):
+    async for raw in redis.scan_iter(match=f"{literal_glob(prefix)}last:[^{{]*", count=1000):
         key = raw.decode()
         callee = key.removeprefix(f"{prefix}last:")
         await merge_last(keys=[key, history.last_key(callee)], args=[delete])
         report.last_numbers += 1
     if finish:
-        async for raw in redis.scan_iter(match=f"{_glob(prefix)}attempt:*", count=1000):
+        async for raw in redis.scan_iter(match=f"{literal_glob(prefix)}attempt:*", count=1000):
             report.deleted += int(await redis.delete(raw))
         report.deleted += report.pairs + report.last_numbers
     return report
-
-
-def _glob(text: str) -> str:
-    """`text` matched literally by a SCAN pattern."""
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, MutableMapping
@@ -51,6 +52,7 @@ from ..routing.model import (
     Pool,
 )
 from ..tasks import LoopErrors, cancel_and_wait, cancel_requested
+from .connection import literal_glob
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +63,8 @@ SCAN_CHUNK = 500  # records per HSCAN of a full load: parsing the reply is one l
 READ_CHUNK = 100  # stream entries per read: parsing and applying them is one loop step
 LOAD_ATTEMPTS = 5
 RELEASE_AFTER = 10.0  # seconds a replaced copy is kept for the calls still reading it
+# The record keys of the layout before the hash tag: `<kind>:` then an id or a number.
+OLD_KEY = re.compile(rb"[A-Za-z0-9][A-Za-z0-9_-]{0,47}")
 
 Record = Account | Number | Campaign
 
@@ -342,6 +346,25 @@ class RoutingData:
     async def delete_account(self, account_id: str) -> None:
         await self.write([Delete("account", account_id)])
 
+    async def delete_old_layout(self) -> int:
+        """Deletes the routing data as releases before the hash tag kept it (`<kind>:<key>`
+        hashes, `<kind>s` sets, `routing:version`), read by no engine since; the keys deleted.
+        A key of that form holding something else (any other name) is left alone."""
+        deleted = 0
+        for kind in KINDS:
+            old: list[bytes] = []
+            head = f"{self.prefix}{kind}:".encode()
+            async for key in self.redis.scan_iter(
+                match=f"{literal_glob(self.prefix)}{kind}:*", count=SCAN_CHUNK * 2
+            ):
+                if OLD_KEY.fullmatch(key.removeprefix(head)):
+                    old.append(key)
+            for start in range(0, len(old), SCAN_CHUNK):
+                deleted += await self.redis.delete(*old[start : start + SCAN_CHUNK])
+        for key in [*(f"{self.prefix}{kind}s" for kind in KINDS), f"{self.prefix}routing:version"]:
+            deleted += await self.redis.delete(key)  # one by one: no slot shared on a Cluster
+        return deleted
+
     # reads
 
     async def version(self) -> int | None:
@@ -396,6 +419,23 @@ class RoutingData:
                 continue
             return snapshot
         raise RedisError("routing data kept changing during the load")
+
+    async def read(
+        self, wanted: Mapping[str, Iterable[str]], snapshot: RoutingSnapshot | None = None
+    ) -> RoutingSnapshot:
+        """Only the records named (kind -> keys), into `snapshot` or a new copy at the current
+        version: what one decision reads (`zvonok-agi route`), where `load` reads everything."""
+        if snapshot is None:
+            snapshot = RoutingSnapshot(version=await self.version() or 0)
+        for kind, keys in wanted.items():
+            keys = sorted(set(keys))
+            if not keys:
+                continue
+            values = await self.redis.hmget(self.hashes[kind], keys)
+            for key, value in zip(keys, values, strict=True):
+                if value is not None:
+                    snapshot.put(kind, key, _text(value))
+        return snapshot
 
     async def catch_up(self, snapshot: RoutingSnapshot) -> None:
         """Applies the changes after `snapshot.version` until there are none."""
