@@ -533,19 +533,21 @@ class NumbersService:
         events = await self.health_store.events(after.decode() if after else "0-0", 500)
         if not events:
             return 0
+        copied = 0
         async with self.store.transaction() as q:
             for event_id, fields in events:
                 did = fields["did"]
-                copied = await q.audit_log(subject=did, limit=20)
-                if any(row["detail"].get("event_id") == event_id for row in copied):
+                rows = await q.audit_log(subject=did, limit=20)
+                if any(row["detail"].get("event_id") == event_id for row in rows):
                     continue
                 action = "rest" if fields["event"] == "rested" else "return"
                 detail = {"event_id": event_id, **{
                     k: v for k, v in fields.items() if k not in ("did", "event", "at") and v
                 }}
                 await q.audit(float(fields["at"]), "dialer", action, did, None, "ok", detail)
+                copied += 1
         await redis.set(cursor_key, events[-1][0])
-        return len(events)
+        return copied
 
     async def audit_log(self, subject: str | None = None, limit: int = 100) -> list[dict]:
         if subject is not None:
