@@ -3,6 +3,8 @@ Russian descriptions (phonenumbers' geocoder), never through a table of our own.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from zvonok_agi import regions
@@ -42,6 +44,17 @@ def test_the_plan_gives_russias_regions_with_their_russian_names():
         "Свердловская обл",
     )
     assert regions.russian_name("Kazan") is None  # not a region of the plan
+
+
+def test_each_region_of_the_plan_has_a_russian_name_of_its_own_in_russian():
+    shown = {region: regions.display_names(region)["ru"] for region in plan_regions()}
+    assert [name for name in shown.values() if re.search("[A-Za-z]", name)] == []
+    assert len(set(shown.values())) == len(shown)
+    assert (shown["Sochi"], shown["Krasnodar Territory"]) == (
+        "Краснодарский край (код 862)",
+        "Краснодарский край (код 861)",
+    )
+    assert regions.display_names("Kazan") == {"en": "Kazan", "ru": "Kazan"}  # as named
 
 
 def test_every_region_of_the_plan_is_found_by_each_of_its_names():

@@ -357,7 +357,9 @@ async def test_a_call_whose_originate_never_left_is_dialed_later(settings):
             return await place(attempt, caller_id)
 
         originator.place = place_after_a_cut  # type: ignore[method-assign]
-        report = await run(d, numbers)
+        # One call at a time: a call still ringing when the link fell would lose its events
+        # with the link (as on a real Asterisk) and be settled as failed: not this test's case.
+        report = await run(d, numbers, concurrency=1)
     assert cut
     assert dialed(fake) == Counter(numbers)  # the cut one too, once
     assert report.progress and report.progress.outcomes == {Outcome.ANSWERED: len(numbers)}

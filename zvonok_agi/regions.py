@@ -66,25 +66,36 @@ def _fold(word: str) -> str:
 
 
 @functools.cache
-def plan_regions(country: str = HOME_COUNTRY) -> dict[str, tuple[str, ...]]:
-    """The regions the numbering plan names in `country`, each (in English, as the store names
-    it) with its Russian names; the country itself too (mobile numbers have no other region)."""
+def _plan(country: str = HOME_COUNTRY) -> dict[str, dict[str, set[str]]]:
+    """Each region the numbering plan names in `country` (in English): its Russian names and
+    its area codes (the prefixes after the country code)."""
     code = str(phonenumbers.country_code_for_region(country))
-    names: dict[str, set[str]] = {}
+    plan: dict[str, dict[str, set[str]]] = {}
     for prefix in GEOCODE_DATA:
         if not prefix.startswith(code):
             continue
         number = phonenumbers.parse("+" + prefix.ljust(11, "0"))
         if phonenumbers.region_code_for_number(number) == country:
             english = geocoder.description_for_valid_number(number, "en")
-            names.setdefault(english, set()).add(
-                geocoder.description_for_valid_number(number, "ru")
-            )
+            region = plan.setdefault(english, {"russian": set(), "codes": set()})
+            region["russian"].add(geocoder.description_for_valid_number(number, "ru"))
+            region["codes"].add(prefix.removeprefix(code))
     mobile = phonenumbers.example_number_for_type(country, phonenumbers.PhoneNumberType.MOBILE)
-    names[geocoder.country_name_for_number(mobile, "en")] = {
-        geocoder.country_name_for_number(mobile, "ru")
+    plan[geocoder.country_name_for_number(mobile, "en")] = {
+        "russian": {geocoder.country_name_for_number(mobile, "ru")},
+        "codes": set(),
     }
-    return {english: tuple(sorted(russian - {english})) for english, russian in names.items()}
+    return plan
+
+
+@functools.cache
+def plan_regions(country: str = HOME_COUNTRY) -> dict[str, tuple[str, ...]]:
+    """The regions the numbering plan names in `country`, each (in English, as the store names
+    it) with its Russian names; the country itself too (mobile numbers have no other region)."""
+    return {
+        english: tuple(sorted(region["russian"] - {english}))
+        for english, region in _plan(country).items()
+    }
 
 
 def russian_name(region: str) -> str | None:
@@ -109,13 +120,13 @@ def _sharing_russian_names() -> dict[str, int]:
 def display_names(region: str) -> dict[str, str]:
     """A region's names for the page: in English (as the store keeps it) and in Russian (the
     plan's; where the plan has none, as a region an operator named, the name as kept). A
-    Russian name the plan gives to several regions says which one it is: Sochi and Krasnodar
-    Territory are both "Краснодарский край"."""
+    Russian name the plan gives to several regions says which one it is by its area codes:
+    Sochi and Krasnodar Territory are both "Краснодарский край", (код 862) and (код 861)."""
     russian = russian_name(region)
     if russian is None:
         return {"en": region, "ru": region}
     if _sharing_russian_names().get(russian, 0) > 1:
-        russian = f"{russian} ({region})"
+        russian = f"{russian} (код {', '.join(sorted(_plan()[region]['codes']))})"
     return {"en": region, "ru": russian}
 
 

@@ -74,8 +74,10 @@ const data = (text) => el("span", {translate: "no"}, String(text));
 function show(node, visible) { node.hidden = !visible; }
 
 // A button whose accessible name says what it acts on: "Change +7 495 123-45-67".
-function actionButton(label, subject, className, onclick) {
-  return el("button", {type: "button", class: className, onclick},
+// A row's button, named with what it acts on; its key finds it again once the row is drawn
+// anew (focus goes back to it).
+function actionButton(label, subject, className, onclick, key) {
+  return el("button", {type: "button", class: className, onclick, "data-key": `${className} ${key}`},
     label, el("span", {class: "visually-hidden"}, " ", data(subject)));
 }
 
@@ -124,9 +126,14 @@ function closeDialog(dialog) {
 }
 
 function restoreFocus(event) {
-  const dialog = event.target;
-  const back = dialog.opener && dialog.opener.isConnected ? dialog.opener : $("#numbers-title");
-  back.focus();
+  (current(event.target.opener) || $("#numbers-title")).focus();
+}
+
+// A control, or the one drawn in its place since (a row's button after a refresh).
+function current(node) {
+  if (!node || node.isConnected) return node;
+  return node.dataset && node.dataset.key
+    ? $(`[data-key="${CSS.escape(node.dataset.key)}"]`) : null;
 }
 
 // --- starting, signing in and out -----------------------------------------------------------
@@ -232,6 +239,27 @@ function renderAccount() {
   badge.textContent = t(verified ? "header.verified" : "header.unverified");
   badge.className = verified ? "badge ok" : "badge warn";
   show($("#unverified-note"), !verified);
+  const staff = state.me.role === "staff";
+  show($("#verify-how"), !staff);
+  show($("#verify-account"), staff);
+  const title = $("#numbers-title");
+  title.dataset.i18n = staff ? "numbers.title_staff" : "numbers.title";
+  title.textContent = t(title.dataset.i18n);
+}
+
+// Staff mark the account verified once its documents are checked (taking it back stays with
+// the CLI and the API: its campaigns would dial from the service pool at once).
+async function verifyAccount() {
+  try {
+    const account = await api("PATCH", `/api/accounts/${encodeURIComponent(state.account.id)}`,
+                              {body: {verified: true}});
+    state.accounts = state.accounts.map((a) => (a.id === account.id ? account : a));
+    state.account = account;
+    renderAccount();
+    $("#numbers-title").focus();
+    say(t("staff.verified", {name: data(account.name || account.id)}));
+    await refreshed();
+  } catch (error) { fail($("#page-error"), error); }
 }
 
 // Both tabs unsearched (the account's reserved numbers, for campaigns), the tab shown as
@@ -251,6 +279,7 @@ async function refresh() {
     state.search ? numbers(state.status, state.search) : null,
   ]);
   if (mine !== refreshes) return;
+  const focused = document.activeElement;
   state.view = searched || {active, disabled}[state.status];
   state.reserved = [...active.numbers, ...disabled.numbers].filter((n) => n.reserved);
   state.campaigns = campaigns.campaigns;
@@ -258,6 +287,8 @@ async function refresh() {
   renderNumbers();
   renderCampaigns();
   renderRequests();
+  // focus on a row drawn anew goes to the same button, or (the row gone) to the list's title
+  if (focused && !focused.isConnected) (current(focused) || $("#numbers-title")).focus();
   await renderDialing();
 }
 
@@ -343,11 +374,11 @@ function numberRow(n) {
     cell(t("numbers.col_health"), "health", ...health(n.health)),
     cell(t("numbers.col_rule"), "rule", n.reserved ? t(`rule.${n.callback_rule}`) : "—"),
     cell(t("numbers.col_actions"), "actions",
-         actionButton(t("numbers.view"), written(n), "view", () => openView(n.did)),
+         actionButton(t("numbers.view"), written(n), "view", () => openView(n.did), n.did),
          n.reserved ? actionButton(t("numbers.change"), written(n), "change",
-                                   () => openChange(n)) : null,
+                                   () => openChange(n), n.did) : null,
          n.reserved ? actionButton(t("numbers.delete"), written(n), "delete",
-                                   () => openDelete(n)) : null));
+                                   () => openDelete(n), n.did) : null));
 }
 
 // Answered of placed over the health window, and a resting pool number's badge (the dialers
@@ -714,7 +745,7 @@ function renderCampaigns() {
     cell(t("campaigns.col_caller_id"), "caller-id", callerIdText(c)),
     cell(t("campaigns.col_state"), "state", t(`state.${c.state}`)),
     cell(t("numbers.col_actions"), "actions",
-         actionButton(t("campaigns.edit"), c.name || c.id, "edit", () => openCampaign(c)))));
+         actionButton(t("campaigns.edit"), c.name || c.id, "edit", () => openCampaign(c), c.id))));
   $("#campaigns tbody").replaceChildren(...rows);
   show($("#campaigns"), rows.length > 0);
   show($("#campaigns-empty"), rows.length === 0);
@@ -885,7 +916,7 @@ function renderRequests() {
       status,
       r.note ? el("p", {class: "note"}, t("requests.note"), " ", data(r.note)) : null,
       state.me.role === "staff" && r.status === "open"
-        ? actionButton(t("requests.close"), `№${r.id}`, "close", () => openClose(r)) : null);
+        ? actionButton(t("requests.close"), `№${r.id}`, "close", () => openClose(r), r.id) : null);
   });
   $("#requests").replaceChildren(...items);
   show($("#requests-empty"), items.length === 0);
@@ -947,6 +978,7 @@ function wire() {
   });
   $("#add").addEventListener("click", openAdd);
   $("#verify-how").addEventListener("click", openAdd);
+  $("#verify-account").addEventListener("click", verifyAccount);
   for (const button of $$("[data-choice]")) {
     button.addEventListener("click", () => wizard.chooseKind(button.dataset.choice));
   }
