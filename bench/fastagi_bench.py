@@ -10,8 +10,8 @@ server):
 
   engine       `python -m zvonok_agi serve` on a real redis-server that this script starts
                (free port, temp dir), loaded with 100 reserved numbers, campaigns and a call
-               history; log level warning
-  engine+info  the same with per-call info logging (JSON lines to a file)
+               history; log level info, as in production: one JSON line per call, to a file
+  engine-nolog the same at log level warning (no line per call)
   floor        bench/floor_server.py: the same protocol exchange, no store, no logic
   process-per-call
                bench/agi_script.py started as a new Python process per call, AGI over
@@ -28,8 +28,8 @@ Two more modes, each against one engine process:
 
 The generator is open-loop: sessions start on a fixed schedule whether or not earlier ones
 have finished, and a session's latency runs from its SCHEDULED start to the server's close
-(for process-per-call: to the script's exit), so queueing shows. It plays Asterisk's side with
-the sans-IO
+(for process-per-call: to the script's exit), so queueing shows. `--event-loop uvloop` runs the
+engine and the floor on uvloop. It plays Asterisk's side with the sans-IO
 `AsteriskConnection`: the recorded env block with this call's DID and caller, a reply to each
 command as Asterisk gives it, until the server closes. Engine calls are a mix of first
 callbacks (outbound, claimed), second callbacks and callers never dialed (both inbound); every
@@ -89,6 +89,11 @@ MIX = (("first", 0.4), ("second", 0.3), ("never", 0.3))  # engine call mix
 ACCOUNTS, NUMBERS_PER_ACCOUNT = 5, 20  # 100 reserved numbers
 SECOND_PAIRS = 400  # (DID, caller) pairs whose first callback was already routed
 DAY = 86400.0
+# Issue 11's goals for the engine at 500 calls/s (its log line kept), against the floor.
+GOAL_CPU_MS = 0.5  # the engine process's CPU per call
+GOAL_CPU_RATIO = 1.3  # ... against the floor's, in the same run
+GOAL_P99_MS = 5.0
+GOAL_TOP_SHARE = 0.5  # the engine's top rate against the floor's
 
 
 # --- what the engine sends: the floor and the AGI script send the same ------------------------
@@ -247,8 +252,9 @@ def stop_all() -> None:
         stop(_children[-1])
 
 
-def child_env(**settings: str) -> dict[str, str]:
+def child_env(event_loop: str, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZVONOK_")}
+    env["ZVONOK_AGI_EVENT_LOOP"] = event_loop
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.update(settings)
     return env
@@ -469,6 +475,7 @@ class Row:
     t0: float = 0.0
     outcomes: list[Result] = field(default_factory=list)
     server_cpu: float = 0.0  # seconds over the measured run
+    own_cpu: float = 0.0  # of which the server's own process (the engine: without Redis)
     cpu_split: str = ""
     gen_cpu: float = 0.0
     wall: float = 0.0
@@ -500,6 +507,11 @@ class Row:
         done = len(self.ok)
         return self.server_cpu / done * 1000 if done else float("nan")
 
+    @property
+    def own_cpu_per_call(self) -> float:
+        done = len(self.ok)
+        return self.own_cpu / done * 1000 if done else float("nan")
+
 
 async def measure(
     row: Row,
@@ -520,6 +532,7 @@ async def measure(
     row.gen_cpu = gen / row.wall
     parts = [b - a for a, b in zip(before, after, strict=True)]
     row.server_cpu = sum(parts)
+    row.own_cpu = parts[0]
     row.others = max(0.0, (busy - gen - row.server_cpu) / row.wall)
     if len(parts) > 1 and row.ok:
         done = len(row.ok)
@@ -534,6 +547,7 @@ class Plan:
     duration: float
     warmup: float
     redis_aof: bool = False
+    event_loop: str = "asyncio"
 
 
 async def run_engine(name: str, plan: Plan, calls: list[Call], warm: list[Call],
@@ -545,6 +559,7 @@ async def run_engine(name: str, plan: Plan, calls: list[Call], warm: list[Call],
     log = tmp / f"{name}.log"
     python = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
     proc = spawn([*python, "-m", "zvonok_agi", "serve"], child_env(
+        plan.event_loop,
         ZVONOK_AGI_HOST=HOST, ZVONOK_AGI_PORT=str(port), ZVONOK_REDIS_URL=redis.url,
         ZVONOK_REDIS_KEY_PREFIX=KEY_PREFIX, ZVONOK_LOG_LEVEL=level, ZVONOK_LOG_FORMAT="json",
     ), log)
@@ -572,7 +587,7 @@ async def run_floor(plan: Plan, calls: list[Call], warm: list[Call], tmp: Path,
     log = tmp / "floor.log"
     python = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
     proc = spawn([*python, str(BENCH / "floor_server.py"), str(port),
-                  json.dumps(commands)], child_env(), log)
+                  json.dumps(commands), plan.event_loop], child_env(plan.event_loop), log)
     try:
         await wait_listening(proc, port, log)
         row = Row("floor", plan.rate, plan.duration, "no store, no logic")
@@ -615,11 +630,12 @@ def on_port(port: int, n_commands: int) -> Callable[[Call, float], Awaitable[Res
     return lambda call, at: tcp_session(port, call, at, n_commands)
 
 
-async def start_engine(name: str, redis: EmbeddedRedis, tmp: Path, level: str,
+async def start_engine(name: str, redis: EmbeddedRedis, tmp: Path, level: str, event_loop: str,
                        **settings: str) -> tuple[subprocess.Popen, int, Path]:
     port = free_port()
     log = tmp / f"{name}.log"
     proc = spawn([sys.executable, "-m", "zvonok_agi", "serve"], child_env(
+        event_loop,
         ZVONOK_AGI_HOST=HOST, ZVONOK_AGI_PORT=str(port), ZVONOK_REDIS_URL=redis.url,
         ZVONOK_REDIS_KEY_PREFIX=KEY_PREFIX, ZVONOK_LOG_LEVEL=level, ZVONOK_LOG_FORMAT="json",
         **settings,
@@ -650,7 +666,7 @@ async def start_flood(port: int, connections: int, seconds: float, tmp: Path
 async def run_idle_flood(plan: Plan, pop: Population, redis: EmbeddedRedis, tmp: Path,
                          n_commands: int, connections: int) -> list[Phase]:
     """Baseline, then the same calls under the idle flood, on one engine at log level info."""
-    proc, port, log = await start_engine("engine-flood", redis, tmp, "info")
+    proc, port, log = await start_engine("engine-flood", redis, tmp, "info", plan.event_loop)
     session = on_port(port, n_commands)
     redis_pid = redis._process.pid if redis._process else 0
     phases = []
@@ -729,7 +745,7 @@ async def run_burst(plan: Plan, pop: Population, redis: EmbeddedRedis, tmp: Path
         settings = {} if backlog is None else {"ZVONOK_AGI_BACKLOG": str(backlog)}
         name = f"backlog {backlog or 'default'}"
         proc, port, _ = await start_engine(f"engine-burst-{backlog}", redis, tmp, "warning",
-                                           **settings)
+                                           plan.event_loop, **settings)
         try:
             first = len(pop.attempts)
             warm, calls = pop.engine_calls(int(plan.rate * plan.warmup)), pop.engine_calls(size)
@@ -737,7 +753,9 @@ async def run_burst(plan: Plan, pop: Population, redis: EmbeddedRedis, tmp: Path
             row = Row(name, float(size), 0.0)
             session = on_port(port, n_commands)
             await drive(session, warm, plan.rate)
+            before = await redis_connections(redis.url)
             row.t0, row.outcomes = await drive(session, calls, 1e9)  # all at once
+            row.note = str(await redis_connections(redis.url) - before - 1)  # less our probe
             rows.append(row)
         finally:
             stop(proc)
@@ -745,22 +763,32 @@ async def run_burst(plan: Plan, pop: Population, redis: EmbeddedRedis, tmp: Path
     return rows
 
 
+async def redis_connections(url: str) -> int:
+    """Connections the Redis server has accepted so far (this probe's included)."""
+    probe = redis_client(url, load_settings(environ={}))
+    try:
+        return int((await probe.info("stats"))["total_connections_received"])
+    finally:
+        await probe.aclose()
+
+
 def report_burst(rows: list[Row], size: int) -> None:
     somaxconn = Path("/proc/sys/net/core/somaxconn")
     print(f"\nBurst: {size} calls started at the same instant; {os.cpu_count()} CPUs, "
           f"net.core.somaxconn {somaxconn.read_text().strip() if somaxconn.exists() else '?'}")
     print_head(f"{'engine':<16}{'routed':>10}{'p50 ms':>9}{'max ms':>9}{'connect p50':>13}"
-               f"{'connect max':>13}{'SYN retried':>13}")
+               f"{'connect max':>13}{'SYN retried':>13}{'Redis conns':>13}")
     for r in rows:
         connects = sorted(o.connect for o in r.outcomes if o.connect is not None)
         retried = sum(1 for c in connects if c >= 0.9)
         mid = connects[len(connects) // 2] * 1000 if connects else float("nan")
         top = connects[-1] * 1000 if connects else float("nan")
         print(f"{r.name:<16}{f'{len(r.ok)}/{len(r.outcomes)}':>10}{r.pct(0.5):>9.2f}"
-              f"{r.pct(1.0):>9.2f}{mid:>13.2f}{top:>13.2f}{retried:>13}")
+              f"{r.pct(1.0):>9.2f}{mid:>13.2f}{top:>13.2f}{retried:>13}{r.note:>13}")
         print_errors(r)
     print("connect: from the scheduled start to the TCP handshake; SYN retried: connects that "
-          "took >= 900 ms, a dropped SYN sent again after 1 s (the backlog was full)")
+          "took >= 900 ms, a dropped SYN sent again after 1 s (the backlog was full); Redis "
+          "conns: connections the engine opened to Redis during the burst")
 
 
 # --- watchdog on and off --------------------------------------------------------------------
@@ -796,7 +824,7 @@ async def run_watchdog(plan: Plan, pop: Population, redis: EmbeddedRedis, tmp: P
             calls = pop.engine_calls(int(plan.rate * plan.duration))
             await load_store(redis.url, pop.attempts[first:], pop.now, with_inventory=False)
             proc, port, _ = await start_engine(f"engine-{name.replace(' ', '-')}", redis, tmp,
-                                               "warning", **settings)
+                                               "warning", plan.event_loop, **settings)
             try:
                 idle = cpu_ns(proc.pid)
                 await asyncio.sleep(IDLE_SECONDS)
@@ -906,6 +934,12 @@ def report_top(ladders: dict[str, list[Row]], plan: Plan) -> None:
     for a, b in (("engine", "floor"), ("engine", "process-per-call")):
         if tops.get(a) and tops.get(b):
             print(f"  {a} / {b} top rate: x{tops[a].rate / tops[b].rate:.2f}")
+    engine, floor = tops.get("engine"), tops.get("floor")
+    if engine and floor:
+        share = engine.rate / floor.rate
+        print(f"goal: engine's top rate >= {GOAL_TOP_SHARE:.0%} of the floor's: {share:.0%} "
+              f"({engine.rate:.0f}/s against {floor.rate:.0f}/s, event loop {plan.event_loop}): "
+              f"{verdict(share >= GOAL_TOP_SHARE)}")
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -941,7 +975,7 @@ def report(rows: list[Row], plan: Plan) -> None:
             print(f"  {r.name}: {count} x {error}")
     by = {r.name: r for r in rows}
     pairs = [("engine", "floor", "engine / floor"),
-             ("engine+info", "engine", "engine+info / engine"),
+             ("engine", "engine-nolog", "engine / engine-nolog"),
              ("process-per-call", "engine", "process-per-call / engine")]
     lines = []
     for a, b, label in pairs:
@@ -957,6 +991,29 @@ def report(rows: list[Row], plan: Plan) -> None:
     if lines:
         print("ratios (latency and CPU: lower is better; throughput: higher is better)")
         print("\n".join(lines))
+    if "engine" in by and "floor" in by:
+        report_goals(by["engine"], by["floor"], plan)
+
+
+def verdict(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
+def report_goals(engine: Row, floor: Row, plan: Plan) -> None:
+    """Issue 11's goals, from this run's engine and floor rows."""
+    cpu, floor_cpu = engine.own_cpu_per_call, floor.own_cpu_per_call
+    p99 = engine.pct(0.99)
+    at = "" if engine.rate == 500 else f" (goals are for 500/s; offered {engine.rate:g}/s)"
+    print(f"goals (issue 11), engine with its log line, event loop {plan.event_loop}{at}:")
+    print(f"  engine process CPU per call {cpu:.3f} ms <= {GOAL_CPU_MS} ms: "
+          f"{verdict(cpu <= GOAL_CPU_MS)}   (redis-server adds "
+          f"{engine.cpu_per_call - cpu:.3f} ms)")
+    print(f"  engine / floor CPU per call x{cpu / floor_cpu:.2f} <= x{GOAL_CPU_RATIO} "
+          f"(floor {floor_cpu:.3f} ms): {verdict(cpu <= GOAL_CPU_RATIO * floor_cpu)}")
+    print(f"  engine p99 {p99:.2f} ms <= {GOAL_P99_MS:g} ms: {verdict(p99 <= GOAL_P99_MS)}"
+          f"   (others {engine.others:.2f} cores busy: on a busy machine p99 is the machine's)")
+    if engine.errors:
+        print(f"  engine errors: {sum(engine.errors.values())}: FAIL")
 
 
 def write_csv(path: Path, rows: list[Row]) -> None:
@@ -1009,7 +1066,7 @@ def print_profile(name: str, path: Path, top: int) -> None:
 
 # --- main --------------------------------------------------------------------------------------
 
-TARGETS = ("floor", "engine", "engine+info", "process-per-call")
+TARGETS = ("floor", "engine", "engine-nolog", "process-per-call")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1032,7 +1089,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="smoke run: 2 s per target, 0.3 s warm-up")
     p.add_argument("--top", action="store_true",
                    help="find each target's top rate instead (steps up from --rate, from "
-                   "--agi-rate for process-per-call; engine+info is left out)")
+                   "--agi-rate for process-per-call; engine-nolog is left out)")
     p.add_argument("--idle-flood", type=int, nargs="?", const=1000, metavar="N",
                    help="idle-flood mode: N (1000) idle connections reconnecting when closed, "
                    "calls at --flood-rate; a baseline phase, then the flood, --duration each")
@@ -1041,6 +1098,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--burst", type=int, nargs="?", const=1000, metavar="N",
                    help="burst mode: N (1000) calls at once, listen backlog 100 against the "
                    "engine's default")
+    p.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
+                   help="the engine's and the floor's event loop (default asyncio; uvloop needs "
+                   "the uvloop extra)")
     p.add_argument("--watchdog", type=int, nargs="?", const=3, metavar="ROUNDS",
                    help="watchdog mode: the engine with its watchdog and heartbeat on (the "
                    "default) and off, alternating, ROUNDS (3) runs each at --rate for --duration")
@@ -1060,7 +1120,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def amain(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis | None) -> int:
-    plan = Plan(args.rate, args.agi_rate, args.duration, args.warmup, args.redis_aof)
+    plan = Plan(args.rate, args.agi_rate, args.duration, args.warmup, args.redis_aof,
+                args.event_loop)
     commands = engine_commands()
     pop = Population()
     if args.watchdog:
@@ -1082,7 +1143,7 @@ async def amain(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis | None
         return 0
     n_run, n_warm = int(plan.rate * plan.duration), int(plan.rate * plan.warmup)
     engine_runs = {}
-    for name in ("engine", "engine+info"):
+    for name in ("engine", "engine-nolog"):
         if name in args.only:
             engine_runs[name] = (pop.engine_calls(n_warm), pop.engine_calls(n_run))
     if engine_runs:
@@ -1106,7 +1167,7 @@ async def amain(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis | None
                                         tmp, commands, profile))
         elif name in engine_runs:
             warm, calls = engine_runs[name]
-            level = "info" if name == "engine+info" else "warning"
+            level = "warning" if name == "engine-nolog" else "info"
             rows.append(await run_engine(name, plan, calls, warm, redis, tmp, level,
                                          len(commands), profile))
         else:
@@ -1143,7 +1204,7 @@ async def amain_top(args: argparse.Namespace, plan: Plan, pop: Population, tmp: 
         first = len(pop.attempts)
         warm_calls, calls = pop.engine_calls(warm), pop.engine_calls(n)
         await load_store(redis.url, pop.attempts[first:], pop.now, with_inventory=False)
-        return await run_engine("engine", at(rate), calls, warm_calls, redis, tmp, "warning",
+        return await run_engine("engine", at(rate), calls, warm_calls, redis, tmp, "info",
                                 len(commands))
 
     async def agi_step(rate: float) -> Row:
@@ -1177,7 +1238,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zvonok-bench-") as tmp:
         redis = None
         try:
-            if ({"engine", "engine+info"} & set(args.only) or args.idle_flood or args.burst
+            if ({"engine", "engine-nolog"} & set(args.only) or args.idle_flood or args.burst
                     or args.watchdog):
                 redis = start_redis(Path(tmp) / "redis", aof=args.redis_aof)
             return asyncio.run(amain(args, Path(tmp), redis))

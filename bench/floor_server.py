@@ -4,7 +4,7 @@ Reads the env block, sends the commands the engine sends for a call (they come f
 benchmark as JSON, so that the count and the byte sizes follow the engine), reads each reply,
 closes. No store, no routing, no logging; standard library only.
 
-    python bench/floor_server.py PORT COMMANDS_JSON
+    python bench/floor_server.py PORT COMMANDS_JSON [asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -58,4 +58,10 @@ async def main(port: int, commands_words: list[list[str]]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), json.loads(sys.argv[2])))
+    loop_factory = None
+    if sys.argv[3:] == ["uvloop"]:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main(int(sys.argv[1]), json.loads(sys.argv[2])))

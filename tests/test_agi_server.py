@@ -382,6 +382,34 @@ async def test_shutdown_lets_a_session_already_sending_its_fallback_finish():
     ]
 
 
+async def test_a_protocol_error_between_commands_reaches_the_next_command():
+    """Bytes are parsed as they arrive: garbage while no command waits fails the next one
+    with the protocol error (not as a closed session), and the fallback is not attempted on
+    a broken connection."""
+    seen: list[BaseException] = []
+
+    async def handler(session: AGISession) -> None:
+        await session.command("GET VARIABLE", "X")
+        await asyncio.sleep(0.1)  # the garbage arrives now
+        try:
+            await session.command("GET VARIABLE", "Y")
+        except Exception as exc:
+            seen.append(exc)
+            raise
+
+    async with run_server({"route": handler}, fallback, config()) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(ENV_BLOCK)
+        assert await reader.readline() == b'GET VARIABLE "X"\n'
+        with capture_logs() as logs:
+            writer.write(b"200 result=1 (x)\nnot a reply\n")
+            assert await reader.read() == b""  # nothing more sent: closed
+        writer.close()
+        await wait_idle(server)
+    assert [type(exc).__name__ for exc in seen] == ["AGIProtocolError"]
+    assert any(entry["event"] == "fastagi protocol error" for entry in logs)
+
+
 async def answer_on(sock: socket.socket) -> list[bytes]:
     """`asterisk()` on a connection already made (its env block already sent)."""
     reader, writer = await asyncio.open_connection(sock=sock)

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
+from zvonok_agi import cli
 from zvonok_agi.cli import main
+from zvonok_agi.config import ConfigError, load_settings
 from zvonok_agi.store.history import CallbackHistory
 from zvonok_agi.store.routing_data import RoutingData
 
@@ -194,6 +196,41 @@ def test_a_running_engine_follows_a_load(cli_env, tmp_path):
     assert engine.returncode == 0, log
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_engine_routes_on_either_event_loop(cli_env, tmp_path, loop):
+    env = dict(cli_env, ZVONOK_AGI_PORT=str(free_port()), ZVONOK_AGI_EVENT_LOOP=loop)
+    assert run_cli("load", str(DEMO), env=env, cwd=tmp_path).returncode == 0
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "zvonok_agi", "serve"],
+        env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            result = run_cli("agi-call", "--did", "74951234567", "--caller", "79031112233",
+                             env=env, cwd=tmp_path)
+            if result.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert "ZV_DECIDED=1" in result.stdout, result.stderr
+    finally:
+        engine.send_signal(signal.SIGTERM)
+        _, log = engine.communicate(timeout=20)
+    assert engine.returncode == 0, log
+    lines = [json.loads(line) for line in log.splitlines()]
+    assert [line["loop"] for line in lines if line["event"] == "event loop"] == [loop]
+    assert [line["event"] for line in lines].count("call routed") == 1
+
+
+def test_an_event_loop_that_is_not_installed_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if the extra were not installed
+    assert cli.event_loop("auto") is None
+    with pytest.raises(cli.CommandError, match="zvonok-agi\\[uvloop\\]"):
+        cli.event_loop("uvloop")
+    with pytest.raises(ConfigError, match="event_loop"):
+        load_settings(environ={"ZVONOK_AGI_EVENT_LOOP": "trio"})
+
+
 def test_bad_config_is_a_clear_error(tmp_path, capsys):
     config = tmp_path / "bad.toml"
     config.write_text("[agi]\nport = 'x'\n")
@@ -238,7 +275,7 @@ def test_serve_on_the_embedded_store_then_agi_call(tmp_path):
         printed, log = engine.communicate(timeout=20)
     assert engine.returncode == 0, log
     assert f"numbers page on http://127.0.0.1:{admin_port}/" in printed
-    assert '"event": "call routed"' in log
+    assert "call routed" in [json.loads(line).get("event") for line in log.splitlines()]
     assert (tmp_path / "var" / "redis" / "appendonly.aof").exists()
 
 

@@ -73,3 +73,21 @@ async def test_engine_and_dialer_series(settings):
     assert value(during, "zvonok_ami_link_up") == 1
     assert value(during, "zvonok_numbers_rested") == 0  # the dialer looked at the pool's health
     assert "# TYPE zvonok_number_health_changes_total counter" in during
+
+
+def test_per_call_series_are_counted_only_while_an_endpoint_serves_them(monkeypatch):
+    from prometheus_client import REGISTRY
+
+    from zvonok_agi.metrics import METRICS
+
+    def routed() -> float:
+        labels = {"route": "inbound", "fallback": "", "reason": "metrics_test"}
+        return REGISTRY.get_sample_value("zvonok_calls_routed_total", labels) or 0.0
+
+    monkeypatch.setattr(METRICS, "per_call", False)  # no endpoint: nobody could read them
+    METRICS.call_routed("inbound", None, "metrics_test", 0.001)
+    assert routed() == 0
+    monkeypatch.setattr(METRICS, "per_call", True)  # as start_metrics_server sets it
+    METRICS.call_routed("inbound", None, "metrics_test", 0.001)
+    METRICS.call_routed("inbound", None, "metrics_test", 0.001)
+    assert routed() == 2

@@ -31,21 +31,21 @@ log = structlog.get_logger(__name__)
 LISTEN_RETRY = 1.0  # seconds before trying again to listen on a port that could not be bound
 
 
-def redis_client(url: str, settings: Settings, connections: int = 100) -> connection.Client:
+def redis_client(url: str, settings: Settings, connections: int | None = None) -> connection.Client:
     """A client for a single server, a Sentinel-watched master or a Cluster, that fails fast
-    (see store/connection.py). `connections`: at most this many at once (per node of a
-    Cluster; a command past them fails at once)."""
+    (see store/connection.py), with `connections` at most (default: redis.max_connections;
+    per node of a Cluster)."""
     return connection.redis_client(
         url,
         socket_timeout=settings.redis.socket_timeout,
         connect_timeout=settings.redis.connect_timeout,
-        max_connections=connections,
+        max_connections=connections or settings.redis.max_connections,
     )
 
 
 @contextlib.asynccontextmanager
 async def open_redis(
-    settings: Settings, *, supervise: bool, connections: int = 100
+    settings: Settings, *, supervise: bool, connections: int | None = None
 ) -> AsyncIterator[connection.Client]:
     """The configured Redis; with no URL, the embedded server.
 
@@ -184,6 +184,7 @@ async def serve(settings: Settings, *, with_admin: bool = False) -> None:
     sends WATCHDOG=1, so that systemd ends a process frozen from outside."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info("event loop", loop=type(loop).__module__.partition(".")[0])
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     install_stall_hook()

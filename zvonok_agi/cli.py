@@ -9,7 +9,7 @@ import gc
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -34,10 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log.format, settings.log.level)
     try:
-        return asyncio.run(args.run(settings, args))
+        loop_factory = event_loop(settings.agi.event_loop) if args.command == "serve" else None
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(args.run(settings, args))
     except KeyboardInterrupt:
         return 130
     except (CommandError, MetricsUnavailable, EmbeddedRedisError) as exc:
+        close_logging()  # the log lines still queued go out before the error, not after it
         print(f"zvonok-agi: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -49,6 +52,21 @@ BULK_REDIS_TIMEOUT = 10.0  # seconds per Redis command for `load` and `sync`
 
 class CommandError(Exception):
     pass
+
+
+def event_loop(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The engine's loop factory for `agi.event_loop` (None: asyncio's own)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "auto":
+            return None
+        raise CommandError(
+            "agi.event_loop is uvloop but uvloop is not installed: pip install 'zvonok-agi[uvloop]'"
+        ) from None
+    return uvloop.new_event_loop
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -285,11 +303,12 @@ async def _agi_call(settings: Settings, args: argparse.Namespace) -> int:
 
 @contextlib.asynccontextmanager
 async def _outbound(
-    settings: Settings, connections: int = 100, *, dialing: bool = True
+    settings: Settings, connections: int | None = None, *, dialing: bool = True
 ) -> AsyncIterator[tuple[Any, Any, Any, Any]]:
-    """Redis (`connections` at most), the routing data (followed like the engine does, so a
-    long run sees numbers disabled meanwhile), the callback history outbound calls need, and
-    the pool's health (followed every health.refresh seconds while `dialing`)."""
+    """Redis (`connections` at most; default redis.max_connections), the routing data
+    (followed like the engine does, so a long run sees numbers disabled meanwhile), the
+    callback history outbound calls need, and the pool's health (followed every
+    health.refresh seconds while `dialing`)."""
     from redis.exceptions import RedisError
 
     from .app import open_redis

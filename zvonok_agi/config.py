@@ -50,6 +50,9 @@ class AgiSettings:
     # A host that failed MSet 3 times in a row gets one SET VARIABLE each; after this many
     # seconds one of its calls tries MSet again.
     batch_retry_interval: float = 300.0
+    # The engine's event loop: "uvloop" (the uvloop extra), "asyncio" (the standard one), or
+    # "auto": uvloop when it is installed.
+    event_loop: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,10 @@ class RedisSettings:
     # Per-command budget: a slow store must not eat the session deadline.
     socket_timeout: float = 0.5
     connect_timeout: float = 0.5
+    # Connections to Redis at most; a command finding them all busy waits for one, up to
+    # socket_timeout (a burst of calls shares a few connections instead of opening one each).
+    # Per node of a Cluster, and at least CLUSTER_MIN_CONNECTIONS there (store/connection.py).
+    max_connections: int = 32
     # The in-memory routing data is re-checked against Redis this often (the stream of
     # changes brings them sooner).
     refresh_interval: float = 1.0
@@ -320,9 +327,13 @@ def _validate(settings: Settings) -> None:
     for name in ("max_sessions", "max_pending_per_peer", "backlog"):
         if getattr(settings.agi, name) < 1:
             raise ConfigError(f"agi.{name} must be at least 1")
+    if settings.agi.event_loop not in ("auto", "asyncio", "uvloop"):
+        raise ConfigError("agi.event_loop must be auto, asyncio or uvloop")
     for name in ("session_deadline", "env_deadline", "drain_deadline", "batch_retry_interval"):
         if getattr(settings.agi, name) <= 0:
             raise ConfigError(f"agi.{name} must be positive")
+    if settings.redis.max_connections < 2:  # the routing data's follower holds one
+        raise ConfigError("redis.max_connections must be at least 2")
     if settings.redis.url:
         try:
             parse_redis_url(settings.redis.url)

@@ -3,7 +3,9 @@
 Per-call fields (call id, DID, caller) are bound through contextvars by the AGI server.
 
 A log call only renders its line and queues it: one writer thread writes the lines out, so a
-slow stderr (a busy journald, a full pipe) never stalls the event loop. Lines still queued at
+slow stderr (a busy journald, a full pipe) never stalls the event loop. The writer lets lines
+gather for GATHER before it writes them: waking a thread for each line would cost the loop more
+than rendering it. Lines still queued at
 exit are written before the process ends. Warnings that repeat (one per turned-away
 connection in a flood) go through `RepeatedWarnings`: one line, then a count per interval.
 """
@@ -16,12 +18,15 @@ import logging
 import queue
 import sys
 import threading
+import time
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 MAX_QUEUED = 100_000  # lines waiting for the writer; past it new lines are counted, not kept
 WRITE_BATCH = 1000  # lines per write
+GATHER = 0.02  # seconds the writer waits after a line for more to come
 REPEAT_INTERVAL = 10.0  # seconds: a repeated warning is logged once, then counted this long
 
 
@@ -31,7 +36,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
         fmt = "console" if stream.isatty() else "json"
     renderer: structlog.typing.Processor
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(_dumps, option=orjson.OPT_NON_STR_KEYS)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     global _writer
@@ -50,6 +55,11 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
         logger_factory=lambda *args: QueuedLogger(writer),
         cache_logger_on_first_use=False,
     )
+
+
+def _dumps(value: Any, **options: Any) -> str:
+    """orjson: a call line renders in a fraction of json.dumps' time."""
+    return orjson.dumps(value, **options).decode()
 
 
 def flush_logging(timeout: float) -> None:
@@ -106,6 +116,8 @@ class LineWriter:
         stop = False
         while not stop:
             items = [self._queue.get()]
+            if isinstance(items[0], str):
+                time.sleep(GATHER)
             while len(items) < WRITE_BATCH:
                 try:
                     items.append(self._queue.get_nowait())

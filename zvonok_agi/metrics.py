@@ -1,6 +1,8 @@
 """Prometheus metrics (optional: `pip install zvonok-agi[metrics]`).
 
-Without prometheus_client every recording call is a no-op, so the hot path never checks.
+Without prometheus_client every recording call is a no-op, so the hot path never checks. The
+per-call series (calls routed, decision time) are counted only once an endpoint serves them
+(`start_metrics_server`): nobody could read them otherwise. The rest are rare and always kept.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class MetricsUnavailable(RuntimeError):
 class _Metrics:
     def __init__(self) -> None:
         self.enabled = prom is not None
+        self.per_call = False  # set by start_metrics_server
         if prom is None:
             return
         self.calls = prom.Counter(
@@ -45,6 +48,7 @@ class _Metrics:
             "FastAGI connections closed before they became a session, by why",
             ["why"],
         )
+        self._routed: dict[tuple[str, str, str], prom.Counter] = {}
         self._dropped: dict[str, prom.Counter] = {}
         self.ami_up = prom.Gauge(
             "zvonok_ami_link_up", "AMI links logged in (one per Asterisk host a dialer uses)"
@@ -76,8 +80,12 @@ class _Metrics:
         )
 
     def call_routed(self, route: str, fallback: str | None, reason: str, seconds: float) -> None:
-        if self.enabled:
-            self.calls.labels(route, fallback or "", reason or "unknown").inc()
+        if self.per_call:  # a labelled child per route, fallback and reason: a few dozen
+            labels = (route, fallback or "", reason or "unknown")
+            child = self._routed.get(labels)
+            if child is None:
+                child = self._routed[labels] = self.calls.labels(*labels)
+            child.inc()
             self.latency.observe(seconds)
 
     def store_error(self, operation: str) -> None:
@@ -141,6 +149,7 @@ def start_metrics_server(host: str, port: int) -> Callable[[], None]:
             "pip install 'zvonok-agi[metrics]'"
         )
     server, thread = prom.start_http_server(port, addr=host)
+    METRICS.per_call = True
 
     def stop() -> None:
         server.shutdown()

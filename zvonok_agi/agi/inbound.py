@@ -45,8 +45,12 @@ class Claim:
     """A call's first-callback claim: made in the name of `token`; `attempt` is the one it
     holds (or may hold: the store can fail after the claim took)."""
 
-    token: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempt: Attempt | None = None
+
+    @functools.cached_property
+    def token(self) -> str:
+        """Drawn when the call claims (most calls do not)."""
+        return uuid.uuid4().hex
 
 
 @dataclass
@@ -144,7 +148,7 @@ class InboundRouter:
         number = snapshot.numbers.get(did) if did else None
         call = _Call(did, caller, number, snapshot, started)
         session.on_failure = functools.partial(self._fail, session, call)
-        call.decision = await self.decide(did, caller, snapshot, call.claim)
+        call.decision = await self._decide(number, caller, snapshot, call.claim)
         if not await self.send(session, call.decision, did, caller):
             raise SessionFailed("Asterisk did not confirm the route")
         await self._end(call, call.decision, confirmed=True)
@@ -205,6 +209,15 @@ class InboundRouter:
         """The route. With a `claim`, an outbound route is taken only if this call wins the
         first-callback claim, made in its name; without, a dry run: nothing is written."""
         number = snapshot.numbers.get(did) if did else None
+        return await self._decide(number, caller, snapshot, claim)
+
+    async def _decide(
+        self,
+        number: Number | None,
+        caller: str | None,
+        snapshot: RoutingSnapshot,
+        claim: Claim | None = None,
+    ) -> Decision:
         if snapshot.version < 0:
             return Decision(
                 Route.to_fallback(Fallback.ENGINE_ERROR),

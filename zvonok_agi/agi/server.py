@@ -1,9 +1,9 @@
 """The FastAGI server: accepts Asterisk's connections and runs one handler per session.
 
 A connection first has to send its whole env block, within `env_deadline` of being accepted.
-Until then it is only a small protocol object on its transport (no task, no streams, no timer:
-a sweeper closes the late ones, a few per turn of the loop), and only then does it take one of
-the `max_sessions` slots and a task of its own: connections that send nothing cannot keep calls
+Until then it is only a small protocol object on its transport (no task, no timer: a sweeper
+closes the late ones, a few per turn of the loop), and only then does it take one of the
+`max_sessions` slots and a task of its own: connections that send nothing cannot keep calls
 out, and a flood of them costs little. Connections still waiting for their env block are
 capped per peer host: past the cap the oldest of them is closed (a real Asterisk sends its env
 block at once, so the oldest pending connection is the least likely to be a call).
@@ -12,12 +12,16 @@ Lifecycle in the manner of uvicorn: the server tracks every connection from acce
 `stop_listening()` stops accepting and leaves sessions be; `drain()` waits for the connections
 up to a deadline; `shutdown()` does both, then ends the sessions still running with their
 fallback route and closes or cancels the rest. Every session ends with its socket closed as
-soon as the handler returns: Asterisk waits in AGI() until then.
+soon as the handler returns: Asterisk waits in AGI() until then. A connection is forgotten once
+its socket is closed and its task, if it had one, has ended.
 
 Not accepting means a closed listener, not one left unread: the kernel would go on completing
 connections into its backlog, where Asterisk would wait for ever. Closed, the port refuses, and
 Asterisk tries the next engine of a `hagi://` URL or takes its fallback at once. `listen()`
 opens it again on the same port (the engine does so after an overload).
+
+The bytes go from the transport to the sans-IO parser directly, without asyncio streams: to the
+env block's parser first, then to the session (session.py).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class _Phase(enum.Enum):
     SLOT = "SLOT"  # env block in, waiting for a session slot
     SESSION = "SESSION"  # its handler runs, under the session deadline
     ENDING = "ENDING"  # sending a fallback route, cleaning up, closing
+    DONE = "DONE"  # its task has ended; forgotten once its socket is closed
 
 
 @dataclass(eq=False)
@@ -96,10 +101,11 @@ class _Connection:
     deadline: asyncio.Timeout | None = None  # the session's, in phase SESSION
     dropped: str | None = None  # why the server closed it before its env block came
     shut_down: bool = False  # its deadline brought forward by shutdown
+    lost: bool = False  # its socket is closed
 
 
-class _Pending(asyncio.Protocol):
-    """A connection's protocol until its env block is in; then the streams take over."""
+class _Wire(asyncio.Protocol):
+    """A connection's transport protocol: bytes to the env block's parser, then the session."""
 
     def __init__(self, server: FastAGIServer) -> None:
         self.server = server
@@ -109,17 +115,32 @@ class _Pending(asyncio.Protocol):
         self.conn = self.server._accepted(transport)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
-        if self.conn is not None:
-            self.server._env_data(self.conn, data)
+        conn = self.conn
+        if conn is None:
+            return
+        if conn.session is not None:
+            conn.session.feed(data)
+        else:
+            self.server._env_data(conn, data)
 
     def eof_received(self) -> bool:
-        if self.conn is not None:
-            log.debug("fastagi connection closed before its env block", peer=self.conn.peer)
+        conn = self.conn
+        if conn is not None and conn.session is not None:
+            conn.session.feed(b"")
+            return True  # half-closed: the session may still send its route
+        if conn is not None:
+            log.debug("fastagi connection closed before its env block", peer=conn.peer)
         return False  # the transport closes
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.conn is not None and self.conn.phase is _Phase.ENV:
-            self.server._forget(self.conn)
+        conn = self.conn
+        if conn is None:
+            return
+        conn.lost = True
+        if conn.session is not None:
+            conn.session.connection_lost()
+        if conn.phase in (_Phase.ENV, _Phase.DONE):
+            self.server._forget(conn)
 
 
 class FastAGIServer:
@@ -173,7 +194,7 @@ class FastAGIServer:
         if self.draining or self._server is not None:
             return
         server = await asyncio.get_running_loop().create_server(
-            lambda: _Pending(self),
+            lambda: _Wire(self),
             self.config.host,
             self.port,
             reuse_address=True,
@@ -225,7 +246,7 @@ class FastAGIServer:
     async def _take(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: _Pending(self), sock)
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: _Wire(self), sock)
         except OSError as exc:
             sock.close()
             log.warning("fastagi connection lost while taken", error=repr(exc))
@@ -262,7 +283,7 @@ class FastAGIServer:
                     conn.deadline.reschedule(now)  # sends the session to its fallback
             if not await self.drain(FAILURE_BUDGET + 0.5):
                 for conn in list(self._connections):
-                    if conn.task is not None:
+                    if conn.task is not None and not conn.task.done():
                         conn.task.cancel()
                     else:
                         conn.transport.abort()
@@ -307,14 +328,11 @@ class FastAGIServer:
             return  # NEED_DATA
         self._unpend(conn)
         conn.phase = _Phase.SLOT
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        streams = asyncio.StreamReaderProtocol(reader)
-        conn.transport.set_protocol(streams)
-        streams.connection_made(conn.transport)
-        writer = asyncio.StreamWriter(conn.transport, streams, reader, loop)
-        conn.session = AGISession(reader, writer, conn.protocol, env, conn.peer, conn.accepted)
-        conn.task = loop.create_task(self._serve(conn))
+        session = conn.session = AGISession(
+            conn.transport, conn.protocol, env, conn.peer, conn.accepted
+        )
+        session.pump()  # whatever came after the env block (a HANGUP)
+        conn.task = asyncio.get_running_loop().create_task(self._serve(conn))
 
     def _unpend(self, conn: _Connection) -> None:
         pending = self._pending.get(conn.host)
@@ -378,10 +396,7 @@ class FastAGIServer:
         """A connection whose env block is in: a slot, the handler, the close."""
         assert conn.session is not None
         try:
-            try:
-                async with asyncio.timeout(SLOT_WAIT):
-                    await self._slots.acquire()
-            except TimeoutError:
+            if not await self._take_slot():
                 # The dialplan sees no decision and takes its own engine_error route.
                 self.sessions_rejected += 1
                 METRICS.session_rejected()
@@ -397,9 +412,22 @@ class FastAGIServer:
                 del self._sessions[session_id]
                 self._slots.release()
         finally:
-            conn.phase = _Phase.ENDING
-            await conn.session.close()
-            self._forget(conn)
+            conn.phase = _Phase.DONE
+            conn.session.close()
+            if conn.lost:
+                self._forget(conn)
+
+    async def _take_slot(self) -> bool:
+        """A session slot, waiting up to SLOT_WAIT for one; False if none came free."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # at once: no timer
+            return True
+        try:
+            async with asyncio.timeout(SLOT_WAIT):
+                await self._slots.acquire()
+        except TimeoutError:
+            return False
+        return True
 
     async def _run(self, conn: _Connection) -> None:
         session = conn.session

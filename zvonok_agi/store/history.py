@@ -36,6 +36,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 
+import orjson
 import structlog
 
 from ..metrics import METRICS
@@ -495,7 +496,7 @@ def parse_attempts(did: str, callee: str, raw: dict) -> list[Attempt]:
         if ":" in name:
             continue
         try:
-            record = json.loads(value)
+            record = orjson.loads(value)
             attempts.append(
                 Attempt(
                     id=name,

@@ -36,6 +36,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 
+import orjson
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
@@ -612,7 +613,7 @@ _STATES = {item.value: item for item in CampaignState}
 def decode(kind: str, key: str, value: str) -> Record:
     """The record a stored value holds; BadChange if it holds none."""
     try:
-        fields = json.loads(value)
+        fields = orjson.loads(value)  # a few times per call: json's decoder costs 3x
         if kind == "number":
             _, pool, status, owner, rule, inbound = fields
             return Number(
