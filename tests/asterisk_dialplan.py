@@ -5,9 +5,18 @@ follows Asterisk's source: variable substitution (main/pbx_variables.c,
 pbx_substitute_variables_helper_full and parse_variable_name), argument splitting (main/app.c
 __ast_app_separate_args, shared with the FakeChannel), GotoIf and Goto (main/pbx_builtins.c,
 main/pbx.c pbx_parseable_goto), and the functions the dialplan calls (func_logic.c IF and
-ISNULL, func_strings.c REGEX, func_dialplan.c DIALPLAN_EXISTS, func_global.c GLOBAL).
+ISNULL, func_strings.c REGEX, func_dialplan.c DIALPLAN_EXISTS, func_global.c GLOBAL,
+app_queue.c QUEUE_EXISTS).
 `$[...]` expressions are modelled only as far as the dialplan uses them: operands joined by `&`
 (main/ast_expr2.y op_and). Anything outside the model raises NotModelled rather than guess.
+
+The applications that reach outside the dialplan (Playback, Read, Dial, Queue) act on an
+`Outside`: the recordings, endpoints and queues there are, what their phones do, what the
+caller presses. What they leave in the dialplan is what a real Asterisk 22 left
+(tests/fixtures/asterisk/dialplan_dial_playback_outcomes.txt), or, where nothing was recorded,
+what their source does (app_read.c with main/app.c ast_app_getdata, app_queue.c queue_exec).
+An application given arguments it refuses (Asterisk logs an error and, for most, hangs the
+call up) is an `error` of the call.
 """
 
 from __future__ import annotations
@@ -102,6 +111,20 @@ class NotModelled(AssertionError):
     """The dialplan used something this model does not know: extend the model, do not guess."""
 
 
+# The POSIX extended regular expressions REGEX() is given here, as far as they read the same
+# to Python: anchors, literals, bracket expressions of ranges and literals (no classes, no
+# escapes), groups, alternation and the quantifiers ? * + {m,n}.
+_ERE = re.compile(r"(?:\[[A-Za-z0-9_.&/-]+\]|\{\d+(?:,\d*)?\}|[A-Za-z0-9_&/-]|[()|?*+^$])*")
+
+
+def posix_ere(pattern: str) -> str:
+    """A POSIX ERE (regcomp REG_EXTENDED, no REG_NEWLINE) as the Python pattern that matches
+    the same strings; NotModelled for anything else."""
+    if not _ERE.fullmatch(pattern):
+        raise NotModelled(f"regex {pattern!r}")
+    return pattern.replace("$", r"\Z")  # the end of the string only: no REG_NEWLINE
+
+
 def extension_matches(pattern: str, exten: str) -> bool:
     """Asterisk's extension patterns: _X (0-9), _Z (1-9), _N (2-9), [...], '.', '!'."""
     if not pattern.startswith("_"):
@@ -150,6 +173,18 @@ def substring(value: str, offset: int, length: int | None) -> str:
 
 
 @dataclass
+class Outside:
+    """What the applications reach: sound files, PJSIP endpoints and queues, each with what
+    its phones do ("answer", "noanswer" rings out, "busy"; a queue also "joinempty"), and the
+    digits the caller presses when asked."""
+
+    recordings: set[str] = field(default_factory=set)
+    endpoints: dict[str, str] = field(default_factory=dict)
+    queues: dict[str, str] = field(default_factory=dict)
+    presses: str = ""
+
+
+@dataclass
 class Jumped:
     """Where a Goto sent the call: (context, exten, priority)."""
 
@@ -172,6 +207,12 @@ class Call:
     expressions: list[str] = field(default_factory=list)  # each $[...] as evaluated
     landed: Jumped | None = None  # the first jump out of the contexts walked
     hung_up: str | None = None  # why the channel hung up, if it did
+    outside: Outside = field(default_factory=Outside)
+    applications: list[tuple[str, str]] = field(default_factory=list)  # (app, its arguments)
+    played: list[str] = field(default_factory=list)  # recordings heard, in order
+    rang: list[str] = field(default_factory=list)  # Dial()'s endpoints and Queue()'s queues
+    errors: list[str] = field(default_factory=list)  # arguments an application refused
+    answered: bool = False
 
     # -- substitution --
 
@@ -255,6 +296,7 @@ class Call:
             "IF": lambda: self.func_if(args),
             "REGEX": lambda: self.func_regex(args),
             "DIALPLAN_EXISTS": lambda: self.func_dialplan_exists(args),
+            "QUEUE_EXISTS": lambda: self.func_queue_exists(args),
         }.get(name)
         if read is None:
             raise NotModelled(f"function {name}")
@@ -276,11 +318,13 @@ class Call:
         _, pattern, text = args
         if text[:1] in (" ", "\t"):
             text = text[1:]
-        if not re.fullmatch(r"\^?[A-Za-z0-9_-]*\$?", pattern):
-            raise NotModelled(f"regex {pattern!r}")
-        # POSIX ERE without REG_NEWLINE: '$' is the end of the string only.
-        pattern = pattern.removesuffix("$") + (r"\Z" if pattern.endswith("$") else "")
-        return "1" if re.search(pattern, text) else "0"
+        return "1" if re.search(posix_ere(pattern), text) else "0"
+
+    def func_queue_exists(self, data: str) -> str | None:
+        if not data:
+            self.errors.append("QUEUE_EXISTS requires an argument: queuename")
+            return None
+        return "1" if data in self.outside.queues else "0"
 
     def func_dialplan_exists(self, data: str) -> str | None:
         if not data:
@@ -348,6 +392,9 @@ class Call:
             self.variables["AGISTATUS"] = self.agi(url, self.variables)
         elif step.app == "Verbose":
             self.logged.append(separate_args(data, ",", remove_chars=True, limit=2)[-1])
+        elif step.app in ("Answer", "Progress", "Hangup", "Playback", "Read", "Dial", "Queue"):
+            self.applications.append((step.app, data))
+            getattr(self, f"app_{step.app.lower()}")(data)
         elif step.app in ("Goto", "GotoIf"):
             if step.app == "GotoIf":
                 condition, _, branches = data.partition("?")
@@ -362,6 +409,114 @@ class Call:
         else:
             raise NotModelled(f"application {step.app}")
         return None
+
+    # -- applications that reach outside the dialplan --
+
+    def app_answer(self, data: str) -> None:
+        self.answered = True
+
+    def app_progress(self, data: str) -> None:
+        pass  # early media: the call stays unanswered
+
+    def app_hangup(self, data: str) -> None:
+        self.hung_up = f"Hangup({data})"
+
+    def refused(self, why: str) -> None:
+        """An application refused its arguments: Asterisk logs it and hangs up."""
+        self.errors.append(why)
+        self.hung_up = f"error: {why}"
+
+    def app_playback(self, data: str) -> None:
+        """app_playback.c: every file of `a&b` is played, one missing is logged and skipped
+        (PLAYBACKSTATUS=FAILED, the call goes on: recorded); the call is answered first
+        unless the noanswer option says not to."""
+        files, *options = separate_args(data, ",", remove_chars=True, limit=2) + [""]
+        if not files:
+            self.refused("Playback requires an argument (filename)")
+            return
+        if "noanswer" not in options[0].split("|"):
+            self.answered = True
+        failed = False
+        for name in files.split("&"):
+            if name in self.outside.recordings:
+                self.played.append(name)
+            else:
+                failed = True
+        self.variables["PLAYBACKSTATUS"] = "FAILED" if failed else "SUCCESS"
+
+    def app_read(self, data: str) -> None:
+        """app_read.c: answers the call, plays the prompt and takes up to `maxdigits` digits
+        into the variable ("" when none came: TIMEOUT). A prompt that does not exist ends it at
+        once (main/app.c ast_app_getdata: ast_streamfile fails): the variable is "",
+        READSTATUS=ERROR, and the call goes on."""
+        args = separate_args(data, ",", remove_chars=True, limit=6) + [""] * 6
+        variable, prompt, maxdigits, options, _, _ = args[:6]
+        if not variable:
+            self.refused("Invalid! Usage: Read(variable[,filename][,maxdigits]...)")
+            return
+        if options or "&" in prompt or not maxdigits.isdigit():
+            raise NotModelled(f"Read({data})")
+        self.answered = True
+        if prompt and prompt not in self.outside.recordings:
+            self.variables[variable], self.variables["READSTATUS"] = "", "ERROR"
+            return
+        if prompt:
+            self.played.append(prompt)
+        pressed = self.outside.presses[: int(maxdigits)]
+        self.variables[variable] = pressed
+        self.variables["READSTATUS"] = "OK" if pressed else "TIMEOUT"
+
+    def app_dial(self, data: str) -> None:
+        """app_dial.c, as recorded: an endpoint that does not exist is CHANUNAVAIL (cause 3),
+        one that rings out NOANSWER (HANGUPCAUSE left as it was), a busy one BUSY (cause 17);
+        the dialplan goes on after each. One that answers is bridged, and the call ends with
+        the bridge (no `g` option)."""
+        peers, timeout, *rest = separate_args(data, ",", remove_chars=True, limit=3) + [""] * 2
+        if not peers:
+            self.refused("Dial requires an argument (technology/resource)")
+            return
+        if rest[0] or not re.fullmatch(r"\d+", timeout):
+            raise NotModelled(f"Dial({data})")
+        outcomes = []
+        for peer in peers.split("&"):
+            tech, slash, endpoint = peer.partition("/")
+            if not slash or not tech:
+                self.refused(f"Dial argument takes format (technology/resource): {peer}")
+                return
+            if tech != "PJSIP" or not re.fullmatch(r"[^/@&,]+", endpoint):
+                raise NotModelled(f"Dial peer {peer!r}")
+            self.rang.append(endpoint)
+            outcomes.append(self.outside.endpoints.get(endpoint, "chanunavail"))
+        if "answer" in outcomes:
+            self.variables["DIALSTATUS"] = "ANSWER"
+            self.hung_up = "the bridged call ended"
+        elif "noanswer" in outcomes:
+            self.variables["DIALSTATUS"] = "NOANSWER"
+        elif "busy" in outcomes:
+            self.variables.update(DIALSTATUS="BUSY", HANGUPCAUSE="17")
+        else:
+            self.variables.update(DIALSTATUS="CHANUNAVAIL", HANGUPCAUSE="3")
+
+    def app_queue(self, data: str) -> None:
+        """app_queue.c queue_exec: a queue that does not exist is logged ("Unable to join
+        queue") and the dialplan goes on with QUEUESTATUS=UNKNOWN; one where nobody answers
+        within the timeout goes on with TIMEOUT (or JOINEMPTY, ...); an answered call ends with
+        the bridge (no `c` option)."""
+        args = separate_args(data, ",", remove_chars=True, limit=10) + [""] * 10
+        name, options, _, _, timeout = args[:5]
+        if not name:
+            self.refused("Queue requires an argument: queuename[,options[,URL...")
+            return
+        if options or any(args[5:]) or not re.fullmatch(r"\d+", timeout):
+            raise NotModelled(f"Queue({data})")
+        self.rang.append(name)
+        outcome = self.outside.queues.get(name)
+        if outcome is None:
+            self.variables["QUEUESTATUS"] = "UNKNOWN"
+        elif outcome == "answer":
+            self.hung_up = "the bridged call ended"
+        else:
+            self.variables["QUEUESTATUS"] = {"noanswer": "TIMEOUT"}.get(outcome, outcome.upper())
 
     def run(self, context: str, exten: str, walked: set[str]) -> Call:
         """From `exten` of `context`, priority 1, through the contexts `walked`, until the call

@@ -984,7 +984,7 @@ def test_longest_argument_is_shortened_first() -> None:
 
 def test_too_many_arguments_to_fit() -> None:
     with pytest.raises(ValueError, match="cannot fit"):
-        encode_command("EXEC", *[""] * 400)
+        encode_command("EXEC", *[""] * MAX_COMMAND_BYTES)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from asterisk_dialplan import Call, Jumped, NotModelled, Step, parse, split_top, steps_of
+from asterisk_dialplan import Call, Jumped, NotModelled, Outside, Step, parse, split_top, steps_of
 from asterisk_lint import asterisklint
 from zvonok_agi.agi import variables
 from zvonok_agi.agi.client import FakeChannel, recorded_environment
@@ -184,6 +184,7 @@ def call(
     *,
     channel: dict[str, str] | None = None,
     globals_: dict[str, str] | None = None,
+    outside: Outside | None = None,
 ) -> Call:
     """A carrier call to `did` in an install with the file #included, up to the jump into a
     context other than the file's entry and routing ones."""
@@ -191,7 +192,9 @@ def call(
     for name in INSTALL_CONTEXTS:
         installed[name] = [Step(name, exten, 1, None, "Hangup", "", 0) for exten in ("s", "_X.")]
     walked = {name for name in dialplan if not name.startswith(DESTINATIONS)}
-    run = Call(installed, dict(channel or {}), dict(globals_ or {}), agi)
+    run = Call(
+        installed, dict(channel or {}), dict(globals_ or {}), agi, outside=outside or Outside()
+    )
     return run.run(ENTRY_CONTEXT, did, walked)
 
 
@@ -477,6 +480,30 @@ def test_config_refuses_a_context_template_outside_zvonok(setting: str, template
 
 
 @pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("DIALPLAN_OUTBOUND_SCENARIO_CONTEXT", "default", "dialplan.outbound_scenario_context"),
+        ("DIALPLAN_INBOUND_SCENARIO_CONTEXT", "zvonok-a,s,1", "dialplan.inbound_scenario_context"),
+        ("OUTBOUND_CONTEXT", "from-internal-{campaign}", "outbound.context must start"),
+    ],
+)
+def test_config_refuses_scenario_and_answered_call_contexts_outside_zvonok(
+    name: str, value: str, error: str
+) -> None:
+    # zvonok-route enters only zvonok- contexts: refused at start, not on every call.
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        load_settings(environ={f"ZVONOK_{name}": value})
+
+
+def test_the_scenario_contexts_the_settings_name_are_in_the_dialplan(
+    dialplan: dict[str, list[Step]],
+) -> None:
+    settings = DialplanSettings()
+    for context in (settings.outbound_scenario_context, settings.inbound_scenario_context):
+        assert steps_of(dialplan, context, "s")[0].priority == 1
+
+
+@pytest.mark.parametrize(
     "template", ["zvonok-{x}-{campaign}", "zvonok-{campaign}-{0}", "zvonok-{campaign"]
 )
 def test_config_refuses_a_template_the_engine_could_not_fill(template: str) -> None:
@@ -505,9 +532,14 @@ def test_the_engine_sets_every_variable_zv_decided_last(decision: Decision, targ
     assert values[-1] == (variables.DECIDED, "1")
 
 
+# Set by the dialplan itself (Read() in zvonok-scenario-outbound), read only after.
+DIALPLAN_VARIABLES = {"ZV_PRESSED"}
+
+
 def test_only_engine_variable_names_are_used(dialplan: dict[str, list[Step]]) -> None:
     used = {name for step in _all_steps(dialplan) for name in re.findall(r"\bZV_\w+", step.data)}
-    assert used <= ENGINE_VARIABLES, used - ENGINE_VARIABLES
+    known = ENGINE_VARIABLES | DIALPLAN_VARIABLES
+    assert used <= known, used - known
 
 
 def test_nothing_from_the_caller_is_evaluated(dialplan: dict[str, list[Step]]) -> None:
@@ -544,14 +576,7 @@ def jumps(step: Step) -> list[tuple[str, str, str]]:
     elif step.app == "GotoIf":
         _, rest = split_top(step.data, "?")
         assert rest is not None, step
-        branches = []
-        for branch in split_top(rest, ":"):
-            chosen = re.fullmatch(r"\$\{IF\((.*)\)\}", branch or "")
-            if chosen:
-                _, alternatives = split_top(chosen[1], "?")
-                branches += split_top(alternatives or "", ":")
-            else:
-                branches.append(branch)
+        branches = chosen(split_top(rest, ":"))
     else:
         return []
     found = []
@@ -567,13 +592,33 @@ def jumps(step: Step) -> list[tuple[str, str, str]]:
     return found
 
 
+def chosen(branches: list[str | None]) -> list[str | None]:
+    """Branches as written, an IF() (nested ones too) counting as each of its branches."""
+    found: list[str | None] = []
+    for branch in branches:
+        by_if = re.fullmatch(r"\$\{IF\((.*)\)\}", branch or "")
+        if by_if:
+            _, alternatives = split_top(by_if[1], "?")
+            found += chosen(split_top(alternatives or "", ":"))
+        else:
+            found.append(branch)
+    return found
+
+
+DYNAMIC_JUMPS = {
+    (TARGET_CONTEXT, TARGET_EXTEN, "1"),
+    (f"${{{variables.SCENARIO_CONTEXT}}}", "s", "1"),
+}
+
+
 def test_every_jump_lands_in_this_file(dialplan: dict[str, list[Step]]) -> None:
     for step in _all_steps(dialplan):
         for context, exten, priority in jumps(step):
             where = f"line {step.lineno}: {step.app}({step.data})"
             if "${" in context:
-                # The one dynamic jump: the engine's target, checked before (tests above).
-                assert (context, exten, priority) == (TARGET_CONTEXT, TARGET_EXTEN, "1"), where
+                # The dynamic jumps: the engine's target or scenario context, checked before
+                # (tests above).
+                assert (context, exten, priority) in DYNAMIC_JUMPS, where
                 continue
             assert context in dialplan, where
             target = steps_of(dialplan, context, exten)

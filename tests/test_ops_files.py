@@ -788,6 +788,7 @@ READ_AT_BOOT = {
     "pjproject.conf": "res_pjproject.so",
     "pjsip.conf": "res_pjsip.so",
     "rtp.conf": "res_rtp_asterisk.so",
+    "queues.conf": "app_queue.so",
 }
 # The sections (and their options) the lab's minimal files may hold, from Asterisk 22's
 # samples: a misspelt name in them is an ERROR at boot again.

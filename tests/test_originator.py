@@ -25,6 +25,7 @@ from conftest import background_errors, free_port
 from engine_helpers import load
 from fake_ami import ORIGINATE_CASES, RECORDED_OUTCOMES, Chunk, FakeAMI, Recording, packets
 from zvonok_agi import phone
+from zvonok_agi.agi import variables
 from zvonok_agi.ami.client import AMIClient
 from zvonok_agi.ami.protocol import Action
 from zvonok_agi.app import redis_client
@@ -37,8 +38,9 @@ from zvonok_agi.outbound.originator import (
     Originator,
     StoreUnavailable,
 )
+from zvonok_agi.routing import scenario as scenarios
 from zvonok_agi.routing.callerid import PoolAtCapacity
-from zvonok_agi.routing.model import Attempt, CampaignState, Outcome
+from zvonok_agi.routing.model import Attempt, CampaignKind, CampaignState, Outcome
 from zvonok_agi.store.embedded import EmbeddedRedis
 from zvonok_agi.store.history import CallbackHistory
 from zvonok_agi.store.number_health import NumberHealthStore
@@ -335,7 +337,7 @@ async def test_originate_carries_the_attempt(
     assert result.caller_id.did == attempt.did
     assert originate["ChannelId"] == attempt.id
     assert originate["Channel"] == f"PJSIP/{MOBILE}@carrier"
-    assert originate["Context"] == f"zvonok-outbound-{campaign}"
+    assert originate["Context"] == "zvonok-route"
     assert (originate["Exten"], originate["Priority"]) == ("s", "1")
     assert originate["CallerID"] == f"<{attempt.did}>"
     assert originate["Async"] == "true"
@@ -345,17 +347,43 @@ async def test_originate_carries_the_attempt(
         f"ZV_ACCOUNT={account}",
         f"ZV_CALLEE={MOBILE}",
         f"ZV_ATTEMPT={attempt.id}",
+        "ZV_ROUTE=outbound",
+        f"ZV_TARGET_CONTEXT=zvonok-outbound-{campaign}",
+        "ZV_TARGET_EXTEN=s",
+        # No scenario: every variable of one is set empty (nothing inherited counts).
+        *(f"{name}=" for name in variables.SCENARIO_VARIABLES),
+        "ZV_DECIDED=1",
     ]
 
 
 async def test_originate_follows_the_channel_and_context_settings(settings: Settings) -> None:
     async with dialer(
-        settings, FakeAMI(), channel="PJSIP/+{callee}@trunk-b", context="out-{campaign}-x"
+        settings, FakeAMI(), channel="PJSIP/+{callee}@trunk-b", context="zvonok-{campaign}-x"
     ) as d:
         await d.originator.dial("acme-pool", MOBILE)
         [originate] = d.fake.originates
     assert originate["Channel"] == f"PJSIP/+{MOBILE}@trunk-b"
-    assert originate["Context"] == "out-acme-pool-x"
+    assert "ZV_TARGET_CONTEXT=zvonok-acme-pool-x" in originate.get_all("Variable")
+
+
+async def test_originate_carries_the_campaigns_scenario_as_it_is_now(settings: Settings) -> None:
+    scenario = scenarios.for_kind(
+        scenarios.parse(
+            {"play": "promo-may", "operators": {"endpoints": ["op-1", "op-2"], "ring_timeout": 15}}
+        ),
+        CampaignKind.OUTBOUND,
+    )
+    async with dialer(settings, FakeAMI()) as d:
+        campaign = d.snapshot.campaigns["spring-sale"]
+        d.snapshot.campaigns["spring-sale"] = replace(campaign, scenario=scenario)
+        await d.originator.dial("spring-sale", MOBILE)
+        [originate] = d.fake.originates
+    sent = dict(item.split("=", 1) for item in originate.get_all("Variable"))
+    assert sent["ZV_SCENARIO_CONTEXT"] == "zvonok-scenario-outbound"
+    assert (sent["ZV_PLAY"], sent["ZV_DIGIT"], sent["ZV_QUEUE"]) == ("promo-may", "1", "")
+    assert (sent["ZV_DIAL"], sent["ZV_RING_TIMEOUT"]) == ("PJSIP/op-1&PJSIP/op-2", "15")
+    assert sent["ZV_NO_ANSWER_PLAY"] == ""
+    assert originate.get_all("Variable")[-1] == "ZV_DECIDED=1"
 
 
 # --- the attempt is recorded before the call ----------------------------------------------------

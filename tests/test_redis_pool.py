@@ -37,10 +37,12 @@ async def connections_received(url: str) -> int:
 
 
 async def test_a_burst_of_calls_shares_a_few_connections(own_redis, settings):
-    # A generous timeout: the calls and the engine share this process's one core here.
+    # Generous timeouts: the calls and the engine share this process's one core, and a loaded
+    # machine must not send a call past its deadline (routed without the store) for it.
     settings = replace(
         settings,
-        redis=replace(settings.redis, url=own_redis.url, max_connections=4, socket_timeout=2.0),
+        redis=replace(settings.redis, url=own_redis.url, max_connections=4, socket_timeout=20.0),
+        agi=replace(settings.agi, session_deadline=30.0),
     )
     inventory = base_inventory()
     inventory["attempts"] = [attempt("spring-sale", callee=c) for c in CALLERS]

@@ -393,6 +393,7 @@ async def _dialer(settings: Settings) -> AsyncIterator[Originator]:
                 settings.outbound,
                 region=settings.routing.default_region,
                 rested=lambda: health.rested,
+                scenario_context=settings.dialplan.outbound_scenario_context,
             )
             async with originator as dialer:
                 yield dialer

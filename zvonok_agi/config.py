@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -95,6 +96,9 @@ class DialplanSettings:
     inbound_context: str = "zvonok-inbound-{campaign}"
     fallback_context: str = "zvonok-fallback-{fallback}"
     extension: str = "s"
+    # The generic contexts that run a campaign's scenario when it has no context of its own.
+    outbound_scenario_context: str = "zvonok-scenario-outbound"
+    inbound_scenario_context: str = "zvonok-scenario-inbound"
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,8 @@ class AmiSettings:
 class OutboundSettings:
     # How a callee is dialed; {callee} is the number in E.164 digits.
     channel: str = "PJSIP/{callee}@carrier"
-    # Where an answered call goes (extension s): the outbound campaign's context.
+    # The outbound campaign's own context, where an answered call goes (extension s) when the
+    # dialplan has it; else the campaign's scenario runs (dialplan.outbound_scenario_context).
     context: str = "zvonok-outbound-{campaign}"
     # Seconds a callee's phone may ring.
     ring_timeout: float = 30.0
@@ -254,6 +259,8 @@ class Settings:
 
 
 SECTIONS = {f.name: f.default_factory for f in fields(Settings)}  # type: ignore[misc]
+# A context name the engine sends as it is: what a Goto takes whole (no ',', no space).
+DIALPLAN_NAME = re.compile(r"[A-Za-z0-9_-]{1,79}")
 
 
 def load_settings(
@@ -382,6 +389,12 @@ def _validate(settings: Settings) -> None:
         # engine_error: refuse such a template at start rather than on every call.
         if not template.startswith("zvonok-"):
             raise ConfigError(f"dialplan.{name} must start with zvonok-, got {template!r}")
+    for name in ("outbound_scenario_context", "inbound_scenario_context"):
+        context = getattr(templates, name)
+        if not DIALPLAN_NAME.fullmatch(context) or not context.startswith("zvonok-"):
+            raise ConfigError(
+                f"dialplan.{name} must be a context name starting with zvonok-, got {context!r}"
+            )
     if not 0 <= settings.admin.port < 65536:
         raise ConfigError("admin.port must be 0..65535 (0: any free port)")
     if not settings.admin.allow_remote and not is_loopback(settings.admin.host):
@@ -403,6 +416,9 @@ def _validate(settings: Settings) -> None:
     out = settings.outbound
     if "{callee}" not in out.channel or "{campaign}" not in out.context:
         raise ConfigError("outbound.channel needs {callee}, outbound.context {campaign}")
+    if not out.context.startswith("zvonok-"):
+        # An answered call follows it through zvonok-route, which enters only zvonok- contexts.
+        raise ConfigError(f"outbound.context must start with zvonok-, got {out.context!r}")
     for name in ("ring_timeout", "outcome_timeout", "calls_per_second", "trunk_calls_per_second"):
         if getattr(out, name) <= 0:
             raise ConfigError(f"outbound.{name} must be positive")

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from . import phone
+from .routing import scenario as scenarios
 from .routing.model import (
     CAMPAIGN_ID,
     Account,
@@ -120,14 +121,22 @@ async def load_inventory(
 
 
 def _campaign(item: dict[str, Any]) -> Campaign:
+    kind = CampaignKind(item["kind"])
+    scenario = None
+    if "scenario" in item:  # left out: the store's, if it has one, is kept
+        try:
+            scenario = scenarios.for_kind(scenarios.parse(item["scenario"]), kind)
+        except scenarios.ScenarioError as exc:
+            raise InventoryError(exc.message) from None
     return Campaign(
         id=_ident(item, "id"),
         account=_ident(item, "account"),
-        kind=CampaignKind(item["kind"]),
+        kind=kind,
         accept_inbound=bool(item.get("accept_inbound", False)),
         state=CampaignState(item.get("state", "running")),
         caller_id=_caller_id(item.get("caller_id", "pool")),
         name=str(item.get("name", "")),
+        scenario=scenario,
     )
 
 

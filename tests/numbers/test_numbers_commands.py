@@ -179,6 +179,40 @@ async def test_accounts_campaigns_stock_audit_sync(ops):
     assert code == 0 and "published 4 accounts, 8 numbers, 6 campaigns" in out
 
 
+async def test_a_campaigns_scenario_from_the_command_line(ops, tmp_path, capsys):
+    document = {"play": "hello", "operators": {"queue": "sales", "ring_timeout": 30},
+                "no_answer": {"play": "sorry-busy"}}
+    code, out = await ops("campaigns", "add", "zeta-line", "--account", ACME, "--kind",
+                          "inbound", "--scenario", json.dumps(document))
+    assert (code, out.strip()) == (0, "campaign zeta-line added (inbound, running); scenario: "
+                                   "plays hello; queue sales, 30 s; no answer: sorry-busy")
+    written = tmp_path / "scenario.json"
+    written.write_text('{"play": "promo-may", "operators": {"endpoints": ["op-1", "op-2"]}}')
+    code, out = await ops("campaigns", "set", "acme-sale", "--scenario", f"@{written}")
+    assert code == 0 and out.strip().endswith(
+        "scenario: plays promo-may; 1: endpoints op-1 op-2, 20 s")
+    code, out = await ops("campaigns", "list", "--json")
+    [sale] = [c for c in json.loads(out) if c["id"] == "acme-sale"]
+    assert sale["scenario"]["operators"]["endpoints"] == ["op-1", "op-2"]
+    # refused: the field and why, nothing changed
+    code, out = await ops("campaigns", "set", "acme-sale", "--scenario",
+                          '{"play": "../promo", "operators": {"queue": "sales"}}')
+    assert (code, out) == (1, "bad_scenario: scenario.play: '../promo' is not a recording name: "
+                           "lowercase letters, digits, '-' and '_', 1 to 64 characters, "
+                           "no folder, no extension")
+    code, out = await ops("campaigns", "set", "acme-sale", "--scenario",
+                          '{"play": "promo", "loop": true}')
+    assert code == 1
+    assert "unknown field(s): loop (known: no_answer, operators, play, version)" in out
+    code, out = await ops("campaigns", "set", "acme-sale", "--name", "Spring")
+    assert out.strip().endswith("scenario: plays promo-may; 1: endpoints op-1 op-2, 20 s")
+    with pytest.raises(SystemExit):
+        await ops("campaigns", "set", "acme-sale", "--scenario", "{not json")
+    assert "--scenario: not JSON" in capsys.readouterr().err
+    code, out = await ops("campaigns", "set", "acme-sale", "--scenario", "none")
+    assert out.strip().endswith("scenario: none (its own dialplan context)")
+
+
 async def test_admin_serves_the_api_until_sigterm(settings, tmp_path, capsys):
     settings = with_admin(settings, db_path=str(tmp_path / "numbers.db"), port=free_port(),
                           token="", token_file=str(tmp_path / "admin-token"))

@@ -75,6 +75,32 @@ async def test_an_import_breaking_a_rule_writes_nothing(service, tmp_path):
     assert (await service.audit_log())[0]["outcome"] == "not_verified"
 
 
+async def test_a_file_may_give_a_scenario_and_never_drops_one_set_elsewhere(service, tmp_path):
+    path = tmp_path / "inv.toml"
+    base = '[[accounts]]\nid = "acme"\n[[campaigns]]\nid = "line"\naccount = "acme"\n' \
+        'kind = "inbound"\n'
+    path.write_text(base + '[campaigns.scenario]\nplay = "hello"\n'
+                    '[campaigns.scenario.operators]\nqueue = "sales"\n')
+    await service.import_inventory("import", *read_file(path))
+    [line] = await service.campaigns()
+    assert line.scenario.play == "hello" and line.scenario.operators.queue == "sales"
+    await service.update_campaign("ops", "line", scenario={"play": "summer"})
+    path.write_text(base)  # no scenario in the file: the one set through the API stays
+    await service.import_inventory("import", *read_file(path))
+    [line] = await service.campaigns()
+    assert line.scenario.play == "summer"
+    assert (await service.data.load()).campaigns["line"].scenario == line.scenario
+
+
+async def test_a_bad_scenario_in_a_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "inv.toml"
+    path.write_text('[[campaigns]]\nid = "line"\naccount = "acme"\nkind = "inbound"\n'
+                    '[campaigns.scenario]\nplay = "../etc/passwd"\n')
+    with pytest.raises(InventoryError, match=r"campaigns\[0\]: scenario.play: '../etc/passwd' is "
+                       "not a recording name"):
+        read_file(path)
+
+
 # large files: JSON Lines, TOML read in chunks, batches
 
 

@@ -11,6 +11,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from web_helpers import TOKEN, admin_api, helpers
+from zvonok_agi.routing import scenario as scenarios
 from zvonok_agi.web.openapi import DOCUMENT
 
 ACME, OLDCO, NEWBIE = helpers.ACME, helpers.OLDCO, helpers.NEWBIE
@@ -258,6 +259,35 @@ async def test_number_health_is_shown_and_rests_reach_the_audit_log_once(api):
     assert (entry["action"], entry["outcome"], entry["detail"]["rate"]) == ("rest", "ok", "0.1")
 
 
+async def test_a_campaign_made_through_the_api_routes_by_its_scenario_at_once(api):
+    document = {"play": "hello", "operators": {"endpoints": ["op-1", "op-2"]},
+                "no_answer": {"play": "sorry-busy"}}
+    created = await api.post("/api/campaigns", {"account": ACME, "kind": "inbound",
+                                                "scenario": document})
+    assert created.status == 201
+    shown = {"version": 1, "play": "hello",
+             "operators": {"endpoints": ["op-1", "op-2"], "ring_timeout": 20},
+             "no_answer": {"play": "sorry-busy"}}
+    assert created.body["scenario"] == shown
+    campaign_id = created.body["id"]
+    # Published to the engine's routing data (the outbox's deltas): no dialplan edit
+    routing = await api.service.data.load()
+    assert scenarios.document(routing.campaigns[campaign_id].scenario) == shown
+    # Changed: an outbound campaign's digit defaults to 1
+    sale = await api.patch("/api/campaigns/acme-sale", {"scenario": {
+        "play": "promo-may", "operators": {"queue": "sales", "ring_timeout": 45}}})
+    assert sale.body["scenario"]["operators"] == {"digit": "1", "queue": "sales",
+                                                  "ring_timeout": 45}
+    [entry, *_] = (await api.get("/api/audit", params={"subject": "acme-sale"})).body["entries"]
+    assert entry["detail"]["scenario"] == sale.body["scenario"]
+    assert (await api.service.data.load()).campaigns["acme-sale"].scenario.operators.queue == (
+        "sales")
+    # Taken away: the campaign's own dialplan context again
+    cleared = await api.patch("/api/campaigns/acme-sale", {"scenario": None})
+    assert cleared.body["scenario"] is None
+    assert (await api.service.data.load()).campaigns["acme-sale"].scenario is None
+
+
 # dialing
 
 
@@ -406,6 +436,10 @@ BAD_INPUT = [
     ("PATCH", "/api/campaigns/acme-sale", {"accept_inbound": None}, None, 400, "bad_input"),
     ("PATCH", "/api/campaigns/acme-line", {"accept_inbound": True}, None, 409, "not_outbound"),
     ("PATCH", "/api/campaigns/acme-line", {"caller_id": MOSCOW_1}, None, 409, "not_outbound"),
+    ("PATCH", "/api/campaigns/acme-line", {"scenario": {"play": "a..b"}}, None, 400,
+     "bad_scenario"),
+    ("PATCH", "/api/campaigns/acme-sale", {"scenario": {"operators": {"queue": "q"}}},
+     None, 400, "bad_scenario"),
     ("POST", "/api/campaigns", {"id": "c", "account": ACME, "kind": "inbound",
                                 "caller_id": MOSCOW_1}, None, 400, "bad_input"),
     ("POST", "/api/campaigns/acme-sale/callees", {}, None, 400, "bad_input"),
@@ -462,6 +496,44 @@ BAD_INPUT = [
     ("GET", "/api/numbers/0", None, None, 400, "bad_number"),
     ("GET", "/api/nothing-here", None, None, 404, "not_found"),
     ("PUT", "/api/accounts", {"id": "x"}, None, 405, "method_not_allowed"),
+]
+
+
+# A scenario's fields, each refused with the field named (docs/routing.md, "Scenarios").
+BAD_SCENARIOS = [
+    ("outbound", {"play": "../../etc/passwd"}),
+    ("outbound", {"play": "sounds/promo"}),
+    ("outbound", {"play": "promo.wav"}),
+    ("outbound", {"play": "Promo"}),
+    ("outbound", {"play": ""}),
+    ("outbound", {"play": "promo", "volume": 11}),
+    ("outbound", {"play": "promo", "operators": {"queue": "sales", "colour": "red"}}),
+    ("outbound", {"operators": {"queue": "sales"}}),
+    ("outbound", {"play": "promo", "operators": {"endpoints": ["op 1"]}}),
+    ("outbound", {"play": "promo", "operators": {"endpoints": ["op-1,10,U(x)"]}}),
+    ("outbound", {"play": "promo", "operators": {"endpoints": ["PJSIP/op-1"]}}),
+    ("outbound", {"play": "promo", "operators": {"endpoints": ["op-1", "op-1"]}}),
+    ("outbound", {"play": "promo", "operators": {"endpoints": [f"op-{i}" for i in range(9)]}}),
+    ("outbound", {"play": "promo", "operators": {"endpoints": []}}),
+    ("outbound", {"play": "promo", "operators": {"queue": "sales,,,,1"}}),
+    ("outbound", {"play": "promo", "operators": {"queue": "sales", "endpoints": ["op-1"]}}),
+    ("outbound", {"play": "promo", "operators": {}}),
+    ("outbound", {"play": "promo", "operators": {"queue": "sales", "ring_timeout": 4}}),
+    ("outbound", {"play": "promo", "operators": {"queue": "sales", "ring_timeout": 301}}),
+    ("outbound", {"play": "promo", "operators": {"queue": "sales", "ring_timeout": "20"}}),
+    ("outbound", {"play": "promo", "operators": {"queue": "sales", "ring_timeout": 20.5}}),
+    ("outbound", {"play": "promo", "operators": {"queue": "sales", "digit": "12"}}),
+    ("outbound", {"play": "promo", "operators": {"queue": "sales", "digit": 1}}),
+    ("outbound", {"play": "promo", "no_answer": {"play": "sorry"}}),
+    ("outbound", {"play": "promo", "version": 2}),
+    ("outbound", ["play", "promo"]),
+    ("outbound", {}),
+    ("inbound", {"operators": {"queue": "sales", "digit": "1"}}),
+]
+BAD_INPUT += [
+    ("POST", "/api/campaigns", {"id": "c", "account": ACME, "kind": kind, "scenario": document},
+     None, 400, "bad_scenario")
+    for kind, document in BAD_SCENARIOS
 ]
 
 

@@ -22,6 +22,7 @@ import pytest_asyncio
 
 from web_helpers import PASSWORD, TOKEN, admin_api, helpers
 from zvonok_agi.outbound.queue import CampaignQueue
+from zvonok_agi.routing import scenario as scenarios
 
 CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
 # CI installs Chromium and sets this: there a missing browser fails the tests, never skips them.
@@ -470,6 +471,50 @@ async def test_each_numbers_answer_rate_and_rest_in_both_languages(tab):
     await page.get_by_role("button", name="English").click()
     await expect(health).to_contain_text("10% of 40 calls")
     await expect(health.locator(".badge")).to_contain_text("resting until")
+
+
+async def test_a_campaigns_scenario_is_set_changed_and_refused_in_its_window(tab):
+    page = await tab()
+    service = page.site.service
+    await service.update_campaign("setup", "acme-sale", name="Весна")
+    await sign_in(page, "anna")
+    window = page.locator("#campaign-dialog")
+    await page.get_by_role("button", name="Изменить Весна").click()
+    await expect(window.get_by_label("Запись", exact=True)).to_have_value("")
+    await expect(window.get_by_label("Очередь на АТС")).to_be_hidden()
+    await window.get_by_label("Запись", exact=True).fill("promo-may")
+    await window.get_by_label("Операторы").select_option("endpoints")
+    await window.get_by_label("Телефоны операторов (имена абонентов на АТС)").fill("op-1 op-2")
+    await window.get_by_label("Цифра для соединения с оператором").select_option("2")
+    await window.get_by_label("Сколько секунд ждать ответа оператора").fill("25")
+    await window.get_by_label("Запись, если никто не ответил").fill("sorry-busy")
+    await window.get_by_role("button", name="Сохранить").click()
+    await expect(window).not_to_have_attribute("open", "")
+    campaign = await service.campaign("acme-sale")
+    assert scenarios.document(campaign.scenario) == {
+        "version": 1,
+        "play": "promo-may",
+        "operators": {"digit": "2", "endpoints": ["op-1", "op-2"], "ring_timeout": 25},
+        "no_answer": {"play": "sorry-busy"},
+    }
+
+    # opened again, the window shows it; an endpoint the server refuses is said in words
+    await page.get_by_role("button", name="Изменить Весна").click()
+    await expect(window.get_by_label("Запись", exact=True)).to_have_value("promo-may")
+    await expect(window.get_by_label("Операторы")).to_have_value("endpoints")
+    await window.get_by_label("Телефоны операторов (имена абонентов на АТС)").fill("op-1 op/2")
+    await window.get_by_role("button", name="Сохранить").click()
+    error = page.locator("#campaign-error")
+    await expect(error).to_contain_text("Проверьте сценарий")
+    await expect(error).to_contain_text("код ошибки: bad_scenario")
+    assert (await service.campaign("acme-sale")).scenario == campaign.scenario
+
+    # no operators and no recording: no scenario, the campaign's own context again
+    await window.get_by_label("Запись", exact=True).fill("")
+    await window.get_by_label("Операторы").select_option("")
+    await window.get_by_role("button", name="Сохранить").click()
+    await expect(window).not_to_have_attribute("open", "")
+    assert (await service.campaign("acme-sale")).scenario is None
 
 
 async def test_staff_choose_the_account_and_close_requests(tab):

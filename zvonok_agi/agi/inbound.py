@@ -282,10 +282,13 @@ class InboundRouter:
         empty ones too: the dialplan clears only ZV_DECIDED before the AGI, so an empty value
         must overwrite whatever the channel held (an earlier AGI run, an inherited variable)."""
         route = decision.route
+        generic = ""
         if route.kind is RouteKind.OUTBOUND:
             context = self.dialplan.outbound_context.format(campaign=route.campaign)
+            generic = self.dialplan.outbound_scenario_context
         elif route.kind is RouteKind.INBOUND:
             context = self.dialplan.inbound_context.format(campaign=route.campaign)
+            generic = self.dialplan.inbound_scenario_context
         else:
             assert route.fallback is not None
             context = self.dialplan.fallback_context.format(fallback=route.fallback.value)
@@ -299,6 +302,7 @@ class InboundRouter:
             (var.REASON, decision.reason[:MAX_REASON]),
             (var.DID, did or ""),
             (var.CALLER, caller or ""),
+            *var.scenario_values(route.scenario, generic),
             (var.DECIDED, "1"),
         ]
 

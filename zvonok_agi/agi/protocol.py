@@ -62,7 +62,9 @@ MAX_ENV_LINES = 200  # Asterisk sends ~22 lines plus agi_arg_N
 MAX_ENV_BYTES = 65536  # the whole env block; Asterisk's is ~600 bytes
 MAX_ENV_ARGS = 64  # agi_arg_1 .. agi_arg_64 are kept
 MAX_REPLY_LINES = 200  # lines in one multi-line (520-) reply; Asterisk's usage texts are short
-MAX_COMMAND_BYTES = 1024  # every command line we send, "\n" included; Asterisk's buffer is 2048
+# Every command line we send, "\n" included: room for the largest MSet (a campaign's scenario
+# with eight operators), a margin below Asterisk's buffer.
+MAX_COMMAND_BYTES = 1536
 AGI_BUF_LEN = 2048  # Asterisk's command buffer: it cuts longer lines (see AsteriskConnection)
 HANGUP_LINE = b"HANGUP\n"
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from ..routing.model import Scenario
+
 DECIDED = "ZV_DECIDED"  # "1" once the whole route below is set
 ROUTE = "ZV_ROUTE"  # outbound | inbound | fallback
 CAMPAIGN = "ZV_CAMPAIGN"  # campaign id (outbound and inbound routes)
@@ -18,6 +20,36 @@ TARGET_EXTEN = "ZV_TARGET_EXTEN"
 REASON = "ZV_REASON"  # human-readable, for logs and CDRs
 DID = "ZV_DID"  # the DID, normalised (E.164 digits)
 CALLER = "ZV_CALLER"  # the caller, normalised; empty when there is none
+
+# The campaign's scenario (docs/routing.md, "Scenarios"), all empty when it has none. The
+# dialplan runs it in SCENARIO_CONTEXT when the campaign has no context of its own.
+SCENARIO_CONTEXT = "ZV_SCENARIO_CONTEXT"  # zvonok-scenario-outbound or -inbound
+PLAY = "ZV_PLAY"  # the recording heard first
+DIGIT = "ZV_DIGIT"  # outbound: pressed during or after it, reaches the operators
+QUEUE = "ZV_QUEUE"  # the operators: a queue,
+DIAL = "ZV_DIAL"  # or endpoints rung at once, as Dial() takes them: PJSIP/op-1&PJSIP/op-2
+RING_TIMEOUT = "ZV_RING_TIMEOUT"  # seconds before "no answer" (a queue: the caller's wait)
+NO_ANSWER_PLAY = "ZV_NO_ANSWER_PLAY"  # the recording heard when no operator answers
+
+
+def scenario_values(scenario: Scenario | None, context: str) -> list[tuple[str, str]]:
+    """The scenario's variables; with `context`, the generic context that runs it. Its names
+    were checked when it was read (routing.scenario), and the dialplan checks them again."""
+    if scenario is None:
+        return [(name, "") for name in SCENARIO_VARIABLES]
+    operators = scenario.operators
+    return [
+        (SCENARIO_CONTEXT, context),
+        (PLAY, scenario.play or ""),
+        (DIGIT, operators.digit or "" if operators else ""),
+        (QUEUE, operators.queue or "" if operators else ""),
+        (DIAL, "&".join(f"PJSIP/{name}" for name in operators.endpoints) if operators else ""),
+        (RING_TIMEOUT, str(operators.ring_timeout) if operators else ""),
+        (NO_ANSWER_PLAY, scenario.no_answer_play or ""),
+    ]
+
+
+SCENARIO_VARIABLES = (SCENARIO_CONTEXT, PLAY, DIGIT, QUEUE, DIAL, RING_TIMEOUT, NO_ANSWER_PLAY)
 
 
 # --- how they are set ---------------------------------------------------------------------------
@@ -32,8 +64,8 @@ CALLER = "ZV_CALLER"  # the caller, normalised; empty when there is none
 # an Asterisk that reads the batch differently (res_agi 1.4 compatibility turns the commas into
 # literal ones) leaves DECIDED unset, and the engine then sets every variable one by one.
 
-MSET_SAFE = re.compile(r"[A-Za-z0-9 _.:;/+@-]*")
-MAX_BATCH = 900  # bytes of MSet's argument: well inside one AGI command line
+MSET_SAFE = re.compile(r"[A-Za-z0-9 _.:;/+@&-]*")
+MAX_BATCH = 1400  # bytes of MSet's argument: inside one command line (MAX_COMMAND_BYTES)
 
 Command = tuple[str, ...]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..access.users import Users
+from ..routing import scenario as scenarios
 from ..routing.model import Pool
 from . import documents, rules
 from .rules import Refused
@@ -105,12 +106,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmd.add_argument("--accept-inbound", action="store_true", help="outbound: take callbacks")
     cmd.add_argument("--state", default="running", choices=["running", "paused", "finished"])
     cmd.add_argument("--caller-id", default="pool", help="a reserved number, or 'pool'")
+    cmd.add_argument("--scenario", type=_scenario_document, help=SCENARIO_HELP)
     cmd = _command(campaigns, "set", "change a campaign", _campaign_set)
     cmd.add_argument("id")
     cmd.add_argument("--name")
     cmd.add_argument("--accept-inbound", choices=["yes", "no"])
     cmd.add_argument("--state", choices=["running", "paused", "finished"])
     cmd.add_argument("--caller-id", help="a reserved number, or 'pool'")
+    cmd.add_argument("--scenario", type=_scenario_document, default=KEEP,
+                     help=f"{SCENARIO_HELP}; 'none': no scenario")
 
     requests = _group(subparsers, "requests", "requests for numbers where none were available")
     cmd = _command(requests, "list", "open requests (sales call these customers back)",
@@ -365,11 +369,36 @@ async def _campaigns(settings: Any, args: argparse.Namespace) -> int:
     if args.json:
         return _print_json([documents.campaign(c) for c in campaigns])
     _table(
-        ["campaign", "account", "kind", "state", "accept_inbound", "caller_id", "name"],
+        ["campaign", "account", "kind", "state", "accept_inbound", "caller_id", "name",
+         "scenario"],
         [[c.id, c.account, c.kind, c.state, "yes" if c.accept_inbound else "no",
-          "" if c.kind == "inbound" else c.caller_id or "pool", c.name] for c in campaigns],
+          "" if c.kind == "inbound" else c.caller_id or "pool", c.name,
+          scenarios.describe(c.scenario)] for c in campaigns],
     )
     return 0
+
+
+SCENARIO_HELP = (
+    "what its calls do, as JSON (docs/routing.md, Scenarios), or @FILE to read it from a file: "
+    '\'{"play": "promo-may", "operators": {"queue": "sales"}}\''
+)
+
+
+def _scenario_document(value: str) -> Any:
+    """--scenario's JSON, inline or @file; 'none' is None. Its fields are the service's to
+    check (the same checks as the API's)."""
+    if value == "none":
+        return None
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {value[1:]}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
 
 
 async def _campaign_add(settings: Any, args: argparse.Namespace) -> int:
@@ -377,9 +406,10 @@ async def _campaign_add(settings: Any, args: argparse.Namespace) -> int:
         campaign = await service.create_campaign(
             actor(), args.id, args.account, args.kind, accept_inbound=args.accept_inbound,
             state=args.state, caller_id=None if args.kind == "inbound" else args.caller_id,
-            name=args.name,
+            name=args.name, scenario=args.scenario,
         )
-    print(f"campaign {campaign.id} added ({campaign.kind}, {campaign.state})")
+    print(f"campaign {campaign.id} added ({campaign.kind}, {campaign.state}); "
+          f"scenario: {scenarios.describe(campaign.scenario)}")
     return 0
 
 
@@ -390,8 +420,10 @@ async def _campaign_set(settings: Any, args: argparse.Namespace) -> int:
             actor(), args.id, accept_inbound=accept, state=args.state or KEEP,
             caller_id=KEEP if args.caller_id is None else args.caller_id,
             name=KEEP if args.name is None else args.name,
+            scenario=args.scenario,
         )
-    print(f"campaign {campaign.id}: {campaign.state}, caller ID {campaign.caller_id or 'pool'}")
+    print(f"campaign {campaign.id}: {campaign.state}, caller ID {campaign.caller_id or 'pool'}; "
+          f"scenario: {scenarios.describe(campaign.scenario)}")
     return 0
 
 

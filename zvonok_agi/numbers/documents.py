@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import phone, regions
+from ..routing import scenario as scenarios
 from ..routing.model import Account, Campaign
 from ..store.number_health import NumberHealth
 from .rules import NumberRecord, RegionCount, Request
@@ -76,6 +77,7 @@ def campaign(c: Campaign) -> dict[str, Any]:
         "state": c.state.value,
         "caller_id": c.caller_id,  # None: the service pool
         "name": c.name,
+        "scenario": None if c.scenario is None else scenarios.document(c.scenario),
     }
 
 

@@ -151,4 +151,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE requests_next RENAME TO requests",
         "CREATE INDEX requests_open ON requests (status, account, kind, region)",
     ),
+    # 6: a campaign's scenario (what its calls do), in the form Redis keeps it: a JSON array
+    # (zvonok_agi.routing.scenario); NULL: none, its own dialplan context routes its calls
+    ("ALTER TABLE campaigns ADD COLUMN scenario TEXT",),
 ]

@@ -16,6 +16,7 @@ from typing import TypeVar
 from .. import phone
 from .. import text as free_text
 from ..regions import RegionIndex
+from ..routing import scenario as scenarios
 from ..routing.model import (
     CAMPAIGN_ID,
     Account,
@@ -26,6 +27,7 @@ from ..routing.model import (
     Number,
     NumberStatus,
     Pool,
+    Scenario,
 )
 
 ACCOUNT_ID = CAMPAIGN_ID
@@ -390,6 +392,17 @@ def caller_id_refusal(
     if not number.active:
         return Refused("number_disabled", f"{caller_id} is disabled")
     return None
+
+
+def scenario_of(document: object, kind: CampaignKind) -> Scenario | None:
+    """The scenario a campaign of `kind` runs, from its document (docs/routing.md,
+    "Scenarios"); None (null): none, the campaign's own dialplan context routes its calls."""
+    if document is None:
+        return None
+    try:
+        return scenarios.for_kind(scenarios.parse(document), kind)
+    except scenarios.ScenarioError as exc:
+        raise Refused("bad_scenario", exc.message) from None
 
 
 def not_outbound(campaign: Campaign) -> Refused:

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from ..inventory import Inventory
 from ..regions import RegionIndex
+from ..routing import scenario as scenarios
 from ..routing.model import (
     Account,
     CallbackRule,
@@ -32,6 +33,7 @@ from ..routing.model import (
     CampaignState,
     NumberStatus,
     Pool,
+    Scenario,
 )
 from ..store.number_health import NumberHealth, NumberHealthStore
 from ..store.routing_data import RoutingData
@@ -386,18 +388,20 @@ class NumbersService:
     async def create_campaign(
         self, actor: str, campaign_id: str | None, account_id: str, kind: Any, *,
         accept_inbound: Any = False, state: Any = CampaignState.RUNNING, caller_id: Any = None,
-        name: Any = "",
+        name: Any = "", scenario: Any = None,
     ) -> Campaign:
         """A new campaign; without an id, one is made (`c-` and random hex digits)."""
+        kind = rules.enum_value(CampaignKind, kind, "kind")
         campaign = Campaign(
             id=rules.ident(campaign_id, "campaign id") if campaign_id is not None
             else f"c-{secrets.token_hex(5)}",
             account=rules.ident(account_id, "account id"),
-            kind=rules.enum_value(CampaignKind, kind, "kind"),
+            kind=kind,
             accept_inbound=_flag(accept_inbound, "accept_inbound"),
             state=rules.enum_value(CampaignState, state, "state"),
             caller_id=None if caller_id in (None, "pool") else rules.did_of(caller_id),
             name=rules.text(name, "name", rules.MAX_NAME),
+            scenario=rules.scenario_of(scenario, kind),
         )
         if campaign.kind is CampaignKind.INBOUND and (campaign.accept_inbound
                                                       or campaign.caller_id):
@@ -405,7 +409,8 @@ class NumbersService:
                           "outbound campaigns")
         async with self._change(actor, "create_campaign", campaign.id, campaign.account,
                                 kind=campaign.kind.value, caller_id=campaign.caller_id,
-                                **({"name": campaign.name} if campaign.name else {})) as change:
+                                **({"name": campaign.name} if campaign.name else {}),
+                                **_scenario_detail(campaign.scenario)) as change:
             q = change.q
             if await q.campaign(campaign.id) is not None:
                 raise Refused("already_exists", f"campaign {campaign.id} already exists")
@@ -415,9 +420,11 @@ class NumbersService:
 
     async def update_campaign(
         self, actor: str, campaign_id: str, *, accept_inbound: Any = KEEP, state: Any = KEEP,
-        caller_id: Any = KEEP, name: Any = KEEP, as_account: str | None = None,
+        caller_id: Any = KEEP, name: Any = KEEP, scenario: Any = KEEP,
+        as_account: str | None = None,
     ) -> Campaign:
-        """Changes what is given; acting as an account, only one of its own campaigns."""
+        """Changes what is given; acting as an account, only one of its own campaigns. The
+        scenario (a document, or None: none) is checked for the campaign's kind."""
         as_account = _acting(as_account)
         if name is not KEEP:
             name = rules.text(name, "name", rules.MAX_NAME)
@@ -443,6 +450,9 @@ class NumbersService:
             if campaign.kind is CampaignKind.INBOUND and (accept_inbound is True
                                                           or caller_id not in (KEEP, None)):
                 raise rules.not_outbound(campaign)
+            if scenario is not KEEP:  # checked for the campaign's kind
+                detail["scenario"] = rules.scenario_of(scenario, campaign.kind)
+                change.detail.update(_scenario_detail(detail["scenario"], cleared=True))
             campaign = replace(campaign, **detail)
             if caller_id is not KEEP:
                 await self._check_caller_id(q, campaign)
@@ -757,6 +767,13 @@ def _flag(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
         raise Refused("bad_input", f"{what} must be true or false")
     return value
+
+
+def _scenario_detail(scenario: Scenario | None, cleared: bool = False) -> dict[str, Any]:
+    """A scenario as the audit log keeps it: its document, or None when `cleared`."""
+    if scenario is None:
+        return {"scenario": None} if cleared else {}
+    return {"scenario": scenarios.document(scenario)}
 
 
 def _given(**values: Any) -> dict[str, Any]:

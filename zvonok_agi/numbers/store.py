@@ -13,12 +13,14 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from ..routing import scenario as scenarios
 from ..routing.model import (
     Account,
     CallbackRule,
@@ -28,7 +30,7 @@ from ..routing.model import (
     NumberStatus,
     Pool,
 )
-from ..store.routing_data import FIELDS, Stored, encode_values
+from ..store.routing_data import FIELDS, Stored, encode_values, stored_fields
 from .migrations import MIGRATIONS
 from .rules import Kind, NumberRecord, Request
 
@@ -49,10 +51,10 @@ _PUT_NUMBER = (
 )
 _PUT_CAMPAIGN = (
     "INSERT INTO campaigns (id, account, kind, accept_inbound, state, caller_id, name, "
-    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+    "scenario, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
     "account = excluded.account, kind = excluded.kind, "
     "accept_inbound = excluded.accept_inbound, state = excluded.state, "
-    "caller_id = excluded.caller_id, name = excluded.name"
+    "caller_id = excluded.caller_id, name = excluded.name, scenario = excluded.scenario"
 )
 
 
@@ -395,8 +397,16 @@ class Queries:
         return len(changed), await self._to_publish("account", [a.id for a in changed])
 
     async def import_campaigns(self, campaigns: Sequence[Campaign], now: float) -> Imported:
+        """Upserts campaigns; one the file gives no scenario keeps the one it has (set through
+        the API, the CLI or the page)."""
         ids = [c.id for c in campaigns]
         current = {c.id: c for c in await self._in("campaigns", "id", ids)}
+        campaigns = [
+            replace(c, scenario=current[c.id].scenario)
+            if c.scenario is None and c.id in current
+            else c
+            for c in campaigns
+        ]
         changed = [c for c in campaigns if current.get(c.id) != c]
         await self.db.executemany(
             f"{_PUT_CAMPAIGN}, rev = campaigns.rev + 1", [_campaign_values(c, now) for c in changed]
@@ -499,7 +509,7 @@ class Queries:
         """The records named as Redis stores them (`encode_values`); a missing one is absent."""
         table, column = ROUTING_TABLES[kind]
         rows = await self._rows_in(table, column, keys, _routing_columns(kind))
-        return {row[0]: encode_values(row[1], row[2:]) for row in rows}
+        return {row[0]: _routing_value(kind, row) for row in rows}
 
     async def routing_page(self, kind: str, after: str | None, limit: int) -> list[tuple[str, str]]:
         """(key, stored value) of one kind in key order, the first `limit` after `after`."""
@@ -509,7 +519,7 @@ class Queries:
             f"ORDER BY {column} LIMIT ?",
             ["" if after is None else after, limit],
         )
-        return [(row[0], encode_values(row[1], row[2:])) for row in rows]
+        return [(row[0], _routing_value(kind, row)) for row in rows]
 
     async def outrank(self, kind: str, revs: Mapping[str, int]) -> None:
         """Raises each record's revision above the one given (Redis's, found newer than the
@@ -556,10 +566,19 @@ def _number_values(n: NumberRecord) -> list[Any]:
 
 def _campaign_values(c: Campaign, now: float) -> list[Any]:
     return [c.id, c.account, c.kind.value, int(c.accept_inbound), c.state.value, c.caller_id,
-            c.name, now]
+            c.name, _scenario_text(c), now]
+
+
+def _scenario_text(c: Campaign) -> str | None:
+    """The scenario as the store keeps it: its stored form, as JSON text."""
+    return None if c.scenario is None else _json(scenarios.stored(c.scenario))
+
+
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _campaign(row: sqlite3.Row) -> Campaign:
+    scenario = row["scenario"]
     return Campaign(
         id=row["id"],
         account=row["account"],
@@ -568,6 +587,7 @@ def _campaign(row: sqlite3.Row) -> Campaign:
         state=CampaignState(row["state"]),
         caller_id=row["caller_id"],
         name=row["name"],
+        scenario=None if scenario is None else scenarios.from_stored(json.loads(scenario)),
     )
 
 
@@ -577,6 +597,11 @@ def _request(row: sqlite3.Row) -> Request:
         row["status"], row["closed_at"], row["closed_by"], row["note"], row["topic"],
         row["comment"], row["contact"],
     )
+
+
+def _routing_value(kind: str, row: sqlite3.Row) -> str:
+    """A row of `_routing_columns` as Redis stores the record."""
+    return encode_values(row[1], stored_fields(kind, list(row[2:])))
 
 
 def _routing_columns(kind: str) -> str:

@@ -590,6 +590,7 @@ async def open_dialer(
                 settings.outbound,
                 region=settings.routing.default_region,
                 rested=rested,
+                scenario_context=settings.dialplan.outbound_scenario_context,
             )
             await stack.enter_async_context(originator)
             leases = host_leases(redis, prefix, address, settings.dialer.claim_after)

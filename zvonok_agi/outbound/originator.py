@@ -24,10 +24,11 @@ import structlog
 from redis.exceptions import RedisError
 
 from .. import phone
+from ..agi import variables as var
 from ..ami.client import AMIActionTimeout, AMIClient, AMIDisconnected, LinkState
 from ..ami.outcome import from_failure, from_listing, from_originate_response, to_int
 from ..ami.protocol import AMIError, Event
-from ..config import OutboundSettings
+from ..config import DialplanSettings, OutboundSettings
 from ..metrics import METRICS
 from ..routing.callerid import (
     CallerId,
@@ -47,6 +48,9 @@ log = structlog.get_logger(__name__)
 # After a failed OriginateResponse, or once Asterisk no longer lists a call, how long to wait
 # for the events still on their way (the Hangup carries the cause).
 HANGUP_GRACE = 1.0
+# The dialplan's context that follows a decision (dialplan/extensions_zvonok.conf): an answered
+# call enters it with the variables an AGI decision sets, and takes the same way.
+ROUTE_CONTEXT = "zvonok-route"
 
 
 class StoreUnavailable(Exception):
@@ -112,6 +116,7 @@ class Originator:
         clock: Callable[[], float] = time.time,
         region: str = phone.DEFAULT_REGION,
         rested: Callable[[], frozenset[str]] = frozenset,
+        scenario_context: str = DialplanSettings.outbound_scenario_context,
     ) -> None:
         self.ami = ami
         self.history = history
@@ -121,6 +126,7 @@ class Originator:
         self.clock = clock
         self.region = region  # of callee numbers written without a country code
         self.rested = rested  # the pool numbers resting now (outbound/number_health.py)
+        self.scenario_context = scenario_context  # where a campaign's scenario runs
         self._trackers: dict[str, _Tracker] = {}
         self._shown_before: dict[str, str | None] = {}  # attempt id -> callee's previous number
         self._pump: asyncio.Task[None] | None = None
@@ -346,10 +352,15 @@ class Originator:
             )
 
     def _fields(self, attempt: Attempt) -> list[tuple[str, str]]:
+        """The Originate. An answered call enters zvonok-route as a decided callback does:
+        the campaign's own context if the dialplan has one, else its scenario (as it is now:
+        a scenario changed since the attempt was queued applies)."""
         s = self.settings
+        campaign = self.routing().campaigns.get(attempt.campaign)
+        scenario = campaign.scenario if campaign is not None else None
         return [
             ("Channel", s.channel.format(callee=attempt.callee)),
-            ("Context", s.context.format(campaign=attempt.campaign)),
+            ("Context", ROUTE_CONTEXT),
             ("Exten", "s"),
             ("Priority", "1"),
             ("CallerID", f"<{attempt.did}>"),
@@ -360,6 +371,14 @@ class Originator:
             ("Variable", f"ZV_ACCOUNT={attempt.account}"),
             ("Variable", f"ZV_CALLEE={attempt.callee}"),
             ("Variable", f"ZV_ATTEMPT={attempt.id}"),
+            ("Variable", f"{var.ROUTE}=outbound"),
+            ("Variable", f"{var.TARGET_CONTEXT}={s.context.format(campaign=attempt.campaign)}"),
+            ("Variable", f"{var.TARGET_EXTEN}=s"),
+            *(
+                ("Variable", f"{name}={value}")
+                for name, value in var.scenario_values(scenario, self.scenario_context)
+            ),
+            ("Variable", f"{var.DECIDED}=1"),
         ]
 
     async def _undial(self, attempt: Attempt, previous: str | None) -> None:

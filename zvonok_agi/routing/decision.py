@@ -55,7 +55,7 @@ def decide(
         refusal = _callback_refusal(number, campaign, attempt)
         if refusal is None:
             return Decision(
-                Route.outbound(campaign.id, attempt.id),
+                Route.outbound(campaign.id, attempt.id, campaign.scenario),
                 f"first callback to outbound campaign {campaign.id}",
                 "first_callback",
             )
@@ -105,7 +105,7 @@ def fallback_without_store(number: Number | None, campaigns: Mapping[str, Campai
         campaign = _bound_inbound(number, campaigns)
         if campaign is not None:
             return Decision(
-                Route.inbound(campaign.id),
+                Route.inbound(campaign.id, campaign.scenario),
                 "store unavailable: bound inbound campaign",
                 "store_unavailable",
             )
@@ -139,7 +139,11 @@ def _otherwise(number: Number, campaigns: Mapping[str, Campaign], why: str, code
             f"{why}; no inbound campaign bound",
             code,
         )
-    return Decision(Route.inbound(campaign.id), f"{why}; inbound campaign {campaign.id}", code)
+    return Decision(
+        Route.inbound(campaign.id, campaign.scenario),
+        f"{why}; inbound campaign {campaign.id}",
+        code,
+    )
 
 
 def _bound_inbound(number: Number, campaigns: Mapping[str, Campaign]) -> Campaign | None:

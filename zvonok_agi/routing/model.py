@@ -91,6 +91,26 @@ class Number:
 
 
 @dataclass(frozen=True, slots=True)
+class Operators:
+    """Who takes a scenario's calls: a queue, or PJSIP endpoints rung at once."""
+
+    queue: str | None = None
+    endpoints: tuple[str, ...] = ()
+    ring_timeout: int = 20  # seconds they ring (a queue: the caller waits) before "no answer"
+    digit: str | None = None  # outbound only: what the subscriber presses to reach them
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """What a campaign's calls do when no dialplan context of its own says otherwise
+    (routing.scenario checks every name; docs/routing.md, "Scenarios")."""
+
+    play: str | None = None  # the recording the call hears first
+    operators: Operators | None = None
+    no_answer_play: str | None = None  # the recording heard when no operator answers
+
+
+@dataclass(frozen=True, slots=True)
 class Campaign:
     id: str
     account: str
@@ -99,6 +119,7 @@ class Campaign:
     state: CampaignState = CampaignState.RUNNING
     caller_id: str | None = None  # outbound only: a reserved number's DID; None = service pool
     name: str = ""  # what people call it (the id names its Asterisk context)
+    scenario: Scenario | None = None  # None: only a context of its own routes its calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,14 +142,15 @@ class Route:
     campaign: str | None = None  # set for OUTBOUND and INBOUND
     fallback: Fallback | None = None  # set for FALLBACK
     attempt: str | None = None  # the attempt whose callback this is (OUTBOUND only)
+    scenario: Scenario | None = None  # the campaign's, if it has one
 
     @classmethod
-    def outbound(cls, campaign: str, attempt: str) -> Route:
-        return cls(RouteKind.OUTBOUND, campaign=campaign, attempt=attempt)
+    def outbound(cls, campaign: str, attempt: str, scenario: Scenario | None = None) -> Route:
+        return cls(RouteKind.OUTBOUND, campaign=campaign, attempt=attempt, scenario=scenario)
 
     @classmethod
-    def inbound(cls, campaign: str) -> Route:
-        return cls(RouteKind.INBOUND, campaign=campaign)
+    def inbound(cls, campaign: str, scenario: Scenario | None = None) -> Route:
+        return cls(RouteKind.INBOUND, campaign=campaign, scenario=scenario)
 
     @classmethod
     def to_fallback(cls, fallback: Fallback) -> Route:

@@ -6,7 +6,8 @@ the version and the stream together. The keys (prefix `zv:` by default) share th
 
   zv:{routing}:accounts   hash  id  -> [rev, verified, name]
   zv:{routing}:numbers    hash  did -> [rev, pool, status, owner, callback_rule, inbound_campaign]
-  zv:{routing}:campaigns  hash  id  -> [rev, account, kind, accept_inbound, state, caller_id]
+  zv:{routing}:campaigns  hash  id  -> [rev, account, kind, accept_inbound, state, caller_id,
+                                         scenario (left out when the campaign has none)]
   zv:{routing}:version    the version of the whole, +1 per change
   zv:{routing}:changes    stream, one entry per change: id "<version>-0", fields k (kind),
                           i (id), v (the new value; empty: deleted); about MAX_CHANGES kept
@@ -42,6 +43,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from ..metrics import METRICS
+from ..routing import scenario as scenarios
 from ..routing.model import (
     Account,
     CallbackRule,
@@ -577,14 +579,30 @@ def record_key(record: Record) -> tuple[str, str]:
 FIELDS = {
     "account": ("verified", "name"),
     "number": ("pool", "status", "owner", "callback_rule", "inbound_campaign"),
-    "campaign": ("account", "kind", "accept_inbound", "state", "caller_id"),
+    "campaign": ("account", "kind", "accept_inbound", "state", "caller_id", "scenario"),
 }
 
 
 def encode(record: Record, rev: int = 0) -> str:
     kind, _ = record_key(record)
     values = [getattr(record, name) for name in FIELDS[kind]]
-    return encode_values(rev, [int(v) if isinstance(v, bool) else v for v in values])
+    if isinstance(record, Campaign):
+        values[-1] = None if record.scenario is None else scenarios.stored(record.scenario)
+    return encode_values(rev, stored_fields(kind, values))
+
+
+def stored_fields(kind: str, values: list[object]) -> list[object]:
+    """FIELDS' values as a stored value holds them: flags as 0/1, a campaign's scenario (the
+    store keeps its stored form as JSON text) as JSON, and left out when there is none, so
+    that such a record reads the same to an engine of an older release."""
+    values = [int(v) if isinstance(v, bool) else v for v in values]
+    if kind == "campaign":
+        scenario = values.pop()
+        if isinstance(scenario, str):
+            scenario = json.loads(scenario)
+        if scenario is not None:
+            values.append(scenario)
+    return values
 
 
 def encode_values(rev: int, values: Iterable[object]) -> str:
@@ -620,9 +638,11 @@ def decode(kind: str, key: str, value: str) -> Record:
                 key, _POOLS[pool], _STATUSES[status], _name(owner), _RULES[rule], _name(inbound)
             )
         if kind == "campaign":
-            _, account, campaign_kind, accept, state, caller_id = fields
+            _, account, campaign_kind, accept, state, caller_id, *scenario = fields
             if not account:
                 raise ValueError("no account")
+            if len(scenario) > 1:
+                raise ValueError("too many fields")
             return Campaign(
                 key,
                 _name(account),
@@ -630,6 +650,7 @@ def decode(kind: str, key: str, value: str) -> Record:
                 _flag(accept),
                 _STATES[state],
                 _name(caller_id),
+                scenario=scenarios.from_stored(scenario[0]) if scenario else None,
             )
         if kind == "account":
             _, verified, name = fields

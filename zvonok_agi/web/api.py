@@ -254,7 +254,7 @@ class Api:
             caller(request).actor, body.get("id"), own(request, body["account"]), body["kind"],
             accept_inbound=body.get("accept_inbound", False),
             state=body.get("state", "running"), caller_id=body.get("caller_id"),
-            name=body.get("name", ""),
+            name=body.get("name", ""), scenario=body.get("scenario"),
         )
         return _json(documents.campaign(campaign), 201)
 
@@ -269,7 +269,7 @@ class Api:
             caller(request).actor, request.match_info["campaign"],
             accept_inbound=body.get("accept_inbound", KEEP), state=body.get("state", KEEP),
             caller_id=body.get("caller_id", KEEP), name=body.get("name", KEEP),
-            as_account=own(request, None),
+            scenario=body.get("scenario", KEEP), as_account=own(request, None),
         )
         return _json(documents.campaign(campaign))
 

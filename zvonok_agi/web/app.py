@@ -26,6 +26,7 @@ PAGE = Path(__file__).parent / "page"
 
 STATUS = {
     "bad_input": 400,
+    "bad_scenario": 400,
     "bad_number": 400,
     "bad_json": 400,
     "unauthorized": 401,

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import __version__, phone, text
 from ..numbers import rules
+from ..routing import scenario as scenarios
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -98,6 +99,11 @@ REQUEST = _path("request", {"type": "integer", "minimum": 1, "maximum": rules.MA
 AS_ACCOUNT = _query("as_account", ID, "act as this account: only its own numbers may be changed")
 NAME = _text(rules.MAX_NAME)
 CALLER_ID = _nullable({"anyOf": [PHONE, {"const": "pool"}]})
+RECORDING = {
+    "type": "string", "pattern": f"^{scenarios.RECORDING.pattern}$",
+    "description": "a file of Asterisk's sounds, without folder or extension",
+}
+SCENARIO_NAME = {"type": "string", "pattern": f"^{scenarios.ENDPOINT.pattern}$"}
 REGION = {**_text(rules.MAX_REGION, required=True),
           "description": "as people type it, in Russian or English: Moscow, Москва, Moskva"}
 CHOICE = {"enum": ["mobile", "landline_popular", "landline"]}
@@ -276,7 +282,8 @@ SCHEMAS: dict[str, Any] = {
     },
     "Campaign": {
         "type": "object",
-        "required": ["id", "account", "kind", "accept_inbound", "state", "caller_id", "name"],
+        "required": ["id", "account", "kind", "accept_inbound", "state", "caller_id", "name",
+                     "scenario"],
         "properties": {
             "id": ID,
             "account": ID,
@@ -285,6 +292,49 @@ SCHEMAS: dict[str, Any] = {
             "state": {"enum": ["running", "paused", "finished"]},
             "caller_id": _nullable({"type": "string"}),
             "name": {"type": "string"},
+            "scenario": {**_nullable(_ref("Scenario")),
+                         "description": "null: none, its own dialplan context routes its calls"},
+        },
+    },
+    "Scenario": {
+        "type": "object",
+        "additionalProperties": False,
+        "anyOf": [{"required": ["play"]}, {"required": ["operators"]}],
+        "dependentRequired": {"no_answer": ["operators"]},
+        "description": "what a campaign's calls do when the dialplan has no context of its own "
+                       "for it (docs/routing.md, Scenarios): a recording, operators, or both; "
+                       "an outbound campaign's calls need a recording, and reach the operators "
+                       "by pressing a digit (1 unless given); an inbound campaign's callers "
+                       "reach them at once (no digit)",
+        "properties": {
+            "version": {"const": scenarios.VERSION},
+            "play": RECORDING,
+            "operators": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "a queue or endpoints (one of the two), rung ring_timeout "
+                               "seconds",
+                "oneOf": [{"required": ["queue"]}, {"required": ["endpoints"]}],
+                "properties": {
+                    "digit": {"enum": list(scenarios.DIGITS)},
+                    "queue": {**SCENARIO_NAME, "description": "a queue of queues.conf"},
+                    "endpoints": {
+                        "type": "array", "minItems": 1, "maxItems": scenarios.MAX_ENDPOINTS,
+                        "uniqueItems": True,
+                        "items": {**SCENARIO_NAME, "description": "a PJSIP endpoint"},
+                    },
+                    "ring_timeout": {"type": "integer", "minimum": scenarios.MIN_RING_TIMEOUT,
+                                     "maximum": scenarios.MAX_RING_TIMEOUT,
+                                     "default": scenarios.DEFAULT_RING_TIMEOUT},
+                },
+            },
+            "no_answer": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["play"],
+                "description": "what callers hear when no operator answers (needs operators)",
+                "properties": {"play": RECORDING},
+            },
         },
     },
     "NewCampaign": {
@@ -300,11 +350,18 @@ SCHEMAS: dict[str, Any] = {
             "state": {"enum": ["running", "paused", "finished"]},
             "caller_id": {**CALLER_ID, "description": "a reserved number of the account; "
                           "null or 'pool': the service pool"},
+            "scenario": _nullable(_ref("Scenario")),
         },
         "if": {"required": ["kind"], "properties": {"kind": {"const": "inbound"}}},
         "then": {"properties": {"accept_inbound": {"const": False},
-                                "caller_id": {"enum": [None, "pool"]}},
-                 "description": "an inbound campaign has no accept_inbound and no caller ID"},
+                                "caller_id": {"enum": [None, "pool"]},
+                                "scenario": {"anyOf": [{"type": "null"}, {"properties": {
+                                    "operators": {"not": {"required": ["digit"]}}}}]}},
+                 "description": "an inbound campaign has no accept_inbound, no caller ID and "
+                                "no digit to press"},
+        "else": {"properties": {"scenario": {"anyOf": [{"type": "null"},
+                                                       {"required": ["play"]}]}},
+                 "description": "an outbound campaign's scenario plays a recording"},
     },
     "CampaignChange": {
         "type": "object",
@@ -314,6 +371,7 @@ SCHEMAS: dict[str, Any] = {
             "state": {"enum": ["running", "paused", "finished"]},
             "caller_id": CALLER_ID,
             "name": NAME,
+            "scenario": {**_nullable(_ref("Scenario")), "description": "null: none"},
         },
         "description": "what an inbound campaign has (accept_inbound false, the pool) may be "
                        "sent; anything else for one is refused (not_outbound)",

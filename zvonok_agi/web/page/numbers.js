@@ -798,6 +798,14 @@ const CAMPAIGN_FIELDS = {
       if (!c || accept !== c.accept_inbound) body.accept_inbound = accept;
     },
   },
+  scenario: {
+    fill: (c) => fillScenario(c ? c.scenario : null),
+    read: (body, c) => {
+      const scenario = readScenario();
+      const before = c ? c.scenario : null;
+      if (JSON.stringify(scenario) !== JSON.stringify(before)) body.scenario = scenario;
+    },
+  },
   state: {
     fill: (c) => {
       $("#campaign-state").value = c ? c.state : "running";
@@ -812,6 +820,51 @@ const CAMPAIGN_FIELDS = {
 
 function campaignKind() {
   return state.campaign ? state.campaign.kind : new FormData($("#campaign-form")).get("kind");
+}
+
+// What the campaign's calls do (docs/routing.md, "Scenarios"); the server checks every name.
+function fillScenario(scenario) {
+  const operators = scenario && scenario.operators;
+  $("#scenario-play").value = (scenario && scenario.play) || "";
+  $("#scenario-operators").value = !operators ? "" : operators.queue ? "queue" : "endpoints";
+  $("#scenario-queue").value = (operators && operators.queue) || "";
+  $("#scenario-endpoints").value = ((operators && operators.endpoints) || []).join(" ");
+  $("#scenario-digit").replaceChildren(...[..."1234567890"].map((digit) =>
+    el("option", {value: digit}, digit)));
+  $("#scenario-digit").value = (operators && operators.digit) || "1";
+  $("#scenario-ring").value = operators ? operators.ring_timeout : 20;
+  $("#scenario-no-answer").value = (scenario && scenario.no_answer && scenario.no_answer.play) || "";
+  showOperatorFields();
+}
+
+// The document as the server shows it (same fields, same order), or null: no scenario.
+function readScenario() {
+  const play = $("#scenario-play").value.trim();
+  const who = $("#scenario-operators").value;
+  if (!play && !who) return null;
+  const scenario = {version: 1};
+  if (play) scenario.play = play;
+  if (who) {
+    const operators = {};
+    if (campaignKind() === "outbound") operators.digit = $("#scenario-digit").value;
+    if (who === "queue") operators.queue = $("#scenario-queue").value.trim();
+    else operators.endpoints = $("#scenario-endpoints").value.split(/[\s,]+/).filter(Boolean);
+    operators.ring_timeout = Number($("#scenario-ring").value);
+    scenario.operators = operators;
+    const noAnswer = $("#scenario-no-answer").value.trim();
+    if (noAnswer) scenario.no_answer = {play: noAnswer};
+  }
+  return scenario;
+}
+
+function showOperatorFields() {
+  const who = $("#scenario-operators").value;
+  for (const part of $$("#campaign-form [data-operators]")) {
+    const wanted = part.dataset.operators;
+    show(part, Boolean(who) && (!wanted || wanted === who));
+  }
+  $("#scenario-queue").required = who === "queue";
+  $("#scenario-endpoints").required = who === "endpoints";
 }
 
 function showOutboundFields() {
@@ -1000,6 +1053,7 @@ function wire() {
   $("#campaign-form").addEventListener("submit", saveCampaign);
   $("#campaign-form").addEventListener("change", (event) => {
     if (event.target.name === "kind") showOutboundFields();
+    if (event.target.id === "scenario-operators") showOperatorFields();
   });
   $("#caller-id-add").addEventListener("click", addCallerId);
   $("#support-open").addEventListener("click", openSupport);
