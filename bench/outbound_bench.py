@@ -13,15 +13,19 @@ What it measures:
                minute's calls per pool number; write: the Lua script that re-checks the cap and
                records the attempt). Against a real redis-server that this script starts (free
                loopback port, temp dir). Goal (issue 3): p99 <= 1 ms; the floor is one Redis
-               PING round trip, measured the same way on the same connection.
+               PING round trip, measured the same way on the same connection. Every other
+               pool call goes through an originator that sees one pool number resting (number
+               health: it is put after the others): goal, p50 at most 10 % above the pool
+               calls with none resting, measured in the same loop under the same load.
   dialer       a `Dialer` (what `campaign run` and `zvonok-agi dialer` run) over a campaign's
                queued callees, Originates going to the fake AMI peer (tests/fake_ami.py,
                replaying the recorded Asterisk bytes) run in a child process: calls settled
                per second, unpaced (its calls-per-second limit far above what it reaches) and
-               paced. bench/dialer_bench.py measures several dialer processes.
+               paced; each call's outcome also counts in its number's health, as in
+               `zvonok-agi dialer`. bench/dialer_bench.py measures several dialer processes.
 
 Everything it starts (redis-server, the fake peer) is stopped on exit, on Ctrl-C and on
-SIGTERM; both also die with the benchmark if it is killed. Exit status 1 if the goal is missed
+SIGTERM; both also die with the benchmark if it is killed. Exit status 1 if a goal is missed
 or a call did not settle as the fake's recording says.
 """
 
@@ -63,18 +67,21 @@ from zvonok_agi.routing.callerid import PoolAtCapacity, choose_caller_id
 from zvonok_agi.routing.model import Outcome
 from zvonok_agi.store.embedded import EmbeddedRedis
 from zvonok_agi.store.history import CallbackHistory
+from zvonok_agi.store.number_health import NumberHealthStore
 from zvonok_agi.store.routing_data import RoutingData, RoutingSnapshot
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 KEY_PREFIX = "obench:"
 GOAL_P99_MS = 1.0
+GOAL_RESTING_EXTRA = 0.10  # number health may cost `prepare` at most this much (p50)
 RUN_TIMEOUT = 60.0  # one dialer phase; the whole run is bounded by these
 
 T = TypeVar("T")
 
 RESERVED = "74951234567"
 POOL = ("74950000001", "74950000002", "78120000001", "73830000001", "78430000001")
+RESTING = frozenset(POOL[:1])  # number health: a Moscow number resting (half the callees')
 # What the fake answers, by the callee's last digit: 60 % answered, 20 % busy, 10 % 480,
 # 10 % rang out (replayed at once: the fake does not wait the recorded 10 s).
 CASE_BY_DIGIT = ("answered",) * 6 + ("busy", "busy", "480", "noanswer")
@@ -179,18 +186,27 @@ async def measure_floor(redis: object, n: int) -> Row:
     return Row("Redis PING (floor)", n, samples, note="one round trip, same connection")
 
 
-def measure_choice(snapshot: RoutingSnapshot, people: Sequence[str], n: int) -> Row:
+def measure_choice(snapshot: RoutingSnapshot, people: Sequence[str], n: int) -> list[Row]:
+    """The pure choice, alternately with no pool number resting and with one (RESTING)."""
     rng = random.Random(7)
     campaign = snapshot.campaigns["pool-promo"]
     account = snapshot.accounts["newbie"]
-    samples = []
+    samples: dict[frozenset[str], list[float]] = {frozenset(): [], RESTING: []}
     for i in range(n):
         usage = {did: rng.randrange(6) for did in POOL}
         callee = people[i % len(people)]
+        rested = RESTING if i % 2 else frozenset()
         started = time.perf_counter()
-        choose_caller_id(campaign, account, snapshot.numbers, callee, POOL[i % 5], usage, 6, rng)
-        samples.append(time.perf_counter() - started)
-    return Row("choose_caller_id (pure)", n, samples, note="no I/O")
+        choose_caller_id(
+            campaign, account, snapshot.numbers, callee, POOL[i % 5], usage, 6, rng, rested=rested
+        )
+        samples[rested].append(time.perf_counter() - started)
+    return [
+        Row("choose_caller_id (pure)", len(samples[frozenset()]), samples[frozenset()],
+            note="no I/O"),
+        Row("  the same, 1 of 5 resting", len(samples[RESTING]), samples[RESTING],
+            note="number health"),
+    ]  # fmt: skip
 
 
 def timed(samples: list[float], method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -207,12 +223,20 @@ def timed(samples: list[float], method: Callable[..., Awaitable[T]]) -> Callable
 
 
 async def measure_prepare(
-    originator: Originator, clock: Clock, people: Sequence[str], n: int, warmup: int
+    originator: Originator,
+    resting: Originator,
+    clock: Clock,
+    people: Sequence[str],
+    n: int,
+    warmup: int,
 ) -> tuple[list[Row], int]:
     """`prepare` one call at a time, each to a callee of its own: 80 % pool campaign, 20 %
-    reserved number; its store call timed on its own too."""
+    reserved number; its store call timed on its own too. Every other pool call goes through
+    `resting`, the same originator but for one pool number resting (number health): both
+    under the same load, so that the two rows compare."""
     rng = random.Random(11)
     pool: list[float] = []
+    pool_resting: list[float] = []
     reserved: list[float] = []
     writes: list[float] = []
     history = originator.history
@@ -223,21 +247,30 @@ async def measure_prepare(
             if i == warmup:
                 writes.clear()
             campaign = "spring-sale" if rng.random() < 0.2 else "pool-promo"
+            which = resting if campaign == "pool-promo" and i % 2 else originator
             clock.now += 2.4
             started = time.perf_counter()
             try:
-                await originator.prepare(campaign, people[i])
+                await which.prepare(campaign, people[i])
             except PoolAtCapacity:
                 at_capacity += 1  # one round trip and no attempt recorded: not timed
                 clock.now = (clock.now // 60 + 1) * 60
                 continue
             took = time.perf_counter() - started
             if i >= warmup:
-                (reserved if campaign == "spring-sale" else pool).append(took)
+                if campaign == "spring-sale":
+                    reserved.append(took)
+                else:
+                    (pool_resting if which is resting else pool).append(took)
     finally:
         del history.record_dial  # the class's method again
     rows = [
         Row("prepare: pool number", len(pool), pool, note="plan + 1 round trip"),
+        Row("  the same, 1 of 5 resting", len(pool_resting), pool_resting,
+            note="number health; GOAL p50 <= +10 %"),
+    ]  # fmt: skip
+    pool += pool_resting
+    rows += [
         Row("prepare: reserved number", len(reserved), reserved, note="the same, no cap"),
         Row("prepare: all", len(pool) + len(reserved), pool + reserved, note="GOAL p99 <= 1 ms"),
         Row("  of which record_dial", len(writes), writes, note="Lua: pick, cap, attempt"),
@@ -307,17 +340,25 @@ async def amain(args: argparse.Namespace, redis_url: str, redis_pid: int, ami_po
         await load_inventory(parse_inventory(inventory(), time.time()), data, history, time.time())
         snapshot = await data.load()
         rows = [await measure_floor(client, args.calls)]
-        rows.append(measure_choice(snapshot, choice_people, args.calls))
+        rows += measure_choice(snapshot, choice_people, args.calls)
 
         async with AMIClient(HOST, ami_port, "lab", "labsecret", ping_interval=None) as ami:
             clock = Clock()
             outbound = settings.outbound
-            async with Originator(ami, history, lambda: snapshot, outbound, clock=clock) as o:
+            routing = lambda: snapshot  # noqa: E731
+            async with (
+                Originator(ami, history, routing, outbound, clock=clock) as o,
+                Originator(
+                    ami, history, routing, outbound, clock=clock, rested=lambda: RESTING
+                ) as resting,
+            ):
                 with Others(redis_pid) as others:
                     prepared, at_capacity = await measure_prepare(
-                        o, clock, prepare_people, args.calls, args.warmup
+                        o, resting, clock, prepare_people, args.calls, args.warmup
                     )
             rows += prepared
+        # The dialers count every call's outcome in its number's health, as `dialer` does.
+        history.health = NumberHealthStore(client, KEY_PREFIX)
         # The dialer on the real clock: the per-number cap is lifted (6 calls a minute from
         # 5 numbers would make this a measure of the cap, 30 calls a minute), and the trunk's.
         dialing = replace(
@@ -355,6 +396,13 @@ async def amain(args: argparse.Namespace, redis_url: str, redis_pid: int, ami_po
         f"p50 {prepare_all.pct(0.5) / floor.pct(0.5):.1f}x and p99 "
         f"{p99 / floor.pct(0.99):.1f}x one PING round trip, the floor of its one round trip)"
     )
+    plain, rested = rows[rows.index(prepare_all) - 3], rows[rows.index(prepare_all) - 2]
+    extra = rested.pct(0.5) / plain.pct(0.5) - 1
+    health = "PASS" if extra <= GOAL_RESTING_EXTRA else "FAIL"
+    print(
+        f"goal: prepare with a pool number resting p50 <= +{GOAL_RESTING_EXTRA:.0%} of without: "
+        f"{health} ({extra:+.1%}: p50 {rested.pct(0.5):.3f} against {plain.pct(0.5):.3f} ms)"
+    )
     if at_capacity:
         print(f"prepare: {at_capacity} calls found the pool at its cap (not timed)")
     print(
@@ -363,7 +411,7 @@ async def amain(args: argparse.Namespace, redis_url: str, redis_pid: int, ami_po
     )
     for problem in problems:
         print(f"ERROR {problem}")
-    return 0 if verdict == "PASS" and not problems else 1
+    return 0 if verdict == health == "PASS" and not problems else 1
 
 
 def print_table(rows: list[Row]) -> None:

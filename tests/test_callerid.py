@@ -352,7 +352,7 @@ def region(did: str) -> str | None:
     return phone.describe(did)[1]
 
 
-def run_pool(call: dict[str, object]) -> CallerId | Exception:
+def run_pool(call: dict[str, object], rested: frozenset[str] = frozenset()) -> CallerId | Exception:
     account = call["account"]
     assert isinstance(account, Account)
     campaign = Campaign("c", account.id, CampaignKind.OUTBOUND)
@@ -366,6 +366,7 @@ def run_pool(call: dict[str, object]) -> CallerId | Exception:
             call["usage"],  # type: ignore[arg-type]
             call["cap"],  # type: ignore[arg-type]
             random.Random(call["seed"]),  # type: ignore[arg-type]
+            rested=rested,
         )
     except (CallerIdRefused, PoolAtCapacity) as exc:
         return exc

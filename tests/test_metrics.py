@@ -71,6 +71,8 @@ async def test_engine_and_dialer_series(settings):
     assert "zvonok_store_errors_total" in after or "# TYPE zvonok_store_errors" in after
     assert value(during, 'zvonok_originates_total{outcome="busy"}') >= 1
     assert value(during, "zvonok_ami_link_up") == 1
+    assert value(during, "zvonok_numbers_rested") == 0  # the dialer looked at the pool's health
+    assert "# TYPE zvonok_number_health_changes_total counter" in during
 
 
 def test_per_call_series_are_counted_only_while_an_endpoint_serves_them(monkeypatch):

@@ -43,6 +43,7 @@ from zvonok_agi.routing.callerid import PoolAtCapacity
 from zvonok_agi.routing.model import Attempt, CampaignKind, CampaignState, Outcome
 from zvonok_agi.store.embedded import EmbeddedRedis
 from zvonok_agi.store.history import CallbackHistory
+from zvonok_agi.store.number_health import NumberHealthStore
 from zvonok_agi.store.routing_data import RoutingData, RoutingSnapshot
 
 EXPECTED = RECORDED_OUTCOMES
@@ -291,6 +292,33 @@ async def test_a_failure_handling_an_event_is_logged_counted_and_calls_go_on(
 
 
 # --- what the Originate carries -----------------------------------------------------------------
+
+
+async def test_each_placed_call_counts_once_in_its_numbers_health(settings: Settings) -> None:
+    cases = {callee: case for case, callee in CASE_CALLEES.items()}
+    async with dialer(settings, FakeAMI(cases=cases)) as d:
+        health = NumberHealthStore(d.history.redis, settings.redis.key_prefix)
+        d.history.health = health
+        results = [await d.originator.dial("acme-pool", callee) for callee in cases]
+        read = await health.read(POOL, time.time())
+    answered = sum(r.outcome is Outcome.ANSWERED for r in results)
+    assert sum(h.counts.placed for h in read.values()) == len(results)
+    assert sum(h.counts.answered for h in read.values()) == answered >= 1
+    by_number = Counter(r.attempt.did for r in results)
+    assert {did: h.counts.placed for did, h in read.items() if h.counts.placed} == by_number
+
+
+async def test_a_resting_pool_number_is_not_shown_while_another_is_free(
+    settings: Settings,
+) -> None:
+    async with dialer(settings, FakeAMI()) as d:
+        d.originator.rested = lambda: frozenset(POOL[1:])
+        for n in range(5):  # a Moscow callee: its local numbers first, but one rests
+            _, caller_id = await d.originator.prepare("acme-pool", f"7499111223{n}")
+            assert caller_id.did == POOL[0]
+        d.originator.rested = lambda: frozenset(POOL)  # all resting: a call still gets one
+        _, caller_id = await d.originator.prepare("acme-pool", "74991112299")
+        assert caller_id.did in POOL
 
 
 @pytest.mark.parametrize(

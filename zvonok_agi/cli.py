@@ -303,15 +303,20 @@ async def _agi_call(settings: Settings, args: argparse.Namespace) -> int:
 
 @contextlib.asynccontextmanager
 async def _outbound(
-    settings: Settings, connections: int | None = None
-) -> AsyncIterator[tuple[Any, Any, Any]]:
+    settings: Settings, connections: int | None = None, *, dialing: bool = True
+) -> AsyncIterator[tuple[Any, Any, Any, Any]]:
     """Redis (`connections` at most; default redis.max_connections), the routing data
-    (followed like the engine does, so a long run sees numbers disabled meanwhile) and the
-    callback history outbound calls need."""
+    (followed like the engine does, so a long run sees numbers disabled meanwhile), the
+    callback history outbound calls need, and the pool's health (followed every
+    health.refresh seconds while `dialing`)."""
+    from redis.exceptions import RedisError
+
     from .app import open_redis
     from .metrics import start_metrics_server
+    from .outbound.number_health import pool_health
     from .store.history import CallbackHistory
     from .store.routing_data import RoutingCache, RoutingData
+    from .tasks import cancel_and_wait
 
     async with contextlib.AsyncExitStack() as stack:
         redis = await stack.enter_async_context(
@@ -322,14 +327,20 @@ async def _outbound(
         stack.push_async_callback(cache.stop)
         if cache.snapshot.version < 0:
             raise CommandError("routing data unavailable: is Redis running?")
+        health = pool_health(redis, settings, lambda: cache.snapshot)
         history = CallbackHistory(
-            redis, settings.redis.key_prefix, settings.routing.callback_window
+            redis, settings.redis.key_prefix, settings.routing.callback_window, health=health.store
         )
         if settings.metrics.enabled:
             stack.callback(
                 start_metrics_server(settings.metrics.host, settings.metrics.runner_port)
             )
-        yield redis, cache, history
+        if dialing:
+            with contextlib.suppress(RedisError, OSError):  # the loop keeps trying
+                await health.refresh()
+            follow = asyncio.create_task(health.run(settings.health.refresh), name="number-health")
+            stack.push_async_callback(cancel_and_wait, follow)
+        yield redis, cache, history, health
 
 
 def _ami_client(settings: Settings, host: str, port: int) -> Any:
@@ -368,7 +379,7 @@ async def _dialer(settings: Settings) -> AsyncIterator[Originator]:
     from .outbound.originator import Originator
 
     a = settings.ami
-    async with _outbound(settings) as (_, cache, history):
+    async with _outbound(settings) as (_, cache, history, health):
         ami = _ami_client(settings, a.host, a.port)
         try:
             await ami.connect()
@@ -381,6 +392,7 @@ async def _dialer(settings: Settings) -> AsyncIterator[Originator]:
                 lambda: cache.snapshot,
                 settings.outbound,
                 region=settings.routing.default_region,
+                rested=lambda: health.rested,
                 scenario_context=settings.dialplan.outbound_scenario_context,
             )
             async with originator as dialer:
@@ -404,13 +416,20 @@ async def _dialer_process(
     worker = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
     # A call waits on one Redis command at a time, and so do the dialer's own loops.
     connections = settings.dialer.concurrency + 20
-    async with _outbound(settings, connections) as (redis, cache, history):
+    async with _outbound(settings, connections) as (redis, cache, history, health):
 
         def ami(host: Any) -> Any:
             return _ami_client(settings, host.host, host.port)
 
         async with open_dialer(
-            redis, history, lambda: cache.snapshot, settings, ami, worker=worker, only=only
+            redis,
+            history,
+            lambda: cache.snapshot,
+            settings,
+            ami,
+            worker=worker,
+            only=only,
+            rested=lambda: health.rested,
         ) as dialer:
             if wait_for_a_host:
                 await _first_login(dialer.hosts, settings.ami.action_timeout)
@@ -504,7 +523,7 @@ async def _campaign_enqueue(settings: Settings, args: argparse.Namespace) -> int
     from .outbound.queue import CampaignQueue, split_callees
 
     numbers, invalid = split_callees(_callees(settings, args), settings.routing.default_region)
-    async with _outbound(settings) as (redis, cache, _):
+    async with _outbound(settings, dialing=False) as (redis, cache, _, _):
         if args.campaign not in cache.snapshot.campaigns:
             raise CommandError(f"no campaign {args.campaign!r}")
         queue = CampaignQueue(redis, settings.redis.key_prefix)

@@ -158,6 +158,25 @@ class DialerSettings:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    # Rest service-pool numbers whose answer rate falls low (docs/routing.md, "Number health");
+    # false: the counts are still kept and shown, no number rests.
+    enabled: bool = True
+    # The sliding window of calls placed and answered per number, in hours.
+    window_hours: float = 24.0
+    # A pool number rests when its answer rate is below this share of the pool's median.
+    fraction: float = 0.5
+    # ... once it has placed at least this many calls in the window (new numbers are not judged
+    # on noise), and while fewer than this share of the pool rests (never the whole pool).
+    min_placed: int = 30
+    max_rested_share: float = 0.25
+    # Hours a rested number stays out; then it comes back with a fresh window.
+    cooldown_hours: float = 6.0
+    # Seconds between a dialer's looks at the pool's health.
+    refresh: float = 30.0
+
+
+@dataclass(frozen=True)
 class DialerHost:
     name: str  # "host:port", as configured
     host: str
@@ -245,6 +264,7 @@ class Settings:
     ami: AmiSettings = field(default_factory=AmiSettings)
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
     dialer: DialerSettings = field(default_factory=DialerSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
@@ -442,6 +462,16 @@ def _validate(settings: Settings) -> None:
     if dialer.claim_after < 2 * dialer.heartbeat:
         raise ConfigError("dialer.claim_after must be at least twice dialer.heartbeat")
     dialer_hosts(settings)
+    health = settings.health
+    for name in ("window_hours", "cooldown_hours", "refresh"):
+        if getattr(health, name) <= 0:
+            raise ConfigError(f"health.{name} must be positive")
+    if not 0 < health.fraction <= 1:
+        raise ConfigError("health.fraction must be more than 0 and at most 1")
+    if health.min_placed < 1:
+        raise ConfigError("health.min_placed must be at least 1")
+    if not 0 <= health.max_rested_share <= 1:
+        raise ConfigError("health.max_rested_share must be between 0 and 1")
     if settings.log.format not in ("auto", "json", "console"):
         raise ConfigError("log.format must be auto, json or console")
 

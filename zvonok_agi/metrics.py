@@ -67,6 +67,14 @@ class _Metrics:
         self.routing_changes_applied = prom.Counter(
             "zvonok_routing_changes_applied", "Routing data changes applied in memory"
         )
+        self.health_changes = prom.Counter(
+            "zvonok_number_health_changes",
+            "Service-pool numbers rested for a low answer rate, and back from rest",
+            ["event"],
+        )
+        self.rested = prom.Gauge(
+            "zvonok_numbers_rested", "Service-pool numbers resting, as this process last saw"
+        )
         self.outbox = prom.Gauge(
             "zvonok_outbox_pending", "Control-plane changes committed, not yet in Redis"
         )
@@ -115,6 +123,15 @@ class _Metrics:
     def routing_changes(self, count: int) -> None:
         if self.enabled and count:
             self.routing_changes_applied.inc(count)
+
+    def number_health_change(self, event: str) -> None:
+        """A pool number `rested` or `back` (counted by the process that made the change)."""
+        if self.enabled:
+            self.health_changes.labels(event).inc()
+
+    def numbers_rested(self, count: int) -> None:
+        if self.enabled:
+            self.rested.set(count)
 
     def outbox_pending(self, count: int) -> None:
         if self.enabled:

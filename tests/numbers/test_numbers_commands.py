@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +22,7 @@ from zvonok_agi import cli
 from zvonok_agi.access.users import Users
 from zvonok_agi.numbers.commands import register
 from zvonok_agi.numbers.store import Store
+from zvonok_agi.store.number_health import NumberHealthStore
 
 
 def parser() -> argparse.ArgumentParser:
@@ -127,6 +129,25 @@ async def test_the_numbers_view_and_search(ops):
     assert MOSCOW_1 in out and POOL_1 not in out
     code, out = await ops("numbers", "show", "nonsense")
     assert code == 1 and out.startswith("bad_number:")
+
+
+async def test_number_health_from_the_command_line(ops, settings, redis):
+    health = NumberHealthStore(redis, settings.redis.key_prefix)
+    now = time.time()
+    for n in range(8):
+        await health.count(POOL_1, n < 2, now - 60)
+    await health.rest(POOL_1, now + 3600, now)
+    code, out = await ops("numbers", "health")
+    assert code == 0
+    [line] = [line for line in out.splitlines() if line.startswith(POOL_1)]
+    assert line.split()[1:4] == ["8", "2", "25%"]
+    code, out = await ops("numbers", "health", "+7 495 111-00-01", "--json")
+    assert code == 0 and json.loads(out) == [
+        {"did": MOSCOW_1, "placed": 0, "answered": 0, "rate": None, "rested_until": None}]
+    code, out = await ops("numbers", "health", POOL_1, "--json")
+    assert json.loads(out)[0]["rested_until"] == now + 3600
+    code, out = await ops("numbers", "health", "12")
+    assert code == 1 and "is not a phone number" in out
 
 
 async def test_accounts_campaigns_stock_audit_sync(ops):

@@ -4,6 +4,7 @@ bad input to every endpoint (a 4xx JSON error, never a 500, nothing half-written
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from openapi_spec_validator import validate
@@ -227,6 +228,33 @@ async def test_accounts_campaigns_stock_and_sync(api):
     assert [c["id"] for c in listed.body["campaigns"]] == ["zeta-sale"]
     synced = await api.post("/api/sync")
     assert (synced.status, synced.body["accounts"], synced.body["numbers"]) == (200, 4, 7)
+
+
+# number health
+
+
+async def test_number_health_is_shown_and_rests_reach_the_audit_log_once(api):
+    health = api.service.health_store
+    now = time.time()
+    for n in range(40):
+        await health.count(POOL_1, n < 4, now - 60)
+    assert await health.rest(POOL_1, now + 3600, now)
+    await health.log_event(POOL_1, "rested", now, rate=0.1, median=0.5, until=now + 3600)
+    view = await api.get("/api/numbers")
+    [row] = [r for r in view.body["numbers"] if r["did"] == POOL_1]
+    assert row["health"] == {"placed": 40, "answered": 4, "rate": 0.1,
+                             "rested_until": now + 3600}
+    others = [r["health"] for r in view.body["numbers"] if r["did"] != POOL_1]
+    assert others and all(h == {"placed": 0, "answered": 0, "rate": None, "rested_until": None}
+                          for h in others)
+    assert await api.service.audit_health_events() == 1
+    assert await api.service.audit_health_events() == 0
+    await api.service.data.redis.delete(health.events_key + ":audited")  # a copy cut short
+    assert await api.service.audit_health_events() == 0
+    details = await api.get(f"/api/numbers/{POOL_1}")
+    assert details.body["health"]["placed"] == 40
+    [entry] = [e for e in details.body["history"] if e["actor"] == "dialer"]
+    assert (entry["action"], entry["outcome"], entry["detail"]["rate"]) == ("rest", "ok", "0.1")
 
 
 async def test_a_campaign_made_through_the_api_routes_by_its_scenario_at_once(api):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import axe_playwright_python.async_playwright as axe_playwright
@@ -43,6 +44,7 @@ SHOTS = Path(
 LOCALES = {"ru": "ru-RU", "en": "en-US"}
 ACME, OLDCO, NEWBIE = helpers.ACME, helpers.OLDCO, helpers.NEWBIE
 MOSCOW_1, MOSCOW_2, KAZAN = helpers.MOSCOW_1, helpers.MOSCOW_2, helpers.KAZAN
+POOL_1, POOL_2 = helpers.POOL_1, helpers.POOL_2
 expect = playwright.expect
 
 pytestmark = [
@@ -445,6 +447,32 @@ async def test_each_outbound_campaigns_dialing_progress(tab):
     await expect(page.locator("#dialing tbody tr")).to_have_count(1)  # not the inbound one
 
 
+async def rested_pool_number(service, placed: int = 40, answered: int = 4) -> float:
+    """POOL_1 with `answered` of `placed` calls in the window, resting for an hour."""
+    health, now = service.health_store, time.time()
+    for n in range(placed):
+        await health.count(POOL_1, n < answered, now - 60)
+    await health.rest(POOL_1, now + 3600, now)
+    return now + 3600
+
+
+async def test_each_numbers_answer_rate_and_rest_in_both_languages(tab):
+    page = await tab()
+    await rested_pool_number(page.site.service)
+    await sign_in(page, "anna")
+    health = row(page, POOL_1).locator("td.health")
+    await expect(health).to_contain_text("10 % из 40 звонков")
+    await expect(health.locator(".badge")).to_contain_text("отдыхает до")
+    await expect(row(page, POOL_2).locator("td.health")).to_have_text("звонков не было")
+    await row(page, POOL_1).locator("button.view").click()
+    await expect(page.locator("#view-fields")).to_contain_text("Ответы за окно")
+    await expect(page.locator("#view-fields")).to_contain_text("10 % из 40 звонков")
+    await page.click("#view-dialog [data-close]")
+    await page.get_by_role("button", name="English").click()
+    await expect(health).to_contain_text("10% of 40 calls")
+    await expect(health.locator(".badge")).to_contain_text("resting until")
+
+
 async def test_a_campaigns_scenario_is_set_changed_and_refused_in_its_window(tab):
     page = await tab()
     service = page.site.service
@@ -686,6 +714,7 @@ async def test_every_main_state_fits_reads_out_and_speaks_one_language(tab, lang
     )
     await service.update_campaign("setup", "acme-sale", caller_id=KAZAN, name="Весна")
     await service.offer("setup", ACME, "mobile", "Irkutsk")
+    await rested_pool_number(service)
     await page.goto(page.site.base + "/")
     await page.fill("#login", "anna")
     await page.fill("#password", "wrong password")

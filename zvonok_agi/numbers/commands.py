@@ -21,7 +21,8 @@ from typing import Any
 
 from ..access.users import Users
 from ..routing import scenario as scenarios
-from . import documents
+from ..routing.model import Pool
+from . import documents, rules
 from .databases import describe
 from .rules import Refused
 from .service import KEEP, NumbersService
@@ -42,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _json_flag(cmd)
     cmd = _command(numbers, "show", "one number: settings, campaigns, history", _show)
     cmd.add_argument("did")
+    _json_flag(cmd)
+    cmd = _command(numbers, "health", "answer rate over the window and rest, per number "
+                   "(the service pool; docs/routing.md, Number health)", _health)
+    cmd.add_argument("did", nargs="*", help="these numbers (default: the active service pool)")
     _json_flag(cmd)
     cmd = _command(numbers, "add", "add a number to the stock or the service pool", _add)
     cmd.add_argument("did")
@@ -180,7 +185,8 @@ async def open_service(settings: Any, *, publish: bool = True) -> AsyncIterator[
                 redis = await stack.enter_async_context(open_redis(settings, supervise=False))
                 data = RoutingData(redis, settings.redis.key_prefix)
             yield NumbersService(store, data, popular_cities=admin.popular_cities,
-                                 max_open_requests=admin.max_open_requests)
+                                 max_open_requests=admin.max_open_requests,
+                                 health_window=settings.health.window_hours * 3600)
     except StoreError as exc:
         raise CommandError(f"the store {describe(settings.store_url)}: {exc}") from exc
 
@@ -237,6 +243,29 @@ async def _show(settings: Any, args: argparse.Namespace) -> int:
     for entry in details.history:
         print(f"  {_when(entry['at'])}  {entry['actor']:12} {entry['action']:14} "
               f"{entry['outcome']:16} {entry['account'] or ''}")
+    return 0
+
+
+async def _health(settings: Any, args: argparse.Namespace) -> int:
+    from ..cli import CommandError
+
+    async with _service(settings) as service:
+        dids = [rules.did_of(did) for did in args.did]
+        if not dids:
+            view = await service.numbers_view(None, "active", "")
+            dids = [r.number.did for r in view.rows if r.number.pool is Pool.SERVICE]
+        health = await service.health(dids)
+    if health is None:
+        raise CommandError("Redis is not reachable: number health is kept there")
+    shown = [{"did": did, **documents.number_health(health[did])} for did in dids]
+    if args.json:
+        return _print_json(shown)
+    _table(
+        ["number", "placed", "answered", "rate", "rested until"],
+        [[h["did"], h["placed"], h["answered"],
+          "-" if h["rate"] is None else f"{h['rate']:.0%}",
+          _when(h["rested_until"]) if h["rested_until"] else "-"] for h in shown],
+    )
     return 0
 
 

@@ -3,11 +3,13 @@ prints with `--json`. The OpenAPI document (`zvonok_agi.web.openapi`) describes 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .. import phone, regions
 from ..routing import scenario as scenarios
 from ..routing.model import Account, Campaign
+from ..store.number_health import NumberHealth
 from .rules import NumberRecord, RegionCount, Request
 from .service import NumberDetails, NumberRow, NumbersView, Offer, SyncReport
 
@@ -34,23 +36,36 @@ def number(n: NumberRecord) -> dict[str, Any]:
     }
 
 
-def row(r: NumberRow) -> dict[str, Any]:
-    return {**number(r.number), "dialing": r.dialing}
+Health = Mapping[str, NumberHealth] | None  # None: Redis away, health unknown
 
 
-def view(v: NumbersView) -> dict[str, Any]:
+def row(r: NumberRow, health: Health = None) -> dict[str, Any]:
+    return {**number(r.number), "dialing": r.dialing,
+            "health": number_health(health.get(r.number.did) if health is not None else None)}
+
+
+def number_health(h: NumberHealth | None) -> dict[str, Any] | None:
+    """Calls placed and answered over the window, the answer rate (None before any call) and,
+    while the number rests, until when."""
+    if h is None:
+        return None
+    return {"placed": h.counts.placed, "answered": h.counts.answered, "rate": h.counts.rate,
+            "rested_until": h.rested_until}
+
+
+def view(v: NumbersView, health: Health = None) -> dict[str, Any]:
     return {
         "account": v.account,
         "status": v.status.value,
         "search": v.search,
         "reserved": v.reserved,
         "tabs": v.tabs,
-        "numbers": [row(r) for r in v.rows],
+        "numbers": [row(r, health) for r in v.rows],
     }
 
 
-def details(d: NumberDetails) -> dict[str, Any]:
-    return {**row(d.row), "history": d.history}
+def details(d: NumberDetails, health: Health = None) -> dict[str, Any]:
+    return {**row(d.row, health), "history": d.history}
 
 
 def campaign(c: Campaign) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 import structlog
+from redis.exceptions import RedisError
 
 from ..inventory import Inventory
 from ..regions import RegionIndex
@@ -33,6 +34,7 @@ from ..routing.model import (
     Pool,
     Scenario,
 )
+from ..store.number_health import NumberHealth, NumberHealthStore
 from ..store.routing_data import RoutingData
 from . import rules
 from .publisher import UNAVAILABLE, Publisher, SyncReport
@@ -117,6 +119,7 @@ class NumbersService:
         clock: Callable[[], float] = time.time,
         offer_limit: int = 100,
         max_open_requests: int = 5,
+        health_window: float = 86400.0,
     ) -> None:
         self.store = store
         self.data = data
@@ -125,6 +128,9 @@ class NumbersService:
         self.clock = clock
         self.offer_limit = offer_limit
         self.max_open_requests = max_open_requests
+        self.health_store = (
+            NumberHealthStore(data.redis, data.prefix, health_window) if data is not None else None
+        )
 
     # accounts
 
@@ -512,6 +518,45 @@ class NumbersService:
             await q.close_request(request.id, self.clock(), actor, note)
             change.result = await q.request(request.id)
         return change.result
+
+    # number health (kept in Redis by the dialers: store/number_health.py)
+
+    async def health(self, dids: Iterable[str]) -> dict[str, NumberHealth] | None:
+        """The numbers' health now; None when Redis is away (the numbers show without it)."""
+        if self.health_store is None:
+            return None
+        try:
+            return await self.health_store.read(dids, self.clock())
+        except (RedisError, OSError) as exc:
+            log.warning("number health unavailable", error=str(exc))
+            return None
+
+    async def audit_health_events(self) -> int:
+        """Copies the dialers' rests and returns of pool numbers into the audit log (actor
+        `dialer`, action `rest` / `return`); how many it copied. Each event once: an event
+        whose row is there already (a copy cut off before its cursor moved) is skipped."""
+        if self.health_store is None:
+            return 0
+        redis, cursor_key = self.data.redis, self.health_store.events_key + ":audited"
+        after = await redis.get(cursor_key)
+        events = await self.health_store.events(after.decode() if after else "0-0", 500)
+        if not events:
+            return 0
+        copied = 0
+        async with self.store.transaction() as q:
+            for event_id, fields in events:
+                did = fields["did"]
+                rows = await q.audit_log(subject=did, limit=20)
+                if any(row["detail"].get("event_id") == event_id for row in rows):
+                    continue
+                action = "rest" if fields["event"] == "rested" else "return"
+                detail = {"event_id": event_id, **{
+                    k: v for k, v in fields.items() if k not in ("did", "event", "at") and v
+                }}
+                await q.audit(float(fields["at"]), "dialer", action, did, None, "ok", detail)
+                copied += 1
+        await redis.set(cursor_key, events[-1][0])
+        return copied
 
     async def audit_log(self, subject: str | None = None, limit: int = 100) -> list[dict]:
         if subject is not None:

@@ -572,6 +572,7 @@ async def open_dialer(
     *,
     worker: str,
     only: str | None = None,
+    rested: Callable[[], frozenset[str]] = frozenset,
 ) -> AsyncIterator[Dialer]:
     """A Dialer on every host of dialer.hosts, each link made by `ami` and started: it rides
     out its host being down. Everything is closed on the way out."""
@@ -588,6 +589,7 @@ async def open_dialer(
                 routing,
                 settings.outbound,
                 region=settings.routing.default_region,
+                rested=rested,
                 scenario_context=settings.dialplan.outbound_scenario_context,
             )
             await stack.enter_async_context(originator)

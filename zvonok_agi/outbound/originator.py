@@ -115,6 +115,7 @@ class Originator:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         region: str = phone.DEFAULT_REGION,
+        rested: Callable[[], frozenset[str]] = frozenset,
         scenario_context: str = DialplanSettings.outbound_scenario_context,
     ) -> None:
         self.ami = ami
@@ -124,6 +125,7 @@ class Originator:
         self.rng = rng or random.Random()
         self.clock = clock
         self.region = region  # of callee numbers written without a country code
+        self.rested = rested  # the pool numbers resting now (outbound/number_health.py)
         self.scenario_context = scenario_context  # where a campaign's scenario runs
         self._trackers: dict[str, _Tracker] = {}
         self._shown_before: dict[str, str | None] = {}  # attempt id -> callee's previous number
@@ -197,7 +199,9 @@ class Originator:
         # A pool campaign looks only at the service numbers: not at every number there is.
         numbers = snapshot.numbers if campaign.caller_id else snapshot.service_pool
         try:
-            plan = plan_caller_id(campaign, account, numbers, callee, self.rng, region_of=region_of)
+            plan = plan_caller_id(
+                campaign, account, numbers, callee, self.rng, region_of, self.rested()
+            )
         except CallerIdRefused as exc:
             raise DialRefused(str(exc)) from exc
         return campaign, plan
@@ -382,14 +386,14 @@ class Originator:
             await self.history.undial(attempt, previous)
         except (RedisError, OSError) as exc:
             # It stays as a failed attempt: a callback to it still finds its campaign.
-            await self._settle(attempt, Outcome.FAILED)
+            await self._settle(attempt, Outcome.FAILED, placed=False)
             log.error("attempt not taken back", attempt=attempt.id, error=str(exc))
 
-    async def _settle(self, attempt: Attempt, outcome: Outcome) -> None:
+    async def _settle(self, attempt: Attempt, outcome: Outcome, *, placed: bool = True) -> None:
         for delay in (0, 0.5, 2.0):
             await asyncio.sleep(delay)
             try:
-                await self.history.settle(attempt, outcome)
+                await self.history.settle(attempt, outcome, placed=placed)
                 return
             except (RedisError, OSError) as exc:
                 error = exc

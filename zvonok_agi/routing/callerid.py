@@ -1,11 +1,13 @@
 """Which number an outbound call shows (routing-rules.md, "Caller ID for outbound calls").
 
 Pure: the inputs are the campaign, its account, the numbers, the callee, the number the
-previous attempt to this callee showed, this minute's calls per number, and a random source.
+previous attempt to this callee showed, this minute's calls per number, the pool numbers
+resting (routing/health.py), and a random source.
 
 The choice comes in two steps so that the store can take the second one atomically with
 recording the attempt: `plan_caller_id` puts the usable numbers in order of preference (the
-callee's region first, each group shuffled), and `pick` takes the first one that is not the
+callee's region first, each group shuffled; resting pool numbers after all others, in the same
+order), and `pick` takes the first one that is not the
 previous number and is under its cap. Taking the first eligible number of a shuffled group is
 a uniformly random choice among the eligible ones.
 """
@@ -70,6 +72,7 @@ def choose_caller_id(
     cap: int,
     rng: random.Random,
     region_of: Callable[[str], str | None] = callee_region,
+    rested: frozenset[str] = frozenset(),
 ) -> CallerId:
     """The caller ID for one call, or CallerIdRefused / PoolAtCapacity.
 
@@ -77,9 +80,9 @@ def choose_caller_id(
     it is active: it never falls back to the pool. A pool campaign (and every campaign of an
     unverified account) gets a random active service number, never the one `previous` showed
     (when the pool has two or more), preferring the callee's region, never over `cap` calls
-    this minute.
+    this minute, and a resting number only when no other may take the call.
     """
-    plan = plan_caller_id(campaign, account, numbers, callee, rng, region_of)
+    plan = plan_caller_id(campaign, account, numbers, callee, rng, region_of, rested)
     return pick(plan, previous, usage, cap)
 
 
@@ -90,6 +93,7 @@ def plan_caller_id(
     callee: str,
     rng: random.Random,
     region_of: Callable[[str], str | None] = callee_region,
+    rested: frozenset[str] = frozenset(),
 ) -> CallerIdPlan:
     """The numbers this call may show, best first; CallerIdRefused if a rule forbids the call.
     A paused campaign gets its plan: pausing is the dialer's business."""
@@ -101,7 +105,7 @@ def plan_caller_id(
         raise CallerIdRefused(f"campaign {campaign.id}: account {campaign.account} is unknown")
     if campaign.caller_id is not None:
         return _reserved(campaign, account, numbers.get(campaign.caller_id), campaign.caller_id)
-    return _pool_plan(numbers, callee, rng, region_of)
+    return _pool_plan(numbers, callee, rng, region_of, rested)
 
 
 def pick(plan: CallerIdPlan, previous: str | None, usage: Mapping[str, int], cap: int) -> CallerId:
@@ -141,6 +145,7 @@ def _pool_plan(
     callee: str,
     rng: random.Random,
     region_of: Callable[[str], str | None],
+    rested: frozenset[str],
 ) -> CallerIdPlan:
     pool = sorted(
         n.did for n in numbers.values() if n.is_service and n.status is NumberStatus.ACTIVE
@@ -154,4 +159,7 @@ def _pool_plan(
         (local if region is not None and region_of(did) == region else others).append(did)
     rng.shuffle(local)
     rng.shuffle(others)
-    return CallerIdPlan(tuple(local + others), True, "service pool", region, frozenset(local))
+    ranked = local + others
+    if rested:
+        ranked = [d for d in ranked if d not in rested] + [d for d in ranked if d in rested]
+    return CallerIdPlan(tuple(ranked), True, "service pool", region, frozenset(local))

@@ -42,6 +42,7 @@ import structlog
 from ..metrics import METRICS
 from ..routing.model import Attempt, Outcome
 from .connection import Client, cluster_node_for, is_cluster
+from .number_health import NumberHealthStore
 
 log = structlog.get_logger(__name__)
 
@@ -222,10 +223,13 @@ end
 return 1
 """
 
-# Sets the outcome of an attempt; 0 when it is gone (expired or never recorded).
+# Sets the outcome of an attempt: 2 when it was pending until now (the call's outcome is
+# new), 1 when it had one already, 0 when it is gone (expired or never recorded).
 SETTLE = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local before = redis.call('HGET', KEYS[1], ARGV[1] .. ':o')
 redis.call('HSET', KEYS[1], ARGV[1] .. ':o', ARGV[2])
+if before == 'pending' and ARGV[2] ~= 'pending' then return 2 end
 return 1
 """
 
@@ -284,6 +288,7 @@ class CallbackHistory:
         *,
         claim_replicas: int = 0,
         claim_wait: float = 0.1,
+        health: NumberHealthStore | None = None,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -292,6 +297,7 @@ class CallbackHistory:
         # `claim_wait` seconds: a failover then cannot lose it (see docs/scaling.md).
         self.claim_replicas = claim_replicas
         self.claim_wait = claim_wait
+        self.health = health  # each call's outcome counts there once, when first settled
         self._record = redis.register_script(RECORD)
         self._claim = redis.register_script(CLAIM)
         self._release = redis.register_script(RELEASE)
@@ -466,12 +472,18 @@ class CallbackHistory:
         )
         return int(result) == 1
 
-    async def settle(self, attempt: Attempt, outcome: Outcome) -> bool:
-        """Set an attempt's outcome; False when it is gone (expired or never recorded)."""
-        result = await self._settle(
-            keys=[self.key(attempt.did, attempt.callee)], args=[attempt.id, outcome.value]
+    async def settle(self, attempt: Attempt, outcome: Outcome, *, placed: bool = True) -> bool:
+        """Set an attempt's outcome; False when it is gone (expired or never recorded). The
+        first outcome of a call counts in its number's health, unless the call never reached
+        Asterisk (`placed` False); settling again does not."""
+        result = int(
+            await self._settle(
+                keys=[self.key(attempt.did, attempt.callee)], args=[attempt.id, outcome.value]
+            )
         )
-        return int(result) == 1
+        if result == 2 and placed and self.health is not None:
+            await self.health.count(attempt.did, outcome is Outcome.ANSWERED, attempt.at)
+        return result > 0
 
 
 def parse_attempts(did: str, callee: str, raw: dict) -> list[Attempt]:

@@ -194,7 +194,8 @@ class Api:
             _query(request, "status", default="active"),
             _query(request, "search", default=""),
         )
-        return _json(documents.view(view))
+        health = await self.service.health(r.number.did for r in view.rows)
+        return _json(documents.view(view, health))
 
     async def add_number(self, request: web.Request) -> web.Response:
         body = await _body(request, "NewNumber")
@@ -207,7 +208,8 @@ class Api:
 
     async def number(self, request: web.Request) -> web.Response:
         details = await self.service.number(request.match_info["did"], own(request, None))
-        return _json(documents.details(details))
+        health = await self.service.health([details.row.number.did])
+        return _json(documents.details(details, health))
 
     async def change_number(self, request: web.Request) -> web.Response:
         body = await _body(request, "NumberChange")

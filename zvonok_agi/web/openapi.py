@@ -174,12 +174,28 @@ SCHEMAS: dict[str, Any] = {
     "NumberRow": {
         "allOf": [_ref("Number"), {
             "type": "object",
-            "required": ["dialing"],
-            "properties": {"dialing": {
-                "type": "array", "items": {"type": "string"},
-                "description": "outbound campaigns showing this number as caller ID",
-            }},
+            "required": ["dialing", "health"],
+            "properties": {
+                "dialing": {
+                    "type": "array", "items": {"type": "string"},
+                    "description": "outbound campaigns showing this number as caller ID",
+                },
+                "health": _nullable(_ref("NumberHealth")),
+            },
         }],
+    },
+    "NumberHealth": {
+        "type": "object",
+        "description": "calls over the health window (docs/routing.md, Number health); null "
+                       "when Redis is not reachable",
+        "required": ["placed", "answered", "rate", "rested_until"],
+        "properties": {
+            "placed": {"type": "integer", "minimum": 0},
+            "answered": {"type": "integer", "minimum": 0},
+            "rate": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
+            "rested_until": _nullable({"type": "number",
+                                       "description": "a resting pool number: until when"}),
+        },
     },
     "NumberDetails": {
         "allOf": [_ref("NumberRow"), {

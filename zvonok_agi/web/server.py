@@ -1,5 +1,6 @@
 """The admin API's server: an aiohttp site on loopback by default, with the outbox's publisher
-running beside it (what was left at start, changes Redis missed while it was away)."""
+running beside it (what was left at start, changes Redis missed while it was away), and the
+copying of the dialers' number-health events into the audit log."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from aiohttp import web
 
 from ..access.users import Users
 from ..config import is_loopback
+from ..numbers.publisher import UNAVAILABLE
 from ..numbers.service import NumbersService
-from ..tasks import cancel_and_wait
+from ..tasks import LoopErrors, cancel_and_wait, run_every
 from .app import make_app
 from .auth import Access
 
 log = structlog.get_logger(__name__)
+
+HEALTH_AUDIT_INTERVAL = 10.0  # seconds between copies of number-health events to the audit log
 
 
 class AdminServer:
@@ -50,6 +54,7 @@ class AdminServer:
         self._runner = web.AppRunner(make_app(service, self.users, access, max_body, region),
                                      access_log=None)
         self._publisher: asyncio.Task[None] | None = None
+        self._health_audit: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -67,9 +72,14 @@ class AdminServer:
         self.port = self._runner.addresses[0][1]
         if publisher := self.service.publisher:
             self._publisher = asyncio.create_task(publisher.run(), name="admin-publish")
+            self._health_audit = asyncio.create_task(
+                run_every(HEALTH_AUDIT_INTERVAL, self.service.audit_health_events,
+                          LoopErrors("health-audit", expected=UNAVAILABLE)),
+                name="admin-health-audit",
+            )
         log.info("admin API listening", url=self.url)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await cancel_and_wait(self._publisher)
+        await cancel_and_wait(self._publisher, self._health_audit)
         await self._runner.cleanup()

@@ -63,6 +63,9 @@ function fill(text, vars) {
 
 export const number = (n) => new Intl.NumberFormat(lang).format(n);
 
+export const percent = (share) =>
+  new Intl.NumberFormat(lang, {style: "percent", maximumFractionDigits: 0}).format(share);
+
 export const when = (seconds) => new Intl.DateTimeFormat(
   lang, {dateStyle: "medium", timeStyle: "short"}).format(new Date(seconds * 1000));
 

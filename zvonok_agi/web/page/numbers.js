@@ -371,6 +371,7 @@ function numberRow(n) {
     cell(t("numbers.col_region"), "region", data(regionName(n.region_names))),
     cell(t("numbers.col_campaigns"), "campaigns",
          ...(uses.length ? uses : [t("numbers.no_campaigns")])),
+    cell(t("numbers.col_health"), "health", ...health(n.health)),
     cell(t("numbers.col_rule"), "rule", n.reserved ? t(`rule.${n.callback_rule}`) : "—"),
     cell(t("numbers.col_actions"), "actions",
          actionButton(t("numbers.view"), written(n), "view", () => openView(n.did), n.did),
@@ -378,6 +379,17 @@ function numberRow(n) {
                                    () => openChange(n), n.did) : null,
          n.reserved ? actionButton(t("numbers.delete"), written(n), "delete",
                                    () => openDelete(n), n.did) : null));
+}
+
+// Answered of placed over the health window, and a resting pool number's badge (the dialers
+// rest a number whose answer rate falls well below the pool's: docs/routing.md).
+function health(h) {
+  if (!h) return [t("health.unknown")];
+  const rate = h.placed ? tp("health.rate", h.placed, {rate: i18n.percent(h.rate)})
+                        : t("health.no_calls");
+  const rested = h.rested_until && el("span", {class: "badge warn"},
+                                      t("health.rested", {until: i18n.when(h.rested_until)}));
+  return rested ? [rate, rested] : [rate];
 }
 
 function renderTabs() {
@@ -628,6 +640,7 @@ async function openView(did) {
       [t("view.status"), t(`status.${n.status}`)],
       [t("view.dialing"), n.dialing.length ? data(n.dialing.map(campaignName).join(", "))
                                            : t("numbers.no_campaigns")],
+      [t("view.health"), el("span", {}, ...health(n.health))],
     ];
     if (n.reserved) {
       fields.push([t("view.inbound"), n.inbound_campaign
