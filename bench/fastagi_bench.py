@@ -252,7 +252,7 @@ def stop_all() -> None:
         stop(_children[-1])
 
 
-def child_env(event_loop: str, **settings: str) -> dict[str, str]:
+def child_env(event_loop: str = "asyncio", **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZVONOK_")}
     env["ZVONOK_AGI_EVENT_LOOP"] = event_loop
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
