@@ -18,9 +18,10 @@ from zvonok_agi.numbers.commands import open_service
 from zvonok_agi.numbers.databases import describe, sqlite_path
 from zvonok_agi.numbers.migrations import postgresql
 from zvonok_agi.numbers.postgresql import numbered
-from zvonok_agi.numbers.rules import Refused
+from zvonok_agi.numbers.rules import Kind, NumberRecord, Refused
 from zvonok_agi.numbers.store import Store, StoreError, StoreUnavailable
-from zvonok_agi.routing.model import Account
+from zvonok_agi.routing.model import Account, CallbackRule, NumberStatus, Pool
+from zvonok_agi.store.routing_data import revision
 
 # the settings
 
@@ -157,3 +158,29 @@ async def test_offers_racing_for_an_empty_region_file_one_request(settings, stor
     assert len({o.request.id for o in offers}) == 1
     async with control_plane(settings, store_url) as service:
         assert len(await service.requests()) == 1
+
+
+async def test_what_an_import_hands_the_publisher_is_what_the_store_holds(store_url):
+    """The import builds the values it hands the publisher as it writes (no read back): they
+    must be the ones the store then holds, revisions included, new, changed and repeated."""
+    moscow = NumberRecord("74951000001", Kind.LANDLINE, "Moscow", Pool.RESERVABLE)
+    pool = NumberRecord("74951000002", Kind.LANDLINE, "Moscow", Pool.SERVICE)
+    batches = [
+        [moscow, pool],  # new
+        [replace(moscow, callback_rule=CallbackRule.FORCE_NO), pool],  # one's routing changed
+        [replace(moscow, callback_rule=CallbackRule.FORCE_NO, region="Tver"),  # not routing
+         replace(pool, status=NumberStatus.DISABLED)],
+        [moscow, replace(moscow, status=NumberStatus.DISABLED)],  # one number twice
+    ]
+    store = await Store.open(store_url)
+    try:
+        for batch in batches:
+            async with store.transaction() as db:
+                _, rows = await db.import_numbers(batch, now=1000.0)
+            handed = {stored.key: stored.value for _, stored in rows}
+            async with store.reading() as db:
+                held = await db.routing_values("number", handed)
+            assert handed == held
+        assert revision(held[moscow.did]) == 4  # new 0, +1, +1 (region), then +1 twice
+    finally:
+        await store.close()

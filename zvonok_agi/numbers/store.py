@@ -403,7 +403,7 @@ class Queries:
         """Upserts numbers; one that keeps its owner keeps its reservation time."""
         dids = [n.did for n in numbers]
         current = {row["did"]: row for row in await self._rows_in("numbers", "did", dids)}
-        changed, touched = [], []
+        changed, touched, stored = [], [], {}
         for number in numbers:
             before = current.get(number.did)
             values = _number_values(number)
@@ -416,14 +416,24 @@ class Queries:
                 continue
             elif values[3:8] != [before[column] for column in NUMBER_COLUMNS[3:8]]:
                 touched.append(number.did)  # its routing changed, not only kind or region
+            # Its value once written (the writer's lock is held): a new row's revision is the
+            # column's default, 0; the upsert adds 1 to an existing one's.
+            rev = 0 if before is None else before["rev"] + 1
+            stored[number.did] = encode_values(rev, stored_fields("number", values[3:8]))
             changed.append([*values, now])
         await self.db.run_many(f"{_PUT_NUMBER}, rev = numbers.rev + 1", changed)
-        return len(changed), await self._to_publish("number", touched)
+        if len(stored) < len(changed):  # a number twice in the batch: read what was written
+            stored = None
+        return len(changed), await self._to_publish("number", touched, stored)
 
-    async def _to_publish(self, kind: str, keys: Sequence[str]) -> list[tuple[int, Stored]]:
-        """Names `keys` in the outbox; its rows, each with the value the publisher will send,
-        so that whoever committed them may send them without reading them back."""
-        values = await self.routing_values(kind, keys)
+    async def _to_publish(
+        self, kind: str, keys: Sequence[str], values: Mapping[str, str] | None = None
+    ) -> list[tuple[int, Stored]]:
+        """Names `keys` in the outbox; its rows, each with the value the publisher will send
+        (`values`, as written; else read back), so that whoever committed them may send them
+        without reading them again."""
+        if values is None:
+            values = await self.routing_values(kind, keys)
         rows = []
         for start in range(0, len(keys), MAX_PARAMETERS):
             chunk = keys[start : start + MAX_PARAMETERS]
