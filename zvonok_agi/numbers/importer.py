@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+import orjson
+
 from ..inventory import SECTIONS, Inventory, InventoryBuilder, InventoryError
 from ..routing.model import Number
 from . import rules
@@ -135,7 +137,7 @@ def _json_lines(text: TextIO) -> Iterator[tuple[str, str, Any]]:
             continue
         where = f"line {number}"
         try:
-            record = json.loads(line)
+            record = orjson.loads(line)  # a third of json's time: large files are read here
         except ValueError as exc:
             raise InventoryError(f"{where}: not JSON: {exc}") from exc
         if not isinstance(record, dict) or len(record) != 1:
