@@ -81,7 +81,7 @@ def test_placeholders_are_numbered_for_postgresql():
 
 
 def test_a_migration_in_sqlites_words_reads_as_postgresql():
-    """As the next helper writes one: SQLite's types, read with PostgreSQL's names."""
+    """A migration as it is written: SQLite's types, read with PostgreSQL's names."""
     sql = postgresql(
         "CREATE TABLE sessions (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL, "
         "token BLOB NOT NULL, name TEXT NOT NULL DEFAULT 'TEXT', at REAL NOT NULL)"
