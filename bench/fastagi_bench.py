@@ -66,6 +66,7 @@ from local_servers import (
     machine_busy,
     start_redis,
 )
+from local_servers import stop as stop_process  # this module's `stop` also forgets the child
 from zvonok_agi.agi.client import FakeChannel, recorded_environment
 from zvonok_agi.agi.inbound import InboundRouter
 from zvonok_agi.agi.protocol import NEED_DATA, AsteriskConnection, Closed, Command
@@ -236,13 +237,7 @@ def spawn(argv: list[str], env: Mapping[str, str], log: Path) -> subprocess.Pope
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+    stop_process(proc, STOP_TIMEOUT)
     if proc in _children:
         _children.remove(proc)
 
