@@ -1,12 +1,15 @@
 """The FastAGI server: accepts Asterisk's connections and runs one handler per session.
 
 A connection first has to send its whole env block, within `env_deadline` of being accepted.
-Until then it is only a small protocol object on its transport (no task, no timer: a sweeper
-closes the late ones, a few per turn of the loop), and only then does it take one of the
-`max_sessions` slots and a task of its own: connections that send nothing cannot keep calls
-out, and a flood of them costs little. Connections still waiting for their env block are
-capped per peer host: past the cap the oldest of them is closed (a real Asterisk sends its env
-block at once, so the oldest pending connection is the least likely to be a call).
+Until its first byte it is only a file descriptor in a selector of the server's own (no socket
+object, transport, task or timer: nothing the garbage collector has to walk, which in a flood
+of idle connections paused the loop for milliseconds at a time); from its first byte it is a
+transport with the env block's parser; only with the whole block does it take one of the
+`max_sessions` slots and a task. A sweeper closes the late ones, a few per turn of the loop.
+Connections that send nothing cannot keep calls out, and a flood of them costs little.
+Connections still waiting for their env block are capped per peer host: past the cap the
+oldest of them is closed, a silent one first (a real Asterisk sends its env block at once, so
+the oldest pending connection is the least likely to be a call).
 
 Lifecycle in the manner of uvicorn: the server tracks every connection from accept.
 `stop_listening()` stops accepting and leaves sessions be; `drain()` waits for the connections
@@ -15,10 +18,11 @@ fallback route and closes or cancels the rest. Every session ends with its socke
 soon as the handler returns: Asterisk waits in AGI() until then. A connection is forgotten once
 its socket is closed and its task, if it had one, has ended.
 
-Not accepting means a closed listener, not one left unread: the kernel would go on completing
-connections into its backlog, where Asterisk would wait for ever. Closed, the port refuses, and
-Asterisk tries the next engine of a `hagi://` URL or takes its fallback at once. `listen()`
-opens it again on the same port (the engine does so after an overload).
+The server accepts from listening sockets of its own. Not accepting means a closed listener,
+not one left unread: the kernel would go on completing connections into its backlog, where
+Asterisk would wait for ever. Closed, the port refuses, and Asterisk tries the next engine of a
+`hagi://` URL or takes its fallback at once. `listen()` opens it again on the same port (the
+engine does so after an overload).
 
 The bytes go from the transport to the sans-IO parser directly, without asyncio streams: to the
 env block's parser first, then to the session (session.py).
@@ -29,9 +33,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import functools
 import ipaddress
 import itertools
+import os
+import selectors
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +69,11 @@ CANCEL_WAIT = 1.0
 # turn of the event loop, so that calls get through in between.
 SWEEP_EVERY = 0.01
 SWEEP_BATCH = 10
+# Connections accepted per turn of the loop: a burst is taken a batch at a time, calls between.
+ACCEPT_BATCH = 64
+# Out of descriptors (or memory), accepting pauses this long instead of spinning.
+ACCEPT_RETRY = 1.0
+ACCEPT_PAUSING = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 
 
@@ -104,20 +116,32 @@ class _Connection:
     lost: bool = False  # its socket is closed
 
 
+@dataclass(eq=False)
+class _Peer:
+    """A peer host's connections still without their env block, each kind oldest first."""
+
+    silent: dict[int, float] = field(default_factory=dict)  # descriptor -> accepted
+    reading: dict[_Connection, None] = field(default_factory=dict)  # sent part of it
+
+    def __len__(self) -> int:
+        return len(self.silent) + len(self.reading)
+
+
 class _Wire(asyncio.Protocol):
     """A connection's transport protocol: bytes to the env block's parser, then the session."""
 
-    def __init__(self, server: FastAGIServer) -> None:
+    def __init__(self, server: FastAGIServer, address: tuple, accepted: float) -> None:
         self.server = server
+        self.address = address
+        self.accepted = accepted
         self.conn: _Connection | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.conn = self.server._accepted(transport)  # type: ignore[arg-type]
+        self.conn = self.server._accepted(transport, self.address, self.accepted)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
-        if conn is None:
-            return
+        assert conn is not None
         if conn.session is not None:
             conn.session.feed(data)
         else:
@@ -125,11 +149,11 @@ class _Wire(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         conn = self.conn
-        if conn is not None and conn.session is not None:
+        assert conn is not None
+        if conn.session is not None:
             conn.session.feed(b"")
             return True  # half-closed: the session may still send its route
-        if conn is not None:
-            log.debug("fastagi connection closed before its env block", peer=conn.peer)
+        log.debug("fastagi connection closed before its env block", peer=conn.peer)
         return False  # the transport closes
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -152,13 +176,14 @@ class FastAGIServer:
         self.config = config
         self.allowed = [ipaddress.ip_network(entry, strict=False) for entry in config.allow]
         self._verdicts: dict[str, bool] = {}  # peer host -> allowed (a few Asterisk boxes)
-        self._server: asyncio.Server | None = None  # while listening
-        self._taking: set[asyncio.Task[None]] = set()  # connections taken from a closed listener
+        self._listeners: list[socket.socket] = []  # while listening
+        self._silent: selectors.BaseSelector | None = None  # accepted, not a byte yet
+        self._taking: set[asyncio.Task[None]] = set()  # sent a byte: getting a transport
         self._backlog_checked = False
-        self._connections: set[_Connection] = set()
+        self._connections: set[_Connection] = set()  # those with a transport
         self._idle = asyncio.Event()  # set while there is no connection
         self._idle.set()
-        self._pending: dict[str, dict[_Connection, None]] = {}  # per host, oldest first
+        self._pending: dict[str, _Peer] = {}  # per host: those without their env block
         self._sessions: dict[int, _Connection] = {}
         self._ids = itertools.count(1)
         self._slots = asyncio.Semaphore(config.max_sessions)
@@ -176,14 +201,17 @@ class FastAGIServer:
     @property
     def connections(self) -> int:
         """Open connections, sessions or not."""
-        return len(self._connections)
+        silent = len(self._silent.get_map()) if self._silent is not None else 0
+        return len(self._connections) + silent + len(self._taking)
 
     @property
     def listening(self) -> bool:
-        return self._server is not None
+        return bool(self._listeners)
 
     async def start(self, *, listen: bool = True) -> None:
         """Start serving; listening at once, or from the first `listen()`."""
+        self._silent = selectors.DefaultSelector()
+        asyncio.get_running_loop().add_reader(self._silent.fileno(), self._first_bytes)
         self._sweeper = asyncio.create_task(self._sweep_late_env_blocks())
         if listen:
             await self.listen()
@@ -191,20 +219,30 @@ class FastAGIServer:
     async def listen(self) -> None:
         """Accept connections (again), on the port bound first. Raises OSError if the port
         cannot be bound; does nothing while shutting down or already listening."""
-        if self.draining or self._server is not None:
+        if self.draining or self._listeners:
             return
-        server = await asyncio.get_running_loop().create_server(
-            lambda: _Wire(self),
-            self.config.host,
-            self.port,
-            reuse_address=True,
-            backlog=self.config.backlog,
+        loop = asyncio.get_running_loop()
+        addresses = await loop.getaddrinfo(
+            self.config.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
-        if self.draining:  # shut down while binding
-            server.close()
+        if self.draining or self._listeners:  # shut down or listening while resolving
             return
-        self._server = server
-        self.port = server.sockets[0].getsockname()[1]
+        listeners = []
+        try:
+            for family, _, _, _, address in dict.fromkeys(addresses):
+                if listeners:  # port 0: every address on the port the first one got
+                    address = (address[0], self.port, *address[2:])
+                listener = socket.create_server(address, family=family, backlog=self.config.backlog)
+                listeners.append(listener)
+                self.port = listener.getsockname()[1]
+        except OSError:
+            for listener in listeners:
+                listener.close()
+            raise
+        for listener in listeners:
+            listener.setblocking(False)
+            loop.add_reader(listener.fileno(), self._accept, listener)
+        self._listeners = listeners
         log.info("fastagi listening", host=self.config.host, port=self.port)
         if not self._backlog_checked:
             self._backlog_checked = True
@@ -220,36 +258,105 @@ class FastAGIServer:
         """Accept no more connections; those accepted go on. The connections the kernel has
         already completed are taken first: closing the listener would reset them, and
         Asterisk has sent their env blocks already."""
-        server, self._server = self._server, None
-        if server is None:
+        listeners, self._listeners = self._listeners, []
+        if not listeners:
             return
-        for listener in server.sockets:
-            self._take_completed(listener.dup())
-        server.close()
+        loop = asyncio.get_running_loop()
+        for listener in listeners:
+            loop.remove_reader(listener.fileno())
+            self._accept(listener, batch=None)
+            listener.close()
         log.info("fastagi not listening", port=self.port)
 
-    def _take_completed(self, listener: socket.socket) -> None:
-        with listener:  # a descriptor of our own on the listening socket
-            listener.setblocking(False)
-            while True:
-                try:
-                    sock, _ = listener.accept()
-                except (BlockingIOError, InterruptedError):
-                    return  # none left
-                except OSError as exc:  # out of descriptors: the rest are reset
-                    log.error("fastagi could not take a completed connection", error=repr(exc))
-                    return
-                task = asyncio.get_running_loop().create_task(self._take(sock))
-                self._taking.add(task)
-                task.add_done_callback(self._taking.discard)
+    def _accept(self, listener: socket.socket, batch: int | None = ACCEPT_BATCH) -> None:
+        """Take up to `batch` completed connections (None: all) from the listener."""
+        taken = 0
+        while batch is None or taken < batch:
+            try:
+                sock, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # none left
+            except OSError as exc:
+                if exc.errno not in ACCEPT_PAUSING:
+                    continue  # this one was lost (reset before it was taken)
+                log.error("fastagi cannot accept: pausing", error=repr(exc), seconds=ACCEPT_RETRY)
+                self._pause_accepting(listener)
+                return
+            taken += 1
+            self._admit(sock, address)
 
-    async def _take(self, sock: socket.socket) -> None:
+    def _pause_accepting(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listener.fileno())
+
+        def resume() -> None:
+            if listener in self._listeners:
+                loop.add_reader(listener.fileno(), self._accept, listener)
+
+        loop.call_later(ACCEPT_RETRY, resume)
+
+    def _admit(self, sock: socket.socket, address: tuple) -> None:
+        """An accepted connection: from an allowed host, silent until its first byte."""
+        if not self._is_allowed(address[0]):
+            sock.close()
+            METRICS.connection_dropped("not_allowed")
+            self._warnings.warning("fastagi peer not allowed", peer=_peer(address))
+            return
+        assert self._silent is not None
+        peer = self._pending.setdefault(address[0], _Peer())
+        if len(peer) >= self.config.max_pending_per_peer:
+            if peer.silent:
+                self._close_silent(next(iter(peer.silent)), "peer_pending_cap")
+            else:
+                self._drop(next(iter(peer.reading)), "peer_pending_cap")
+        fd = sock.detach()
+        self._silent.register(fd, selectors.EVENT_READ, address)
+        peer.silent[fd] = asyncio.get_running_loop().time()
+        self._idle.clear()
+
+    def _first_bytes(self) -> None:
+        """Silent connections that have sent something (or closed): each gets a transport."""
+        assert self._silent is not None
+        loop = asyncio.get_running_loop()
+        for key, _ in self._silent.select(0):
+            self._silent.unregister(key.fd)
+            accepted = self._unpend_silent(key.fd, key.data)
+            sock = socket.socket(fileno=key.fd)
+            task = loop.create_task(self._take(sock, key.data, accepted))
+            self._taking.add(task)
+            task.add_done_callback(self._taken)
+
+    async def _take(self, sock: socket.socket, address: tuple, accepted: float) -> None:
         sock.setblocking(False)
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: _Wire(self), sock)
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: _Wire(self, address, accepted), sock
+            )
         except OSError as exc:
             sock.close()
             log.warning("fastagi connection lost while taken", error=repr(exc))
+
+    def _taken(self, task: asyncio.Task[None]) -> None:
+        self._taking.discard(task)
+        self._check_idle()
+
+    def _close_silent(self, fd: int, why: str | None) -> None:
+        """Close a connection that has not sent a byte (why None: at shutdown)."""
+        assert self._silent is not None
+        address = self._silent.unregister(fd).data
+        self._unpend_silent(fd, address)
+        os.close(fd)
+        if why is not None:
+            self._dropped(_peer(address), why)
+        self._check_idle()
+
+    def _unpend_silent(self, fd: int, address: tuple) -> float:
+        """Forget a silent connection's place among its peer's pending ones; when accepted."""
+        peer = self._pending[address[0]]
+        accepted = peer.silent.pop(fd)
+        if not peer:
+            del self._pending[address[0]]
+        return accepted
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` for every connection to end; True if they all did."""
@@ -258,7 +365,7 @@ class FastAGIServer:
                 if self._taking:
                     await asyncio.wait(set(self._taking))
                 await self._idle.wait()
-        return not self._connections and not self._taking
+        return not self.connections
 
     async def shutdown(self) -> None:
         """Stop accepting; let connections finish up to the drain deadline; then end sessions
@@ -273,6 +380,7 @@ class FastAGIServer:
             late = list(self._connections)
             log.warning("ending sessions after the drain deadline", sessions=self.active_sessions)
             now = asyncio.get_running_loop().time()
+            self._close_every_silent()  # nothing to route yet
             for conn in late:
                 if conn.phase is _Phase.ENV:
                     conn.transport.close()  # nothing to route yet
@@ -291,25 +399,28 @@ class FastAGIServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.wait([self._sweeper])
+        if self._silent is not None:
+            self._close_every_silent()
+            asyncio.get_running_loop().remove_reader(self._silent.fileno())
+            self._silent.close()
+            self._silent = None
         self._warnings.flush()
+
+    def _close_every_silent(self) -> None:
+        assert self._silent is not None
+        for fd in list(self._silent.get_map()):
+            self._close_silent(fd, None)
 
     # --- one connection --------------------------------------------------------------------
 
-    def _accepted(self, transport: asyncio.Transport) -> _Connection | None:
-        address = transport.get_extra_info("peername") or ("", 0)
-        peer = f"{address[0]}:{address[1]}"
-        if not self._is_allowed(address[0]):
-            METRICS.connection_dropped("not_allowed")
-            self._warnings.warning("fastagi peer not allowed", peer=peer)
-            transport.close()
-            return None
-        conn = _Connection(transport, peer, address[0], asyncio.get_running_loop().time())
+    def _accepted(
+        self, transport: asyncio.Transport, address: tuple, accepted: float
+    ) -> _Connection:
+        """A connection that has sent its first bytes has its transport: still pending."""
+        conn = _Connection(transport, _peer(address), address[0], accepted)
         self._connections.add(conn)
         self._idle.clear()
-        pending = self._pending.setdefault(conn.host, {})
-        if len(pending) >= self.config.max_pending_per_peer:
-            self._drop(next(iter(pending)), "peer_pending_cap")
-        pending[conn] = None
+        self._pending.setdefault(conn.host, _Peer()).reading[conn] = None
         return conn
 
     def _env_data(self, conn: _Connection, data: bytes) -> None:
@@ -335,17 +446,20 @@ class FastAGIServer:
         conn.task = asyncio.get_running_loop().create_task(self._serve(conn))
 
     def _unpend(self, conn: _Connection) -> None:
-        pending = self._pending.get(conn.host)
-        if pending is not None:
-            pending.pop(conn, None)
-            if not pending:
+        peer = self._pending.get(conn.host)
+        if peer is not None:
+            peer.reading.pop(conn, None)
+            if not peer:
                 del self._pending[conn.host]
 
     def _forget(self, conn: _Connection) -> None:
         """The connection is gone."""
         self._unpend(conn)
         self._connections.discard(conn)
-        if not self._connections:
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not self.connections:
             self._idle.set()
 
     def _drop(self, conn: _Connection, why: str) -> None:
@@ -353,18 +467,21 @@ class FastAGIServer:
         self._unpend(conn)
         conn.dropped = why
         conn.transport.close()
+        self._dropped(conn.peer, why)
+
+    def _dropped(self, peer: str, why: str) -> None:
         METRICS.connection_dropped(why)
         if why == "peer_pending_cap":
             self._warnings.warning(
                 "fastagi: too many connections from one peer without an env block; "
                 "the oldest closed",
-                peer=conn.peer,
+                peer=peer,
                 cap=self.config.max_pending_per_peer,
             )
-        else:
+        elif why == "no_env_block":
             self._warnings.warning(
                 "fastagi env block not received in time; connection closed",
-                peer=conn.peer,
+                peer=peer,
                 deadline=self._env_deadline,
             )
 
@@ -381,12 +498,19 @@ class FastAGIServer:
             await asyncio.sleep(SWEEP_EVERY)
             late = loop.time() - self._env_deadline
             closed = 0
-            for pending in list(self._pending.values()):
-                while pending:  # empty once gone while others ran
-                    conn = next(iter(pending))  # the oldest
+            for peer in list(self._pending.values()):
+                while peer.silent:  # empty once gone while others ran
+                    fd, accepted = next(iter(peer.silent.items()))  # the oldest
+                    if accepted > late:
+                        break
+                    self._close_silent(fd, "no_env_block")
+                    closed += 1
+                    if closed % SWEEP_BATCH == 0:
+                        await asyncio.sleep(0)
+                while peer.reading:
+                    conn = next(iter(peer.reading))  # the first to send a byte
                     if conn.accepted > late:
                         break
-                    del pending[conn]
                     self._drop(conn, "no_env_block")
                     closed += 1
                     if closed % SWEEP_BATCH == 0:
@@ -499,6 +623,10 @@ class FastAGIServer:
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         return any(address in network for network in self.allowed)
+
+
+def _peer(address: tuple) -> str:
+    return f"{address[0]}:{address[1]}"
 
 
 def _somaxconn() -> int | None:
