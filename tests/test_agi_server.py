@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import select
 import socket
 import time
@@ -280,6 +281,66 @@ async def test_past_the_pending_cap_of_a_peer_its_oldest_pending_connection_is_c
         assert await closed_by_server(idle[1][0])  # so the next oldest goes
         for _, writer in [*idle, *newer]:
             writer.close()
+
+
+async def test_at_the_pending_cap_a_silent_connection_goes_before_one_that_has_sent_bytes():
+    cfg = config(max_pending_per_peer=3, env_deadline=30, session_deadline=30)
+    async with run_server({"route": route_to}, fallback, cfg) as server:
+        reading = [await idle_connection(server.port) for _ in range(2)]
+        for _, writer in reading:
+            writer.write(ENV_BLOCK[:40])  # the start of an env block
+        silent = await idle_connection(server.port)  # younger, and has sent nothing
+        while server.connections < 3:
+            await asyncio.sleep(0.01)
+        late = await idle_connection(server.port)  # the fourth
+        assert await closed_by_server(silent[0])
+        for _, writer in reading:
+            writer.write(ENV_BLOCK[40:])  # the older ones still become sessions
+        for reader, _ in reading:
+            assert await reader.readline() == b'SET VARIABLE "ROUTE" "handled"\n'
+        for _, writer in [*reading, silent, late]:
+            writer.close()
+
+
+@pytest.fixture
+def collector_paused():
+    """The garbage collector runs only when the test calls it."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+async def test_a_connection_that_sends_nothing_holds_nothing_the_collector_walks(
+    collector_paused,
+):
+    """An idle connection is a descriptor in a selector (its key the one object tracked), not
+    a transport with its protocol objects: a flood of them would make every collection walk
+    more than a dozen objects each."""
+    async with run_server({"route": route_to}, fallback, config()) as server:
+        clients = [socket.socket() for _ in range(200)]
+        gc.collect()
+        before = len(gc.get_objects())
+        for sock in clients:
+            sock.connect(("127.0.0.1", server.port))
+        while server.connections < len(clients):
+            await asyncio.sleep(0.01)
+        gc.collect()  # what is still tracked lives as long as the connections
+        held = len(gc.get_objects()) - before
+        for sock in clients:
+            sock.close()
+    assert held < 2 * len(clients)
+
+
+async def test_connections_closed_for_want_of_an_env_block_leave_no_garbage(collector_paused):
+    """Closed, they are freed at once, not left in reference cycles for the collector."""
+    async with run_server({"route": route_to}, fallback, config(env_deadline=0.2)) as server:
+        clients = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
+        await wait_idle(server)  # every one closed by the server
+        garbage = gc.collect()
+        for sock in clients:
+            sock.close()
+    assert garbage < 10  # a transport each: 600
 
 
 async def test_warnings_about_turned_away_connections_are_counted_not_repeated():
