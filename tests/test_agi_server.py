@@ -82,7 +82,7 @@ async def test_recorded_env_block_reaches_the_handler_and_the_socket_closes():
     assert seen["env"].get("agi_accountcode") == ""
 
 
-@pytest.mark.parametrize("cut", [1, 17, len(ENV_BLOCK) // 2, len(ENV_BLOCK) - 1])
+@pytest.mark.parametrize("cut", [0, 1, 17, len(ENV_BLOCK) // 2, len(ENV_BLOCK) - 1])
 async def test_eof_before_the_env_block_ends_closes_the_session_without_spinning(cut):
     async with run_server({"route": route_to}, fallback, config()) as server:
         cpu = time.process_time()
@@ -299,6 +299,22 @@ async def test_at_the_pending_cap_a_silent_connection_goes_before_one_that_has_s
         for reader, _ in reading:
             assert await reader.readline() == b'SET VARIABLE "ROUTE" "handled"\n'
         for _, writer in [*reading, silent, late]:
+            writer.close()
+
+
+async def test_with_a_pending_cap_of_one_each_new_connection_closes_the_one_before():
+    cfg = config(max_pending_per_peer=1, env_deadline=30, session_deadline=30)
+    async with run_server({"route": route_to}, fallback, cfg) as server:
+        idle = []
+        for _ in range(3):
+            idle.append(await idle_connection(server.port))
+            if len(idle) > 1:
+                assert await closed_by_server(idle[-2][0])
+            while server.connections != 1:
+                await asyncio.sleep(0.01)
+        assert await asterisk(server.port, ENV_BLOCK) == [b'SET VARIABLE "ROUTE" "handled"\n']
+        assert await closed_by_server(idle[-1][0])
+        for _, writer in idle:
             writer.close()
 
 

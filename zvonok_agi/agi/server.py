@@ -296,38 +296,55 @@ class FastAGIServer:
         loop.call_later(ACCEPT_RETRY, resume)
 
     def _admit(self, sock: socket.socket, address: tuple) -> None:
-        """An accepted connection: from an allowed host, silent until its first byte."""
+        """An accepted connection: from an allowed host, silent until its first byte (a real
+        Asterisk's env block is often in already: it goes on at once)."""
         if not self._is_allowed(address[0]):
             sock.close()
             METRICS.connection_dropped("not_allowed")
             self._warnings.warning("fastagi peer not allowed", peer=_peer(address))
             return
         assert self._silent is not None
-        peer = self._pending.setdefault(address[0], _Peer())
-        if len(peer) >= self.config.max_pending_per_peer:
+        peer = self._pending.get(address[0])
+        if peer is not None and len(peer) >= self.config.max_pending_per_peer:
             if peer.silent:
                 self._close_silent(next(iter(peer.silent)), "peer_pending_cap")
             else:
                 self._drop(next(iter(peer.reading)), "peer_pending_cap")
+        self._idle.clear()
+        accepted = asyncio.get_running_loop().time()
+        sock.setblocking(False)
+        first = _peek(sock)
+        if first is not None:
+            self._hand_over(sock, address, accepted, first)
+            return
         fd = sock.detach()
         self._silent.register(fd, selectors.EVENT_READ, address)
-        peer.silent[fd] = asyncio.get_running_loop().time()
-        self._idle.clear()
+        self._pending.setdefault(address[0], _Peer()).silent[fd] = accepted
 
     def _first_bytes(self) -> None:
-        """Silent connections that have sent something (or closed): each gets a transport."""
+        """Silent connections that have sent something, or closed."""
         assert self._silent is not None
-        loop = asyncio.get_running_loop()
         for key, _ in self._silent.select(0):
             self._silent.unregister(key.fd)
             accepted = self._unpend_silent(key.fd, key.data)
             sock = socket.socket(fileno=key.fd)
-            task = loop.create_task(self._take(sock, key.data, accepted))
-            self._taking.add(task)
-            task.add_done_callback(self._taken)
+            self._hand_over(sock, key.data, accepted, _peek(sock))
+
+    def _hand_over(
+        self, sock: socket.socket, address: tuple, accepted: float, first: bytes | None
+    ) -> None:
+        """A connection that has sent something gets a transport; one that only closed (or
+        was reset) is closed without one."""
+        if first == b"":
+            sock.close()
+            log.debug("fastagi connection closed before its env block", peer=_peer(address))
+            self._check_idle()
+            return
+        task = asyncio.get_running_loop().create_task(self._take(sock, address, accepted))
+        self._taking.add(task)
+        task.add_done_callback(self._taken)
 
     async def _take(self, sock: socket.socket, address: tuple, accepted: float) -> None:
-        sock.setblocking(False)
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: _Wire(self, address, accepted), sock
@@ -623,6 +640,17 @@ class FastAGIServer:
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         return any(address in network for network in self.allowed)
+
+
+def _peek(sock: socket.socket) -> bytes | None:
+    """The first byte waiting on a non-blocking socket without taking it; b"" once the peer
+    has closed (or reset) it, None while nothing has come."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
 
 
 def _peer(address: tuple) -> str:
