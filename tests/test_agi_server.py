@@ -302,6 +302,29 @@ async def test_at_the_pending_cap_a_silent_connection_goes_before_one_that_has_s
             writer.close()
 
 
+async def test_late_connections_are_closed_a_batch_at_a_time_the_oldest_first():
+    """Idle connections that came together are not closed together (they would come back
+    together): each sweep closes a batch. The sweep is called here with a time of the test's
+    own; the server's sweeper waits 30 s."""
+    cfg = config(env_deadline=30, session_deadline=30)
+    async with run_server({"route": route_to}, fallback, cfg) as server:
+        idle = []
+        for _ in range(25):
+            idle.append(await idle_connection(server.port))
+            while server.connections < len(idle):  # accepted in this order
+                await asyncio.sleep(0.01)
+        later = asyncio.get_running_loop().time() + 60
+        assert server._close_late(later, 10) == 10
+        assert server.connections == 15
+        for reader, _ in idle[:10]:
+            assert await closed_by_server(reader)
+        assert server._close_late(later, 10) == 10
+        assert server._close_late(later, 10) == 5
+        assert server.connections == 0
+        for _, writer in idle:
+            writer.close()
+
+
 async def test_with_a_pending_cap_of_one_each_new_connection_closes_the_one_before():
     cfg = config(max_pending_per_peer=1, env_deadline=30, session_deadline=30)
     async with run_server({"route": route_to}, fallback, cfg) as server:

@@ -65,8 +65,8 @@ SLOT_WAIT = 0.2
 FAILURE_BUDGET = FALLBACK_GRACE + 1.0
 # After cancelling what was left at shutdown, how long to wait for it to end.
 CANCEL_WAIT = 1.0
-# Connections whose env block is late are looked for this often, and closed this many per
-# turn of the event loop, so that calls get through in between.
+# Connections whose env block is late are looked for this often, and closed at most this many
+# at a time (1,000 a second): a flood of idle connections is spread out, calls get through.
 SWEEP_EVERY = 0.01
 SWEEP_BATCH = 10
 # Connections accepted per turn of the loop: a burst is taken a batch at a time, calls between.
@@ -507,31 +507,32 @@ class FastAGIServer:
         return min(self.config.env_deadline, self.config.session_deadline)
 
     async def _sweep_late_env_blocks(self) -> None:
-        """Close the connections whose env block is late, oldest first, a batch per turn of
-        the loop: idle connections that came together (and come back when closed) go a few at
-        a time rather than all in one turn that would hold up every call."""
+        """Close the connections whose env block is late, a batch at a time: idle connections
+        that came together, and come back as soon as they are closed, are spread out instead
+        of coming back together, a wave once per deadline that would hold up every call."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(SWEEP_EVERY)
-            late = loop.time() - self._env_deadline
-            closed = 0
-            for peer in list(self._pending.values()):
-                while peer.silent:  # empty once gone while others ran
-                    fd, accepted = next(iter(peer.silent.items()))  # the oldest
-                    if accepted > late:
-                        break
-                    self._close_silent(fd, "no_env_block")
-                    closed += 1
-                    if closed % SWEEP_BATCH == 0:
-                        await asyncio.sleep(0)
-                while peer.reading:
-                    conn = next(iter(peer.reading))  # the first to send a byte
-                    if conn.accepted > late:
-                        break
-                    self._drop(conn, "no_env_block")
-                    closed += 1
-                    if closed % SWEEP_BATCH == 0:
-                        await asyncio.sleep(0)
+            self._close_late(loop.time() - self._env_deadline, SWEEP_BATCH)
+
+    def _close_late(self, late: float, most: int) -> int:
+        """Close up to `most` connections accepted before `late` (loop time) that have not
+        sent their env block, each peer's oldest first; how many."""
+        closed = 0
+        for peer in list(self._pending.values()):
+            while peer.silent and closed < most:
+                fd, accepted = next(iter(peer.silent.items()))
+                if accepted > late:
+                    break
+                self._close_silent(fd, "no_env_block")
+                closed += 1
+            while peer.reading and closed < most:
+                conn = next(iter(peer.reading))  # the first to send a byte
+                if conn.accepted > late:
+                    break
+                self._drop(conn, "no_env_block")
+                closed += 1
+        return closed
 
     async def _serve(self, conn: _Connection) -> None:
         """A connection whose env block is in: a slot, the handler, the close."""
