@@ -71,9 +71,19 @@ SWEEP_EVERY = 0.01
 SWEEP_BATCH = 10
 # Connections accepted per turn of the loop: a burst is taken a batch at a time, calls between.
 ACCEPT_BATCH = 64
-# Out of descriptors (or memory), accepting pauses this long instead of spinning.
+# Errors of accept() that lost one connection (accept(2): retry); on any other (out of
+# descriptors, of memory) accepting pauses this long instead of spinning.
+ACCEPT_LOST = {
+    errno.ECONNABORTED,
+    errno.EPROTO,
+    errno.ENETDOWN,
+    errno.ENOPROTOOPT,
+    errno.EHOSTDOWN,
+    errno.EHOSTUNREACH,
+    errno.EOPNOTSUPP,
+    errno.ENETUNREACH,
+}
 ACCEPT_RETRY = 1.0
-ACCEPT_PAUSING = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 
 
@@ -277,8 +287,8 @@ class FastAGIServer:
             except (BlockingIOError, InterruptedError):
                 return  # none left
             except OSError as exc:
-                if exc.errno not in ACCEPT_PAUSING:
-                    continue  # this one was lost (reset before it was taken)
+                if exc.errno in ACCEPT_LOST:
+                    continue  # that one was lost before it was taken
                 log.error("fastagi cannot accept: pausing", error=repr(exc), seconds=ACCEPT_RETRY)
                 self._pause_accepting(listener)
                 return
