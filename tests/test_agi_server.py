@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import resource
 import select
 import socket
 import time
@@ -339,6 +341,28 @@ async def test_with_a_pending_cap_of_one_each_new_connection_closes_the_one_befo
         assert await closed_by_server(idle[-1][0])
         for _, writer in idle:
             writer.close()
+
+
+async def test_out_of_descriptors_accepting_pauses_instead_of_spinning_then_goes_on():
+    async with run_server({"route": route_to}, fallback, config()) as server:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        clients = []
+        with capture_logs() as logs:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+            try:
+                with pytest.raises(OSError):  # EMFILE: every descriptor taken by a client
+                    while True:
+                        clients.append(socket.create_connection(("127.0.0.1", server.port)))
+                for _ in range(20):  # the server's turns, with connections it cannot accept
+                    await asyncio.sleep(0.01)
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            for sock in clients:
+                sock.sendall(ENV_BLOCK)
+            served = await asyncio.gather(*(answer_on(sock) for sock in clients))
+        assert served == [[b'SET VARIABLE "ROUTE" "handled"\n']] * len(clients)
+    pauses = [entry for entry in logs if entry["event"] == "fastagi cannot accept: pausing"]
+    assert len(pauses) == 1
 
 
 @pytest.fixture
