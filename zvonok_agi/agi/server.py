@@ -414,6 +414,9 @@ class FastAGIServer:
         finally:
             conn.phase = _Phase.DONE
             conn.session.close()
+            # A handler's fallback holds the session (a cycle): drop it, so that the call's
+            # objects are freed now, not by the collector's full passes on the event loop.
+            conn.session.on_failure = None
             if conn.lost:
                 self._forget(conn)
 
