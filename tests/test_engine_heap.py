@@ -80,12 +80,34 @@ async def test_the_engine_freezes_its_routing_data_before_it_listens(settings, m
         frozen.append(server is not None and server.listening)
 
     monkeypatch.setattr(gc, "freeze", freeze)
-    engine = app.Engine(settings, freeze_heap=True)
+    engine = app.Engine(settings, own_process=True)
     engines.append(engine)
     async with engine:
         assert engine.server.listening
         await engine.cache.reload()  # as after a gap in the changes, while serving
     assert frozen == [False, True]
+
+
+async def test_the_engine_of_serve_opens_its_redis_connections_before_it_listens(
+    settings, monkeypatch
+):
+    monkeypatch.setattr(gc, "freeze", lambda: None)
+    listening: list[bool] = []
+    engines: list[app.Engine] = []
+    open_connections = app.open_connections
+
+    async def opening(client, count: int) -> None:
+        listening.append(engines[0].server.listening)
+        await open_connections(client, count)
+
+    monkeypatch.setattr(app, "open_connections", opening)
+    engine = app.Engine(settings, own_process=True)
+    engines.append(engine)
+    async with engine:
+        pool = engine.redis.connection_pool
+        opened = len(pool._available_connections) + len(pool._in_use_connections)
+    assert listening == [False]
+    assert opened == settings.redis.max_connections  # the follower's one too
 
 
 async def test_an_engine_of_its_own_process_only_freezes(settings, monkeypatch):

@@ -231,7 +231,7 @@ async def test_changes_gone_from_the_stream_mean_a_full_load(data, redis, cache,
 
 
 async def test_each_full_load_is_handed_on_once_swapped_in_also_a_reload(data, redis):
-    """The engine freezes the heap there (`Engine(freeze_heap=True)`), so that the collector's
+    """The engine freezes the heap there (`Engine(own_process=True)`), so that the collector's
     passes never walk the copy."""
     await world(data)
     seen: list[int] = []

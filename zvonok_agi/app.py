@@ -77,11 +77,12 @@ class Engine:
     data is loaded, and not while the event loop is overloaded (see `health.Admission`).
     """
 
-    def __init__(self, settings: Settings, *, freeze_heap: bool = False) -> None:
+    def __init__(self, settings: Settings, *, own_process: bool = False) -> None:
         self.settings = settings
-        # The process is the engine's alone (`serve`): what each full load leaves is long
-        # lived, keep it out of the collector's passes (see `settle_heap`).
-        self.freeze_heap = freeze_heap
+        # The process is the engine's alone (`serve`): each full load is frozen out of the
+        # collector's passes (see `settle_heap`), and the Redis connections are opened before
+        # the server listens.
+        self.own_process = own_process
         self.server: FastAGIServer | None = None
         self.cache: RoutingCache | None = None
         self.redis: connection.Client | None = None
@@ -98,7 +99,7 @@ class Engine:
         try:
             self.redis = await self._stack.enter_async_context(open_redis(s, supervise=True))
             data = RoutingData(self.redis, s.redis.key_prefix)
-            on_load = gc.freeze if self.freeze_heap else None
+            on_load = gc.freeze if self.own_process else None
             self.cache = RoutingCache(data, s.redis.refresh_interval, on_load)
             await self.cache.start()
             self._stack.push_async_callback(self.cache.stop)
@@ -133,6 +134,8 @@ class Engine:
                 {"inbound": router}, partial(send_engine_error, router), config
             )
             warm_up()
+            if self.own_process:
+                await open_connections(self.redis, s.redis.max_connections - 1)
             # Stopped last: the heartbeat goes on through the drain.
             self._stack.callback(self.heartbeat.stop)
             self.refusing = self.admission.refusal(self.cache.loaded)
@@ -198,7 +201,7 @@ async def serve(settings: Settings, *, with_admin: bool = False) -> None:
     if settings.metrics.enabled:
         stop_metrics = start_metrics_server(settings.metrics.host, settings.metrics.port)
     async with contextlib.AsyncExitStack() as stack:
-        engine = await stack.enter_async_context(Engine(settings, freeze_heap=True))
+        engine = await stack.enter_async_context(Engine(settings, own_process=True))
         assert engine.server is not None
         if with_admin:
             from .numbers.commands import admin_server
@@ -231,7 +234,7 @@ def settle_heap() -> None:
     """Before the event loop runs: what the imports and the settings made lives as long as the
     process. Collected once, then frozen: the collector's passes never walk it again (a full
     pass over it holds the loop for tens of ms). Each full load of the routing data is frozen
-    in its turn (`Engine(freeze_heap=True)`)."""
+    in its turn (`Engine(own_process=True)`)."""
     gc.collect()
     gc.freeze()
 
@@ -240,6 +243,14 @@ def warm_up() -> None:
     """What the first calls would otherwise pay for once, on the event loop: the numbering
     plan's data, read on the first caller's number."""
     phone.normalize("+7 495 123-45-67")
+
+
+async def open_connections(client: connection.Client, count: int) -> None:
+    """Opens `count` connections (at most the pool's) now. Each new one costs about 1 ms of
+    CPU on the event loop (redis-py reads its own version from the package's metadata and
+    names itself to the server): paid before the server listens, not by the calls that would
+    otherwise grow the pool. A Redis away now is no error: the calls connect later."""
+    await asyncio.gather(*(client.ping() for _ in range(count)), return_exceptions=True)
 
 
 DRAINING = "draining calls"
