@@ -374,13 +374,15 @@ class RoutingData:
         value = await self.redis.get(self.version_key)
         return None if value is None else int(value)
 
-    async def scan(self, kind: str) -> AsyncIterator[list[tuple[str, str]]]:
-        """Every (key, stored value) of one kind, SCAN_CHUNK at a time. A record changed
-        during the scan may come in either state: follow with the changes since."""
+    async def scan(self, kind: str) -> AsyncIterator[dict[str, str]]:
+        """Every key and stored value of one kind, SCAN_CHUNK at a time. A record changed
+        during the scan may come in either state: follow with the changes since. (A dict of
+        text is nothing the garbage collector tracks; a list of pairs would set off its passes
+        through a full load.)"""
         cursor = 0
         while True:
             cursor, items = await self.redis.hscan(self.hashes[kind], cursor, count=SCAN_CHUNK)
-            yield [(_text(k), _text(v)) for k, v in items.items()]
+            yield {_text(k): _text(v) for k, v in items.items()}
             if cursor == 0:
                 return
 
@@ -406,7 +408,7 @@ class RoutingData:
             snapshot = RoutingSnapshot(version=version or 0)
             for kind in KINDS:
                 async for chunk in self.scan(kind):
-                    for key, value in chunk:
+                    for key, value in chunk.items():
                         snapshot.put(kind, key, value)
             if version is None:
                 if await self.version() is None:
