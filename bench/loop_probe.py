@@ -4,9 +4,11 @@ A step is one callback the asyncio loop runs (a task running until its next `awa
 an I/O callback): while it runs, no call is served. At exit, the steps longer than RECORD_OVER
 are written to OUT as JSON lines: "at" (monotonic seconds: the machine's clock, shared by its
 processes, so that the benchmark can tell in which of its phases a step fell), "ms" (wall
-time), "cpu_ms" (the thread's CPU time) and "what" (the coroutine or callback), after a first
-line with the count of all steps. On a busy machine a step's wall time also holds the time the
-process waited for a core; its CPU time is the work the step itself did.
+time), "cpu_ms" (the thread's CPU time), "gc_ms" (how long the garbage collector ran inside
+it) and "what" (the coroutine or callback), after a first line with the count of all steps;
+then every pass of the garbage collector: "at", "gc" (its generation), "ms" and "freed" (the
+unreachable objects it found). On a busy machine a step's wall time (and a pass's) also holds
+the time the process waited for a core; its CPU time is the work the step itself did.
 """
 
 from __future__ import annotations
