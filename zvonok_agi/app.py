@@ -21,6 +21,7 @@ from .metrics import start_metrics_server
 from .store import connection
 from .store.embedded import EmbeddedRedis
 from .store.history import CallbackHistory
+from .store.multiplexed import multiplexed_client
 from .store.routing_data import RoutingCache, RoutingData
 from .systemd import PINGS_PER_PERIOD, SystemdNotifier
 from .tasks import cancel_and_wait
@@ -41,6 +42,11 @@ def redis_client(url: str, settings: Settings, connections: int | None = None) -
         connect_timeout=settings.redis.connect_timeout,
         max_connections=connections or settings.redis.max_connections,
     )
+
+
+def redis_url(settings: Settings) -> str:
+    """The configured Redis's URL; with none, the embedded server's."""
+    return settings.redis.url or EmbeddedRedis(settings.redis.data_dir).url
 
 
 @contextlib.asynccontextmanager
@@ -103,12 +109,20 @@ class Engine:
             self.cache = RoutingCache(data, s.redis.refresh_interval, on_load)
             await self.cache.start()
             self._stack.push_async_callback(self.cache.stop)
+            calls = multiplexed_client(
+                redis_url(s),
+                socket_timeout=s.redis.socket_timeout,
+                connect_timeout=s.redis.connect_timeout,
+            )
+            if calls is not None:
+                self._stack.push_async_callback(calls.aclose)
             history = CallbackHistory(
                 self.redis,
                 s.redis.key_prefix,
                 s.routing.callback_window,
                 claim_replicas=s.redis.claim_replicas,
                 claim_wait=s.redis.claim_wait,
+                calls=calls,
             )
             router = InboundRouter(
                 self.cache,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -49,8 +50,12 @@ class Claim:
 
     @functools.cached_property
     def token(self) -> str:
-        """Drawn when the call claims (most calls do not)."""
-        return uuid.uuid4().hex
+        """Unique to the call among every engine's: this process's random prefix, a count."""
+        return f"{_TOKEN_PREFIX}{next(_TOKEN_COUNT)}"
+
+
+_TOKEN_PREFIX = uuid.uuid4().hex[:16]
+_TOKEN_COUNT = itertools.count()
 
 
 @dataclass

@@ -246,6 +246,9 @@ def encode_command(verb: str, *args: str) -> bytes:
     """
     if not _VERB.fullmatch(verb):
         raise ValueError(f"AGI verb must be upper-case words: {verb!r}")
+    plain = _plain_command(verb, args)
+    if plain is not None:
+        return plain
     cleaned = [_clean_arg(arg) for arg in args]
     sizes = [_escaped_size(arg) + 2 for arg in cleaned]  # + the two quotes
     # verb, one space before each argument, the arguments, "\n"
@@ -260,6 +263,17 @@ def encode_command(verb: str, *args: str) -> bytes:
         sizes[i] = new_size
     quoted = "".join(' "' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"' for arg in cleaned)
     return f"{verb}{quoted}\n".encode()
+
+
+def _plain_command(verb: str, args: tuple[str, ...]) -> bytes | None:
+    """The line at once when every argument is printable ASCII and it fits (every route's
+    command): nothing to drop, cut or encode specially. Else None."""
+    for arg in args:
+        if not (isinstance(arg, str) and arg.isascii() and arg.isprintable()):
+            return None
+    quoted = "".join(' "' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"' for arg in args)
+    line = f"{verb}{quoted}\n"
+    return line.encode() if len(line) <= MAX_COMMAND_BYTES else None
 
 
 def parse_command(line: str) -> list[str]:

@@ -78,11 +78,14 @@ def batched(values: Sequence[tuple[str, str]]) -> list[Command] | None:
     """`values` (DECIDED last) as: a SET VARIABLE for each value MSet could misread, one
     `EXEC MSet` with the rest ending with DECIDED, and `GET VARIABLE DECIDED` to check it.
     None when a batch would not pay or not fit."""
-    plain = [(n, v) for n, v in values if MSET_SAFE.fullmatch(v)]
+    if MSET_SAFE.fullmatch("".join(value for _, value in values)):  # all (as is the rule)
+        plain, others = list(values), []
+    else:
+        plain = [(n, v) for n, v in values if MSET_SAFE.fullmatch(v)]
+        others = [(n, v) for n, v in values if not MSET_SAFE.fullmatch(v)]
     if len(plain) < 3 or plain[-1][0] != DECIDED:
         return None
-    argument = ",".join(f"{name}={value}" for name, value in plain)
+    argument = ",".join([f"{name}={value}" for name, value in plain])
     if len(argument) > MAX_BATCH:
         return None
-    others = [(n, v) for n, v in values if not MSET_SAFE.fullmatch(v)]
     return [*one_by_one(others), ("EXEC", "MSet", argument), ("GET VARIABLE", DECIDED)]

@@ -12,7 +12,10 @@ Every client fails fast: per-command and connect timeouts, one immediate retry (
 gone stale after a restart or a failover, which also asks Sentinel for the master again), then
 the error, so that a call is routed without the store in time.
 
-Its connections are bounded (`BoundedPool`). To a single server or a Sentinel-watched master,
+The inbound route's own commands take a cheaper way where they can: one connection that
+every call shares (store/multiplexed.py). Everything else goes through this module's clients.
+
+Their connections are bounded (`BoundedPool`). To a single server or a Sentinel-watched master,
 a command that finds them all busy waits for one, up to its socket timeout, rather than
 opening one more: a burst of calls shares a few connections (one command takes well under a
 millisecond). redis-py's Cluster client only caps them per node, and a command past the cap
@@ -310,17 +313,7 @@ def redis_client(
             **(fail_fast | {"max_connections": max(max_connections, CLUSTER_MIN_CONNECTIONS)}),
         )
     if target.kind == "sentinel":
-        sentinel = _Sentinel(
-            list(target.nodes),
-            sentinel_kwargs={
-                "socket_timeout": socket_timeout,
-                "socket_connect_timeout": connect_timeout,
-                "password": target.sentinel_password,
-                # No retry: a sentinel that fails is passed over for the next one at once
-                # (redis-py's default, ten tries with backoff, holds a call for seconds).
-                "retry": Retry(NoBackoff(), 0),
-            },
-        )
+        sentinel = sentinels(target, socket_timeout=socket_timeout, connect_timeout=connect_timeout)
         client = sentinel.master_for(
             target.service,
             redis_class=SentinelManagedRedis,
@@ -338,6 +331,21 @@ def redis_client(
     quick = {"connection_class": _QuickConnection} if url.startswith("redis://") else {}
     pool = BoundedPool.from_url(url, timeout=socket_timeout, **fail_fast, **quick)
     return aioredis.Redis.from_pool(pool)
+
+
+def sentinels(target: RedisTarget, *, socket_timeout: float, connect_timeout: float) -> Sentinel:
+    """The sentinels of a redis+sentinel:// target, that fail fast."""
+    return _Sentinel(
+        list(target.nodes),
+        sentinel_kwargs={
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            "password": target.sentinel_password,
+            # No retry: a sentinel that fails is passed over for the next one at once
+            # (redis-py's default, ten tries with backoff, holds a call for seconds).
+            "retry": Retry(NoBackoff(), 0),
+        },
+    )
 
 
 async def learn_topology(client: Client) -> None:
