@@ -88,26 +88,35 @@ async def test_the_engine_freezes_its_routing_data_before_it_listens(settings, m
     assert frozen == [False, True]
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shared_connection", "pool"])
 async def test_the_engine_of_serve_opens_its_redis_connections_before_it_listens(
-    settings, monkeypatch
+    settings, monkeypatch, shared
 ):
+    """The calls' commands share one connection, or (a Cluster, TLS) take the pool's."""
     monkeypatch.setattr(gc, "freeze", lambda: None)
+    if not shared:
+        monkeypatch.setattr(app, "multiplexed_client", lambda *args, **kwargs: None)
     listening: list[bool] = []
+    opened: list[int] = []
     engines: list[app.Engine] = []
     open_connections = app.open_connections
 
     async def opening(client, count: int) -> None:
         listening.append(engines[0].server.listening)
         await open_connections(client, count)
+        if shared:
+            opened.append(int(client._wire is not None and not client._wire.lost))
+        else:
+            pool = client.connection_pool
+            opened.append(len(pool._available_connections) + len(pool._in_use_connections))
 
     monkeypatch.setattr(app, "open_connections", opening)
     engine = app.Engine(settings, own_process=True)
     engines.append(engine)
     async with engine:
-        pool = engine.redis.connection_pool
-        opened = len(pool._available_connections) + len(pool._in_use_connections)
+        pass
     assert listening == [False]
-    assert opened == settings.redis.max_connections  # the follower's one too
+    assert opened == [1 if shared else settings.redis.max_connections]  # the follower's too
 
 
 async def test_an_engine_of_its_own_process_only_freezes(settings, monkeypatch):

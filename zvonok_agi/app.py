@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from functools import partial
 
 import structlog
+from redis.exceptions import RedisError
 
 from . import phone
 from .agi.inbound import InboundRouter, send_engine_error
@@ -21,7 +22,7 @@ from .metrics import start_metrics_server
 from .store import connection
 from .store.embedded import EmbeddedRedis
 from .store.history import CallbackHistory
-from .store.multiplexed import multiplexed_client
+from .store.multiplexed import MultiplexedRedis, multiplexed_client
 from .store.routing_data import RoutingCache, RoutingData
 from .systemd import PINGS_PER_PERIOD, SystemdNotifier
 from .tasks import cancel_and_wait
@@ -149,7 +150,7 @@ class Engine:
             )
             warm_up()
             if self.own_process:
-                await open_connections(self.redis, s.redis.max_connections - 1)
+                await open_connections(calls or self.redis, s.redis.max_connections - 1)
             # Stopped last: the heartbeat goes on through the drain.
             self._stack.callback(self.heartbeat.stop)
             self.refusing = self.admission.refusal(self.cache.loaded)
@@ -259,11 +260,16 @@ def warm_up() -> None:
     phone.normalize("+7 495 123-45-67")
 
 
-async def open_connections(client: connection.Client, count: int) -> None:
-    """Opens `count` connections (at most the pool's) now. Each new one costs about 1 ms of
-    CPU on the event loop (redis-py reads its own version from the package's metadata and
-    names itself to the server): paid before the server listens, not by the calls that would
-    otherwise grow the pool. A Redis away now is no error: the calls connect later."""
+async def open_connections(client: connection.Client | MultiplexedRedis, count: int) -> None:
+    """Opens now the connections the calls' commands will take: the one they share, or
+    (a Cluster, TLS: redis-py's pool) `count` of the pool's. A new pooled connection costs about
+    1 ms of CPU on the event loop (redis-py reads its own version from the package's metadata
+    and names itself to the server): paid before the server listens, not by the calls that
+    would otherwise grow the pool. A Redis away now is no error: the calls connect later."""
+    if isinstance(client, MultiplexedRedis):
+        with contextlib.suppress(RedisError, OSError):
+            await client.execute("PING")
+        return
     await asyncio.gather(*(client.ping() for _ in range(count)), return_exceptions=True)
 
 
