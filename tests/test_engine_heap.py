@@ -72,12 +72,13 @@ async def test_a_call_leaves_nothing_for_the_collector(settings):
 
 
 async def test_the_engine_freezes_its_routing_data_before_it_listens(settings, monkeypatch):
-    frozen: list[bool] = []
+    """The first load with the collector paused (nothing to serve yet); a reload with it on."""
+    frozen: list[tuple[bool, bool]] = []
     engines: list[app.Engine] = []
 
     def freeze() -> None:
         server = engines[0].server
-        frozen.append(server is not None and server.listening)
+        frozen.append((server is not None and server.listening, gc.isenabled()))
 
     monkeypatch.setattr(gc, "freeze", freeze)
     engine = app.Engine(settings, own_process=True)
@@ -85,7 +86,8 @@ async def test_the_engine_freezes_its_routing_data_before_it_listens(settings, m
     async with engine:
         assert engine.server.listening
         await engine.cache.reload()  # as after a gap in the changes, while serving
-    assert frozen == [False, True]
+    assert frozen == [(False, False), (True, True)]
+    assert gc.isenabled()
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared_connection", "pool"])

@@ -7,7 +7,7 @@ import contextlib
 import gc
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 
 import structlog
@@ -108,7 +108,8 @@ class Engine:
             data = RoutingData(self.redis, s.redis.key_prefix)
             on_load = gc.freeze if self.own_process else None
             self.cache = RoutingCache(data, s.redis.refresh_interval, on_load)
-            await self.cache.start()
+            with collector_paused() if self.own_process else contextlib.nullcontext():
+                await self.cache.start()
             self._stack.push_async_callback(self.cache.stop)
             calls = multiplexed_client(
                 redis_url(s),
@@ -252,6 +253,17 @@ def settle_heap() -> None:
     in its turn (`Engine(own_process=True)`)."""
     gc.collect()
     gc.freeze()
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No pass of the garbage collector meanwhile: the first full load, before the server
+    listens, leaves little garbage, and what it keeps is frozen right after it."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def warm_up() -> None:
