@@ -138,6 +138,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "admin", help="run the admin HTTP API and the numbers page"
     ).set_defaults(run=_admin)
 
+    store = _group(subparsers, "store", "the control plane's store itself")
+    cmd = _command(store, "copy", "copy the whole store into another (SQLite to PostgreSQL, "
+                   "or back as a backup); docs/scaling.md", _store_copy)
+    cmd.add_argument("--to", required=True, metavar="URL",
+                     help="the target: postgresql://..., sqlite:///path or a file's path")
+    cmd.add_argument("--from", dest="source", metavar="URL",
+                     help="the source (default: the configured store)")
+    cmd.add_argument("--force", action="store_true",
+                     help="replace what the target holds (default: refuse a target with data)")
+
 
 def _group(subparsers: argparse._SubParsersAction, name: str, help: str):
     parser = subparsers.add_parser(name, help=help)
@@ -472,6 +482,27 @@ async def _sync(settings: Any, args: argparse.Namespace) -> int:
     print(f"published {report.accounts} accounts, {report.numbers} numbers, "
           f"{report.campaigns} campaigns; removed from Redis: "
           + ", ".join(f"{n} {kind}" for kind, n in report.removed.items()))
+    return 0
+
+
+async def _store_copy(settings: Any, args: argparse.Namespace) -> int:
+    from ..cli import CommandError
+    from .copying import copy_store
+
+    source = args.source or settings.store_url
+
+    def progress(table: str, copied: int) -> None:
+        if copied % 100_000 == 0:  # a line now and then on a large table
+            print(f"  {table}: {copied}", file=sys.stderr)
+
+    try:
+        copied = await copy_store(source, args.to, force=args.force, progress=progress)
+    except StoreError as exc:
+        raise CommandError(
+            f"copying {describe(source)} to {describe(args.to)}: {exc} (nothing was copied)"
+        ) from exc
+    print(f"copied {describe(source)} to {describe(args.to)}: "
+          + ", ".join(f"{n} {table}" for table, n in copied.items()))
     return 0
 
 

@@ -58,6 +58,10 @@ class Connection(Protocol):
 
     async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
+    def stream(self, sql: str, size: int) -> AsyncIterator[list[Any]]:
+        """The rows of a query, `size` at a time, read as they are needed (a table of any size
+        costs one batch of memory)."""
+
 
 class Database(Protocol):
     name: str  # "sqlite" or "postgresql": which steps of a migration it runs
@@ -78,6 +82,10 @@ class Database(Protocol):
     async def schema_version(self, db: Connection) -> int: ...
 
     async def set_schema_version(self, db: Connection, version: int) -> None: ...
+
+    async def continue_identity(self, db: Connection, table: str, column: str) -> None:
+        """After rows were written with their keys given (a copy): the keys `column` generates
+        from now on come after the largest of them."""
 
     async def close(self) -> None: ...
 
@@ -141,6 +149,12 @@ class _SQLiteConnection:
     async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with _sqlite_errors():
             await self._db.executemany(sql, [tuple(row) for row in rows])
+
+    async def stream(self, sql: str, size: int) -> AsyncIterator[list[Any]]:
+        with _sqlite_errors():
+            async with self._db.execute(sql) as cursor:
+                while rows := await cursor.fetchmany(size):
+                    yield list(rows)
 
 
 async def _flocked(fd: int, wait: float) -> None:
@@ -232,3 +246,7 @@ class SQLite:
 
     async def set_schema_version(self, db: Connection, version: int) -> None:
         await db.run(f"PRAGMA user_version = {int(version)}")
+
+    async def continue_identity(self, db: Connection, table: str, column: str) -> None:
+        """Nothing to do: a new key is the largest + 1, and AUTOINCREMENT's counter follows the
+        keys written."""

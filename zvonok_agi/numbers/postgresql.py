@@ -73,6 +73,12 @@ class _PostgreSQLConnection:
             with _pg_errors():
                 await self._db.executemany(numbered(sql), rows)
 
+    async def stream(self, sql: str, size: int) -> AsyncIterator[list[Any]]:
+        with _pg_errors():
+            cursor = await self._db.cursor(numbered(sql))  # inside the transaction
+            while rows := await cursor.fetch(size):
+                yield rows
+
 
 class PostgreSQL:
     """A pool of asyncpg connections; each transaction takes one. Changes run in READ
@@ -183,3 +189,9 @@ class PostgreSQL:
 
     async def set_schema_version(self, db: Connection, version: int) -> None:
         await db.run("UPDATE schema_version SET version = ?", [version])
+
+    async def continue_identity(self, db: Connection, table: str, column: str) -> None:
+        await db.fetch(
+            f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+            f"coalesce(max({column}), 0) + 1, false) FROM {table}"
+        )
