@@ -23,10 +23,10 @@ from ..access.users import Users
 from ..routing import scenario as scenarios
 from ..routing.model import Pool
 from . import documents, rules
-from .databases import describe
+from .databases import BUSY_TIMEOUT_MS, describe
 from .rules import Refused
 from .service import KEEP, NumbersService
-from .store import Store, StoreError
+from .store import Store, StoreBusy, StoreError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -182,7 +182,6 @@ async def open_service(settings: Any, *, publish: bool = True) -> AsyncIterator[
     """The service on the configured store; with `publish`, on the configured Redis too. The
     store away or refusing is the command's error."""
     from ..app import open_redis
-    from ..cli import CommandError
     from ..store.routing_data import RoutingData
 
     admin = settings.admin
@@ -198,7 +197,19 @@ async def open_service(settings: Any, *, publish: bool = True) -> AsyncIterator[
                                  max_open_requests=admin.max_open_requests,
                                  health_window=settings.health.window_hours * 3600)
     except StoreError as exc:
-        raise CommandError(f"the store {describe(settings.store_url)}: {exc}") from exc
+        raise store_failure(settings.store_url, exc) from exc
+
+
+def store_failure(url: str, exc: StoreError) -> Exception:
+    """The command's error for a store that refused or failed: busy, away, or else."""
+    from ..cli import CommandError
+
+    if isinstance(exc, StoreBusy):
+        return CommandError(
+            f"the store {describe(url)} is busy: other changes held it for "
+            f"{BUSY_TIMEOUT_MS / 1000:g} s; nothing was changed, try again ({exc})"
+        )
+    return CommandError(f"the store {describe(url)}: {exc}")
 
 
 @contextlib.asynccontextmanager

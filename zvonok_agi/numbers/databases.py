@@ -10,8 +10,9 @@ these two modules:
   one snapshot and never waits for a writer (PostgreSQL: `REPEATABLE READ READ ONLY`);
 - the publisher's lock, which one process holds while it writes the outbox to Redis (SQLite:
   an flock on a file beside the database; PostgreSQL: a session-level advisory lock);
-- errors: each driver's are raised as `StoreUnavailable` (away, or busy past its timeout: try
-  again later) or `StoreConflict` (a constraint refused the change);
+- errors: each driver's are raised as `StoreBusy` (other writers held the lock past the busy
+  timeout: try again shortly), `StoreUnavailable` (away: try again later) or `StoreConflict` (a
+  constraint refused the change);
 - the schema's version: `PRAGMA user_version`, or a `schema_version` table (migrations.py says
   how the steps differ).
 """
@@ -41,6 +42,11 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The store is away, or busy past its timeout: nothing was changed; try again later."""
+
+
+class StoreBusy(StoreUnavailable):
+    """Other writers held the store's write lock past the busy timeout (or a conflict with
+    one of them ended the transaction): nothing was changed; try again shortly."""
 
 
 class StoreConflict(StoreError):
@@ -128,8 +134,10 @@ def _sqlite_errors() -> Iterator[None]:
         yield
     except sqlite3.IntegrityError as exc:
         raise StoreConflict(str(exc)) from exc
-    except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk, no file
-        raise StoreUnavailable(str(exc)) from exc
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise StoreBusy(str(exc)) from exc  # locked past the busy timeout
+        raise StoreUnavailable(str(exc)) from exc  # the disk, no file
 
 
 class _SQLiteConnection:

@@ -11,12 +11,21 @@ from typing import Any
 import asyncpg
 
 from . import databases
-from .databases import Connection, StoreConflict, StoreError, StoreUnavailable, describe
+from .databases import (
+    Connection,
+    StoreBusy,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+    describe,
+)
 
-# SQLSTATE classes that mean "away or busy for now": connection exception, transaction rollback
-# (serialization failure, deadlock), insufficient resources, operator intervention (shutdown,
-# a cancelled statement), and 55P03 lock_not_available (lock_timeout).
-_PG_UNAVAILABLE = ("08", "40", "53", "57", "55P03")
+# SQLSTATEs that mean "busy": 55P03 lock_not_available (lock_timeout: the writers' lock), and
+# the transaction rollback class (serialization failure, deadlock). Those that mean "away for
+# now": connection exception, insufficient resources, operator intervention (shutdown, a
+# cancelled statement).
+_PG_BUSY = ("55P03", "40")
+_PG_UNAVAILABLE = ("08", "53", "57")
 
 
 @contextlib.contextmanager
@@ -27,6 +36,8 @@ def _pg_errors() -> Iterator[None]:
         state = exc.sqlstate or ""
         if state.startswith("23"):
             raise StoreConflict(str(exc)) from exc
+        if state.startswith(_PG_BUSY):
+            raise StoreBusy(str(exc)) from exc
         if state.startswith(_PG_UNAVAILABLE):
             raise StoreUnavailable(str(exc)) from exc
         raise
