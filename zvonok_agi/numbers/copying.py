@@ -109,13 +109,9 @@ async def _copy_table(
     read: Connection, write: Connection, table: str, order: str, batch: int, progress: Progress
 ) -> int:
     copied = 0
-    insert = None
     async for rows in read.stream(f"SELECT * FROM {table} ORDER BY {order}", batch):
-        if insert is None:  # the source's columns by name: their order may differ
-            columns = list(rows[0].keys())
-            marks = ", ".join("?" * len(columns))
-            insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
-        await write.run_many(insert, rows)
+        columns = list(rows[0].keys())  # by name: the two databases' order may differ
+        await write.insert_rows(table, columns, rows)
         copied += len(rows)
         progress(table, copied)
     return copied

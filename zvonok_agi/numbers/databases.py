@@ -68,6 +68,11 @@ class Connection(Protocol):
         """The rows of a query, `size` at a time, read as they are needed (a table of any size
         costs one batch of memory)."""
 
+    async def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Adds rows as they are, their values in the order of `columns` (a copy's batch)."""
+
 
 class Database(Protocol):
     name: str  # "sqlite" or "postgresql": which steps of a migration it runs
@@ -157,6 +162,12 @@ class _SQLiteConnection:
     async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with _sqlite_errors():
             await self._db.executemany(sql, [tuple(row) for row in rows])
+
+    async def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        marks = ", ".join("?" * len(columns))
+        await self.run_many(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
 
     async def stream(self, sql: str, size: int) -> AsyncIterator[list[Any]]:
         with _sqlite_errors():

@@ -84,6 +84,12 @@ class _PostgreSQLConnection:
             with _pg_errors():
                 await self._db.executemany(numbered(sql), rows)
 
+    async def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        with _pg_errors():  # COPY: several times faster than as many INSERTs
+            await self._db.copy_records_to_table(table, records=rows, columns=list(columns))
+
     async def stream(self, sql: str, size: int) -> AsyncIterator[list[Any]]:
         with _pg_errors():
             cursor = await self._db.cursor(numbered(sql))  # inside the transaction
