@@ -495,6 +495,16 @@ def test_config_refuses_scenario_and_answered_call_contexts_outside_zvonok(
         load_settings(environ={f"ZVONOK_{name}": value})
 
 
+@pytest.mark.parametrize("extension", ["s,1", "s)", "${EXTEN}", "", "a b"])
+def test_config_refuses_an_extension_the_dialplan_would_misread(extension: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape("dialplan.extension must be")):
+        load_settings(environ={"ZVONOK_DIALPLAN_EXTENSION": extension})
+
+
+def test_config_takes_an_extension_name() -> None:
+    assert load_settings(environ={"ZVONOK_DIALPLAN_EXTENSION": "100#"}).dialplan.extension == "100#"
+
+
 def test_the_scenario_contexts_the_settings_name_are_in_the_dialplan(
     dialplan: dict[str, list[Step]],
 ) -> None:

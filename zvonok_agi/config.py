@@ -280,6 +280,9 @@ class Settings:
 SECTIONS = {f.name: f.default_factory for f in fields(Settings)}  # type: ignore[misc]
 # A context name the engine sends as it is: what a Goto takes whole (no ',', no space).
 DIALPLAN_NAME = re.compile(r"[A-Za-z0-9_-]{1,79}")
+# An extension the dialplan can go to as it stands: no separator (`,`), bracket or `$` that
+# DIALPLAN_EXISTS() or Goto() would read as syntax.
+DIALPLAN_EXTENSION = re.compile(r"[A-Za-z0-9_+*#-]{1,79}")
 
 
 def load_settings(
@@ -408,6 +411,11 @@ def _validate(settings: Settings) -> None:
         # engine_error: refuse such a template at start rather than on every call.
         if not template.startswith("zvonok-"):
             raise ConfigError(f"dialplan.{name} must start with zvonok-, got {template!r}")
+    if not DIALPLAN_EXTENSION.fullmatch(templates.extension):
+        raise ConfigError(
+            "dialplan.extension must be an extension name (letters, digits, _ + * # -), "
+            f"got {templates.extension!r}"
+        )
     for name in ("outbound_scenario_context", "inbound_scenario_context"):
         context = getattr(templates, name)
         if not DIALPLAN_NAME.fullmatch(context) or not context.startswith("zvonok-"):
