@@ -59,7 +59,9 @@ async def test_a_change_the_lock_holds_up_is_503_store_busy_and_changes_nothing(
             answer = await api.post("/api/accounts", new)
             assert (answer.status, answer.code) == (503, "store_busy")
             assert answer.headers["Retry-After"] == str(RETRY_BUSY)
-            assert "try again" in answer.body["error"]["message"]
+            assert answer.body["error"]["message"] == (
+                "the store is busy: other changes held it for 0.2 s; nothing was changed, try again"
+            )
             assert (await api.get("/api/accounts/late")).status == 404  # reads go on
         assert (await api.post("/api/accounts", new)).status == 201
 

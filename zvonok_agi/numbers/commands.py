@@ -22,8 +22,8 @@ from typing import Any
 from ..access.users import Users
 from ..routing import scenario as scenarios
 from ..routing.model import Pool
-from . import documents, rules
-from .databases import BUSY_TIMEOUT_MS, describe
+from . import databases, documents, rules
+from .databases import describe
 from .rules import Refused
 from .service import KEEP, NumbersService
 from .store import Store, StoreBusy, StoreError
@@ -207,7 +207,7 @@ def store_failure(url: str, exc: StoreError) -> Exception:
     if isinstance(exc, StoreBusy):
         return CommandError(
             f"the store {describe(url)} is busy: other changes held it for "
-            f"{BUSY_TIMEOUT_MS / 1000:g} s; nothing was changed, try again ({exc})"
+            f"{databases.BUSY_TIMEOUT_MS / 1000:g} s; nothing was changed, try again ({exc})"
         )
     return CommandError(f"the store {describe(url)}: {exc}")
 

@@ -16,6 +16,7 @@ busy). Rows stream in batches: a table of any size costs one batch of memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -109,11 +110,13 @@ async def _copy_table(
     read: Connection, write: Connection, table: str, order: str, batch: int, progress: Progress
 ) -> int:
     copied = 0
-    async for rows in read.stream(f"SELECT * FROM {table} ORDER BY {order}", batch):
-        columns = list(rows[0].keys())  # by name: the two databases' order may differ
-        await write.insert_rows(table, columns, rows)
-        copied += len(rows)
-        progress(table, copied)
+    rows_of = read.stream(f"SELECT * FROM {table} ORDER BY {order}", batch)
+    async with contextlib.aclosing(rows_of):  # its cursor closed before the transaction ends
+        async for rows in rows_of:
+            columns = list(rows[0].keys())  # by name: the two databases' order may differ
+            await write.insert_rows(table, columns, rows)
+            copied += len(rows)
+            progress(table, copied)
     return copied
 
 

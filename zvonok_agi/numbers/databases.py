@@ -41,7 +41,7 @@ class StoreError(Exception):
 
 
 class StoreUnavailable(StoreError):
-    """The store is away, or busy past its timeout: nothing was changed; try again later."""
+    """The store is away, or busy (`StoreBusy`): nothing was changed; try again later."""
 
 
 class StoreBusy(StoreUnavailable):

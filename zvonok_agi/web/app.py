@@ -17,7 +17,8 @@ from aiohttp import web
 
 from .. import regions
 from ..access.users import TooManyAttempts, Users
-from ..numbers.databases import BUSY_TIMEOUT_MS, StoreBusy, StoreUnavailable
+from ..numbers import databases
+from ..numbers.databases import StoreBusy, StoreUnavailable
 from ..numbers.rules import Refused
 from ..numbers.service import NumbersService
 from .api import Api
@@ -119,16 +120,14 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
 
 def _store_error(request: web.Request, exc: StoreUnavailable) -> web.Response:
     if isinstance(exc, StoreBusy):
-        log.warning("store busy", method=request.method, path=request.path, error=str(exc))
         code, retry = "store_busy", RETRY_BUSY
-        message = (f"the store is busy: other changes held it for {BUSY_TIMEOUT_MS / 1000:g} s; "
-                   "nothing was changed, try again")
+        waited = databases.BUSY_TIMEOUT_MS / 1000
+        message = f"the store is busy: other changes held it for {waited:g} s"
     else:
-        log.warning("store unavailable", method=request.method, path=request.path,
-                    error=str(exc))
         code, retry = "store_unavailable", RETRY_UNAVAILABLE
-        message = "the store is not reachable; nothing was changed, try again"
-    response = error_response(STATUS[code], code, message)
+        message = "the store is not reachable"
+    log.warning(code, method=request.method, path=request.path, error=str(exc))
+    response = error_response(STATUS[code], code, f"{message}; nothing was changed, try again")
     response.headers["Retry-After"] = str(retry)
     return response
 
