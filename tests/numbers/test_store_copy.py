@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -178,3 +179,26 @@ async def _filled_after(source: str, target: str) -> None:
     assert all(left[name] == [] for name in TABLES)  # nothing of the killed copy is seen
     await copy_store(source, target)  # no --force needed: the target is empty
     assert await dump(target) == await dump(source)
+
+
+async def test_the_sources_writers_wait_while_it_is_copied(settings, tmp_path):
+    source = tmp_path / "source.db"
+    await world(settings, str(source))
+    refused = []
+
+    def write_to_the_source(table: str, copied: int) -> None:
+        other = sqlite3.connect(source, timeout=0.05, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # as any writer of the store begins
+        except sqlite3.OperationalError as exc:
+            refused.append((table, str(exc)))
+        else:
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+
+    await copy_store(source, tmp_path / "target.db", progress=write_to_the_source)
+    assert refused and {error for _, error in refused} == {"database is locked"}
+    assert {table for table, _ in refused} == set(TABLES)
+    write_to_the_source("after", 0)
+    assert ("after", "database is locked") not in refused
