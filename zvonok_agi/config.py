@@ -71,6 +71,7 @@ class RedisSettings:
     # Connections to Redis at most; a command finding them all busy waits for one, up to
     # socket_timeout (a burst of calls shares a few connections instead of opening one each).
     # Per node of a Cluster, and at least CLUSTER_MIN_CONNECTIONS there (store/connection.py).
+    # The inbound route's commands share one more (store/multiplexed.py), where it serves.
     max_connections: int = 32
     # The in-memory routing data is re-checked against Redis this often (the stream of
     # changes brings them sooner).
