@@ -87,7 +87,19 @@ class Phase:
     redis_cpu: float = 0.0
     others: float = 0.0  # cores busy with anything but engine, Redis, admin and this script
     changes: list[Change] = field(default_factory=list)
-    steps: list[tuple[float, float, str]] = field(default_factory=list)  # wall, CPU ms; what
+    steps: list[Step] = field(default_factory=list)
+    collections: list[tuple[int, float]] = field(default_factory=list)  # generation, ms
+
+
+@dataclass(frozen=True)
+class Step:
+    """One event-loop step the probe recorded (over 1 ms of wall time)."""
+
+    at: float
+    ms: float  # wall
+    cpu_ms: float
+    gc_ms: float  # of which the garbage collector ran
+    what: str
 
 
 @dataclass
@@ -243,13 +255,30 @@ async def calls_phase(
     phase.others = max(0.0, (machine_busy() - busy - ours) / wall)
 
 
-def read_steps(path: Path) -> tuple[int, list[tuple[float, float, float, str]]]:
+def read_steps(path: Path) -> tuple[int, list[Step], list[tuple[float, int, float]]]:
+    """What loop_probe.py wrote: the count of steps, the long steps, the collector's passes
+    (at, generation, ms)."""
     lines = path.read_text().splitlines() if path.exists() else []
     if not lines:
-        return 0, []
+        return 0, [], []
     total = json.loads(lines[0])["steps"]
-    steps = [(s["at"], s["ms"], s["cpu_ms"], s["what"]) for s in map(json.loads, lines[1:])]
-    return total, steps
+    steps, passes = [], []
+    for line in map(json.loads, lines[1:]):
+        if "gc" in line:
+            passes.append((line["at"], line["gc"], line["ms"]))
+        else:
+            steps.append(Step(line["at"], line["ms"], line["cpu_ms"], line["gc_ms"], line["what"]))
+    return total, steps, passes
+
+
+def collections(passes: list[tuple[int, float]]) -> str:
+    """Per generation: how many passes of the garbage collector, and the longest."""
+    parts = []
+    for generation in range(3):
+        times = [ms for g, ms in passes if g == generation]
+        if times:
+            parts.append(f"gen {generation} x{len(times)} (max {max(times):.1f} ms)")
+    return ", ".join(parts)
 
 
 def fmt(value: float, digits: int = 1) -> str:
@@ -292,11 +321,11 @@ def report(
         errors = [o.error for o in p.outcomes if o.error]
         failed += len(errors)
         done = len(ok) / (p.end - p.start) if p.end > p.start else 0.0
-        over = sum(1 for _, cpu, _ in p.steps if cpu > STEP_GOAL_MS)
-        wall_max = max((wall for wall, _, _ in p.steps), default=float("nan"))
-        cpu_max = max((cpu for _, cpu, _ in p.steps), default=float("nan"))
+        over = sum(1 for s in p.steps if s.cpu_ms > STEP_GOAL_MS)
+        wall_max = max((s.ms for s in p.steps), default=float("nan"))
+        cpu_max = max((s.cpu_ms for s in p.steps), default=float("nan"))
         routing = max(
-            (cpu for _, cpu, what in p.steps if what.startswith(ROUTING_STEPS)),
+            (s.cpu_ms for s in p.steps if s.what.startswith(ROUTING_STEPS)),
             default=float("nan"),
         )
         rate = fmt(done, 0) if p.outcomes else "-"
@@ -306,10 +335,15 @@ def report(
             f"{p.engine_cpu:>6.0%} {p.redis_cpu:>5.0%} {p.others:>6.2f} "
             f"{fmt(wall_max, 1):>8} {fmt(cpu_max, 1):>7} {over:>5} {fmt(routing, 1):>7}"
         )
-        long = sorted((cpu, what) for _, cpu, what in p.steps if cpu > STEP_GOAL_MS)[::-1]
+        long = sorted(
+            ((s.cpu_ms, s.gc_ms, s.what) for s in p.steps if s.cpu_ms > STEP_GOAL_MS),
+            reverse=True,
+        )
         if long:
-            names = ", ".join(f"{what} {cpu:.1f}" for cpu, what in long[:3])
+            names = ", ".join(f"{what} {cpu:.1f} (gc {in_gc:.1f})" for cpu, in_gc, what in long[:3])
             print(f"{'':26}   longest steps (CPU ms): {names}")
+        if p.collections:
+            print(f"{'':26}   collector: {collections(p.collections)}")
         if errors:
             kinds: dict[str, int] = {}
             for e in errors:
@@ -343,7 +377,7 @@ def report(
         "(wall time, which holds waits for a busy CPU), cpu max: the most CPU one step used, "
         f">{STEP_GOAL_MS:g} ms: steps that used more CPU than that (goal: none)"
     )
-    over = sum(1 for p in phases for _, cpu, _ in p.steps if cpu > STEP_GOAL_MS)
+    over = sum(1 for p in phases for s in p.steps if s.cpu_ms > STEP_GOAL_MS)
     goals.append((f"no event-loop step over {STEP_GOAL_MS:g} ms of CPU ({over} over)", over == 0))
     print_goals(goals)
     return 1 if failed else 0
@@ -451,10 +485,11 @@ async def with_servers(
     facts["engine RSS at the end"] = f"{rss_mb(engine.pid):.0f} MB"
     stop(admin)
     stop(engine)
-    total, steps = read_steps(steps_file)
+    total, steps, passes = read_steps(steps_file)
     phases = [start, quiet, busy]
     for p in phases:
-        p.steps = [(ms, cpu, what) for at, ms, cpu, what in steps if p.start <= at <= p.end]
+        p.steps = [s for s in steps if p.start <= s.at <= p.end]
+        p.collections = [(g, ms) for at, g, ms in passes if p.start <= at <= p.end]
     facts["engine loop steps"] = f"{total} timed, {len(steps)} over 1 ms"
     return report(args, facts, phases, goals)
 

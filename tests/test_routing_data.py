@@ -7,6 +7,7 @@ import asyncio
 import gc
 import json
 import random
+import sys
 from dataclasses import replace
 
 import pytest
@@ -227,6 +228,34 @@ async def test_changes_gone_from_the_stream_mean_a_full_load(data, redis, cache,
     await until(lambda: "newco" in cache.snapshot.accounts)
     assert same(cache.snapshot, await data.load())
     assert cache.snapshot.numbers[RESERVED.did].status is NumberStatus.DISABLED
+
+
+async def test_each_full_load_is_handed_on_once_swapped_in_also_a_reload(data, redis):
+    """The engine freezes the heap there (`Engine(own_process=True)`), so that the collector's
+    passes never walk the copy."""
+    await world(data)
+    seen: list[int] = []
+    cache = RoutingCache(data, refresh_interval=0.05)
+    cache.on_load = lambda: seen.append(cache.snapshot.version)
+    try:
+        await cache.start()
+        assert seen == [cache.snapshot.version]
+        await write_unseen(data, redis, [Account("newco", False, "New")], keep=0)
+        await until(lambda: "newco" in cache.snapshot.accounts)
+        assert len(seen) == 2 and seen[-1] == cache.snapshot.version
+    finally:
+        await cache.stop()
+
+
+def test_decoded_ids_are_not_interned():
+    """The interpreter's table of interned text would grow and shed ids all day, and be
+    resized whole inside a call."""
+    interned = sys.intern("".join(["acme", "-east"]))
+    number = decode(
+        "number", "74951234567", '[1,"reservable","active","acme-east","as_campaign",null]'
+    )
+    assert number.owner == interned
+    assert number.owner is not interned
 
 
 @pytest.mark.parametrize(

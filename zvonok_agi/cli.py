@@ -9,7 +9,7 @@ import gc
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -158,11 +158,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from .app import serve
+def _serve(settings: Settings, args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+    # Imported, and the heap settled, before the event loop runs: no step of it holds that.
+    from .app import serve, settle_heap
 
-    await serve(settings, with_admin=args.admin)
-    return 0
+    settle_heap()
+
+    async def run() -> int:
+        await serve(settings, with_admin=args.admin)
+        return 0
+
+    return run()
 
 
 async def _load(settings: Settings, args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ import functools
 import ipaddress
 import itertools
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +111,10 @@ class _Wire(asyncio.Protocol):
     def __init__(self, server: FastAGIServer) -> None:
         self.server = server
         self.conn: _Connection | None = None
+        self.transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
         self.conn = self.server._accepted(transport)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
@@ -133,6 +136,8 @@ class _Wire(asyncio.Protocol):
         return False  # the transport closes
 
     def connection_lost(self, exc: Exception | None) -> None:
+        _free_transport(self.transport)
+        self.transport = None
         conn = self.conn
         if conn is None:
             return
@@ -141,6 +146,15 @@ class _Wire(asyncio.Protocol):
             conn.session.connection_lost()
         if conn.phase in (_Phase.ENV, _Phase.DONE):
             self.server._forget(conn)
+
+
+def _free_transport(transport: asyncio.BaseTransport | None) -> None:
+    """Python 3.11's socket transport keeps a bound method of itself once closed
+    (python/cpython#100348, fixed in 3.12): a cycle per call, with its socket, left to the
+    collector's passes on the event loop. Once the connection is lost the method is never
+    called again: dropping it lets the transport go at once."""
+    if sys.version_info < (3, 12) and getattr(transport, "_read_ready_cb", None) is not None:
+        transport._read_ready_cb = None  # type: ignore[union-attr]
 
 
 class FastAGIServer:
@@ -414,6 +428,9 @@ class FastAGIServer:
         finally:
             conn.phase = _Phase.DONE
             conn.session.close()
+            # A handler's fallback holds the session (a cycle): drop it, so that the call's
+            # objects are freed now, not by the collector's full passes on the event loop.
+            conn.session.on_failure = None
             if conn.lost:
                 self._forget(conn)
 

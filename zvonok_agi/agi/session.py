@@ -129,7 +129,9 @@ class AGISession:
         try:
             return await waiter
         finally:
-            self._waiter = None
+            # The future holds the error raised here, whose traceback holds this frame: no
+            # cycle left for the collector.
+            self._waiter = waiter = None
 
     def _wake(self, outcome: Reply | Exception) -> None:
         waiter = self._waiter

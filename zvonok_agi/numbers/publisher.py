@@ -232,7 +232,7 @@ class Publisher:
         store meanwhile, or changed in Redis meanwhile, stays."""
         removed = 0
         async for chunk in self.data.scan(kind):
-            others = {key: value for key, value in chunk if key not in keep}
+            others = {key: value for key, value in chunk.items() if key not in keep}
             if not others:
                 continue
             async with self.store.reading() as q:

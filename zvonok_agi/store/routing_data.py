@@ -32,9 +32,8 @@ import asyncio
 import contextlib
 import json
 import re
-import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -388,13 +387,15 @@ class RoutingData:
         value = await self.redis.get(self.version_key)
         return None if value is None else int(value)
 
-    async def scan(self, kind: str) -> AsyncIterator[list[tuple[str, str]]]:
-        """Every (key, stored value) of one kind, SCAN_CHUNK at a time. A record changed
-        during the scan may come in either state: follow with the changes since."""
+    async def scan(self, kind: str) -> AsyncIterator[dict[str, str]]:
+        """Every key and stored value of one kind, SCAN_CHUNK at a time. A record changed
+        during the scan may come in either state: follow with the changes since. (A dict of
+        text is nothing the garbage collector tracks; a list of pairs would set off its passes
+        through a full load.)"""
         cursor = 0
         while True:
             cursor, items = await self.redis.hscan(self.hashes[kind], cursor, count=SCAN_CHUNK)
-            yield [(_text(k), _text(v)) for k, v in items.items()]
+            yield {_text(k): _text(v) for k, v in items.items()}
             if cursor == 0:
                 return
 
@@ -420,7 +421,7 @@ class RoutingData:
             snapshot = RoutingSnapshot(version=version or 0)
             for kind in KINDS:
                 async for chunk in self.scan(kind):
-                    for key, value in chunk:
+                    for key, value in chunk.items():
                         snapshot.put(kind, key, value)
             if version is None:
                 if await self.version() is None:
@@ -467,9 +468,15 @@ class RoutingCache:
     Redis holds no routing data at all (emptied: the control plane's `sync` fills it again).
     """
 
-    def __init__(self, data: RoutingData, refresh_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        data: RoutingData,
+        refresh_interval: float = 1.0,
+        on_load: Callable[[], None] | None = None,
+    ) -> None:
         self.data = data
         self.refresh_interval = refresh_interval
+        self.on_load = on_load  # called right after each full load is swapped in
         self.snapshot = RoutingSnapshot()
         self._task: asyncio.Task[None] | None = None
         self._releasing: list[asyncio.Task[None]] = []
@@ -505,6 +512,8 @@ class RoutingCache:
         started = time.monotonic()
         snapshot = await self.data.load()
         old, self.snapshot = self.snapshot, snapshot
+        if self.on_load is not None:
+            self.on_load()
         self._releasing.append(asyncio.create_task(self._release(old), name="routing-release"))
         METRICS.routing_loaded()
         log.info(
@@ -682,12 +691,14 @@ def _pool_of(value: str) -> str:
 
 
 def _name(value: object) -> str | None:
-    """An id in a record; the same text shared by every record naming it."""
+    """An id in a record. Not interned: records are decoded per call and dropped, and the
+    interpreter's table of interned text, which then grows and sheds ids all day, is resized
+    whole on the event loop (~13 ms at this size)."""
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise TypeError(f"{value!r} is no id")
-    return sys.intern(value)
+    return value
 
 
 def _flag(value: object) -> bool:
