@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from ..numbers.commands import actor
+from ..numbers.commands import actor, store_failure
 from ..numbers.rules import Refused
-from ..numbers.store import Store
+from ..numbers.store import Store, StoreError
 from .users import Users
 
 USERS_FILE_FIELDS = {"login", "account", "staff", "name", "password_hash"}
@@ -62,6 +62,8 @@ async def _users(settings: Any) -> AsyncIterator[Users]:
             yield Users.configured(settings, store)
     except Refused as exc:
         raise CommandError(f"{exc.code}: {exc.message}") from exc
+    except StoreError as exc:
+        raise store_failure(settings.store_url, exc) from exc
 
 
 def _new_password(login: str) -> str:

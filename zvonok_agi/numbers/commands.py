@@ -22,11 +22,11 @@ from typing import Any
 from ..access.users import Users
 from ..routing import scenario as scenarios
 from ..routing.model import Pool
-from . import documents, rules
+from . import databases, documents, rules
 from .databases import describe
 from .rules import Refused
 from .service import KEEP, NumbersService
-from .store import Store, StoreError
+from .store import Store, StoreBusy, StoreError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -138,6 +138,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "admin", help="run the admin HTTP API and the numbers page"
     ).set_defaults(run=_admin)
 
+    store = _group(subparsers, "store", "the control plane's store itself")
+    cmd = _command(store, "copy", "copy the whole store into another (SQLite to PostgreSQL, "
+                   "or back as a backup); docs/scaling.md", _store_copy)
+    cmd.add_argument("--to", required=True, metavar="URL",
+                     help="the target: postgresql://..., sqlite:///path or a file's path")
+    cmd.add_argument("--from", dest="source", metavar="URL",
+                     help="the source (default: the configured store)")
+    cmd.add_argument("--force", action="store_true",
+                     help="replace what the target holds (default: refuse a target with data)")
+
 
 def _group(subparsers: argparse._SubParsersAction, name: str, help: str):
     parser = subparsers.add_parser(name, help=help)
@@ -172,7 +182,6 @@ async def open_service(settings: Any, *, publish: bool = True) -> AsyncIterator[
     """The service on the configured store; with `publish`, on the configured Redis too. The
     store away or refusing is the command's error."""
     from ..app import open_redis
-    from ..cli import CommandError
     from ..store.routing_data import RoutingData
 
     admin = settings.admin
@@ -188,7 +197,19 @@ async def open_service(settings: Any, *, publish: bool = True) -> AsyncIterator[
                                  max_open_requests=admin.max_open_requests,
                                  health_window=settings.health.window_hours * 3600)
     except StoreError as exc:
-        raise CommandError(f"the store {describe(settings.store_url)}: {exc}") from exc
+        raise store_failure(settings.store_url, exc) from exc
+
+
+def store_failure(url: str, exc: StoreError) -> Exception:
+    """The command's error for a store that refused or failed: busy, away, or else."""
+    from ..cli import CommandError
+
+    if isinstance(exc, StoreBusy):
+        return CommandError(
+            f"the store {describe(url)} is busy: other changes held it for "
+            f"{databases.BUSY_TIMEOUT_MS / 1000:g} s; nothing was changed, try again ({exc})"
+        )
+    return CommandError(f"the store {describe(url)}: {exc}")
 
 
 @contextlib.asynccontextmanager
@@ -472,6 +493,27 @@ async def _sync(settings: Any, args: argparse.Namespace) -> int:
     print(f"published {report.accounts} accounts, {report.numbers} numbers, "
           f"{report.campaigns} campaigns; removed from Redis: "
           + ", ".join(f"{n} {kind}" for kind, n in report.removed.items()))
+    return 0
+
+
+async def _store_copy(settings: Any, args: argparse.Namespace) -> int:
+    from ..cli import CommandError
+    from .copying import copy_store
+
+    source = args.source or settings.store_url
+
+    def progress(table: str, copied: int) -> None:
+        if copied % 100_000 == 0:  # a line now and then on a large table
+            print(f"  {table}: {copied}", file=sys.stderr)
+
+    try:
+        copied = await copy_store(source, args.to, force=args.force, progress=progress)
+    except StoreError as exc:
+        raise CommandError(
+            f"copying {describe(source)} to {describe(args.to)}: {exc} (nothing was copied)"
+        ) from exc
+    print(f"copied {describe(source)} to {describe(args.to)}: "
+          + ", ".join(f"{n} {table}" for table, n in copied.items()))
     return 0
 
 

@@ -10,8 +10,9 @@ these two modules:
   one snapshot and never waits for a writer (PostgreSQL: `REPEATABLE READ READ ONLY`);
 - the publisher's lock, which one process holds while it writes the outbox to Redis (SQLite:
   an flock on a file beside the database; PostgreSQL: a session-level advisory lock);
-- errors: each driver's are raised as `StoreUnavailable` (away, or busy past its timeout: try
-  again later) or `StoreConflict` (a constraint refused the change);
+- errors: each driver's are raised as `StoreBusy` (other writers held the lock past the busy
+  timeout: try again shortly), `StoreUnavailable` (away: try again later) or `StoreConflict` (a
+  constraint refused the change);
 - the schema's version: `PRAGMA user_version`, or a `schema_version` table (migrations.py says
   how the steps differ).
 """
@@ -40,7 +41,12 @@ class StoreError(Exception):
 
 
 class StoreUnavailable(StoreError):
-    """The store is away, or busy past its timeout: nothing was changed; try again later."""
+    """The store is away, or busy (`StoreBusy`): nothing was changed; try again later."""
+
+
+class StoreBusy(StoreUnavailable):
+    """Other writers held the store's write lock past the busy timeout (or a conflict with
+    one of them ended the transaction): nothing was changed; try again shortly."""
 
 
 class StoreConflict(StoreError):
@@ -57,6 +63,15 @@ class Connection(Protocol):
         """Runs a change; the rows it changed."""
 
     async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    def stream(self, sql: str, size: int) -> AsyncIterator[list[Any]]:
+        """The rows of a query, `size` at a time, read as they are needed (a table of any size
+        costs one batch of memory)."""
+
+    async def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Adds rows as they are, their values in the order of `columns` (a copy's batch)."""
 
 
 class Database(Protocol):
@@ -78,6 +93,10 @@ class Database(Protocol):
     async def schema_version(self, db: Connection) -> int: ...
 
     async def set_schema_version(self, db: Connection, version: int) -> None: ...
+
+    async def continue_identity(self, db: Connection, table: str, column: str) -> None:
+        """After rows were written with their keys given (a copy): the keys `column` generates
+        from now on come after the largest of them."""
 
     async def close(self) -> None: ...
 
@@ -120,8 +139,10 @@ def _sqlite_errors() -> Iterator[None]:
         yield
     except sqlite3.IntegrityError as exc:
         raise StoreConflict(str(exc)) from exc
-    except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk, no file
-        raise StoreUnavailable(str(exc)) from exc
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise StoreBusy(str(exc)) from exc  # locked past the busy timeout
+        raise StoreUnavailable(str(exc)) from exc  # the disk, no file
 
 
 class _SQLiteConnection:
@@ -141,6 +162,18 @@ class _SQLiteConnection:
     async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with _sqlite_errors():
             await self._db.executemany(sql, [tuple(row) for row in rows])
+
+    async def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        marks = ", ".join("?" * len(columns))
+        await self.run_many(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
+    async def stream(self, sql: str, size: int) -> AsyncIterator[list[Any]]:
+        with _sqlite_errors():
+            async with self._db.execute(sql) as cursor:
+                while rows := await cursor.fetchmany(size):
+                    yield list(rows)
 
 
 async def _flocked(fd: int, wait: float) -> None:
@@ -232,3 +265,7 @@ class SQLite:
 
     async def set_schema_version(self, db: Connection, version: int) -> None:
         await db.run(f"PRAGMA user_version = {int(version)}")
+
+    async def continue_identity(self, db: Connection, table: str, column: str) -> None:
+        """Nothing to do: a new key is the largest + 1, and AUTOINCREMENT's counter follows the
+        keys written."""

@@ -11,12 +11,21 @@ from typing import Any
 import asyncpg
 
 from . import databases
-from .databases import Connection, StoreConflict, StoreError, StoreUnavailable, describe
+from .databases import (
+    Connection,
+    StoreBusy,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+    describe,
+)
 
-# SQLSTATE classes that mean "away or busy for now": connection exception, transaction rollback
-# (serialization failure, deadlock), insufficient resources, operator intervention (shutdown,
-# a cancelled statement), and 55P03 lock_not_available (lock_timeout).
-_PG_UNAVAILABLE = ("08", "40", "53", "57", "55P03")
+# SQLSTATEs that mean "busy": 55P03 lock_not_available (lock_timeout: the writers' lock), and
+# the transaction rollback class (serialization failure, deadlock). Those that mean "away for
+# now": connection exception, insufficient resources, operator intervention (shutdown, a
+# cancelled statement).
+_PG_BUSY = ("55P03", "40")
+_PG_UNAVAILABLE = ("08", "53", "57")
 
 
 @contextlib.contextmanager
@@ -27,6 +36,8 @@ def _pg_errors() -> Iterator[None]:
         state = exc.sqlstate or ""
         if state.startswith("23"):
             raise StoreConflict(str(exc)) from exc
+        if state.startswith(_PG_BUSY):
+            raise StoreBusy(str(exc)) from exc
         if state.startswith(_PG_UNAVAILABLE):
             raise StoreUnavailable(str(exc)) from exc
         raise
@@ -72,6 +83,18 @@ class _PostgreSQLConnection:
         if rows:
             with _pg_errors():
                 await self._db.executemany(numbered(sql), rows)
+
+    async def insert_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        with _pg_errors():  # COPY: several times faster than as many INSERTs
+            await self._db.copy_records_to_table(table, records=rows, columns=list(columns))
+
+    async def stream(self, sql: str, size: int) -> AsyncIterator[list[Any]]:
+        with _pg_errors():
+            cursor = await self._db.cursor(numbered(sql))  # inside the transaction
+            while rows := await cursor.fetch(size):
+                yield rows
 
 
 class PostgreSQL:
@@ -183,3 +206,9 @@ class PostgreSQL:
 
     async def set_schema_version(self, db: Connection, version: int) -> None:
         await db.run("UPDATE schema_version SET version = ?", [version])
+
+    async def continue_identity(self, db: Connection, table: str, column: str) -> None:
+        await db.fetch(
+            f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+            f"coalesce(max({column}), 0) + 1, false) FROM {table}"
+        )

@@ -27,6 +27,7 @@ from ..store.routing_data import FIELDS, Stored, encode_values, stored_fields
 from .databases import (
     Connection,
     Database,
+    StoreBusy,
     StoreConflict,
     StoreError,
     StoreUnavailable,
@@ -35,7 +36,7 @@ from .databases import (
 from .migrations import MIGRATIONS, statements
 from .rules import Kind, NumberRecord, Request
 
-__all__ = ["Queries", "Store", "StoreConflict", "StoreError", "StoreUnavailable"]
+__all__ = ["Queries", "Store", "StoreBusy", "StoreConflict", "StoreError", "StoreUnavailable"]
 
 MAX_PARAMETERS = 500  # keys per `IN (...)`: well under any SQL engine's limit of parameters
 PUBLISHER_WAIT = 10.0  # seconds a publisher waits for another process's to finish

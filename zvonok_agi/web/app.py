@@ -2,8 +2,10 @@
 bearer token: `auth`) and the numbers page.
 
 Every error, the framework's own (404, 405, 413) included, is a JSON body
-`{"error": {"code", "message"}}` with a stable code; an unexpected one is logged and answered
-500 `internal_error` (the tests hold that no input gets there).
+`{"error": {"code", "message"}}` with a stable code. The store busy past its timeout (other
+writers held its lock) or away is 503 `store_busy` or `store_unavailable` with Retry-After:
+nothing was changed, the client tries again. An unexpected error is logged and answered 500
+`internal_error` (the tests hold that no input gets there).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from aiohttp import web
 
 from .. import regions
 from ..access.users import TooManyAttempts, Users
+from ..numbers import databases
+from ..numbers.databases import StoreBusy, StoreUnavailable
 from ..numbers.rules import Refused
 from ..numbers.service import NumbersService
 from .api import Api
@@ -47,8 +51,14 @@ STATUS = {
     "body_too_large": 413,
     "too_many_attempts": 429,
     "no_redis": 503,
+    "store_busy": 503,
+    "store_unavailable": 503,
 }  # any other refusal of a rule: 409
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+# Seconds a client waits before trying again: a busy store frees up as its writers finish; one
+# away comes back after a restart or a failover.
+RETRY_BUSY = 1
+RETRY_UNAVAILABLE = 5
 
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -101,9 +111,25 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except StoreUnavailable as exc:
+        return _store_error(request, exc)
     except Exception:
         log.exception("admin API error", method=request.method, path=request.path)
         return error_response(500, "internal_error", "unexpected error; see the server log")
+
+
+def _store_error(request: web.Request, exc: StoreUnavailable) -> web.Response:
+    if isinstance(exc, StoreBusy):
+        code, retry = "store_busy", RETRY_BUSY
+        waited = databases.BUSY_TIMEOUT_MS / 1000
+        message = f"the store is busy: other changes held it for {waited:g} s"
+    else:
+        code, retry = "store_unavailable", RETRY_UNAVAILABLE
+        message = "the store is not reachable"
+    log.warning(code, method=request.method, path=request.path, error=str(exc))
+    response = error_response(STATUS[code], code, f"{message}; nothing was changed, try again")
+    response.headers["Retry-After"] = str(retry)
+    return response
 
 
 def _cap(max_body: int):

@@ -36,10 +36,13 @@ def _list_of(key: str, item: str) -> dict[str, Any]:
             "properties": {key: {"type": "array", "items": _ref(item)}}}
 
 
+# Every operation may write (a signed-in user's session is kept alive), and every one
+# needs the store: 503 when it is busy or away.
 ERRORS = {
     "400": {"$ref": "#/components/responses/BadInput"},
     "401": {"$ref": "#/components/responses/Unauthorized"},
     "404": {"$ref": "#/components/responses/NotFound"},
+    "503": {"$ref": "#/components/responses/Unavailable"},
 }
 CHANGE_ERRORS = {
     **ERRORS,
@@ -681,15 +684,13 @@ DOCUMENT: dict[str, Any] = {
         "/api/campaigns/{campaign}/callees": {
             "parameters": [CAMPAIGN],
             "post": _op("queue callees for the dialers (an outbound campaign that may dial)",
-                        {"200": _ok(_ref("CalleesQueued")),
-                         "503": {"$ref": "#/components/responses/Unavailable"}},
+                        {"200": _ok(_ref("CalleesQueued"))},
                         access="account", body="CalleeList", change=True),
         },
         "/api/campaigns/{campaign}/progress": {
             "parameters": [CAMPAIGN],
             "get": _op("a campaign's progress, as every dialer left it",
-                       {"200": _ok(_ref("CampaignProgress")),
-                        "503": {"$ref": "#/components/responses/Unavailable"}},
+                       {"200": _ok(_ref("CampaignProgress"))},
                        access="account"),
         },
         "/api/requests": {
@@ -714,8 +715,7 @@ DOCUMENT: dict[str, Any] = {
         },
         "/api/sync": {
             "post": _op("rebuild Redis's routing data from the store",
-                        {"200": _ok(_ref("SyncReport")),
-                         "503": {"$ref": "#/components/responses/Unavailable"}},
+                        {"200": _ok(_ref("SyncReport"))},
                         access="staff"),
         },
     },
@@ -740,7 +740,14 @@ DOCUMENT: dict[str, Any] = {
             "NotFound": _error("no such account, number, campaign or request"),
             "Conflict": _error("refused by a rule (taken, in use, disabled, ...)"),
             "TooLarge": _error("the body is larger than the configured cap"),
-            "Unavailable": _error("Redis is not reachable"),
+            "Unavailable": {
+                **_error(
+                    "nothing was changed: the store is busy (`store_busy`: other changes held "
+                    "its lock past the timeout) or not reachable (`store_unavailable`), both "
+                    "with Retry-After seconds to wait; or Redis is not reachable (`no_redis`)"
+                ),
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+            },
         },
     },
 }

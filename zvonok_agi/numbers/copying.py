@@ -1,0 +1,134 @@
+"""Copies one control-plane store into another (`zvonok-agi store copy`): SQLite to PostgreSQL
+when one host is no longer enough, PostgreSQL to SQLite as a backup any host can open.
+
+Every row of every table arrives as it is: keys, revisions, the outbox, users' password hashes,
+their sessions, the audit log. Redis, written from the source, then already holds each record
+at the revision the copy holds, and what the outbox still names is published by the copy's
+publisher as it would have been by the source's.
+
+The target is brought to the latest schema, then written in one transaction: a copy stopped
+midway (killed, the link lost, a refused row) leaves it as empty as it was, which the next run
+sees. A target that holds anything is refused unless `force` says to replace it. The source is
+read in one transaction holding its writers' lock: no change is acknowledged on it while the
+copy runs and then missed (its writers wait, and past their timeout are told the store is
+busy). Rows stream in batches: a table of any size costs one batch of memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from .databases import Connection, Database, StoreError, connect, describe, sqlite_path
+from .store import migrate
+
+BATCH = 2000  # rows per read and per write
+
+# Every table of the schema but its version, in an order that writes each reference after
+# what it refers to (numbers and campaigns refer to each other: those references are checked
+# at commit), each with the columns that order its rows.
+TABLES = {
+    "accounts": "id",
+    "campaigns": "id",
+    "numbers": "did",
+    "requests": "id",
+    "audit": "id",
+    "outbox": "seq",
+    "users": "login",
+    "sessions": "id",
+    "sign_in_failures": "key, at",
+}
+# The keys the database generates: the copy gives them, later ones must come after.
+IDENTITIES = (("requests", "id"), ("audit", "id"), ("outbox", "seq"))
+
+Progress = Callable[[str, int], None]  # (table, rows copied so far): after each batch
+
+
+class TargetNotEmpty(StoreError):
+    """The target store holds data, and the copy was not told to replace it."""
+
+
+async def copy_store(
+    source: str | Path,
+    target: str | Path,
+    *,
+    force: bool = False,
+    batch: int = BATCH,
+    progress: Progress | None = None,
+) -> dict[str, int]:
+    """Copies the store `source` names into the one `target` names (see `databases.connect`);
+    the rows copied, per table."""
+    if _same(source, target):
+        raise StoreError(f"{describe(target)} is the store being copied")
+    reading = await connect(source)
+    try:
+        await migrate(reading)
+        writing = await connect(target)
+        try:
+            await migrate(writing)
+            return await _copy(reading, writing, force, batch, progress or _quiet)
+        finally:
+            await writing.close()
+    finally:
+        await reading.close()
+
+
+async def _copy(
+    source: Database, target: Database, force: bool, batch: int, progress: Progress
+) -> dict[str, int]:
+    copied = {}
+    async with source.writing() as read, target.writing() as write:  # writing() holds the lock
+        held = await _held(write)
+        if held and not force:
+            rows = ", ".join(f"{n} {table}" for table, n in held.items())
+            raise TargetNotEmpty(
+                f"the target already holds data ({rows}): copy into an empty store, or give "
+                "--force to replace what it holds"
+            )
+        for table in reversed(TABLES):
+            await write.run(f"DELETE FROM {table}")
+        for table, order in TABLES.items():
+            copied[table] = await _copy_table(read, write, table, order, batch, progress)
+        for table, column in IDENTITIES:
+            await target.continue_identity(write, table, column)
+    return copied
+
+
+async def _held(db: Connection) -> dict[str, int]:
+    """The tables that hold rows, and how many."""
+    held = {}
+    for table in TABLES:
+        [[count]] = await db.fetch(f"SELECT count(*) FROM {table}")
+        if count:
+            held[table] = count
+    return held
+
+
+async def _copy_table(
+    read: Connection, write: Connection, table: str, order: str, batch: int, progress: Progress
+) -> int:
+    copied = 0
+    rows_of = read.stream(f"SELECT * FROM {table} ORDER BY {order}", batch)
+    async with contextlib.aclosing(rows_of):  # its cursor closed before the transaction ends
+        async for rows in rows_of:
+            columns = list(rows[0].keys())  # by name: the two databases' order may differ
+            await write.insert_rows(table, columns, rows)
+            copied += len(rows)
+            progress(table, copied)
+    return copied
+
+
+def _quiet(table: str, copied: int) -> None:
+    pass
+
+
+def _same(source: str | Path, target: str | Path) -> bool:
+    """Both name one SQLite file, or the same URL."""
+    if str(source) == str(target):
+        return True
+    paths = [sqlite_path(str(url)) for url in (source, target)]
+    if any(p.startswith(("postgresql:", "postgres:")) or p == ":memory:" for p in paths):
+        return False
+    return os.path.realpath(paths[0]) == os.path.realpath(paths[1])
