@@ -179,12 +179,10 @@ class Table(MutableMapping):
     """
 
     SHARDS = 256
-    DECODED = 4096  # records kept decoded (the ones calls read lately): a call reads a few
 
     def __init__(self, kind: str, records: Mapping[str, Record] | None = None) -> None:
         self.kind = kind
         self._shards: list[dict[str, str | Record]] = [{} for _ in range(self.SHARDS)]
-        self._decoded: dict[str, Record] = {}
         self._bad: set[str] = set()
         for key, record in (records or {}).items():
             self[key] = record
@@ -195,18 +193,9 @@ class Table(MutableMapping):
     def put(self, key: str, value: str | Record) -> None:
         """Puts a stored value (or a record) in, unchecked."""
         self._shard(key)[key] = value
-        self._decoded.pop(key, None)
 
     def __getitem__(self, key: str) -> Record:
-        record = self._decoded.get(key)
-        if record is None:
-            record = self._read(key, self._shard(key)[key])
-            if len(self._decoded) >= self.DECODED:
-                self._decoded.clear()
-            self._decoded[key] = record
-        return record
-
-    def _read(self, key: str, value: str | Record) -> Record:
+        value = self._shard(key)[key]
         if not isinstance(value, str):
             return value
         try:
@@ -219,12 +208,10 @@ class Table(MutableMapping):
 
     def __setitem__(self, key: str, record: Record) -> None:
         self._shard(key)[key] = record
-        self._decoded.pop(key, None)
         self._bad.discard(key)
 
     def __delitem__(self, key: str) -> None:
         del self._shard(key)[key]
-        self._decoded.pop(key, None)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key in self._shard(key)
@@ -237,11 +224,11 @@ class Table(MutableMapping):
         return sum(map(len, self._shards))
 
     def items(self) -> Iterator[tuple[str, Record]]:  # type: ignore[override]
-        """The records that can be read (not kept decoded: they are read once)."""
-        for shard in self._shards:
-            for key, value in list(shard.items()):
-                with contextlib.suppress(KeyError):
-                    yield key, self._read(key, value)
+        """The records that can be read."""
+        for key in self:
+            record = self.get(key)
+            if record is not None:
+                yield key, record
 
     def values(self) -> Iterator[Record]:  # type: ignore[override]
         return (record for _, record in self.items())
