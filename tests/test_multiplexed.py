@@ -91,6 +91,23 @@ async def test_a_cancelled_command_does_not_shift_the_replies(settings, redis):
         await client.aclose()
 
 
+async def test_a_command_given_up_keeps_its_place_when_the_deadline_is_checked(settings, redis):
+    # The deadline check runs while the given-up command's reply is still to come: that reply
+    # must still be taken as its own, not as the next command's.
+    key = f"{settings.redis.key_prefix}late"
+    await redis.set(key, "mine")
+    client = client_for(settings.redis.url, timeout=1.0)
+    try:
+        await client.execute("PING")
+        given_up = asyncio.ensure_future(client.execute("DEBUG", "SLEEP", "1.3"))
+        await asyncio.sleep(0.05)
+        given_up.cancel()
+        await asyncio.sleep(0.55)
+        assert await client.execute("GET", key) == b"mine"  # answered after the sleep
+    finally:
+        await client.aclose()
+
+
 async def test_a_script_the_server_lost_is_loaded_again(settings, redis):
     client = client_for(settings.redis.url)
     script = client.register_script(ECHO)

@@ -108,11 +108,11 @@ class _Wire(asyncio.Protocol):
 
     def _check_deadline(self) -> None:
         self._timer = None
-        while self._waiting and self._waiting[0][0].done():
-            self._waiting.popleft()  # given up by their callers
-        if not self._waiting:
+        # The oldest command still awaited. One its caller gave up keeps its place in the
+        # queue: its reply is still to come, and is taken off when it does.
+        deadline = next((due for future, due in self._waiting if not future.done()), None)
+        if deadline is None:
             return
-        deadline = self._waiting[0][1]
         loop = asyncio.get_running_loop()
         if loop.time() >= deadline:
             self._drop(RedisTimeoutError(f"no reply from Redis in {self.timeout} s"))
