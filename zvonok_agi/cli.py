@@ -184,35 +184,36 @@ async def _load(settings: Settings, args: argparse.Namespace) -> int:
 
     now = time.time()
     # The records live until the end: the collector need not walk them, neither while they are
-    # read (a tenth of the reading time at half a million) nor later (its full passes then took
-    # long enough to time Redis replies out). Reading leaves no cycles behind.
+    # read (a tenth of the reading time at half a million) nor while they are written (its
+    # passes over them took a third of the writing's time, and long enough to time Redis
+    # replies out). Neither leaves cycles behind worth collecting before the command ends.
     gc.disable()
     try:
-        inventory, overrides = read_file(args.file, now)
-    except InventoryError as exc:
-        raise CommandError(f"{args.file}: {exc}") from exc
+        try:
+            inventory, overrides = read_file(args.file, now)
+        except InventoryError as exc:
+            raise CommandError(f"{args.file}: {exc}") from exc
+        async with open_service(bulk_settings(settings)) as service:
+            try:
+                await service.import_inventory(actor(), inventory, overrides)
+            except Refused as exc:
+                raise CommandError(f"{args.file}: {exc.code}: {exc.message}") from exc
+            not_in_redis = ("imported into the store, not yet into Redis: kept in the outbox, "
+                            "published by the admin server when Redis is back (or run "
+                            "`zvonok-agi sync`)")
+            if await service.pending():  # committed; publishing failed (its warning says why)
+                raise CommandError(not_in_redis)
+            assert service.data is not None  # open_service publishes by default
+            history = CallbackHistory(
+                service.data.redis, settings.redis.key_prefix, settings.routing.callback_window
+            )
+            try:
+                for attempt in inventory.attempts:
+                    await history.record(attempt, now)
+            except (RedisError, OSError) as exc:
+                raise CommandError(f"{not_in_redis} ({exc})") from exc
     finally:
-        gc.freeze()
         gc.enable()
-    async with open_service(bulk_settings(settings)) as service:
-        try:
-            await service.import_inventory(actor(), inventory, overrides)
-        except Refused as exc:
-            raise CommandError(f"{args.file}: {exc.code}: {exc.message}") from exc
-        not_in_redis = ("imported into the store, not yet into Redis: kept in the outbox, "
-                        "published by the admin server when Redis is back (or run `zvonok-agi "
-                        "sync`)")
-        if await service.pending():  # committed; publishing failed (its warning says why)
-            raise CommandError(not_in_redis)
-        assert service.data is not None  # open_service publishes by default
-        history = CallbackHistory(
-            service.data.redis, settings.redis.key_prefix, settings.routing.callback_window
-        )
-        try:
-            for attempt in inventory.attempts:
-                await history.record(attempt, now)
-        except (RedisError, OSError) as exc:
-            raise CommandError(f"{not_in_redis} ({exc})") from exc
     print(
         f"loaded {len(inventory.accounts)} accounts, {len(inventory.numbers)} numbers, "
         f"{len(inventory.campaigns)} campaigns (store and Redis), "

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiosqlite
+import orjson
 
 BUSY_TIMEOUT_MS = 5000  # how long a change waits for the other writers before it is "busy"
 CONNECT_TIMEOUT = 5.0  # seconds to reach a PostgreSQL server
@@ -63,6 +64,13 @@ class Connection(Protocol):
         """Runs a change; the rows it changed."""
 
     async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    async def fetch_each(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        """Runs `sql` once for all of `rows`, which it reads as the table `{rows}`: the rows go
+        as one JSON array, the i-th value of a row is `value->>i` (text on PostgreSQL: cast
+        the others). One statement, however many rows: SQLite runs it without holding the
+        interpreter's lock, which `run_many` takes to bind every row, so the process's other
+        work goes on meanwhile."""
 
     def stream(self, sql: str, size: int) -> AsyncIterator[list[Any]]:
         """The rows of a query, `size` at a time, read as they are needed (a table of any size
@@ -125,6 +133,11 @@ def sqlite_path(target: str) -> str:
     return target.removeprefix("sqlite:///")
 
 
+def json_array(rows: Sequence[Sequence[Any]]) -> str:
+    """Rows as the JSON text `Connection.fetch_each` sends (enums as their values)."""
+    return orjson.dumps(rows).decode()
+
+
 def describe(target: str | Path) -> str:
     """`target` without its password, for messages and logs."""
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", str(target))
@@ -162,6 +175,9 @@ class _SQLiteConnection:
     async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with _sqlite_errors():
             await self._db.executemany(sql, [tuple(row) for row in rows])
+
+    async def fetch_each(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        return await self.fetch(sql.format(rows="json_each(?)"), [json_array(rows)])
 
     async def insert_rows(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]

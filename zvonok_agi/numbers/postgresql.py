@@ -18,6 +18,7 @@ from .databases import (
     StoreError,
     StoreUnavailable,
     describe,
+    json_array,
 )
 
 # SQLSTATEs that mean "busy": 55P03 lock_not_available (lock_timeout: the writers' lock), and
@@ -83,6 +84,9 @@ class _PostgreSQLConnection:
         if rows:
             with _pg_errors():
                 await self._db.executemany(numbered(sql), rows)
+
+    async def fetch_each(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        return await self.fetch(sql.format(rows="json_array_elements(?)"), [json_array(rows)])
 
     async def insert_rows(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -39,7 +40,7 @@ from ..store.routing_data import RoutingData
 from . import rules
 from .publisher import UNAVAILABLE, Publisher, SyncReport
 from .rules import Choice, Kind, NumberRecord, Refused, RegionCount, Request
-from .store import Queries, Store, StoreConflict
+from .store import Queries, Store, StoreConflict, number_rows
 
 log = structlog.get_logger(__name__)
 
@@ -599,35 +600,46 @@ class NumbersService:
         inbound = [c for c in campaigns if c.kind is CampaignKind.INBOUND]
         outbound = [c for c in campaigns if c.kind is CampaignKind.OUTBOUND]
         # Referenced before referencing: numbers name inbound campaigns, outbound campaigns
-        # name numbers.
-        steps = [(Queries.import_accounts, accounts),
-                 (Queries.import_campaigns, inbound), (Queries.import_numbers, numbers),
-                 (Queries.import_campaigns, outbound)]
+        # name numbers. Each batch's rows are built in a thread while the batch before it is
+        # written: the store runs a batch's statements without the interpreter's lock.
+        steps = [(Queries.import_accounts, list, accounts),
+                 (Queries.import_campaigns, list, inbound),
+                 (Queries.import_numbers, functools.partial(number_rows, now=now), numbers),
+                 (Queries.import_campaigns, list, outbound)]
+        batches = [(write, ready, items[start : start + IMPORT_BATCH])
+                   for write, ready, items in steps
+                   for start in range(0, len(items), IMPORT_BATCH)]
         await self._published()  # first what was left (and an emptied Redis filled)
         changed = done = 0
         publishing: asyncio.Task[None] | None = None
+        ahead: asyncio.Future[Any] | None = None  # the next batch's rows, being built
         try:
-            for write, items in steps:
-                for start in range(0, len(items), IMPORT_BATCH):
-                    batch = items[start : start + IMPORT_BATCH]
-                    try:
-                        async with self.store.transaction() as q:
-                            written, rows = await write(q, batch, now)
-                    except StoreConflict as exc:
-                        # Only a change made meanwhile by someone else can get here.
-                        refused = Refused(
-                            "conflict", f"the store changed during the import ({exc}): {done} "
-                            f"of {sum(counts.values())} records written; load the file again")
-                        await self._audit(actor, "import", "inventory", refused.code,
-                                          {**counts, "message": refused.message})
-                        raise refused from exc
-                    changed, done = changed + written, done + len(batch)
-                    # Published while the next batch is written, one batch after the other.
-                    if publishing is not None:
-                        await publishing
-                    if self.publisher is not None:
-                        publishing = asyncio.create_task(self.publisher.publish_rows(rows))
+            for i, (write, ready, batch) in enumerate(batches):
+                rows = await ahead if ahead is not None else ready(batch)
+                ahead = None
+                if i + 1 < len(batches):
+                    _, ready_next, batch_next = batches[i + 1]
+                    ahead = asyncio.ensure_future(asyncio.to_thread(ready_next, batch_next))
+                try:
+                    async with self.store.transaction() as q:
+                        written, published = await write(q, rows, now)
+                except StoreConflict as exc:
+                    # Only a change made meanwhile by someone else can get here.
+                    refused = Refused(
+                        "conflict", f"the store changed during the import ({exc}): {done} "
+                        f"of {sum(counts.values())} records written; load the file again")
+                    await self._audit(actor, "import", "inventory", refused.code,
+                                      {**counts, "message": refused.message})
+                    raise refused from exc
+                changed, done = changed + written, done + len(batch)
+                # Published while the next batch is written, one batch after the other.
+                if publishing is not None:
+                    await publishing
+                if self.publisher is not None:
+                    publishing = asyncio.create_task(self.publisher.publish_rows(published))
         finally:
+            if ahead is not None:
+                ahead.cancel()
             if publishing is not None:
                 await publishing
         await self._audit(actor, "import", "inventory", "ok", {**counts, "changed": changed})

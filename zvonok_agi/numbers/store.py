@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..routing import scenario as scenarios
 from ..routing.model import (
@@ -38,27 +38,56 @@ from .rules import Kind, NumberRecord, Request
 
 __all__ = ["Queries", "Store", "StoreBusy", "StoreConflict", "StoreError", "StoreUnavailable"]
 
-MAX_PARAMETERS = 500  # keys per `IN (...)`: well under any SQL engine's limit of parameters
 PUBLISHER_WAIT = 10.0  # seconds a publisher waits for another process's to finish
 ROUTING_TABLES = {"account": ("accounts", "id"), "number": ("numbers", "did"),
                   "campaign": ("campaigns", "id")}
 Imported = tuple[int, list[tuple[int, Stored]]]  # records written; outbox rows to publish
+NumberRows = list[tuple[list[Any], str]]  # `number_rows`: a row and its value if new
 NUMBER_COLUMNS = ("did", "kind", "region", "pool", "status", "owner", "callback_rule",
                   "inbound_campaign", "reserved_at")  # as _number_values gives them
-_PUT_NUMBER = (
-    "INSERT INTO numbers (did, kind, region, pool, status, owner, callback_rule, "
-    "inbound_campaign, reserved_at, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+T = TypeVar("T")
+REAL = "DOUBLE PRECISION"  # a REAL column's cast: PostgreSQL's REAL is single precision
+
+
+def _from_rows(*casts: str | None) -> str:
+    """The SELECT of a `{rows}` table's values (`Connection.fetch_each`) in order, each cast to
+    its type (None: text). Its WHERE keeps SQLite from reading an upsert's ON as a join's."""
+    values = [
+        f"value->>{i}" if cast is None else f"CAST(value->>{i} AS {cast})"
+        for i, cast in enumerate(casts)
+    ]
+    return f"SELECT {', '.join(values)} FROM {{rows}} WHERE true"
+
+
+_NUMBER_CONFLICT = (
     "ON CONFLICT (did) DO UPDATE SET kind = excluded.kind, region = excluded.region, "
     "pool = excluded.pool, status = excluded.status, owner = excluded.owner, "
     "callback_rule = excluded.callback_rule, "
     "inbound_campaign = excluded.inbound_campaign, reserved_at = excluded.reserved_at"
 )
-_PUT_CAMPAIGN = (
-    "INSERT INTO campaigns (id, account, kind, accept_inbound, state, caller_id, name, "
-    "scenario, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+_NUMBER_INSERT = (
+    "INSERT INTO numbers (did, kind, region, pool, status, owner, callback_rule, "
+    "inbound_campaign, reserved_at, added_at)"
+)
+_PUT_NUMBER = f"{_NUMBER_INSERT} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {_NUMBER_CONFLICT}"
+_CAMPAIGN_CONFLICT = (
+    "ON CONFLICT (id) DO UPDATE SET "
     "account = excluded.account, kind = excluded.kind, "
     "accept_inbound = excluded.accept_inbound, state = excluded.state, "
     "caller_id = excluded.caller_id, name = excluded.name, scenario = excluded.scenario"
+)
+_CAMPAIGN_INSERT = (
+    "INSERT INTO campaigns (id, account, kind, accept_inbound, state, caller_id, name, "
+    "scenario, created_at)"
+)
+_PUT_CAMPAIGN = f"{_CAMPAIGN_INSERT} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) {_CAMPAIGN_CONFLICT}"
+_PUT_NUMBERS = (
+    f"{_NUMBER_INSERT} {_from_rows(*[None] * 8, REAL, REAL)} {_NUMBER_CONFLICT}, "
+    "rev = numbers.rev + 1"
+)
+_PUT_CAMPAIGNS = (
+    f"{_CAMPAIGN_INSERT} {_from_rows(None, None, None, 'INTEGER', None, None, None, None, REAL)} "
+    f"{_CAMPAIGN_CONFLICT}, rev = campaigns.rev + 1"
 )
 
 
@@ -370,13 +399,16 @@ class Queries:
         return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
 
     # bulk upserts (`zvonok-agi load`): only the records that differ are written, their
-    # revisions raised in the same statement
+    # revisions raised in the same statement; one statement per kind of step and batch
+    # (`Connection.fetch_each`). Of a record given twice in a batch, the last counts.
 
     async def import_accounts(self, accounts: Sequence[Account], now: float) -> Imported:
+        accounts = _last_of(accounts)
         current = {a.id: a for a in await self._in("accounts", "id", [a.id for a in accounts])}
         changed = [a for a in accounts if current.get(a.id) != a]
-        await self.db.run_many(
-            "INSERT INTO accounts (id, name, verified, created_at) VALUES (?, ?, ?, ?) "
+        await self._each(
+            "INSERT INTO accounts (id, name, verified, created_at) "
+            f"{_from_rows(None, None, 'INTEGER', REAL)} "
             "ON CONFLICT (id) DO UPDATE SET name = excluded.name, verified = excluded.verified, "
             "rev = accounts.rev + 1",
             [[a.id, a.name, int(a.verified), now] for a in changed],
@@ -386,8 +418,8 @@ class Queries:
     async def import_campaigns(self, campaigns: Sequence[Campaign], now: float) -> Imported:
         """Upserts campaigns; one the file gives no scenario keeps the one it has (set through
         the API, the CLI or the page)."""
-        ids = [c.id for c in campaigns]
-        current = {c.id: c for c in await self._in("campaigns", "id", ids)}
+        campaigns = _last_of(campaigns)
+        current = {c.id: c for c in await self._in("campaigns", "id", [c.id for c in campaigns])}
         campaigns = [
             replace(c, scenario=current[c.id].scenario)
             if c.scenario is None and c.id in current
@@ -395,37 +427,38 @@ class Queries:
             for c in campaigns
         ]
         changed = [c for c in campaigns if current.get(c.id) != c]
-        await self.db.run_many(
-            f"{_PUT_CAMPAIGN}, rev = campaigns.rev + 1", [_campaign_values(c, now) for c in changed]
-        )
+        await self._each(_PUT_CAMPAIGNS, [_campaign_values(c, now) for c in changed])
         return len(changed), await self._to_publish("campaign", [c.id for c in changed])
 
-    async def import_numbers(self, numbers: Sequence[NumberRecord], now: float) -> Imported:
-        """Upserts numbers; one that keeps its owner keeps its reservation time."""
-        dids = [n.did for n in numbers]
-        current = {row["did"]: row for row in await self._rows_in("numbers", "did", dids)}
+    async def import_numbers(self, rows: NumberRows, now: float) -> Imported:
+        """Upserts numbers (`number_rows`); one that keeps its owner keeps its reservation
+        time."""
+        current = {row["did"]: row for row in await self._rows_in("numbers", "did",
+                                                                  [row[0] for row, _ in rows])}
         changed, touched, stored = [], [], {}
-        for number in numbers:
-            before = current.get(number.did)
-            values = _number_values(number)
-            if number.owner:
-                kept = before is not None and before["owner"] == number.owner
-                values[-1] = before["reserved_at"] if kept else now
+        for row, new in rows:
+            did = row[0]
+            before = current.get(did)
             if before is None:
-                touched.append(number.did)
-            elif values == [before[column] for column in NUMBER_COLUMNS]:
+                touched.append(did)
+                stored[did] = new
+                changed.append(row)
                 continue
-            elif values[3:8] != [before[column] for column in NUMBER_COLUMNS[3:8]]:
-                touched.append(number.did)  # its routing changed, not only kind or region
-            # Its value once written (the writer's lock is held): a new row's revision is the
-            # column's default, 0; the upsert adds 1 to an existing one's.
-            rev = 0 if before is None else before["rev"] + 1
-            stored[number.did] = encode_values(rev, stored_fields("number", values[3:8]))
-            changed.append([*values, now])
-        await self.db.run_many(f"{_PUT_NUMBER}, rev = numbers.rev + 1", changed)
-        if len(stored) < len(changed):  # a number twice in the batch: read what was written
-            stored = None
+            if row[5] and before["owner"] == row[5]:
+                row = [*row[:8], before["reserved_at"], now]
+            if row[:9] == [before[column] for column in NUMBER_COLUMNS]:
+                continue
+            if row[3:8] != [before[column] for column in NUMBER_COLUMNS[3:8]]:
+                touched.append(did)  # its routing changed, not only kind or region
+            # Its value once written (the writer's lock is held): the upsert adds 1 to the
+            # revision.
+            stored[did] = encode_values(before["rev"] + 1, stored_fields("number", row[3:8]))
+            changed.append(row)
+        await self._each(_PUT_NUMBERS, changed)
         return len(changed), await self._to_publish("number", touched, stored)
+
+    async def _each(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        return await self.db.fetch_each(sql, rows) if rows else []
 
     async def _to_publish(
         self, kind: str, keys: Sequence[str], values: Mapping[str, str] | None = None
@@ -435,16 +468,11 @@ class Queries:
         without reading them again."""
         if values is None:
             values = await self.routing_values(kind, keys)
-        rows = []
-        for start in range(0, len(keys), MAX_PARAMETERS):
-            chunk = keys[start : start + MAX_PARAMETERS]
-            marks = ", ".join(["(?, ?)"] * len(chunk))
-            args = [item for key in chunk for item in (kind, key)]
-            inserted = await self._all(
-                f"INSERT INTO outbox (kind, key) VALUES {marks} RETURNING seq, key", args
-            )
-            rows += [(seq, Stored(kind, key, values[key])) for seq, key in inserted]
-        return rows
+        inserted = await self._each(
+            f"INSERT INTO outbox (kind, key) {_from_rows(None, None)} RETURNING seq, key",
+            [[kind, key] for key in keys],
+        )
+        return [(seq, Stored(kind, key, values[key])) for seq, key in inserted]
 
     async def numbers_in(self, dids: Iterable[str]) -> list[NumberRecord]:
         return await self._in("numbers", "did", dids)
@@ -459,15 +487,10 @@ class Queries:
     async def _rows_in(
         self, table: str, column: str, keys: Iterable[str], columns: str = "*"
     ) -> list[Any]:
-        keys = list(keys)
-        rows = []
-        for start in range(0, len(keys), MAX_PARAMETERS):
-            chunk = keys[start : start + MAX_PARAMETERS]
-            marks = ", ".join("?" * len(chunk))
-            rows += await self._all(
-                f"SELECT {columns} FROM {table} WHERE {column} IN ({marks})", chunk
-            )
-        return rows
+        return await self._each(
+            f"SELECT {columns} FROM {table} WHERE {column} IN ({_from_rows(None)})",
+            [[key] for key in keys],
+        )
 
     # the outbox: what still has to reach Redis
 
@@ -496,10 +519,9 @@ class Queries:
         return (await self._all("SELECT count(*) AS n FROM outbox"))[0]["n"]
 
     async def published(self, seqs: Sequence[int]) -> None:
-        for start in range(0, len(seqs), MAX_PARAMETERS):
-            chunk = list(seqs[start : start + MAX_PARAMETERS])
-            marks = ", ".join("?" * len(chunk))
-            await self._run(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)
+        await self._each(
+            f"DELETE FROM outbox WHERE seq IN ({_from_rows('BIGINT')})", [[seq] for seq in seqs]
+        )
 
     async def routing_values(self, kind: str, keys: Iterable[str]) -> dict[str, str]:
         """The records named as Redis stores them (`encode_values`); a missing one is absent."""
@@ -526,6 +548,24 @@ class Queries:
             [[rev, rev, key] for key, rev in revs.items()],
         )
         await self._touch_all(kind, list(revs))
+
+
+def number_rows(numbers: Sequence[NumberRecord], now: float) -> NumberRows:
+    """Numbers as `Queries.import_numbers` writes them, built before their transaction (no
+    store needed): each one's row (NUMBER_COLUMNS and added_at) and, for a new one, its value
+    once written: a new row's revision is the column's default, 0. Reserved: since `now`."""
+    rows = []
+    for number in _last_of(numbers, "did"):
+        values = _number_values(number)
+        if number.owner:
+            values[-1] = now
+        rows.append(([*values, now], encode_values(0, stored_fields("number", values[3:8]))))
+    return rows
+
+
+def _last_of(records: Sequence[T], key: str = "id") -> list[T]:
+    """`records` without repeats of their `key`: the last of them counts, where the first was."""
+    return list({getattr(record, key): record for record in records}.values())
 
 
 def _where(**equal: Any) -> tuple[str, list[Any]]:
