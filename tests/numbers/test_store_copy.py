@@ -1,6 +1,7 @@
 """`zvonok-agi store copy`: a whole store into another, on real SQLite files and the session's
 real PostgreSQL server; the copy equals the original row by row, Redis stays equal to it, a
-target with data is refused, and a copy killed midway leaves its target empty."""
+target with data is refused, a copy killed midway leaves its target empty, and a store kept
+busy by another connection is said to be busy."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from test_numbers_commands import parser
 
 from conftest import new_schema
 from numbers_helpers import ACME, KAZAN, MOSCOW_1, MOSCOW_2, control_plane, small_world, table
+from store_lock import BUSY_MS, write_lock_held
 from zvonok_agi import cli
 from zvonok_agi.access.users import Users
+from zvonok_agi.numbers import databases
 from zvonok_agi.numbers.copying import TABLES, TargetNotEmpty, copy_store
 from zvonok_agi.numbers.migrations import MIGRATIONS
 from zvonok_agi.numbers.store import Store, StoreError
@@ -202,3 +205,33 @@ async def test_the_sources_writers_wait_while_it_is_copied(settings, tmp_path):
     assert {table for table, _ in refused} == set(TABLES)
     write_to_the_source("after", 0)
     assert ("after", "database is locked") not in refused
+
+
+@pytest.mark.parametrize("busy", ["source", "target"])
+async def test_a_store_busy_past_its_timeout_is_said_busy_and_nothing_is_copied(
+    busy, settings, tmp_path, postgres_store, monkeypatch, capsys
+):
+    monkeypatch.setattr(databases, "BUSY_TIMEOUT_MS", BUSY_MS)
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    await world(settings, source)
+    config = tmp_path / "zvonok.toml"
+    config.write_text(f'[store]\nurl = "{source}"\n')
+    command = ["-c", str(config), "store", "copy", "--to", postgres_store]
+    locked = source if busy == "source" else postgres_store
+    capsys.readouterr()
+    async with write_lock_held(locked):
+        assert await asyncio.to_thread(cli.main, command) == 1  # as every busy command
+    assert capsys.readouterr().err.strip() == (
+        f"zvonok-agi: copying {source} to {postgres_store}: the store {locked} is busy: other "
+        f"changes held it for 0.2 s; nothing was changed, try again ({_busy_error(locked)})"
+    )
+    assert await asyncio.to_thread(cli.main, command) == 0  # no --force: nothing was copied
+    assert await dump(postgres_store) == await dump(source)
+
+
+def _busy_error(store: str) -> str:
+    return (
+        "database is locked"
+        if store.startswith("sqlite:")
+        else "canceling statement due to lock timeout"
+    )

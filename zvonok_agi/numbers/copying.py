@@ -21,7 +21,15 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .databases import Connection, Database, StoreError, connect, describe, sqlite_path
+from .databases import (
+    Connection,
+    Database,
+    StoreBusy,
+    StoreError,
+    connect,
+    describe,
+    sqlite_path,
+)
 from .store import migrate
 
 BATCH = 2000  # rows per read and per write
@@ -50,6 +58,15 @@ class TargetNotEmpty(StoreError):
     """The target store holds data, and the copy was not told to replace it."""
 
 
+class CopyBusy(StoreBusy):
+    """One of the two stores was busy past its timeout (other writers held its lock):
+    `store` names which. Nothing was copied; try again."""
+
+    def __init__(self, store: str | Path, cause: StoreBusy) -> None:
+        super().__init__(str(cause))
+        self.store = store
+
+
 async def copy_store(
     source: str | Path,
     target: str | Path,
@@ -59,27 +76,31 @@ async def copy_store(
     progress: Progress | None = None,
 ) -> dict[str, int]:
     """Copies the store `source` names into the one `target` names (see `databases.connect`);
-    the rows copied, per table."""
+    the rows copied, per table. Raises CopyBusy when either store's writers held its lock past
+    the busy timeout."""
     if _same(source, target):
         raise StoreError(f"{describe(target)} is the store being copied")
-    reading = await connect(source)
+    busy = source  # the store whose lock is being waited for
     try:
-        await migrate(reading)
-        writing = await connect(target)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            reading = await connect(source)
+            stack.push_async_callback(reading.close)
+            await migrate(reading)
+            read = await stack.enter_async_context(reading.writing())  # its writers wait
+            busy = target
+            writing = await connect(target)
+            stack.push_async_callback(writing.close)
             await migrate(writing)
-            return await _copy(reading, writing, force, batch, progress or _quiet)
-        finally:
-            await writing.close()
-    finally:
-        await reading.close()
+            return await _copy(read, writing, force, batch, progress or _quiet)
+    except StoreBusy as exc:
+        raise CopyBusy(busy, exc) from exc
 
 
 async def _copy(
-    source: Database, target: Database, force: bool, batch: int, progress: Progress
+    read: Connection, target: Database, force: bool, batch: int, progress: Progress
 ) -> dict[str, int]:
     copied = {}
-    async with source.writing() as read, target.writing() as write:  # writing() holds the lock
+    async with target.writing() as write:
         held = await _held(write)
         if held and not force:
             rows = ", ".join(f"{n} {table}" for table, n in held.items())
