@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sqlite3
 import sys
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pytest
 from argon2 import PasswordHasher, profiles
@@ -140,9 +142,6 @@ async def test_a_target_with_data_is_refused_unless_forced(settings, tmp_path, p
     assert await args.run(settings_for(settings, source), args) == 0
     assert await dump(postgres_store) == await dump(source)
 
-    with pytest.raises(StoreError, match="is the store being copied"):
-        await copy_store(source, f"sqlite:///{source}", force=True)
-
 
 def settings_for(settings, url: str):
     return replace(settings, store=replace(settings.store, url=url))
@@ -235,3 +234,53 @@ def _busy_error(store: str) -> str:
         if store.startswith("sqlite:")
         else "canceling statement due to lock timeout"
     )
+
+
+async def test_a_sqlite_file_reached_by_another_path_is_not_copied_onto_itself(
+    settings, tmp_path, monkeypatch
+):
+    source = tmp_path / "source.db"
+    await world(settings, str(source))
+    held = await dump(str(source))
+    (tmp_path / "link.db").symlink_to(source)
+    os.link(source, tmp_path / "hard.db")  # another name of the same inode
+    monkeypatch.chdir(tmp_path)
+    for other in (
+        "link.db",
+        "hard.db",
+        f"sqlite:///{tmp_path}/../{tmp_path.name}/source.db",
+        "source.db",
+    ):
+        refused = f"^{re.escape(other)} is the store being copied: it reaches the same database"
+        with pytest.raises(StoreError, match=refused):
+            await copy_store(source, other, force=True)
+    assert await dump(str(source)) == held
+
+
+async def test_a_postgresql_schema_under_another_url_is_not_copied_onto_itself(
+    settings, postgres_store, tmp_path
+):
+    await world(settings, postgres_store)
+    held = await dump(postgres_store)
+    other = _another_url(postgres_store)
+    assert other != postgres_store
+    with pytest.raises(StoreError, match="is the store being copied: it reaches the same"):
+        await copy_store(postgres_store, other, force=True)
+    assert await dump(postgres_store) == held
+
+    # Another schema of the same database is another store.
+    async with new_schema(postgres_store.partition("?")[0]) as elsewhere:
+        await copy_store(other, elsewhere)
+        assert await dump(elsewhere) == held
+
+
+def _another_url(url: str) -> str:
+    """The same server, database and schema named otherwise: a password (the test server
+    trusts every local connection), the host's name for its address, the parameters in
+    another order, one more of them."""
+    parts = urlsplit(url)
+    host = "localhost" if parts.hostname == "127.0.0.1" else parts.hostname
+    params = [*parse_qsl(parts.query), ("application_name", "other")]
+    query = "&".join(f"{name}={value}" for name, value in reversed(params))
+    netloc = f"{parts.username}:not-needed@{host}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
