@@ -196,9 +196,10 @@ class PostgreSQL:
             try:
                 yield
             finally:
-                if not db.is_closed():
-                    with _pg_errors():
-                        await db.execute(f"SELECT pg_advisory_unlock({self._publisher})")
+                # A lost link took the lock with it (asyncpg hands such a connection back to
+                # the pool at once): nothing to unlock, and the block's own error stands.
+                with contextlib.suppress(asyncpg.InterfaceError, StoreUnavailable), _pg_errors():
+                    await db.execute(f"SELECT pg_advisory_unlock({self._publisher})")
 
     async def schema_version(self, db: Connection) -> int:
         [[table]] = await db.fetch("SELECT to_regclass('schema_version')")
