@@ -11,7 +11,16 @@ import os
 import asyncpg
 import pytest
 
-from numbers_helpers import ACME, MOSCOW_1, MOSCOW_2, OLDCO, control_plane, released, small_world
+from numbers_helpers import (
+    ACME,
+    MOSCOW_1,
+    MOSCOW_2,
+    OLDCO,
+    control_plane,
+    refused,
+    released,
+    small_world,
+)
 from zvonok_agi.app import redis_client
 from zvonok_agi.numbers.databases import sqlite_path
 from zvonok_agi.numbers.importer import read_file
@@ -226,6 +235,17 @@ async def test_a_write_with_an_older_fencing_token_changes_nothing(service, redi
     with pytest.raises(Superseded):
         await data.write(late, token=new)
     assert await data.write(late) == []  # a write without a store (`load`) is not fenced
+
+
+async def test_a_sync_whose_lock_was_taken_over_stops_and_says_so(service):
+    data, reached, release = stalled_writes(service.data)
+    service.publisher.data = data
+    sync = asyncio.create_task(service.sync("cli"))
+    await reached.wait()
+    await service.data.fence()  # as another process that took the lock does
+    release.set()
+    refusal = await refused("conflict", sync)
+    assert "another process took over publishing during the sync" in refusal.message
 
 
 async def _by_hand(store_url: str, statement: str) -> None:
