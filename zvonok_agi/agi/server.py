@@ -333,7 +333,7 @@ class FastAGIServer:
             assert self._silent is not None
             fd = sock.detach()
             self._silent.register(fd, selectors.EVENT_READ, address)
-            self._pending.setdefault(address[0], _Peer()).silent[fd] = accepted
+            self._pending_of(address[0]).silent[fd] = accepted
             return
         except OSError:
             data = b""
@@ -345,9 +345,16 @@ class FastAGIServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = _Connection(self, sock, address, accepted)
         self._connections.add(conn)
-        self._pending.setdefault(conn.host, _Peer()).reading[conn] = None
         conn.start_reading()
         self._env_data(conn, data)
+        if conn.phase is _Phase.ENV and not conn.lost:  # the rest of its env block to come
+            self._pending_of(conn.host).reading[conn] = None
+
+    def _pending_of(self, host: str) -> _Peer:
+        peer = self._pending.get(host)
+        if peer is None:
+            peer = self._pending[host] = _Peer()
+        return peer
 
     def _first_bytes(self) -> None:
         """Silent connections that have sent something, or closed."""
@@ -537,8 +544,9 @@ class FastAGIServer:
             self._sessions[session_id] = conn
             self.sessions_total += 1
             try:
-                with structlog.contextvars.bound_contextvars(session=session_id):
-                    await self._run(conn)
+                # The task's own context: every line it logs names the session.
+                structlog.contextvars.bind_contextvars(session=session_id)
+                await self._run(conn)
             finally:
                 del self._sessions[session_id]
                 self._slots.release()
