@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import pytest
@@ -33,16 +34,21 @@ class Recorder(SocketTransport):
         self.lost_calls += 1
 
 
-@pytest.fixture
-def pair():
+@contextlib.contextmanager
+def connected_pair():
     """A connected TCP pair: the transport's socket (non-blocking) and its peer's."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         peer = socket.create_connection(listener.getsockname())
         ours, _ = listener.accept()
     ours.setblocking(False)
-    yield ours, peer
-    peer.close()
-    ours.close()
+    with peer, ours:
+        yield ours, peer
+
+
+@pytest.fixture
+def pair():
+    with connected_pair() as sockets:
+        yield sockets
 
 
 async def until(condition, turns: int = 1000) -> None:
@@ -144,3 +150,21 @@ async def test_nothing_is_read_while_paused(pair):
     await until(lambda: transport.data)
     assert transport.data == b"200 result=1\n"
     transport.close()
+
+
+SCENARIOS = [
+    test_bytes_come_in_order_and_eof_closes_it_once,
+    test_half_closed_it_still_writes_then_closes,
+    test_what_the_socket_does_not_take_is_sent_when_it_can_then_closed,
+    test_abort_drops_what_was_not_sent,
+    test_a_write_to_a_reset_peer_loses_the_connection_without_raising,
+    test_nothing_is_read_while_paused,
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda scenario: scenario.__name__[5:])
+def test_the_same_on_uvloop(scenario):
+    """uvloop is the event loop production installs run on."""
+    uvloop = pytest.importorskip("uvloop")
+    with connected_pair() as sockets, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario(sockets))
