@@ -12,7 +12,8 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from enum import Enum
+from typing import Any, TypeVar
 
 from . import phone
 from .routing import scenario as scenarios
@@ -35,6 +36,7 @@ from .store.routing_data import Put, RoutingData
 ACCOUNT_ID = CAMPAIGN_ID
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+E = TypeVar("E", bound=Enum)
 PARSE_ERRORS = (KeyError, ValueError, TypeError, AttributeError)  # named by the item they came from
 
 
@@ -144,20 +146,30 @@ def _number(item: dict[str, Any]) -> Number:
     did = phone.normalize(str(item["did"]))
     if did is None:
         raise InventoryError(f"did {item['did']!r} is not a phone number")
-    pool = Pool(item.get("pool", "reservable"))
+    pool = _member(Pool, item.get("pool", "reservable"))
     owner = item.get("owner") or None
-    if pool is Pool.SERVICE and (owner or item.get("inbound_campaign")):
+    inbound_campaign = item.get("inbound_campaign") or None
+    if pool is Pool.SERVICE and (owner or inbound_campaign):
         raise InventoryError("a service number has no owner and no inbound campaign")
-    if item.get("inbound_campaign") and not owner:
+    if inbound_campaign and not owner:
         raise InventoryError("an inbound campaign can be bound only to a reserved number")
-    return Number(
-        did=did,
-        pool=pool,
-        status=NumberStatus(item.get("status", "active")),
-        owner=owner,
-        callback_rule=CallbackRule(item.get("callback_rule", "as_campaign")),
-        inbound_campaign=item.get("inbound_campaign") or None,
-    )
+    status = _member(NumberStatus, item.get("status", "active"))
+    rule = _member(CallbackRule, item.get("callback_rule", "as_campaign"))
+    return Number(did, pool, status, owner, rule, inbound_campaign)
+
+
+_MEMBERS: dict[type[Enum], dict[Any, Enum]] = {
+    enum: {member.value: member for member in enum} for enum in (Pool, NumberStatus, CallbackRule)
+}
+
+
+def _member(enum: type[E], value: Any) -> E:
+    """`enum(value)`, looked up: a number's three fields, at half a million numbers a tenth of
+    the reading time by the enum's own call."""
+    try:
+        return _MEMBERS[enum][value]  # type: ignore[return-value]
+    except (KeyError, TypeError):
+        return enum(value)  # the ValueError naming the value
 
 
 def _attempt(item: dict[str, Any], now: float, campaigns: dict[str, Campaign]) -> Attempt:
