@@ -42,7 +42,7 @@ PUBLISHER_WAIT = 10.0  # seconds a publisher waits for another process's to fini
 ROUTING_TABLES = {"account": ("accounts", "id"), "number": ("numbers", "did"),
                   "campaign": ("campaigns", "id")}
 Imported = tuple[int, list[tuple[int, Stored]]]  # records written; outbox rows to publish
-NumberRows = list[tuple[list[Any], str]]  # `number_rows`: a row and its value if new
+NumberRows = list[tuple[list[Any], Stored]]  # `number_rows`: a row and its value if new
 NUMBER_COLUMNS = ("did", "kind", "region", "pool", "status", "owner", "callback_rule",
                   "inbound_campaign", "reserved_at")  # as _number_values gives them
 T = TypeVar("T")
@@ -452,7 +452,8 @@ class Queries:
                 touched.append(did)  # its routing changed, not only kind or region
             # Its value once written (the writer's lock is held): the upsert adds 1 to the
             # revision.
-            stored[did] = encode_values(before["rev"] + 1, stored_fields("number", row[3:8]))
+            value = encode_values(before["rev"] + 1, stored_fields("number", row[3:8]))
+            stored[did] = Stored("number", did, value)
             changed.append(row)
         await self._each(_PUT_NUMBERS, changed)
         return len(changed), await self._to_publish("number", touched, stored)
@@ -461,18 +462,19 @@ class Queries:
         return await self.db.fetch_each(sql, rows) if rows else []
 
     async def _to_publish(
-        self, kind: str, keys: Sequence[str], values: Mapping[str, str] | None = None
+        self, kind: str, keys: Sequence[str], values: Mapping[str, Stored] | None = None
     ) -> list[tuple[int, Stored]]:
         """Names `keys` in the outbox; its rows, each with the value the publisher will send
         (`values`, as written; else read back), so that whoever committed them may send them
         without reading them again."""
         if values is None:
-            values = await self.routing_values(kind, keys)
+            values = {key: Stored(kind, key, value)
+                      for key, value in (await self.routing_values(kind, keys)).items()}
         inserted = await self._each(
             f"INSERT INTO outbox (kind, key) {_from_rows(None, None)} RETURNING seq, key",
             [[kind, key] for key in keys],
         )
-        return [(seq, Stored(kind, key, values[key])) for seq, key in inserted]
+        return [(seq, values[key]) for seq, key in inserted]
 
     async def numbers_in(self, dids: Iterable[str]) -> list[NumberRecord]:
         return await self._in("numbers", "did", dids)
@@ -559,7 +561,8 @@ def number_rows(numbers: Sequence[NumberRecord], now: float) -> NumberRows:
         values = _number_values(number)
         if number.owner:
             values[-1] = now
-        rows.append(([*values, now], encode_values(0, stored_fields("number", values[3:8]))))
+        value = encode_values(0, stored_fields("number", values[3:8]))
+        rows.append(([*values, now], Stored("number", number.did, value)))
     return rows
 
 
