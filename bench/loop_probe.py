@@ -11,7 +11,8 @@ then every pass of the garbage collector: "at", "gc" (its generation), "ms", "cp
 it walks: "young" (the objects), "kinds" (their KINDS most common types, with counts),
 "entries" (in the containers among them) and "largest" (the biggest container: type, length,
 and for one of over CENSUS_OVER entries what it holds). A pass visits each object it walks and
-each entry of a container: these counts say what made one long. On a busy machine a step's
+each entry of a container: these counts say what made one long (the census's own time is
+left out of the steps' times). On a busy machine a step's
 wall time (and a pass's) also holds the time the process waited for a core; its CPU time is
 the work the step itself did.
 """
@@ -38,12 +39,15 @@ _gc_time = 0.0  # seconds the collector ran, in all
 _passes: list[tuple[float, int, float, float, int, dict]] = []
 _gc_started = (0.0, 0.0)
 _young: dict = {}
+_probe_time = 0.0  # seconds, wall and CPU alike, the census took: no step's own
 
 
 def _on_gc(phase: str, info: dict) -> None:
-    global _gc_started, _gc_time, _young
+    global _gc_started, _gc_time, _young, _probe_time
     if phase == "start":
+        census_started = time.perf_counter()
         _young = _census(info["generation"]) if info["generation"] < 2 else {}
+        _probe_time += time.perf_counter() - census_started
         _gc_started = (time.perf_counter(), time.thread_time())
         return
     took, cpu = time.perf_counter() - _gc_started[0], time.thread_time() - _gc_started[1]
@@ -94,12 +98,13 @@ def _install() -> None:
 
     def timed(handle: asyncio.events.Handle) -> None:
         global _count
-        started, cpu_started, gc_before = clock(), cpu_clock(), _gc_time
+        started, cpu_started, gc_before, probe_before = clock(), cpu_clock(), _gc_time, _probe_time
         run(handle)
-        took = clock() - started
+        probed = _probe_time - probe_before
+        took = clock() - started - probed
         _count += 1
         if took > RECORD_OVER:
-            cpu, in_gc = cpu_clock() - cpu_started, _gc_time - gc_before
+            cpu, in_gc = cpu_clock() - cpu_started - probed, _gc_time - gc_before
             _steps.append((time.monotonic(), took, cpu, in_gc, _what(handle)))
 
     asyncio.events.Handle._run = timed  # type: ignore[method-assign]

@@ -86,6 +86,7 @@ class Phase:
     engine_cpu: float = 0.0  # share of one core
     redis_cpu: float = 0.0
     others: float = 0.0  # cores busy with anything but engine, Redis, admin and this script
+    admin_cpu: float = 0.0  # seconds of CPU the admin process used
     changes: list[Change] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     collections: list[dict] = field(default_factory=list)  # the collector's passes
@@ -252,6 +253,7 @@ async def calls_phase(
         phase.changes = results[1]
     phase.engine_cpu = used["engine"] / wall
     phase.redis_cpu = used["redis"] / wall
+    phase.admin_cpu = used["admin"]
     ours = sum(used.values()) + time.process_time() - own
     phase.others = max(0.0, (machine_busy() - busy - ours) / wall)
 
@@ -381,7 +383,8 @@ def report(
         print(
             f"\nchanges during '{p.name}': {len(p.changes)} sent, "
             f"{len(answered) / wall:.1f}/s answered by the admin API "
-            f"(p50 {fmt(pct(answered, 0.5))} ms, p99 {fmt(pct(answered, 0.99))} ms)"
+            f"(p50 {fmt(pct(answered, 0.5))} ms, p99 {fmt(pct(answered, 0.99))} ms); "
+            f"the admin process's CPU: {p.admin_cpu / max(1, len(answered)) * 1000:.1f} ms a change"
         )
         print(
             f"  change to engine (request sent -> engine routes by it), {len(seen)} probed: "
@@ -477,7 +480,7 @@ async def with_servers(
         tmp / "admin.log",
     )
     await wait_listening(admin, admin_port, tmp / "admin.log")
-    pids = {"engine": engine.pid, "redis": redis._process.pid}
+    pids = {"engine": engine.pid, "redis": redis._process.pid, "admin": admin.pid}
     bound = [did for did, _ in bound_numbers(args.numbers, args.accounts)]
     rng.shuffle(bound)
     called, changed = bound[: len(bound) // 2], bound[len(bound) // 2 :]
