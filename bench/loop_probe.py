@@ -12,9 +12,8 @@ it walks: "young" (the objects), "kinds" (their KINDS most common types, with co
 "entries" (in the containers among them) and "largest" (the biggest container: type, length,
 and for one of over CENSUS_OVER entries what it holds). A pass visits each object it walks and
 each entry of a container: these counts say what made one long (the census's own time is
-left out of the steps' times). On a busy machine a step's
-wall time (and a pass's) also holds the time the process waited for a core; its CPU time is
-the work the step itself did.
+left out of the steps' times). On a busy machine a step's wall time (and a pass's) also holds
+the time the process waited for a core; its CPU time is the work the step itself did.
 """
 
 from __future__ import annotations
