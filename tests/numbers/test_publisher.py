@@ -50,9 +50,9 @@ async def test_redis_is_written_after_the_commit_never_under_the_store_lock(serv
     write = data.write
     seen = []
 
-    async def checked_write(changes):
+    async def checked_write(changes, **how):
         seen.append(store.open_transactions)
-        return await write(changes)
+        return await write(changes, **how)
 
     data.write = checked_write
     await service.set_rule("web", MOSCOW_1, "force_no")
@@ -108,11 +108,11 @@ def stalled_writes(data: RoutingData) -> tuple[RoutingData, asyncio.Event, async
     slow = RoutingData(data.redis, data.prefix)
     write = slow.write
 
-    async def stalled(changes):
+    async def stalled(changes, **how):
         changes = list(changes)
         reached.set()
         await release.wait()
-        return await write(changes)
+        return await write(changes, **how)
 
     slow.write = stalled
     return slow, reached, release
@@ -273,3 +273,29 @@ async def test_the_first_fill_after_the_upgrade_deletes_the_old_layout(service, 
         await redis.set(key, 1)
     await service.sync("cli")
     assert [key for key in old if await redis.exists(key)] == []
+
+
+async def test_an_emptied_redis_is_filled_from_the_store_with_no_change(service, redis):
+    """The admin server's publisher, every few seconds, with nothing in the outbox."""
+    data = service.data
+    await redis.delete(data.version_key, data.changes_key, *data.hashes.values())
+    await service.publisher.publish()
+    stored, published = await routing_of(service)
+    assert stored == published
+    assert len(published[1]) == 6
+
+
+async def test_a_change_costs_redis_one_command(service, redis):
+    """The write itself finds out whether Redis holds routing data (else the store fills it
+    first): no round trip to ask before each change."""
+    sent: list[str] = []
+    execute = service.data.redis.execute_command
+
+    async def counted(*args, **options):
+        sent.append(str(args[0]))
+        return await execute(*args, **options)
+
+    service.data.redis.execute_command = counted
+    await service.set_rule("web", MOSCOW_1, "force_no")
+    assert sent == ["EVALSHA"]
+    assert (await service.data.load()).numbers[MOSCOW_1].callback_rule is CallbackRule.FORCE_NO

@@ -72,7 +72,8 @@ Record = Account | Number | Campaign
 
 # KEYS: version, changes, then the hashes of account, number, campaign.
 # ARGV: MAX_CHANGES, then the changes as one JSON array of [kind, id, value, expected]
-# (one argument: redis-py packs arguments slowly, Redis's cjson decodes fast).
+# (one argument: redis-py packs arguments slowly, Redis's cjson decodes fast), then "1" to
+# write only into routing data that exists (none: nil, nothing written).
 #   value not empty: store it, unless the stored value is the same or of a newer revision
 #   (a refused one is returned as stale); value empty: delete, if expected is empty or is
 #   the stored value. Each change made is one entry of the stream.
@@ -80,6 +81,9 @@ WRITE_SCRIPT = """
 local hashes = {account = KEYS[3], number = KEYS[4], campaign = KEYS[5]}
 local version = tonumber(redis.call('GET', KEYS[1]) or '')
 if not version then
+  if ARGV[3] == '1' then
+    return false
+  end
   local now = redis.call('TIME')
   version = tonumber(now[1]) * 1000000 + tonumber(now[2])
 end
@@ -127,6 +131,11 @@ return stale
 
 class BadChange(ValueError):
     """A record or a change that cannot be read (written by hand, or by a newer release)."""
+
+
+class NoRoutingData(Exception):
+    """Redis holds no routing data (new, or emptied): a write meant for the routing data
+    there wrote nothing."""
 
 
 class Gap(Exception):
@@ -303,9 +312,12 @@ class RoutingData:
 
     # writes
 
-    async def write(self, changes: Iterable[Put | Stored | Delete]) -> list[tuple[str, str]]:
+    async def write(
+        self, changes: Iterable[Put | Stored | Delete], *, into_existing: bool = False
+    ) -> list[tuple[str, str]]:
         """Applies `changes` in order, WRITE_BATCH per script; returns (kind, key) of the puts
-        refused because Redis holds a newer revision."""
+        refused because Redis holds a newer revision. `into_existing`: only into routing data
+        Redis holds, else NoRoutingData (what a batch before found written stays)."""
         stale: list[tuple[str, str]] = []
         batch: list[list[str]] = []
         for change in changes:
@@ -319,14 +331,17 @@ class RoutingData:
             else:
                 batch.append([change.kind, change.key, "", change.expected])
             if len(batch) >= WRITE_BATCH:
-                stale += await self._run(batch)
+                stale += await self._run(batch, into_existing)
                 batch = []
         if batch:
-            stale += await self._run(batch)
+            stale += await self._run(batch, into_existing)
         return stale
 
-    async def _run(self, batch: list[list[str]]) -> list[tuple[str, str]]:
-        refused = await self._write(keys=self._keys, args=[MAX_CHANGES, _json(batch)])
+    async def _run(self, batch: list[list[str]], into_existing: bool) -> list[tuple[str, str]]:
+        args = [MAX_CHANGES, _json(batch), int(into_existing)]
+        refused = await self._write(keys=self._keys, args=args)
+        if refused is None:
+            raise NoRoutingData("Redis holds no routing data")
         texts = [_text(item) for item in refused]
         return list(zip(texts[::2], texts[1::2], strict=True))
 
