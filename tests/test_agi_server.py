@@ -11,6 +11,7 @@ import socket
 import time
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from transcripts import FROM_ASTERISK, TRANSCRIPTS_DIR, read_transcript
@@ -585,3 +586,20 @@ async def test_shutdown_waits_for_the_connections_taken_from_the_listener():
     assert await answered == [b'SET VARIABLE "ROUTE" "handled"\n']
     await server.listen()
     assert not server.listening  # never again once shut down
+
+
+async def test_each_sessions_log_lines_name_that_session_and_no_other():
+    log = structlog.get_logger("test")
+
+    async def logs(session: AGISession) -> None:
+        log.info("in the handler", did=session.env.get("agi_extension"))
+        await route_to(session)
+
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs_seen:
+        async with run_server({"route": logs}, fallback, config()) as server:
+            await asyncio.gather(*(asterisk(server.port, ENV_BLOCK) for _ in range(3)))
+        log.info("outside")
+    lines = [entry for entry in logs_seen if entry["event"] == "in the handler"]
+    assert sorted(entry["session"] for entry in lines) == [1, 2, 3]
+    (outside,) = [entry for entry in logs_seen if entry["event"] == "outside"]
+    assert "session" not in outside

@@ -4,9 +4,10 @@ A connection first has to send its whole env block, within `env_deadline` of bei
 Until its first byte it is only a file descriptor in a selector of the server's own (no socket
 object, transport, task or timer: nothing the garbage collector has to walk, which in a flood
 of idle connections paused the loop for milliseconds at a time); from its first byte it is a
-transport with the env block's parser; only with the whole block does it take one of the
-`max_sessions` slots and a task. A sweeper closes the late ones, a few per turn of the loop.
-Connections that send nothing cannot keep calls out, and a flood of them costs little.
+socket read by the loop's reader callback, with the env block's parser; only with the whole
+block does it take one of the `max_sessions` slots and a task. A sweeper closes the late
+ones, a few per turn of the loop. Connections that send nothing cannot keep calls out, and a
+flood of them costs little.
 Connections still waiting for their env block are capped per peer host: past the cap the
 oldest of them is closed, a silent one first (a real Asterisk sends its env block at once, so
 the oldest pending connection is the least likely to be a call).
@@ -24,8 +25,10 @@ Asterisk would wait for ever. Closed, the port refuses, and Asterisk tries the n
 `hagi://` URL or takes its fallback at once. `listen()` opens it again on the same port (the
 engine does so after an overload).
 
-The bytes go from the transport to the sans-IO parser directly, without asyncio streams: to the
-env block's parser first, then to the session (session.py).
+The bytes go from the socket to the sans-IO parser directly, without asyncio's transports or
+streams (socket_transport.py): to the env block's parser first, then to the session
+(session.py). Bytes a real Asterisk sent with its connection are read in the turn that accepts
+it.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ import itertools
 import os
 import selectors
 import socket
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,7 @@ from ..logs import RepeatedWarnings
 from ..metrics import METRICS
 from .protocol import AGIProtocolError, Environment, ServerConnection
 from .session import FALLBACK_GRACE, AGIClosed, AGISession, SessionFailed
+from .socket_transport import SocketTransport
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +74,9 @@ CANCEL_WAIT = 1.0
 SWEEP_EVERY = 0.01
 SWEEP_BATCH = 10
 # Connections accepted per turn of the loop: a burst is taken a batch at a time, calls between.
-ACCEPT_BATCH = 64
+# An accepted connection is read, its env block parsed and its session started in that turn
+# (~50 us): a batch of 64 took 3-4 ms of CPU in a burst of 400, of 16 at most 1.7 ms.
+ACCEPT_BATCH = 16
 # Errors of accept() that lost one connection (accept(2): retry); on any other (out of
 # descriptors, of memory) accepting pauses this long instead of spinning.
 ACCEPT_LOST = {
@@ -86,6 +91,7 @@ ACCEPT_LOST = {
 }
 ACCEPT_RETRY = 1.0
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+READ_SIZE = 65536
 
 
 @dataclass
@@ -109,22 +115,56 @@ class _Phase(enum.Enum):
     DONE = "DONE"  # its task has ended; forgotten once its socket is closed
 
 
-@dataclass(eq=False)
-class _Connection:
-    """One accepted connection; a session once its env block is in and it holds a slot."""
+class _Connection(SocketTransport):
+    """One accepted connection that has sent something: its env block's parser until the
+    block is in, then a session once it holds a slot (the session's transport)."""
 
-    transport: asyncio.Transport
-    peer: str
-    host: str
-    accepted: float  # loop time
-    protocol: ServerConnection = field(default_factory=ServerConnection)
-    phase: _Phase = _Phase.ENV
-    session: AGISession | None = None
-    task: asyncio.Task[None] | None = None  # from the env block on
-    deadline: asyncio.Timeout | None = None  # the session's, in phase SESSION
-    dropped: str | None = None  # why the server closed it before its env block came
-    shut_down: bool = False  # its deadline brought forward by shutdown
-    lost: bool = False  # its socket is closed
+    __slots__ = (
+        "server",
+        "peer",
+        "host",
+        "accepted",
+        "protocol",
+        "phase",
+        "session",
+        "task",
+        "deadline",
+        "shut_down",
+    )
+
+    def __init__(
+        self, server: FastAGIServer, sock: socket.socket, address: tuple, accepted: float
+    ) -> None:
+        super().__init__(server.loop, sock)
+        self.server = server
+        self.peer = _peer(address)
+        self.host: str = address[0]
+        self.accepted = accepted  # loop time
+        self.protocol = ServerConnection()
+        self.phase = _Phase.ENV
+        self.session: AGISession | None = None
+        self.task: asyncio.Task[None] | None = None  # from the env block on
+        self.deadline: asyncio.Timeout | None = None  # the session's, in phase SESSION
+        self.shut_down = False  # its deadline brought forward by shutdown
+
+    def data_received(self, data: bytes) -> None:
+        if self.session is not None:
+            self.session.feed(data)
+        else:
+            self.server._env_data(self, data)
+
+    def eof_received(self) -> bool:
+        if self.session is not None:
+            self.session.feed(b"")
+            return True  # half-closed: the session may still send its route
+        log.debug("fastagi connection closed before its env block", peer=self.peer)
+        return False
+
+    def connection_lost(self) -> None:
+        if self.session is not None:
+            self.session.connection_lost()
+        if self.phase in (_Phase.ENV, _Phase.DONE):
+            self.server._forget(self)
 
 
 @dataclass(eq=False)
@@ -138,63 +178,11 @@ class _Peer:
         return len(self.silent) + len(self.reading)
 
 
-class _Wire(asyncio.Protocol):
-    """A connection's transport protocol: bytes to the env block's parser, then the session."""
-
-    def __init__(self, server: FastAGIServer, address: tuple, accepted: float) -> None:
-        self.server = server
-        self.address = address
-        self.accepted = accepted
-        self.conn: _Connection | None = None
-        self.transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.conn = self.server._accepted(transport, self.address, self.accepted)  # type: ignore[arg-type]
-
-    def data_received(self, data: bytes) -> None:
-        conn = self.conn
-        assert conn is not None
-        if conn.session is not None:
-            conn.session.feed(data)
-        else:
-            self.server._env_data(conn, data)
-
-    def eof_received(self) -> bool:
-        conn = self.conn
-        assert conn is not None
-        if conn.session is not None:
-            conn.session.feed(b"")
-            return True  # half-closed: the session may still send its route
-        log.debug("fastagi connection closed before its env block", peer=conn.peer)
-        return False  # the transport closes
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        _free_transport(self.transport)
-        self.transport = None
-        conn = self.conn
-        if conn is None:
-            return
-        conn.lost = True
-        if conn.session is not None:
-            conn.session.connection_lost()
-        if conn.phase in (_Phase.ENV, _Phase.DONE):
-            self.server._forget(conn)
-
-
-def _free_transport(transport: asyncio.BaseTransport | None) -> None:
-    """Python 3.11's socket transport keeps a bound method of itself once closed
-    (python/cpython#100348, fixed in 3.12): a cycle per call, with its socket, left to the
-    collector's passes on the event loop. Once the connection is lost the method is never
-    called again: dropping it lets the transport go at once."""
-    if sys.version_info < (3, 12) and getattr(transport, "_read_ready_cb", None) is not None:
-        transport._read_ready_cb = None  # type: ignore[union-attr]
-
-
 class FastAGIServer:
     def __init__(
         self, routes: Mapping[str, Handler], fallback: Fallback, config: ServerConfig
     ) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None  # the running one, from start()
         self.routes = dict(routes)
         self.fallback = fallback
         self.config = config
@@ -202,9 +190,8 @@ class FastAGIServer:
         self._verdicts: dict[str, bool] = {}  # peer host -> allowed (a few Asterisk boxes)
         self._listeners: list[socket.socket] = []  # while listening
         self._silent: selectors.BaseSelector | None = None  # accepted, not a byte yet
-        self._taking: set[asyncio.Task[None]] = set()  # sent a byte: getting a transport
         self._backlog_checked = False
-        self._connections: set[_Connection] = set()  # those with a transport
+        self._connections: set[_Connection] = set()  # those that have sent something
         self._idle = asyncio.Event()  # set while there is no connection
         self._idle.set()
         self._pending: dict[str, _Peer] = {}  # per host: those without their env block
@@ -226,7 +213,7 @@ class FastAGIServer:
     def connections(self) -> int:
         """Open connections, sessions or not."""
         silent = len(self._silent.get_map()) if self._silent is not None else 0
-        return len(self._connections) + silent + len(self._taking)
+        return len(self._connections) + silent
 
     @property
     def listening(self) -> bool:
@@ -234,8 +221,9 @@ class FastAGIServer:
 
     async def start(self, *, listen: bool = True) -> None:
         """Start serving; listening at once, or from the first `listen()`."""
+        self.loop = asyncio.get_running_loop()
         self._silent = selectors.DefaultSelector()
-        asyncio.get_running_loop().add_reader(self._silent.fileno(), self._first_bytes)
+        self.loop.add_reader(self._silent.fileno(), self._first_bytes)
         self._sweeper = asyncio.create_task(self._sweep_late_env_blocks())
         if listen:
             await self.listen()
@@ -320,14 +308,13 @@ class FastAGIServer:
         loop.call_later(ACCEPT_RETRY, resume)
 
     def _admit(self, sock: socket.socket, address: tuple) -> None:
-        """An accepted connection: from an allowed host, silent until its first byte (a real
-        Asterisk's env block is often in already: it goes on at once)."""
+        """An accepted connection from an allowed host: its first bytes, if they are in (a
+        real Asterisk's env block usually is), else silent until they come."""
         if not self._is_allowed(address[0]):
             sock.close()
             METRICS.connection_dropped("not_allowed")
             self._warnings.warning("fastagi peer not allowed", peer=_peer(address))
             return
-        assert self._silent is not None
         peer = self._pending.get(address[0])
         if peer is not None and len(peer) >= self.config.max_pending_per_peer:
             if peer.silent:
@@ -335,15 +322,41 @@ class FastAGIServer:
             else:
                 self._drop(next(iter(peer.reading)), "peer_pending_cap")
         self._idle.clear()
-        accepted = asyncio.get_running_loop().time()
         sock.setblocking(False)
-        first = _peek(sock)
-        if first is not None:
-            self._hand_over(sock, address, accepted, first)
+        self._first_read(sock, address, self.loop.time())
+
+    def _first_read(self, sock: socket.socket, address: tuple, accepted: float) -> None:
+        """A connection that has sent something is read from the loop's reader callback, one
+        that has not waits in the silent selector, one that only closed (or was reset) is
+        closed."""
+        try:
+            data = sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            assert self._silent is not None
+            fd = sock.detach()
+            self._silent.register(fd, selectors.EVENT_READ, address)
+            self._pending_of(address[0]).silent[fd] = accepted
             return
-        fd = sock.detach()
-        self._silent.register(fd, selectors.EVENT_READ, address)
-        self._pending.setdefault(address[0], _Peer()).silent[fd] = accepted
+        except OSError:
+            data = b""
+        if not data:
+            sock.close()
+            log.debug("fastagi connection closed before its env block", peer=_peer(address))
+            self._check_idle()
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = _Connection(self, sock, address, accepted)
+        self._connections.add(conn)
+        conn.start_reading()
+        self._env_data(conn, data)
+        if conn.phase is _Phase.ENV and not conn.lost:  # the rest of its env block to come
+            self._pending_of(conn.host).reading[conn] = None
+
+    def _pending_of(self, host: str) -> _Peer:
+        peer = self._pending.get(host)
+        if peer is None:
+            peer = self._pending[host] = _Peer()
+        return peer
 
     def _first_bytes(self) -> None:
         """Silent connections that have sent something, or closed."""
@@ -351,35 +364,9 @@ class FastAGIServer:
         for key, _ in self._silent.select(0):
             self._silent.unregister(key.fd)
             accepted = self._unpend_silent(key.fd, key.data)
-            sock = socket.socket(fileno=key.fd)
-            self._hand_over(sock, key.data, accepted, _peek(sock))
-
-    def _hand_over(
-        self, sock: socket.socket, address: tuple, accepted: float, first: bytes | None
-    ) -> None:
-        """A connection that has sent something gets a transport; one that only closed (or
-        was reset) is closed without one."""
-        if first == b"":
-            sock.close()
-            log.debug("fastagi connection closed before its env block", peer=_peer(address))
-            self._check_idle()
-            return
-        task = asyncio.get_running_loop().create_task(self._take(sock, address, accepted))
-        self._taking.add(task)
-        task.add_done_callback(self._taken)
-
-    async def _take(self, sock: socket.socket, address: tuple, accepted: float) -> None:
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: _Wire(self, address, accepted), sock
-            )
-        except OSError as exc:
-            sock.close()
-            log.warning("fastagi connection lost while taken", error=repr(exc))
-
-    def _taken(self, task: asyncio.Task[None]) -> None:
-        self._taking.discard(task)
-        self._check_idle()
+            family = socket.AF_INET6 if len(key.data) == 4 else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM, 0, key.fd)
+            self._first_read(sock, key.data, accepted)
 
     def _close_silent(self, fd: int, why: str | None) -> None:
         """Close a connection that has not sent a byte (why None: at shutdown)."""
@@ -403,8 +390,6 @@ class FastAGIServer:
         """Wait up to `timeout` for every connection to end; True if they all did."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                if self._taking:
-                    await asyncio.wait(set(self._taking))
                 await self._idle.wait()
         return not self.connections
 
@@ -415,7 +400,7 @@ class FastAGIServer:
             return
         self.draining = True
         self.stop_listening()
-        if self._connections or self._taking:
+        if self._connections:
             log.info("draining sessions", sessions=self.active_sessions)
         if not await self.drain(self.config.drain_deadline):
             late = list(self._connections)
@@ -424,7 +409,7 @@ class FastAGIServer:
             self._close_every_silent()  # nothing to route yet
             for conn in late:
                 if conn.phase is _Phase.ENV:
-                    conn.transport.close()  # nothing to route yet
+                    conn.close()  # nothing to route yet
                 elif conn.phase is _Phase.SLOT and conn.task is not None:
                     conn.task.cancel()
                 elif conn.phase is _Phase.SESSION and conn.deadline is not None:
@@ -435,7 +420,7 @@ class FastAGIServer:
                     if conn.task is not None and not conn.task.done():
                         conn.task.cancel()
                     else:
-                        conn.transport.abort()
+                        conn.abort()
                 await self.drain(CANCEL_WAIT)
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -454,16 +439,6 @@ class FastAGIServer:
 
     # --- one connection --------------------------------------------------------------------
 
-    def _accepted(
-        self, transport: asyncio.Transport, address: tuple, accepted: float
-    ) -> _Connection:
-        """A connection that has sent its first bytes has its transport: still pending."""
-        conn = _Connection(transport, _peer(address), address[0], accepted)
-        self._connections.add(conn)
-        self._idle.clear()
-        self._pending.setdefault(conn.host, _Peer()).reading[conn] = None
-        return conn
-
     def _env_data(self, conn: _Connection, data: bytes) -> None:
         """Bytes of a connection still reading its env block; with the block, a session."""
         try:
@@ -474,17 +449,15 @@ class FastAGIServer:
             self._warnings.warning(
                 "fastagi protocol error in the env block", peer=conn.peer, error=str(exc)
             )
-            conn.transport.close()
+            conn.close()
             return
         if not isinstance(env, Environment):
             return  # NEED_DATA
         self._unpend(conn)
         conn.phase = _Phase.SLOT
-        session = conn.session = AGISession(
-            conn.transport, conn.protocol, env, conn.peer, conn.accepted
-        )
+        session = conn.session = AGISession(conn, conn.protocol, env, conn.peer, conn.accepted)
         session.pump()  # whatever came after the env block (a HANGUP)
-        conn.task = asyncio.get_running_loop().create_task(self._serve(conn))
+        conn.task = self.loop.create_task(self._serve(conn))
 
     def _unpend(self, conn: _Connection) -> None:
         peer = self._pending.get(conn.host)
@@ -494,9 +467,11 @@ class FastAGIServer:
                 del self._pending[conn.host]
 
     def _forget(self, conn: _Connection) -> None:
-        """The connection is gone."""
+        """The connection is gone. It and its session held each other: no more, so that both
+        are freed at once, not by the collector on the event loop."""
         self._unpend(conn)
         self._connections.discard(conn)
+        conn.session = conn.task = None
         self._check_idle()
 
     def _check_idle(self) -> None:
@@ -506,8 +481,7 @@ class FastAGIServer:
     def _drop(self, conn: _Connection, why: str) -> None:
         """Close a connection still without its env block."""
         self._unpend(conn)
-        conn.dropped = why
-        conn.transport.close()
+        conn.close()
         self._dropped(conn.peer, why)
 
     def _dropped(self, peer: str, why: str) -> None:
@@ -572,17 +546,18 @@ class FastAGIServer:
             self._sessions[session_id] = conn
             self.sessions_total += 1
             try:
-                with structlog.contextvars.bound_contextvars(session=session_id):
-                    await self._run(conn)
+                # The task's own context: every line it logs names the session.
+                structlog.contextvars.bind_contextvars(session=session_id)
+                await self._run(conn)
             finally:
                 del self._sessions[session_id]
                 self._slots.release()
         finally:
             conn.phase = _Phase.DONE
-            conn.session.close()
             # A handler's fallback holds the session (a cycle): drop it, so that the call's
             # objects are freed now, not by the collector's full passes on the event loop.
             conn.session.on_failure = None
+            conn.session.close()
             if conn.lost:
                 self._forget(conn)
 
@@ -668,17 +643,6 @@ class FastAGIServer:
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         return any(address in network for network in self.allowed)
-
-
-def _peek(sock: socket.socket) -> bytes | None:
-    """The first byte waiting on a non-blocking socket without taking it; b"" once the peer
-    has closed (or reset) it, None while nothing has come."""
-    try:
-        return sock.recv(1, socket.MSG_PEEK)
-    except (BlockingIOError, InterruptedError):
-        return None
-    except OSError:
-        return b""
 
 
 def _peer(address: tuple) -> str:

@@ -1,4 +1,4 @@
-"""One FastAGI session: the sans-IO protocol driven by the connection's transport.
+"""One FastAGI session: the sans-IO protocol driven by the connection's socket.
 
 Once the env block is in, the server feeds the session every byte Asterisk sends (`feed`),
 straight into the parser: no streams and no reader task. Events are taken as they come: a
@@ -20,6 +20,7 @@ from .protocol import (
     Reply,
     ServerConnection,
 )
+from .socket_transport import SocketTransport
 
 # Time a session that failed or ran out of time has to send its fallback route.
 FALLBACK_GRACE = 0.5
@@ -39,7 +40,7 @@ class AGISession:
 
     def __init__(
         self,
-        transport: asyncio.Transport,
+        transport: SocketTransport,
         connection: ServerConnection,
         env: Environment,
         peer: str = "",
