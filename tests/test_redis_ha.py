@@ -7,13 +7,20 @@ changes made on the new master."""
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import replace
 
 import pytest
 from structlog.testing import capture_logs
 
-from engine_helpers import RESERVED, SERVICE, attempt, base_inventory, call, load, running_engine
+from engine_helpers import (
+    call,
+    calls_through_a_failover,
+    dialed_callers,
+    follows_a_routing_change,
+    load,
+    routed_without_the_store,
+    running_engine,
+)
 from redis_topology import SERVICE as SERVICE_NAME
 from redis_topology import Replicated, running
 from zvonok_agi.app import redis_client
@@ -36,31 +43,15 @@ async def test_master_killed_under_50_calls_a_second(settings, replicated):
         settings,
         redis=replace(settings.redis, url=replicated.url, claim_replicas=1, refresh_interval=0.2),
     )
-    inventory = base_inventory()
     # Every caller was dialed: a callback goes to the outbound campaign while the store
-    # answers. One in five calls a service number, which has no inbound campaign to fall to.
-    dids = [SERVICE if n % 5 == 0 else RESERVED for n in range(len(CALLERS))]
-    inventory["attempts"] = [
-        attempt("pool-promo" if did == SERVICE else "spring-sale", did=did, callee=caller)
-        for did, caller in zip(dids, CALLERS, strict=True)
-    ]
-    results: list[tuple[float, str, str, dict[str, str], float]] = []
-    kill_at = failed_over_at = 0.0
+    # answers.
+    inventory, dids = dialed_callers(CALLERS)
     unreplicated_before_kill = -1
 
-    async def place(did: str, caller: str) -> None:
-        started = time.monotonic()
-        variables = await call(engine, did, caller)
-        results.append((started, did, caller, variables, time.monotonic() - started))
-
-    async def master_dies() -> None:
-        nonlocal kill_at, failed_over_at, unreplicated_before_kill
-        await asyncio.sleep(1.0)
+    def master_dies() -> None:
+        nonlocal unreplicated_before_kill
         unreplicated_before_kill = sum(e["event"].startswith(UNREPLICATED) for e in logs)
-        kill_at = time.monotonic()
         replicated.master.kill()
-        await asyncio.to_thread(replicated.wait_for_failover)
-        failed_over_at = time.monotonic()
 
     await load(settings, inventory)
     # Many calls asking the sentinels at once, one of them dead, leave the client knowing all.
@@ -73,49 +64,29 @@ async def test_master_killed_under_50_calls_a_second(settings, replicated):
 
     with capture_logs() as logs:
         async with running_engine(settings) as engine:
-            failover = asyncio.create_task(master_dies())
-            calls = []
-            for did, caller in zip(dids, CALLERS, strict=True):
-                calls.append(asyncio.create_task(place(did, caller)))
-                await asyncio.sleep(1 / RATE)
-                if failover.done() and time.monotonic() > failed_over_at + 2.0:
-                    break
-            await asyncio.gather(failover, *calls)
-
+            failover = await calls_through_a_failover(
+                engine, dids, CALLERS, RATE, master_dies, replicated.wait_for_failover
+            )
             # The claims won before the kill were on the replica (claim_replicas = 1): their
             # callers calling again are second callbacks, not first ones again.
-            claimed = [(did, caller) for at, did, caller, v, took in results if at + took < kill_at]
-            again = [await call(engine, did, caller) for did, caller in claimed[-20:]]
+            claimed = failover.answered_before()[-20:]
+            again = [await call(engine, did, caller) for did, caller, _ in claimed]
+            await follows_a_routing_change(settings, engine)  # made on the new master
 
-            # A routing change made on the new master reaches the running engine.
-            await load(settings, base_inventory(rule="force_no"))
-            for _ in range(100):
-                if engine.cache.snapshot.numbers[RESERVED].callback_rule == "force_no":
-                    break
-                await asyncio.sleep(0.05)
-            assert engine.cache.snapshot.numbers[RESERVED].callback_rule == "force_no"
+    results = failover.results
+    assert failover.replaced_at > failover.killed_at > 0
+    assert all(v["ZV_DECIDED"] == "1" for *_, v in results)
+    assert max(answered - sent for sent, answered, *_ in results) < settings.agi.session_deadline
 
-    assert failed_over_at > kill_at > 0
-    assert all(v["ZV_DECIDED"] == "1" for *_, v, _ in results)
-    assert max(latency for *_, latency in results) < settings.agi.session_deadline
-
-    before = [(did, v) for at, did, _, v, took in results if at + took < kill_at]
-    during = [(did, v) for at, did, _, v, _ in results if kill_at <= at < failed_over_at]
-    after = [(did, v) for at, did, _, v, _ in results if at > failed_over_at + 1.0]
+    before = failover.answered_before()
+    during = failover.sent_during()
+    after = failover.sent_after(1.0)
     assert len(before) >= 10 and len(during) >= 10 and len(after) >= 10
-    assert {v["ZV_ROUTE"] for _, v in before} == {"outbound"}
+    assert {v["ZV_ROUTE"] for *_, v in before} == {"outbound"}
     assert {v["ZV_ROUTE"] for _, v in after} == {"outbound"}
-    # Meanwhile the reserved number's bound inbound campaign came from the cache; the
-    # service number, which has none, took the engine_error fallback.
-    for did, v in during:
-        if v["ZV_ROUTE"] == "outbound":
-            continue  # its history was read before the master went
-        if did == RESERVED:
-            assert (v["ZV_ROUTE"], v["ZV_CAMPAIGN"]) == ("inbound", "support")
-        else:
-            assert (v["ZV_ROUTE"], v["ZV_FALLBACK"]) == ("fallback", "engine_error")
-        assert "store unavailable" in v["ZV_REASON"]
-    assert sum(v["ZV_ROUTE"] != "outbound" for _, v in during) >= len(during) // 2
+    # Meanwhile calls were routed without the store, but for those whose history was read
+    # before the master went.
+    assert routed_without_the_store(during) >= len(during) // 2
 
     # Every claim before the kill reached the replica before its call was routed (after it,
     # with no replica left, each claim waits its claim_wait and says so).

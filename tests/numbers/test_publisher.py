@@ -5,17 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 
+import asyncpg
 import pytest
 
-from numbers_helpers import ACME, MOSCOW_1, MOSCOW_2, OLDCO, control_plane, released, small_world
+from numbers_helpers import (
+    ACME,
+    MOSCOW_1,
+    MOSCOW_2,
+    OLDCO,
+    control_plane,
+    refused,
+    released,
+    small_world,
+)
 from zvonok_agi.app import redis_client
+from zvonok_agi.numbers.databases import sqlite_path
 from zvonok_agi.numbers.importer import read_file
+from zvonok_agi.numbers.postgresql import lock_key
 from zvonok_agi.numbers.publisher import Publisher
 from zvonok_agi.numbers.service import NumbersService
 from zvonok_agi.numbers.store import Store, StoreUnavailable
 from zvonok_agi.routing.model import CallbackRule, Number, Pool
-from zvonok_agi.store.routing_data import Put, RoutingData
+from zvonok_agi.store.routing_data import Delete, Put, RoutingData, Superseded
 from zvonok_agi.tasks import cancel_and_wait
 
 
@@ -50,9 +64,9 @@ async def test_redis_is_written_after_the_commit_never_under_the_store_lock(serv
     write = data.write
     seen = []
 
-    async def checked_write(changes, **how):
+    async def checked_write(changes, **fenced):
         seen.append(store.open_transactions)
-        return await write(changes, **how)
+        return await write(changes, **fenced)
 
     data.write = checked_write
     await service.set_rule("web", MOSCOW_1, "force_no")
@@ -108,11 +122,11 @@ def stalled_writes(data: RoutingData) -> tuple[RoutingData, asyncio.Event, async
     slow = RoutingData(data.redis, data.prefix)
     write = slow.write
 
-    async def stalled(changes, **how):
+    async def stalled(changes, **fenced):
         changes = list(changes)
         reached.set()
         await release.wait()
-        return await write(changes, **how)
+        return await write(changes, **fenced)
 
     slow.write = stalled
     return slow, reached, release
@@ -161,11 +175,114 @@ async def test_a_publisher_that_lost_its_lock_never_puts_an_older_state_over_a_n
         async with control_plane(settings, store_url) as other:  # another process
             await other.set_rule("web", MOSCOW_1, "force_no")  # published at once
         release.set()
-        await stalled_publish
+        with pytest.raises(Superseded):  # refused whole: the rows stay for the next publisher
+            await stalled_publish
     stored, published = await routing_of(service)
     assert published[1][MOSCOW_1].callback_rule is CallbackRule.FORCE_NO
     assert stored == published
     assert await service.pending() == 0
+
+
+@pytest.mark.parametrize("late", ["delete", "put"])
+async def test_a_late_write_of_a_publisher_whose_lock_was_taken_over_is_refused(
+    service, store_url, late
+):
+    """The race a revision cannot settle: a record deleted from the store and made again
+    counts its revision anew. Publisher A holds the lock and reads the outbox (the record
+    deleted, or its last state before that), then stalls; its lock is lost and the record is
+    made again, which publisher B, now holding the lock, publishes. A's write arrives late:
+    Redis refuses it by A's fencing token, and keeps the record as the store holds it."""
+    await service.create_account("web", "temp", "Temp")  # in Redis at revision 1
+    if late == "delete":
+        await _by_hand(store_url, "DELETE FROM accounts WHERE id = 'temp'")
+    else:  # its state before it is deleted, at a revision above the one it is made again at
+        await NumbersService(service.store, None).update_account("web", "temp", name="Old")
+    data, reached, release = stalled_writes(service.data)
+    async with await Store.open(store_url) as a_store:
+        publisher_a = asyncio.create_task(Publisher(a_store, data).publish())
+        await reached.wait()  # A has read the outbox
+        await _lose_the_publishers_lock(store_url)
+        if late == "put":
+            await _by_hand(store_url, "DELETE FROM accounts WHERE id = 'temp'")
+        await service.create_account("web", "temp", "Made again")  # B publishes it
+        assert (await service.data.load()).accounts["temp"].name == "Made again"
+        release.set()
+        [a_ended] = await asyncio.gather(publisher_a, return_exceptions=True)
+    stored, published = await routing_of(service)
+    assert published[0]["temp"].name == "Made again"
+    assert stored == published
+    assert await service.pending() == 0
+    assert isinstance(a_ended, Superseded)  # refused whole
+
+
+async def test_a_write_with_an_older_fencing_token_changes_nothing(service, redis):
+    data = service.data
+    old, new = await data.fence(), await data.fence()
+    assert new > old
+    version = await data.version()
+    late = [Put(Number(MOSCOW_2, Pool.RESERVABLE, owner=OLDCO), rev=50)]
+    with pytest.raises(Superseded, match=f"fencing token {old} is older than {new}"):
+        await data.write(late, token=old)
+    assert await data.version() == version
+    assert (await data.load()).numbers[MOSCOW_2].owner is None
+    # Redis lost the fence (emptied, or a failover lost its last write): a token taken after
+    # is above every one before, and its first write puts the fence back.
+    await redis.delete(data.fence_key)
+    newer = await data.fence()
+    assert newer > new
+    await redis.delete(data.fence_key)
+    assert await data.write([Delete("account", "nobody")], token=newer) == []
+    with pytest.raises(Superseded):
+        await data.write(late, token=new)
+    assert await data.write(late) == []  # a write without a store (`load`) is not fenced
+
+
+async def test_a_sync_whose_lock_was_taken_over_stops_and_says_so(service):
+    data, reached, release = stalled_writes(service.data)
+    service.publisher.data = data
+    sync = asyncio.create_task(service.sync("cli"))
+    await reached.wait()
+    await service.data.fence()  # as another process that took the lock does
+    release.set()
+    refusal = await refused("conflict", sync)
+    assert "another process took over publishing during the sync" in refusal.message
+
+
+async def _by_hand(store_url: str, statement: str) -> None:
+    """A change made outside the service (which deletes no record), named in the outbox."""
+    async with await Store.open(store_url) as by_hand, by_hand.transaction() as q:
+        await q.db.run(statement)
+        await q.db.run("INSERT INTO outbox (kind, key) VALUES ('account', 'temp')")
+
+
+async def _lose_the_publishers_lock(store_url: str) -> None:
+    """The publisher's lock is gone from under its holder: on PostgreSQL its session is ended
+    (as a lost link ends it); on SQLite its flock is released (a SQLite file's lock is lost
+    only with its process, so this is as if)."""
+    if store_url.startswith("postgresql:"):
+        db = await asyncpg.connect(store_url)
+        try:
+            schema = await db.fetchval("SELECT current_schema()")
+            key = lock_key(schema, "publisher") % 2**64  # pg_locks shows it as two halves
+            holders = await db.fetch(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid = $1 AND objid = $2 AND objsubid = 1",
+                key >> 32,
+                key % 2**32,
+            )
+            assert len(holders) == 1
+            assert await db.fetchval("SELECT pg_terminate_backend($1)", holders[0]["pid"])
+        finally:
+            await db.close()
+        return
+    lock_file = os.path.realpath(f"{sqlite_path(store_url)}-publish")
+    held = [
+        int(fd)
+        for fd in os.listdir("/proc/self/fd")
+        if os.path.realpath(f"/proc/self/fd/{fd}") == lock_file
+    ]
+    assert len(held) == 1
+    fcntl.flock(held[0], fcntl.LOCK_UN)
 
 
 async def test_an_emptied_redis_is_filled_from_the_store_by_the_next_publish(service, redis):
@@ -285,9 +402,9 @@ async def test_an_emptied_redis_is_filled_from_the_store_with_no_change(service,
     assert len(published[1]) == 6
 
 
-async def test_a_change_costs_redis_one_command(service, redis):
+async def test_a_change_asks_redis_nothing_before_its_write(service, redis):
     """The write itself finds out whether Redis holds routing data (else the store fills it
-    first): no round trip to ask before each change."""
+    first): no round trip to ask before each change, only the fencing token's."""
     sent: list[str] = []
     execute = service.data.redis.execute_command
 
@@ -297,5 +414,5 @@ async def test_a_change_costs_redis_one_command(service, redis):
 
     service.data.redis.execute_command = counted
     await service.set_rule("web", MOSCOW_1, "force_no")
-    assert sent == ["EVALSHA"]
+    assert sent == ["EVALSHA", "EVALSHA"]  # the fencing token, the write
     assert (await service.data.load()).numbers[MOSCOW_1].callback_rule is CallbackRule.FORCE_NO

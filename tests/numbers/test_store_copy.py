@@ -1,16 +1,19 @@
 """`zvonok-agi store copy`: a whole store into another, on real SQLite files and the session's
 real PostgreSQL server; the copy equals the original row by row, Redis stays equal to it, a
-target with data is refused, and a copy killed midway leaves its target empty."""
+target with data is refused, a copy killed midway leaves its target empty, and a store kept
+busy by another connection is said to be busy."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sqlite3
 import sys
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pytest
 from argon2 import PasswordHasher, profiles
@@ -18,8 +21,10 @@ from test_numbers_commands import parser
 
 from conftest import new_schema
 from numbers_helpers import ACME, KAZAN, MOSCOW_1, MOSCOW_2, control_plane, small_world, table
+from store_lock import BUSY_MS, write_lock_held
 from zvonok_agi import cli
 from zvonok_agi.access.users import Users
+from zvonok_agi.numbers import databases
 from zvonok_agi.numbers.copying import TABLES, TargetNotEmpty, copy_store
 from zvonok_agi.numbers.migrations import MIGRATIONS
 from zvonok_agi.numbers.store import Store, StoreError
@@ -137,9 +142,6 @@ async def test_a_target_with_data_is_refused_unless_forced(settings, tmp_path, p
     assert await args.run(settings_for(settings, source), args) == 0
     assert await dump(postgres_store) == await dump(source)
 
-    with pytest.raises(StoreError, match="is the store being copied"):
-        await copy_store(source, f"sqlite:///{source}", force=True)
-
 
 def settings_for(settings, url: str):
     return replace(settings, store=replace(settings.store, url=url))
@@ -202,3 +204,83 @@ async def test_the_sources_writers_wait_while_it_is_copied(settings, tmp_path):
     assert {table for table, _ in refused} == set(TABLES)
     write_to_the_source("after", 0)
     assert ("after", "database is locked") not in refused
+
+
+@pytest.mark.parametrize("busy", ["source", "target"])
+async def test_a_store_busy_past_its_timeout_is_said_busy_and_nothing_is_copied(
+    busy, settings, tmp_path, postgres_store, monkeypatch, capsys
+):
+    monkeypatch.setattr(databases, "BUSY_TIMEOUT_MS", BUSY_MS)
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    await world(settings, source)
+    config = tmp_path / "zvonok.toml"
+    config.write_text(f'[store]\nurl = "{source}"\n')
+    command = ["-c", str(config), "store", "copy", "--to", postgres_store]
+    locked = source if busy == "source" else postgres_store
+    capsys.readouterr()
+    async with write_lock_held(locked):
+        assert await asyncio.to_thread(cli.main, command) == 1  # as every busy command
+    assert capsys.readouterr().err.strip() == (
+        f"zvonok-agi: copying {source} to {postgres_store}: the store {locked} is busy: other "
+        f"changes held it for 0.2 s; nothing was changed, try again ({_busy_error(locked)})"
+    )
+    assert await asyncio.to_thread(cli.main, command) == 0  # no --force: nothing was copied
+    assert await dump(postgres_store) == await dump(source)
+
+
+def _busy_error(store: str) -> str:
+    return (
+        "database is locked"
+        if store.startswith("sqlite:")
+        else "canceling statement due to lock timeout"
+    )
+
+
+async def test_a_sqlite_file_reached_by_another_path_is_not_copied_onto_itself(
+    settings, tmp_path, monkeypatch
+):
+    source = tmp_path / "source.db"
+    await world(settings, str(source))
+    held = await dump(str(source))
+    (tmp_path / "link.db").symlink_to(source)
+    os.link(source, tmp_path / "hard.db")  # another name of the same inode
+    monkeypatch.chdir(tmp_path)
+    for other in (
+        "link.db",
+        "hard.db",
+        f"sqlite:///{tmp_path}/../{tmp_path.name}/source.db",
+        "source.db",
+    ):
+        refused = f"^{re.escape(other)} is the store being copied: it reaches the same database"
+        with pytest.raises(StoreError, match=refused):
+            await copy_store(source, other, force=True)
+    assert await dump(str(source)) == held
+
+
+async def test_a_postgresql_schema_under_another_url_is_not_copied_onto_itself(
+    settings, postgres_store, tmp_path
+):
+    await world(settings, postgres_store)
+    held = await dump(postgres_store)
+    other = _another_url(postgres_store)
+    assert other != postgres_store
+    with pytest.raises(StoreError, match="is the store being copied: it reaches the same"):
+        await copy_store(postgres_store, other, force=True)
+    assert await dump(postgres_store) == held
+
+    # Another schema of the same database is another store.
+    async with new_schema(postgres_store.partition("?")[0]) as elsewhere:
+        await copy_store(other, elsewhere)
+        assert await dump(elsewhere) == held
+
+
+def _another_url(url: str) -> str:
+    """The same server, database and schema named otherwise: a password (the test server
+    trusts every local connection), the host's name for its address, the parameters in
+    another order, one more of them."""
+    parts = urlsplit(url)
+    host = "localhost" if parts.hostname == "127.0.0.1" else parts.hostname
+    params = [*parse_qsl(parts.query), ("application_name", "other")]
+    query = "&".join(f"{name}={value}" for name, value in reversed(params))
+    netloc = f"{parts.username}:not-needed@{host}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))

@@ -5,49 +5,23 @@ and the same change goes through once the lock is free. The CLI says so and exit
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
-import asyncpg
 import pytest
 
+from store_lock import BUSY_MS, write_lock_held
 from web_helpers import CHEAP, PASSWORD, admin_api, helpers
 from zvonok_agi import cli
 from zvonok_agi.access.users import Users
 from zvonok_agi.numbers import databases
-from zvonok_agi.numbers.postgresql import lock_key
 from zvonok_agi.web.app import RETRY_BUSY
 from zvonok_agi.web.openapi import DOCUMENT
-
-BUSY_MS = 200  # the busy timeout these tests run with: a change waits this long
 
 
 @pytest.fixture
 def short_busy_timeout(monkeypatch):
     monkeypatch.setattr(databases, "BUSY_TIMEOUT_MS", BUSY_MS)
-
-
-@contextlib.asynccontextmanager
-async def write_lock_held(store_url: str) -> AsyncIterator[None]:
-    """Another connection holds the store's write lock while the block runs."""
-    if store_url.startswith("sqlite:"):
-        other = sqlite3.connect(databases.sqlite_path(store_url), isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
-        return
-    other = await asyncpg.connect(store_url)
-    try:
-        schema = await other.fetchval("SELECT current_schema()")
-        await other.execute(f"SELECT pg_advisory_lock({lock_key(schema, 'writer')})")
-        yield
-    finally:
-        await other.close()
 
 
 async def test_a_change_the_lock_holds_up_is_503_store_busy_and_changes_nothing(

@@ -498,7 +498,7 @@ async def _sync(settings: Any, args: argparse.Namespace) -> int:
 
 async def _store_copy(settings: Any, args: argparse.Namespace) -> int:
     from ..cli import CommandError
-    from .copying import copy_store
+    from .copying import CopyBusy, copy_store
 
     source = args.source or settings.store_url
 
@@ -506,12 +506,13 @@ async def _store_copy(settings: Any, args: argparse.Namespace) -> int:
         if copied % 100_000 == 0:  # a line now and then on a large table
             print(f"  {table}: {copied}", file=sys.stderr)
 
+    copying = f"copying {describe(source)} to {describe(args.to)}"
     try:
         copied = await copy_store(source, args.to, force=args.force, progress=progress)
+    except CopyBusy as exc:  # worded as every command's busy store
+        raise CommandError(f"{copying}: {store_failure(str(exc.store), exc)}") from exc
     except StoreError as exc:
-        raise CommandError(
-            f"copying {describe(source)} to {describe(args.to)}: {exc} (nothing was copied)"
-        ) from exc
+        raise CommandError(f"{copying}: {exc} (nothing was copied)") from exc
     print(f"copied {describe(source)} to {describe(args.to)}: "
           + ", ".join(f"{n} {table}" for table, n in copied.items()))
     return 0

@@ -6,22 +6,32 @@ their sessions, the audit log. Redis, written from the source, then already hold
 at the revision the copy holds, and what the outbox still names is published by the copy's
 publisher as it would have been by the source's.
 
-The target is brought to the latest schema, then written in one transaction: a copy stopped
-midway (killed, the link lost, a refused row) leaves it as empty as it was, which the next run
-sees. A target that holds anything is refused unless `force` says to replace it. The source is
-read in one transaction holding its writers' lock: no change is acknowledged on it while the
-copy runs and then missed (its writers wait, and past their timeout are told the store is
-busy). Rows stream in batches: a table of any size costs one batch of memory.
+A target that is the source under another name (a link to the file, a relative path, the
+server's address for its name, other URL parameters) is refused before anything is written:
+the databases are asked (`Database.same_store`), not the names compared. The target is
+brought to the latest schema, then written in one transaction: a copy stopped midway (killed,
+the link lost, a refused row) leaves it as empty as it was, which the next run sees. A target
+that holds anything is refused unless `force` says to replace it. The source is read in one
+transaction holding its writers' lock: no change is acknowledged on it while the copy runs and
+then missed (its writers wait, and past their timeout are told the store is busy). Either
+store busy past the timeout stops the copy before it writes anything (`CopyBusy`). Rows
+stream in batches: a table of any size costs one batch of memory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .databases import Connection, Database, StoreError, connect, describe, sqlite_path
+from .databases import (
+    Connection,
+    Database,
+    StoreBusy,
+    StoreError,
+    connect,
+    describe,
+)
 from .store import migrate
 
 BATCH = 2000  # rows per read and per write
@@ -50,6 +60,15 @@ class TargetNotEmpty(StoreError):
     """The target store holds data, and the copy was not told to replace it."""
 
 
+class CopyBusy(StoreBusy):
+    """One of the two stores was busy past its timeout (other writers held its lock):
+    `store` names which. Nothing was copied; try again."""
+
+    def __init__(self, store: str | Path, cause: StoreBusy) -> None:
+        super().__init__(str(cause))
+        self.store = store
+
+
 async def copy_store(
     source: str | Path,
     target: str | Path,
@@ -59,27 +78,34 @@ async def copy_store(
     progress: Progress | None = None,
 ) -> dict[str, int]:
     """Copies the store `source` names into the one `target` names (see `databases.connect`);
-    the rows copied, per table."""
-    if _same(source, target):
-        raise StoreError(f"{describe(target)} is the store being copied")
-    reading = await connect(source)
+    the rows copied, per table. Raises CopyBusy when either store's writers held its lock past
+    the busy timeout."""
+    busy = source  # the store whose lock is being waited for
     try:
-        await migrate(reading)
-        writing = await connect(target)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            reading = await connect(source)
+            stack.push_async_callback(reading.close)
+            writing = await connect(target)
+            stack.push_async_callback(writing.close)
+            if await reading.same_store(writing):
+                raise StoreError(
+                    f"{describe(target)} is the store being copied: it reaches the same "
+                    f"database as {describe(source)}; copy into another store"
+                )
+            await migrate(reading)
+            read = await stack.enter_async_context(reading.writing())  # its writers wait
+            busy = target
             await migrate(writing)
-            return await _copy(reading, writing, force, batch, progress or _quiet)
-        finally:
-            await writing.close()
-    finally:
-        await reading.close()
+            return await _copy(read, writing, force, batch, progress or _quiet)
+    except StoreBusy as exc:
+        raise CopyBusy(busy, exc) from exc
 
 
 async def _copy(
-    source: Database, target: Database, force: bool, batch: int, progress: Progress
+    read: Connection, target: Database, force: bool, batch: int, progress: Progress
 ) -> dict[str, int]:
     copied = {}
-    async with source.writing() as read, target.writing() as write:  # writing() holds the lock
+    async with target.writing() as write:
         held = await _held(write)
         if held and not force:
             rows = ", ".join(f"{n} {table}" for table, n in held.items())
@@ -122,13 +148,3 @@ async def _copy_table(
 
 def _quiet(table: str, copied: int) -> None:
     pass
-
-
-def _same(source: str | Path, target: str | Path) -> bool:
-    """Both name one SQLite file, or the same URL."""
-    if str(source) == str(target):
-        return True
-    paths = [sqlite_path(str(url)) for url in (source, target)]
-    if any(p.startswith(("postgresql:", "postgres:")) or p == ":memory:" for p in paths):
-        return False
-    return os.path.realpath(paths[0]) == os.path.realpath(paths[1])

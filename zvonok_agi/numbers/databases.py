@@ -98,6 +98,11 @@ class Database(Protocol):
         """After rows were written with their keys given (a copy): the keys `column` generates
         from now on come after the largest of them."""
 
+    async def same_store(self, other: Database) -> bool:
+        """Whether `other`, opened by another name (a link, a relative path, a host's address
+        instead of its name, other parameters), is this very store: asked of the databases,
+        not of their names."""
+
     async def close(self) -> None: ...
 
 
@@ -271,3 +276,9 @@ class SQLite:
     async def continue_identity(self, db: Connection, table: str, column: str) -> None:
         """Nothing to do: a new key is the largest + 1, and AUTOINCREMENT's counter follows the
         keys written."""
+
+    async def same_store(self, other: Database) -> bool:
+        """The same file (device and inode), whatever the paths; two in memory are two."""
+        if not isinstance(other, SQLite) or ":memory:" in (self._path, other._path):
+            return False
+        return os.path.samefile(self._path, other._path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import secrets
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any
@@ -13,6 +14,7 @@ import asyncpg
 from . import databases
 from .databases import (
     Connection,
+    Database,
     StoreBusy,
     StoreConflict,
     StoreError,
@@ -106,6 +108,7 @@ class PostgreSQL:
 
     def __init__(self, pool: Any, schema: str) -> None:
         self._pool = pool
+        self.schema = schema
         self._writer = lock_key(schema, "writer")
         self._publisher = lock_key(schema, "publisher")
 
@@ -193,9 +196,10 @@ class PostgreSQL:
             try:
                 yield
             finally:
-                if not db.is_closed():
-                    with _pg_errors():
-                        await db.execute(f"SELECT pg_advisory_unlock({self._publisher})")
+                # A lost link took the lock with it (asyncpg hands such a connection back to
+                # the pool at once): nothing to unlock, and the block's own error stands.
+                with contextlib.suppress(asyncpg.InterfaceError, StoreUnavailable), _pg_errors():
+                    await db.execute(f"SELECT pg_advisory_unlock({self._publisher})")
 
     async def schema_version(self, db: Connection) -> int:
         [[table]] = await db.fetch("SELECT to_regclass('schema_version')")
@@ -212,3 +216,27 @@ class PostgreSQL:
             f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
             f"coalesce(max({column}), 0) + 1, false) FROM {table}"
         )
+
+    async def same_store(self, other: Database) -> bool:
+        """The same schema of the same database on the same server: a lock taken with a
+        random key through this pool is looked for through the other's (pg_locks shows the
+        locks of the server it runs on, each with its database). Names and addresses can
+        differ, and two servers cloned from one backup share every identifier: the lock
+        cannot be seen from anywhere else."""
+        if not isinstance(other, PostgreSQL) or other.schema != self.schema:
+            return False
+        key = (secrets.randbits(31), secrets.randbits(31))
+        async with self._connection() as mine, other._connection() as theirs:
+            with _pg_errors():
+                await mine.execute("SELECT pg_advisory_lock($1, $2)", *key)
+                try:
+                    seen = await theirs.fetchval(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                        "AND database = (SELECT oid FROM pg_database "
+                        "WHERE datname = current_database()) "
+                        "AND classid = $1 AND objid = $2 AND objsubid = 2",
+                        *key,
+                    )
+                finally:
+                    await mine.execute("SELECT pg_advisory_unlock($1, $2)", *key)
+        return seen > 0

@@ -10,14 +10,26 @@ seconds, the next change of any process) sends it.
 One publisher at a time, of all the processes sharing the store (`Store.publishing`: the
 admin servers, the CLI's commands, on one host or several): each reads what the store holds
 now and writes it before the next one reads, so Redis takes the changes in the order they
-were committed, a record that is gone from the store too (a delete carries no revision that
-Redis could compare). The others wait for it, a few milliseconds; M admin processes do not
-send every change M times. Idempotent, whoever runs it and however often: Redis refuses a
-record older than the one it holds (`RoutingData.write` compares revisions), so rows published
-twice after a crash before their delete, or by a publisher that lost its lock while its write
-was on the way, change nothing. A record deleted from the store and made again starts its
-revision anew: Redis refuses it, and the publisher outranks it (`_drain`). Redis away: the
-rows stay, `run` retries with backoff.
+were committed, a record that is gone from the store too. The others wait for it, a few
+milliseconds; M admin processes do not send every change M times. Idempotent, whoever runs it
+and however often: Redis refuses a record older than the one it holds (`RoutingData.write`
+compares revisions), so rows published twice after a crash before their delete change
+nothing. A record deleted from the store and made again starts its revision anew: Redis
+refuses it, and the publisher outranks it (`_drain`). Redis away: the rows stay, `run`
+retries with backoff.
+
+A publisher can lose its lock while it runs (PostgreSQL's advisory lock goes with a lost
+link) and another take it; the first one's write, already on its way, then arrives after the
+second one's. A revision cannot settle that for a delete (it carries none), nor for a record
+deleted and made again (its revision began anew, below the late one). So each holder of the
+lock takes a fencing token from Redis right after the lock and before it reads anything
+(`RoutingData.fence`: above every token taken before, from the clock, so a Redis that lost
+it still orders them), and every write carries it: Redis refuses, whole, a write whose token
+is older than the newest taken (`Superseded`). The late writer leaves its outbox rows in
+place and tries again later, with the lock and a new token; what the newer holder read came
+after the token it took, so it is at least as new as anything the late one read. A write that
+reached Redis before the newer token was taken is followed by the newer holder's, which
+reads the outbox (those rows are still there) after it.
 
 Of the store it needs only read and write transactions, the publisher's lock, and in them
 `outbox`, `routing_values`, `routing_page`, `published` and `outrank`: plain SQL both
@@ -29,13 +41,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 import structlog
 from redis.exceptions import RedisError
 
 from ..metrics import METRICS
-from ..store.routing_data import KINDS, Delete, NoRoutingData, RoutingData, Stored, revision
+from ..store.routing_data import (
+    KINDS,
+    Delete,
+    NoRoutingData,
+    RoutingData,
+    Stored,
+    Superseded,
+    revision,
+)
 from ..tasks import LoopErrors, cancel_requested
 from .store import Queries, Store, StoreUnavailable
 
@@ -44,9 +65,9 @@ log = structlog.get_logger(__name__)
 LOOP = "outbox-publish"  # the background loop's name in logs and metrics
 PUBLISH_BATCH = 2000  # outbox rows per read
 REBUILD_BATCH = 1000  # records per read of a rebuild
-# What publishing can fail on for a while: Redis away, or the store away or busy past its
-# timeout (another process publishing for too long too).
-UNAVAILABLE = (RedisError, OSError, StoreUnavailable)
+# What publishing can fail on for a while: Redis away, the store away or busy past its
+# timeout (another process publishing for too long too), or the lock lost to another process.
+UNAVAILABLE = (RedisError, OSError, StoreUnavailable, Superseded)
 
 
 @dataclass(frozen=True)
@@ -75,6 +96,7 @@ class Publisher:
         self.failing = False  # the last attempt failed: `run` retries, changes do not wait
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._token: int | None = None  # the fencing token taken with the publisher's lock
 
     async def publish(self) -> int:
         """Publishes the whole outbox; the rows published. Raises one of UNAVAILABLE when Redis
@@ -82,7 +104,7 @@ class Publisher:
 
         Redis holding no routing data at all (new, or emptied) is first filled from the store.
         """
-        async with self._lock, self.store.publishing():
+        async with self._publishing():
             try:  # a write finds that out itself: no round trip to ask first
                 published = await self._drain(into_existing=True)
                 filled = published > 0 or await self.data.version() is not None
@@ -116,8 +138,8 @@ class Publisher:
             self._wake.set()
             return
         try:
-            async with self._lock, self.store.publishing():
-                stale = await self.data.write(change for _, change in rows)  # a twin: no change
+            async with self._publishing():
+                stale = await self._write(change for _, change in rows)  # a twin: no change
                 async with self.store.transaction(alone=False) as q:
                     await q.published([seq for seq, _ in rows])
                 if stale:  # as in `_drain`
@@ -139,7 +161,7 @@ class Publisher:
     async def rebuild(self) -> SyncReport:
         """Writes every record of the store to Redis and removes what the store does not hold
         (`zvonok-agi sync`); then publishes the outbox."""
-        async with self._lock, self.store.publishing():
+        async with self._publishing():
             report = await self._rebuild()
             await self._drain()
             return report
@@ -170,6 +192,23 @@ class Publisher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
 
+    @contextlib.asynccontextmanager
+    async def _publishing(self) -> AsyncIterator[None]:
+        """Holds the publisher's lock (this process's, then the store's), with a fencing token
+        taken after it and before anything is read: this publisher's writes are refused from
+        the moment another process takes the lock and its token."""
+        async with self._lock, self.store.publishing():
+            self._token = await self.data.fence()
+            try:
+                yield
+            finally:
+                self._token = None
+
+    async def _write(
+        self, changes: Iterable[Stored | Delete], *, into_existing: bool = False
+    ) -> list[tuple[str, str]]:
+        return await self.data.write(changes, token=self._token, into_existing=into_existing)
+
     async def _pending(self) -> int:
         async with self.store.reading() as q:
             return await q.outbox_size()
@@ -188,7 +227,7 @@ class Publisher:
             async with self.store.reading() as q:
                 rows = await q.outbox(PUBLISH_BATCH)
                 changes = await _current(q, rows)
-            stale = await self.data.write(changes, into_existing=into_existing) if rows else []
+            stale = await self._write(changes, into_existing=into_existing) if rows else []
             if rows:
                 async with self.store.transaction(alone=False) as q:
                     await q.published([seq for seq, _, _ in rows])
@@ -213,7 +252,7 @@ class Publisher:
                     page = await q.routing_page(kind, after, REBUILD_BATCH)
                 if not page:
                     break
-                stale = await self.data.write(Stored(kind, key, value) for key, value in page)
+                stale = await self._write(Stored(kind, key, value) for key, value in page)
                 await self._outrank_refused(stale)
                 keys.update(key for key, _ in page)
                 after = page[-1][0]
@@ -244,7 +283,7 @@ class Publisher:
             async with self.store.reading() as q:
                 created = await q.routing_values(kind, others)
             gone = [Delete(kind, key, value) for key, value in others.items() if key not in created]
-            await self.data.write(gone)
+            await self._write(gone)
             removed += len(gone)
         return removed
 

@@ -35,7 +35,7 @@ from ..routing.model import (
     Scenario,
 )
 from ..store.number_health import NumberHealth, NumberHealthStore
-from ..store.routing_data import RoutingData
+from ..store.routing_data import RoutingData, Superseded
 from . import rules
 from .publisher import UNAVAILABLE, Publisher, SyncReport
 from .rules import Choice, Kind, NumberRecord, Refused, RegionCount, Request
@@ -655,7 +655,13 @@ class NumbersService:
         in batches, outside the store's lock: changes go on meanwhile."""
         if self.publisher is None:
             raise Refused("no_redis", "sync needs Redis")
-        report = await self.publisher.rebuild()
+        try:
+            report = await self.publisher.rebuild()
+        except Superseded as exc:  # its lock lost: what it wrote stands, the rest is refused
+            raise Refused(
+                "conflict", f"another process took over publishing during the sync ({exc}); "
+                "sync again"
+            ) from exc
         await self._audit(actor, "sync", "routing", "ok", asdict(report))
         return report
 

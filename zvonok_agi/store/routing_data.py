@@ -11,11 +11,15 @@ the version and the stream together. The keys (prefix `zv:` by default) share th
   zv:{routing}:version    the version of the whole, +1 per change
   zv:{routing}:changes    stream, one entry per change: id "<version>-0", fields k (kind),
                           i (id), v (the new value; empty: deleted); about MAX_CHANGES kept
+  zv:{routing}:fence      the fencing token of the control plane's publisher holding its lock
+                          now (`fence`); engines never read it
 
 Values are JSON arrays. `rev` is the record's revision in the control plane's store: a write
 never puts an older revision over a newer one (two publishers racing), and a value equal to the
 stored one changes nothing. A missing version key (a new or emptied Redis) starts again from
 the clock in microseconds, above any version a reader has seen, so the reader notices the jump.
+A write may carry a fencing token (`fence`): one older than the newest taken is refused whole
+(`Superseded`), which is what keeps a publisher that lost its lock from writing late.
 
 The engine keeps the whole routing data in memory (`RoutingCache`): one full load at start, then
 every change from the stream applied in place. A gap (the stream trimmed past the engine's
@@ -70,18 +74,30 @@ OLD_KEY = re.compile(rb"[A-Za-z0-9][A-Za-z0-9_-]{0,47}")
 
 Record = Account | Number | Campaign
 
-# KEYS: version, changes, then the hashes of account, number, campaign.
+# KEYS: version, changes, then the hashes of account, number, campaign, then the fence.
 # ARGV: MAX_CHANGES, then the changes as one JSON array of [kind, id, value, expected]
-# (one argument: redis-py packs arguments slowly, Redis's cjson decodes fast), then "1" to
-# write only into routing data that exists (none: nil, nothing written).
+# (one argument: redis-py packs arguments slowly, Redis's cjson decodes fast), then the
+# writer's fencing token (empty or absent: none), then "1" to write only into routing data
+# that exists (none: nil, nothing written).
+#   A token below the fence: nothing is done, the fence is returned (a number). A token above
+#   it (the fence lost with a failover or an emptied Redis) raises it.
 #   value not empty: store it, unless the stored value is the same or of a newer revision
 #   (a refused one is returned as stale); value empty: delete, if expected is empty or is
 #   the stored value. Each change made is one entry of the stream.
 WRITE_SCRIPT = """
 local hashes = {account = KEYS[3], number = KEYS[4], campaign = KEYS[5]}
+local token = tonumber(ARGV[3] or '')
+if token then
+  local fence = tonumber(redis.call('GET', KEYS[6]) or '0')
+  if token < fence then
+    return fence
+  elseif token > fence then
+    redis.call('SET', KEYS[6], ARGV[3])
+  end
+end
 local version = tonumber(redis.call('GET', KEYS[1]) or '')
 if not version then
-  if ARGV[3] == '1' then
+  if ARGV[4] == '1' then
     return false
   end
   local now = redis.call('TIME')
@@ -127,6 +143,25 @@ if changed > 0 then
 end
 return stale
 """
+
+
+# KEYS: the fence. A new fencing token: the clock in microseconds, or the last one + 1 if that
+# is not above it (two taken within a microsecond, a clock set back); from the clock, a token
+# taken after Redis lost the fence (emptied, or a failover that lost the last write) is still
+# above every one taken before.
+FENCE_SCRIPT = """
+local now = redis.call('TIME')
+local token = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if token <= last then token = last + 1 end
+redis.call('SET', KEYS[1], string.format('%d', token))
+return token
+"""
+
+
+class Superseded(Exception):
+    """A write refused whole: its fencing token is older than the newest taken (its writer
+    lost the lock it was taken with, and another writer holds it now)."""
 
 
 class BadChange(ValueError):
@@ -307,17 +342,30 @@ class RoutingData:
         self.hashes = {kind: f"{base}{kind}s" for kind in KINDS}
         self.version_key = f"{base}version"
         self.changes_key = f"{base}changes"
-        self._keys = [self.version_key, self.changes_key, *self.hashes.values()]
+        self.fence_key = f"{base}fence"
+        self._keys = [self.version_key, self.changes_key, *self.hashes.values(), self.fence_key]
         self._write = redis.register_script(WRITE_SCRIPT)
+        self._fence = redis.register_script(FENCE_SCRIPT)
 
     # writes
 
+    async def fence(self) -> int:
+        """A fencing token above every one taken before: writes with an older one are refused
+        from now on. Taken by a writer that has just acquired its lock, before it reads what
+        it will write."""
+        return int(await self._fence(keys=[self.fence_key]))
+
     async def write(
-        self, changes: Iterable[Put | Stored | Delete], *, into_existing: bool = False
+        self,
+        changes: Iterable[Put | Stored | Delete],
+        *,
+        token: int | None = None,
+        into_existing: bool = False,
     ) -> list[tuple[str, str]]:
         """Applies `changes` in order, WRITE_BATCH per script; returns (kind, key) of the puts
-        refused because Redis holds a newer revision. `into_existing`: only into routing data
-        Redis holds, else NoRoutingData (what a batch before found written stays)."""
+        refused because Redis holds a newer revision. With a fencing `token`, Superseded once
+        a newer one was taken: the batches before were written, none after. `into_existing`:
+        only into routing data Redis holds, else NoRoutingData (the batches before stay)."""
         stale: list[tuple[str, str]] = []
         batch: list[list[str]] = []
         for change in changes:
@@ -331,15 +379,19 @@ class RoutingData:
             else:
                 batch.append([change.kind, change.key, "", change.expected])
             if len(batch) >= WRITE_BATCH:
-                stale += await self._run(batch, into_existing)
+                stale += await self._run(batch, token, into_existing)
                 batch = []
         if batch:
-            stale += await self._run(batch, into_existing)
+            stale += await self._run(batch, token, into_existing)
         return stale
 
-    async def _run(self, batch: list[list[str]], into_existing: bool) -> list[tuple[str, str]]:
-        args = [MAX_CHANGES, _json(batch), int(into_existing)]
+    async def _run(
+        self, batch: list[list[str]], token: int | None, into_existing: bool
+    ) -> list[tuple[str, str]]:
+        args = [MAX_CHANGES, _json(batch), "" if token is None else token, int(into_existing)]
         refused = await self._write(keys=self._keys, args=args)
+        if isinstance(refused, int):
+            raise Superseded(f"fencing token {token} is older than {refused}: the lock was lost")
         if refused is None:
             raise NoRoutingData("Redis holds no routing data")
         texts = [_text(item) for item in refused]

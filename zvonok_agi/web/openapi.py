@@ -715,7 +715,9 @@ DOCUMENT: dict[str, Any] = {
         },
         "/api/sync": {
             "post": _op("rebuild Redis's routing data from the store",
-                        {"200": _ok(_ref("SyncReport"))},
+                        {"200": _ok(_ref("SyncReport")),
+                         # another process took over publishing meanwhile: sync again
+                         "409": {"$ref": "#/components/responses/Conflict"}},
                         access="staff"),
         },
     },
