@@ -440,6 +440,16 @@ async def test_a_change_while_redis_is_away_is_published_later(service, settings
     assert (await published(service))[MOSCOW_1].owner == ACME
 
 
+async def test_a_sync_while_redis_is_away_is_refused_in_words(service, settings):
+    away = redis_client("redis://127.0.0.1:1", settings)
+    real, service.publisher.data = service.publisher.data, RoutingData(away, "zv:")
+    try:
+        await refused("no_redis", service.sync("cli"))
+    finally:
+        await away.aclose()
+        service.publisher.data = real
+
+
 async def test_sync_rebuilds_redis_from_the_store(service, redis, settings):
     await service.reserve("web", ACME, MOSCOW_1)
     await service.data.put_number(Number("74997777777", Pool.SERVICE))  # not in SQLite

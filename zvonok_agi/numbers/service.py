@@ -662,6 +662,11 @@ class NumbersService:
                 "conflict", f"another process took over publishing during the sync ({exc}); "
                 "sync again"
             ) from exc
+        except (RedisError, OSError) as exc:
+            raise Refused(
+                "no_redis", f"Redis is not reachable ({exc}); the store is unchanged: sync "
+                "again once Redis is back"
+            ) from exc
         await self._audit(actor, "sync", "routing", "ok", asdict(report))
         return report
 
