@@ -6,8 +6,13 @@ are written to OUT as JSON lines: "at" (monotonic seconds: the machine's clock, 
 processes, so that the benchmark can tell in which of its phases a step fell), "ms" (wall
 time), "cpu_ms" (the thread's CPU time), "gc_ms" (how long the garbage collector ran inside
 it) and "what" (the coroutine or callback), after a first line with the count of all steps;
-then every pass of the garbage collector: "at", "gc" (its generation), "ms" and "freed" (the
-unreachable objects it found). On a busy machine a step's wall time (and a pass's) also holds
+then every pass of the garbage collector: "at", "gc" (its generation), "ms", "cpu_ms",
+"freed" (the unreachable objects it found) and, for a young generation's pass, a census of what
+it walks: "young" (the objects), "kinds" (their KINDS most common types, with counts),
+"entries" (in the containers among them) and "largest" (the biggest container: type, length,
+and for one of over CENSUS_OVER entries what it holds). A pass visits each object it walks and
+each entry of a container: these counts say what made one long (the census's own time is
+left out of the steps' times). On a busy machine a step's wall time (and a pass's) also holds
 the time the process waited for a core; its CPU time is the work the step itself did.
 """
 
@@ -15,28 +20,75 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import gc
 import json
 import sys
 import time
 
 RECORD_OVER = 0.001  # seconds
+CENSUS_OVER = 1000  # entries: a young container this big is described
+KINDS = 6  # the most common types of the objects a pass walks, listed
+CONTAINERS = (list, tuple, dict, set, frozenset, collections.deque)
 
 _steps: list[tuple[float, float, float, float, str]] = []
 _count = 0
 _gc_time = 0.0  # seconds the collector ran, in all
-_passes: list[tuple[float, int, float, int]] = []  # at, generation, seconds, objects freed
-_gc_started = 0.0
+# at, generation, seconds, CPU seconds, objects freed, the census of what it walked
+_passes: list[tuple[float, int, float, float, int, dict]] = []
+_gc_started = (0.0, 0.0)
+_young: dict = {}
+_probe_time = 0.0  # seconds, wall and CPU alike, the census took: no step's own
 
 
 def _on_gc(phase: str, info: dict) -> None:
-    global _gc_started, _gc_time
+    global _gc_started, _gc_time, _young, _probe_time
     if phase == "start":
-        _gc_started = time.perf_counter()
+        census_started = time.perf_counter()
+        _young = _census(info["generation"]) if info["generation"] < 2 else {}
+        _probe_time += time.perf_counter() - census_started
+        _gc_started = (time.perf_counter(), time.thread_time())
         return
-    took = time.perf_counter() - _gc_started
+    took, cpu = time.perf_counter() - _gc_started[0], time.thread_time() - _gc_started[1]
     _gc_time += took
-    _passes.append((time.monotonic(), info["generation"], took, info["collected"]))
+    at = time.monotonic()
+    _passes.append((at, info["generation"], took, cpu, info["collected"], _young))
+
+
+def _census(generation: int) -> dict:
+    """The objects a pass of `generation` walks (those of it and the younger ones), the entries
+    of the containers among them, and the biggest one: a pass visits every entry of a container
+    it walks, so one big container makes it long."""
+    young = entries = 0
+    largest: object = None
+    size = -1
+    kinds: collections.Counter[str] = collections.Counter()
+    for g in range(generation + 1):
+        objects = gc.get_objects(generation=g)  # the list it returns is not in it
+        young += len(objects)
+        for o in objects:
+            kinds[type(o).__qualname__] += 1
+            if isinstance(o, CONTAINERS):
+                n = len(o)
+                entries += n
+                if n > size:
+                    size, largest = n, o
+        del objects
+    census: dict = {"young": young, "entries": entries, "kinds": kinds.most_common(KINDS)}
+    if largest is not None:
+        census["largest"] = [type(largest).__qualname__, size]
+        if size > CENSUS_OVER:
+            census["largest"].append(_holds(largest))
+    return census
+
+
+def _holds(container: object) -> str:
+    """What a big container holds, by its first entry."""
+    if isinstance(container, dict):
+        key, value = next(iter(container.items()))
+        return f"{type(key).__qualname__} {str(key)[:40]!r} -> {type(value).__qualname__}"
+    first = next(iter(container))  # type: ignore[call-overload]
+    return f"{type(first).__qualname__} {str(first)[:60]!r}"
 
 
 def _install() -> None:
@@ -45,12 +97,13 @@ def _install() -> None:
 
     def timed(handle: asyncio.events.Handle) -> None:
         global _count
-        started, cpu_started, gc_before = clock(), cpu_clock(), _gc_time
+        started, cpu_started, gc_before, probe_before = clock(), cpu_clock(), _gc_time, _probe_time
         run(handle)
-        took = clock() - started
+        probed = _probe_time - probe_before
+        took = clock() - started - probed
         _count += 1
         if took > RECORD_OVER:
-            cpu, in_gc = cpu_clock() - cpu_started, _gc_time - gc_before
+            cpu, in_gc = cpu_clock() - cpu_started - probed, _gc_time - gc_before
             _steps.append((time.monotonic(), took, cpu, in_gc, _what(handle)))
 
     asyncio.events.Handle._run = timed  # type: ignore[method-assign]
@@ -79,9 +132,10 @@ def _dump(path: str) -> None:
                 "what": what,
             }
             out.write(json.dumps(step) + "\n")
-        for at, generation, took, freed in _passes:
+        for at, generation, took, cpu, freed, young in _passes:
             collection = {"at": round(at, 6), "gc": generation, "ms": round(took * 1000, 3)}
-            out.write(json.dumps({**collection, "freed": freed}) + "\n")
+            collection["cpu_ms"] = round(cpu * 1000, 3)
+            out.write(json.dumps({**collection, "freed": freed, **young}) + "\n")
 
 
 def main() -> int:

@@ -86,9 +86,11 @@ class Phase:
     engine_cpu: float = 0.0  # share of one core
     redis_cpu: float = 0.0
     others: float = 0.0  # cores busy with anything but engine, Redis, admin and this script
+    admin_cpu: float = 0.0  # seconds of CPU the admin process used
     changes: list[Change] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
-    collections: list[tuple[int, float]] = field(default_factory=list)  # generation, ms
+    collections: list[dict] = field(default_factory=list)  # the collector's passes
+    long_young: list[dict] = field(default_factory=list)  # gen 0/1 passes over 1 ms of CPU
 
 
 @dataclass(frozen=True)
@@ -251,13 +253,14 @@ async def calls_phase(
         phase.changes = results[1]
     phase.engine_cpu = used["engine"] / wall
     phase.redis_cpu = used["redis"] / wall
+    phase.admin_cpu = used["admin"]
     ours = sum(used.values()) + time.process_time() - own
     phase.others = max(0.0, (machine_busy() - busy - ours) / wall)
 
 
-def read_steps(path: Path) -> tuple[int, list[Step], list[tuple[float, int, float]]]:
+def read_steps(path: Path) -> tuple[int, list[Step], list[dict]]:
     """What loop_probe.py wrote: the count of steps, the long steps, the collector's passes
-    (at, generation, ms)."""
+    (at, gc: the generation, ms, and for a young one the census of what it walked)."""
     lines = path.read_text().splitlines() if path.exists() else []
     if not lines:
         return 0, [], []
@@ -265,20 +268,36 @@ def read_steps(path: Path) -> tuple[int, list[Step], list[tuple[float, int, floa
     steps, passes = [], []
     for line in map(json.loads, lines[1:]):
         if "gc" in line:
-            passes.append((line["at"], line["gc"], line["ms"]))
+            passes.append(line)
         else:
             steps.append(Step(line["at"], line["ms"], line["cpu_ms"], line["gc_ms"], line["what"]))
     return total, steps, passes
 
 
-def collections(passes: list[tuple[int, float]]) -> str:
-    """Per generation: how many passes of the garbage collector, and the longest."""
+def collections(passes: list[dict]) -> str:
+    """Per generation: how many passes of the garbage collector, the longest, and for the
+    young ones the most objects one walked."""
     parts = []
     for generation in range(3):
-        times = [ms for g, ms in passes if g == generation]
-        if times:
-            parts.append(f"gen {generation} x{len(times)} (max {max(times):.1f} ms)")
+        mine = [c for c in passes if c["gc"] == generation]
+        if mine:
+            longest = max(c["ms"] for c in mine)
+            most = max((c["young"] for c in mine if "young" in c), default=None)
+            walked = "" if most is None else f", up to {most} objects"
+            parts.append(f"gen {generation} x{len(mine)} (max {longest:.1f} ms{walked})")
     return ", ".join(parts)
+
+
+def census(c: dict) -> str:
+    """What a young generation's pass walked and freed (see loop_probe.py)."""
+    text = (
+        f"gen {c['gc']} {c['cpu_ms']:.1f} ms CPU: {c['young']} objects, {c['entries']} entries "
+        f"in containers, {c['freed']} freed"
+    )
+    if "largest" in c:
+        text += "; the largest a " + " ".join(map(str, c["largest"]))
+    kinds = ", ".join(f"{kind} {n}" for kind, n in c["kinds"])
+    return f"{text}\n{'':26}     most: {kinds}"
 
 
 def fmt(value: float, digits: int = 1) -> str:
@@ -344,6 +363,8 @@ def report(
             print(f"{'':26}   longest steps (CPU ms): {names}")
         if p.collections:
             print(f"{'':26}   collector: {collections(p.collections)}")
+        for collection in p.long_young[:3]:
+            print(f"{'':26}   young pass: {census(collection)}")
         if errors:
             kinds: dict[str, int] = {}
             for e in errors:
@@ -362,7 +383,8 @@ def report(
         print(
             f"\nchanges during '{p.name}': {len(p.changes)} sent, "
             f"{len(answered) / wall:.1f}/s answered by the admin API "
-            f"(p50 {fmt(pct(answered, 0.5))} ms, p99 {fmt(pct(answered, 0.99))} ms)"
+            f"(p50 {fmt(pct(answered, 0.5))} ms, p99 {fmt(pct(answered, 0.99))} ms); "
+            f"the admin process's CPU: {p.admin_cpu / max(1, len(answered)) * 1000:.1f} ms a change"
         )
         print(
             f"  change to engine (request sent -> engine routes by it), {len(seen)} probed: "
@@ -458,7 +480,7 @@ async def with_servers(
         tmp / "admin.log",
     )
     await wait_listening(admin, admin_port, tmp / "admin.log")
-    pids = {"engine": engine.pid, "redis": redis._process.pid}
+    pids = {"engine": engine.pid, "redis": redis._process.pid, "admin": admin.pid}
     bound = [did for did, _ in bound_numbers(args.numbers, args.accounts)]
     rng.shuffle(bound)
     called, changed = bound[: len(bound) // 2], bound[len(bound) // 2 :]
@@ -489,7 +511,10 @@ async def with_servers(
     phases = [start, quiet, busy]
     for p in phases:
         p.steps = [s for s in steps if p.start <= s.at <= p.end]
-        p.collections = [(g, ms) for at, g, ms in passes if p.start <= at <= p.end]
+        mine = [c for c in passes if p.start <= c["at"] <= p.end]
+        p.collections = mine
+        young = [c for c in mine if c["gc"] < 2 and c["cpu_ms"] > 1.0]
+        p.long_young = sorted(young, key=lambda c: c["cpu_ms"], reverse=True)
     facts["engine loop steps"] = f"{total} timed, {len(steps)} over 1 ms"
     return report(args, facts, phases, goals)
 

@@ -603,3 +603,15 @@ async def test_each_sessions_log_lines_name_that_session_and_no_other():
     assert sorted(entry["session"] for entry in lines) == [1, 2, 3]
     (outside,) = [entry for entry in logs_seen if entry["event"] == "outside"]
     assert "session" not in outside
+
+
+async def test_sessions_leave_no_timers_behind():
+    """The sweep brings a late session's deadline forward: no timer per session, which stayed
+    in the loop's heap, with the call's context, for seconds after the call had ended."""
+    loop = asyncio.get_running_loop()
+    async with run_server({"route": route_to}, fallback, config()) as server:
+        await asterisk(server.port, ENV_BLOCK)
+        before = len(loop._scheduled)  # the sweep's, the repeated warnings'
+        for _ in range(50):
+            await asterisk(server.port, ENV_BLOCK)
+        assert len(loop._scheduled) <= before + 1

@@ -390,3 +390,29 @@ async def test_the_first_fill_after_the_upgrade_deletes_the_old_layout(service, 
         await redis.set(key, 1)
     await service.sync("cli")
     assert [key for key in old if await redis.exists(key)] == []
+
+
+async def test_an_emptied_redis_is_filled_from_the_store_with_no_change(service, redis):
+    """The admin server's publisher, every few seconds, with nothing in the outbox."""
+    data = service.data
+    await redis.delete(data.version_key, data.changes_key, *data.hashes.values())
+    await service.publisher.publish()
+    stored, published = await routing_of(service)
+    assert stored == published
+    assert len(published[1]) == 6
+
+
+async def test_a_change_asks_redis_nothing_before_its_write(service, redis):
+    """The write itself finds out whether Redis holds routing data (else the store fills it
+    first): no round trip to ask before each change, only the fencing token's."""
+    sent: list[str] = []
+    execute = service.data.redis.execute_command
+
+    async def counted(*args, **options):
+        sent.append(str(args[0]))
+        return await execute(*args, **options)
+
+    service.data.redis.execute_command = counted
+    await service.set_rule("web", MOSCOW_1, "force_no")
+    assert sent == ["EVALSHA", "EVALSHA"]  # the fencing token, the write
+    assert (await service.data.load()).numbers[MOSCOW_1].callback_rule is CallbackRule.FORCE_NO

@@ -69,8 +69,9 @@ SLOT_WAIT = 0.2
 FAILURE_BUDGET = FALLBACK_GRACE + 1.0
 # After cancelling what was left at shutdown, how long to wait for it to end.
 CANCEL_WAIT = 1.0
-# Connections whose env block is late are looked for this often, and closed at most this many
-# at a time (1,000 a second): a flood of idle connections is spread out, calls get through.
+# Sessions past their deadline and connections whose env block is late are looked for this
+# often; the late connections are closed at most this many at a time (1,000 a second): a flood
+# of idle connections is spread out, calls get through.
 SWEEP_EVERY = 0.01
 SWEEP_BATCH = 10
 # Connections accepted per turn of the loop: a burst is taken a batch at a time, calls between.
@@ -224,7 +225,7 @@ class FastAGIServer:
         self.loop = asyncio.get_running_loop()
         self._silent = selectors.DefaultSelector()
         self.loop.add_reader(self._silent.fileno(), self._first_bytes)
-        self._sweeper = asyncio.create_task(self._sweep_late_env_blocks())
+        self._sweeper = asyncio.create_task(self._sweep())
         if listen:
             await self.listen()
 
@@ -504,14 +505,32 @@ class FastAGIServer:
     def _env_deadline(self) -> float:
         return min(self.config.env_deadline, self.config.session_deadline)
 
-    async def _sweep_late_env_blocks(self) -> None:
-        """Close the connections whose env block is late, a batch at a time: idle connections
+    async def _sweep(self) -> None:
+        """Every SWEEP_EVERY: the sessions past their deadline go to their fallback, and the
+        connections whose env block is late are closed, a batch at a time (idle connections
         that came together, and come back as soon as they are closed, are spread out instead
-        of coming back together, a wave once per deadline that would hold up every call."""
+        of coming back together, a wave once per deadline that would hold up every call)."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(SWEEP_EVERY)
-            self._close_late(loop.time() - self._env_deadline, SWEEP_BATCH)
+            now = loop.time()
+            self._expire_sessions(now)
+            self._close_late(now - self._env_deadline, SWEEP_BATCH)
+
+    def _expire_sessions(self, now: float) -> None:
+        """Bring the deadline of the sessions past it to now. A look at each session every
+        sweep instead of a timer each: a session's timer, cancelled when it ends, stayed in the
+        loop's heap with the call's context until it would have been due, seconds later."""
+        late = now - self.config.session_deadline
+        for conn in self._sessions.values():
+            deadline = conn.deadline
+            if (
+                conn.accepted <= late
+                and conn.phase is _Phase.SESSION
+                and deadline is not None
+                and deadline.when() is None  # not brought forward yet (or by shutdown)
+            ):
+                deadline.reschedule(now)
 
     def _close_late(self, late: float, most: int) -> int:
         """Close up to `most` connections accepted before `late` (loop time) that have not
@@ -576,9 +595,7 @@ class FastAGIServer:
     async def _run(self, conn: _Connection) -> None:
         session = conn.session
         assert session is not None
-        deadline = conn.deadline = asyncio.timeout_at(
-            session.accepted + self.config.session_deadline
-        )
+        deadline = conn.deadline = asyncio.timeout(None)  # brought forward by the sweep
         try:
             async with deadline:
                 conn.phase = _Phase.SESSION

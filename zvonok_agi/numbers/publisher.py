@@ -48,7 +48,15 @@ import structlog
 from redis.exceptions import RedisError
 
 from ..metrics import METRICS
-from ..store.routing_data import KINDS, Delete, RoutingData, Stored, Superseded, revision
+from ..store.routing_data import (
+    KINDS,
+    Delete,
+    NoRoutingData,
+    RoutingData,
+    Stored,
+    Superseded,
+    revision,
+)
 from ..tasks import LoopErrors, cancel_requested
 from .store import Queries, Store, StoreUnavailable
 
@@ -97,13 +105,18 @@ class Publisher:
         Redis holding no routing data at all (new, or emptied) is first filled from the store.
         """
         async with self._publishing():
-            if await self.data.version() is None:
+            try:  # a write finds that out itself: no round trip to ask first
+                published = await self._drain(into_existing=True)
+                filled = published > 0 or await self.data.version() is not None
+            except NoRoutingData:
+                filled = False
+            if not filled:
                 async with self.store.reading() as q:
                     held = [await q.routing_page(kind, None, 1) for kind in KINDS]
                 if any(held):
                     log.info("Redis holds no routing data: filling it from the store")
                     await self._rebuild()
-            published = await self._drain()
+                published = await self._drain()
             self.failing = False
             return published
 
@@ -191,16 +204,19 @@ class Publisher:
             finally:
                 self._token = None
 
-    async def _write(self, changes: Iterable[Stored | Delete]) -> list[tuple[str, str]]:
-        return await self.data.write(changes, token=self._token)
+    async def _write(
+        self, changes: Iterable[Stored | Delete], *, into_existing: bool = False
+    ) -> list[tuple[str, str]]:
+        return await self.data.write(changes, token=self._token, into_existing=into_existing)
 
     async def _pending(self) -> int:
         async with self.store.reading() as q:
             return await q.outbox_size()
 
-    async def _drain(self) -> int:
+    async def _drain(self, *, into_existing: bool = False) -> int:
         """Publishes the outbox as it is now. A row committed after the last read is its
         committer's to publish (`after_commit`, which waits for this publisher's lock).
+        `into_existing`: NoRoutingData if Redis holds no routing data (nothing published).
 
         A record Redis refuses because it holds a newer revision is outranked and sent again:
         under the lock, what was just read is the store's latest, so Redis is the one behind
@@ -211,7 +227,7 @@ class Publisher:
             async with self.store.reading() as q:
                 rows = await q.outbox(PUBLISH_BATCH)
                 changes = await _current(q, rows)
-            stale = await self._write(changes) if rows else []
+            stale = await self._write(changes, into_existing=into_existing) if rows else []
             if rows:
                 async with self.store.transaction(alone=False) as q:
                     await q.published([seq for seq, _, _ in rows])

@@ -65,7 +65,7 @@ log = structlog.get_logger(__name__)
 KINDS = ("account", "number", "campaign")
 MAX_CHANGES = 100_000  # stream entries kept: an engine further behind loads everything again
 WRITE_BATCH = 200  # changes per script call: Redis runs a script to its end, others wait
-SCAN_CHUNK = 500  # records per HSCAN of a full load: parsing the reply is one loop step
+SCAN_CHUNK = 250  # records per HSCAN of a full load: parsing the reply is one loop step
 READ_CHUNK = 100  # stream entries per read: parsing and applying them is one loop step
 LOAD_ATTEMPTS = 5
 RELEASE_AFTER = 10.0  # seconds a replaced copy is kept for the calls still reading it
@@ -77,7 +77,8 @@ Record = Account | Number | Campaign
 # KEYS: version, changes, then the hashes of account, number, campaign, then the fence.
 # ARGV: MAX_CHANGES, then the changes as one JSON array of [kind, id, value, expected]
 # (one argument: redis-py packs arguments slowly, Redis's cjson decodes fast), then the
-# writer's fencing token (empty or absent: none).
+# writer's fencing token (empty or absent: none), then "1" to write only into routing data
+# that exists (none: nil, nothing written).
 #   A token below the fence: nothing is done, the fence is returned (a number). A token above
 #   it (the fence lost with a failover or an emptied Redis) raises it.
 #   value not empty: store it, unless the stored value is the same or of a newer revision
@@ -96,6 +97,9 @@ if token then
 end
 local version = tonumber(redis.call('GET', KEYS[1]) or '')
 if not version then
+  if ARGV[4] == '1' then
+    return false
+  end
   local now = redis.call('TIME')
   version = tonumber(now[1]) * 1000000 + tonumber(now[2])
 end
@@ -162,6 +166,11 @@ class Superseded(Exception):
 
 class BadChange(ValueError):
     """A record or a change that cannot be read (written by hand, or by a newer release)."""
+
+
+class NoRoutingData(Exception):
+    """Redis holds no routing data (new, or emptied): a write meant for the routing data
+    there wrote nothing."""
 
 
 class Gap(Exception):
@@ -347,11 +356,16 @@ class RoutingData:
         return int(await self._fence(keys=[self.fence_key]))
 
     async def write(
-        self, changes: Iterable[Put | Stored | Delete], *, token: int | None = None
+        self,
+        changes: Iterable[Put | Stored | Delete],
+        *,
+        token: int | None = None,
+        into_existing: bool = False,
     ) -> list[tuple[str, str]]:
         """Applies `changes` in order, WRITE_BATCH per script; returns (kind, key) of the puts
         refused because Redis holds a newer revision. With a fencing `token`, Superseded once
-        a newer one was taken: the batches before were written, none after."""
+        a newer one was taken: the batches before were written, none after. `into_existing`:
+        only into routing data Redis holds, else NoRoutingData (the batches before stay)."""
         stale: list[tuple[str, str]] = []
         batch: list[list[str]] = []
         for change in changes:
@@ -365,17 +379,21 @@ class RoutingData:
             else:
                 batch.append([change.kind, change.key, "", change.expected])
             if len(batch) >= WRITE_BATCH:
-                stale += await self._run(batch, token)
+                stale += await self._run(batch, token, into_existing)
                 batch = []
         if batch:
-            stale += await self._run(batch, token)
+            stale += await self._run(batch, token, into_existing)
         return stale
 
-    async def _run(self, batch: list[list[str]], token: int | None) -> list[tuple[str, str]]:
-        args = [MAX_CHANGES, _json(batch), "" if token is None else token]
+    async def _run(
+        self, batch: list[list[str]], token: int | None, into_existing: bool
+    ) -> list[tuple[str, str]]:
+        args = [MAX_CHANGES, _json(batch), "" if token is None else token, int(into_existing)]
         refused = await self._write(keys=self._keys, args=args)
         if isinstance(refused, int):
             raise Superseded(f"fencing token {token} is older than {refused}: the lock was lost")
+        if refused is None:
+            raise NoRoutingData("Redis holds no routing data")
         texts = [_text(item) for item in refused]
         return list(zip(texts[::2], texts[1::2], strict=True))
 
