@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -220,12 +221,17 @@ async def serve(settings: Settings, *, with_admin: bool = False) -> None:
     stop_metrics = None
     if settings.metrics.enabled:
         stop_metrics = start_metrics_server(settings.metrics.host, settings.metrics.port)
+    if with_admin:
+        # The admin server's modules take ~0.5 s to import: imported before the engine
+        # listens, not on its loop while it serves (calls waited; the routing data's
+        # blocking read timed out).
+        from .numbers.commands import admin_server
+
+        importlib.import_module(".web.server", __package__)
     async with contextlib.AsyncExitStack() as stack:
         engine = await stack.enter_async_context(Engine(settings, own_process=True))
         assert engine.server is not None
-        if with_admin:
-            from .numbers.commands import admin_server
-
+        if with_admin:  # its Redis may be the engine's embedded one: started after it
             await stack.enter_async_context(admin_server(settings))
         report = None
         if notifier is not None:
