@@ -142,6 +142,14 @@ def test_a_number_is_described_as_its_range(national: str) -> None:
     assert dataclasses.replace(ranged, written=number.written) == number
 
 
+@given(
+    st.sampled_from(["7", "1", "44", "49", "380", "86"]),
+    st.text("0123456789", min_size=6, max_size=10),
+)
+def test_a_number_is_written_as_its_plan_writes_it(code: str, national: str) -> None:
+    assert phone.written(code + national) == phone.plan(code + national).written
+
+
 def test_normalizing_new_numbers_keeps_nothing_for_the_collector() -> None:
     """Each call normalizes two numbers, most never seen before. What it keeps of them (a
     cache entry: one new, one old dropped) stays in the collector's young generation with no

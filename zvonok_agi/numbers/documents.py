@@ -21,7 +21,7 @@ def account(a: Account) -> dict[str, Any]:
 def number(n: NumberRecord) -> dict[str, Any]:
     return {
         "did": n.did,
-        "written": phone.plan(n.did).written,
+        "written": phone.written(n.did),
         "kind": n.kind.value,
         "region": n.region,
         "region_names": regions.display_names(n.region),
@@ -95,7 +95,7 @@ def request(r: Request) -> dict[str, Any]:
     }
     if r.topic == "support":
         document.update(comment=r.comment, contact=r.contact,
-                        contact_written=r.contact and phone.plan(r.contact).written)
+                        contact_written=r.contact and phone.written(r.contact))
     if r.status == "closed":
         document.update(closed_at=r.closed_at, closed_by=r.closed_by, note=r.note)
     return document

@@ -1,16 +1,20 @@
 """The control plane's changes reach Redis through a transactional outbox.
 
-A change commits together with its outbox row and its record's new revision (`Queries.touch`).
-Only then, outside the store's write lock, `publish` reads the oldest rows and the records they
-name as they are now, writes those to Redis and deletes the rows. Redis never holds what the
-store did not commit, and a change the store committed reaches Redis even if the process dies
-right after the commit: whoever publishes next (the admin server at start and every few
-seconds, the next change of any process) sends it.
+A change commits together with its outbox row and its record's new revision (`Queries.touch`,
+whose statement also returns the record as written). Only then, outside the store's write
+lock, its process sends it (`after_commit`): the record as committed, with those of the
+process's other changes that committed meanwhile (one lock, one token, one write for them
+all), deletes their rows, and if the outbox holds others, `publish`es them: reads the oldest
+rows and the records they name as they are now, writes those to Redis and deletes the rows.
+Redis never holds what the store did not commit, and a change the store committed reaches
+Redis even if the process dies right after the commit: whoever publishes next (the admin
+server at start and every few seconds, the next change of any process) sends it.
 
 One publisher at a time, of all the processes sharing the store (`Store.publishing`: the
-admin servers, the CLI's commands, on one host or several): each reads what the store holds
-now and writes it before the next one reads, so Redis takes the changes in the order they
-were committed, a record that is gone from the store too. The others wait for it, a few
+admin servers, the CLI's commands, on one host or several): each writes what the store
+committed before the next one reads, so Redis takes the changes in the order they were
+committed (a record sent after a newer revision of it is refused), a record that is gone from
+the store too. The others wait for it, a few
 milliseconds; M admin processes do not send every change M times. Idempotent, whoever runs it
 and however often: Redis refuses a record older than the one it holds (`RoutingData.write`
 compares revisions), so rows published twice after a crash before their delete change
@@ -32,8 +36,8 @@ reached Redis before the newer token was taken is followed by the newer holder's
 reads the outbox (those rows are still there) after it.
 
 Of the store it needs only read and write transactions, the publisher's lock, and in them
-`outbox`, `routing_values`, `routing_page`, `published` and `outrank`: plain SQL both
-databases run.
+`outbox`, `routing_values`, `routing_page`, `published` and `outrank` (and a change's
+`outboxed`): plain SQL both databases run.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -68,6 +72,7 @@ REBUILD_BATCH = 1000  # records per read of a rebuild
 # What publishing can fail on for a while: Redis away, the store away or busy past its
 # timeout (another process publishing for too long too), or the lock lost to another process.
 UNAVAILABLE = (RedisError, OSError, StoreUnavailable, Superseded)
+Row = tuple[int, Stored | Delete]  # an outbox row's seq and its record as committed
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class Publisher:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._token: int | None = None  # the fencing token taken with the publisher's lock
+        self._committed: list[Row] = []  # this process's changes' rows, not sent yet
 
     async def publish(self) -> int:
         """Publishes the whole outbox; the rows published. Raises one of UNAVAILABLE when Redis
@@ -104,46 +110,37 @@ class Publisher:
 
         Redis holding no routing data at all (new, or emptied) is first filled from the store.
         """
-        async with self._publishing():
-            try:  # a write finds that out itself: no round trip to ask first
-                published = await self._drain(into_existing=True)
-                filled = published > 0 or await self.data.version() is not None
-            except NoRoutingData:
-                filled = False
-            if not filled:
-                async with self.store.reading() as q:
-                    held = [await q.routing_page(kind, None, 1) for kind in KINDS]
-                if any(held):
-                    log.info("Redis holds no routing data: filling it from the store")
-                    await self._rebuild()
-                published = await self._drain()
-            self.failing = False
-            return published
+        async with self._lock, self._publishing():
+            return await self._publish()
 
-    async def after_commit(self) -> None:
+    async def after_commit(self, rows: Sequence[Row] = ()) -> None:
         """Right after a change committed: publish it now, unless Redis is known to be away
-        (then `run` does when it is back). Never raises: the change is committed."""
-        if self.failing:
+        (then `run` does when it is back). `rows`: the outbox rows it committed, with their
+        records as committed (`Queries.outboxed`), sent as they are, together with those of
+        the changes of this process that committed meanwhile; then whatever else the outbox
+        holds. Never raises: the change is committed."""
+        if self.failing:  # the rows stay in the outbox for `run`
             self._wake.set()
             return
+        self._committed += rows
         try:
-            await self.publish()
+            async with self._lock:
+                if rows and not self._committed:  # sent with another change's
+                    return
+                async with self._publishing():
+                    await self._publish()
         except UNAVAILABLE as exc:
             self._kept(exc)
 
-    async def publish_rows(self, rows: list[tuple[int, Stored]]) -> None:
+    async def publish_rows(self, rows: list[Row]) -> None:
         """Publishes outbox rows just committed, with the values they were committed with (an
         import's batch): nothing to read back. Never raises: what fails is left to `run`."""
         if self.failing or not rows:
             self._wake.set()
             return
         try:
-            async with self._publishing():
-                stale = await self._write(change for _, change in rows)  # a twin: no change
-                async with self.store.transaction(alone=False) as q:
-                    await q.published([seq for seq, _ in rows])
-                if stale:  # as in `_drain`
-                    await self._outrank_refused(stale)
+            async with self._lock, self._publishing():
+                if await self._send(rows):
                     await self._drain()
         except UNAVAILABLE as exc:
             self._kept(exc)
@@ -161,7 +158,7 @@ class Publisher:
     async def rebuild(self) -> SyncReport:
         """Writes every record of the store to Redis and removes what the store does not hold
         (`zvonok-agi sync`); then publishes the outbox."""
-        async with self._publishing():
+        async with self._lock, self._publishing():
             report = await self._rebuild()
             await self._drain()
             return report
@@ -194,20 +191,57 @@ class Publisher:
 
     @contextlib.asynccontextmanager
     async def _publishing(self) -> AsyncIterator[None]:
-        """Holds the publisher's lock (this process's, then the store's), with a fencing token
-        taken after it and before anything is read: this publisher's writes are refused from
-        the moment another process takes the lock and its token."""
-        async with self._lock, self.store.publishing():
+        """Holds the store's publisher lock (its caller holds this process's, `_lock`), with a
+        fencing token taken after it and before anything is read: this publisher's writes are
+        refused from the moment another process takes the lock and its token."""
+        async with self.store.publishing():
             self._token = await self.data.fence()
             try:
                 yield
             finally:
                 self._token = None
 
+    async def _publish(self) -> int:
+        """`publish` under the locks: the rows committed by this process first, as they were
+        committed, then the outbox as it is now (other processes' rows), if it holds any."""
+        rows, self._committed = self._committed, []
+        try:  # a write finds that out itself: no round trip to ask first
+            more = await self._send(rows, into_existing=True, then_all=True) if rows else True
+            published = len(rows) + (await self._drain(into_existing=True) if more else 0)
+            filled = published > 0 or await self.data.version() is not None
+        except NoRoutingData:  # the rows not sent are still in the outbox: `_drain` sends them
+            filled = False
+        if not filled:
+            async with self.store.reading() as q:
+                held = [await q.routing_page(kind, None, 1) for kind in KINDS]
+            if any(held):
+                log.info("Redis holds no routing data: filling it from the store")
+                await self._rebuild()
+            published = await self._drain()
+        self.failing = False
+        return published
+
     async def _write(
         self, changes: Iterable[Stored | Delete], *, into_existing: bool = False
     ) -> list[tuple[str, str]]:
         return await self.data.write(changes, token=self._token, into_existing=into_existing)
+
+    async def _send(
+        self, rows: Sequence[Row], *, into_existing: bool = False, then_all: bool = False
+    ) -> bool:
+        """Publishes outbox rows with the records they were committed with; whether `_drain`
+        has to follow: for records Redis refused even as the store holds them now, outranked
+        (as in `_drain`), or (`then_all`) for other rows the outbox holds (another process's)."""
+        stale = await self._write((change for _, change in rows), into_existing=into_existing)
+        if stale:  # a later change of the record came first, or the store is behind Redis
+            async with self.store.reading() as q:
+                current = await _current(q, [(0, kind, key) for kind, key in stale])
+            stale = await self._write(current, into_existing=into_existing)
+        async with self.store.transaction(alone=False) as q:
+            await q.published([seq for seq, _ in rows])
+            more = then_all and bool(await q.outbox(1))
+        await self._outrank_refused(stale)
+        return more or bool(stale)
 
     async def _pending(self) -> int:
         async with self.store.reading() as q:

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
@@ -36,7 +36,7 @@ from ..routing.model import (
     Scenario,
 )
 from ..store.number_health import NumberHealth, NumberHealthStore
-from ..store.routing_data import RoutingData, Superseded
+from ..store.routing_data import Delete, RoutingData, Stored, Superseded
 from . import rules
 from .publisher import UNAVAILABLE, Publisher, SyncReport
 from .rules import Choice, Kind, NumberRecord, Refused, RegionCount, Request
@@ -274,7 +274,7 @@ class NumbersService:
             values = _given(inbound_campaign=inbound_campaign, callback_rule=callback_rule)
             if values:
                 await q.update_number(did, **values)
-            change.result = await q.number(did)
+            change.result = replace(number, **values)
         return change.result
 
     async def bind(self, actor: str, did: Any, campaign_id: str | None, *,
@@ -304,7 +304,7 @@ class NumbersService:
             change.account = as_account or number.owner
             _check(rules.ownership_refusal(number, as_account))
             await q.update_number(did, status=status)
-            change.result = await q.number(did)
+            change.result = replace(number, status=status)
         return change.result
 
     async def release(
@@ -682,9 +682,9 @@ class NumbersService:
         await self._audit(actor, "sync", "routing", "ok", asdict(report))
         return report
 
-    async def _published(self) -> None:
+    async def _published(self, rows: Sequence[tuple[int, Stored | Delete]] = ()) -> None:
         if self.publisher is not None:
-            await self.publisher.after_commit()
+            await self.publisher.after_commit(rows)
 
     async def _audit(
         self, actor: str, action: str, subject: str, outcome: str, detail: dict[str, Any]
@@ -698,22 +698,23 @@ class NumbersService:
     async def _change(
         self, actor: str, action: str, subject: str, account: str | None, **detail: Any
     ) -> AsyncIterator[_Change]:
-        refused: Refused | None = None
-        async with self.store.transaction() as q:
-            await q.savepoint()
-            change = _Change(q, subject, account, dict(detail))
-            try:
+        change: _Change | None = None
+        try:
+            async with self.store.transaction() as q:
+                change = _Change(q, subject, account, dict(detail))
                 yield change
-            except Refused as exc:
-                refused = exc
-                await q.rollback_to_savepoint()
-                change.detail["message"] = exc.message
-            if refused is not None or not change.quiet:
+                if not change.quiet:
+                    await q.audit(self.clock(), actor, action, change.subject, change.account,
+                                  "ok", change.detail)
+        except Refused as exc:  # rolled back: only the refusal's audit row is written
+            if change is None:
+                raise
+            change.detail["message"] = exc.message
+            async with self.store.transaction() as q:
                 await q.audit(self.clock(), actor, action, change.subject, change.account,
-                              refused.code if refused else "ok", change.detail)
-        if refused is not None:
-            raise refused
-        await self._published()
+                              exc.code, change.detail)
+            raise
+        await self._published(q.outboxed)
 
 
 async def _check_import(q: Queries, inventory: Inventory, numbers: list[NumberRecord]) -> None:

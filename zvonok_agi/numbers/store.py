@@ -23,7 +23,7 @@ from ..routing.model import (
     NumberStatus,
     Pool,
 )
-from ..store.routing_data import FIELDS, Stored, encode_values, stored_fields
+from ..store.routing_data import FIELDS, Delete, Stored, encode_values, stored_fields
 from .databases import (
     Connection,
     Database,
@@ -41,7 +41,7 @@ __all__ = ["Queries", "Store", "StoreBusy", "StoreConflict", "StoreError", "Stor
 PUBLISHER_WAIT = 10.0  # seconds a publisher waits for another process's to finish
 ROUTING_TABLES = {"account": ("accounts", "id"), "number": ("numbers", "did"),
                   "campaign": ("campaigns", "id")}
-Imported = tuple[int, list[tuple[int, Stored]]]  # records written; outbox rows to publish
+Imported = tuple[int, list[tuple[int, Stored | Delete]]]  # records written; outbox rows to publish
 NumberRows = list[tuple[list[Any], Stored]]  # `number_rows`: a row and its value if new
 NUMBER_COLUMNS = ("did", "kind", "region", "pool", "status", "owner", "callback_rule",
                   "inbound_campaign", "reserved_at")  # as _number_values gives them
@@ -163,6 +163,9 @@ class Queries:
 
     def __init__(self, db: Connection) -> None:
         self.db = db
+        # The outbox rows this transaction wrote, each with its record as written: whoever
+        # commits them may publish them without reading them back (`Publisher.after_commit`).
+        self.outboxed: list[tuple[int, Stored | Delete]] = []
 
     async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
         return await self.db.fetch(sql, list(args))
@@ -281,12 +284,14 @@ class Queries:
         return changed == 1
 
     async def update_number(self, did: str, **values: Any) -> None:
+        """Changes a number's columns and, in the same statement, its revision (`touch`)."""
         columns = ", ".join(f"{name} = ?" for name in values)
-        await self._run(
-            f"UPDATE numbers SET {columns} WHERE did = ?",
+        rows = await self._all(
+            f"UPDATE numbers SET {columns}, rev = rev + 1 WHERE did = ? "
+            f"RETURNING {_routing_columns('number')}",
             [_sql_value(v) for v in values.values()] + [did],
         )
-        await self.touch("number", did)
+        await self._to_publish("number", [did], _stored("number", rows))
 
     async def bound_to(self, campaign_id: str) -> list[str]:
         rows = await self._all(
@@ -463,10 +468,10 @@ class Queries:
 
     async def _to_publish(
         self, kind: str, keys: Sequence[str], values: Mapping[str, Stored] | None = None
-    ) -> list[tuple[int, Stored]]:
+    ) -> list[tuple[int, Stored | Delete]]:
         """Names `keys` in the outbox; its rows, each with the value the publisher will send
-        (`values`, as written; else read back), so that whoever committed them may send them
-        without reading them again."""
+        (`values`, as written; else read back; a key of none is gone), so that whoever
+        committed them may send them without reading them again (`outboxed`)."""
         if values is None:
             values = {key: Stored(kind, key, value)
                       for key, value in (await self.routing_values(kind, keys)).items()}
@@ -474,7 +479,9 @@ class Queries:
             f"INSERT INTO outbox (kind, key) {_from_rows(None, None)} RETURNING seq, key",
             [[kind, key] for key in keys],
         )
-        return [(seq, values[key]) for seq, key in inserted]
+        rows = [(seq, values.get(key) or Delete(kind, key)) for seq, key in inserted]
+        self.outboxed += rows
+        return rows
 
     async def numbers_in(self, dids: Iterable[str]) -> list[NumberRecord]:
         return await self._in("numbers", "did", dids)
@@ -502,15 +509,12 @@ class Queries:
 
     async def _touch_all(self, kind: str, keys: Sequence[str]) -> None:
         table, column = ROUTING_TABLES[kind]
-        await self.db.run_many(
-            f"UPDATE {table} SET rev = rev + 1 WHERE {column} = ?", [[key] for key in keys]
+        rows = await self._each(
+            f"UPDATE {table} SET rev = rev + 1 WHERE {column} IN ({_from_rows(None)}) "
+            f"RETURNING {_routing_columns(kind)}",
+            [[key] for key in keys],
         )
-        await self._outbox_all(kind, keys)
-
-    async def _outbox_all(self, kind: str, keys: Sequence[str]) -> None:
-        await self.db.run_many(
-            "INSERT INTO outbox (kind, key) VALUES (?, ?)", [[kind, key] for key in keys]
-        )
+        await self._to_publish(kind, keys, _stored(kind, rows))
 
     async def outbox(self, limit: int) -> list[tuple[int, str, str]]:
         """The oldest rows of the outbox: (seq, kind, key)."""
@@ -636,6 +640,11 @@ def _request(row: Any) -> Request:
         row["status"], row["closed_at"], row["closed_by"], row["note"], row["topic"],
         row["comment"], row["contact"],
     )
+
+
+def _stored(kind: str, rows: Iterable[Any]) -> dict[str, Stored]:
+    """Rows of `_routing_columns` as the publisher sends them, by key."""
+    return {row[0]: Stored(kind, row[0], _routing_value(kind, row)) for row in rows}
 
 
 def _routing_value(kind: str, row: Any) -> str:
