@@ -65,6 +65,17 @@ class Connection(Protocol):
 
     async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
+    async def fetch_steps(self, steps: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """Runs statements in order, in one trip where the database can (SQLite: one hand-over
+        to its thread); each one's rows."""
+
+    async def run_later(self, sql: str, args: Sequence[Any] = ()) -> None:
+        """A change nobody waits on: sent with the next statement, or with the transaction's
+        end, where that saves a trip (SQLite); else run now. Its error comes with theirs."""
+
+    def each(self, sql: str, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+        """`fetch_each`'s statement and values, for `fetch_steps`."""
+
     async def fetch_each(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
         """Runs `sql` once for all of `rows`, which it reads as the table `{rows}`: the rows go
         as one JSON array, the i-th value of a row is `value->>i` (text on PostgreSQL: cast
@@ -164,28 +175,43 @@ def _sqlite_errors() -> Iterator[None]:
         raise StoreUnavailable(str(exc)) from exc  # the disk, no file
 
 
+_Step = tuple[str, Sequence[Any], bool]  # SQL, its values (many rows' if the flag), many
+
+
 class _SQLiteConnection:
+    """Every statement goes to aiosqlite's thread, one trip each: a trip is a hand-over between
+    threads (a queue, a wake-up of the event loop), the most of what a statement costs the
+    process. So statements that can wait (`run_later`: the transaction's BEGIN, an audit row)
+    go with the next one, and `fetch_steps` sends several in one trip."""
+
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        self._later: list[_Step] = []
 
-    # One trip to aiosqlite's thread per statement: each trip is a hand-over between threads
-    # (a queue, a wake-up of the event loop), the most of what a statement costs the process;
-    # a cursor's fetch and close were two more. A statement run to its end leaves its cursor
-    # nothing to release.
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        with _sqlite_errors():
-            return list(await self._db.execute_fetchall(sql, tuple(args)))
+        return (await self._trip([(sql, tuple(args), False)]))[0][0]
 
     async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
-        with _sqlite_errors():
-            return (await self._db.execute(sql, tuple(args))).rowcount
+        return (await self._trip([(sql, tuple(args), False)]))[0][1]
 
     async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with _sqlite_errors():
-            await self._db.executemany(sql, [tuple(row) for row in rows])
+        await self._trip([(sql, [tuple(row) for row in rows], True)])
+
+    async def fetch_steps(self, steps: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        return [rows for rows, _ in await self._trip([(sql, tuple(a), False) for sql, a in steps])]
+
+    async def run_later(self, sql: str, args: Sequence[Any] = ()) -> None:
+        self._later.append((sql, tuple(args), False))
+
+    def forget_later(self) -> None:
+        """Drops what waits to be sent (its transaction is over)."""
+        self._later.clear()
+
+    def each(self, sql: str, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+        return sql.format(rows="json_each(?)"), [json_array(rows)]
 
     async def fetch_each(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
-        return await self.fetch(sql.format(rows="json_each(?)"), [json_array(rows)])
+        return await self.fetch(*self.each(sql, rows))
 
     async def insert_rows(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -194,10 +220,32 @@ class _SQLiteConnection:
         await self.run_many(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
 
     async def stream(self, sql: str, size: int) -> AsyncIterator[list[Any]]:
+        await self._trip([])  # what waits goes first
         with _sqlite_errors():
             async with self._db.execute(sql) as cursor:
                 while rows := await cursor.fetchmany(size):
                     yield list(rows)
+
+    async def _trip(self, steps: list[_Step]) -> list[tuple[list[Any], int]]:
+        """Runs what waits, then `steps`, in one hand-over to aiosqlite's thread (its own
+        `_execute`, as its public methods use it): each step's rows and changed rows' count."""
+        steps, waiting = self._later + steps, len(self._later)
+        self._later = []
+        if not steps:
+            return []
+        with _sqlite_errors():
+            done = await self._db._execute(_run_steps, self._db._conn, steps)
+        return done[waiting:]
+
+
+def _run_steps(db: sqlite3.Connection, steps: list[_Step]) -> list[tuple[list[Any], int]]:
+    """In aiosqlite's thread. A statement run to its end leaves its cursor nothing to
+    release."""
+    done = []
+    for sql, args, many in steps:
+        cursor = db.executemany(sql, args) if many else db.execute(sql, args)
+        done.append((cursor.fetchall(), cursor.rowcount))
+    return done
 
 
 async def _flocked(fd: int, wait: float) -> None:
@@ -265,13 +313,12 @@ class SQLite:
 
     @contextlib.asynccontextmanager
     async def _transaction(self, begin: str, end: str) -> AsyncIterator[None]:
-        with _sqlite_errors():
-            await self._db.execute(begin)
+        await self._connection.run_later(begin)  # sent with the first statement
         try:
             yield
-            with _sqlite_errors():
-                await self._db.execute(end)
+            await self._connection.run(end)
         except BaseException:
+            self._connection.forget_later()
             if self._db.in_transaction:  # a failed COMMIT (a deferred reference) leaves it open
                 await self._db.execute("ROLLBACK")
             raise

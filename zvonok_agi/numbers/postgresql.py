@@ -87,8 +87,17 @@ class _PostgreSQLConnection:
             with _pg_errors():
                 await self._db.executemany(numbered(sql), rows)
 
+    async def fetch_steps(self, steps: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        return [await self.fetch(sql, args) for sql, args in steps]
+
+    async def run_later(self, sql: str, args: Sequence[Any] = ()) -> None:
+        await self.run(sql, args)
+
+    def each(self, sql: str, rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+        return sql.format(rows="json_array_elements(?)"), [json_array(rows)]
+
     async def fetch_each(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
-        return await self.fetch(sql.format(rows="json_array_elements(?)"), [json_array(rows)])
+        return await self.fetch(*self.each(sql, rows))
 
     async def insert_rows(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]

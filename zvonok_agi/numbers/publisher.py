@@ -237,9 +237,12 @@ class Publisher:
             async with self.store.reading() as q:
                 current = await _current(q, [(0, kind, key) for kind, key in stale])
             stale = await self._write(current, into_existing=into_existing)
+        seqs, more = [seq for seq, _ in rows], False
         async with self.store.transaction(alone=False) as q:
-            await q.published([seq for seq, _ in rows])
-            more = then_all and bool(await q.outbox(1))
+            if then_all:
+                more = await q.published_then_others(seqs)
+            else:
+                await q.published(seqs)
         await self._outrank_refused(stale)
         return more or bool(stale)
 

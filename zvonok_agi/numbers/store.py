@@ -81,6 +81,7 @@ _CAMPAIGN_INSERT = (
     "scenario, created_at)"
 )
 _PUT_CAMPAIGN = f"{_CAMPAIGN_INSERT} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) {_CAMPAIGN_CONFLICT}"
+_DELETE_PUBLISHED = f"DELETE FROM outbox WHERE seq IN ({_from_rows('BIGINT')})"
 _PUT_NUMBERS = (
     f"{_NUMBER_INSERT} {_from_rows(*[None] * 8, REAL, REAL)} {_NUMBER_CONFLICT}, "
     "rev = numbers.rev + 1"
@@ -286,12 +287,10 @@ class Queries:
     async def update_number(self, did: str, **values: Any) -> None:
         """Changes a number's columns and, in the same statement, its revision (`touch`)."""
         columns = ", ".join(f"{name} = ?" for name in values)
-        rows = await self._all(
-            f"UPDATE numbers SET {columns}, rev = rev + 1 WHERE did = ? "
-            f"RETURNING {_routing_columns('number')}",
+        await self._touch(
+            "number", did, f"UPDATE numbers SET {columns}, rev = rev + 1 WHERE did = ?",
             [_sql_value(v) for v in values.values()] + [did],
         )
-        await self._to_publish("number", [did], _stored("number", rows))
 
     async def bound_to(self, campaign_id: str) -> list[str]:
         rows = await self._all(
@@ -381,7 +380,7 @@ class Queries:
         outcome: str,
         detail: dict[str, Any],
     ) -> None:
-        await self._run(
+        await self.db.run_later(  # with the commit: nothing reads it back
             "INSERT INTO audit (at, actor, action, subject, account, outcome, detail) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
@@ -479,6 +478,11 @@ class Queries:
             f"INSERT INTO outbox (kind, key) {_from_rows(None, None)} RETURNING seq, key",
             [[kind, key] for key in keys],
         )
+        return self._outboxed(kind, inserted, values)
+
+    def _outboxed(
+        self, kind: str, inserted: Iterable[Any], values: Mapping[str, Stored]
+    ) -> list[tuple[int, Stored | Delete]]:
         rows = [(seq, values.get(key) or Delete(kind, key)) for seq, key in inserted]
         self.outboxed += rows
         return rows
@@ -505,7 +509,17 @@ class Queries:
 
     async def touch(self, kind: str, key: str) -> None:
         """Marks a record changed: its revision goes up, the outbox names it for publishing."""
-        await self._touch_all(kind, [key])
+        table, column = ROUTING_TABLES[kind]
+        await self._touch(kind, key, f"UPDATE {table} SET rev = rev + 1 WHERE {column} = ?", [key])
+
+    async def _touch(self, kind: str, key: str, update: str, args: Sequence[Any]) -> None:
+        """`touch` with `update`, a statement that raises the record's revision: it returns the
+        record as written, and the outbox names it, in one trip to the database."""
+        rows, inserted = await self.db.fetch_steps([
+            (f"{update} RETURNING {_routing_columns(kind)}", args),
+            ("INSERT INTO outbox (kind, key) VALUES (?, ?) RETURNING seq, key", [kind, key]),
+        ])
+        self._outboxed(kind, inserted, _stored(kind, rows))
 
     async def _touch_all(self, kind: str, keys: Sequence[str]) -> None:
         table, column = ROUTING_TABLES[kind]
@@ -525,9 +539,15 @@ class Queries:
         return (await self._all("SELECT count(*) AS n FROM outbox"))[0]["n"]
 
     async def published(self, seqs: Sequence[int]) -> None:
-        await self._each(
-            f"DELETE FROM outbox WHERE seq IN ({_from_rows('BIGINT')})", [[seq] for seq in seqs]
-        )
+        await self._each(_DELETE_PUBLISHED, [[seq] for seq in seqs])
+
+    async def published_then_others(self, seqs: Sequence[int]) -> bool:
+        """`published`, and whether the outbox holds other rows, in one trip."""
+        _, others = await self.db.fetch_steps([
+            self.db.each(_DELETE_PUBLISHED, [[seq] for seq in seqs]),
+            ("SELECT seq FROM outbox LIMIT 1", []),
+        ])
+        return bool(others)
 
     async def routing_values(self, kind: str, keys: Iterable[str]) -> dict[str, str]:
         """The records named as Redis stores them (`encode_values`); a missing one is absent."""
