@@ -35,6 +35,7 @@ import orjson
 BUSY_TIMEOUT_MS = 5000  # how long a change waits for the other writers before it is "busy"
 CONNECT_TIMEOUT = 5.0  # seconds to reach a PostgreSQL server
 FLOCK_POLL = 0.002  # seconds between two tries of SQLite's publisher lock
+SYNCHRONOUS_NORMAL = 1  # SQLite's `PRAGMA synchronous` level at which WAL commits skip fsync
 
 
 class StoreError(Exception):
@@ -184,9 +185,12 @@ class _SQLiteConnection:
     process. So statements that can wait (`run_later`: the transaction's BEGIN, an audit row)
     go with the next one, and `fetch_steps` sends several in one trip."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, *, synced: int | None = None) -> None:
         self._db = db
         self._later: list[_Step] = []
+        # `synced`: the connection's `synchronous` level, restored after each trip, which runs
+        # at NORMAL: in WAL mode its commits do not wait for the disk (the outbox's bookkeeping)
+        self._synced = synced
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         return (await self._trip([(sql, tuple(args), False)]))[0][0]
@@ -234,17 +238,25 @@ class _SQLiteConnection:
         if not steps:
             return []
         with _sqlite_errors():
-            done = await self._db._execute(_run_steps, self._db._conn, steps)
+            done = await self._db._execute(_run_steps, self._db._conn, steps, self._synced)
         return done[waiting:]
 
 
-def _run_steps(db: sqlite3.Connection, steps: list[_Step]) -> list[tuple[list[Any], int]]:
+def _run_steps(
+    db: sqlite3.Connection, steps: list[_Step], synced: int | None
+) -> list[tuple[list[Any], int]]:
     """In aiosqlite's thread. A statement run to its end leaves its cursor nothing to
     release."""
     done = []
-    for sql, args, many in steps:
-        cursor = db.executemany(sql, args) if many else db.execute(sql, args)
-        done.append((cursor.fetchall(), cursor.rowcount))
+    if synced is not None:
+        db.execute(f"PRAGMA synchronous = {SYNCHRONOUS_NORMAL}")
+    try:
+        for sql, args, many in steps:
+            cursor = db.executemany(sql, args) if many else db.execute(sql, args)
+            done.append((cursor.fetchall(), cursor.rowcount))
+    finally:
+        if synced is not None:
+            db.execute(f"PRAGMA synchronous = {int(synced)}")
     return done
 
 
@@ -270,11 +282,14 @@ class SQLite:
 
     name = "sqlite"
 
-    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: str, synchronous: int) -> None:
         self._db = db
         self._path = path
         self._lock = asyncio.Lock()
         self._connection = _SQLiteConnection(db)
+        self._bookkeeping = _SQLiteConnection(
+            db, synced=synchronous if synchronous > SYNCHRONOUS_NORMAL else None
+        )
 
     @classmethod
     async def open(cls, path: str) -> SQLite:
@@ -289,10 +304,11 @@ class SQLite:
                 await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 await db.execute("PRAGMA journal_mode = WAL")
                 await db.execute("PRAGMA foreign_keys = ON")
+                [(synchronous,)] = await db.execute_fetchall("PRAGMA synchronous")
         except BaseException:
             await db.close()
             raise
-        return cls(db, path)
+        return cls(db, path, synchronous)
 
     async def close(self) -> None:
         await self._db.close()
@@ -301,7 +317,7 @@ class SQLite:
     async def writing(self, *, alone: bool = True) -> AsyncIterator[Connection]:
         if not alone:  # each statement its own transaction: two trips to the thread fewer
             async with self._lock:
-                yield self._connection
+                yield self._bookkeeping
             return
         async with self._lock, self._transaction("BEGIN IMMEDIATE", "COMMIT"):
             yield self._connection
