@@ -416,3 +416,40 @@ async def test_a_change_asks_redis_nothing_before_its_write(service, redis):
     await service.set_rule("web", MOSCOW_1, "force_no")
     assert sent == ["EVALSHA", "EVALSHA"]  # the fencing token, the write
     assert (await service.data.load()).numbers[MOSCOW_1].callback_rule is CallbackRule.FORCE_NO
+
+
+async def test_changes_committed_while_one_is_published_go_out_with_it(service, redis):
+    """One lock, one fencing token, one write for the changes of a process that committed while
+    another of its changes was being published: each as it was committed, in that order."""
+    sent: list[str] = []
+    execute = service.data.redis.execute_command
+    fence, fenced, release = service.data.fence, asyncio.Event(), asyncio.Event()
+
+    async def counted(*args, **options):
+        sent.append(str(args[0]))
+        return await execute(*args, **options)
+
+    async def stalled_fence() -> int:
+        fenced.set()
+        await release.wait()
+        return await fence()
+
+    service.data.redis.execute_command = counted
+    service.data.fence = stalled_fence
+    first = asyncio.create_task(service.set_rule("web", MOSCOW_1, "force_no"))
+    await fenced.wait()  # committed; its publisher waits for its token
+    others = [
+        asyncio.create_task(service.set_rule("web", MOSCOW_1, rule))
+        for rule in ("force_yes", "as_campaign")
+    ]
+
+    async def committed() -> bool:
+        return await service.pending() == 3
+
+    await until(committed)
+    release.set()
+    await asyncio.gather(first, *others)
+    assert sent == ["EVALSHA", "EVALSHA"]  # one token, one write
+    stored, published = await routing_of(service)
+    assert stored == published  # the last committed of the three
+    assert await service.pending() == 0

@@ -184,3 +184,18 @@ async def test_what_an_import_hands_the_publisher_is_what_the_store_holds(store_
         # new 0, +1, +1 (region), +1 (the batch giving it twice is one change)
     finally:
         await store.close()
+
+
+async def test_a_statement_sent_later_fails_its_whole_transaction(store_url):
+    """SQLite sends `run_later`'s statement with the next one (here the COMMIT): its error
+    then rolls the transaction back, and the next transaction starts clean."""
+    async with await Store.open(store_url) as store:
+        with pytest.raises(StoreError):
+            async with store.transaction() as q:
+                await q.put_account(Account("later", True, "Later"), 0.0)
+                await q.db.run_later("INSERT INTO audit (at) VALUES (?)", [None])  # NOT NULL
+        async with store.transaction() as q:
+            await q.put_account(Account("next", True, "Next"), 0.0)
+        async with store.reading() as q:
+            assert await q.account("later") is None
+            assert (await q.account("next")).name == "Next"
