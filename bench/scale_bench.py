@@ -18,9 +18,10 @@ SQLite file in a temp dir:
   3. routes calls at --rate per second (open loop, as fastagi_bench.py plays Asterisk: callers
      never dialed, to reserved numbers bound to an inbound campaign; every route checked) for
      --duration seconds with no changes, then as long again while --changes per second go
-     through the admin API (PATCH /api/numbers/{did}: unbind the number, change its rule).
-     Every --probe-every-th change is followed by calls to its number every 5 ms until the
-     engine routes by it: the change-to-engine latency, from the request sent.
+     through the admin API (PATCH /api/numbers/{did}: unbind the number, change its rule),
+     sent by bench/change_driver.py from a process of its own. Every --probe-every-th change
+     is followed by calls to its number every 5 ms until the engine routes by it: the
+     change-to-engine latency, from the request sent.
 
 The engine runs under bench/loop_probe.py, which times every step of its event loop: the
 report gives, per phase, the longest step and how many took over 2 ms (goal: none).
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import gc
 import json
@@ -43,12 +45,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import redis as redis_sync
+from change_driver import Change, read_changes
 
 from fastagi_bench import (
-    SESSION_TIMEOUT,
-    AsteriskSide,
+    ROOT,
     Call,
     Result,
     child_env,
@@ -64,7 +65,6 @@ from fastagi_bench import (
 from inventory_gen import bound_numbers
 from inventory_gen import write as write_inventory
 from local_servers import HOST, cpu_seconds, free_port, machine_busy, start_redis
-from zvonok_agi.agi.client import recorded_environment
 
 BENCH = Path(__file__).resolve().parent
 KEY_PREFIX = "scale:"
@@ -72,8 +72,6 @@ TOKEN = "scale-bench-token"
 STEP_GOAL_MS = 2.0
 LOAD_GOAL = 20_000  # numbers per second through `zvonok-agi load`
 ROUTING_STEPS = ("RoutingCache.", "RoutingData.")  # the follower's and the loader's coroutines
-PROBE_INTERVAL = 0.005
-PROBE_GIVE_UP = 10.0
 START_TIMEOUT = 600.0  # the engine loads its routing data before it listens
 ALLOWED_COMMANDS = 3  # EXEC MSet + GET VARIABLE, or the fallback's few
 
@@ -86,8 +84,10 @@ class Phase:
     outcomes: list[Result] = field(default_factory=list)
     engine_cpu: float = 0.0  # share of one core
     redis_cpu: float = 0.0
-    others: float = 0.0  # cores busy with anything but engine, Redis, admin and this script
+    others: float = 0.0  # cores busy with anything but engine, Redis, admin and the bench's own
     admin_cpu: float = 0.0  # seconds of CPU the admin process used
+    generator_cpu: float = 0.0  # seconds of CPU this script used (the calls' load generator)
+    changer_cpu: float = 0.0  # seconds of CPU the change driver used
     changes: list[Change] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     collections: list[dict] = field(default_factory=list)  # the collector's passes
@@ -104,15 +104,6 @@ class Step:
     cpu_ms: float
     gc_ms: float  # of which the garbage collector ran
     what: str
-
-
-@dataclass
-class Change:
-    did: str
-    sent: float
-    answered: float | None = None  # the admin API's response
-    seen: float | None = None  # the engine routes by it (probed changes only)
-    error: str = ""
 
 
 def pct(values: list[float], q: float) -> float:
@@ -152,79 +143,39 @@ async def run_tool(
     )
 
 
-async def route_of(port: int, did: str, caller: str) -> dict[str, str]:
-    """One FastAGI session to the engine: the variables it set."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future = loop.create_future()
-    env = recorded_environment(did, caller, "inbound", HOST, port)
-    transport, side = await loop.create_connection(lambda: AsteriskSide(env, done), HOST, port)
-    try:
-        async with asyncio.timeout(SESSION_TIMEOUT):
-            await done
-    finally:
-        transport.close()
-    return side.channel.variables
+class ChangeProcess:
+    """bench/change_driver.py in a process of its own, set up before a phase and started with
+    it: an HTTP client on this script's event loop would delay the calls timed here."""
 
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, results: Path) -> None:
+        self.argv, self.env, self.log, self.results = argv, env, log, results
+        self.proc: asyncio.subprocess.Process | None = None
 
-class Changer:
-    """Changes through the admin API at a fixed rate (open loop); some followed by probes."""
+    async def ready(self) -> None:
+        with open(self.log, "ab") as err:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(BENCH / "change_driver.py"),
+                *self.argv,
+                str(self.results),
+                cwd=ROOT,
+                env=self.env,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+            )
+        if await self.proc.stdout.readline() != b"ready\n":
+            raise RuntimeError(f"the change driver did not start:\n{tail(self.log)}")
 
-    def __init__(
-        self, admin: str, engine_port: int, dids: list[str], probe_every: int, rng: random.Random
-    ) -> None:
-        self.admin = admin
-        self.engine_port = engine_port
-        self.dids = iter(dids)
-        self.probe_every = probe_every
-        self.rng = rng
+    def go(self) -> None:
+        self.proc.stdin.write(b"go\n")
 
-    async def run(self, rate: float, duration: float) -> list[Change]:
-        changes: list[Change] = []
-        tasks = []
-        loop = asyncio.get_running_loop()
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with aiohttp.ClientSession(headers=headers) as http:
-            t0 = loop.time()
-            for i in range(int(rate * duration)):
-                delay = t0 + i / rate - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                change = Change(next(self.dids), time.monotonic())
-                changes.append(change)
-                tasks.append(
-                    asyncio.create_task(self._change(http, change, probe=i % self.probe_every == 0))
-                )
-            await asyncio.gather(*tasks)
-        return changes
-
-    async def _change(self, http: aiohttp.ClientSession, change: Change, probe: bool) -> None:
-        body = {
-            "inbound_campaign": None,
-            "callback_rule": self.rng.choice(["force_yes", "force_no", "as_campaign"]),
-        }
-        try:
-            async with http.patch(f"{self.admin}/api/numbers/{change.did}", json=body) as reply:
-                if reply.status != 200:
-                    change.error = f"HTTP {reply.status}: {(await reply.text())[:120]}"
-                    return
-            change.answered = time.monotonic()
-        except aiohttp.ClientError as exc:
-            change.error = type(exc).__name__
-            return
-        if probe:
-            await self._probe(change)
-
-    async def _probe(self, change: Change) -> None:
-        deadline = change.sent + PROBE_GIVE_UP
-        while time.monotonic() < deadline:
-            caller = f"7903{self.rng.randrange(10**7):07d}"
-            with contextlib.suppress(OSError, TimeoutError):
-                variables = await route_of(self.engine_port, change.did, caller)
-                if variables.get("ZV_FALLBACK") == "no_inbound_campaign":
-                    change.seen = time.monotonic()
-                    return
-            await asyncio.sleep(PROBE_INTERVAL)
-        change.error = "never seen by the engine"
+    async def changes(self) -> tuple[list[Change], float]:
+        """The changes made and the CPU seconds the driver used."""
+        cpu = (await self.proc.stdout.read()).decode()
+        if await self.proc.wait() != 0:
+            raise RuntimeError(f"the change driver failed:\n{tail(self.log)}")
+        return read_changes(self.results), float(cpu.split()[-1])
 
 
 async def calls_phase(
@@ -233,10 +184,11 @@ async def calls_phase(
     calls: list[Call],
     rate: float,
     pids: dict[str, int],
-    changer: Changer | None,
-    changes: float,
-    duration: float,
+    changer: ChangeProcess | None = None,
 ) -> None:
+    """Calls at `rate` for as long as `calls` last, with the changer's changes meanwhile (it is
+    ready, and is started with the phase)."""
+
     def cpu() -> dict[str, float]:
         return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
@@ -248,23 +200,24 @@ async def calls_phase(
     gc.disable()
     before, busy, own = cpu(), machine_busy(), time.process_time()
     phase.start = time.monotonic()
-    work = [drive(lambda c, at: tcp_session(port, c, at, ALLOWED_COMMANDS), calls, rate)]
-    if changer is not None and changes > 0:
-        work.append(changer.run(changes, duration))
     with collector_passes(phase.generator_gc):
-        results = await asyncio.gather(*work)
+        if changer is not None:
+            changer.go()
+        _, phase.outcomes = await drive(
+            lambda c, at: tcp_session(port, c, at, ALLOWED_COMMANDS), calls, rate
+        )
+        if changer is not None:
+            phase.changes, phase.changer_cpu = await changer.changes()
     phase.end = time.monotonic()
     gc.enable()
     wall = phase.end - phase.start
     after = cpu()
     used = {name: after[name] - before[name] for name in pids}
-    phase.outcomes = results[0][1]
-    if len(results) > 1:
-        phase.changes = results[1]
     phase.engine_cpu = used["engine"] / wall
     phase.redis_cpu = used["redis"] / wall
     phase.admin_cpu = used["admin"]
-    ours = sum(used.values()) + time.process_time() - own
+    phase.generator_cpu = time.process_time() - own
+    ours = sum(used.values()) + phase.changer_cpu + phase.generator_cpu
     phase.others = max(0.0, (machine_busy() - busy - ours) / wall)
 
 
@@ -348,6 +301,31 @@ def print_goals(goals: list[tuple[str, bool]]) -> bool:
     return all(met for _, met in goals)
 
 
+def in_flight_share(outcomes: list[Result], changes: list[Change]) -> tuple[float, float]:
+    """The share of the slowest 1 % of the calls, and of all calls, that overlap a change in
+    flight at the admin API: how much of the tail goes with the changes."""
+    spans: list[list[float]] = []  # the changes' sent..answered, merged
+    for c in sorted((c for c in changes if c.answered), key=lambda c: c.sent):
+        if spans and c.sent <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], c.answered)
+        else:
+            spans.append([c.sent, c.answered])
+    starts = [start for start, _ in spans]
+
+    def overlaps(o: Result) -> bool:
+        i = bisect.bisect_left(starts, o.end) - 1
+        return i >= 0 and spans[i][1] > o.end - o.latency
+
+    calls = sorted((o for o in outcomes if o.latency is not None), key=lambda o: o.latency)
+    if not calls:
+        return float("nan"), float("nan")
+    slow = calls[int(0.99 * len(calls)) :]
+    return (
+        sum(map(overlaps, slow)) / len(slow),
+        sum(map(overlaps, calls)) / len(calls),
+    )
+
+
 def report(
     args: argparse.Namespace,
     facts: dict[str, str],
@@ -395,6 +373,11 @@ def report(
             print(f"{'':26}   collector: {collections(p.collections)}")
         for collection in p.long_young[:3]:
             print(f"{'':26}   young pass: {census(collection)}")
+        if p.outcomes:
+            print(
+                f"{'':26}   the load generator's CPU: "
+                f"{p.generator_cpu / len(p.outcomes) * 1000:.2f} ms a call"
+            )
         if p.generator_gc:
             longest = max(p.generator_gc, key=lambda item: item[1])
             full = sum(1 for generation, _ in p.generator_gc if generation == 2)
@@ -422,11 +405,17 @@ def report(
             f"{len(answered) / wall:.1f}/s answered by the admin API "
             f"(p50 {fmt(pct(answered, 0.5))} ms, p99 {fmt(pct(answered, 0.99))} ms); "
             f"the admin process's CPU: {p.admin_cpu / max(1, len(answered)) * 1000:.1f} ms a change"
+            f" (the change driver's: {p.changer_cpu / len(p.changes) * 1000:.1f} ms)"
         )
         print(
             f"  change to engine (request sent -> engine routes by it), {len(seen)} probed: "
             f"p50 {fmt(pct(seen, 0.5))} ms, p99 {fmt(pct(seen, 0.99))} ms, "
             f"max {fmt(max(seen, default=float('nan')))} ms"
+        )
+        slow, every = in_flight_share(p.outcomes, p.changes)
+        print(
+            f"  the slowest 1 % of the calls: {slow:.0%} of them overlap a change in flight "
+            f"(sent, not yet answered), against {every:.0%} of all calls"
         )
         if errors:
             print(f"  errors: {errors[:5]}{' ...' if len(errors) > 5 else ''}")
@@ -527,7 +516,6 @@ async def with_servers(
             Call(rng.choice(called), f"7903{rng.randrange(10**7):07d}", "inbound") for _ in range(n)
         ]
 
-    changer = Changer(f"http://{HOST}:{admin_port}", port, changed, args.probe_every, rng)
     print("warming up ...", file=sys.stderr)
     await drive(
         lambda c, at: tcp_session(port, c, at, ALLOWED_COMMANDS),
@@ -537,10 +525,32 @@ async def with_servers(
     quiet = Phase("calls, no changes")
     n = int(args.rate * args.duration)
     print(f"{quiet.name} ...", file=sys.stderr)
-    await calls_phase(quiet, port, calls(n), args.rate, pids, None, 0, args.duration)
+    await calls_phase(quiet, port, calls(n), args.rate, pids)
     busy = Phase(f"calls + {args.changes:g} changes/s")
+    changer = None
+    if args.changes > 0:
+        dids = tmp / "changed.txt"
+        dids.write_text("\n".join(changed) + "\n")
+        changer = ChangeProcess(
+            [
+                f"http://{HOST}:{admin_port}",
+                TOKEN,
+                str(port),
+                str(dids),
+                "--rate",
+                f"{args.changes:g}",
+                "--duration",
+                f"{args.duration:g}",
+                "--probe-every",
+                str(args.probe_every),
+            ],
+            env,
+            tmp / "changes.log",
+            tmp / "changes.jsonl",
+        )
+        await changer.ready()
     print(f"{busy.name} ...", file=sys.stderr)
-    await calls_phase(busy, port, calls(n), args.rate, pids, changer, args.changes, args.duration)
+    await calls_phase(busy, port, calls(n), args.rate, pids, changer)
     facts["engine RSS at the end"] = f"{rss_mb(engine.pid):.0f} MB"
     stop(admin)
     stop(engine)

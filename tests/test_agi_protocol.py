@@ -45,6 +45,7 @@ from zvonok_agi.agi.protocol import (
     Reply,
     ServerConnection,
     ServerState,
+    _scan_command,
     encode_command,
     encode_environment,
     encode_reply,
@@ -1004,6 +1005,14 @@ def test_too_many_arguments_to_fit() -> None:
 )
 def test_parse_command_like_asterisk(line: str, words: list[str]) -> None:
     assert parse_command(line) == words
+    assert _scan_command(line) == words
+
+
+@given(st.text(alphabet=' \t"ab=,\n', max_size=40) | st.just(" ".join(["w"] * 200)))
+def test_parse_command_without_backslash_as_the_scan(line: str) -> None:
+    """A line with no backslash is split by a pattern: word for word what res_agi.c's
+    character scan gives."""
+    assert parse_command(line) == _scan_command(line)
 
 
 # --- both sides in memory ---------------------------------------------------------------------

@@ -8,9 +8,11 @@ channel's recorded state; its reply must be the recorded bytes. Commands the fak
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from transcripts import FROM_ASTERISK, FROM_SERVER, TRANSCRIPTS_DIR, read_sessions
-from zvonok_agi.agi.client import FakeChannel
+from zvonok_agi.agi.client import FakeChannel, _scan_args, separate_args
 from zvonok_agi.agi.protocol import (
     HANGUP_LINE,
     NEED_DATA,
@@ -88,3 +90,17 @@ def test_set_variable_of_odd_length_as_res_agi_does(line: bytes, variables: dict
     assert isinstance(command, Command)
     assert channel.answer(conn, command) == b"200 result=1\n"
     assert channel.variables == variables
+
+
+@given(
+    st.text(alphabet="ab=,|( )[]\"\\", max_size=30),
+    st.sampled_from([",", "=", "|", "?"]),
+    st.booleans(),
+    st.integers(1, 5),
+)
+def test_separate_args_as_app_c_scans(data: str, delim: str, remove_chars: bool, limit: int):
+    """The plain split taken when nothing nests, quotes or escapes gives what app.c's
+    character scan gives, and so does every other string."""
+    assert separate_args(data, delim, remove_chars=remove_chars, limit=limit) == _scan_args(
+        data, delim, remove_chars=remove_chars, limit=limit
+    )

@@ -282,6 +282,17 @@ def parse_command(line: str) -> list[str]:
     Space and tab separate words, `"` toggles quoting (an opening quote after whitespace starts
     a word, so `""` is an empty word), a backslash makes the next character literal.
     """
+    if "\\" in line:
+        return _scan_command(line)
+    # With no backslash a word is a run of quoted stretches and unquoted characters.
+    return [word.replace('"', "") for word in _WORD.findall(line)][: _AST_MAX_ARGS - 1]
+
+
+_WORD = re.compile(r'(?:"[^"]*(?:"|\Z)|[^ \t"])+')
+
+
+def _scan_command(line: str) -> list[str]:
+    """parse_command character by character, as res_agi.c does."""
     words: list[list[str]] = []
     quoted = escaped = False
     whitespace = True  # between words
