@@ -40,10 +40,11 @@ from pathlib import Path
 import aiohttp
 import redis as redis_sync
 
-from fastagi_bench import child_env, spawn, stop, stop_all, tail, wait_listening
+from fastagi_bench import spawn, stop, stop_all, tail, wait_listening
 from inventory_gen import bound_numbers
 from inventory_gen import write as write_inventory
 from local_servers import HOST, cpu_seconds, free_port, start_redis
+from scale_bench import commands_env
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -204,13 +205,7 @@ async def amain(args: argparse.Namespace, tmp: Path) -> int:
     write_inventory(inventory, args.numbers, args.accounts)
     redis = start_redis(tmp / "redis", aof=False)
     try:
-        env = child_env(
-            ZVONOK_REDIS_URL=redis.url,
-            ZVONOK_REDIS_KEY_PREFIX=KEY_PREFIX,
-            ZVONOK_ADMIN_DB_PATH=str(tmp / "zvonok.db"),
-            ZVONOK_LOG_LEVEL="warning",
-            ZVONOK_LOG_FORMAT="json",
-        )
+        env = commands_env(redis.url, KEY_PREFIX, tmp / "zvonok.db")
         load = spawn(
             [sys.executable, "-m", "zvonok_agi", "load", str(inventory)], env, tmp / "load.log"
         )

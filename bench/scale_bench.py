@@ -431,6 +431,17 @@ def report(
     return 1 if failed else 0
 
 
+def commands_env(redis_url: str, prefix: str, store: Path) -> dict[str, str]:
+    """What the `zvonok-agi` commands run with: this Redis, this store, quiet logs."""
+    return child_env(
+        ZVONOK_REDIS_URL=redis_url,
+        ZVONOK_REDIS_KEY_PREFIX=prefix,
+        ZVONOK_ADMIN_DB_PATH=str(store),
+        ZVONOK_LOG_LEVEL="warning",
+        ZVONOK_LOG_FORMAT="json",
+    )
+
+
 async def amain(args: argparse.Namespace, tmp: Path) -> int:
     rng = random.Random(11)
     facts: dict[str, str] = {}
@@ -445,13 +456,7 @@ async def amain(args: argparse.Namespace, tmp: Path) -> int:
         )
     redis = start_redis(tmp / "redis", aof=False)
     try:
-        env = child_env(
-            ZVONOK_REDIS_URL=redis.url,
-            ZVONOK_REDIS_KEY_PREFIX=KEY_PREFIX,
-            ZVONOK_ADMIN_DB_PATH=str(tmp / "zvonok.db"),
-            ZVONOK_LOG_LEVEL="warning",
-            ZVONOK_LOG_FORMAT="json",
-        )
+        env = commands_env(redis.url, KEY_PREFIX, tmp / "zvonok.db")
         print("loading ...", file=sys.stderr)
         redis_pid = redis._process.pid
         line, rate = await run_tool(
