@@ -14,13 +14,12 @@ One publisher at a time, of all the processes sharing the store (`Store.publishi
 admin servers, the CLI's commands, on one host or several): each writes what the store
 committed before the next one reads, so Redis takes the changes in the order they were
 committed (a record sent after a newer revision of it is refused), a record that is gone from
-the store too. The others wait for it, a few
-milliseconds; M admin processes do not send every change M times. Idempotent, whoever runs it
-and however often: Redis refuses a record older than the one it holds (`RoutingData.write`
-compares revisions), so rows published twice after a crash before their delete change
-nothing. A record deleted from the store and made again starts its revision anew: Redis
-refuses it, and the publisher outranks it (`_drain`). Redis away: the rows stay, `run`
-retries with backoff.
+the store too. The others wait for it, a few milliseconds; M admin processes do not send every
+change M times. Idempotent, whoever runs it and however often: Redis refuses a record older
+than the one it holds (`RoutingData.write` compares revisions), so rows published twice after
+a crash before their delete change nothing. A record deleted from the store and made again
+starts its revision anew: Redis refuses it, and the publisher outranks it (`_drain`). Redis
+away: the rows stay, `run` retries with backoff.
 
 A publisher can lose its lock while it runs (PostgreSQL's advisory lock goes with a lost
 link) and another take it; the first one's write, already on its way, then arrives after the
