@@ -25,9 +25,16 @@ AGAIN = "background loop working again"
 # What another process holds, and what the publisher says then. On PostgreSQL the publisher
 # takes no writers' lock (its bookkeeping runs beside the writers): only SQLite's is tried.
 HELD = {
-    "writers": ("database is locked", lambda store: store.transaction()),
+    "writers": ("database is locked", lambda store: writers_held(store)),
     "publisher": ("publishing", lambda store: store.publishing()),
 }
+
+
+@contextlib.asynccontextmanager
+async def writers_held(store: Store):
+    async with store.transaction() as q:
+        await q.outbox_size()  # SQLite's BEGIN IMMEDIATE goes with the first statement
+        yield
 
 
 @pytest.mark.parametrize("held", HELD)
