@@ -149,7 +149,8 @@ class Replicated:
         self, workdir: Path, down_after_ms: int = DOWN_AFTER_MS, tls: ServerTLS | None = None
     ) -> None:
         self.tls = tls
-        self.master = RedisNode(workdir, [], tls=tls)
+        # A replica's first sync at once (Redis 7, Debian's, syncs diskless after a 5 s delay).
+        self.master = RedisNode(workdir, ["repl-diskless-sync-delay 0"], tls=tls)
         self.replica = RedisNode(workdir, [f"replicaof {HOST} {self.master.port}"], tls=tls)
         monitor = [
             f"sentinel monitor {SERVICE} {HOST} {self.master.port} 2",

@@ -141,6 +141,30 @@ async def test_calls_get_a_route_while_the_server_shows_a_certificate_not_truste
     assert [v["ZV_ROUTE"] for v in after] == ["outbound"] * 5
 
 
+async def test_a_certificate_for_another_name_is_refused_unless_the_name_check_is_off(
+    settings, server_tls, tmp_path
+):
+    cert, key = server_tls.authority.signed("elsewhere", names=("DNS:redis.example.net",))
+    strict = server_tls.engine()
+    lax = replace(strict, check_hostname=False)
+    with running(RedisNode(tmp_path, [], tls=replace(server_tls, cert=cert, key=key))) as node:
+        url = f"rediss://{HOST}:{node.port}/0"
+        client = redis_client(url, over_tls(settings, url, strict))
+        try:
+            with pytest.raises(RedisConnectionError, match="IP address mismatch"):
+                await client.ping()
+        finally:
+            await client.aclose()
+        client = redis_client(url, over_tls(settings, url, lax))
+        shared = multiplexed_client(url, socket_timeout=2, connect_timeout=2, tls=lax)
+        try:
+            assert await client.ping()
+            assert await shared.execute("PING") == b"PONG"
+        finally:
+            await client.aclose()
+            await shared.aclose()
+
+
 async def test_a_plain_client_on_the_tls_port_fails_at_once(settings, tls_server):
     url = f"redis://{HOST}:{tls_server.port}/0"
     client = redis_client(url, settings)
