@@ -12,14 +12,16 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis_tls import ServerTLS
 
 from zvonok_agi.store.embedded import redis_server_binary
+
+if TYPE_CHECKING:
+    from redis_tls import ServerTLS
 
 HOST = "127.0.0.1"
 SERVICE = "mymaster"

@@ -232,12 +232,7 @@ class AdminSettings:
     db_path: str = "var/zvonok.db"
     # Listed first, with their counts, when a customer connects a landline number.
     popular_cities: tuple[str, ...] = (
-        "Moscow",
-        "St Petersburg",
-        "Novosibirsk",
-        "Ekaterinburg",
-        "Kazan",
-        "Nizhni Novgorod",
+        "Moscow", "St Petersburg", "Novosibirsk", "Ekaterinburg", "Kazan", "Nizhni Novgorod",
     )
     max_body: int = 65536
     # Requests for numbers (filed where a region has none) one account may have open at once.
