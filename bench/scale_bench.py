@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import gc
 import json
@@ -300,6 +301,31 @@ def print_goals(goals: list[tuple[str, bool]]) -> bool:
     return all(met for _, met in goals)
 
 
+def in_flight_share(outcomes: list[Result], changes: list[Change]) -> tuple[float, float]:
+    """The share of the slowest 1 % of the calls, and of all calls, that overlap a change in
+    flight at the admin API: how much of the tail goes with the changes."""
+    spans: list[list[float]] = []  # the changes' sent..answered, merged
+    for c in sorted((c for c in changes if c.answered), key=lambda c: c.sent):
+        if spans and c.sent <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], c.answered)
+        else:
+            spans.append([c.sent, c.answered])
+    starts = [start for start, _ in spans]
+
+    def overlaps(o: Result) -> bool:
+        i = bisect.bisect_left(starts, o.end) - 1
+        return i >= 0 and spans[i][1] > o.end - o.latency
+
+    calls = sorted((o for o in outcomes if o.latency is not None), key=lambda o: o.latency)
+    if not calls:
+        return float("nan"), float("nan")
+    slow = calls[int(0.99 * len(calls)) :]
+    return (
+        sum(map(overlaps, slow)) / len(slow),
+        sum(map(overlaps, calls)) / len(calls),
+    )
+
+
 def report(
     args: argparse.Namespace,
     facts: dict[str, str],
@@ -385,6 +411,11 @@ def report(
             f"  change to engine (request sent -> engine routes by it), {len(seen)} probed: "
             f"p50 {fmt(pct(seen, 0.5))} ms, p99 {fmt(pct(seen, 0.99))} ms, "
             f"max {fmt(max(seen, default=float('nan')))} ms"
+        )
+        slow, every = in_flight_share(p.outcomes, p.changes)
+        print(
+            f"  the slowest 1 % of the calls: {slow:.0%} of them overlap a change in flight "
+            f"(sent, not yet answered), against {every:.0%} of all calls"
         )
         if errors:
             print(f"  errors: {errors[:5]}{' ...' if len(errors) > 5 else ''}")
