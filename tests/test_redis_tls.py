@@ -68,18 +68,35 @@ def callbacks() -> dict:
     return inventory
 
 
-async def test_the_engine_routes_calls_and_follows_changes_over_tls(
-    settings, tls_server, server_tls
-):
-    settings = over_tls(settings, f"rediss://localhost:{tls_server.port}/0", server_tls.engine())
+async def routes_a_callback_once_and_follows_changes(settings: Settings) -> None:
+    """The history read, the first-callback claim and a routing change published now, on the
+    settings' Redis: the first callback goes to the campaign that dialed, the second to the
+    number's inbound campaign, and the engine sees the change."""
     async with running_engine(settings, callbacks()) as engine:
         first = await call(engine, RESERVED, CALLERS[0])
         again = await call(engine, RESERVED, CALLERS[0])
         await follows_a_routing_change(settings, engine)
-    # The history read and the first-callback claim went over TLS: the first callback goes
-    # to the campaign that dialed, the second to the number's inbound campaign.
     assert (first["ZV_ROUTE"], first["ZV_CAMPAIGN"]) == ("outbound", "spring-sale")
     assert (again["ZV_ROUTE"], again["ZV_CAMPAIGN"]) == ("inbound", "support")
+
+
+async def test_the_engine_routes_calls_and_follows_changes_over_tls(
+    settings, tls_server, server_tls
+):
+    url = f"rediss://localhost:{tls_server.port}/0"
+    await routes_a_callback_once_and_follows_changes(over_tls(settings, url, server_tls.engine()))
+
+
+@pytest.mark.parametrize("topology", [Replicated, Cluster])
+async def test_the_engine_reaches_sentinel_and_cluster_over_tls(
+    settings, server_tls, tmp_path: Path, topology
+):
+    """rediss+sentinel:// (the sentinels, and the master they name, on TLS) and
+    rediss+cluster://."""
+    with running(topology(tmp_path, tls=server_tls)) as setup:
+        assert setup.url.startswith(("rediss+sentinel://", "rediss+cluster://"))
+        settings = over_tls(settings, setup.url, server_tls.engine())
+        await routes_a_callback_once_and_follows_changes(settings)
 
 
 async def test_the_shared_connection_speaks_tls(settings, tls_server, server_tls):
@@ -202,30 +219,6 @@ async def test_a_client_without_a_certificate_is_refused(settings, tls_server, s
             await client.ping()
     finally:
         await client.aclose()
-
-
-async def test_the_engine_reaches_a_sentinel_watched_master_over_tls(
-    settings, server_tls, tmp_path: Path
-):
-    with running(Replicated(tmp_path, tls=server_tls)) as replicated:
-        assert replicated.url.startswith("rediss+sentinel://")
-        settings = over_tls(settings, replicated.url, server_tls.engine())
-        async with running_engine(settings, callbacks()) as engine:
-            first = await call(engine, RESERVED, CALLERS[0])
-            again = await call(engine, RESERVED, CALLERS[0])
-            await follows_a_routing_change(settings, engine)
-    assert (first["ZV_ROUTE"], again["ZV_ROUTE"]) == ("outbound", "inbound")
-
-
-async def test_the_engine_reaches_a_cluster_over_tls(settings, server_tls, tmp_path: Path):
-    with running(Cluster(tmp_path, tls=server_tls)) as cluster:
-        assert cluster.url.startswith("rediss+cluster://")
-        settings = over_tls(settings, cluster.url, server_tls.engine())
-        async with running_engine(settings, callbacks()) as engine:
-            first = await call(engine, RESERVED, CALLERS[0])
-            again = await call(engine, RESERVED, CALLERS[0])
-            await follows_a_routing_change(settings, engine)
-    assert (first["ZV_ROUTE"], again["ZV_ROUTE"]) == ("outbound", "inbound")
 
 
 def test_the_tools_take_the_tls_settings_from_the_environment(
