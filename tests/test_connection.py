@@ -9,12 +9,49 @@ from zvonok_agi.config import ConfigError, load_settings
 from zvonok_agi.store.connection import RedisTarget, parse_redis_url
 
 
-@pytest.mark.parametrize(
-    "url",
-    ["redis://10.0.0.5:6379/0", "rediss://:pw@redis.example:6380/2", "unix:///run/r.sock?db=0"],
-)
+@pytest.mark.parametrize("url", ["redis://10.0.0.5:6379/0", "unix:///run/r.sock?db=0"])
 def test_a_single_server_url_is_left_to_redis_py(url: str) -> None:
     assert parse_redis_url(url) == RedisTarget("single", url)
+
+
+def test_the_rediss_schemes_are_over_tls() -> None:
+    assert parse_redis_url("rediss://:pw@redis.example:6380/2").tls
+    sentinel = parse_redis_url("rediss+sentinel://h1:26379,h2/mymaster/1")
+    assert (sentinel.kind, sentinel.tls, sentinel.db) == ("sentinel", True, 1)
+    assert sentinel.nodes == (("h1", 26379), ("h2", 26379))
+    cluster = parse_redis_url("rediss+cluster://h1:7000")
+    assert (cluster.kind, cluster.tls) == ("cluster", True)
+    assert not parse_redis_url("redis+sentinel://h1/m").tls
+
+
+@pytest.mark.parametrize(
+    ("environ", "says"),
+    [
+        ({"ZVONOK_REDIS_URL": "rediss://h:6380/0?ssl_ca_certs=/ca.pem"}, "redis.tls_"),
+        ({"ZVONOK_REDIS_URL": "redis://h/0", "ZVONOK_REDIS_TLS_CA_FILE": "ca.pem"}, "not over TLS"),
+        ({"ZVONOK_REDIS_TLS_CHECK_HOSTNAME": "no"}, "not over TLS"),  # the embedded server
+        (
+            {"ZVONOK_REDIS_URL": "rediss://h/0", "ZVONOK_REDIS_TLS_CA_FILE": "/no/such/ca.pem"},
+            "redis.tls_ca_file '/no/such/ca.pem'",
+        ),
+        (
+            {"ZVONOK_REDIS_URL": "rediss+cluster://h", "ZVONOK_REDIS_TLS_CERT_FILE": "c.pem"},
+            "redis.tls_cert_file and redis.tls_key_file go together",
+        ),
+        (
+            {
+                "ZVONOK_REDIS_URL": "rediss+sentinel://h/m",
+                "ZVONOK_REDIS_TLS_CERT_FILE": "/no/c.pem",
+                "ZVONOK_REDIS_TLS_KEY_FILE": "/no/k.pem",
+            },
+            "redis.tls_cert_file '/no/c.pem'",
+        ),
+    ],
+)
+def test_tls_settings_that_cannot_work_are_refused_at_start(environ: dict, says: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ=environ)
+    assert says in str(refused.value)
 
 
 def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database() -> None:

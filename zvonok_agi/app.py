@@ -44,6 +44,7 @@ def redis_client(url: str, settings: Settings, connections: int | None = None) -
         socket_timeout=settings.redis.socket_timeout,
         connect_timeout=settings.redis.connect_timeout,
         max_connections=connections or settings.redis.max_connections,
+        tls=settings.redis.tls,
     )
 
 
@@ -120,6 +121,7 @@ class Engine:
                 redis_url(s),
                 socket_timeout=s.redis.socket_timeout,
                 connect_timeout=s.redis.connect_timeout,
+                tls=s.redis.tls,
             )
             if calls is not None:
                 self._stack.push_async_callback(calls.aclose)

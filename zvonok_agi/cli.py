@@ -14,6 +14,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
+
 from . import __version__
 from .config import ConfigError, Settings, load_settings
 from .logs import close_logging, configure_logging
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, MetricsUnavailable, EmbeddedRedisError) as exc:
         close_logging()  # the log lines still queued go out before the error, not after it
         print(f"zvonok-agi: {exc}", file=sys.stderr)
+        return 1
+    except RedisError as exc:  # Redis not reached (down, refused, its certificate not trusted)
+        close_logging()
+        print(f"zvonok-agi: Redis: {exc}", file=sys.stderr)
         return 1
     finally:
         close_logging()  # every line out before the process ends

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .store.connection import RedisURLError, parse_redis_url
+from .store.connection import TLS, RedisURLError, parse_redis_url
 
 
 class ConfigError(ValueError):
@@ -62,7 +62,8 @@ class AgiSettings:
 @dataclass(frozen=True)
 class RedisSettings:
     # Empty: start and supervise an embedded Redis server with its data under `data_dir`.
-    # Else redis://, unix://, redis+sentinel:// or redis+cluster:// (store/connection.py).
+    # Else redis://, unix://, redis+sentinel:// or redis+cluster:// (store/connection.py);
+    # over TLS: rediss://, rediss+sentinel:// (sentinels and master), rediss+cluster://.
     url: str = ""
     data_dir: str = "var/redis"
     # Per-command budget: a slow store must not eat the session deadline.
@@ -81,6 +82,17 @@ class RedisSettings:
     # it, at most claim_wait seconds: a failover then cannot lose it. 0: no wait.
     claim_replicas: int = 0
     claim_wait: float = 0.1
+    # Over TLS: the CA certificate(s) the server's must be signed by (empty: the system's);
+    # the client's certificate and key, for a server that asks for one (tls-auth-clients);
+    # whether the server's certificate must name the host connected to.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_check_hostname: bool = True
+
+    @property
+    def tls(self) -> TLS:
+        return TLS(self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_check_hostname)
 
 
 @dataclass(frozen=True)
@@ -346,6 +358,26 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
         raise ConfigError(f"bad value for {where}: {value!r}") from exc
 
 
+def _validate_redis_url(redis: RedisSettings) -> None:
+    """The URL, and the TLS files its scheme needs (read now: a wrong path fails the start,
+    not the first call)."""
+    try:
+        tls = parse_redis_url(redis.url).tls if redis.url else False
+    except RedisURLError as exc:
+        raise ConfigError(f"redis.url: {exc}") from exc
+    if not tls:
+        if redis.tls.given:
+            raise ConfigError(
+                "redis.tls_* settings are set but redis.url is not over TLS (rediss://, "
+                "rediss+sentinel://, rediss+cluster://)"
+            )
+        return
+    try:
+        redis.tls.context()
+    except RedisURLError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def _validate(settings: Settings) -> None:
     for entry in settings.agi.allow:
         try:
@@ -364,11 +396,7 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"agi.{name} must be positive")
     if settings.redis.max_connections < 2:  # the routing data's follower holds one
         raise ConfigError("redis.max_connections must be at least 2")
-    if settings.redis.url:
-        try:
-            parse_redis_url(settings.redis.url)
-        except RedisURLError as exc:
-            raise ConfigError(f"redis.url: {exc}") from exc
+    _validate_redis_url(settings.redis)
     if settings.redis.claim_replicas < 0:
         raise ConfigError("redis.claim_replicas must be 0 (no wait) or more")
     if not 0 < settings.redis.claim_wait < settings.redis.socket_timeout:

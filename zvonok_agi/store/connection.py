@@ -1,12 +1,16 @@
 """Connecting to Redis from one URL: a single server, a master watched by Sentinel, or a Cluster.
 
-  redis://[[user]:password@]host[:port][/db]      one server (rediss:// over TLS)
+  redis://[[user]:password@]host[:port][/db]      one server
   unix:///path/redis.sock?db=0                    one server on a Unix socket
   redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db][?sentinel_password=P]
       the master Sentinel names for `service` (port 26379 if left out); the password is the
       master's, `sentinel_password` the sentinels' own (if they require one)
   redis+cluster://[[user]:password@]host:port[,host:port...]
       a Redis Cluster, found from any of these nodes (port 6379 if left out); database 0 only
+
+`rediss://`, `rediss+sentinel://` and `rediss+cluster://` are the same over TLS: to the
+server; to the sentinels and the master; to every node of the cluster. Whom to trust, and the
+client's own certificate, are the redis.tls_* settings (`TLS`), not options of the URL.
 
 Every client fails fast: per-command and connect timeouts, one immediate retry (a connection
 gone stale after a restart or a failover, which also asks Sentinel for the master again), then
@@ -29,6 +33,7 @@ import asyncio
 import collections
 import contextlib
 import re
+import ssl
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
@@ -40,6 +45,7 @@ from redis.asyncio.sentinel import (
     Sentinel,
     SentinelConnectionPool,
     SentinelManagedConnection,
+    SentinelManagedSSLConnection,
 )
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -47,10 +53,11 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-SENTINEL_SCHEME = "redis+sentinel"
-CLUSTER_SCHEME = "redis+cluster"
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 PLAIN_SCHEMES = ("redis", "rediss", "unix")
-DEFAULT_PORTS = {SENTINEL_SCHEME: 26379, CLUSTER_SCHEME: 6379}
+DEFAULT_PORTS = dict.fromkeys(SENTINEL_SCHEMES, 26379) | dict.fromkeys(CLUSTER_SCHEMES, 6379)
+TLS_SCHEMES = ("rediss", "rediss+sentinel", "rediss+cluster")
 
 Client = aioredis.Redis | RedisCluster
 CLUSTER_MIN_CONNECTIONS = 100  # per node
@@ -61,11 +68,60 @@ class RedisURLError(ValueError):
 
 
 @dataclass(frozen=True)
+class TLS:
+    """Whom a TLS connection trusts and who it is: the redis.tls_* settings. An empty
+    `ca_file` trusts the system's certificate authorities; `cert_file` and `key_file`, the
+    client's certificate, for a server that asks for one (tls-auth-clients)."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    check_hostname: bool = True
+
+    def context(self) -> ssl.SSLContext:
+        """The client's SSL context; RedisURLError names the setting whose file cannot be used."""
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise RedisURLError(f"redis.tls_ca_file {self.ca_file!r}: {exc}") from exc
+        context.check_hostname = self.check_hostname
+        if self.cert_file or self.key_file:
+            if not (self.cert_file and self.key_file):
+                raise RedisURLError("redis.tls_cert_file and redis.tls_key_file go together")
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise RedisURLError(
+                    f"redis.tls_cert_file {self.cert_file!r} / redis.tls_key_file "
+                    f"{self.key_file!r}: {exc}"
+                ) from exc
+        return context
+
+    def redis_py(self) -> dict[str, object]:
+        """The same for redis-py's TLS connections."""
+        return {
+            "ssl_ca_certs": self.ca_file or None,
+            "ssl_certfile": self.cert_file or None,
+            "ssl_keyfile": self.key_file or None,
+            "ssl_check_hostname": self.check_hostname,
+            "ssl_cert_reqs": "required",
+        }
+
+    @property
+    def given(self) -> bool:
+        return bool(self.ca_file or self.cert_file or self.key_file) or not self.check_hostname
+
+
+DEFAULT_TLS = TLS()
+
+
+@dataclass(frozen=True)
 class RedisTarget:
-    """Where a URL points: `kind` is "single", "sentinel" or "cluster"."""
+    """Where a URL points: `kind` is "single", "sentinel" or "cluster"; `tls`, over TLS."""
 
     kind: str
     url: str
+    tls: bool = False
     nodes: tuple[tuple[str, int], ...] = ()
     service: str = ""
     db: int = 0
@@ -81,10 +137,15 @@ def parse_redis_url(url: str) -> RedisTarget:
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise RedisURLError(f"{shown!r} is not a URL (redis://host:port/db, see the docs)")
+    tls = scheme in TLS_SCHEMES
     if scheme in PLAIN_SCHEMES:
-        return RedisTarget("single", url)
+        if "ssl_" in rest.partition("?")[2]:
+            raise RedisURLError(
+                f"{shown!r}: TLS files and checks are the redis.tls_* settings, not URL options"
+            )
+        return RedisTarget("single", url, tls)
     if scheme not in DEFAULT_PORTS:
-        known = ", ".join(f"{s}://" for s in (*PLAIN_SCHEMES, SENTINEL_SCHEME, CLUSTER_SCHEME))
+        known = ", ".join(f"{s}://" for s in (*PLAIN_SCHEMES, *SENTINEL_SCHEMES, *CLUSTER_SCHEMES))
         raise RedisURLError(f"unknown scheme {scheme}:// (one of {known})")
     rest, _, query = rest.partition("?")
     netloc, _, path = rest.partition("/")
@@ -96,12 +157,12 @@ def parse_redis_url(url: str) -> RedisTarget:
     nodes = tuple(_host_port(item, DEFAULT_PORTS[scheme], shown) for item in hosts.split(","))
     options = {key: values[-1] for key, values in parse_qs(query).items()}
     parts = [unquote(part) for part in path.split("/") if part]
-    if scheme == CLUSTER_SCHEME:
+    if scheme in CLUSTER_SCHEMES:
         if parts or options:
             raise RedisURLError(
                 f"{shown!r}: a cluster URL has no path or options (a cluster has database 0 only)"
             )
-        return RedisTarget("cluster", url, nodes, username=username, password=password)
+        return RedisTarget("cluster", url, tls, nodes, username=username, password=password)
     unknown = set(options) - {"sentinel_password"}
     if unknown:
         raise RedisURLError(f"{shown!r}: unknown option(s) {', '.join(sorted(unknown))}")
@@ -113,6 +174,7 @@ def parse_redis_url(url: str) -> RedisTarget:
     return RedisTarget(
         "sentinel",
         url,
+        tls,
         nodes,
         service=parts[0],
         db=int(db),
@@ -266,6 +328,10 @@ class _QuickSentinelConnection(_QuickSend, SentinelManagedConnection):
     pass
 
 
+class _QuickSentinelSSLConnection(_QuickSend, SentinelManagedSSLConnection):
+    pass
+
+
 class _BoundedSentinelPool(SentinelConnectionPool, BoundedPool):
     """The master's connections, found through Sentinel, bounded like a single server's."""
 
@@ -293,10 +359,15 @@ async def close(client: Client | Sentinel) -> None:
 
 
 def redis_client(
-    url: str, *, socket_timeout: float, connect_timeout: float, max_connections: int
+    url: str,
+    *,
+    socket_timeout: float,
+    connect_timeout: float,
+    max_connections: int,
+    tls: TLS = DEFAULT_TLS,
 ) -> Client:
     """A client for the URL (see the module's doc) that fails fast, with at most
-    `max_connections` connections at once (per node of a Cluster)."""
+    `max_connections` connections at once (per node of a Cluster); `tls` for a TLS scheme."""
     target = parse_redis_url(url)
     fail_fast = {
         "socket_timeout": socket_timeout,
@@ -305,36 +376,48 @@ def redis_client(
         "retry_on_error": [RedisConnectionError],
         "max_connections": max_connections,
     }
+    secure = tls.redis_py() if target.tls else {}
     if target.kind == "cluster":
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
             username=target.username,
             password=target.password,
+            ssl=target.tls,
+            **secure,
             **(fail_fast | {"max_connections": max(max_connections, CLUSTER_MIN_CONNECTIONS)}),
         )
     if target.kind == "sentinel":
-        sentinel = sentinels(target, socket_timeout=socket_timeout, connect_timeout=connect_timeout)
+        sentinel = sentinels(
+            target, socket_timeout=socket_timeout, connect_timeout=connect_timeout, tls=tls
+        )
         client = sentinel.master_for(
             target.service,
             redis_class=SentinelManagedRedis,
             connection_pool_class=_BoundedSentinelPool,
-            connection_class=_QuickSentinelConnection,
+            connection_class=(
+                _QuickSentinelSSLConnection if target.tls else _QuickSentinelConnection
+            ),
             timeout=socket_timeout,  # for a free connection
             db=target.db,
             username=target.username,
             password=target.password,
+            **secure,
             **fail_fast,
         )
         client.sentinel = sentinel
         return client
-    # (rediss:// and unix:// get redis-py's own connections from from_url)
+    # (rediss:// gets redis-py's TLS connections from from_url, unix:// its Unix ones)
     quick = {"connection_class": _QuickConnection} if url.startswith("redis://") else {}
-    pool = BoundedPool.from_url(url, timeout=socket_timeout, **fail_fast, **quick)
+    pool = BoundedPool.from_url(url, timeout=socket_timeout, **fail_fast, **quick, **secure)
     return aioredis.Redis.from_pool(pool)
 
 
-def sentinels(target: RedisTarget, *, socket_timeout: float, connect_timeout: float) -> Sentinel:
-    """The sentinels of a redis+sentinel:// target, that fail fast."""
+def sentinels(
+    target: RedisTarget, *, socket_timeout: float, connect_timeout: float, tls: TLS = DEFAULT_TLS
+) -> Sentinel:
+    """The sentinels of a redis+sentinel:// target, that fail fast (over TLS for
+    rediss+sentinel://)."""
+    secure = {"ssl": True, **tls.redis_py()} if target.tls else {}
     return _Sentinel(
         list(target.nodes),
         sentinel_kwargs={
@@ -344,6 +427,7 @@ def sentinels(target: RedisTarget, *, socket_timeout: float, connect_timeout: fl
             # No retry: a sentinel that fails is passed over for the next one at once
             # (redis-py's default, ten tries with backoff, holds a call for seconds).
             "retry": Retry(NoBackoff(), 0),
+            **secure,
         },
     )
 

@@ -5,11 +5,12 @@ answers a connection's commands in the order they came): no pool, no checkout, n
 timer per command. redis-py spends about 90 us of CPU on a command; this about 25 us, which is
 a sixth of an inbound call's CPU (see bench/README.md, issue 11).
 
-It serves a single server (redis://, unix://) or the master Sentinel names; the connection is
-opened on first use and again after it is lost, Sentinel then being asked for the master
-anew. A command's reply is awaited at most `timeout` seconds: one timer for the connection
-watches the oldest command; when it passes, every command waiting fails and the connection is
-dropped (its replies can no longer be matched). A Cluster and TLS keep redis-py's client.
+It serves a single server (redis://, rediss://, unix://) or the master Sentinel names, over
+TLS for the rediss schemes; the connection is opened on first use and again after it is lost,
+Sentinel then being asked for the master anew. A command's reply is awaited at most `timeout`
+seconds: one timer for the connection watches the oldest command; when it passes, every
+command waiting fails and the connection is dropped (its replies can no longer be matched). A
+Cluster keeps redis-py's client.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -27,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connection import close, parse_redis_url, sentinels
+from .connection import DEFAULT_TLS, TLS, close, parse_redis_url, sentinels
 
 Arg = str | bytes | int | float
 Opener = Callable[[Callable[[], asyncio.Protocol]], Awaitable[tuple[asyncio.BaseTransport, Any]]]
@@ -227,6 +229,11 @@ class MultiplexedRedis:
                 wire.close()
             if isinstance(exc, TimeoutError):
                 raise RedisTimeoutError(f"Redis not reached in {self.connect_timeout} s") from None
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                raise RedisConnectionError(
+                    f"Redis's TLS certificate refused: {exc.verify_message} (redis.tls_ca_file,"
+                    " redis.tls_check_hostname)"
+                ) from exc
             if isinstance(exc, OSError):
                 raise RedisConnectionError(f"Redis not reached: {exc!r}") from exc
             raise
@@ -234,25 +241,28 @@ class MultiplexedRedis:
 
 
 def multiplexed_client(
-    url: str, *, socket_timeout: float, connect_timeout: float
+    url: str, *, socket_timeout: float, connect_timeout: float, tls: TLS = DEFAULT_TLS
 ) -> MultiplexedRedis | None:
-    """The shared-connection client for the URL (see redis_client for the URLs); None where
-    redis-py's client must serve (a Cluster, TLS)."""
+    """The shared-connection client for the URL (see redis_client for the URLs and `tls`);
+    None where redis-py's client must serve (a Cluster)."""
     target = parse_redis_url(url)
-    if target.kind == "single" and url.startswith(("redis://", "unix://")):
+    context = tls.context() if target.tls else None
+    if target.kind == "single":
         options = parse_url(url)
         return MultiplexedRedis(
-            _opener(options.get("path"), options.get("host"), options.get("port")),
+            _opener(options.get("path"), options.get("host"), options.get("port"), context),
             timeout=socket_timeout,
             connect_timeout=connect_timeout,
             handshake=_handshake(options.get("username"), options.get("password"), options["db"]),
         )
     if target.kind == "sentinel":
-        watchers = sentinels(target, socket_timeout=socket_timeout, connect_timeout=connect_timeout)
+        watchers = sentinels(
+            target, socket_timeout=socket_timeout, connect_timeout=connect_timeout, tls=tls
+        )
 
         async def open_master(factory: Callable[[], asyncio.Protocol]) -> tuple[Any, Any]:
             host, port = await watchers.discover_master(target.service)
-            return await asyncio.get_running_loop().create_connection(factory, host, port)
+            return await _opener(None, host, port, context)(factory)
 
         return MultiplexedRedis(
             open_master,
@@ -273,11 +283,18 @@ def _handshake(username: str | None, password: str | None, db: int) -> list[list
     return commands
 
 
-def _opener(path: str | None, host: str | None, port: int | None) -> Opener:
+def _opener(
+    path: str | None, host: str | None, port: int | None, context: ssl.SSLContext | None
+) -> Opener:
     async def open_connection(factory: Callable[[], asyncio.Protocol]) -> tuple[Any, Any]:
         loop = asyncio.get_running_loop()
         if path:
             return await loop.create_unix_connection(factory, path)
-        return await loop.create_connection(factory, host or "localhost", port or 6379)
+        server = host or "localhost"
+        if context is None:
+            return await loop.create_connection(factory, server, port or 6379)
+        return await loop.create_connection(
+            factory, server, port or 6379, ssl=context, server_hostname=server
+        )
 
     return open_connection
