@@ -402,6 +402,36 @@ async def test_an_emptied_redis_is_filled_from_the_store_with_no_change(service,
     assert len(published[1]) == 6
 
 
+async def test_an_import_into_a_redis_emptied_meanwhile_fills_it_from_the_store(
+    service, redis, tmp_path, monkeypatch
+):
+    """Redis restarted without its data between two batches of an import: the next batch's
+    publish fills it with all the store holds, not with that batch alone."""
+    monkeypatch.setattr("zvonok_agi.numbers.service.IMPORT_BATCH", 2)
+    data, publish_rows, batches = service.data, service.publisher.publish_rows, []
+
+    async def emptied_after_the_first_batch(rows) -> None:
+        batches.append(rows)
+        if len(batches) == 2:
+            await redis.delete(data.version_key, data.changes_key, *data.hashes.values())
+        await publish_rows(rows)
+
+    monkeypatch.setattr(service.publisher, "publish_rows", emptied_after_the_first_batch)
+    inventory = tmp_path / "more.jsonl"
+    inventory.write_text(
+        f'{{"account": {{"id": "{ACME}", "verified": true}}}}\n'
+        + "".join(
+            f'{{"number": {{"did": "749511100{i:02d}", "owner": "{ACME}"}}}}\n' for i in range(5)
+        )
+    )
+    await service.import_inventory("cli", *read_file(inventory))
+    assert len(batches) == 4  # the account, then the numbers two by two
+    stored, published = await routing_of(service)
+    assert stored == published
+    assert {f"749511100{i:02d}" for i in range(5)} <= set(published[1])
+    assert await service.pending() == 0
+
+
 async def test_a_change_asks_redis_nothing_before_its_write(service, redis):
     """The write itself finds out whether Redis holds routing data (else the store fills it
     first): no round trip to ask before each change, only the fencing token's."""

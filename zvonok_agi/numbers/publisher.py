@@ -133,14 +133,19 @@ class Publisher:
 
     async def publish_rows(self, rows: list[Row]) -> None:
         """Publishes outbox rows just committed, with the values they were committed with (an
-        import's batch): nothing to read back. Never raises: what fails is left to `run`."""
+        import's batch): nothing to read back. A Redis emptied meanwhile (restarted without its
+        data) is filled from the store instead, not given this batch alone. Never raises: what
+        fails is left to `run`."""
         if self.failing or not rows:
             self._wake.set()
             return
         try:
             async with self._lock, self._publishing():
-                if await self._send(rows):
-                    await self._drain()
+                try:
+                    if await self._send(rows, into_existing=True):
+                        await self._drain()
+                except NoRoutingData:  # the rows are still in the outbox: sent with the rest
+                    await self._publish()
         except UNAVAILABLE as exc:
             self._kept(exc)
 
