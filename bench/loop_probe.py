@@ -23,8 +23,10 @@ import atexit
 import collections
 import gc
 import json
+import resource
 import sys
 import time
+from resource import RUSAGE_THREAD, getrusage
 
 RECORD_OVER = 0.001  # seconds
 CENSUS_OVER = 1000  # entries: a young container this big is described
@@ -98,16 +100,28 @@ def _install() -> None:
     def timed(handle: asyncio.events.Handle) -> None:
         global _count
         started, cpu_started, gc_before, probe_before = clock(), cpu_clock(), _gc_time, _probe_time
+        usage = getrusage(RUSAGE_THREAD)
         run(handle)
         probed = _probe_time - probe_before
         took = clock() - started - probed
         _count += 1
         if took > RECORD_OVER:
             cpu, in_gc = cpu_clock() - cpu_started - probed, _gc_time - gc_before
-            _steps.append((time.monotonic(), took, cpu, in_gc, _what(handle)))
+            kernel = _kernel(usage, getrusage(RUSAGE_THREAD))
+            _steps.append((time.monotonic(), took, cpu, in_gc, _what(handle), kernel))
 
     asyncio.events.Handle._run = timed  # type: ignore[method-assign]
     gc.callbacks.append(_on_gc)
+
+
+def _kernel(before: resource.struct_rusage, after: resource.struct_rusage) -> dict:
+    """What the kernel did in a step: its CPU time there (system calls, page faults), the
+    page faults, and the times the thread was made to give up its core."""
+    return {
+        "sys_ms": round((after.ru_stime - before.ru_stime) * 1000, 3),
+        "faults": after.ru_minflt - before.ru_minflt + after.ru_majflt - before.ru_majflt,
+        "preempted": after.ru_nivcsw - before.ru_nivcsw,
+    }
 
 
 def _what(handle: asyncio.events.Handle) -> str:
@@ -123,13 +137,14 @@ def _what(handle: asyncio.events.Handle) -> str:
 def _dump(path: str) -> None:
     with open(path, "w", encoding="utf-8") as out:
         out.write(json.dumps({"steps": _count}) + "\n")
-        for at, took, cpu, in_gc, what in _steps:
+        for at, took, cpu, in_gc, what, kernel in _steps:
             step = {
                 "at": round(at, 6),
                 "ms": round(took * 1000, 3),
                 "cpu_ms": round(cpu * 1000, 3),
                 "gc_ms": round(in_gc * 1000, 3),
                 "what": what,
+                **kernel,
             }
             out.write(json.dumps(step) + "\n")
         for at, generation, took, cpu, freed, young in _passes:

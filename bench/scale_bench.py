@@ -104,6 +104,9 @@ class Step:
     cpu_ms: float
     gc_ms: float  # of which the garbage collector ran
     what: str
+    sys_ms: float  # of the CPU time, in the kernel (system calls, page faults)
+    faults: int  # page faults
+    preempted: int  # times the thread was made to give up its core
 
 
 def pct(values: list[float], q: float) -> float:
@@ -253,7 +256,7 @@ def read_steps(path: Path) -> tuple[int, list[Step], list[dict]]:
         if "gc" in line:
             passes.append(line)
         else:
-            steps.append(Step(line["at"], line["ms"], line["cpu_ms"], line["gc_ms"], line["what"]))
+            steps.append(Step(**line))
     return total, steps, passes
 
 
@@ -363,11 +366,14 @@ def report(
             f"{fmt(wall_max, 1):>8} {fmt(cpu_max, 1):>7} {over:>5} {fmt(routing, 1):>7}"
         )
         long = sorted(
-            ((s.cpu_ms, s.gc_ms, s.what) for s in p.steps if s.cpu_ms > STEP_GOAL_MS),
-            reverse=True,
+            (s for s in p.steps if s.cpu_ms > STEP_GOAL_MS), key=lambda s: s.cpu_ms, reverse=True
         )
         if long:
-            names = ", ".join(f"{what} {cpu:.1f} (gc {in_gc:.1f})" for cpu, in_gc, what in long[:3])
+            names = ", ".join(
+                f"{s.what} {s.cpu_ms:.1f} (gc {s.gc_ms:.1f}, kernel {s.sys_ms:.1f}, "
+                f"{s.faults} page faults, preempted {s.preempted}x)"
+                for s in long[:3]
+            )
             print(f"{'':26}   longest steps (CPU ms): {names}")
         if p.collections:
             print(f"{'':26}   collector: {collections(p.collections)}")
