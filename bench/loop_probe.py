@@ -5,15 +5,17 @@ an I/O callback): while it runs, no call is served. At exit, the steps longer th
 are written to OUT as JSON lines: "at" (monotonic seconds: the machine's clock, shared by its
 processes, so that the benchmark can tell in which of its phases a step fell), "ms" (wall
 time), "cpu_ms" (the thread's CPU time), "gc_ms" (how long the garbage collector ran inside
-it) and "what" (the coroutine or callback), after a first line with the count of all steps;
+it), "what" (the coroutine or callback), and from getrusage "sys_ms" (of the CPU time, in the
+kernel), "faults" and "preempted", after a first line with the count of all steps;
 then every pass of the garbage collector: "at", "gc" (its generation), "ms", "cpu_ms",
 "freed" (the unreachable objects it found) and, for a young generation's pass, a census of what
 it walks: "young" (the objects), "kinds" (their KINDS most common types, with counts),
 "entries" (in the containers among them) and "largest" (the biggest container: type, length,
 and for one of over CENSUS_OVER entries what it holds). A pass visits each object it walks and
 each entry of a container: these counts say what made one long (the census's own time is
-left out of the steps' times). On a busy machine a step's wall time (and a pass's) also holds
-the time the process waited for a core; its CPU time is the work the step itself did.
+left out of the steps' times). A step that uses over STACK_AFTER of CPU also gets "stack":
+where it was then, sampled on SIGPROF. On a busy machine a step's wall time (and a pass's)
+also holds the time the process waited for a core; its CPU time is the work the step did.
 """
 
 from __future__ import annotations
@@ -24,11 +26,17 @@ import collections
 import gc
 import json
 import resource
+import signal
 import sys
 import time
+import traceback
+import types
 from resource import RUSAGE_THREAD, getrusage
 
 RECORD_OVER = 0.001  # seconds
+STACK_AFTER = 0.0015  # seconds of CPU: a step still running then has its stack sampled
+SAMPLE_EVERY = 0.0005  # seconds of the process's CPU between two looks (SIGPROF)
+STACK_FRAMES = 14
 CENSUS_OVER = 1000  # entries: a young container this big is described
 KINDS = 6  # the most common types of the objects a pass walks, listed
 CONTAINERS = (list, tuple, dict, set, frozenset, collections.deque)
@@ -97,17 +105,32 @@ def _install() -> None:
     run = asyncio.events.Handle._run
     clock, cpu_clock = time.perf_counter, time.thread_time
 
+    step: dict = {"cpu": None, "stack": None}  # the step running: its CPU clock at start
+
+    def sample(signum: int, frame: types.FrameType | None) -> None:
+        """Every SAMPLE_EVERY of the process's CPU: where a step that has used more than
+        STACK_AFTER of CPU is now (its first such sample)."""
+        started = step["cpu"]
+        if started is not None and step["stack"] is None and cpu_clock() - started > STACK_AFTER:
+            step["stack"] = traceback.format_stack(frame, limit=STACK_FRAMES)
+
+    signal.signal(signal.SIGPROF, sample)
+    signal.setitimer(signal.ITIMER_PROF, SAMPLE_EVERY, SAMPLE_EVERY)
+
     def timed(handle: asyncio.events.Handle) -> None:
         global _count
         started, cpu_started, gc_before, probe_before = clock(), cpu_clock(), _gc_time, _probe_time
         usage = getrusage(RUSAGE_THREAD)
+        step["cpu"], step["stack"] = cpu_started, None
         run(handle)
+        step["cpu"] = None
         probed = _probe_time - probe_before
         took = clock() - started - probed
         _count += 1
         if took > RECORD_OVER:
             cpu, in_gc = cpu_clock() - cpu_started - probed, _gc_time - gc_before
             kernel = _kernel(usage, getrusage(RUSAGE_THREAD))
+            kernel["stack"] = step["stack"] if cpu > STACK_AFTER else None
             _steps.append((time.monotonic(), took, cpu, in_gc, _what(handle), kernel))
 
     asyncio.events.Handle._run = timed  # type: ignore[method-assign]

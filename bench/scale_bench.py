@@ -107,6 +107,12 @@ class Step:
     sys_ms: float  # of the CPU time, in the kernel (system calls, page faults)
     faults: int  # page faults
     preempted: int  # times the thread was made to give up its core
+    stack: list[str] | None  # where a step over 1.5 ms of CPU was then
+
+    def where(self) -> str:
+        """The innermost lines of this project in the sampled stack."""
+        ours = [frame for frame in self.stack or () if "zvonok_agi" in frame]
+        return " <- ".join(frame.split("\n")[0].strip() for frame in reversed(ours[-2:]))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -375,6 +381,8 @@ def report(
                 for s in long[:3]
             )
             print(f"{'':26}   longest steps (CPU ms): {names}")
+            if long[0].where():
+                print(f"{'':26}   the longest was at: {long[0].where()}")
         if p.collections:
             print(f"{'':26}   collector: {collections(p.collections)}")
         for collection in p.long_young[:3]:
