@@ -136,6 +136,10 @@ class Failover:
         ]
 
 
+FAILOVER_RATE = 50  # calls per second while a Redis master is killed
+FAILOVER_CALLERS = [f"7916{n:07d}" for n in range(1, 501)]
+
+
 async def calls_through_a_failover(
     engine: Engine,
     dids: list[str],

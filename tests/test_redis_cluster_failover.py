@@ -13,6 +13,8 @@ from dataclasses import replace
 import pytest
 
 from engine_helpers import (
+    FAILOVER_CALLERS,
+    FAILOVER_RATE,
     call,
     calls_through_a_failover,
     dialed_callers,
@@ -22,9 +24,6 @@ from engine_helpers import (
     running_engine,
 )
 from redis_topology import Cluster, running
-
-RATE = 50  # calls per second
-CALLERS = [f"7916{n:07d}" for n in range(1, 501)]
 
 
 @pytest.fixture
@@ -39,13 +38,18 @@ async def test_a_master_killed_under_50_calls_a_second(settings, replicated_clus
         settings,
         redis=replace(settings.redis, url=cluster.url, claim_replicas=1, refresh_interval=0.2),
     )
-    inventory, dids = dialed_callers(CALLERS)
+    inventory, dids = dialed_callers(FAILOVER_CALLERS)
     await load(settings, inventory)
     victim = cluster.master_of(f"{settings.redis.key_prefix}{{routing}}:version")
 
     async with running_engine(settings) as engine:
         failover = await calls_through_a_failover(
-            engine, dids, CALLERS, RATE, victim.kill, lambda: cluster.wait_for_failover(victim)
+            engine,
+            dids,
+            FAILOVER_CALLERS,
+            FAILOVER_RATE,
+            victim.kill,
+            lambda: cluster.wait_for_failover(victim),
         )
         # The claims won before the kill reached the replica (claim_replicas = 1): their
         # callers calling again are second callbacks, not first ones again.

@@ -13,6 +13,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from engine_helpers import (
+    FAILOVER_CALLERS,
+    FAILOVER_RATE,
     call,
     calls_through_a_failover,
     dialed_callers,
@@ -25,8 +27,6 @@ from redis_topology import SERVICE as SERVICE_NAME
 from redis_topology import Replicated, running
 from zvonok_agi.app import redis_client
 
-RATE = 50  # calls per second
-CALLERS = [f"7916{n:07d}" for n in range(1, 501)]
 UNREPLICATED = "first-callback claim not on enough replicas"
 
 
@@ -45,7 +45,7 @@ async def test_master_killed_under_50_calls_a_second(settings, replicated):
     )
     # Every caller was dialed: a callback goes to the outbound campaign while the store
     # answers.
-    inventory, dids = dialed_callers(CALLERS)
+    inventory, dids = dialed_callers(FAILOVER_CALLERS)
     unreplicated_before_kill = -1
 
     def master_dies() -> None:
@@ -65,7 +65,12 @@ async def test_master_killed_under_50_calls_a_second(settings, replicated):
     with capture_logs() as logs:
         async with running_engine(settings) as engine:
             failover = await calls_through_a_failover(
-                engine, dids, CALLERS, RATE, master_dies, replicated.wait_for_failover
+                engine,
+                dids,
+                FAILOVER_CALLERS,
+                FAILOVER_RATE,
+                master_dies,
+                replicated.wait_for_failover,
             )
             # The claims won before the kill were on the replica (claim_replicas = 1): their
             # callers calling again are second callbacks, not first ones again.
