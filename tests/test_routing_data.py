@@ -28,6 +28,7 @@ from zvonok_agi.store.routing_data import (
     Put,
     RoutingCache,
     RoutingData,
+    Table,
     decode,
     encode,
     record_key,
@@ -374,3 +375,64 @@ async def test_a_read_of_named_records_brings_only_those(data):
     assert len(some.campaigns) == len(some.accounts) == 0
     await data.read({"campaign": {LINE.id, "gone"}}, some)
     assert dict(some.campaigns.items()) == {LINE.id: LINE}
+
+
+# the records kept decoded
+
+
+def stored_number(did: str, rule: CallbackRule) -> str:
+    return encode(Number(did, Pool.RESERVABLE, owner="acme", callback_rule=rule))
+
+
+def test_a_record_read_again_is_decoded_once_until_its_value_changes():
+    table = Table("number")
+    table.put(RESERVED.did, stored_number(RESERVED.did, CallbackRule.AS_CAMPAIGN))
+    first = table[RESERVED.did]
+    assert table.get(RESERVED.did) is first  # not decoded again
+    table.put(RESERVED.did, stored_number(RESERVED.did, CallbackRule.FORCE_NO))
+    assert table[RESERVED.did].callback_rule is CallbackRule.FORCE_NO
+    del table[RESERVED.did]
+    assert table.get(RESERVED.did) is None
+    with pytest.raises(KeyError):
+        table[RESERVED.did]
+
+
+def test_reads_always_give_the_current_value_whatever_was_kept():
+    rng = random.Random(11)
+    table = Table("number")
+    table.DECODED = 8  # fewer than the keys: records are pushed out and decoded again
+    current: dict[str, str] = {}
+    for _ in range(3000):
+        did = f"7495100{rng.randrange(20):04d}"
+        if rng.random() < 0.3:
+            current[did] = stored_number(did, rng.choice(list(CallbackRule)))
+            table.put(did, current[did])
+        elif rng.random() < 0.1 and did in current:
+            del current[did], table[did]
+        else:
+            expected = decode("number", did, current[did]) if did in current else None
+            assert table.get(did) == expected
+        assert len(table._decoded) <= table.DECODED
+
+
+def test_going_through_every_record_keeps_none_of_them_decoded():
+    """A status page or a fallback listing the whole table must not push the calls' records
+    out."""
+    table = Table("number")
+    for i in range(50):
+        did = f"74951000{i:03d}"
+        table.put(did, stored_number(did, CallbackRule.AS_CAMPAIGN))
+    hot = table["74951000007"]
+    assert len(dict(table.items())) == 50
+    assert list(table._decoded) == ["74951000007"]
+    assert table["74951000007"] is hot
+
+
+def test_a_bad_record_is_absent_and_logged_once_however_often_it_is_read():
+    table = Table("number")
+    table.put("74950000001", "not json")
+    with capture_logs() as logs:
+        assert table.get("74950000001") is None
+        assert table.get("74950000001") is None
+        assert "74950000001" not in dict(table.items())
+    assert [entry["event"] for entry in logs] == ["bad routing record skipped"]

@@ -39,6 +39,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -220,14 +221,20 @@ class Table(MutableMapping):
     set off several. The values are spread over SHARDS dicts, so that no dict grows so big
     that growing it once more (copying it whole) holds the event loop for long. A value that
     cannot be read is logged (once) and its record is absent.
+
+    The last DECODED records decoded are kept, each with the value it came from: a call reads
+    its number and the same few campaigns several times, and each decoding costs microseconds.
+    A kept record is used only while the table still holds that very value.
     """
 
     SHARDS = 256
+    DECODED = 4096  # records kept decoded: a bounded few, nothing the collector minds
 
     def __init__(self, kind: str, records: Mapping[str, Record] | None = None) -> None:
         self.kind = kind
         self._shards: list[dict[str, str | Record]] = [{} for _ in range(self.SHARDS)]
         self._bad: set[str] = set()
+        self._decoded: dict[str, tuple[str, Record]] = {}  # key -> (value, its record)
         for key, record in (records or {}).items():
             self[key] = record
 
@@ -239,16 +246,38 @@ class Table(MutableMapping):
         self._shard(key)[key] = value
 
     def __getitem__(self, key: str) -> Record:
-        value = self._shard(key)[key]
+        return self._record(key, self._shard(key)[key])
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._shard(key).get(key)
+        if value is None:
+            return default
+        try:
+            return self._record(key, value)
+        except KeyError:
+            return default
+
+    def _record(self, key: str, value: str | Record, keep: bool = True) -> Record:
+        """The record of a stored value; `keep` it decoded (not while going through them
+        all: that would only push the hot ones out)."""
         if not isinstance(value, str):
             return value
+        decoded = self._decoded.get(key)
+        if decoded is not None and decoded[0] is value:
+            return decoded[1]
         try:
-            return decode(self.kind, key, value)
+            record = decode(self.kind, key, value)
         except BadChange as exc:
             if key not in self._bad:
                 self._bad.add(key)
                 log.error("bad routing record skipped", kind=self.kind, key=key, error=str(exc))
             raise KeyError(key) from None
+        if not keep:
+            return record
+        if len(self._decoded) >= self.DECODED:
+            del self._decoded[next(iter(self._decoded))]  # the oldest
+        self._decoded[key] = (value, record)
+        return record
 
     def __setitem__(self, key: str, record: Record) -> None:
         self._shard(key)[key] = record
@@ -269,9 +298,12 @@ class Table(MutableMapping):
 
     def items(self) -> Iterator[tuple[str, Record]]:  # type: ignore[override]
         """The records that can be read."""
-        for key in self:
-            record = self.get(key)
-            if record is not None:
+        for shard in self._shards:
+            for key, value in list(shard.items()):
+                try:
+                    record = self._record(key, value, keep=False)
+                except KeyError:
+                    continue  # unreadable: logged
                 yield key, record
 
     def values(self) -> Iterator[Record]:  # type: ignore[override]
@@ -280,6 +312,7 @@ class Table(MutableMapping):
     async def release(self) -> None:
         """Empties the table a shard at a time: freed at once, half a million values would
         hold the event loop for tens of ms."""
+        self._decoded.clear()
         for shard in self._shards:
             shard.clear()
             await asyncio.sleep(0)
