@@ -43,6 +43,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     if _writer is not None:
         _writer.close()
     writer = _writer = LineWriter(stream)
+    logger = QueuedLogger(writer)  # one for every bound logger: it only hands lines on
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -52,7 +53,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=lambda *args: QueuedLogger(writer),
+        logger_factory=lambda *args: logger,
         cache_logger_on_first_use=False,
     )
 
