@@ -47,6 +47,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -545,19 +546,32 @@ class Plan:
     event_loop: str = "asyncio"
 
 
+def engine_process(port: int, redis: EmbeddedRedis, level: str, event_loop: str
+                   ) -> tuple[list[str], dict[str, str]]:
+    """The engine's arguments (after the interpreter) and environment."""
+    if not redis.is_serving():
+        raise RuntimeError(f"redis-server at {redis.url} is not answering")
+    return ["-m", "zvonok_agi", "serve"], child_env(
+        event_loop,
+        ZVONOK_AGI_HOST=HOST, ZVONOK_AGI_PORT=str(port), ZVONOK_REDIS_URL=redis.url,
+        ZVONOK_REDIS_KEY_PREFIX=KEY_PREFIX, ZVONOK_LOG_LEVEL=level, ZVONOK_LOG_FORMAT="json",
+    )
+
+
+def floor_process(port: int, commands: list[tuple[str, ...]], event_loop: str
+                  ) -> tuple[list[str], dict[str, str]]:
+    return ([str(BENCH / "floor_server.py"), str(port), json.dumps(commands), event_loop],
+            child_env(event_loop))
+
+
 async def run_engine(name: str, plan: Plan, calls: list[Call], warm: list[Call],
                      redis: EmbeddedRedis, tmp: Path, level: str, n_commands: int,
                      profile: Path | None = None) -> Row:
-    if not redis.is_serving():
-        raise RuntimeError(f"redis-server at {redis.url} is not answering: cannot run {name}")
     port = free_port()
     log = tmp / f"{name}.log"
     python = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
-    proc = spawn([*python, "-m", "zvonok_agi", "serve"], child_env(
-        plan.event_loop,
-        ZVONOK_AGI_HOST=HOST, ZVONOK_AGI_PORT=str(port), ZVONOK_REDIS_URL=redis.url,
-        ZVONOK_REDIS_KEY_PREFIX=KEY_PREFIX, ZVONOK_LOG_LEVEL=level, ZVONOK_LOG_FORMAT="json",
-    ), log)
+    args, env = engine_process(port, redis, level, plan.event_loop)
+    proc = spawn([*python, *args], env, log)
     try:
         await wait_listening(proc, port, log)
         size = log.stat().st_size
@@ -581,8 +595,8 @@ async def run_floor(plan: Plan, calls: list[Call], warm: list[Call], tmp: Path,
     port = free_port()
     log = tmp / "floor.log"
     python = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
-    proc = spawn([*python, str(BENCH / "floor_server.py"), str(port),
-                  json.dumps(commands), plan.event_loop], child_env(plan.event_loop), log)
+    args, env = floor_process(port, commands, plan.event_loop)
+    proc = spawn([*python, *args], env, log)
     try:
         await wait_listening(proc, port, log)
         row = Row("floor", plan.rate, plan.duration, "no store, no logic")
@@ -1085,6 +1099,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top", action="store_true",
                    help="find each target's top rate instead (steps up from --rate, from "
                    "--agi-rate for process-per-call; engine-nolog is left out)")
+    p.add_argument("--instructions", action="store_true",
+                   help="count the servers' user-space instructions per call under valgrind's "
+                   "callgrind instead (steady where CPU time is not; ~1 min per target)")
     p.add_argument("--idle-flood", type=int, nargs="?", const=1000, metavar="N",
                    help="idle-flood mode: N (1000) idle connections reconnecting when closed, "
                    "calls at --flood-rate; a baseline phase, then the flood, --duration each")
@@ -1150,6 +1167,8 @@ async def amain(args: argparse.Namespace, tmp: Path, redis: EmbeddedRedis | None
               f"{time.monotonic() - started:.1f} s", file=sys.stderr)
     if args.top:
         return await amain_top(args, plan, pop, tmp, redis, commands)
+    if args.instructions:
+        return await amain_instructions(args, plan, pop, tmp, redis, commands)
     rows: list[Row] = []
     profiles: list[tuple[str, Path]] = []
     for name in args.only:
@@ -1217,6 +1236,110 @@ async def amain_top(args: argparse.Namespace, plan: Plan, pop: Population, tmp: 
             ladders[name] = await climb(start, step)
     report_top(ladders, plan)
     return 1 if any(top_rate(rows) is None for rows in ladders.values()) else 0
+
+
+# --- instructions per call (--instructions) -----------------------------------------------------
+#
+# On a shared machine the CPU time of the same code varies by a third within a day; the count of
+# instructions does not. Each server runs under valgrind's callgrind, its instrumentation off
+# until the warm-up is over and on for a measured window of calls; its timers (the engine's
+# sweeper, watchdog, refresh) run whatever the rate, so two rates are measured and the per-call
+# count is what grows with the calls. User space only: the kernel's share is not counted.
+
+INSTRUCTION_RATES = (20.0, 5.0)  # calls/s; the server runs ~50x slower under callgrind
+INSTRUCTION_SECONDS = 14.0
+INSTRUCTION_WARMUP = 3.0
+
+
+@dataclass(frozen=True)
+class Count:
+    instructions: int
+    calls: int
+    seconds: float
+
+
+async def count_instructions(name: str, argv: list[str], env: dict[str, str], port: int,
+                             warm: list[Call], calls: list[Call], rate: float, tmp: Path,
+                             n_commands: int) -> Count:
+    out = tmp / f"{name}-{rate:g}.callgrind"
+    log = tmp / f"{name}-{rate:g}.log"
+    proc = spawn(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                  f"--callgrind-out-file={out}", sys.executable, *argv], env, log)
+    try:
+        await wait_listening(proc, port, log, timeout=START_TIMEOUT * 8)
+        session = on_port(port, n_commands)
+        await drive(session, warm, rate)
+        callgrind_control("--instr=on", proc.pid)
+        started = time.monotonic()
+        _, outcomes = await drive(session, calls, rate)
+        seconds = time.monotonic() - started
+        callgrind_control("--dump", proc.pid)
+    finally:
+        stop(proc)
+    errors = Counter(o.error for o in outcomes if o.error)
+    if errors:
+        raise RuntimeError(f"{name} at {rate:g}/s under callgrind: {dict(errors)}")
+    return Count(dump_instructions(Path(f"{out}.1")), len(calls), seconds)
+
+
+def callgrind_control(command: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", command, str(pid)], check=True, capture_output=True,
+                   timeout=30)
+
+
+def dump_instructions(path: Path) -> int:
+    """The instructions a callgrind dump counted (its `summary:` line)."""
+    for line in path.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"{path}: no instruction count in the dump")
+
+
+def per_call(high: Count, low: Count) -> tuple[float, float]:
+    """(instructions per call, per second of the timers) from two rates: each window's count
+    is calls x per call + seconds x timers."""
+    call = ((high.instructions * low.seconds - low.instructions * high.seconds)
+            / (high.calls * low.seconds - low.calls * high.seconds))
+    return call, (low.instructions - low.calls * call) / low.seconds
+
+
+async def amain_instructions(args: argparse.Namespace, plan: Plan, pop: Population, tmp: Path,
+                             redis: EmbeddedRedis | None, commands: list[tuple[str, ...]]
+                             ) -> int:
+    if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        print("--instructions needs valgrind (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    results: dict[str, tuple[float, float]] = {}
+    for name in args.only:
+        if name == "process-per-call":
+            continue
+        counts = []
+        for rate in INSTRUCTION_RATES:
+            print(f"counting {name} at {rate:g}/s ...", file=sys.stderr)
+            n, n_warm = int(rate * INSTRUCTION_SECONDS), int(rate * INSTRUCTION_WARMUP)
+            port = free_port()
+            if name == "floor":
+                warm, calls = pop.plain_calls(n_warm), pop.plain_calls(n)
+                argv, env = floor_process(port, commands, plan.event_loop)
+            else:
+                assert redis is not None
+                first = len(pop.attempts)
+                warm, calls = pop.engine_calls(n_warm), pop.engine_calls(n)
+                await load_store(redis.url, pop.attempts[first:], pop.now, with_inventory=False)
+                level = "warning" if name == "engine-nolog" else "info"
+                argv, env = engine_process(port, redis, level, plan.event_loop)
+            counts.append(await count_instructions(name, argv, env, port, warm, calls, rate,
+                                                   tmp, len(commands)))
+        results[name] = per_call(*counts)
+    print(f"\ninstructions per call (user space, valgrind's callgrind; {INSTRUCTION_SECONDS:g} s "
+          f"at {INSTRUCTION_RATES[0]:g} and {INSTRUCTION_RATES[1]:g} calls/s, the timers' share "
+          f"taken out; event loop {plan.event_loop})")
+    print(f"{'target':<14}{'per call':>12}{'timers/s':>12}")
+    for name, (call, timers) in results.items():
+        print(f"{name:<14}{call:>12,.0f}{timers:>12,.0f}")
+    if "engine" in results and "floor" in results:
+        print(f"engine / floor: x{results['engine'][0] / results['floor'][0]:.2f}")
+    return 0
 
 
 def _terminate(signum: int, frame: object) -> None:
