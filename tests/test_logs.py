@@ -8,7 +8,10 @@ import os
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
+from time import gmtime as time_gmtime
+from time import strftime as time_strftime
 
 import structlog
 from structlog.testing import capture_logs
@@ -105,3 +108,39 @@ async def test_repeated_warnings_become_one_line_and_a_count_per_interval():
         ("fastagi at capacity; session turned away", 1, "127.0.0.1:2"),
     ]
     assert all(e["log_level"] == "warning" for e in logs)
+
+
+def test_the_timestamp_is_iso_utc_with_microseconds_and_follows_the_clock(monkeypatch):
+    from types import SimpleNamespace
+
+    import zvonok_agi.logs as logs
+
+    clock = iter([1764491525.000001, 1764491525.25, 1764491526.5, 1767225600.0])
+    monkeypatch.setattr(
+        logs,
+        "time",
+        SimpleNamespace(time=lambda: next(clock), strftime=time_strftime, gmtime=time_gmtime),
+    )
+    stamps = [logs._timestamp(None, "info", {})["timestamp"] for _ in range(4)]
+    assert stamps == [
+        "2025-11-30T08:32:05.000001Z",
+        "2025-11-30T08:32:05.250000Z",
+        "2025-11-30T08:32:06.500000Z",  # the next second
+        "2026-01-01T00:00:00.000000Z",  # the next year
+    ]
+
+
+def test_a_json_line_carries_the_time_it_was_logged():
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    before = datetime.now(UTC)
+    try:
+        configure_logging("json", "info", stream=stream)
+        structlog.get_logger("test").info("one")
+        close_logging()
+    finally:
+        structlog.reset_defaults()
+        stream.close()
+    with os.fdopen(read_end, "rb") as reader:
+        line = json.loads(reader.read().splitlines()[0])
+    assert before <= datetime.fromisoformat(line["timestamp"]) <= datetime.now(UTC)
