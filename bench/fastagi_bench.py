@@ -26,6 +26,9 @@ Two more modes, each against one engine process:
   --burst [N]  N (1000) calls started at the same instant, against listen backlogs of 100
                (asyncio's default) and the engine's default
 
+`--instructions` counts, instead of timing, each server's user-space instructions per call
+under valgrind's callgrind (steady on a shared machine, where CPU time is not).
+
 The generator is open-loop: sessions start on a fixed schedule whether or not earlier ones
 have finished, and a session's latency runs from its SCHEDULED start to the server's close
 (for process-per-call: to the script's exit), so queueing shows. `--event-loop uvloop` runs the
